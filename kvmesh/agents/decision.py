@@ -1,0 +1,68 @@
+"""How a team turns its agents' replies into one answer.
+
+- `decision` (default): a final decision-maker agent reads every agent's last reply and answers.
+- `majority`: the most common answer among the agents' last replies, each read by the task's
+  `extract_answer`; ties go to the agent listed first. No extra model call.
+- `last`: the reply of the last agent to speak in the final round. No extra model call.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kvmesh.agents.agent import Agent
+from kvmesh.agents.task import AnswerExtractor
+
+METHODS = ("decision", "majority", "last")
+DECISION_NAME = "decision"
+DECISION_SYSTEM = (
+    "You are the decision maker of a team of agents. You read their messages, weigh them, and state the single "
+    "final answer to the question. Be brief."
+)
+
+
+@dataclass
+class Decision:
+    method: str
+    agent: Agent | None = None  # the decision maker, for method "decision"
+
+    @classmethod
+    def coerce(cls, value: str | Agent | dict | Decision, default_model) -> Decision:
+        """Accept a method name, a decision-maker `Agent`, or a spec dict (an agent's fields or {method})."""
+        if isinstance(value, Decision):
+            return value
+        if isinstance(value, Agent):
+            return cls("decision", value)
+        if isinstance(value, dict):
+            fields = dict(value)
+            method = fields.pop("method", "decision")
+            if method != "decision" and fields:
+                raise ValueError(f"decision {method!r} takes no agent fields, got {sorted(fields)}")
+            if method == "decision":
+                fields.setdefault("name", DECISION_NAME)
+                fields.setdefault("role", "decision maker")
+                fields.setdefault("system_prompt", DECISION_SYSTEM)
+                return cls("decision", Agent.from_dict(fields, default_model=default_model))
+            value = method
+        if value not in METHODS:
+            raise ValueError(f"unknown decision {value!r}; use one of {', '.join(METHODS)} or a decision Agent")
+        if value == "decision":
+            return cls("decision", Agent(DECISION_NAME, "decision maker", DECISION_SYSTEM, model=default_model))
+        return cls(value)
+
+    def to_spec(self) -> str | dict:
+        if self.agent is None:
+            return self.method
+        return {"method": "decision", **self.agent.to_dict()}
+
+
+def majority_vote(replies: Sequence[tuple[str, str]], extract: AnswerExtractor) -> str | None:
+    """replies: (agent, text) in agent order. Returns the most common extracted answer, ties to the earliest."""
+    answers = [a for a in (extract(text) for _, text in replies) if a]
+    if not answers:
+        return None
+    counts = Counter(answers)
+    best = max(counts.values())
+    return next(a for a in answers if counts[a] == best)

@@ -1,0 +1,72 @@
+"""TeamResult: the answer of one task, every message with the exact prompt behind it, and its usage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from langchain_core.messages import AIMessage
+
+from kvmesh.agents.graph import CommGraph
+from kvmesh.agents.task import Task
+from kvmesh.agents.usage import UsageReport
+
+
+@dataclass
+class TeamResult:
+    """Outcome of `Team.run` for one task.
+
+    Attributes:
+        answer: the team's final answer (None only if no agent ran).
+        messages: every reply in the order produced; each `AIMessage` has `name` = agent, `usage_metadata`,
+            and `response_metadata` with `round`, `prompt` (the exact text the model read), `model`,
+            `finish_reason`, `ttft_s` and `latency_s`.
+        stop_reason: "completed", or "budget" when the token budget stopped the run early.
+        skipped: (agent, round) turns not run because of the budget.
+    """
+
+    task: Task
+    answer: str | None
+    messages: list[AIMessage]
+    usage: UsageReport
+    graph: CommGraph
+    stop_reason: str = "completed"
+    skipped: list[tuple[str, int | str]] = field(default_factory=list)
+
+    @property
+    def budget_exhausted(self) -> bool:
+        return self.stop_reason == "budget"
+
+    def prompts(self) -> list[tuple[str, int | str, str]]:
+        """(agent, round, prompt text) for every model call, in order."""
+        return [(m.name, m.response_metadata["round"], m.response_metadata["prompt"]) for m in self.messages]
+
+    def transcript(self) -> str:
+        lines = []
+        for m in self.messages:
+            r = m.response_metadata["round"]
+            label = "decision" if r == "decision" else f"round {r}"
+            lines.append(f"[{m.name} · {label}] {m.content}")
+        return "\n\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "task_id": self.task.id,
+            "question": self.task.question,
+            "answer": self.answer,
+            "stop_reason": self.stop_reason,
+            "skipped": [list(s) for s in self.skipped],
+            "messages": [
+                {
+                    "agent": m.name,
+                    "round": m.response_metadata["round"],
+                    "content": m.content,
+                    "prompt": m.response_metadata["prompt"],
+                    "model": m.response_metadata["model"],
+                    "finish_reason": m.response_metadata["finish_reason"],
+                    "usage": dict(m.usage_metadata),
+                }
+                for m in self.messages
+            ],
+            "usage": self.usage.to_dict(),
+            "graph": self.graph.to_dict(),
+        }

@@ -1,0 +1,107 @@
+"""Team specs: a team described in YAML or JSON, loaded by `Team.from_spec` and written by `Team.save_spec`.
+
+    model: smollm2-135m            # default model for agents that name none
+    rounds: 2
+    decision: majority             # decision | majority | last | {name, role, system_prompt, model, ...}
+    token_budget: 4000             # optional
+    agents:
+      - {name: solver, role: math solver, max_new_tokens: 128}
+      - {name: critic, role: critic, system_prompt: "Check the solver's arithmetic."}
+    graph: chain                   # a preset name, or {preset: layered, options: {layers: 2}},
+                                   # or {edges: [{source, target, kind, channel, weight}]}
+
+Written specs always list explicit edges, so a round trip reproduces the exact graph.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+
+from kvmesh.agents.agent import DEFAULT_MODEL, Agent
+from kvmesh.agents.graph import CommGraph
+
+if TYPE_CHECKING:
+    from kvmesh.agents.team import Team
+
+TOP_LEVEL_FIELDS = {"model", "rounds", "decision", "token_budget", "seed", "agents", "graph"}
+
+
+class SpecError(ValueError):
+    """A team spec that cannot be read; the message names the file and the field."""
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise SpecError(f"team spec {path} does not exist")
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise SpecError(f"team spec {path} does not parse: {error}") from error
+    if not isinstance(data, dict):
+        raise SpecError(f"team spec {path} must be a mapping with an 'agents' list")
+    return data
+
+
+def _graph(value, names: list[str]) -> CommGraph:
+    if value is None:
+        return CommGraph.preset("chain", names)
+    if isinstance(value, str):
+        return CommGraph.preset(value, names)
+    if isinstance(value, dict) and "preset" in value:
+        return CommGraph.preset(value["preset"], names, **(value.get("options") or {}))
+    if isinstance(value, dict) and "edges" in value:
+        return CommGraph(value.get("agents", names), value["edges"])
+    raise SpecError("'graph' must be a preset name, {preset: NAME, options: {...}} or {edges: [...]}")
+
+
+def team_from_spec(source: str | Path | dict) -> Team:
+    from kvmesh.agents.team import Team
+
+    where = "team spec" if isinstance(source, dict) else f"team spec {source}"
+    data = source if isinstance(source, dict) else _read(Path(source))
+    unknown = set(data) - TOP_LEVEL_FIELDS
+    if unknown:
+        raise SpecError(f"{where}: unknown fields {sorted(unknown)}; known: {sorted(TOP_LEVEL_FIELDS)}")
+    entries = data.get("agents")
+    if not isinstance(entries, list) or not entries:
+        raise SpecError(f"{where}: 'agents' must be a non-empty list")
+    model = data.get("model", DEFAULT_MODEL)
+    try:
+        agents = [Agent.from_dict(e, default_model=model) for e in entries]
+        graph = _graph(data.get("graph"), [a.name for a in agents])
+        return Team(
+            agents,
+            graph,
+            rounds=data.get("rounds", 1),
+            decision=data.get("decision", "decision"),
+            token_budget=data.get("token_budget"),
+            seed=data.get("seed"),
+        )
+    except (ValueError, TypeError) as error:
+        raise SpecError(f"{where}: {error}") from error
+
+
+def team_to_spec(team: Team) -> dict:
+    spec = {
+        "rounds": team.rounds,
+        "decision": team.decision.to_spec(),
+        "agents": [a.to_dict() for a in team.agents],
+        "graph": {"edges": [e.to_dict() for e in team.graph.edges()]},
+    }
+    if team.token_budget is not None:
+        spec["token_budget"] = team.token_budget
+    if team.seed is not None:
+        spec["seed"] = team.seed
+    return spec
+
+
+def save_spec(team: Team, path: str | Path) -> None:
+    path = Path(path)
+    spec = team_to_spec(team)
+    text = json.dumps(spec, indent=2) if path.suffix == ".json" else yaml.safe_dump(spec, sort_keys=False)
+    path.write_text(text)

@@ -1,0 +1,149 @@
+"""Team: agents + a communication graph + rounds + a decision rule; runs tasks through the runtime.
+
+    team = Team([Agent("solver"), Agent("critic")], graph="chain", rounds=2)
+    result = team.run("What is 17 * 3?")
+    for event in team.stream(task): ...
+    results = team.run_batch(tasks)          # one batched model call per level, across tasks
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import networkx as nx
+
+from kvmesh.agents.agent import Agent
+from kvmesh.agents.decision import Decision
+from kvmesh.agents.events import Event, TeamFinished
+from kvmesh.agents.graph import CommGraph, GraphError
+from kvmesh.agents.result import TeamResult
+from kvmesh.agents.runtime import execute
+from kvmesh.agents.task import Task
+
+AVAILABLE_CHANNELS = ("text",)
+
+
+class ChannelNotAvailableError(NotImplementedError):
+    """An edge uses a KV channel that this version of kvmesh cannot run yet."""
+
+
+def _check_channels(graph: CommGraph) -> None:
+    for edge in graph.edges():
+        if edge.channel not in AVAILABLE_CHANNELS:
+            raise ChannelNotAvailableError(
+                f"edge {edge.source} -> {edge.target} ({edge.kind}) uses channel {edge.channel!r}, which is not "
+                f"available yet; available: {', '.join(AVAILABLE_CHANNELS)}. Set channel='text' on that edge."
+            )
+
+
+class Team:
+    """A team of agents.
+
+    Args:
+        agents: the agents, in the order used for ties in scheduling and for list-style task shards.
+        graph: a `CommGraph`, a `networkx.DiGraph`, or a preset name (`chain`, `star`, `tree`, `complete`,
+            `layered`, `random`, `debate`).
+        rounds: how many times the graph runs; temporal edges carry round r's replies into round r + 1.
+        decision: `"decision"` (a decision-maker agent, default), `"majority"`, `"last"`, or an `Agent`.
+        token_budget: per-task cap on prompt + completion tokens; None for no cap.
+        seed: seeds sampling for agents with temperature > 0.
+    """
+
+    def __init__(
+        self,
+        agents: Sequence[Agent],
+        graph: CommGraph | nx.DiGraph | str = "chain",
+        rounds: int = 1,
+        decision: str | Agent | dict | Decision = "decision",
+        token_budget: int | None = None,
+        seed: int | None = None,
+    ) -> None:
+        agents = list(agents)
+        if not agents:
+            raise ValueError("a team needs at least one agent")
+        if not all(isinstance(a, Agent) for a in agents):
+            raise TypeError("team agents must be kvmesh Agent objects")
+        self.agents = agents
+        self.graph = self._coerce_graph(graph)
+        _check_channels(self.graph)
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+            raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
+        self.rounds = rounds
+        if token_budget is not None and (isinstance(token_budget, bool) or not isinstance(token_budget, int)
+                                         or token_budget < 1):
+            raise ValueError(f"token_budget must be a positive integer or None, got {token_budget!r}")
+        self.token_budget = token_budget
+        self.seed = seed
+        self.decision = Decision.coerce(decision, default_model=agents[0].model)
+        if self.decision.agent is not None and self.decision.agent.name in self.graph.agents:
+            raise ValueError(f"the decision agent's name {self.decision.agent.name!r} is also a team agent's name")
+
+    def _coerce_graph(self, graph) -> CommGraph:
+        names = [a.name for a in self.agents]
+        if isinstance(graph, str):
+            return CommGraph.preset(graph, names)
+        if isinstance(graph, nx.DiGraph | nx.MultiDiGraph):
+            graph = CommGraph.from_networkx(graph)
+        if not isinstance(graph, CommGraph):
+            raise TypeError(f"graph must be a CommGraph, a networkx DiGraph or a preset name, got {type(graph)}")
+        missing, extra = set(names) - set(graph.agents), set(graph.agents) - set(names)
+        if missing or extra:
+            raise GraphError(
+                f"the graph and the team disagree: agents without a graph node: {sorted(missing)}; "
+                f"graph nodes without an agent: {sorted(extra)}"
+            )
+        return graph
+
+    @property
+    def agent_names(self) -> list[str]:
+        return [a.name for a in self.agents]
+
+    # --- running -----------------------------------------------------------------------------------------------
+
+    def _prepare(self, tasks: Sequence[Task | str]) -> list[Task]:
+        prepared = [Task.coerce(t) for t in tasks]
+        for task in prepared:
+            task.check_shards(self.agent_names)
+        return prepared
+
+    def stream(self, task: Task | str) -> Iterator[Event]:
+        """Run one task, yielding typed events; the last one is `TeamFinished` with the result."""
+        return execute(self, self._prepare([task]))
+
+    def run(self, task: Task | str) -> TeamResult:
+        return self.run_batch([task])[0]
+
+    def run_batch(self, tasks: Sequence[Task | str], batch_size: int | None = None) -> list[TeamResult]:
+        """Run many tasks, batching each level's model calls across tasks (`batch_size` tasks at a time)."""
+        prepared = self._prepare(tasks)
+        size = batch_size or max(len(prepared), 1)
+        results: list[TeamResult] = []
+        for start in range(0, len(prepared), size):
+            chunk = prepared[start : start + size]
+            finished = [e.result for e in execute(self, chunk) if isinstance(e, TeamFinished)]
+            results.extend(finished)
+        return results
+
+    # --- specs -------------------------------------------------------------------------------------------------
+
+    def to_spec(self) -> dict:
+        from kvmesh.agents.spec import team_to_spec
+
+        return team_to_spec(self)
+
+    def save_spec(self, path: str | Path) -> None:
+        from kvmesh.agents.spec import save_spec
+
+        save_spec(self, path)
+
+    @classmethod
+    def from_spec(cls, source: str | Path | dict) -> Team:
+        """Build a team from a YAML or JSON file (or an already parsed dict); see kvmesh.agents.spec."""
+        from kvmesh.agents.spec import team_from_spec
+
+        return team_from_spec(source)
+
+    def __repr__(self) -> str:
+        return f"Team(agents={self.agent_names}, graph={self.graph!r}, rounds={self.rounds}, " \
+               f"decision={self.decision.method!r})"

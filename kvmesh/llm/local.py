@@ -1,0 +1,220 @@
+"""LocalLM: one in-process Hugging Face causal LM that many agents share, and `load_model` to get it.
+
+`load_model(spec)` accepts an alias (see `kvmesh models`), a local model folder or a Hugging Face id, and
+returns the same `LocalLM` for the same spec for the life of the process.
+
+Everything a caller needs goes through token ids the model really reads: `render` gives the exact prompt
+text, `encode_prompt` its ids, `generate` runs one batched call (chunked by `max_batch_size`, rows grouped by
+length so padding stays small) and reports per-row token counts and timings.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from kvmesh.llm.chat import ChatFormat
+from kvmesh.llm.generation import BatchDecoder, Generation, GenerationRequest
+from kvmesh.llm.registry import ALIASES, ModelNotAvailableError, resolve, unknown_alias_message
+
+_HF_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+@dataclass
+class Prefill:
+    """The model's state after reading a prompt. cache: DynamicCache with S = len(token_ids) positions;
+    next_token_logits: (V,) logits for the token after the prompt."""
+
+    token_ids: list[int]
+    cache: object
+    next_token_logits: torch.Tensor
+
+
+class LocalLM:
+    """A causal LM and its tokenizer, in this process.
+
+    Args:
+        model: a transformers causal LM, already on its device and in eval mode.
+        tokenizer: its tokenizer.
+        spec: the name it was loaded under (alias, folder or Hugging Face id).
+        max_batch_size: rows per forward pass; larger calls are split into chunks.
+    """
+
+    def __init__(self, model, tokenizer, spec: str, max_batch_size: int = 32) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.max_batch_size = max_batch_size
+        self.chat = ChatFormat.for_tokenizer(tokenizer)
+        self.eos_ids = self._eos_ids()
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else min(self.eos_ids)
+        self._decoder = BatchDecoder(model, tokenizer, self.eos_ids, self.pad_id)
+
+    def __repr__(self) -> str:
+        return f"LocalLM({self.spec!r}, device={self.device}, dtype={self.model.dtype})"
+
+    @property
+    def name(self) -> str:
+        return self.spec
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for source in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
+            if isinstance(source, int):
+                ids.add(source)
+            elif source:
+                ids.update(source)
+        if not ids:
+            raise ModelNotAvailableError(f"{self.spec}: the tokenizer and generation config name no EOS token")
+        return ids
+
+    # --- text <-> tokens -------------------------------------------------------------------------------------
+
+    def render(self, messages: Sequence) -> str:
+        """The exact prompt text for a transcript, ready for a new assistant turn."""
+        return self.chat.render(messages, add_generation_prompt=True)
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """Token ids of a rendered prompt. Templates write their own special tokens; plain prompts get BOS."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        bos = self.tokenizer.bos_token_id
+        if not self.chat.uses_template and bos is not None and (not ids or ids[0] != bos):
+            ids = [bos, *ids]
+        return ids
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens of `text` in this model's tokenizer (no special tokens added)."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        """Character span of every token of `encode_prompt(text)`, for attributing prompt tokens to sources."""
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        spans = [tuple(span) for span in encoded["offset_mapping"]]
+        if len(spans) != len(self.encode_prompt(text)):  # a BOS was prepended
+            spans.insert(0, (0, 0))
+        return spans
+
+    # --- model calls -----------------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompts: Sequence[str | Sequence],
+        max_new_tokens: int | Sequence[int] = 256,
+        temperature: float | Sequence[float] = 0.0,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+    ) -> list[Generation]:
+        """Generate for several prompts in one batched call.
+
+        Args:
+            prompts: rendered prompt strings, or transcripts (lists of messages) to render first.
+            max_new_tokens, temperature: one value for all rows or one per row.
+            stop: stop strings for every row (the plain chat layout adds its own).
+            seed: seeds sampling; greedy rows ignore it.
+        """
+        texts = [p if isinstance(p, str) else self.render(p) for p in prompts]
+        count = len(texts)
+        limits = [max_new_tokens] * count if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        temps = [float(temperature)] * count if isinstance(temperature, int | float) else list(temperature)
+        if len(limits) != count or len(temps) != count:
+            raise ValueError("max_new_tokens and temperature need one value per prompt, or a single value")
+        stops = tuple(stop or ()) + self.chat.stop
+        requests = [
+            GenerationRequest(self.encode_prompt(t), limit, temp, stops)
+            for t, limit, temp in zip(texts, limits, temps, strict=True)
+        ]
+        return self.generate_requests(requests, seed=seed)
+
+    def generate_requests(self, requests: Sequence[GenerationRequest], seed: int | None = None) -> list[Generation]:
+        """Run prepared requests, `max_batch_size` rows at a time, rows of similar length together."""
+        order = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt_ids))
+        results: list[Generation | None] = [None] * len(requests)
+        for start in range(0, len(order), self.max_batch_size):
+            chunk = order[start : start + self.max_batch_size]
+            chunk_seed = None if seed is None else seed + start
+            for index, generation in zip(chunk, self._decoder([requests[i] for i in chunk], chunk_seed), strict=True):
+                results[index] = generation
+        return results  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def prefill(self, text_or_ids: str | Sequence[int]) -> Prefill:
+        """Read one prompt and return its KV cache and next-token logits (for the KV channels)."""
+        from transformers import DynamicCache
+
+        ids = self.encode_prompt(text_or_ids) if isinstance(text_or_ids, str) else list(text_or_ids)
+        cache = DynamicCache(config=self.model.config)
+        input_ids = torch.tensor([ids], device=self.device)
+        logits = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        return Prefill(token_ids=ids, cache=cache, next_token_logits=logits[0, -1])
+
+
+# --- loading ---------------------------------------------------------------------------------------------------
+
+_LOADED: dict[tuple[str, str, str], LocalLM] = {}
+_LOCK = threading.Lock()
+
+
+def _pick_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _locate(spec: str) -> str:
+    """Map a spec to something `from_pretrained` accepts, with a clear error if there is nothing to load."""
+    if spec in ALIASES:
+        return str(resolve(spec))
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotAvailableError(f"folder {path} has no config.json, so it is not a Hugging Face model folder")
+        return str(path)
+    if path.exists():
+        raise ModelNotAvailableError(f"{path} is a file; pass the model folder that holds config.json")
+    if _HF_ID.match(spec):
+        return spec
+    raise ModelNotAvailableError(unknown_alias_message(spec))
+
+
+def load_model(spec: str = "smollm2-135m", device: str | None = None, dtype: str | None = None) -> LocalLM:
+    """Load (once per process) the model named by `spec`: an alias, a local folder or a Hugging Face id.
+
+    Args:
+        spec: `smollm2-135m` (default), `gemma3-270m`, `tiny-random`, a folder, or `org/name`.
+        device: `cpu`, `cuda`, `cuda:1`, ... or None/`auto` for the GPU when there is one.
+        dtype: torch dtype name; default float32 on CPU and bfloat16 on GPU.
+    """
+    if isinstance(spec, LocalLM):
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelNotAvailableError(f"a model spec must be a non-empty string, got {spec!r}")
+    target = _pick_device(device)
+    dtype = dtype or ("float32" if target.type == "cpu" else "bfloat16")
+    key = (spec, str(target), dtype)
+    with _LOCK:
+        if key in _LOADED:
+            return _LOADED[key]
+        source = _locate(spec)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype)).to(target)
+        except OSError as error:
+            raise ModelNotAvailableError(
+                f"could not load {spec!r}: {error}\nWithout network access, download the model elsewhere "
+                f"and pass its local folder instead."
+            ) from error
+        lm = LocalLM(model, tokenizer, spec)
+        _LOADED[key] = lm
+        return lm
