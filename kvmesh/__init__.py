@@ -1,8 +1,8 @@
 """kvmesh: teams of LLM agents on local Hugging Face models, talking as text or through shared KV caches.
 
-    from kvmesh import Agent, Team
-    team = Team([Agent("solver", role="math solver"), Agent("checker", role="checker")], graph="chain")
-    print(team.run("What is 17 * 3?").answer)
+from kvmesh import Agent, Team
+team = Team([Agent("solver", role="math solver"), Agent("checker", role="checker")], graph="chain")
+print(team.run("What is 17 * 3?").answer)
 """
 
 from kvmesh.agents import (

@@ -39,7 +39,9 @@ class Agent:
         if not isinstance(self.name, str) or not self.name.strip() or self.name != self.name.strip():
             raise ValueError(f"agent name must be a non-empty string without surrounding spaces, got {self.name!r}")
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"agent {self.name!r}: max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+            raise ValueError(
+                f"agent {self.name!r}: max_new_tokens must be a positive integer, got {self.max_new_tokens!r}"
+            )
         if not isinstance(self.temperature, int | float) or self.temperature < 0:
             raise ValueError(f"agent {self.name!r}: temperature must be >= 0, got {self.temperature!r}")
         if not isinstance(self.model, LocalLM | str):
@@ -75,7 +77,15 @@ class Agent:
     def from_dict(cls, data: dict, default_model: str = DEFAULT_MODEL) -> Agent:
         if not isinstance(data, dict) or "name" not in data:
             raise ValueError(f"an agent entry needs at least a 'name', got {data!r}")
-        unknown = set(data) - {"name", "role", "system_prompt", "model", "max_new_tokens", "temperature", "stop"}
+        unknown = set(data) - {
+            "name",
+            "role",
+            "system_prompt",
+            "model",
+            "max_new_tokens",
+            "temperature",
+            "stop",
+        }
         if unknown:
             raise ValueError(f"agent {data['name']!r}: unknown fields {sorted(unknown)}")
         return cls(**{"model": default_model, **data, "stop": tuple(data.get("stop", ()))})

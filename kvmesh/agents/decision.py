@@ -29,8 +29,11 @@ class Decision:
     agent: Agent | None = None  # the decision maker, for method "decision"
 
     @classmethod
-    def coerce(cls, value: str | Agent | dict | Decision, default_model) -> Decision:
-        """Accept a method name, a decision-maker `Agent`, or a spec dict (an agent's fields or {method})."""
+    def coerce(cls, value: str | Agent | dict | Decision, first_agent: Agent) -> Decision:
+        """Accept a method name, a decision-maker `Agent`, or a spec dict (an agent's fields or {method}).
+
+        A decision maker built here uses the first agent's model and token cap unless the spec says otherwise.
+        """
         if isinstance(value, Decision):
             return value
         if isinstance(value, Agent):
@@ -44,12 +47,20 @@ class Decision:
                 fields.setdefault("name", DECISION_NAME)
                 fields.setdefault("role", "decision maker")
                 fields.setdefault("system_prompt", DECISION_SYSTEM)
-                return cls("decision", Agent.from_dict(fields, default_model=default_model))
+                fields.setdefault("max_new_tokens", first_agent.max_new_tokens)
+                return cls("decision", Agent.from_dict(fields, default_model=first_agent.model_spec))
             value = method
         if value not in METHODS:
             raise ValueError(f"unknown decision {value!r}; use one of {', '.join(METHODS)} or a decision Agent")
         if value == "decision":
-            return cls("decision", Agent(DECISION_NAME, "decision maker", DECISION_SYSTEM, model=default_model))
+            maker = Agent(
+                DECISION_NAME,
+                "decision maker",
+                DECISION_SYSTEM,
+                model=first_agent.model,
+                max_new_tokens=first_agent.max_new_tokens,
+            )
+            return cls("decision", maker)
         return cls(value)
 
     def to_spec(self) -> str | dict:

@@ -233,4 +233,3 @@ def execute(team: Team, tasks: Sequence[Task]) -> Iterator[Event]:
             skipped=state.skipped,
         )
         yield TeamFinished(state.index, result)
-

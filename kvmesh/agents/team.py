@@ -1,9 +1,9 @@
 """Team: agents + a communication graph + rounds + a decision rule; runs tasks through the runtime.
 
-    team = Team([Agent("solver"), Agent("critic")], graph="chain", rounds=2)
-    result = team.run("What is 17 * 3?")
-    for event in team.stream(task): ...
-    results = team.run_batch(tasks)          # one batched model call per level, across tasks
+team = Team([Agent("solver"), Agent("critic")], graph="chain", rounds=2)
+result = team.run("What is 17 * 3?")
+for event in team.stream(task): ...
+results = team.run_batch(tasks)          # one batched model call per level, across tasks
 """
 
 from __future__ import annotations
@@ -70,12 +70,13 @@ class Team:
         if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
             raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
         self.rounds = rounds
-        if token_budget is not None and (isinstance(token_budget, bool) or not isinstance(token_budget, int)
-                                         or token_budget < 1):
+        if token_budget is not None and (
+            isinstance(token_budget, bool) or not isinstance(token_budget, int) or token_budget < 1
+        ):
             raise ValueError(f"token_budget must be a positive integer or None, got {token_budget!r}")
         self.token_budget = token_budget
         self.seed = seed
-        self.decision = Decision.coerce(decision, default_model=agents[0].model)
+        self.decision = Decision.coerce(decision, first_agent=agents[0])
         if self.decision.agent is not None and self.decision.agent.name in self.graph.agents:
             raise ValueError(f"the decision agent's name {self.decision.agent.name!r} is also a team agent's name")
 
@@ -145,5 +146,7 @@ class Team:
         return team_from_spec(source)
 
     def __repr__(self) -> str:
-        return f"Team(agents={self.agent_names}, graph={self.graph!r}, rounds={self.rounds}, " \
-               f"decision={self.decision.method!r})"
+        return (
+            f"Team(agents={self.agent_names}, graph={self.graph!r}, rounds={self.rounds}, "
+            f"decision={self.decision.method!r})"
+        )

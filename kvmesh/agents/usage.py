@@ -102,11 +102,29 @@ class UsageReport:
         """A plain-text table of tokens per agent and per edge, with totals."""
         rows = [("agent", "calls", "prompt", "completion", "cached", "total", "seconds")]
         for name, u in self.per_agent.items():
-            rows.append((name, u.calls, u.input_tokens, u.output_tokens, u.cache_read, u.total_tokens,
-                         f"{u.wall_time_s:.2f}"))
+            rows.append(
+                (
+                    name,
+                    u.calls,
+                    u.input_tokens,
+                    u.output_tokens,
+                    u.cache_read,
+                    u.total_tokens,
+                    f"{u.wall_time_s:.2f}",
+                )
+            )
         t = self.total
-        rows.append(("TOTAL", t.calls, t.input_tokens, t.output_tokens, t.cache_read, t.total_tokens,
-                     f"{self.wall_time_s:.2f}"))
+        rows.append(
+            (
+                "TOTAL",
+                t.calls,
+                t.input_tokens,
+                t.output_tokens,
+                t.cache_read,
+                t.total_tokens,
+                f"{self.wall_time_s:.2f}",
+            )
+        )
         lines = _format_rows(rows)
         if self.per_edge:
             edge_rows = [("edge", "tokens read", "cached")]
@@ -120,7 +138,9 @@ def _format_rows(rows: list[tuple]) -> list[str]:
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     out = []
     for n, row in enumerate(cells):
-        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+        out.append(
+            "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        )
         if n == 0:
             out.append("  ".join("-" * w for w in widths))
     return out

@@ -93,9 +93,7 @@ class ChatFormat:
             return self._apply(_merge_for_strict_templates(turns), add_generation_prompt)
 
     def _apply(self, turns: list[ChatTurn], add_generation_prompt: bool) -> str:
-        return self.tokenizer.apply_chat_template(
-            turns, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        return self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
 def _render_plain(turns: list[ChatTurn], add_generation_prompt: bool) -> str:

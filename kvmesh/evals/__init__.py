@@ -1,0 +1,1 @@
+"""Benchmarks: tasks, answer extraction, sandboxed code execution, the runner and reports."""

@@ -1,0 +1,1 @@
+"""Optima-style training of agents for effectiveness and token efficiency (SFT and DPO with LoRA)."""

@@ -1,0 +1,215 @@
+import pytest
+
+from kvmesh import Agent, ChannelNotAvailableError, CommGraph, GraphError, Task, Team
+from kvmesh.agents import events as ev
+from kvmesh.agents.graph import Edge
+
+
+def make_agents(names, model="tiny-random", max_new_tokens=6):
+    return [Agent(n, role=f"{n} role", model=model, max_new_tokens=max_new_tokens) for n in names]
+
+
+@pytest.fixture
+def calls(monkeypatch, tiny):
+    """Record the batch size of every model call the runtime makes on the tiny model."""
+    sizes = []
+    original = tiny.generate_requests
+
+    def recording(requests, seed=None):
+        sizes.append(len(requests))
+        return original(requests, seed=seed)
+
+    monkeypatch.setattr(tiny, "generate_requests", recording)
+    return sizes
+
+
+def test_event_order_for_a_chain():
+    team = Team(make_agents("abc"), "chain")
+    seen = []
+    for event in team.stream("Q?"):
+        who = getattr(event, "agent", None) or (f"{event.source}->{event.target}" if hasattr(event, "source") else "")
+        seen.append(f"{event.type}:{who}")
+    assert seen == [
+        "AgentStarted:a",
+        "AgentFinished:a",
+        "MessageSent:a->b",
+        "AgentStarted:b",
+        "AgentFinished:b",
+        "MessageSent:b->c",
+        "AgentStarted:c",
+        "AgentFinished:c",
+        "RoundFinished:",
+        "MessageSent:a->decision",
+        "MessageSent:b->decision",
+        "MessageSent:c->decision",
+        "AgentStarted:decision",
+        "AgentFinished:decision",
+        "TeamFinished:",
+    ]
+
+
+def test_temporal_edges_carry_the_previous_round():
+    graph = CommGraph(["a", "b"], [("a", "b"), Edge("b", "a", "temporal")])
+    team = Team(make_agents("ab"), graph, rounds=2, decision="last")
+    kinds = [(e.source, e.target, e.round, e.kind) for e in team.stream("Q?") if isinstance(e, ev.MessageSent)]
+    assert kinds == [("a", "b", 0, "spatial"), ("b", "a", 0, "temporal"), ("a", "b", 1, "spatial")]
+
+
+def test_usage_is_exact_and_adds_up(tiny):
+    team = Team(make_agents("abcd"), "complete", rounds=2)
+    result = team.run("How many legs does a spider have?")
+    total_in = total_out = 0
+    for message in result.messages:
+        prompt = message.response_metadata["prompt"]
+        usage = message.usage_metadata
+        assert usage["input_tokens"] == len(tiny.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        assert usage["output_tokens"] == 6  # the random model never stops early
+        assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+        total_in += usage["input_tokens"]
+        total_out += usage["output_tokens"]
+    report = result.usage
+    assert (report.total.input_tokens, report.total.output_tokens) == (total_in, total_out)
+    assert report.total.calls == 4 * 2 + 1
+    for breakdown in (report.per_agent, report.per_round):
+        assert sum(u.total_tokens for u in breakdown.values()) == report.total.total_tokens
+    assert set(report.per_round) == {"0", "1", "decision"}
+    # edges: complete over 4 agents has 6 spatial edges, each used in 2 rounds, plus 4 edges into the decision
+    assert len(report.per_edge) == 6 + 4
+    for key, usage in report.per_edge.items():
+        assert usage.input_tokens > 0 and usage.calls == 0, key
+    d_in = report.per_agent["d"].input_tokens
+    into_d = sum(u.input_tokens for k, u in report.per_edge.items() if k.endswith("->d"))
+    assert 0 < into_d < d_in
+    assert report.wall_time_s > 0 and 0 < report.ttft_s < report.wall_time_s
+
+
+def test_edge_tokens_match_the_message_block(tiny):
+    result = Team(make_agents("ab", max_new_tokens=12), "chain", decision="last").run("Q?")
+    a_reply = result.messages[0].content
+    block = f"Message from a (this round):\n{a_reply}"
+    counted = result.usage.per_edge["a->b"].input_tokens
+    assert abs(counted - tiny.count_tokens(block)) <= 1  # only a token merged across the block edge may differ
+
+
+def test_run_batch_batches_each_level_across_tasks_and_matches_run(calls):
+    graph = CommGraph.preset("layered", list("abc"), layers=[1, 2])
+    team = Team(make_agents("abc"), graph)
+    tasks = [Task(f"Question number {i}?", id=str(i)) for i in range(4)]
+    batched = team.run_batch(tasks)
+    assert calls == [4, 8, 4]  # level [a], level [b, c], decision: one call each, across all 4 tasks
+    calls.clear()
+    for task, result in zip(tasks, batched, strict=True):
+        alone = team.run(task)
+        assert result.task.id == task.id
+        assert [m.content for m in result.messages] == [m.content for m in alone.messages]
+        assert result.answer == alone.answer
+    assert calls == [1, 2, 1] * 4
+    calls.clear()
+    team.run_batch(tasks, batch_size=3)
+    assert calls == [3, 6, 3, 1, 2, 1]
+
+
+def test_agents_on_different_models_get_separate_calls(tiny, tmp_path, calls):
+    folder = tmp_path / "copy"
+    tiny.model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    agents = [
+        Agent("a", model="tiny-random", max_new_tokens=4),
+        Agent("b", model=str(folder), max_new_tokens=4),
+    ]
+    result = Team(agents, "debate", decision="last").run("Q?")
+    assert calls == [1]  # a on tiny-random; b went to the other model in its own call
+    assert {m.response_metadata["model"] for m in result.messages} == {"tiny-random", str(folder)}
+
+
+def test_shards_reach_only_their_agent():
+    team = Team(make_agents("abc"), "debate", decision="last")
+    result = team.run(Task("Who?", shards={"a": "SECRET-A", "c": "SECRET-C"}, context="SHARED"))
+    prompts = {m.name: m.response_metadata["prompt"] for m in result.messages}
+    assert "SECRET-A" in prompts["a"] and "SECRET-C" not in prompts["a"]
+    assert "SECRET-A" not in prompts["b"] and "SECRET-C" not in prompts["b"]
+    assert "SECRET-C" in prompts["c"]
+    assert all("SHARED" in p for p in prompts.values())
+    with pytest.raises(ValueError, match="unknown agents \\['z'\\]"):
+        team.run(Task("Who?", shards={"z": "x"}))
+    with pytest.raises(ValueError, match="4 shards for 3 agents"):
+        team.run(Task("Who?", shards=["1", "2", "3", "4"]))
+
+
+def test_token_budget_stops_scheduling_and_is_never_exceeded():
+    team = Team(make_agents("abc", max_new_tokens=20), "chain", token_budget=150)
+    events = list(team.stream("Q?"))
+    result = events[-1].result
+    assert result.stop_reason == "budget" and result.budget_exhausted
+    assert result.usage.total.total_tokens <= 150
+    assert ("decision", "decision") in result.skipped
+    assert any(isinstance(e, ev.BudgetExhausted) for e in events)
+    ran = {m.name for m in result.messages}
+    assert ran and ran | {name for name, _ in result.skipped} == {"a", "b", "c", "decision"}
+    assert result.answer == result.messages[-1].content  # falls back to the last reply
+    roomy = Team(make_agents("abc", max_new_tokens=20), "chain", token_budget=100_000).run("Q?")
+    assert roomy.stop_reason == "completed" and not roomy.skipped
+
+
+def test_majority_and_last_decisions():
+    votes = {"a": "x\nAnswer: 7", "b": "Answer: 9", "c": "y\nanswer: 7"}
+    task = Task("Q?", extract_answer=lambda text: text.strip()[-1])
+    team = Team(make_agents("abc"), "debate", decision="majority")
+    from kvmesh.agents.decision import majority_vote
+
+    assert majority_vote(list(votes.items()), Task("Q?").extract_answer) == "7"
+    assert majority_vote([("a", "1"), ("b", "2")], Task("Q?").extract_answer) == "1"  # tie: earliest agent
+    result = team.run(task)
+    assert result.answer in {m.content.strip()[-1] for m in result.messages}
+    assert [m.name for m in result.messages] == ["a", "b", "c"]  # no decision-maker call
+    last = Team(make_agents("abc"), "chain", decision="last").run("Q?")
+    assert last.answer == last.messages[-1].content and last.messages[-1].name == "c"
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "message"),
+    [
+        (lambda: Team([], "chain"), ValueError, "at least one agent"),
+        (lambda: Team(["a"], "chain"), TypeError, "Agent objects"),
+        (lambda: Team(make_agents("ab"), "chain", rounds=0), ValueError, "rounds must be a positive integer"),
+        (
+            lambda: Team(make_agents("ab"), "chain", rounds=True),
+            ValueError,
+            "rounds must be a positive integer",
+        ),
+        (lambda: Team(make_agents("ab"), "chain", token_budget=0), ValueError, "token_budget"),
+        (lambda: Team(make_agents("ab"), "chain", decision="vote"), ValueError, "unknown decision 'vote'"),
+        (
+            lambda: Team(make_agents("ab"), CommGraph(["a", "c"])),
+            GraphError,
+            "graph nodes without an agent: \\['c'\\]",
+        ),
+        (lambda: Team(make_agents("aa"), "chain"), GraphError, "repeated: a"),
+        (lambda: Team(make_agents(["decision", "b"]), "chain"), ValueError, "decision agent's name"),
+        (lambda: Team(make_agents("ab"), "spiral"), GraphError, "unknown topology"),
+        (lambda: Agent(""), ValueError, "non-empty string"),
+        (lambda: Agent("a", max_new_tokens=0), ValueError, "max_new_tokens"),
+        (lambda: Agent("a", temperature=-0.1), ValueError, "temperature"),
+        (lambda: Task(""), ValueError, "non-empty question"),
+    ],
+)
+def test_bad_input_gives_a_clear_error(build, error, message):
+    with pytest.raises(error, match=message):
+        build()
+
+
+def test_kv_channels_are_not_available_yet():
+    graph = CommGraph(["a", "b"], [Edge("a", "b", channel="kv-reuse")])
+    with pytest.raises(ChannelNotAvailableError, match="channel 'kv-reuse', which is not available yet"):
+        Team(make_agents("ab"), graph)
+
+
+@pytest.mark.slow
+def test_demo_team_relays_private_facts_on_the_real_model(smollm):
+    from kvmesh.cli import DEMO_TASK, demo_team
+
+    result = demo_team("smollm2-135m").run(DEMO_TASK)
+    assert "Lisbon" in result.answer  # only the second agent's notes say where Lena lives
+    for message in result.messages:
+        prompt = message.response_metadata["prompt"]
+        assert message.usage_metadata["input_tokens"] == smollm.count_tokens(prompt)

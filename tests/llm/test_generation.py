@@ -1,0 +1,101 @@
+import pytest
+import torch
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write one short sentence about the sea.",
+    "List three colours.",
+    "What is 7 times 6? Answer with a number.",
+]
+
+
+def _rendered(lm):
+    return [lm.render([("user", p)]) for p in PROMPTS]
+
+
+def _assert_batched_equals_unbatched(lm, max_new_tokens):
+    prompts = _rendered(lm)
+    batched = lm.generate(prompts, max_new_tokens=max_new_tokens)
+    for prompt, row in zip(prompts, batched, strict=True):
+        alone = lm.generate([prompt], max_new_tokens=max_new_tokens)[0]
+        assert row.token_ids == alone.token_ids
+        assert row.text == alone.text
+
+
+def test_batched_equals_unbatched_tiny(tiny):
+    _assert_batched_equals_unbatched(tiny, 24)
+
+
+@pytest.mark.slow
+def test_batched_equals_unbatched_smollm(smollm):
+    _assert_batched_equals_unbatched(smollm, 32)
+
+
+def test_token_counts_come_from_the_real_ids(tiny):
+    prompts = _rendered(tiny)
+    for prompt, row in zip(prompts, tiny.generate(prompts, max_new_tokens=[3, 5, 7, 9]), strict=True):
+        assert row.prompt_tokens == len(tiny.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        assert row.completion_tokens == len(row.token_ids)
+        assert row.text == tiny.tokenizer.decode(row.token_ids, skip_special_tokens=True)
+    assert [r.completion_tokens for r in tiny.generate(prompts, max_new_tokens=[3, 5, 7, 9])] == [3, 5, 7, 9]
+
+
+@pytest.mark.slow
+def test_eos_ends_a_row_and_is_counted(smollm):
+    row = smollm.generate([smollm.render([("user", "Say hi.")])], max_new_tokens=64)[0]
+    assert row.finish_reason == "eos"
+    assert row.token_ids[-1] in smollm.eos_ids
+    assert "<|im_end|>" not in row.text
+
+
+def test_stop_strings_cut_the_text(tiny):
+    prompt = _rendered(tiny)[0]
+    free = tiny.generate([prompt], max_new_tokens=20)[0]
+    stop = free.text[len(free.text) // 2 :][:3]  # a piece of what greedy decoding will produce
+    cut = tiny.generate([prompt], max_new_tokens=20, stop=[stop])[0]
+    assert cut.finish_reason == "stop"
+    assert stop not in cut.text and free.text.startswith(cut.text)
+    assert len(cut.token_ids) < len(free.token_ids)
+
+
+def test_sampling_is_seeded(tiny):
+    prompts = _rendered(tiny)
+    a = tiny.generate(prompts, max_new_tokens=12, temperature=1.0, seed=7)
+    b = tiny.generate(prompts, max_new_tokens=12, temperature=1.0, seed=7)
+    c = tiny.generate(prompts, max_new_tokens=12, temperature=1.0, seed=8)
+    assert [r.token_ids for r in a] == [r.token_ids for r in b]
+    assert [r.token_ids for r in a] != [r.token_ids for r in c]
+
+
+def test_mixed_greedy_and_sampled_rows(tiny):
+    prompts = _rendered(tiny)[:2]
+    greedy = tiny.generate([prompts[0]], max_new_tokens=10)[0]
+    mixed = tiny.generate(prompts, max_new_tokens=10, temperature=[0.0, 1.0], seed=3)
+    assert mixed[0].token_ids == greedy.token_ids
+
+
+def test_chunks_larger_than_max_batch_size(tiny, monkeypatch):
+    prompts = _rendered(tiny) * 3
+    whole = tiny.generate(prompts, max_new_tokens=6)
+    monkeypatch.setattr(tiny, "max_batch_size", 5)
+    chunked = tiny.generate(prompts, max_new_tokens=6)
+    assert [r.token_ids for r in whole] == [r.token_ids for r in chunked]
+
+
+def test_prefill_exposes_the_cache_and_matches_generation(tiny):
+    prompt = _rendered(tiny)[1]
+    state = tiny.prefill(prompt)
+    layer = state.cache.layers[0]
+    config = tiny.model.config
+    assert tuple(layer.keys.shape) == (1, config.num_key_value_heads, len(state.token_ids), config.head_dim)
+    first = tiny.generate([prompt], max_new_tokens=1)[0].token_ids[0]
+    assert int(torch.argmax(state.next_token_logits)) == first
+
+
+def test_bad_requests_are_rejected(tiny):
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        tiny.generate(["hi"], max_new_tokens=0)
+    with pytest.raises(ValueError, match="temperature"):
+        tiny.generate(["hi"], temperature=-1.0)
+    with pytest.raises(ValueError, match="one value per prompt"):
+        tiny.generate(["a", "b"], max_new_tokens=[1, 2, 3])

@@ -1,0 +1,75 @@
+"""The `kvmesh` command end to end, in a subprocess, on the real SmolLM2."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def kvmesh(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kvmesh.cli", *args], capture_output=True, text=True, env=ENV)
+
+
+@pytest.mark.slow
+def test_run_json_on_smollm2():
+    out = kvmesh(
+        "run",
+        "What is the capital of France?",
+        "--agents",
+        "2",
+        "--topology",
+        "chain",
+        "--max-new-tokens",
+        "24",
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert isinstance(data["answer"], str) and data["answer"]
+    assert [(m["agent"], m["round"]) for m in data["messages"]] == [
+        ("agent_1", 0),
+        ("agent_2", 0),
+        ("decision", "decision"),
+    ]
+    shape = {"input_tokens", "output_tokens", "total_tokens", "input_token_details"}
+    for message in data["messages"]:
+        assert shape <= set(message["usage"]) and "<|im_start|>" in message["prompt"]
+        assert message["usage"]["output_tokens"] <= 24
+    usage = data["usage"]
+    assert shape <= set(usage["total"])
+    assert set(usage["per_agent"]) == {"agent_1", "agent_2", "decision"}
+    assert "agent_1->agent_2" in usage["per_edge"] and set(usage["per_round"]) == {"0", "decision"}
+    assert usage["total"]["total_tokens"] == sum(m["usage"]["total_tokens"] for m in data["messages"])
+
+
+@pytest.mark.slow
+def test_run_text_with_a_spec(tmp_path):
+    spec = tmp_path / "team.yaml"
+    spec.write_text("agents: [{name: solo, role: geographer, max_new_tokens: 16}]\ndecision: last\n")
+    out = kvmesh("run", "What is the capital of France?", "--spec", str(spec))
+    assert out.returncode == 0, out.stderr
+    assert "[solo · round 0]" in out.stdout and "ANSWER:" in out.stdout and "TOTAL" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("run", "Q?", "--agents", "0"), "--agents must be at least 1"),
+        (("run", "Q?", "--rounds", "0"), "rounds must be a positive integer"),
+        (("run", "Q?", "--model", "no-such-model"), "unknown model 'no-such-model'"),
+        (("run", "Q?", "--spec", "/nonexistent/team.yaml"), "does not exist"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_message(args, message):
+    out = kvmesh(*args)
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_unknown_topology_is_refused_by_the_parser():
+    out = kvmesh("run", "Q?", "--topology", "ring")
+    assert out.returncode == 2 and "invalid choice: 'ring'" in out.stderr
