@@ -1,13 +1,17 @@
 """The scheduler: runs a team on a batch of tasks and yields events as it goes.
 
-    for round in rounds:
-        for level in graph.levels():          # agents that only read earlier levels
-            plan every (task, agent) turn     # exact prompt, edge token counts, budget check
-            one batched call per model        # across agents of the level AND across tasks
-            record replies, usage, events
-    decision step (one more batched call, if the team has a decision maker)
+Each task walks the same stages: for every round, the spatial DAG's levels (agents that only read earlier
+levels), then the decision step. A stage's turns (exact prompt, edge token counts, budget check) go into one
+running batch per model, shared by every agent and every task:
 
-`Team.run`, `Team.stream` and `Team.run_batch` are thin wrappers over `execute`, so all three share one path.
+    start: submit every task's first stage             -> one batched prefill
+    loop:  step each model's batch                      -> one decode forward pass, all rows of all tasks
+           a turn finishes -> record reply, usage, events
+           a task's stage is done -> submit its next stage (the rows join the running batch)
+
+So tasks never wait for each other's slowest reply, while a task's own stages run in order and every prompt
+is exactly what a level-by-level run would build. `Team.run`, `Team.stream` and `Team.run_batch` are thin
+wrappers over `execute`, so all three share one path.
 
 Token budget: a task never spends more than `team.token_budget` tokens (prompt + completion). A turn whose
 prompt no longer fits is skipped, its output cap is clamped to what is left, and once a turn is skipped the
@@ -39,6 +43,7 @@ from kvmesh.agents.result import TeamResult
 from kvmesh.agents.task import Task
 from kvmesh.agents.usage import Usage, UsageReport, edge_key
 from kvmesh.llm import GenerationRequest
+from kvmesh.llm.generation import DecodeBatch, Generation
 
 if TYPE_CHECKING:
     from kvmesh.agents.agent import Agent
@@ -58,6 +63,8 @@ class _TaskState:
     reserved: int = 0  # tokens promised to calls planned in the current level
     stop_reason: str = "completed"
     skipped: list[tuple[str, Round]] = field(default_factory=list)
+    stage: int = -1  # index into the team's stages
+    outstanding: int = 0  # turns of the current stage still generating
 
     @property
     def stopped(self) -> bool:
@@ -75,6 +82,25 @@ class _Turn:
     round: Round
     plan: PromptPlan
     max_new_tokens: int
+
+    def request(self) -> GenerationRequest:
+        stop = self.agent.stop + self.agent.llm.chat.stop
+        return GenerationRequest(self.plan.token_ids, self.max_new_tokens, self.agent.temperature, stop)
+
+
+@dataclass(frozen=True)
+class _Stage:
+    round: Round
+    agents: list[Agent]
+
+
+def _stages(team: Team) -> list[_Stage]:
+    by_name = {agent.name: agent for agent in team.agents}
+    levels = [[by_name[name] for name in level] for level in team.graph.levels()]
+    stages = [_Stage(r, level) for r in range(team.rounds) for level in levels]
+    if team.decision.method == "decision":
+        stages.append(_Stage("decision", [team.decision.agent]))
+    return stages
 
 
 def _inbound(team: Team, state: _TaskState, agent: str, round_: Round) -> list[Inbound]:
@@ -132,24 +158,7 @@ def _schedule(team: Team, state: _TaskState, agent: Agent, round_: Round) -> Ite
     yield _Turn(state, agent, round_, plan, max_new)
 
 
-def _run_turns(team: Team, turns: Sequence[_Turn], started: float) -> Iterator[Event]:
-    """One batched call per model over all planned turns, then record each reply."""
-    by_model: dict[int, list[_Turn]] = {}
-    for turn in turns:
-        by_model.setdefault(id(turn.agent.llm), []).append(turn)
-    for group in by_model.values():
-        llm = group[0].agent.llm
-        requests = [
-            GenerationRequest(t.plan.token_ids, t.max_new_tokens, t.agent.temperature, t.agent.stop + llm.chat.stop)
-            for t in group
-        ]
-        call_start = time.perf_counter()
-        generations = llm.generate_requests(requests, seed=team.seed)
-        for turn, gen in zip(group, generations, strict=True):
-            yield _record(turn, gen, llm.spec, call_start - started)
-
-
-def _record(turn: _Turn, gen, model_spec: str, call_offset: float) -> AgentFinished:
+def _record(turn: _Turn, gen: Generation, started: float) -> AgentFinished:
     state, name = turn.state, turn.agent.name
     usage = Usage(gen.prompt_tokens, gen.completion_tokens, 0, 1, gen.latency_s, gen.ttft_s)
     message = AIMessage(
@@ -159,7 +168,7 @@ def _record(turn: _Turn, gen, model_spec: str, call_offset: float) -> AgentFinis
         response_metadata={
             "round": turn.round,
             "prompt": turn.plan.text,
-            "model": model_spec,
+            "model": turn.agent.llm.spec,
             "finish_reason": gen.finish_reason,
             "ttft_s": gen.ttft_s,
             "latency_s": gen.latency_s,
@@ -171,24 +180,50 @@ def _record(turn: _Turn, gen, model_spec: str, call_offset: float) -> AgentFinis
     state.usage.add_call(name, str(turn.round), usage)
     for inbound, tokens in zip(turn.plan.inbound, turn.plan.edge_tokens, strict=True):
         state.usage.add_edge(edge_key(inbound.source, name, inbound.kind), tokens)
-    first_token = call_offset + gen.ttft_s
+    first_token = gen.started_at - started + gen.ttft_s
     if state.usage.ttft_s is None or first_token < state.usage.ttft_s:
         state.usage.ttft_s = first_token
     return AgentFinished(state.index, name, turn.round, message, usage)
 
 
-def _run_level(team: Team, states: list[_TaskState], agents: Sequence[Agent], round_: Round, started: float):
-    turns: list[_Turn] = []
-    for state in states:
+class _Batches:
+    """One running `DecodeBatch` per model, created on first use."""
+
+    def __init__(self, seed: int | None) -> None:
+        self.seed = seed
+        self.by_model: dict[int, DecodeBatch] = {}
+
+    def submit(self, turn: _Turn) -> None:
+        llm = turn.agent.llm
+        if id(llm) not in self.by_model:
+            self.by_model[id(llm)] = llm.new_batch(self.seed)
+        self.by_model[id(llm)].submit(turn.request(), turn)
+
+    def busy(self) -> list[DecodeBatch]:
+        return [batch for batch in self.by_model.values() if batch.has_work]
+
+
+def _advance(team: Team, state: _TaskState, stages: list[_Stage], batches: _Batches, started: float):
+    """Move a task whose current stage is done to the next stage that has work; finish it after the last."""
+    while state.outstanding == 0:
+        if state.stage >= 0:
+            current = stages[state.stage]
+            following = stages[state.stage + 1] if state.stage + 1 < len(stages) else None
+            if current.round != "decision" and (following is None or following.round != current.round):
+                yield RoundFinished(state.index, current.round, state.usage.per_round.get(str(current.round), Usage()))
+        state.stage += 1
+        if state.stage == len(stages):
+            yield TeamFinished(state.index, _result(team, state, time.perf_counter() - started))
+            return
+        stage = stages[state.stage]
         state.reserved = 0
-        for agent in agents:
-            for item in _schedule(team, state, agent, round_):
+        for agent in stage.agents:
+            for item in _schedule(team, state, agent, stage.round):
                 if isinstance(item, _Turn):
-                    turns.append(item)
+                    batches.submit(item)
+                    state.outstanding += 1
                 else:
                     yield item
-    if turns:
-        yield from _run_turns(team, turns, started)
 
 
 def _answer(team: Team, state: _TaskState) -> str | None:
@@ -207,29 +242,30 @@ def _answer(team: Team, state: _TaskState) -> str | None:
     return agent_turns[-1].content if agent_turns else None
 
 
+def _result(team: Team, state: _TaskState, elapsed: float) -> TeamResult:
+    state.usage.wall_time_s = elapsed
+    return TeamResult(
+        task=state.task,
+        answer=_answer(team, state),
+        messages=state.messages,
+        usage=state.usage,
+        graph=team.graph,
+        stop_reason=state.stop_reason,
+        skipped=state.skipped,
+    )
+
+
 def execute(team: Team, tasks: Sequence[Task]) -> Iterator[Event]:
-    """Run `team` on `tasks` together, yielding events; ends with one TeamFinished per task."""
+    """Run `team` on `tasks` together, yielding events; each task ends with its TeamFinished."""
     started = time.perf_counter()
+    stages = _stages(team)
     states = [_TaskState(i, task) for i, task in enumerate(tasks)]
-    by_name = {agent.name: agent for agent in team.agents}
-    levels = [[by_name[name] for name in level] for level in team.graph.levels()]
-    for round_ in range(team.rounds):
-        for level in levels:
-            yield from _run_level(team, states, level, round_, started)
-        for state in states:
-            yield RoundFinished(state.index, round_, state.usage.per_round.get(str(round_), Usage()))
-    if team.decision.method == "decision":
-        yield from _run_level(team, states, [team.decision.agent], "decision", started)
-    elapsed = time.perf_counter() - started
+    batches = _Batches(team.seed)
     for state in states:
-        state.usage.wall_time_s = elapsed
-        result = TeamResult(
-            task=state.task,
-            answer=_answer(team, state),
-            messages=state.messages,
-            usage=state.usage,
-            graph=team.graph,
-            stop_reason=state.stop_reason,
-            skipped=state.skipped,
-        )
-        yield TeamFinished(state.index, result)
+        yield from _advance(team, state, stages, batches, started)
+    while running := batches.busy():
+        for batch in running:
+            for turn, generation in batch.step():
+                yield _record(turn, generation, started)
+                turn.state.outstanding -= 1
+                yield from _advance(team, turn.state, stages, batches, started)

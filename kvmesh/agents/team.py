@@ -122,8 +122,8 @@ class Team:
         results: list[TeamResult] = []
         for start in range(0, len(prepared), size):
             chunk = prepared[start : start + size]
-            finished = [e.result for e in execute(self, chunk) if isinstance(e, TeamFinished)]
-            results.extend(finished)
+            finished = [e for e in execute(self, chunk) if isinstance(e, TeamFinished)]
+            results.extend(e.result for e in sorted(finished, key=lambda e: e.task_index))  # input order
         return results
 
     # --- specs -------------------------------------------------------------------------------------------------

@@ -1,24 +1,37 @@
-"""One batched generate call: left-padded prefill, then a decode loop over a shared KV cache.
+"""The generation engine: a running batch of rows that join between decode steps and leave when done.
 
-Why our own loop rather than `model.generate`: we need per-row limits (each agent has its own max_new_tokens,
-temperature and stop strings), time to first token, exact token ids per row, and rows that finish early leave
-the batch (their cache rows are dropped) so the remaining rows decode faster.
+Why our own loop rather than `model.generate`: each row has its own max_new_tokens, temperature and stop
+strings; we need time to first token and exact token ids per row; and work arrives while others decode (an
+agent's turn becomes ready when its upstream agents finish), so rows must join a running batch: continuous
+batching, as serving engines do it.
 
-Left padding is exact: position ids count only real tokens and the attention mask hides the pads, so a row's
-greedy output does not depend on what it was batched with (up to float rounding in the matmuls; tests check
-equality on real prompts).
+One `DecodeBatch.step()`:
+  1. admit waiting rows (up to `max_rows`): prefill them in length buckets, since padding is pure waste in
+     compute-bound prefill, and stack their caches, left-padded, onto the running cache;
+  2. choose one token per row (greedy, or sampled at the row's temperature);
+  3. retire rows that hit EOS, a stop string or their token limit (their cache rows are dropped, and padding
+     columns no row needs any more are trimmed);
+  4. one forward pass of the remaining rows over the shared cache.
 
-Shapes: B = rows still decoding, T = padded prompt length, S = prompt + generated so far.
+Left padding is exact: position ids count only real tokens and the attention mask hides pads, so a row's
+greedy output does not depend on what it is batched with (tests check equality on real prompts).
+
+Shapes: B = rows in the batch, W = cache width (longest row incl. its left padding), V = vocabulary.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
+import torch.nn.functional as F
+
+from kvmesh.kvcomm.cache import can_merge, new_cache, select_rows, stack_left_padded, trim_left
+
+MAX_PADDING = 0.10  # a prefill bucket may pad at most this share of its real tokens
 
 
 @dataclass
@@ -52,15 +65,17 @@ class Generation:
 
     `token_ids` are every token the model generated for this row, including a final end-of-sequence token or
     the tokens that completed a stop string; `text` is their decoded text with special tokens removed and cut
-    before any stop string. `completion_tokens == len(token_ids)`.
+    before any stop string. `completion_tokens == len(token_ids)`. Times count from `started_at` (a
+    `time.perf_counter()` value), when the row's prefill began.
     """
 
     text: str
     token_ids: list[int]
     prompt_tokens: int
     finish_reason: str  # "eos", "stop" or "length"
-    ttft_s: float  # seconds from the call's start to this row's first token (shared by the whole batch)
-    latency_s: float  # seconds from the call's start to this row's last token
+    ttft_s: float
+    latency_s: float
+    started_at: float = 0.0
 
     @property
     def completion_tokens(self) -> int:
@@ -70,10 +85,27 @@ class Generation:
 @dataclass
 class _Row:
     request: GenerationRequest
+    tag: Hashable
     generated: list[int] = field(default_factory=list)
-    finish_reason: str | None = None
-    text: str | None = None
-    latency_s: float = 0.0
+    text: str | None = None  # set when a stop string cut the text
+    started_at: float = 0.0
+    first_token_at: float = 0.0
+
+
+def length_buckets(lengths: Sequence[int], max_padding: float = MAX_PADDING) -> list[list[int]]:
+    """Group indices so that left-padding each group to its longest member wastes at most `max_padding`."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    buckets: list[list[int]] = []
+    total = 0
+    for index in order:
+        length = lengths[index]
+        if buckets and (len(buckets[-1]) + 1) * length - (total + length) <= max_padding * (total + length):
+            buckets[-1].append(index)
+            total += length
+        else:
+            buckets.append([index])
+            total = length
+    return buckets
 
 
 def _left_pad(rows: Sequence[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,28 +119,32 @@ def _left_pad(rows: Sequence[list[int]], pad_id: int, device) -> tuple[torch.Ten
 
 
 def _choose(logits: torch.Tensor, temperatures: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Pick the next token per row. logits: (B, V) float; temperatures: (B,). Returns (B,) long."""
-    greedy = logits.argmax(dim=-1)
-    sampled_rows = temperatures > 0
-    if not bool(sampled_rows.any()):
-        return greedy
-    scaled = logits[sampled_rows].float() / temperatures[sampled_rows, None]
-    probs = torch.softmax(scaled, dim=-1)
-    draws = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(greedy.device)
-    greedy[sampled_rows] = draws
-    return greedy
+    """Pick the next token per row. logits: (B, V); temperatures: (B,). Returns (B,) long."""
+    tokens = logits.argmax(dim=-1)
+    sampled = temperatures > 0
+    if bool(sampled.any()):
+        probs = torch.softmax(logits[sampled].float() / temperatures[sampled, None], dim=-1)
+        draws = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1)
+        tokens[sampled] = draws.to(tokens.device)
+    return tokens
 
 
 class BatchDecoder:
-    """Runs batched generation for one model and tokenizer. Stateless between calls."""
+    """What the engine needs to know about one model: its weights, tokenizer and special tokens.
+
+    `busy_s` adds up the seconds spent inside `DecodeBatch.step` (prefill, decode, cache bookkeeping) for
+    this model, so callers can tell engine time from everything else.
+    """
 
     def __init__(self, model, tokenizer, eos_ids: set[int], pad_id: int) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
         self.pad_id = pad_id
+        self.mergeable = can_merge(model.config)  # False for sliding-window models: no joining mid-flight
+        self.busy_s = 0.0
 
-    def _stop_hit(self, row: _Row) -> bool:
+    def stop_hit(self, row: _Row) -> bool:
         """Check the tail of the generated text for a stop string; cut the text there if found."""
         stops = row.request.stop
         if not stops:
@@ -118,82 +154,162 @@ class BatchDecoder:
         if not any(s in tail for s in stops):
             return False
         text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
-        cut = min((text.find(s) for s in stops if s in text), default=-1)
-        if cut < 0:  # the stop string straddles the window edge only in the tail decode
+        cuts = [text.find(s) for s in stops if s in text]
+        if not cuts:
             return False
-        row.text = text[:cut]
+        row.text = text[: min(cuts)]
         return True
 
-    @torch.inference_mode()
-    def __call__(self, requests: Sequence[GenerationRequest], seed: int | None = None) -> list[Generation]:
-        start = time.perf_counter()
-        device = self.model.device
-        rows = [_Row(request) for request in requests]
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-
-        input_ids, attention_mask = _left_pad([r.prompt_ids for r in requests], self.pad_id, device)
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        temperatures = torch.tensor([r.temperature for r in requests], dtype=torch.float32, device=device)
-        cache = DynamicCache(config=self.model.config)
-        active = list(range(len(rows)))  # indices into `rows` of the rows still in the batch, in batch order
-
-        logits = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
+    def forward(self, ids, mask, positions, cache) -> torch.Tensor:
+        """One forward pass; returns the last position's logits (B, V)."""
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
-        ).logits[:, -1, :]
-        next_positions = position_ids[:, -1:] + 1
-        ttft = None
+        )
+        return out.logits[:, -1, :]
 
-        while True:
-            tokens = _choose(logits, temperatures, generator)
-            now = time.perf_counter() - start
-            ttft = now if ttft is None else ttft
-            keep: list[int] = []
-            for batch_index, token in enumerate(tokens.tolist()):
-                row = rows[active[batch_index]]
-                row.generated.append(token)
-                row.latency_s = now
-                if token in self.eos_ids:
-                    row.finish_reason = "eos"
-                elif self._stop_hit(row):
-                    row.finish_reason = "stop"
-                elif len(row.generated) >= row.request.max_new_tokens:
-                    row.finish_reason = "length"
-                else:
-                    keep.append(batch_index)
-            if not keep:
-                break
-            if len(keep) < len(active):  # drop finished rows from every batched tensor and the cache
-                index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
-                tokens, attention_mask = tokens[index], attention_mask[index]
-                next_positions, temperatures = next_positions[index], temperatures[index]
-                active = [active[i] for i in keep]
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(active), 1))], dim=-1)
-            logits = self.model(
-                input_ids=tokens[:, None],
-                attention_mask=attention_mask,
-                position_ids=next_positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            ).logits[:, -1, :]
-            next_positions = next_positions + 1
 
-        return [
-            Generation(
-                text=row.text
+class DecodeBatch:
+    """A running batch over one model. `submit` rows at any time; `step` until `has_work` is False.
+
+    Args:
+        decoder: the model's `BatchDecoder`.
+        max_rows: most rows decoding at once; later submissions wait for a free slot.
+        seed: seeds sampling; greedy rows ignore it.
+    """
+
+    def __init__(self, decoder: BatchDecoder, max_rows: int = 32, seed: int | None = None) -> None:
+        self.decoder = decoder
+        self.max_rows = max_rows
+        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.waiting: deque[_Row] = deque()
+        self.rows: list[_Row] = []  # batch order
+        self.cache = None
+        self.mask = self.logits = self.positions = self.temperatures = None
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.rows or self.waiting)
+
+    def submit(self, request: GenerationRequest, tag: Hashable) -> None:
+        self.waiting.append(_Row(request, tag))
+
+    def _prefill(self, rows: list[_Row]):
+        """Prefill new rows bucket by bucket; returns their cache, mask, logits, next positions, batch order."""
+        lengths = [len(r.request.prompt_ids) for r in rows]
+        buckets = length_buckets(lengths) if self.decoder.mergeable else [list(range(len(rows)))]
+        width, device = max(lengths), self.decoder.model.device
+        caches, masks, logits, positions = [], [], [], []
+        for bucket in buckets:
+            ids, mask = _left_pad([rows[i].request.prompt_ids for i in bucket], self.decoder.pad_id, device)
+            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+            cache = new_cache(self.decoder.model.config)
+            logits.append(self.decoder.forward(ids, mask, position_ids, cache))
+            caches.append(cache)
+            masks.append(F.pad(mask, (width - mask.shape[1], 0)))
+            positions.append(position_ids[:, -1:] + 1)
+        order = [rows[i] for bucket in buckets for i in bucket]
+        cache = stack_left_padded(caches, width, self.decoder.model.config)
+        return cache, torch.cat(masks), torch.cat(logits), torch.cat(positions), order
+
+    def _admit(self) -> None:
+        if not self.waiting or (self.rows and not self.decoder.mergeable):
+            return
+        count = min(len(self.waiting), self.max_rows - len(self.rows))
+        if count <= 0:
+            return
+        joining = [self.waiting.popleft() for _ in range(count)]
+        now = time.perf_counter()
+        for row in joining:
+            row.started_at = now
+        cache, mask, logits, positions, order = self._prefill(joining)
+        temperatures = torch.tensor([r.request.temperature for r in order], device=logits.device)
+        if self.rows:  # join the running batch: pad both sides to a common width
+            width = max(self.mask.shape[1], mask.shape[1])
+            cache = stack_left_padded([self.cache, cache], width, self.decoder.model.config)
+            mask = torch.cat(
+                [F.pad(self.mask, (width - self.mask.shape[1], 0)), F.pad(mask, (width - mask.shape[1], 0))]
+            )
+            logits = torch.cat([self.logits, logits])
+            positions = torch.cat([self.positions, positions])
+            temperatures = torch.cat([self.temperatures, temperatures])
+        self.cache, self.mask, self.logits, self.positions, self.temperatures = (
+            cache,
+            mask,
+            logits,
+            positions,
+            temperatures,
+        )
+        self.rows = self.rows + order
+
+    def _finished(self, row: _Row, token: int) -> str | None:
+        row.generated.append(token)
+        if token in self.decoder.eos_ids:
+            return "eos"
+        if self.decoder.stop_hit(row):
+            return "stop"
+        if len(row.generated) >= row.request.max_new_tokens:
+            return "length"
+        return None
+
+    def _retire(self, keep: list[int]) -> None:
+        """Keep only batch rows `keep`, dropping their cache rows and padding columns nobody needs."""
+        index = torch.tensor(keep, device=self.mask.device)
+        select_rows(self.cache, index)
+        self.mask, self.positions = self.mask[index], self.positions[index]
+        self.temperatures = self.temperatures[index]
+        self.rows = [self.rows[i] for i in keep]
+        unused = int(self.mask.argmax(dim=1).min())  # leading columns that are padding in every row
+        if unused > 0:
+            trim_left(self.cache, unused)
+            self.mask = self.mask[:, unused:]
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[Hashable, Generation]]:
+        """Admit, choose one token per row, retire finished rows, run one decode forward pass."""
+        begin = time.perf_counter()
+        self._admit()
+        if not self.rows:
+            return []
+        tokens = _choose(self.logits, self.temperatures, self.generator)
+        now = time.perf_counter()
+        done: list[tuple[Hashable, Generation]] = []
+        keep: list[int] = []
+        for i, (row, token) in enumerate(zip(self.rows, tokens.tolist(), strict=True)):
+            if not row.generated:
+                row.first_token_at = now
+            reason = self._finished(row, token)
+            if reason is None:
+                keep.append(i)
+                continue
+            text = (
+                row.text
                 if row.text is not None
-                else self.tokenizer.decode(row.generated, skip_special_tokens=True),
+                else self.decoder.tokenizer.decode(row.generated, skip_special_tokens=True)
+            )
+            generation = Generation(
+                text=text,
                 token_ids=row.generated,
                 prompt_tokens=len(row.request.prompt_ids),
-                finish_reason=row.finish_reason or "length",
-                ttft_s=ttft or 0.0,
-                latency_s=row.latency_s,
+                finish_reason=reason,
+                ttft_s=row.first_token_at - row.started_at,
+                latency_s=now - row.started_at,
+                started_at=row.started_at,
             )
-            for row in rows
-        ]
+            done.append((row.tag, generation))
+        if len(keep) < len(self.rows):
+            if keep:
+                self._retire(keep)
+            else:
+                self.rows, self.cache = [], None
+        if self.rows:
+            tokens = tokens[torch.tensor(keep, device=tokens.device)] if len(keep) < len(tokens) else tokens
+            self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=-1)
+            self.logits = self.decoder.forward(tokens[:, None], self.mask, self.positions, self.cache)
+            self.positions = self.positions + 1
+        self.decoder.busy_s += time.perf_counter() - begin
+        return done

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
+from kvmesh.llm import onednn as onednn_module
 from kvmesh.llm.chat import ChatFormat
-from kvmesh.llm.generation import BatchDecoder, Generation, GenerationRequest
+from kvmesh.llm.generation import BatchDecoder, DecodeBatch, Generation, GenerationRequest
 from kvmesh.llm.registry import ALIASES, ModelNotAvailableError, resolve, unknown_alias_message
 
 _HF_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -136,15 +137,25 @@ class LocalLM:
         return self.generate_requests(requests, seed=seed)
 
     def generate_requests(self, requests: Sequence[GenerationRequest], seed: int | None = None) -> list[Generation]:
-        """Run prepared requests, `max_batch_size` rows at a time, rows of similar length together."""
-        order = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt_ids))
+        """Run prepared requests to completion; at most `max_batch_size` rows decode at once, and a waiting
+        row takes the slot of the first row to finish."""
+        batch = self.new_batch(seed)
+        for index, request in enumerate(requests):
+            batch.submit(request, index)
         results: list[Generation | None] = [None] * len(requests)
-        for start in range(0, len(order), self.max_batch_size):
-            chunk = order[start : start + self.max_batch_size]
-            chunk_seed = None if seed is None else seed + start
-            for index, generation in zip(chunk, self._decoder([requests[i] for i in chunk], chunk_seed), strict=True):
+        while batch.has_work:
+            for index, generation in batch.step():
                 results[index] = generation
         return results  # type: ignore[return-value]
+
+    def new_batch(self, seed: int | None = None) -> DecodeBatch:
+        """A running batch on this model that callers feed with `submit` and drive with `step`."""
+        return DecodeBatch(self._decoder, self.max_batch_size, seed)
+
+    @property
+    def busy_s(self) -> float:
+        """Seconds this model has spent in its generation engine (prefill, decode, cache work) so far."""
+        return self._decoder.busy_s
 
     @torch.inference_mode()
     def prefill(self, text_or_ids: str | Sequence[int]) -> Prefill:
@@ -160,7 +171,7 @@ class LocalLM:
 
 # --- loading ---------------------------------------------------------------------------------------------------
 
-_LOADED: dict[tuple[str, str, str], LocalLM] = {}
+_LOADED: dict[tuple[str, str, str, bool], LocalLM] = {}
 _LOCK = threading.Lock()
 
 
@@ -186,13 +197,16 @@ def _locate(spec: str) -> str:
     raise ModelNotAvailableError(unknown_alias_message(spec))
 
 
-def load_model(spec: str = "smollm2-135m", device: str | None = None, dtype: str | None = None) -> LocalLM:
+def load_model(
+    spec: str = "smollm2-135m", device: str | None = None, dtype: str | None = None, onednn: bool | None = None
+) -> LocalLM:
     """Load (once per process) the model named by `spec`: an alias, a local folder or a Hugging Face id.
 
     Args:
         spec: `smollm2-135m` (default), `gemma3-270m`, `tiny-random`, a folder, or `org/name`.
         device: `cpu`, `cuda`, `cuda:1`, ... or None/`auto` for the GPU when there is one.
         dtype: torch dtype name; default float32 on CPU and bfloat16 on GPU.
+        onednn: run fp32 CPU linear layers through oneDNN (default on; see kvmesh.llm.onednn).
     """
     if isinstance(spec, LocalLM):
         return spec
@@ -200,7 +214,8 @@ def load_model(spec: str = "smollm2-135m", device: str | None = None, dtype: str
         raise ModelNotAvailableError(f"a model spec must be a non-empty string, got {spec!r}")
     target = _pick_device(device)
     dtype = dtype or ("float32" if target.type == "cpu" else "bfloat16")
-    key = (spec, str(target), dtype)
+    fast_linear = onednn_module.wanted(onednn) and onednn_module.available(target, getattr(torch, dtype))
+    key = (spec, str(target), dtype, fast_linear)
     with _LOCK:
         if key in _LOADED:
             return _LOADED[key]
@@ -215,6 +230,8 @@ def load_model(spec: str = "smollm2-135m", device: str | None = None, dtype: str
                 f"could not load {spec!r}: {error}\nWithout network access, download the model elsewhere "
                 f"and pass its local folder instead."
             ) from error
+        if fast_linear:
+            onednn_module.enable(model)
         lm = LocalLM(model, tokenizer, spec)
         _LOADED[key] = lm
         return lm

@@ -10,17 +10,18 @@ def make_agents(names, model="tiny-random", max_new_tokens=6):
 
 
 @pytest.fixture
-def calls(monkeypatch, tiny):
-    """Record the batch size of every model call the runtime makes on the tiny model."""
-    sizes = []
-    original = tiny.generate_requests
+def forwards(tiny):
+    """Record (rows, tokens per row) of every forward pass of the tiny model: prefill has tokens > 1."""
+    shapes = []
+    hook = tiny.model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    yield shapes
+    hook.remove()
 
-    def recording(requests, seed=None):
-        sizes.append(len(requests))
-        return original(requests, seed=seed)
 
-    monkeypatch.setattr(tiny, "generate_requests", recording)
-    return sizes
+def decode_sizes(shapes):
+    return [rows for rows, tokens in shapes if tokens == 1]
 
 
 def test_event_order_for_a_chain():
@@ -91,34 +92,36 @@ def test_edge_tokens_match_the_message_block(tiny):
     assert abs(counted - tiny.count_tokens(block)) <= 1  # only a token merged across the block edge may differ
 
 
-def test_run_batch_batches_each_level_across_tasks_and_matches_run(calls):
+def test_run_batch_decodes_all_tasks_together_and_matches_run(forwards):
     graph = CommGraph.preset("layered", list("abc"), layers=[1, 2])
-    team = Team(make_agents("abc"), graph)
+    team = Team(make_agents("abc"), graph)  # 6 tokens per turn: 1 from the prefill, 5 decode passes
     tasks = [Task(f"Question number {i}?", id=str(i)) for i in range(4)]
     batched = team.run_batch(tasks)
-    assert calls == [4, 8, 4]  # level [a], level [b, c], decision: one call each, across all 4 tasks
-    calls.clear()
+    # level [a] of 4 tasks, then level [b, c] (8 rows), then the decision: every decode pass serves all tasks
+    assert decode_sizes(forwards) == [4] * 5 + [8] * 5 + [4] * 5
+    assert sum(rows for rows, tokens in forwards if tokens > 1) == 4 + 8 + 4  # each prompt prefilled once
+    forwards.clear()
     for task, result in zip(tasks, batched, strict=True):
         alone = team.run(task)
         assert result.task.id == task.id
         assert [m.content for m in result.messages] == [m.content for m in alone.messages]
+        assert [m.response_metadata["prompt"] for m in result.messages] == [
+            m.response_metadata["prompt"] for m in alone.messages
+        ]
         assert result.answer == alone.answer
-    assert calls == [1, 2, 1] * 4
-    calls.clear()
+    assert decode_sizes(forwards) == ([1] * 5 + [2] * 5 + [1] * 5) * 4
+    forwards.clear()
     team.run_batch(tasks, batch_size=3)
-    assert calls == [3, 6, 3, 1, 2, 1]
+    assert decode_sizes(forwards) == [3] * 5 + [6] * 5 + [3] * 5 + [1] * 5 + [2] * 5 + [1] * 5
 
 
-def test_agents_on_different_models_get_separate_calls(tiny, tmp_path, calls):
+def test_agents_on_different_models_get_separate_batches(tiny, tmp_path, forwards):
     folder = tmp_path / "copy"
     tiny.model.save_pretrained(folder)
     tiny.tokenizer.save_pretrained(folder)
-    agents = [
-        Agent("a", model="tiny-random", max_new_tokens=4),
-        Agent("b", model=str(folder), max_new_tokens=4),
-    ]
+    agents = [Agent("a", model="tiny-random", max_new_tokens=4), Agent("b", model=str(folder), max_new_tokens=4)]
     result = Team(agents, "debate", decision="last").run("Q?")
-    assert calls == [1]  # a on tiny-random; b went to the other model in its own call
+    assert decode_sizes(forwards) == [1] * 3  # only a decodes on tiny-random; b runs on the other model
     assert {m.response_metadata["model"] for m in result.messages} == {"tiny-random", str(folder)}
 
 

@@ -74,14 +74,6 @@ def test_mixed_greedy_and_sampled_rows(tiny):
     assert mixed[0].token_ids == greedy.token_ids
 
 
-def test_chunks_larger_than_max_batch_size(tiny, monkeypatch):
-    prompts = _rendered(tiny) * 3
-    whole = tiny.generate(prompts, max_new_tokens=6)
-    monkeypatch.setattr(tiny, "max_batch_size", 5)
-    chunked = tiny.generate(prompts, max_new_tokens=6)
-    assert [r.token_ids for r in whole] == [r.token_ids for r in chunked]
-
-
 def test_prefill_exposes_the_cache_and_matches_generation(tiny):
     prompt = _rendered(tiny)[1]
     state = tiny.prefill(prompt)
@@ -99,3 +91,48 @@ def test_bad_requests_are_rejected(tiny):
         tiny.generate(["hi"], temperature=-1.0)
     with pytest.raises(ValueError, match="one value per prompt"):
         tiny.generate(["a", "b"], max_new_tokens=[1, 2, 3])
+
+
+@pytest.mark.parametrize("long_first", [True, False])
+def test_rows_join_a_running_batch_and_match_solo_runs(tiny, long_first):
+    from kvmesh.llm.generation import GenerationRequest
+
+    prompts = _rendered(tiny)
+    wide = GenerationRequest(tiny.encode_prompt(prompts[1] + prompts[2] + prompts[3]), max_new_tokens=4)
+    narrow = GenerationRequest(tiny.encode_prompt(prompts[0]), max_new_tokens=4)
+    first, second = (wide, narrow) if long_first else (narrow, wide)
+    first.max_new_tokens = 12  # still decoding when the second row joins
+    solo = [tiny.generate_requests([r])[0].token_ids for r in (first, second)]
+    batch = tiny.new_batch()
+    batch.submit(first, "first")
+    finished, order = {}, []
+    for _ in range(4):
+        assert batch.step() == []
+    batch.submit(second, "second")
+    while batch.has_work:
+        for tag, generation in batch.step():
+            finished[tag] = generation
+            order.append(tag)
+    assert order == ["second", "first"]  # the late row finished first and left; the other went on alone
+    assert [finished["first"].token_ids, finished["second"].token_ids] == solo
+
+
+def test_rows_wait_for_a_free_slot(tiny, monkeypatch):
+    prompts = _rendered(tiny)
+    limits = [3, 9, 5, 7]
+    free = tiny.generate(prompts, max_new_tokens=limits)
+    monkeypatch.setattr(tiny, "max_batch_size", 2)
+    queued = tiny.generate(prompts, max_new_tokens=limits)
+    assert [r.token_ids for r in queued] == [r.token_ids for r in free]
+
+
+def test_length_buckets_bound_padding():
+    from kvmesh.llm.generation import length_buckets
+
+    lengths = [100, 12, 98, 10, 11, 300, 105]
+    buckets = length_buckets(lengths, max_padding=0.1)
+    assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
+    for bucket in buckets:
+        real = sum(lengths[i] for i in bucket)
+        assert len(bucket) * max(lengths[i] for i in bucket) - real <= 0.1 * real
+    assert len(buckets) == 3  # {10, 11, 12}, {98, 100, 105}, {300}
