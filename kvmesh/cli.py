@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -155,9 +156,19 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries() -> None:
+    """Our own progress messages go to stderr; transformers' per-load progress bars are noise here."""
+    logging.basicConfig(level=logging.INFO, format="kvmesh: %(message)s")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
+    _quiet_libraries()
     try:
         return args.handler(args)
     except (ValueError, TypeError, RuntimeError, NotImplementedError) as error:

