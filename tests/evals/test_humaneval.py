@@ -1,0 +1,55 @@
+import pytest
+
+from kvmesh.evals.humaneval import build_program, extract_code, load_humaneval, pass_at_k, score
+
+
+@pytest.fixture(scope="module")
+def problems():
+    return load_humaneval()
+
+
+def test_all_164_canonical_solutions_pass(problems):
+    assert len(problems) == 164 and problems[0].id == "HumanEval/0" and problems[-1].id == "HumanEval/163"
+    results = score(problems, [p.canonical_solution for p in problems])
+    failed = [p.id for p, r in zip(problems, results, strict=True) if not r.passed]
+    assert failed == []
+
+
+def test_wrong_and_empty_completions_fail(problems):
+    first = problems[0]
+    results = score([first, first], ["    return True\n", ""])
+    assert [r.status for r in results] == ["failed", "failed"]
+
+
+def test_a_fenced_whole_function_is_extracted_and_runs(problems):
+    problem = problems[2]  # truncate_number
+    header = problem.prompt[problem.prompt.index(f"def {problem.entry_point}") :].split("\n")[0]
+    reply = f"Here you go:\n```python\n{header}\n{problem.canonical_solution}```\nThis works because..."
+    assert extract_code(reply, problem.entry_point).startswith(f"def {problem.entry_point}")
+    assert score([problem], [reply])[0].passed
+
+
+def test_extract_code_prefers_the_block_defining_the_entry_point():
+    reply = "```python\nimport math\n```\ntext\n```py\ndef f(x):\n    return x\n```"
+    assert extract_code(reply, "f") == "def f(x):\n    return x\n"
+    assert extract_code("    return 1\n", "f") == "    return 1\n"  # bare body continuation
+    assert extract_code("```python\ndef g():\n    pass", "f") == "def g():\n    pass"  # unterminated fence
+
+
+def test_program_layout(problems):
+    problem = problems[0]
+    program = build_program(problem, "    return False\n")
+    assert program.startswith(problem.prompt) and program.rstrip().endswith(f"check({problem.entry_point})")
+
+
+@pytest.mark.parametrize(
+    ("n", "c", "k", "expected"),
+    [(1, 1, 1, 1.0), (1, 0, 1, 0.0), (10, 3, 1, 0.3), (10, 0, 5, 0.0), (10, 8, 3, 1.0), (5, 2, 2, 1 - 3 / 10)],
+)
+def test_pass_at_k(n, c, k, expected):
+    assert pass_at_k(n, c, k) == pytest.approx(expected)
+
+
+def test_pass_at_k_rejects_bad_counts():
+    with pytest.raises(ValueError, match="correct <= n"):
+        pass_at_k(3, 4, 1)
