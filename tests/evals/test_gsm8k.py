@@ -1,0 +1,49 @@
+from pathlib import Path
+
+import pytest
+
+from kvmesh.evals.gsm8k import load_gsm8k
+from kvmesh.evals.numbers import extract_flexible, extract_strict, numbers_equal
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gsm8k"
+
+
+@pytest.fixture(scope="module")
+def test_split():
+    return load_gsm8k("test", SHARED)
+
+
+def test_loads_the_shared_copy_with_stable_ids(test_split):
+    assert len(test_split) == 1319
+    assert test_split[0].id == "test/0" and test_split[0].gold == "18"
+    assert len({p.id for p in test_split}) == 1319
+
+
+def test_gold_solutions_score_100_percent_with_both_extractors(test_split):
+    for problem in test_split:  # an oracle: the reference solution through the same extraction path
+        assert numbers_equal(extract_strict(problem.solution), problem.gold)
+        assert numbers_equal(extract_flexible(problem.solution), problem.gold)
+
+
+def test_env_var_and_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("KVMESH_GSM8K_PATH", str(SHARED))
+    assert len(load_gsm8k("train")) == 7473
+    with pytest.raises(ValueError, match="split must be one of"):
+        load_gsm8k("dev")
+    with pytest.raises(FileNotFoundError, match=r"test\.jsonl does not exist"):
+        load_gsm8k("test", tmp_path)
+    (tmp_path / "test.jsonl").write_text('{"question": "q", "answer": "no final answer"}\n')
+    with pytest.raises(ValueError, match="line 1 has no '#### N'"):
+        load_gsm8k("test", tmp_path)
+    (tmp_path / "test.jsonl").write_text("{broken\n")
+    with pytest.raises(ValueError, match="line 1 is not JSON"):
+        load_gsm8k("test", tmp_path)
+
+
+def test_offline_without_a_path_names_both_ways(monkeypatch):
+    monkeypatch.delenv("KVMESH_GSM8K_PATH", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="--data-path or KVMESH_GSM8K_PATH") as info:
+        load_gsm8k("test")
+    assert "openai/gsm8k" in str(info.value)
