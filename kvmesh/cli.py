@@ -14,9 +14,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from kvmesh.agents import Agent, CommGraph, Task, Team
+from kvmesh.agents import Agent, ChannelNotAvailableError, CommGraph, Task, Team
 from kvmesh.agents.decision import METHODS
 from kvmesh.agents.result import TeamResult
+from kvmesh.llm import ModelNotAvailableError
 from kvmesh.llm.registry import ALIASES, cache_dir, is_converted, is_installed
 from kvmesh.topology.presets import PRESETS
 
@@ -171,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_libraries()
     try:
         return args.handler(args)
-    except (ValueError, TypeError, RuntimeError, NotImplementedError) as error:
+    except (ValueError, TypeError, FileNotFoundError, ModelNotAvailableError, ChannelNotAvailableError) as error:
         print(f"kvmesh: error: {error}", file=sys.stderr)
         return 2
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kvmesh.llm import LocalLM, load_model
+from kvmesh.llm.generation import normalize_stop
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -46,7 +47,10 @@ class Agent:
             raise ValueError(f"agent {self.name!r}: temperature must be >= 0, got {self.temperature!r}")
         if not isinstance(self.model, LocalLM | str):
             raise TypeError(f"agent {self.name!r}: model must be a LocalLM or a model spec string")
-        self.stop = tuple(self.stop)
+        try:
+            self.stop = normalize_stop(self.stop)
+        except ValueError as error:
+            raise ValueError(f"agent {self.name!r}: {error}") from error
 
     @property
     def llm(self) -> LocalLM:
@@ -88,4 +92,4 @@ class Agent:
         }
         if unknown:
             raise ValueError(f"agent {data['name']!r}: unknown fields {sorted(unknown)}")
-        return cls(**{"model": default_model, **data, "stop": tuple(data.get("stop", ()))})
+        return cls(**{"model": default_model, **data})

@@ -40,7 +40,23 @@ class Edge:
         return data
 
 
+def _coerce_edge(edge: dict | Sequence) -> Edge:
+    fields = ("source", "target", "kind", "channel", "weight")
+    if isinstance(edge, dict):
+        unknown = set(edge) - set(fields)
+        if unknown or "source" not in edge or "target" not in edge:
+            raise GraphError(
+                f"edge {edge} needs 'source' and 'target' and may have {fields[2:]}; unknown: {sorted(unknown)}"
+            )
+        return Edge(**edge)
+    if isinstance(edge, list | tuple) and 2 <= len(edge) <= len(fields):
+        return Edge(*edge)
+    raise GraphError(f"an edge is an Edge, a dict or a (source, target[, kind, channel, weight]) tuple, got {edge!r}")
+
+
 def _agent_names(agents: Iterable) -> list[str]:
+    if isinstance(agents, str):
+        raise GraphError(f"agents must be a list of names, got the string {agents!r}")
     names = [a if isinstance(a, str) else getattr(a, "name", None) for a in agents]
     if any(not isinstance(n, str) or not n for n in names):
         raise GraphError("agents must be given as non-empty names or Agent objects")
@@ -73,10 +89,8 @@ class CommGraph:
     # --- building ----------------------------------------------------------------------------------------------
 
     def add_edge(self, edge: Edge | Sequence | dict) -> None:
-        if isinstance(edge, dict):
-            edge = Edge(**edge)
-        elif not isinstance(edge, Edge):
-            edge = Edge(*edge)
+        if not isinstance(edge, Edge):
+            edge = _coerce_edge(edge)
         for end in (edge.source, edge.target):
             if end not in self.spatial:
                 raise GraphError(
@@ -88,6 +102,8 @@ class CommGraph:
             raise GraphError(f"edge channel must be one of {CHANNELS}, got {edge.channel!r}")
         graph = self.spatial if edge.kind == SPATIAL else self.temporal
         graph.add_edge(edge.source, edge.target, channel=edge.channel, weight=edge.weight)
+        if edge.kind == SPATIAL:
+            self.validate()
 
     def validate(self) -> None:
         """Spatial edges must form a DAG; a cycle is reported with its agents in order."""

@@ -13,9 +13,13 @@ So tasks never wait for each other's slowest reply, while a task's own stages ru
 is exactly what a level-by-level run would build. `Team.run`, `Team.stream` and `Team.run_batch` are thin
 wrappers over `execute`, so all three share one path.
 
-Token budget: a task never spends more than `team.token_budget` tokens (prompt + completion). A turn whose
-prompt no longer fits is skipped, its output cap is clamped to what is left, and once a turn is skipped the
-task stops scheduling; its answer then falls back to the last reply it has.
+Token budget: a task never spends more than `team.token_budget` tokens (prompt + completion). Each running
+turn reserves its prompt and output cap; a turn that would fit only once those reservations settle waits for
+them, and its cap is clamped to what is left only when nothing else is pending. The task stops scheduling when
+the tokens actually spent leave no room for the next prompt; its answer then falls back to the last reply.
+
+Messages are kept in schedule order (round, level, the team's agent order), not completion order, so
+transcripts and the `last` decision do not depend on which reply happened to be shorter.
 """
 
 from __future__ import annotations
@@ -57,7 +61,6 @@ class _TaskState:
     index: int
     task: Task
     usage: UsageReport = field(default_factory=UsageReport)
-    messages: list[AIMessage] = field(default_factory=list)
     replies: dict[tuple[str, Round], str] = field(default_factory=dict)
     spent: int = 0  # tokens used by finished calls
     reserved: int = 0  # tokens promised to calls planned in the current level
@@ -65,6 +68,8 @@ class _TaskState:
     skipped: list[tuple[str, Round]] = field(default_factory=list)
     stage: int = -1  # index into the team's stages
     outstanding: int = 0  # turns of the current stage still generating
+    deferred: list[Agent] = field(default_factory=list)  # turns waiting for reservations to settle
+    records: list[tuple[tuple[int, int], AIMessage]] = field(default_factory=list)  # (schedule order, reply)
 
     @property
     def stopped(self) -> bool:
@@ -82,6 +87,11 @@ class _Turn:
     round: Round
     plan: PromptPlan
     max_new_tokens: int
+    order: tuple[int, int]  # (stage index, position in the stage): the schedule order of the reply
+
+    @property
+    def reservation(self) -> int:
+        return len(self.plan.token_ids) + self.max_new_tokens
 
     def request(self) -> GenerationRequest:
         stop = self.agent.stop + self.agent.llm.chat.stop
@@ -123,7 +133,7 @@ def _inbound(team: Team, state: _TaskState, agent: str, round_: Round) -> list[I
 def _plan_turn(team: Team, state: _TaskState, agent: Agent, round_: Round) -> PromptPlan:
     task = state.task
     is_decision = round_ == "decision"
-    position = -1 if is_decision else team.graph.agents.index(agent.name)
+    position = -1 if is_decision else team.agent_names.index(agent.name)
     return plan_prompt(
         agent.llm,
         system=agent.system_text(),
@@ -135,27 +145,34 @@ def _plan_turn(team: Team, state: _TaskState, agent: Agent, round_: Round) -> Pr
     )
 
 
-def _schedule(team: Team, state: _TaskState, agent: Agent, round_: Round) -> Iterator[Event | _Turn]:
-    """Plan one turn; yield its MessageSent/AgentStarted events and the turn, or BudgetExhausted."""
+_DEFER = object()  # a turn that must wait for this stage's reservations to settle
+
+
+def _schedule(team: Team, state: _TaskState, agent: Agent, round_: Round, order: tuple[int, int]):
+    """Plan one turn; yield its MessageSent/AgentStarted events and the turn, `_DEFER`, or BudgetExhausted."""
     if state.stopped:
         state.skipped.append((agent.name, round_))
         return
     plan = _plan_turn(team, state, agent, round_)
     max_new = agent.max_new_tokens
     if team.token_budget is not None:
-        left = team.token_budget - state.spent - state.reserved - len(plan.token_ids)
-        if left < 1:
+        room = team.token_budget - state.spent - len(plan.token_ids)  # what is really left for this turn
+        if room < 1:
             state.stop_reason = "budget"
             state.skipped.append((agent.name, round_))
             yield BudgetExhausted(state.index, team.token_budget, state.spent, agent.name, round_)
             return
-        max_new = min(max_new, left)
-        state.reserved += len(plan.token_ids) + max_new
+        if state.reserved and room - state.reserved < max_new:
+            yield _DEFER
+            return
+        max_new = min(max_new, room - state.reserved)
+    turn = _Turn(state, agent, round_, plan, max_new, order)
+    state.reserved += turn.reservation if team.token_budget is not None else 0
     for message, tokens in zip(plan.inbound, plan.edge_tokens, strict=True):
         edge_round = round_ if message.kind != TEMPORAL else round_ - 1
         yield MessageSent(state.index, message.source, agent.name, edge_round, message.kind, message.channel, tokens)
     yield AgentStarted(state.index, agent.name, round_, plan.text)
-    yield _Turn(state, agent, round_, plan, max_new)
+    yield turn
 
 
 def _record(turn: _Turn, gen: Generation, started: float) -> AgentFinished:
@@ -174,9 +191,10 @@ def _record(turn: _Turn, gen: Generation, started: float) -> AgentFinished:
             "latency_s": gen.latency_s,
         },
     )
-    state.messages.append(message)
+    state.records.append((turn.order, message))
     state.replies[(name, turn.round)] = message.content
     state.spent += usage.total_tokens
+    state.reserved = max(0, state.reserved - turn.reservation) if state.reserved else 0
     state.usage.add_call(name, str(turn.round), usage)
     for inbound, tokens in zip(turn.plan.inbound, turn.plan.edge_tokens, strict=True):
         state.usage.add_edge(edge_key(inbound.source, name, inbound.kind), tokens)
@@ -203,9 +221,28 @@ class _Batches:
         return [batch for batch in self.by_model.values() if batch.has_work]
 
 
+def _schedule_turns(
+    team: Team, state: _TaskState, stage_index: int, agents: list[Agent], stage: _Stage, batches: _Batches
+) -> Iterator[Event]:
+    for agent in agents:
+        order = (stage_index, stage.agents.index(agent))
+        for item in _schedule(team, state, agent, stage.round, order):
+            if item is _DEFER:
+                state.deferred.append(agent)
+            elif isinstance(item, _Turn):
+                batches.submit(item)
+                state.outstanding += 1
+            else:
+                yield item
+
+
 def _advance(team: Team, state: _TaskState, stages: list[_Stage], batches: _Batches, started: float):
-    """Move a task whose current stage is done to the next stage that has work; finish it after the last."""
+    """Move a task whose current turns are done on: deferred turns first, then the next stage with work."""
     while state.outstanding == 0:
+        if state.deferred:  # reservations have settled: plan the waiting turns again
+            waiting, state.deferred = state.deferred, []
+            yield from _schedule_turns(team, state, state.stage, waiting, stages[state.stage], batches)
+            continue
         if state.stage >= 0:
             current = stages[state.stage]
             following = stages[state.stage + 1] if state.stage + 1 < len(stages) else None
@@ -217,13 +254,7 @@ def _advance(team: Team, state: _TaskState, stages: list[_Stage], batches: _Batc
             return
         stage = stages[state.stage]
         state.reserved = 0
-        for agent in stage.agents:
-            for item in _schedule(team, state, agent, stage.round):
-                if isinstance(item, _Turn):
-                    batches.submit(item)
-                    state.outstanding += 1
-                else:
-                    yield item
+        yield from _schedule_turns(team, state, state.stage, stage.agents, stage, batches)
 
 
 def _answer(team: Team, state: _TaskState) -> str | None:
@@ -238,8 +269,12 @@ def _answer(team: Team, state: _TaskState) -> str | None:
         if vote is not None:
             return vote
     # "last", or the fallback when a budget stopped the decision: the latest reply in schedule order.
-    agent_turns = [m for m in state.messages if m.response_metadata["round"] != "decision"]
+    agent_turns = [m for m in _messages(state) if m.response_metadata["round"] != "decision"]
     return agent_turns[-1].content if agent_turns else None
+
+
+def _messages(state: _TaskState) -> list[AIMessage]:
+    return [message for _, message in sorted(state.records, key=lambda record: record[0])]
 
 
 def _result(team: Team, state: _TaskState, elapsed: float) -> TeamResult:
@@ -247,7 +282,7 @@ def _result(team: Team, state: _TaskState, elapsed: float) -> TeamResult:
     return TeamResult(
         task=state.task,
         answer=_answer(team, state),
-        messages=state.messages,
+        messages=_messages(state),
         usage=state.usage,
         graph=team.graph,
         stop_reason=state.stop_reason,

@@ -35,8 +35,10 @@ class SpecError(ValueError):
 
 
 def _read(path: Path) -> dict:
-    if not path.is_file():
+    if not path.exists():
         raise SpecError(f"team spec {path} does not exist")
+    if not path.is_file():
+        raise SpecError(f"team spec {path} is not a file; pass the path of a .yaml or .json team spec")
     text = path.read_text()
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)

@@ -88,6 +88,7 @@ class Team:
             graph = CommGraph.from_networkx(graph)
         if not isinstance(graph, CommGraph):
             raise TypeError(f"graph must be a CommGraph, a networkx DiGraph or a preset name, got {type(graph)}")
+        graph.validate()
         missing, extra = set(names) - set(graph.agents), set(graph.agents) - set(names)
         if missing or extra:
             raise GraphError(
@@ -117,6 +118,10 @@ class Team:
 
     def run_batch(self, tasks: Sequence[Task | str], batch_size: int | None = None) -> list[TeamResult]:
         """Run many tasks, batching each level's model calls across tasks (`batch_size` tasks at a time)."""
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
+            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
         prepared = self._prepare(tasks)
         size = batch_size or max(len(prepared), 1)
         results: list[TeamResult] = []

@@ -113,10 +113,12 @@ def select_rows(cache: DynamicCache, rows: torch.Tensor) -> None:
 
 
 def trim_left(cache: DynamicCache, columns: int) -> None:
-    """Drop the first `columns` positions of every layer, in place (padding that no row attends to)."""
+    """Drop the first `columns` positions of every layer, in place (padding that no row attends to).
+
+    Only for caches from `new_cache` on full-attention models: other layers keep position counters that a
+    slice would desynchronise.
+    """
+    if not all(isinstance(layer, GrowingLayer) for layer in cache.layers):
+        raise ValueError("trim_left needs a cache of GrowingLayer (full-attention models); see can_merge()")
     for layer in cache.layers:
-        if isinstance(layer, GrowingLayer):
-            layer.drop_front(columns)
-        else:
-            layer.keys = layer.keys[..., columns:, :]
-            layer.values = layer.values[..., columns:, :]
+        layer.drop_front(columns)

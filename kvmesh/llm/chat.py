@@ -6,7 +6,8 @@ only if the template refuses it, merge consecutive same-role turns and fold the 
 turn; the meaning is kept and the template's own markup is used. A transcript may end with an assistant
 message (another agent's reply): the generation prompt then opens a new assistant turn after it.
 
-Base models without a template get a plain "Role: text" layout plus stop strings so that generation ends
+Base models without a template get a plain "Role: text" layout, opened with the tokenizer's BOS token written
+as text (so the prompt text shows every token the model reads), plus stop strings so that generation ends
 where the next turn would begin.
 """
 
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from jinja2 import TemplateError
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, ChatMessage, HumanMessage, SystemMessage
 
 ChatTurn = dict[str, str]
 PLAIN_STOPS = ("\nUser:", "\nSystem:")
@@ -27,7 +28,9 @@ def to_turns(messages: Sequence[BaseMessage | ChatTurn | tuple[str, str]]) -> li
     """Normalise langchain messages, `{"role", "content"}` dicts or `(role, content)` pairs to dict turns."""
     turns: list[ChatTurn] = []
     for message in messages:
-        if isinstance(message, BaseMessage):
+        if isinstance(message, ChatMessage):
+            role, content = message.role, message.content
+        elif isinstance(message, BaseMessage):
             role, content = message.type, message.content
         elif isinstance(message, dict):
             role, content = message.get("role"), message.get("content")
@@ -86,7 +89,8 @@ class ChatFormat:
     def render(self, messages: Sequence, add_generation_prompt: bool = True) -> str:
         turns = to_turns(messages)
         if not self.uses_template:
-            return _render_plain(turns, add_generation_prompt)
+            bos = getattr(self.tokenizer, "bos_token", None) or ""
+            return bos + _render_plain(turns, add_generation_prompt)
         try:
             return self._apply(turns, add_generation_prompt)
         except TemplateError:

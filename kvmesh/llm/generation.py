@@ -51,6 +51,7 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        self.stop = normalize_stop(self.stop)
         if not self.prompt_ids:
             raise ValueError("a generation request needs a non-empty prompt")
         if self.max_new_tokens < 1:
@@ -90,6 +91,19 @@ class _Row:
     text: str | None = None  # set when a stop string cut the text
     started_at: float = 0.0
     first_token_at: float = 0.0
+
+
+def normalize_stop(stop) -> tuple[str, ...]:
+    """Stop strings as a tuple: a single string is one stop string, not a sequence of characters."""
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        stop = (stop,)
+    stops = tuple(stop)
+    for item in stops:
+        if not isinstance(item, str) or not item:
+            raise ValueError(f"stop strings must be non-empty strings, got {item!r}")
+    return stops
 
 
 def length_buckets(lengths: Sequence[int], max_padding: float = MAX_PADDING) -> list[list[int]]:
@@ -149,7 +163,7 @@ class BatchDecoder:
         stops = row.request.stop
         if not stops:
             return False
-        window = max(len(s) for s in stops) + 2  # a stop string of c chars spans at most c tokens
+        window = max(len(s.encode()) for s in stops) + 2  # a stop string of b bytes spans at most b tokens
         tail = self.tokenizer.decode(row.generated[-window:], skip_special_tokens=True)
         if not any(s in tail for s in stops):
             return False
@@ -264,7 +278,7 @@ class DecodeBatch:
         self.temperatures = self.temperatures[index]
         self.rows = [self.rows[i] for i in keep]
         unused = int(self.mask.argmax(dim=1).min())  # leading columns that are padding in every row
-        if unused > 0:
+        if unused > 0 and self.decoder.mergeable:  # sliding-window layers track positions themselves
             trim_left(self.cache, unused)
             self.mask = self.mask[:, unused:]
 

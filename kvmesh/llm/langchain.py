@@ -1,8 +1,10 @@
 """ChatLocalLM: a langchain-core chat model over a kvmesh `LocalLM`, so kvmesh models drop into LangChain code.
 
 Unlike `ChatHuggingFace` it accepts a transcript whose last message is another agent's `AIMessage` (the reply
-opens a new assistant turn) and it reports real token usage in `usage_metadata`. `batch` runs all inputs in one
-batched model call instead of one thread per input.
+opens a new assistant turn; a named AI message from another speaker is shown as "name: text" so the model can
+tell agents apart) and it reports real token usage in `usage_metadata`. `batch` runs all inputs in one batched
+model call instead of one thread per input. `max_new_tokens`, `temperature` and `stop` can be set per call
+(`invoke(..., max_new_tokens=32)` or `bind(...)`).
 
     chat = ChatLocalLM(model="smollm2-135m", max_new_tokens=64)
     reply = chat.invoke([HumanMessage("Hi"), AIMessage("Hello!", name="bob")])
@@ -76,13 +78,25 @@ class ChatLocalLM(BaseChatModel):
             },
         )
 
-    def _run(self, transcripts: Sequence[Sequence[BaseMessage]], stop: list[str] | None) -> list[AIMessage]:
+    def _speaker_visible(self, message: BaseMessage) -> BaseMessage:
+        if isinstance(message, AIMessage) and message.name and message.name != self.name_replies:
+            return AIMessage(content=f"{message.name}: {message.content}")
+        return message
+
+    def _run(
+        self, transcripts: Sequence[Sequence[BaseMessage]], stop: list[str] | None, **kwargs: Any
+    ) -> list[AIMessage]:
+        unknown = set(kwargs) - {"max_new_tokens", "temperature", "seed"}
+        if unknown:
+            raise TypeError(
+                f"ChatLocalLM does not take {sorted(unknown)}; it takes max_new_tokens, temperature, seed, stop"
+            )
         generations = self.lm.generate(
-            [list(t) for t in transcripts],
-            max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature,
+            [[self._speaker_visible(m) for m in t] for t in transcripts],
+            max_new_tokens=kwargs.get("max_new_tokens", self.max_new_tokens),
+            temperature=kwargs.get("temperature", self.temperature),
             stop=stop,
-            seed=self.seed,
+            seed=kwargs.get("seed", self.seed),
         )
         return [self._to_message(g) for g in generations]
 
@@ -93,7 +107,7 @@ class ChatLocalLM(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        message = self._run([messages], stop)[0]
+        message = self._run([messages], stop, **kwargs)[0]
         info = {"finish_reason": message.response_metadata["finish_reason"]}
         return ChatResult(generations=[ChatGeneration(message=message, generation_info=info)])
 
@@ -109,4 +123,10 @@ class ChatLocalLM(BaseChatModel):
         if not inputs:
             return []
         transcripts = [self._convert_input(i).to_messages() for i in inputs]
-        return self._run(transcripts, kwargs.get("stop"))
+        stop = kwargs.pop("stop", None)
+        try:
+            return self._run(transcripts, stop, **kwargs)
+        except Exception as error:
+            if return_exceptions:  # one batched call: a failure is every input's failure
+                return [error] * len(inputs)
+            raise

@@ -21,7 +21,7 @@ import torch
 from kvmesh.kvcomm.cache import new_cache
 from kvmesh.llm import onednn as onednn_module
 from kvmesh.llm.chat import ChatFormat
-from kvmesh.llm.generation import BatchDecoder, DecodeBatch, Generation, GenerationRequest
+from kvmesh.llm.generation import BatchDecoder, DecodeBatch, Generation, GenerationRequest, normalize_stop
 from kvmesh.llm.registry import ALIASES, ModelNotAvailableError, resolve, unknown_alias_message
 
 _HF_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -48,6 +48,8 @@ class LocalLM:
     """
 
     def __init__(self, model, tokenizer, spec: str, max_batch_size: int = 32) -> None:
+        if not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be a positive integer, got {max_batch_size!r}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.spec = spec
@@ -87,12 +89,8 @@ class LocalLM:
         return self.chat.render(messages, add_generation_prompt=True)
 
     def encode_prompt(self, text: str) -> list[int]:
-        """Token ids of a rendered prompt. Templates write their own special tokens; plain prompts get BOS."""
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        bos = self.tokenizer.bos_token_id
-        if not self.chat.uses_template and bos is not None and (not ids or ids[0] != bos):
-            ids = [bos, *ids]
-        return ids
+        """Token ids of a rendered prompt; its special tokens (BOS included) are written in the text itself."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def count_tokens(self, text: str) -> int:
         """Number of tokens of `text` in this model's tokenizer (no special tokens added)."""
@@ -101,10 +99,7 @@ class LocalLM:
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         """Character span of every token of `encode_prompt(text)`, for attributing prompt tokens to sources."""
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        spans = [tuple(span) for span in encoded["offset_mapping"]]
-        if len(spans) != len(self.encode_prompt(text)):  # a BOS was prepended
-            spans.insert(0, (0, 0))
-        return spans
+        return [tuple(span) for span in encoded["offset_mapping"]]
 
     # --- model calls -----------------------------------------------------------------------------------------
 
@@ -124,13 +119,18 @@ class LocalLM:
             stop: stop strings for every row (the plain chat layout adds its own).
             seed: seeds sampling; greedy rows ignore it.
         """
+        if isinstance(prompts, str) or (prompts and not isinstance(prompts[0], str | list | tuple)):
+            raise TypeError(
+                "prompts must be a list of prompt strings or of transcripts, e.g. generate([text]) or "
+                "generate([[message, ...]]); got a single prompt or a bare transcript"
+            )
         texts = [p if isinstance(p, str) else self.render(p) for p in prompts]
         count = len(texts)
         limits = [max_new_tokens] * count if isinstance(max_new_tokens, int) else list(max_new_tokens)
         temps = [float(temperature)] * count if isinstance(temperature, int | float) else list(temperature)
         if len(limits) != count or len(temps) != count:
             raise ValueError("max_new_tokens and temperature need one value per prompt, or a single value")
-        stops = tuple(stop or ()) + self.chat.stop
+        stops = normalize_stop(stop) + self.chat.stop
         requests = [
             GenerationRequest(self.encode_prompt(t), limit, temp, stops)
             for t, limit, temp in zip(texts, limits, temps, strict=True)
@@ -213,6 +213,10 @@ def load_model(
         raise ModelNotAvailableError(f"a model spec must be a non-empty string, got {spec!r}")
     target = _pick_device(device)
     dtype = dtype or ("float32" if target.type == "cpu" else "bfloat16")
+    if not isinstance(getattr(torch, dtype, None), torch.dtype):
+        raise ModelNotAvailableError(f"dtype {dtype!r} is not a torch dtype name; use e.g. float32 or bfloat16")
+    if spec not in ALIASES and Path(spec).expanduser().is_dir():
+        spec = str(Path(spec).expanduser().resolve())  # one model per folder, however the path is spelled
     fast_linear = onednn_module.wanted(onednn) and onednn_module.available(target, getattr(torch, dtype))
     key = (spec, str(target), dtype, fast_linear)
     with _LOCK:

@@ -192,6 +192,7 @@ def resolve(alias: str) -> Path:
         staging = Path(tempfile.mkdtemp(prefix=f".{alias}.partial-", dir=target.parent))
         try:
             ALIASES[alias].build(staging)
+            staging.chmod(0o755)  # mkdtemp makes it private; a shared KVMESH_CACHE must stay readable
             if target.exists():  # a stale folder without config.json: replace it
                 shutil.rmtree(target)
             os.replace(staging, target)

@@ -32,6 +32,8 @@ def _chain(names: Sequence[str]) -> EdgeList:
 
 
 def _star(names: Sequence[str], hub: str | int = 0, direction: str = "out") -> EdgeList:
+    if isinstance(hub, int) and not -len(names) <= hub < len(names):
+        raise GraphError(f"star hub index {hub} is out of range for {len(names)} agents")
     center = names[hub] if isinstance(hub, int) else hub
     if center not in names:
         raise GraphError(f"star hub {center!r} is not one of the agents {list(names)}")

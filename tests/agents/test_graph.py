@@ -71,6 +71,17 @@ def test_invalid_graphs_have_clear_errors():
         CommGraph.preset("ring", NAMES)
     with pytest.raises(GraphError, match="bad option"):
         CommGraph.preset("chain", NAMES, fanout=2)
+    with pytest.raises(GraphError, match="hub index 7 is out of range for 5 agents"):
+        CommGraph.preset("star", NAMES, hub=7)
+    with pytest.raises(GraphError, match=r"unknown: \['colour'\]"):
+        CommGraph(["a", "b"], [{"source": "a", "target": "b", "colour": "red"}])
+    with pytest.raises(GraphError, match="needs 'source' and 'target'"):
+        CommGraph(["a", "b"], [{"source": "a"}])
+    with pytest.raises(GraphError, match="list of names, got the string 'abc'"):
+        CommGraph.from_dict({"agents": "abc"})
+    graph = CommGraph(["a", "b"], [("a", "b")])
+    with pytest.raises(GraphError, match="cycle"):
+        graph.add_edge(("b", "a"))
 
 
 def test_json_round_trip_keeps_kinds_channels_and_weights():

@@ -76,3 +76,5 @@ def test_bad_specs_name_the_problem(tmp_path, text, message):
 def test_missing_spec_file(tmp_path):
     with pytest.raises(SpecError, match="does not exist"):
         Team.from_spec(tmp_path / "nope.yaml")
+    with pytest.raises(SpecError, match="is not a file"):
+        Team.from_spec(tmp_path)

@@ -18,7 +18,24 @@ def test_plain_fallback_for_models_without_a_template(tiny):
     fmt = ChatFormat.for_tokenizer(tokenizer)
     assert fmt.stop == PLAIN_STOPS and not fmt.uses_template
     text = fmt.render([("system", "S"), ("user", "U"), ("assistant", "A")])
-    assert text == "System: S\n\nUser: U\n\nAssistant: A\n\nAssistant:"
+    assert text == tokenizer.bos_token + "System: S\n\nUser: U\n\nAssistant: A\n\nAssistant:"
+
+
+def test_plain_prompts_show_every_token_and_stop_at_the_next_turn(tiny):
+    from kvmesh import LocalLM
+
+    tokenizer = copy.deepcopy(tiny.tokenizer)
+    tokenizer.chat_template = None
+    plain = LocalLM(tiny.model, tokenizer, "tiny-plain")
+    text = plain.render([("user", "Hi")])
+    ids = plain.encode_prompt(text)
+    assert ids[0] == tokenizer.bos_token_id and len(ids) == len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    free = plain.generate([text], max_new_tokens=24)[0]
+    assert free.prompt_tokens == len(ids)
+    stop_at = free.text[len(free.text) // 2 :][:3]  # make a piece of greedy output behave like the next turn
+    plain.chat = ChatFormat(tokenizer, stop=(stop_at,))
+    cut = plain.generate([text], max_new_tokens=24)[0]
+    assert cut.finish_reason == "stop" and stop_at not in cut.text
 
 
 STRICT = (

