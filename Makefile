@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(BIN)/kvmesh demo
 
+# GSM8K is never committed; tests read it through KVMESH_GSM8K_PATH (the shared copy beside the checkout).
+KVMESH_GSM8K_PATH ?= $(abspath $(wildcard ../shared/data/gsm8k))
+export KVMESH_GSM8K_PATH
+
 test: setup
 	$(BIN)/python -m pytest -q
 
