@@ -1,7 +1,10 @@
-"""`kvmesh` command line: run a team on a question, list models, run the demo.
+"""`kvmesh` command line: run a team on a question, evaluate it on a benchmark, list models, run the demo.
 
 kvmesh run "What is 17 * 3?" --topology chain --agents 3 --rounds 1 --decision decision
 kvmesh run "..." --spec team.yaml --json
+kvmesh eval infoqa --topology chain --agents 3 --limit 200 --out runs/chain
+kvmesh eval humaneval --oracle --allow-code-execution --out runs/oracle
+kvmesh report runs/single runs/chain
 kvmesh models
 kvmesh demo
 """
@@ -129,6 +132,47 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from kvmesh.evals.report import compare_table
+    from kvmesh.evals.runner import EvalConfig, run_eval
+
+    if args.compare:
+        print(compare_table(args.compare))
+        return 0
+    if not args.benchmark:
+        raise ValueError("name a benchmark (gsm8k, humaneval or infoqa), or pass --compare RUN [RUN ...]")
+    config = EvalConfig(
+        benchmark=args.benchmark,
+        model=args.model,
+        topology=args.topology,
+        agents=args.agents,
+        rounds=args.rounds,
+        decision=args.decision,
+        spec=args.spec,
+        split=args.split,
+        limit=args.limit,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        data_path=args.data_path,
+        allow_code_execution=args.allow_code_execution,
+        oracle=args.oracle,
+        completions=args.completions,
+    )
+    out = args.out or f"runs/{args.benchmark}-{'oracle' if args.oracle else args.topology}"
+    run_eval(config, out, resume=args.resume)
+    print(compare_table([out]))
+    print(f"\nresults: {out}/samples.jsonl and {out}/summary.json")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from kvmesh.evals.report import compare_table
+
+    print(compare_table(args.runs))
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kvmesh", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +191,36 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=None, help="seed for sampling")
     run.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     run.set_defaults(handler=_cmd_run)
+
+    evaluate = commands.add_parser("eval", help="run a team on a benchmark (gsm8k, humaneval, infoqa)")
+    evaluate.add_argument("benchmark", nargs="?", choices=["gsm8k", "humaneval", "infoqa"])
+    evaluate.add_argument("--model", default="smollm2-135m", help="alias, local folder or Hugging Face id")
+    evaluate.add_argument("--topology", default="chain", choices=[*PRESETS, "single"], help="graph preset or single")
+    evaluate.add_argument("--agents", type=int, default=3, help="number of agents")
+    evaluate.add_argument("--rounds", type=int, default=1, help="rounds of communication")
+    evaluate.add_argument("--decision", default="decision", choices=METHODS, help="how the final answer is chosen")
+    evaluate.add_argument("--spec", help="a YAML or JSON team spec; replaces the team options above")
+    evaluate.add_argument("--split", default="test", help="data split")
+    evaluate.add_argument("--limit", type=int, default=None, help="only the first N samples")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed for sampling and InfoQA generation")
+    evaluate.add_argument("--batch-size", type=int, default=16, help="tasks per batched pass")
+    evaluate.add_argument("--max-new-tokens", type=int, default=256, help="cap on tokens per agent turn")
+    evaluate.add_argument("--data-path", help="GSM8K folder (else KVMESH_GSM8K_PATH) or an InfoQA JSONL file")
+    evaluate.add_argument(
+        "--allow-code-execution",
+        action="store_true",
+        help="allow HumanEval to run model-written code (sandboxed, not a security boundary)",
+    )
+    evaluate.add_argument("--oracle", action="store_true", help="score gold answers instead of running a model")
+    evaluate.add_argument("--completions", help="JSONL of {id, completion} to score instead of running a model")
+    evaluate.add_argument("--out", help="run folder (default runs/<benchmark>-<topology>)")
+    evaluate.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    evaluate.add_argument("--compare", nargs="+", metavar="RUN", help="print finished runs side by side")
+    evaluate.set_defaults(handler=_cmd_eval)
+
+    report = commands.add_parser("report", help="print finished evaluation runs side by side")
+    report.add_argument("runs", nargs="+", help="run folders holding summary.json")
+    report.set_defaults(handler=_cmd_report)
 
     models = commands.add_parser("models", help="list model aliases and whether they are ready")
     models.set_defaults(handler=_cmd_models)
@@ -172,7 +246,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_libraries()
     try:
         return args.handler(args)
-    except (ValueError, TypeError, FileNotFoundError, ModelNotAvailableError, ChannelNotAvailableError) as error:
+    except (
+        ValueError,
+        TypeError,
+        FileNotFoundError,
+        PermissionError,
+        ModelNotAvailableError,
+        ChannelNotAvailableError,
+    ) as error:
         print(f"kvmesh: error: {error}", file=sys.stderr)
         return 2
 

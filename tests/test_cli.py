@@ -73,3 +73,25 @@ def test_bad_arguments_exit_2_with_a_message(args, message):
 def test_unknown_topology_is_refused_by_the_parser():
     out = kvmesh("run", "Q?", "--topology", "ring")
     assert out.returncode == 2 and "invalid choice: 'ring'" in out.stderr
+
+
+def test_eval_oracle_then_report(tmp_path):
+    out = tmp_path / "oracle"
+    done = kvmesh("eval", "infoqa", "--oracle", "--limit", "20", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "accuracy" in done.stdout and "1.000" in done.stdout
+    again = kvmesh("eval", "infoqa", "--oracle", "--limit", "20", "--out", str(out))
+    assert again.returncode == 2 and "pass --resume" in again.stderr
+    resumed = kvmesh("eval", "infoqa", "--oracle", "--limit", "20", "--out", str(out), "--resume")
+    assert resumed.returncode == 0
+    report = kvmesh("report", str(out), str(out))
+    assert report.returncode == 0 and report.stdout.count("1.000 [") == 3 * 2  # accuracy, f1, answer_in_reply
+    compare = kvmesh("eval", "--compare", str(out))
+    assert compare.returncode == 0 and "samples" in compare.stdout
+
+
+def test_eval_refuses_code_execution_without_consent(tmp_path):
+    out = kvmesh("eval", "humaneval", "--oracle", "--out", str(tmp_path / "run"))
+    assert out.returncode == 2 and "--allow-code-execution" in out.stderr and "not a security boundary" in out.stderr
+    missing = kvmesh("report", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and "summary.json does not exist" in missing.stderr

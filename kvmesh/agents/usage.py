@@ -125,15 +125,15 @@ class UsageReport:
                 f"{self.wall_time_s:.2f}",
             )
         )
-        lines = _format_rows(rows)
+        lines = format_rows(rows)
         if self.per_edge:
             edge_rows = [("edge", "tokens read", "cached")]
             edge_rows += [(k, u.input_tokens, u.cache_read) for k, u in self.per_edge.items()]
-            lines += ["", *_format_rows(edge_rows)]
+            lines += ["", *format_rows(edge_rows)]
         return "\n".join(lines)
 
 
-def _format_rows(rows: list[tuple]) -> list[str]:
+def format_rows(rows: list[tuple]) -> list[str]:
     cells = [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     out = []

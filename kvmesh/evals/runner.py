@@ -1,0 +1,222 @@
+"""`kvmesh eval`: run a team on a benchmark, one durable line per finished sample, a summary at the end.
+
+    samples = benchmark.samples(split)[:limit]            # stable ids; resume skips the finished ones
+    for chunk of batch_size pending samples:
+        for each TeamFinished event of runtime.execute(team, chunk tasks):   # as each task finishes
+            score its answer -> store.add(sample line)                         # appended, flushed, fsynced
+    summary.json <- metrics with 95% intervals, token statistics, configuration, versions
+
+`--oracle` feeds gold answers and `--completions FILE` feeds answers from any source through the same `score`
+without loading a model. Samples are written in the order they finish; ids say which is which.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from kvmesh.agents import TeamFinished
+from kvmesh.agents.runtime import execute
+from kvmesh.evals.benchmarks import Sample, make_benchmark
+from kvmesh.evals.results import open_run, read_samples
+from kvmesh.evals.roles import benchmark_team
+from kvmesh.evals.stats import mean_interval, proportion
+
+
+@dataclass
+class EvalConfig:
+    """What `kvmesh eval` runs; saved as config.json beside the results.
+
+    Args:
+        benchmark: gsm8k, humaneval or infoqa.
+        model: alias, local folder or Hugging Face id for every agent (ignored with spec).
+        topology: a preset, or "single" for one agent alone.
+        agents: number of agents (roles cycle through the benchmark's list).
+        rounds: rounds of communication.
+        decision: decision, majority or last.
+        spec: a team spec file; replaces model, topology, agents, rounds and decision.
+        split: data split (gsm8k train/test; infoqa train/validation/test; humaneval test).
+        limit: run only the first `limit` samples of the split.
+        seed: seeds sampling and InfoQA generation.
+        batch_size: tasks per batched runtime pass.
+        max_new_tokens: cap on tokens per agent turn.
+        data_path: GSM8K folder, or an InfoQA JSONL file.
+        allow_code_execution: required for HumanEval, which runs model-written code.
+        oracle: score gold answers instead of running a model.
+        completions: a JSONL file of {"id", "completion"} to score instead of running a model.
+    """
+
+    benchmark: str
+    model: str = "smollm2-135m"
+    topology: str = "chain"
+    agents: int = 3
+    rounds: int = 1
+    decision: str = "decision"
+    spec: str | None = None
+    split: str = "test"
+    limit: int | None = None
+    seed: int = 0
+    batch_size: int = 16
+    max_new_tokens: int = 256
+    data_path: str | None = None
+    allow_code_execution: bool = False
+    oracle: bool = False
+    completions: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.oracle and self.completions:
+            raise ValueError("use either --oracle or --completions, not both")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be at least 1, got {self.limit}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+
+def _versions() -> dict:
+    found = {"python": platform.python_version()}
+    for package in ("kvmesh", "torch", "transformers", "langchain-core"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+def _load_completions(path: str) -> dict[str, str]:
+    answers = {}
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            answers[str(row["id"])] = row["completion"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}:{number}: need a JSON object with 'id' and 'completion' ({error})") from error
+    return answers
+
+
+def _sample_line(sample: Sample, answer: str, score, result=None) -> dict:
+    line = {
+        "id": sample.id,
+        "gold": sample.gold,
+        "correct": score.correct,
+        "extracted": score.extracted,
+        "answer": answer,
+        **score.metrics,
+    }
+    if result is not None:
+        line |= {
+            "messages": result.to_dict()["messages"],
+            "usage": result.usage.to_dict(),
+            "stop_reason": result.stop_reason,
+        }
+    return line
+
+
+def run_eval(config: EvalConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    """Run (or resume) one evaluation into `out`; returns the summary also written to summary.json."""
+    benchmark = make_benchmark(config.benchmark, config.data_path, config.seed, config.allow_code_execution)
+    samples = benchmark.samples(config.split)[: config.limit]
+    by_id = {s.id: s for s in samples}
+    started = time.perf_counter()
+    with open_run(out, asdict(config), resume) as store:
+        pending = [by_id[i] for i in store.pending(list(by_id))]
+        bar = _progress(len(samples), len(samples) - len(pending), progress)
+        if config.oracle or config.completions:
+            answers = _load_completions(config.completions) if config.completions else None
+            for sample in pending:
+                answer = sample.oracle if answers is None else answers.get(sample.id, "")
+                line = _sample_line(sample, answer, benchmark.score(sample, answer))
+                store.add(line)
+                _tick(bar, line)
+        else:
+            team = _team(config)
+            for start in range(0, len(pending), config.batch_size):
+                chunk = pending[start : start + config.batch_size]
+                for event in execute(team, [s.task for s in chunk]):
+                    if isinstance(event, TeamFinished):
+                        sample, answer = chunk[event.task_index], event.result.answer or ""
+                        line = _sample_line(sample, answer, benchmark.score(sample, answer), event.result)
+                        store.add(line)
+                        _tick(bar, line)
+        if bar is not None:
+            bar.close()
+    summary = summarize(out, config, time.perf_counter() - started)
+    Path(out, "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _team(config: EvalConfig):
+    from kvmesh.agents import Team
+
+    if config.spec:
+        return Team.from_spec(config.spec)
+    return benchmark_team(
+        config.benchmark,
+        config.model,
+        config.topology,
+        config.agents,
+        config.rounds,
+        config.decision,
+        config.max_new_tokens,
+        seed=config.seed,
+    )
+
+
+def _progress(total: int, done: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=done, desc="eval", unit="task", dynamic_ncols=True, mininterval=1.0)
+    bar.correct = bar.tokens = bar.counted = 0
+    return bar
+
+
+def _tick(bar, line: dict) -> None:
+    if bar is None:
+        return
+    bar.counted += 1
+    bar.correct += bool(line["correct"])
+    bar.tokens += line.get("usage", {}).get("total", {}).get("total_tokens", 0)
+    bar.set_postfix(acc=f"{bar.correct / bar.counted:.3f}", tok_per_task=f"{bar.tokens / bar.counted:.0f}")
+    bar.update(1)
+
+
+def summarize(out: str | Path, config: EvalConfig, seconds: float | None = None) -> dict:
+    """Metrics with 95% intervals and token statistics over every sample in `out`."""
+    rows = read_samples(out)
+    if not rows:
+        raise ValueError(f"{out} has no finished samples to summarize")
+    n = len(rows)
+    metrics = {"accuracy": proportion(sum(bool(r["correct"]) for r in rows), n)}
+    for key in ("strict", "flexible", "pass@1", "f1", "answer_in_reply"):
+        if key in rows[0]:
+            values = [float(r[key]) for r in rows]
+            metrics[key] = proportion(int(sum(values)), n) if key != "f1" else mean_interval(values)
+    usage_rows = [r["usage"] for r in rows if "usage" in r]
+    tokens = {}
+    if usage_rows:
+        for field in ("input_tokens", "output_tokens"):
+            tokens[field] = mean_interval([u["total"][field] for u in usage_rows])
+        tokens["cache_read"] = mean_interval([u["total"]["input_token_details"]["cache_read"] for u in usage_rows])
+        tokens["total_tokens"] = mean_interval([u["total"]["total_tokens"] for u in usage_rows])
+        agents = sorted({a for u in usage_rows for a in u["per_agent"]})
+        tokens["per_agent"] = {
+            a: {"mean_total_tokens": sum(u["per_agent"].get(a, {}).get("total_tokens", 0) for u in usage_rows) / n}
+            for a in agents
+        }
+    return {
+        "benchmark": config.benchmark,
+        "samples": n,
+        "metrics": metrics,
+        "tokens_per_task": tokens,
+        "seconds": seconds,
+        "config": asdict(config),
+        "seed": config.seed,
+        "versions": _versions(),
+    }

@@ -1,0 +1,92 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kvmesh.evals.results import read_samples
+from kvmesh.evals.runner import EvalConfig, run_eval
+
+GSM8K = os.environ.get("KVMESH_GSM8K_PATH")
+needs_gsm8k = pytest.mark.skipif(not GSM8K, reason="GSM8K data not found: set KVMESH_GSM8K_PATH")
+
+
+@pytest.mark.parametrize(
+    ("benchmark", "options", "count"),
+    [
+        pytest.param("gsm8k", {"data_path": GSM8K}, 1319, marks=needs_gsm8k),
+        ("humaneval", {"allow_code_execution": True}, 164),
+        ("infoqa", {}, 200),
+    ],
+)
+def test_oracle_scores_100_percent_through_the_scoring_path(tmp_path, benchmark, options, count):
+    summary = run_eval(EvalConfig(benchmark, oracle=True, **options), tmp_path / "run", progress=False)
+    assert summary["samples"] == count
+    assert summary["metrics"]["accuracy"]["value"] == 1.0
+    rows = read_samples(tmp_path / "run")
+    assert len({r["id"] for r in rows}) == count and all(r["correct"] for r in rows)
+    if benchmark == "gsm8k":
+        assert summary["metrics"]["strict"]["value"] == 1.0 and rows[0]["extracted"]["strict"] == rows[0]["gold"]
+    if benchmark == "humaneval":
+        assert summary["metrics"]["pass@1"]["value"] == 1.0
+
+
+def test_completions_from_any_source(tmp_path):
+    completions = tmp_path / "answers.jsonl"
+    lines = [
+        {"id": "HumanEval/0", "completion": "    return False\n"},
+        {"id": "HumanEval/2", "completion": "    return number % 1.0\n"},
+    ]
+    completions.write_text("\n".join(json.dumps(line) for line in lines))
+    config = EvalConfig("humaneval", allow_code_execution=True, completions=str(completions), limit=3)
+    summary = run_eval(config, tmp_path / "run", progress=False)
+    correct = {r["id"]: r["correct"] for r in read_samples(tmp_path / "run")}
+    assert correct == {"HumanEval/0": False, "HumanEval/1": False, "HumanEval/2": True}  # /1 had no completion
+    assert summary["metrics"]["accuracy"]["n"] == 3
+
+
+def test_humaneval_needs_explicit_permission(tmp_path):
+    with pytest.raises(PermissionError, match="--allow-code-execution"):
+        run_eval(EvalConfig("humaneval", oracle=True), tmp_path / "run", progress=False)
+
+
+def test_a_real_run_writes_messages_usage_and_a_summary(tmp_path):
+    config = EvalConfig("infoqa", model="tiny-random", limit=6, batch_size=4, max_new_tokens=4, agents=2)
+    summary = run_eval(config, tmp_path / "run", progress=False)
+    rows = read_samples(tmp_path / "run")
+    assert len(rows) == 6
+    assert {m["agent"] for m in rows[0]["messages"]} == {"agent_1", "agent_2", "decision"}
+    assert all("prompt" in m and "usage" in m for m in rows[0]["messages"])
+    assert summary["tokens_per_task"]["total_tokens"]["value"] > 0
+    assert set(summary["tokens_per_task"]["per_agent"]) == {"agent_1", "agent_2", "decision"}
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved["config"]["model"] == "tiny-random" and saved["seed"] == 0 and saved["versions"]["torch"]
+
+
+RUN = """
+import sys
+from kvmesh.evals.runner import EvalConfig, run_eval
+config = EvalConfig("infoqa", model="tiny-random", limit=40, batch_size=2, max_new_tokens=8, agents=2)
+run_eval(config, sys.argv[1], resume=sys.argv[2] == "resume", progress=False)
+"""
+
+
+def test_killed_halfway_then_resumed_loses_nothing(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = subprocess.Popen([sys.executable, "-c", RUN, str(out), "new"], env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(read_samples(out)) < 10:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    finished_before = {r["id"] for r in read_samples(out)}
+    assert 10 <= len(finished_before) < 40
+    subprocess.run([sys.executable, "-c", RUN, str(out), "resume"], env=env, check=True)
+    ids = [r["id"] for r in read_samples(out)]
+    assert len(ids) == 40 and len(set(ids)) == 40  # no duplicates, nothing missing
+    assert finished_before <= set(ids)
+    assert json.loads((out / "summary.json").read_text())["samples"] == 40
