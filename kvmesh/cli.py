@@ -158,6 +158,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         allow_code_execution=args.allow_code_execution,
         oracle=args.oracle,
         completions=args.completions,
+        shards=args.shards,
     )
     out = args.out or f"runs/{args.benchmark}-{'oracle' if args.oracle else args.topology}"
     run_eval(config, out, resume=args.resume)
@@ -213,6 +214,12 @@ def make_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--oracle", action="store_true", help="score gold answers instead of running a model")
     evaluate.add_argument("--completions", help="JSONL of {id, completion} to score instead of running a model")
+    evaluate.add_argument(
+        "--shards",
+        default="own",
+        choices=["own", "all", "none"],
+        help="InfoQA: each agent reads its own shard (default), every shard, or none",
+    )
     evaluate.add_argument("--out", help="run folder (default runs/<benchmark>-<topology>)")
     evaluate.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     evaluate.add_argument("--compare", nargs="+", metavar="RUN", help="print finished runs side by side")

@@ -101,28 +101,40 @@ class HumanEval:
         return Score(result.passed, code, {"status": result.status, "pass@1": float(result.passed)})
 
 
+SHARD_MODES = ("own", "all", "none")
+
+
 class InfoQA:
+    """`shards`: "own" (each agent reads only its shard: the benchmark), "all" (every agent reads every
+    shard: the ceiling without communication) or "none" (nobody reads any: the floor)."""
+
     name = "infoqa"
 
     def __init__(
-        self, data_path: str | None = None, seed: int = 0, count: int = 200, difficulty: infoqa.Difficulty | None = None
+        self,
+        data_path: str | None = None,
+        seed: int = 0,
+        count: int = 200,
+        difficulty: infoqa.Difficulty | None = None,
+        shards: str = "own",
     ) -> None:
+        if shards not in SHARD_MODES:
+            raise ValueError(f"InfoQA shards must be one of {SHARD_MODES}, got {shards!r}")
         self.data_path, self.seed, self.count, self.difficulty = data_path, seed, count, difficulty
+        self.shards = shards
+
+    def _task(self, t: infoqa.InfoQATask) -> Task:
+        if self.shards == "all":
+            return Task(t.question, id=t.id, context="\n".join(t.shards), extract_answer=short_answer)
+        shards = t.shards if self.shards == "own" else None
+        return Task(t.question, id=t.id, shards=shards, extract_answer=short_answer)
 
     def samples(self, split: str) -> list[Sample]:
         if self.data_path:
             tasks = infoqa.load_jsonl(self.data_path)
         else:
             tasks = infoqa.generate(self.count, split, self.seed, self.difficulty)
-        return [
-            Sample(
-                t.id,
-                Task(t.question, id=t.id, shards=t.shards, extract_answer=short_answer),
-                t.answer,
-                f"Answer: {t.answer}",
-            )
-            for t in tasks
-        ]
+        return [Sample(t.id, self._task(t), t.answer, f"Answer: {t.answer}") for t in tasks]
 
     def score(self, sample: Sample, answer: str) -> Score:
         extracted = short_answer(answer)
@@ -136,11 +148,13 @@ class InfoQA:
         )
 
 
-def make_benchmark(name: str, data_path: str | None = None, seed: int = 0, allow_code_execution: bool = False):
+def make_benchmark(
+    name: str, data_path: str | None = None, seed: int = 0, allow_code_execution: bool = False, shards: str = "own"
+):
     if name == "gsm8k":
         return GSM8K(data_path)
     if name == "humaneval":
         return HumanEval(allow_code_execution)
     if name == "infoqa":
-        return InfoQA(data_path, seed)
+        return InfoQA(data_path, seed, shards=shards)
     raise ValueError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")

@@ -48,6 +48,7 @@ class EvalConfig:
         allow_code_execution: required for HumanEval, which runs model-written code.
         oracle: score gold answers instead of running a model.
         completions: a JSONL file of {"id", "completion"} to score instead of running a model.
+        shards: InfoQA only: "own" (each agent its shard), "all" (everyone reads all) or "none".
     """
 
     benchmark: str
@@ -66,6 +67,7 @@ class EvalConfig:
     allow_code_execution: bool = False
     oracle: bool = False
     completions: str | None = None
+    shards: str = "own"
 
     def __post_init__(self) -> None:
         if self.oracle and self.completions:
@@ -119,7 +121,9 @@ def _sample_line(sample: Sample, answer: str, score, result=None) -> dict:
 
 def run_eval(config: EvalConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
     """Run (or resume) one evaluation into `out`; returns the summary also written to summary.json."""
-    benchmark = make_benchmark(config.benchmark, config.data_path, config.seed, config.allow_code_execution)
+    benchmark = make_benchmark(
+        config.benchmark, config.data_path, config.seed, config.allow_code_execution, config.shards
+    )
     samples = benchmark.samples(config.split)[: config.limit]
     by_id = {s.id: s for s in samples}
     started = time.perf_counter()

@@ -90,3 +90,21 @@ def test_killed_halfway_then_resumed_loses_nothing(tmp_path):
     assert len(ids) == 40 and len(set(ids)) == 40  # no duplicates, nothing missing
     assert finished_before <= set(ids)
     assert json.loads((out / "summary.json").read_text())["samples"] == 40
+
+
+@pytest.mark.parametrize(
+    ("mode", "sees_all", "sees_any"), [("own", False, True), ("all", True, True), ("none", False, False)]
+)
+def test_infoqa_shard_conditions(mode, sees_all, sees_any):
+    from kvmesh.evals.benchmarks import InfoQA
+    from kvmesh.evals.infoqa import generate
+
+    task = generate(1, "test", seed=0)[0]
+    sample = InfoQA(shards=mode).samples("test")[0]
+    assert sample.id == task.id
+    context = sample.task.context or ""
+    own = sample.task.shard_for("agent_1", 0) or ""
+    assert all(s in context for s in task.shards) is sees_all
+    assert bool(context or own) is sees_any
+    with pytest.raises(ValueError, match="shards must be one of"):
+        InfoQA(shards="some")
