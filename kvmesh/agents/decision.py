@@ -2,7 +2,8 @@
 
 - `decision` (default): a final decision-maker agent reads every agent's last reply and answers.
 - `majority`: the most common answer among the agents' last replies, each read by the task's
-  `extract_answer`; ties go to the agent listed first. No extra model call.
+  `extract_answer`; ties go to the agent listed first. The team's answer is the full reply of the first agent
+  that gave the winning answer, so scorers read a reply, not an extracted fragment. No extra model call.
 - `last`: the reply of the last agent to speak in the final round. No extra model call.
 """
 
@@ -71,9 +72,15 @@ class Decision:
 
 def majority_vote(replies: Sequence[tuple[str, str]], extract: AnswerExtractor) -> str | None:
     """replies: (agent, text) in agent order. Returns the most common extracted answer, ties to the earliest."""
-    answers = [a for a in (extract(text) for _, text in replies) if a]
-    if not answers:
+    winner = majority_reply(replies, extract)
+    return None if winner is None else extract(winner)
+
+
+def majority_reply(replies: Sequence[tuple[str, str]], extract: AnswerExtractor) -> str | None:
+    """The full reply of the earliest agent whose extracted answer is the most common one."""
+    voted = [(text, answer) for _, text in replies if (answer := extract(text))]
+    if not voted:
         return None
-    counts = Counter(answers)
+    counts = Counter(answer for _, answer in voted)
     best = max(counts.values())
-    return next(a for a in answers if counts[a] == best)
+    return next(text for text, answer in voted if counts[answer] == best)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from langchain_core.messages import AIMessage
 
-from kvmesh.agents.decision import majority_vote
+from kvmesh.agents.decision import majority_reply
 from kvmesh.agents.events import (
     AgentFinished,
     AgentStarted,
@@ -265,9 +265,9 @@ def _answer(team: Team, state: _TaskState) -> str | None:
             return reply
     elif method == "majority":
         replies = [(a, state.last_reply(a)) for a in team.graph.agents]
-        vote = majority_vote([(a, t) for a, t in replies if t is not None], state.task.extract_answer)
-        if vote is not None:
-            return vote
+        winner = majority_reply([(a, t) for a, t in replies if t is not None], state.task.extract_answer)
+        if winner is not None:
+            return winner
     # "last", or the fallback when a budget stopped the decision: the latest reply in schedule order.
     agent_turns = [m for m in _messages(state) if m.response_metadata["round"] != "decision"]
     return agent_turns[-1].content if agent_turns else None

@@ -47,6 +47,11 @@ def short_answer(text: str) -> str:
     return lines[0] if lines else ""
 
 
+def _contains_words(text: str, phrase: str) -> bool:
+    """`phrase` appears in `text` as whole words ("cat" is not in "located")."""
+    return bool(phrase) and re.search(rf"(?:^| ){re.escape(phrase)}(?: |$)", text) is not None
+
+
 class GSM8K:
     name = "gsm8k"
 
@@ -143,7 +148,9 @@ class InfoQA:
             extracted,
             {
                 "f1": infoqa.token_f1(extracted, sample.gold),
-                "answer_in_reply": float(infoqa.normalize_answer(sample.gold) in infoqa.normalize_answer(answer)),
+                "answer_in_reply": float(
+                    _contains_words(infoqa.normalize_answer(answer), infoqa.normalize_answer(sample.gold))
+                ),
             },
         )
 

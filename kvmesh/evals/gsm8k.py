@@ -46,6 +46,8 @@ def _from_folder(folder: Path, split: str) -> list[MathProblem]:
     problems = []
     with open(path) as handle:
         for index, line in enumerate(handle):
+            if not line.strip():
+                continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as error:

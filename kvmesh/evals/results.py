@@ -5,18 +5,23 @@ the next sample is counted, so a run killed at any moment (SIGKILL included) los
 written. A torn last line (the process died mid-write) is detected on resume and cut off; every complete
 line is kept. Resuming skips the ids already present, so a resumed run has no duplicates and no gaps.
 
+Only one process may write a run at a time (an exclusive lock on `.lock`): a second `open_run` on the same
+folder fails instead of duplicating samples. Readers ignore an unterminated last line, which is either being
+written right now or was torn by a crash.
+
 A resumed run must use the configuration it started with: `open_run` compares the saved `config.json` with
 the new one and refuses a mismatch (a different model or seed would silently mix two experiments).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
-SAMPLES, CONFIG = "samples.jsonl", "config.json"
+SAMPLES, CONFIG, LOCK = "samples.jsonl", "config.json", ".lock"
 
 
 class RunDirectoryError(ValueError):
@@ -47,8 +52,11 @@ def read_samples(folder: str | Path) -> list[dict]:
     path = Path(folder) / SAMPLES
     if not path.is_file():
         return []
+    text = path.read_text()
+    if not text.endswith("\n"):  # the last line is being written, or was torn by a crash
+        text = text[: text.rfind("\n") + 1]
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             try:
                 rows.append(json.loads(line))
@@ -60,8 +68,9 @@ def read_samples(folder: str | Path) -> list[dict]:
 class ResultStore:
     """Append-only sample log of one run. Use `open_run` to create or resume one."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, lock) -> None:
         self.folder = folder
+        self._lock = lock
         self.path = folder / SAMPLES
         self.done: set[str] = {str(row["id"]) for row in read_samples(folder)}
         self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (held open; closed by close())
@@ -84,6 +93,7 @@ class ResultStore:
 
     def close(self) -> None:
         self._handle.close()
+        self._lock.close()  # releases the lock
 
     def __enter__(self) -> ResultStore:
         return self
@@ -95,6 +105,22 @@ class ResultStore:
 def open_run(folder: str | Path, config: dict, resume: bool) -> ResultStore:
     """Create `folder` for a new run, or reopen it with `resume=True` (same configuration required)."""
     folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = open(folder / LOCK, "w")  # noqa: SIM115 (held for the life of the store)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise RunDirectoryError(f"another process is writing to {folder}; wait for it or pick another --out") from None
+    try:
+        _prepare(folder, config, resume)
+    except BaseException:
+        lock.close()
+        raise
+    return ResultStore(folder, lock)
+
+
+def _prepare(folder: Path, config: dict, resume: bool) -> None:
     config_path = folder / CONFIG
     if config_path.exists():
         if not resume:
@@ -106,6 +132,4 @@ def open_run(folder: str | Path, config: dict, resume: bool) -> ResultStore:
         if (folder / SAMPLES).exists():
             _repair_tail(folder / SAMPLES)
     else:
-        folder.mkdir(parents=True, exist_ok=True)
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
-    return ResultStore(folder)

@@ -88,16 +88,26 @@ def _versions() -> dict:
     return found
 
 
-def _load_completions(path: str) -> dict[str, str]:
-    answers = {}
+def _load_completions(path: str, known: set[str]) -> dict[str, str]:
+    """{id: completion} from a JSONL file; every id must be a task of the run, once, with a string completion.
+    Tasks without a line are scored as wrong answers (an empty completion) and counted in the summary."""
+    answers: dict[str, str] = {}
     for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
         if not line.strip():
             continue
+        where = f"{path}:{number}"
         try:
             row = json.loads(line)
-            answers[str(row["id"])] = row["completion"]
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise ValueError(f"{path}:{number}: need a JSON object with 'id' and 'completion' ({error})") from error
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{where}: not valid JSON ({error})") from error
+        if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("completion"), str):
+            raise ValueError(f"{where}: need a JSON object with 'id' and a string 'completion'")
+        task_id = str(row["id"])
+        if task_id not in known:
+            raise ValueError(f"{where}: id {task_id!r} is not a task of this run (check --split and --limit)")
+        if task_id in answers:
+            raise ValueError(f"{where}: duplicate id {task_id!r}")
+        answers[task_id] = row["completion"]
     return answers
 
 
@@ -131,14 +141,18 @@ def run_eval(config: EvalConfig, out: str | Path, resume: bool = False, progress
         pending = [by_id[i] for i in store.pending(list(by_id))]
         bar = _progress(len(samples), len(samples) - len(pending), progress)
         if config.oracle or config.completions:
-            answers = _load_completions(config.completions) if config.completions else None
+            answers = _load_completions(config.completions, set(by_id)) if config.completions else None
             for sample in pending:
                 answer = sample.oracle if answers is None else answers.get(sample.id, "")
                 line = _sample_line(sample, answer, benchmark.score(sample, answer))
+                if answers is not None and sample.id not in answers:
+                    line["completion_missing"] = True
                 store.add(line)
                 _tick(bar, line)
         else:
             team = _team(config)
+            for sample in pending:  # refuse shards that no agent would read, before any model call
+                sample.task.check_shards(team.agent_names)
             for start in range(0, len(pending), config.batch_size):
                 chunk = pending[start : start + config.batch_size]
                 for event in execute(team, [s.task for s in chunk]):
@@ -149,7 +163,9 @@ def run_eval(config: EvalConfig, out: str | Path, resume: bool = False, progress
                         _tick(bar, line)
         if bar is not None:
             bar.close()
-    summary = summarize(out, config, time.perf_counter() - started)
+    previous = Path(out, "summary.json")
+    earlier = json.loads(previous.read_text()).get("seconds") or 0.0 if resume and previous.exists() else 0.0
+    summary = summarize(out, config, earlier + time.perf_counter() - started)  # time across resumed parts
     Path(out, "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -201,7 +217,7 @@ def summarize(out: str | Path, config: EvalConfig, seconds: float | None = None)
     for key in ("strict", "flexible", "pass@1", "f1", "answer_in_reply"):
         if key in rows[0]:
             values = [float(r[key]) for r in rows]
-            metrics[key] = proportion(int(sum(values)), n) if key != "f1" else mean_interval(values)
+            metrics[key] = proportion(int(sum(values)), n) if key != "f1" else mean_interval(values, bounds=(0, 1))
     usage_rows = [r["usage"] for r in rows if "usage" in r]
     tokens = {}
     if usage_rows:
@@ -214,9 +230,11 @@ def summarize(out: str | Path, config: EvalConfig, seconds: float | None = None)
             a: {"mean_total_tokens": sum(u["per_agent"].get(a, {}).get("total_tokens", 0) for u in usage_rows) / n}
             for a in agents
         }
+    missing = sum(1 for r in rows if r.get("completion_missing"))
     return {
         "benchmark": config.benchmark,
         "samples": n,
+        **({"missing_completions": missing} if config.completions else {}),
         "metrics": metrics,
         "tokens_per_task": tokens,
         "seconds": seconds,

@@ -2,8 +2,9 @@
 
 THIS IS NOT A SECURITY BOUNDARY. It contains the accidents and the usual misbehaviour of generated code
 (infinite loops, memory hogs, fork floods, huge output, `sys.exit` to fake a pass, stray writes, reading the
-runner's secrets); it does not stop code written to attack this harness. Run untrusted code in a VM or
-container you can throw away.
+runner's secrets); it does not stop code written to attack this harness (the completion marker can be forged
+by code that knows how it is sent), and the network is NOT cut off. Run untrusted code in a VM or container
+you can throw away.
 
 What each run gets:
 - a new temporary working directory (also HOME and TMPDIR), and a scrubbed environment (no inherited vars);
@@ -18,7 +19,11 @@ What each run gets:
 - a pass needs exit status 0 AND a marker that the runner script writes to a private pipe after the program
   (and its test) returned, so `sys.exit(0)` or `os._exit(0)` mid-test is a failure;
 - on exit or timeout the whole process group is killed, and so is any escaped process (one that left the
-  group with `setsid`): every process of the run's uid, and any process carrying this run's marker variable.
+  group with `setsid`): every process of the run's uid, and any process carrying this run's marker variable;
+  as root, whatever the run's uid left in the world-writable /tmp, /var/tmp and /dev/shm is removed.
+
+Not as root, the program runs as the caller: it can read files the caller can, including the caller's
+startup environment under /proc. Only root runs get the separate uid that keeps those private.
 """
 
 from __future__ import annotations
@@ -171,6 +176,25 @@ def _fresh_uid() -> int:
             return uid
 
 
+def _remove_leftovers(uid: int) -> None:
+    """Delete top-level entries of the world-writable temp folders owned by the run's uid."""
+    for folder in (Path("/tmp"), Path("/var/tmp"), Path("/dev/shm")):
+        try:
+            entries = list(folder.iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.lstat().st_uid != uid:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink()
+            except OSError:
+                continue
+
+
 def _reachable_by_anyone(path: Path) -> bool:
     real = path.resolve()
     if not real.is_file() or not real.stat().st_mode & 0o001:
@@ -251,6 +275,8 @@ def run_program(source: str, limits: Limits | None = None) -> ExecResult:
         _kill_group(process.pid)  # always: background children must not outlive the run
         process.wait()
         _kill_run(run_id, uid if as_root else None)
+        if as_root:
+            _remove_leftovers(uid)
         seconds = time.perf_counter() - started
         completed = _read_marker(read_end)
         passed = process.returncode == 0 and completed

@@ -30,8 +30,11 @@ def proportion(successes: int, total: int) -> dict:
     return {"value": successes / total, "ci95": [low, high], "n": total}
 
 
-def mean_interval(values: Sequence[float], z: float = Z95) -> dict:
-    """Mean with a normal-approximation interval (for F1 and token counts); n = len(values)."""
+def mean_interval(values: Sequence[float], z: float = Z95, bounds: tuple[float, float] | None = None) -> dict:
+    """Mean with a normal-approximation interval (for F1 and token counts); n = len(values).
+
+    `bounds` clips the interval for bounded metrics (F1 lives in [0, 1]).
+    """
     if not values:
         raise ValueError("a mean needs at least one value")
     n = len(values)
@@ -40,4 +43,7 @@ def mean_interval(values: Sequence[float], z: float = Z95) -> dict:
         return {"value": mean, "ci95": [mean, mean], "n": 1}
     variance = sum((v - mean) ** 2 for v in values) / (n - 1)
     half = z * math.sqrt(variance / n)
-    return {"value": mean, "ci95": [mean - half, mean + half], "n": n}
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(bounds[0], low), min(bounds[1], high)
+    return {"value": mean, "ci95": [low, high], "n": n}

@@ -44,6 +44,8 @@ def test_env_var_and_errors(tmp_path, monkeypatch):
     (tmp_path / "test.jsonl").write_text('{"question": "q", "answer": "no final answer"}\n')
     with pytest.raises(ValueError, match="line 1 has no '#### N'"):
         load_gsm8k("test", tmp_path)
+    (tmp_path / "test.jsonl").write_text('{"question": "q", "answer": "#### 4"}\n\n')  # a trailing blank line
+    assert [p.gold for p in load_gsm8k("test", tmp_path)] == ["4"]
     (tmp_path / "test.jsonl").write_text("{broken\n")
     with pytest.raises(ValueError, match="line 1 is not JSON"):
         load_gsm8k("test", tmp_path)

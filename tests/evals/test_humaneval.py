@@ -34,6 +34,11 @@ def test_extract_code_prefers_the_block_defining_the_entry_point():
     assert extract_code(reply, "f") == "def f(x):\n    return x\n"
     assert extract_code("    return 1\n", "f") == "    return 1\n"  # bare body continuation
     assert extract_code("```python\ndef g():\n    pass", "f") == "def g():\n    pass"  # unterminated fence
+    other_first = "```text\nexample\n```\n```python\ndef f(x):\n    return x\n```"
+    assert extract_code(other_first, "f") == "def f(x):\n    return x\n"  # a non-Python block is skipped
+    assert extract_code("```python\r\ndef f(x):\r\n    return x\r\n```", "f") == "def f(x):\n    return x\n"
+    assert extract_code("Here is the solution:\ndef f(x):\n    return x\n", "f") == "def f(x):\n    return x\n"
+    assert extract_code("```bash\nls\n```", "f") == "```bash\nls\n```"  # nothing Python: the raw reply
 
 
 def test_program_layout(problems):

@@ -19,6 +19,8 @@ def test_generation_is_seeded_and_splits_share_no_entity():
     train, val, test = (_entities(generate(200, split, seed=0)) for split in ("train", "validation", "test"))
     assert train and val and test
     assert not (train & test) and not (train & val) and not (val & test)
+    other_seed_train = _entities(generate(200, "train", seed=1))
+    assert not (other_seed_train & test) and not (other_seed_train & val)  # disjoint across seeds too
 
 
 PHRASES = {"live": "lives in", "job": "works as a", "pet": "has a"}
@@ -91,3 +93,14 @@ def test_metrics():
     assert not exact_match(None, "baker")
     assert token_f1("a baker in town", "baker") == pytest.approx(2 * (1 / 3) * 1 / (1 / 3 + 1))
     assert token_f1("Orvik", "Orvik") == 1.0 and token_f1("", "Orvik") == 0.0
+
+
+def test_answer_in_reply_counts_whole_words_only():
+    from kvmesh.evals.benchmarks import InfoQA
+
+    bench = InfoQA()
+    sample = bench.samples("test")[0]
+    hit = bench.score(sample, f"I think it is {sample.gold}.")
+    assert hit.metrics["answer_in_reply"] == 1.0
+    miss = bench.score(sample, f"x{sample.gold.lower()}y is what I read")
+    assert miss.metrics["answer_in_reply"] == 0.0

@@ -27,6 +27,19 @@ from kvmesh.evals.numbers import extract_flexible, extract_strict, normalize_num
         ("It costs $5.", None, "5"),
         ("Temperature fell to -4.5 degrees", None, "-4.5"),
         ("Divide by 0/0 is undefined; answer 7", None, "7"),
+        ("\\boxed{1{,}000}", "1000", "1000"),
+        ("The answer is .5", "0.5", "0.5"),
+        ("between 10-15 apples", None, "15"),
+        ("between 10 - 15 apples", None, "15"),
+        ("COVID-19", None, "19"),
+        ("The answer is $-5.50", "-5.5", "-5.5"),
+        ("-$5.50", None, "-5.5"),
+        ("\\boxed{\\$18}", "18", "18"),
+        ("\\boxed{18\\%}", "18", "18"),
+        ("\\boxed{18 \\text{ apples}}", "18", "18"),
+        ("The answer is 1,000.", "1000", "1000"),
+        ("#### 12.", "12", "12"),
+        ("1" * 4400, None, None),  # degenerate output: no number, and no crash
     ],
 )
 def test_extractors(text, strict, flexible):
@@ -56,3 +69,5 @@ def test_normalize_rejects_non_numbers():
     assert normalize_number("1/0") is None
     assert normalize_number("-0") == "0"
     assert normalize_number("$ 12.") == "12"
+    assert normalize_number("100000000000000000000000000000.5") == "100000000000000000000000000000.5"  # exact
+    assert normalize_number("-0.75") == "-0.75" and normalize_number("0.05") == "0.05"

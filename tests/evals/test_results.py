@@ -66,3 +66,18 @@ def test_sigkill_halfway_then_resume_loses_nothing_and_duplicates_nothing(tmp_pa
     subprocess.run([sys.executable, "-c", WRITER, str(out), "resume"], check=True)
     ids = [row["id"] for row in read_samples(out)]
     assert ids == [str(i) for i in range(200)]  # every sample exactly once, in order
+
+
+def test_one_writer_at_a_time_and_readers_skip_a_half_written_line(tmp_path):
+    from kvmesh.evals.results import RunDirectoryError
+
+    out = tmp_path / "run"
+    with open_run(out, CONFIG, resume=False) as store:
+        store.add({"id": "a"})
+        with pytest.raises(RunDirectoryError, match="another process is writing"):
+            open_run(out, CONFIG, resume=True)
+        with open(out / "samples.jsonl", "a") as handle:
+            handle.write('{"id": "b", "ans')  # a writer in the middle of a line
+        assert [row["id"] for row in read_samples(out)] == ["a"]
+    with open_run(out, CONFIG, resume=True) as store:  # the lock is free again, and the torn line is cut
+        assert store.pending(["a", "b"]) == ["b"]

@@ -45,7 +45,36 @@ def test_completions_from_any_source(tmp_path):
     summary = run_eval(config, tmp_path / "run", progress=False)
     correct = {r["id"]: r["correct"] for r in read_samples(tmp_path / "run")}
     assert correct == {"HumanEval/0": False, "HumanEval/1": False, "HumanEval/2": True}  # /1 had no completion
-    assert summary["metrics"]["accuracy"]["n"] == 3
+    assert summary["metrics"]["accuracy"]["n"] == 3 and summary["missing_completions"] == 1
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"id": "HumanEval/99", "completion": "x"}', "'HumanEval/99' is not a task of this run"),
+        ('{"id": "HumanEval/0", "completion": null}', "a string 'completion'"),
+        ('{"id": "HumanEval/0", "completion": "a"}\n{"id": "HumanEval/0", "completion": "b"}', "duplicate id"),
+        ("not json", "not valid JSON"),
+    ],
+)
+def test_bad_completion_files_name_the_line(tmp_path, line, message):
+    completions = tmp_path / "answers.jsonl"
+    completions.write_text(line)
+    config = EvalConfig("humaneval", allow_code_execution=True, completions=str(completions), limit=3)
+    with pytest.raises(ValueError, match=message):
+        run_eval(config, tmp_path / "run", progress=False)
+
+
+def test_shards_no_agent_would_read_are_refused(tmp_path):
+    config = EvalConfig("infoqa", model="tiny-random", topology="single", limit=2)
+    with pytest.raises(ValueError, match="2 shards for 1 agents"):
+        run_eval(config, tmp_path / "run", progress=False)
+
+
+def test_time_adds_up_across_resumed_parts(tmp_path):
+    config = EvalConfig("infoqa", oracle=True, limit=5)
+    first = run_eval(config, tmp_path / "run", progress=False)["seconds"]
+    assert run_eval(config, tmp_path / "run", resume=True, progress=False)["seconds"] >= first
 
 
 def test_humaneval_needs_explicit_permission(tmp_path):

@@ -114,16 +114,38 @@ def test_killing_the_parent_is_refused():
     assert result.status == "failed" and "PermissionError" in result.stderr
 
 
-def test_environment_secrets_are_not_visible(monkeypatch):
-    monkeypatch.setenv("KVMESH_TEST_SECRET", "hunter2")
-    program = (
-        "import os\n"
-        "print(sorted(os.environ))\n"
-        "try:\n"
-        "    print(open(f'/proc/{os.getppid()}/environ', 'rb').read())\n"
-        "except OSError as error:\n"
-        "    print('refused', error)\n"
+SECRET_PROGRAM = (
+    "import os\n"
+    "print(sorted(os.environ))\n"
+    "try:\n"
+    "    print(open(f'/proc/{os.getppid()}/environ', 'rb').read())\n"
+    "except OSError as error:\n"
+    "    print('refused', error)\n"
+)
+SECRET_RUNNER = (
+    "import sys\n"
+    "from kvmesh.evals.sandbox import Limits, run_program\n"
+    "print(run_program(sys.argv[1], Limits(timeout_s=5)).stdout)\n"
+)
+
+
+@as_root
+def test_environment_secrets_are_not_visible():
+    import subprocess
+    import sys
+
+    # The secret sits in the runner's startup environment, which is what /proc/<pid>/environ shows.
+    env = {**os.environ, "KVMESH_TEST_SECRET": "hunter2"}
+    out = subprocess.run(
+        [sys.executable, "-c", SECRET_RUNNER, SECRET_PROGRAM], env=env, capture_output=True, text=True, check=True
     )
-    result = run_program(program, FAST)
-    assert "hunter2" not in result.stdout and "KVMESH_TEST_SECRET" not in result.stdout
-    assert "PATH" in result.stdout
+    assert "PATH" in out.stdout and "refused" in out.stdout
+    assert "hunter2" not in out.stdout and "KVMESH_TEST_SECRET" not in out.stdout
+
+
+@as_root
+def test_files_left_in_shared_temp_folders_are_removed():
+    name = f"kvmesh-leftover-{os.getpid()}"
+    result = run_program(f"open('/tmp/{name}', 'w').write('x')\nopen('/dev/shm/{name}', 'w').write('x')", FAST)
+    assert result.passed
+    assert not os.path.exists(f"/tmp/{name}") and not os.path.exists(f"/dev/shm/{name}")

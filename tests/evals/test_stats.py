@@ -23,3 +23,8 @@ def test_bad_counts_and_means():
     assert spread["value"] == 2.5 and spread["ci95"][0] < 2.5 < spread["ci95"][1]
     with pytest.raises(ValueError, match="at least one value"):
         mean_interval([])
+
+
+def test_bounded_means_stay_in_bounds():
+    assert mean_interval([1.0, 1.0, 1.0, 0.0], bounds=(0, 1))["ci95"][1] == 1.0
+    assert mean_interval([1.0, 1.0, 1.0, 0.0])["ci95"][1] > 1.0  # unbounded metrics are not clipped
