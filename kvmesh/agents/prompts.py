@@ -99,11 +99,11 @@ def plan_prompt(
     content, spans = user_turn(question, context, shard, inbound, instruction)
     messages: list[BaseMessage] = [SystemMessage(content=system), HumanMessage(content=content)]
     text = llm.render(messages)
-    token_ids = llm.encode_prompt(text)
+    token_ids, token_spans = llm.encode_with_spans(text)  # one tokenizer call per turn
     base = text.rfind(content)
     edge_tokens = [0] * len(spans)
     if spans and base >= 0:
-        starts = [start for start, _ in llm.token_spans(text)]
+        starts = [start for start, _ in token_spans]
         for i, (lo, hi) in enumerate(spans):
             edge_tokens[i] = sum(1 for s in starts if base + lo <= s < base + hi)
     return PromptPlan(messages, text, token_ids, list(inbound), edge_tokens)

@@ -27,6 +27,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from kvmesh.evals.jsonl import read_jsonl
+
 SPLITS = ("train", "validation", "test")
 _SYLLABLES = [
     "ka",
@@ -183,14 +185,7 @@ def load_jsonl(path: str | Path) -> list[InfoQATask]:
     if not path.is_file():
         raise FileNotFoundError(f"InfoQA file {path} does not exist")
     tasks, seen = [], set()
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{where}: not valid JSON ({error})") from error
+    for where, row in read_jsonl(path):
         if not isinstance(row, dict):
             raise ValueError(f"{where}: each line must be a JSON object")
         missing = [k for k in ("id", "question", "answer", "shards") if k not in row]

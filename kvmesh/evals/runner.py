@@ -22,6 +22,7 @@ from pathlib import Path
 from kvmesh.agents import TeamFinished
 from kvmesh.agents.runtime import execute
 from kvmesh.evals.benchmarks import Sample, make_benchmark
+from kvmesh.evals.jsonl import read_jsonl
 from kvmesh.evals.results import open_run, read_samples
 from kvmesh.evals.roles import benchmark_team
 from kvmesh.evals.stats import mean_interval, proportion
@@ -92,14 +93,7 @@ def _load_completions(path: str, known: set[str]) -> dict[str, str]:
     """{id: completion} from a JSONL file; every id must be a task of the run, once, with a string completion.
     Tasks without a line are scored as wrong answers (an empty completion) and counted in the summary."""
     answers: dict[str, str] = {}
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{where}: not valid JSON ({error})") from error
+    for where, row in read_jsonl(path):
         if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("completion"), str):
             raise ValueError(f"{where}: need a JSON object with 'id' and a string 'completion'")
         task_id = str(row["id"])
@@ -121,11 +115,8 @@ def _sample_line(sample: Sample, answer: str, score, result=None) -> dict:
         **score.metrics,
     }
     if result is not None:
-        line |= {
-            "messages": result.to_dict()["messages"],
-            "usage": result.usage.to_dict(),
-            "stop_reason": result.stop_reason,
-        }
+        data = result.to_dict()
+        line |= {key: data[key] for key in ("messages", "usage", "stop_reason")}
     return line
 
 
@@ -139,7 +130,7 @@ def run_eval(config: EvalConfig, out: str | Path, resume: bool = False, progress
     started = time.perf_counter()
     with open_run(out, asdict(config), resume) as store:
         pending = [by_id[i] for i in store.pending(list(by_id))]
-        bar = _progress(len(samples), len(samples) - len(pending), progress)
+        bar = _Progress(len(samples), len(samples) - len(pending)) if progress else None
         if config.oracle or config.completions:
             answers = _load_completions(config.completions, set(by_id)) if config.completions else None
             for sample in pending:
@@ -148,7 +139,8 @@ def run_eval(config: EvalConfig, out: str | Path, resume: bool = False, progress
                 if answers is not None and sample.id not in answers:
                     line["completion_missing"] = True
                 store.add(line)
-                _tick(bar, line)
+                if bar:
+                    bar.tick(line)
         else:
             team = _team(config)
             for sample in pending:  # refuse shards that no agent would read, before any model call
@@ -160,12 +152,15 @@ def run_eval(config: EvalConfig, out: str | Path, resume: bool = False, progress
                         sample, answer = chunk[event.task_index], event.result.answer or ""
                         line = _sample_line(sample, answer, benchmark.score(sample, answer), event.result)
                         store.add(line)
-                        _tick(bar, line)
+                        if bar:
+                            bar.tick(line)
         if bar is not None:
             bar.close()
     previous = Path(out, "summary.json")
-    earlier = json.loads(previous.read_text()).get("seconds") or 0.0 if resume and previous.exists() else 0.0
-    summary = summarize(out, config, earlier + time.perf_counter() - started)  # time across resumed parts
+    earlier = 0.0  # seconds spent by earlier parts of a resumed run
+    if resume and previous.exists():
+        earlier = json.loads(previous.read_text()).get("seconds") or 0.0
+    summary = summarize(out, config, earlier + time.perf_counter() - started)
     Path(out, "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -187,24 +182,24 @@ def _team(config: EvalConfig):
     )
 
 
-def _progress(total: int, done: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
+class _Progress:
+    """A tqdm bar showing the running accuracy and tokens per task of the samples finished in this process."""
 
-    bar = tqdm(total=total, initial=done, desc="eval", unit="task", dynamic_ncols=True, mininterval=1.0)
-    bar.correct = bar.tokens = bar.counted = 0
-    return bar
+    def __init__(self, total: int, done: int) -> None:
+        from tqdm import tqdm
 
+        self.bar = tqdm(total=total, initial=done, desc="eval", unit="task", dynamic_ncols=True, mininterval=1.0)
+        self.counted = self.correct = self.tokens = 0
 
-def _tick(bar, line: dict) -> None:
-    if bar is None:
-        return
-    bar.counted += 1
-    bar.correct += bool(line["correct"])
-    bar.tokens += line.get("usage", {}).get("total", {}).get("total_tokens", 0)
-    bar.set_postfix(acc=f"{bar.correct / bar.counted:.3f}", tok_per_task=f"{bar.tokens / bar.counted:.0f}")
-    bar.update(1)
+    def tick(self, line: dict) -> None:
+        self.counted += 1
+        self.correct += bool(line["correct"])
+        self.tokens += line.get("usage", {}).get("total", {}).get("total_tokens", 0)
+        self.bar.set_postfix(acc=f"{self.correct / self.counted:.3f}", tok_per_task=f"{self.tokens / self.counted:.0f}")
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def summarize(out: str | Path, config: EvalConfig, seconds: float | None = None) -> dict:

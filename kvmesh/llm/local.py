@@ -96,10 +96,10 @@ class LocalLM:
         """Number of tokens of `text` in this model's tokenizer (no special tokens added)."""
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def token_spans(self, text: str) -> list[tuple[int, int]]:
-        """Character span of every token of `encode_prompt(text)`, for attributing prompt tokens to sources."""
+    def encode_with_spans(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """`encode_prompt(text)` and the character span of each token, from one tokenizer call."""
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        return [tuple(span) for span in encoded["offset_mapping"]]
+        return encoded["input_ids"], [tuple(span) for span in encoded["offset_mapping"]]
 
     # --- model calls -----------------------------------------------------------------------------------------
 

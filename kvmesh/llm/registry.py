@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import glob
+import importlib
 import importlib.util
 import logging
 import os
@@ -91,8 +92,6 @@ def _build_smollm2(out_dir: Path) -> None:
 def _build_gemma3(out_dir: Path) -> None:
     hint = ALIASES["gemma3-270m"].install_hint
     _package_dir(GEMMA3_PACKAGE, hint)
-    import importlib
-
     package = importlib.import_module(GEMMA3_PACKAGE)
     with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
         gguf_path = Path(tmp) / "gemma-3-270m.gguf"
