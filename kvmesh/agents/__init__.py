@@ -15,6 +15,7 @@ from kvmesh.agents.result import TeamResult
 from kvmesh.agents.spec import SpecError
 from kvmesh.agents.task import Task
 from kvmesh.agents.team import ChannelNotAvailableError, Team
+from kvmesh.agents.tools import Tool, ToolTurn
 from kvmesh.agents.usage import Usage, UsageReport
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
     "Team",
     "TeamFinished",
     "TeamResult",
+    "Tool",
+    "ToolTurn",
     "Usage",
     "UsageReport",
 ]

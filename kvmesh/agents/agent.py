@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kvmesh.agents.tools import Tool, tool_from_name
 from kvmesh.llm import LocalLM, load_model
 from kvmesh.llm.generation import normalize_stop
 
@@ -26,6 +27,10 @@ class Agent:
         max_new_tokens: cap on the tokens this agent generates per turn.
         temperature: 0 for greedy decoding, above 0 to sample.
         stop: extra stop strings for this agent's turns.
+        examples: few-shot demonstrations, (user turn, reply) pairs shown as earlier turns of every prompt;
+            small models follow an answer format far more reliably from one example than from an instruction.
+        tools: `Tool`s (or their names) that may answer a turn without the model or act on its reply;
+            see `kvmesh.agents.tools`.
     """
 
     name: str
@@ -35,6 +40,8 @@ class Agent:
     max_new_tokens: int = 256
     temperature: float = 0.0
     stop: tuple[str, ...] = field(default_factory=tuple)
+    examples: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    tools: tuple[Tool, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip() or self.name != self.name.strip():
@@ -51,6 +58,26 @@ class Agent:
             self.stop = normalize_stop(self.stop)
         except ValueError as error:
             raise ValueError(f"agent {self.name!r}: {error}") from error
+        self.examples = self._examples(self.examples)
+        self.tools = tuple(self._tool(t) for t in self.tools)
+
+    def _examples(self, examples) -> tuple[tuple[str, str], ...]:
+        pairs = tuple(tuple(pair) for pair in examples) if isinstance(examples, list | tuple) else None
+        if pairs is None or not all(len(p) == 2 and all(isinstance(x, str) and x.strip() for x in p) for p in pairs):
+            raise ValueError(
+                f"agent {self.name!r}: examples must be a list of [user turn, reply] pairs of non-empty strings"
+            )
+        return pairs
+
+    def _tool(self, tool: Tool | str) -> Tool:
+        if isinstance(tool, str):
+            try:
+                return tool_from_name(tool)
+            except ValueError as error:
+                raise ValueError(f"agent {self.name!r}: {error}") from error
+        if not isinstance(tool, Tool):
+            raise TypeError(f"agent {self.name!r}: tools must be Tool instances or tool names, got {tool!r}")
+        return tool
 
     @property
     def llm(self) -> LocalLM:
@@ -75,6 +102,10 @@ class Agent:
         data |= {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature}
         if self.stop:
             data["stop"] = list(self.stop)
+        if self.examples:
+            data["examples"] = [list(pair) for pair in self.examples]
+        if self.tools:
+            data["tools"] = [tool.name for tool in self.tools]
         return data
 
     @classmethod
@@ -89,6 +120,8 @@ class Agent:
             "max_new_tokens",
             "temperature",
             "stop",
+            "examples",
+            "tools",
         }
         if unknown:
             raise ValueError(f"agent {data['name']!r}: unknown fields {sorted(unknown)}")

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
 from kvmesh.llm import LocalLM
 
@@ -95,12 +95,15 @@ def plan_prompt(
     shard: str | None = None,
     inbound: Sequence[Inbound] = (),
     instruction: str | None = None,
+    examples: Sequence[tuple[str, str]] = (),
 ) -> PromptPlan:
+    """The prompt of one turn: system, the few-shot `examples` as earlier (user, reply) turns, the user turn."""
     content, spans = user_turn(question, context, shard, inbound, instruction)
-    messages: list[BaseMessage] = [SystemMessage(content=system), HumanMessage(content=content)]
+    shots = [m for user, reply in examples for m in (HumanMessage(content=user), AIMessage(content=reply))]
+    messages: list[BaseMessage] = [SystemMessage(content=system), *shots, HumanMessage(content=content)]
     text = llm.render(messages)
     token_ids, token_spans = llm.encode_with_spans(text)  # one tokenizer call per turn
-    base = text.rfind(content)
+    base = text.rfind(content)  # the last occurrence: an example turn may hold the same text
     edge_tokens = [0] * len(spans)
     if spans and base >= 0:
         starts = [start for start, _ in token_spans]

@@ -37,8 +37,12 @@ class TeamResult:
         return self.stop_reason == "budget"
 
     def prompts(self) -> list[tuple[str, int | str, str]]:
-        """(agent, round, prompt text) for every model call, in order."""
-        return [(m.name, m.response_metadata["round"], m.response_metadata["prompt"]) for m in self.messages]
+        """(agent, round, prompt text) for every model call, in order (turns a tool answered have no prompt)."""
+        return [
+            (m.name, m.response_metadata["round"], m.response_metadata["prompt"])
+            for m in self.messages
+            if "prompt" in m.response_metadata
+        ]
 
     def transcript(self) -> str:
         lines = []
@@ -55,18 +59,18 @@ class TeamResult:
             "answer": self.answer,
             "stop_reason": self.stop_reason,
             "skipped": [list(s) for s in self.skipped],
-            "messages": [
-                {
-                    "agent": m.name,
-                    "round": m.response_metadata["round"],
-                    "content": m.content,
-                    "prompt": m.response_metadata["prompt"],
-                    "model": m.response_metadata["model"],
-                    "finish_reason": m.response_metadata["finish_reason"],
-                    "usage": dict(m.usage_metadata),
-                }
-                for m in self.messages
-            ],
+            "messages": [_message_dict(m) for m in self.messages],
             "usage": self.usage.to_dict(),
             "graph": self.graph.to_dict(),
         }
+
+
+def _message_dict(message: AIMessage) -> dict:
+    """One message for JSON: who, when, what, the exact prompt, and which tool answered or edited it."""
+    meta = message.response_metadata
+    data = {"agent": message.name, "round": meta["round"], "content": message.content}
+    data |= {key: meta.get(key) for key in ("prompt", "model", "finish_reason")}
+    for key in ("tool", "edited_by"):
+        if key in meta:
+            data[key] = meta[key]
+    return data | {"usage": dict(message.usage_metadata)}

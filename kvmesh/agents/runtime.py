@@ -18,6 +18,9 @@ turn reserves its prompt and output cap; a turn that would fit only once those r
 them, and its cap is clamped to what is left only when nothing else is pending. The task stops scheduling when
 the tokens actually spent leave no room for the next prompt; its answer then falls back to the last reply.
 
+Tools (`kvmesh.agents.tools`): a tool may answer a turn when it is scheduled; that turn makes no model call,
+costs no tokens, and finishes at once. A tool may also rewrite a model reply before anyone reads it.
+
 Messages are kept in schedule order (round, level, the team's agent order), not completion order, so
 transcripts and the `last` decision do not depend on which reply happened to be shorter.
 """
@@ -45,6 +48,7 @@ from kvmesh.agents.graph import SPATIAL, TEMPORAL
 from kvmesh.agents.prompts import DECISION_INSTRUCTION, Inbound, PromptPlan, plan_prompt
 from kvmesh.agents.result import TeamResult
 from kvmesh.agents.task import Task
+from kvmesh.agents.tools import ToolTurn
 from kvmesh.agents.usage import Usage, UsageReport, edge_key
 from kvmesh.llm import GenerationRequest
 from kvmesh.llm.generation import DecodeBatch, Generation
@@ -130,7 +134,7 @@ def _inbound(team: Team, state: _TaskState, agent: str, round_: Round) -> list[I
     return found
 
 
-def _plan_turn(team: Team, state: _TaskState, agent: Agent, round_: Round) -> PromptPlan:
+def _plan_turn(team: Team, state: _TaskState, agent: Agent, round_: Round, inbound: list[Inbound]) -> PromptPlan:
     task = state.task
     is_decision = round_ == "decision"
     position = -1 if is_decision else team.agent_names.index(agent.name)
@@ -140,9 +144,20 @@ def _plan_turn(team: Team, state: _TaskState, agent: Agent, round_: Round) -> Pr
         question=task.question,
         context=task.context,
         shard=None if is_decision else task.shard_for(agent.name, position),
-        inbound=_inbound(team, state, agent.name, round_),
+        inbound=inbound,
         instruction=DECISION_INSTRUCTION if is_decision else None,
+        examples=agent.examples,
     )
+
+
+def _tool_reply(state: _TaskState, agent: Agent, round_: Round, inbound: list[Inbound]) -> tuple[str, str] | None:
+    """(tool name, reply) from the first of the agent's tools that answers this turn, else None."""
+    turn = ToolTurn(state.task, agent.name, round_, inbound)
+    for tool in agent.tools:
+        reply = tool.before(turn)
+        if reply is not None:
+            return tool.name, reply
+    return None
 
 
 _DEFER = object()  # a turn that must wait for this stage's reservations to settle
@@ -153,7 +168,12 @@ def _schedule(team: Team, state: _TaskState, agent: Agent, round_: Round, order:
     if state.stopped:
         state.skipped.append((agent.name, round_))
         return
-    plan = _plan_turn(team, state, agent, round_)
+    inbound = _inbound(team, state, agent.name, round_)
+    answered = _tool_reply(state, agent, round_, inbound) if agent.tools else None
+    if answered is not None:
+        yield _record_tool_turn(state, agent, round_, order, *answered)
+        return
+    plan = _plan_turn(team, state, agent, round_, inbound)
     max_new = agent.max_new_tokens
     if team.token_budget is not None:
         room = team.token_budget - state.spent - len(plan.token_ids)  # what is really left for this turn
@@ -175,11 +195,35 @@ def _schedule(team: Team, state: _TaskState, agent: Agent, round_: Round, order:
     yield turn
 
 
+def _record_tool_turn(
+    state: _TaskState, agent: Agent, round_: Round, order: tuple[int, int], tool: str, reply: str
+) -> AgentFinished:
+    """A turn a tool answered: no model call and no tokens, but a message like any other."""
+    usage = Usage()
+    message = AIMessage(
+        content=reply.strip(),
+        name=agent.name,
+        usage_metadata=usage.to_metadata(),
+        response_metadata={"round": round_, "tool": tool, "model_call": False},
+    )
+    state.records.append((order, message))
+    state.replies[(agent.name, round_)] = message.content
+    state.usage.add_call(agent.name, str(round_), usage)
+    return AgentFinished(state.index, agent.name, round_, message, usage)
+
+
 def _record(turn: _Turn, gen: Generation, started: float) -> AgentFinished:
     state, name = turn.state, turn.agent.name
     usage = Usage(gen.prompt_tokens, gen.completion_tokens, 0, 1, gen.latency_s, gen.ttft_s)
+    reply, edited_by = gen.text.strip(), []
+    if turn.agent.tools:
+        tool_turn = ToolTurn(state.task, name, turn.round, turn.plan.inbound)
+        for tool in turn.agent.tools:
+            edited = tool.after(tool_turn, reply)
+            if edited != reply:
+                reply, edited_by = edited, [*edited_by, tool.name]
     message = AIMessage(
-        content=gen.text.strip(),
+        content=reply.strip(),
         name=name,
         usage_metadata=usage.to_metadata(),
         response_metadata={
@@ -189,6 +233,7 @@ def _record(turn: _Turn, gen: Generation, started: float) -> AgentFinished:
             "finish_reason": gen.finish_reason,
             "ttft_s": gen.ttft_s,
             "latency_s": gen.latency_s,
+            **({"edited_by": edited_by} if edited_by else {}),
         },
     )
     state.records.append((turn.order, message))

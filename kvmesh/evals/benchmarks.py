@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from kvmesh.agents import Task
 from kvmesh.evals import gsm8k, humaneval, infoqa
 from kvmesh.evals.numbers import extract_flexible, extract_strict, numbers_equal
-from kvmesh.evals.sandbox import Limits, run_program
+from kvmesh.evals.sandbox import NOT_A_BOUNDARY, Limits, run_program
 
 BENCHMARKS = ("gsm8k", "humaneval", "infoqa")
 
@@ -81,7 +81,7 @@ class HumanEval:
         if not allow_code_execution:
             raise PermissionError(
                 "HumanEval runs model-written code on this machine. Pass --allow-code-execution to accept that; "
-                "the sandbox limits time, memory, processes and output but is not a security boundary."
+                f"{NOT_A_BOUNDARY}."
             )
         self.limits = limits or Limits()
 

@@ -13,6 +13,7 @@ without loading a model. Samples are written in the order they finish; ids say w
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -25,7 +26,10 @@ from kvmesh.evals.benchmarks import Sample, make_benchmark
 from kvmesh.evals.jsonl import read_jsonl
 from kvmesh.evals.results import open_run, read_samples
 from kvmesh.evals.roles import benchmark_team
+from kvmesh.evals.sandbox import NOT_A_BOUNDARY
 from kvmesh.evals.stats import mean_interval, proportion
+
+log = logging.getLogger("kvmesh")
 
 
 @dataclass
@@ -46,7 +50,8 @@ class EvalConfig:
         batch_size: tasks per batched runtime pass.
         max_new_tokens: cap on tokens per agent turn.
         data_path: GSM8K folder, or an InfoQA JSONL file.
-        allow_code_execution: required for HumanEval, which runs model-written code.
+        allow_code_execution: lets generated code run in the sandbox: required for HumanEval; for GSM8K it
+            runs the programmer's code (without it, the programmer only writes about its calculation).
         oracle: score gold answers instead of running a model.
         completions: a JSONL file of {"id", "completion"} to score instead of running a model.
         shards: InfoQA only: "own" (each agent its shard), "all" (everyone reads all) or "none".
@@ -169,17 +174,30 @@ def _team(config: EvalConfig):
     from kvmesh.agents import Team
 
     if config.spec:
-        return Team.from_spec(config.spec)
-    return benchmark_team(
-        config.benchmark,
-        config.model,
-        config.topology,
-        config.agents,
-        config.rounds,
-        config.decision,
-        config.max_new_tokens,
-        seed=config.seed,
-    )
+        team = Team.from_spec(config.spec)
+    else:
+        team = benchmark_team(
+            config.benchmark,
+            config.model,
+            config.topology,
+            config.agents,
+            config.rounds,
+            config.decision,
+            config.max_new_tokens,
+            seed=config.seed,
+            code_execution=config.allow_code_execution,
+        )
+        programmer = any(agent.role == "programming expert" for agent in team.agents)
+        if config.benchmark == "gsm8k" and programmer and not config.allow_code_execution:
+            log.warning("the programming expert's code is not run; pass --allow-code-execution to run it")
+    members = [*team.agents, *([team.decision.agent] if team.decision.agent else [])]
+    running = sorted({f"{a.name}: {t.name}" for a in members for t in a.tools if t.runs_code})
+    if running and not config.allow_code_execution:
+        raise PermissionError(
+            f"the team's tools run generated code ({', '.join(running)}); pass --allow-code-execution to accept "
+            f"that ({NOT_A_BOUNDARY})"
+        )
+    return team
 
 
 class _Progress:
@@ -202,6 +220,22 @@ class _Progress:
         self.bar.close()
 
 
+def _agent_means(usages: list[dict | None]) -> dict:
+    """Mean prompt, completion, cached and total tokens and model calls of one agent per task (0 where absent)."""
+    n = len(usages)
+
+    def mean(get) -> float:
+        return sum(get(u) for u in usages if u) / n
+
+    return {
+        "input_tokens": mean(lambda u: u["input_tokens"]),
+        "output_tokens": mean(lambda u: u["output_tokens"]),
+        "cache_read": mean(lambda u: u["input_token_details"]["cache_read"]),
+        "total_tokens": mean(lambda u: u["total_tokens"]),
+        "calls": mean(lambda u: u["calls"]),
+    }
+
+
 def summarize(out: str | Path, config: EvalConfig, seconds: float | None = None) -> dict:
     """Metrics with 95% intervals and token statistics over every sample in `out`."""
     rows = read_samples(out)
@@ -221,10 +255,8 @@ def summarize(out: str | Path, config: EvalConfig, seconds: float | None = None)
         tokens["cache_read"] = mean_interval([u["total"]["input_token_details"]["cache_read"] for u in usage_rows])
         tokens["total_tokens"] = mean_interval([u["total"]["total_tokens"] for u in usage_rows])
         agents = sorted({a for u in usage_rows for a in u["per_agent"]})
-        tokens["per_agent"] = {
-            a: {"mean_total_tokens": sum(u["per_agent"].get(a, {}).get("total_tokens", 0) for u in usage_rows) / n}
-            for a in agents
-        }
+        tokens["model_calls"] = mean_interval([u["total"]["calls"] for u in usage_rows])
+        tokens["per_agent"] = {a: _agent_means([u["per_agent"].get(a) for u in usage_rows]) for a in agents}
     missing = sum(1 for r in rows if r.get("completion_missing"))
     return {
         "benchmark": config.benchmark,

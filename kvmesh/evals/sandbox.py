@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TAIL_BYTES = 4000
+# Said wherever a flag lets generated code run.
+NOT_A_BOUNDARY = "the sandbox limits time, memory, processes and output but is not a security boundary"
 
 # Applies the limits, drops privileges if root, then becomes the Python that runs the program.
 _LAUNCHER = """

@@ -9,17 +9,6 @@ def make_agents(names, model="tiny-random", max_new_tokens=6):
     return [Agent(n, role=f"{n} role", model=model, max_new_tokens=max_new_tokens) for n in names]
 
 
-@pytest.fixture
-def forwards(tiny):
-    """Record (rows, tokens per row) of every forward pass of the tiny model: prefill has tokens > 1."""
-    shapes = []
-    hook = tiny.model.register_forward_pre_hook(
-        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
-    )
-    yield shapes
-    hook.remove()
-
-
 def decode_sizes(shapes):
     return [rows for rows, tokens in shapes if tokens == 1]
 
@@ -89,6 +78,21 @@ def test_edge_tokens_match_the_message_block(tiny):
     a_reply = result.messages[0].content
     block = f"Message from a (this round):\n{a_reply}"
     assert result.usage.per_edge["a->b"].input_tokens == tiny.count_tokens(block)
+
+
+def test_few_shot_examples_come_before_the_real_turn_and_leave_edge_counts_exact(tiny):
+    shot = ("Question: Q?\n\nMessage from a (this round):\nfour", "Answer: 4")
+    a, b = make_agents("ab", max_new_tokens=12)
+    b.examples = (shot,)
+    result = Team([a, b], "chain", decision="last").run("Q?")
+    prompt = result.messages[1].response_metadata["prompt"]
+    assert prompt.index(shot[0]) < prompt.index(shot[1]) < prompt.rindex("Question: Q?")
+    block = f"Message from a (this round):\n{result.messages[0].content}"
+    assert result.usage.per_edge["a->b"].input_tokens == tiny.count_tokens(block)  # the example is not an edge
+    again = Team.from_spec(Team([a, b], "chain").to_spec()).agents[1]
+    assert again.examples == (shot,)
+    with pytest.raises(ValueError, match="examples must be a list of \\[user turn, reply\\] pairs"):
+        Agent("c", examples=[("only a question",)])
 
 
 def test_run_batch_decodes_all_tasks_together_and_matches_run(forwards):

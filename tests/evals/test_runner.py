@@ -137,3 +137,13 @@ def test_infoqa_shard_conditions(mode, sees_all, sees_any):
     assert bool(context or own) is sees_any
     with pytest.raises(ValueError, match="shards must be one of"):
         InfoQA(shards="some")
+
+
+@pytest.mark.slow
+def test_infoqa_answers_need_the_shards_with_smollm(tmp_path, smollm):
+    """The calibration the benchmark rests on, on validation tasks: reading every shard beats reading none."""
+    accuracy = {}
+    for mode in ("all", "none"):
+        config = EvalConfig("infoqa", topology="single", shards=mode, split="validation", limit=30, max_new_tokens=32)
+        accuracy[mode] = run_eval(config, tmp_path / mode, progress=False)["metrics"]["accuracy"]["value"]
+    assert accuracy["none"] <= 0.1 and accuracy["all"] >= accuracy["none"] + 0.2, accuracy

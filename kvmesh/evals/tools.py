@@ -1,0 +1,97 @@
+"""The benchmark roles' tools, both running code in the sandbox (so both need `--allow-code-execution`).
+
+- `RunPython` (GSM8K programmer): runs the Python block of the reply and appends what it printed, so the
+  agents downstream read the program's result rather than the model's guess of it. A trailing bare
+  expression is printed, as in a notebook cell, because small models often end with `total` instead of
+  `print(total)`.
+- `PassTestedCode` (HumanEval): when a message the agent would read already holds a function that passes the
+  prompt's `>>>` examples, that code is the agent's reply and no model call is made. Only the docstring
+  examples are used; the hidden tests stay for scoring.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+
+from kvmesh.agents.tools import Tool, ToolTurn
+from kvmesh.evals import humaneval
+from kvmesh.evals.sandbox import Limits, run_program
+
+_FENCED_PYTHON = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\r?\n(.*?)```", re.DOTALL | re.IGNORECASE)
+OUTPUT_CHARS = 400  # the most program output passed on; enough for a number, bounded for the next prompt
+
+
+def printing_last_expression(source: str) -> str:
+    """`source` with a final bare expression (other than a call to print) wrapped in `print(...)`."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return source
+    last = tree.body[-1] if tree.body else None
+    if not isinstance(last, ast.Expr):
+        return source
+    call = last.value
+    if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "print":
+        return source
+    last.value = ast.Call(ast.Name("print", ast.Load()), [call], [])
+    return ast.unparse(ast.fix_missing_locations(tree))
+
+
+class RunPython(Tool):
+    """Run the reply's last fenced Python block and append its output (or its error) to the reply."""
+
+    name = "run-python"
+    runs_code = True
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits(timeout_s=5.0, cpu_s=5, memory_mb=512)
+
+    def after(self, turn: ToolTurn, reply: str) -> str:
+        blocks = [b for b in _FENCED_PYTHON.findall(reply) if b.strip()]
+        if not blocks:
+            return reply
+        result = run_program(printing_last_expression(blocks[-1]), self.limits)
+        if result.status == "timeout":
+            report = "Program output: (timed out)"
+        elif result.passed:
+            report = f"Program output:\n{result.stdout.strip()[-OUTPUT_CHARS:] or '(nothing printed)'}"
+        else:
+            error = [line for line in result.stderr.strip().splitlines() if line.strip()]
+            report = f"Program error: {error[-1][-OUTPUT_CHARS:] if error else 'exit status ' + str(result.returncode)}"
+        return f"{reply}\n\n{report}"
+
+
+class PassTestedCode(Tool):
+    """Reply with the newest inbound function that passes the task's docstring examples, skipping the model.
+
+    Needs a HumanEval-style task: the prompt as `task.question` and `task.metadata["entry_point"]`.
+    """
+
+    name = "pass-tested-code"
+    runs_code = True
+
+    def __init__(self, limits: Limits | None = None, cache_size: int = 4096) -> None:
+        self.limits = limits or Limits(timeout_s=5.0, cpu_s=5, memory_mb=512)
+        self.cache_size = cache_size
+        self._verdicts: dict[tuple[str, str], bool] = {}  # (prompt, code) -> passes, shared by agents and rounds
+
+    def before(self, turn: ToolTurn) -> str | None:
+        entry_point = turn.task.metadata.get("entry_point")
+        if not entry_point:
+            return None
+        problem = humaneval.CodeProblem(turn.task.id or "", turn.task.question, entry_point, "", "")
+        defines = re.compile(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", re.MULTILINE)
+        for message in reversed(turn.inbound):
+            code = humaneval.extract_code(message.content, entry_point)
+            if defines.search(code) and self._passes(problem, code):
+                return f"```python\n{code.strip()}\n```"
+        return None
+
+    def _passes(self, problem: humaneval.CodeProblem, code: str) -> bool:
+        key = (problem.prompt, code)
+        if key not in self._verdicts:
+            if len(self._verdicts) >= self.cache_size:
+                self._verdicts.pop(next(iter(self._verdicts)))
+            self._verdicts[key] = humaneval.passes_docstring_examples(problem, code, self.limits) is True
+        return self._verdicts[key]
