@@ -7,6 +7,7 @@ real SmolLM2-135M-Instruct. Both come from the offline alias registry (converted
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
 
@@ -21,3 +22,29 @@ def tiny():
 @pytest.fixture(scope="session")
 def smollm():
     return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def sliding(tiny):
+    """A tiny random Gemma 3 (sliding window of 8 on most layers) with SmolLM2's tokenizer."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from kvmesh import LocalLM
+
+    config = Gemma3TextConfig(
+        vocab_size=len(tiny.tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=16,
+        sliding_window=8,
+        initializer_range=0.3,
+        layer_types=["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"],
+        pad_token_id=tiny.pad_id,
+        eos_token_id=sorted(tiny.eos_ids)[0],
+        bos_token_id=tiny.tokenizer.bos_token_id,
+    )
+    torch.manual_seed(0)
+    return LocalLM(Gemma3ForCausalLM(config).eval(), tiny.tokenizer, "tiny-gemma3")

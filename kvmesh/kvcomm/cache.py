@@ -122,3 +122,23 @@ def trim_left(cache: DynamicCache, columns: int) -> None:
         raise ValueError("trim_left needs a cache of GrowingLayer (full-attention models); see can_merge()")
     for layer in cache.layers:
         layer.drop_front(columns)
+
+
+def read_columns(cache: DynamicCache, row: int, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values of cache columns lo .. hi - 1 of batch row `row`, stacked over layers: (L, H, S, D) each.
+
+    Copies, so the result survives the cache dropping or overwriting that row.
+    """
+    keys = torch.stack([layer.keys[row, :, lo:hi] for layer in cache.layers])
+    values = torch.stack([layer.values[row, :, lo:hi] for layer in cache.layers])
+    return keys, values
+
+
+def cache_from_kv(keys: torch.Tensor, values: torch.Tensor, config) -> DynamicCache:
+    """A one-row cache holding `keys` and `values` (L, H, S, D), ready to prefill more tokens after them."""
+    cache = new_cache(config)
+    if len(cache.layers) != keys.shape[0]:
+        raise ValueError(f"{keys.shape[0]} layers of keys for a model with {len(cache.layers)} layers")
+    for layer, k, v in zip(cache.layers, keys, values, strict=True):
+        layer.update(k.unsqueeze(0), v.unsqueeze(0))
+    return cache

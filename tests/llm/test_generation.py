@@ -138,32 +138,6 @@ def test_length_buckets_bound_padding():
     assert len(buckets) == 3  # {10, 11, 12}, {98, 100, 105}, {300}
 
 
-@pytest.fixture(scope="module")
-def sliding(tiny):
-    """A tiny random Gemma 3 (sliding window of 8 on most layers) with SmolLM2's tokenizer."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    from kvmesh import LocalLM
-
-    config = Gemma3TextConfig(
-        vocab_size=len(tiny.tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        head_dim=16,
-        sliding_window=8,
-        initializer_range=0.3,
-        layer_types=["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"],
-        pad_token_id=tiny.pad_id,
-        eos_token_id=sorted(tiny.eos_ids)[0],
-        bos_token_id=tiny.tokenizer.bos_token_id,
-    )
-    torch.manual_seed(0)
-    return LocalLM(Gemma3ForCausalLM(config).eval(), tiny.tokenizer, "tiny-gemma3")
-
-
 def test_sliding_window_model_rows_finish_at_different_times(sliding):
     from kvmesh.kvcomm.cache import can_merge
 
