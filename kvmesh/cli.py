@@ -20,6 +20,9 @@ from collections.abc import Sequence
 from kvmesh.agents import Agent, ChannelNotAvailableError, CommGraph, Task, Team
 from kvmesh.agents.decision import METHODS
 from kvmesh.agents.result import TeamResult
+from kvmesh.agents.usage import format_rows
+from kvmesh.cliargs import add_config_arguments, config_from_args
+from kvmesh.kvcomm.benchmark import KVReuseBenchConfig
 from kvmesh.llm import ModelNotAvailableError
 from kvmesh.llm.registry import ALIASES, cache_dir, is_converted, is_installed
 from kvmesh.topology.presets import PRESETS
@@ -167,6 +170,24 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from kvmesh.kvcomm.benchmark import run_benchmark
+
+    config = config_from_args(KVReuseBenchConfig, args)
+    result = run_benchmark(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    rows = [
+        (f"agent {k + 1}", f"{d:.3f} s", f"{r:.3f} s", f"{d / r:.1f}x")
+        for k, (d, r) in enumerate(zip(result["ttft_dense_s"], result["ttft_reuse_s"], strict=True))
+    ]
+    print("\n".join(format_rows([("", "TTFT dense", "TTFT reuse", "speedup"), *rows])))
+    for key in ("speedup_last_agent", "reuse_rate", "agreement", "anchor_memory_mb", "template_encode_s"):
+        print(f"{key:20s} {result[key]:.3f}")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from kvmesh.evals.report import compare_table
 
@@ -228,6 +249,13 @@ def make_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="print finished evaluation runs side by side")
     report.add_argument("runs", nargs="+", help="run folders holding summary.json")
     report.set_defaults(handler=_cmd_report)
+
+    bench = commands.add_parser("bench", help="performance benchmarks (kv-reuse: time to first token)")
+    bench_kinds = bench.add_subparsers(dest="kind", required=True)
+    kv_reuse = bench_kinds.add_parser("kv-reuse", help="dense prefill against KV cache reuse, KVCOMM's setting")
+    add_config_arguments(kv_reuse, KVReuseBenchConfig)
+    kv_reuse.add_argument("--json", action="store_true", help="print one JSON object")
+    kv_reuse.set_defaults(handler=_cmd_bench)
 
     models = commands.add_parser("models", help="list model aliases and whether they are ready")
     models.set_defaults(handler=_cmd_models)

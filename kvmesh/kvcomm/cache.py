@@ -142,3 +142,19 @@ def cache_from_kv(keys: torch.Tensor, values: torch.Tensor, config) -> DynamicCa
     for layer, k, v in zip(cache.layers, keys, values, strict=True):
         layer.update(k.unsqueeze(0), v.unsqueeze(0))
     return cache
+
+
+def cache_over(keys: torch.Tensor, values: torch.Tensor, length: int, config) -> DynamicCache:
+    """A one-row cache that adopts `keys` and `values` (L, H, capacity, D) as its storage, no copy.
+
+    The first `length` positions are filled; later tokens are written into the spare capacity in place.
+    """
+    cache = new_cache(config)
+    if len(cache.layers) != keys.shape[0] or not all(isinstance(layer, GrowingLayer) for layer in cache.layers):
+        raise ValueError(f"cannot adopt {keys.shape[0]} layers of keys for this model (full attention only)")
+    for layer, k, v in zip(cache.layers, keys, values, strict=True):
+        layer.lazy_initialization(k.unsqueeze(0), v.unsqueeze(0))
+        layer.key_buffer, layer.value_buffer = k.unsqueeze(0), v.unsqueeze(0)
+        layer.length = length
+        layer._expose()
+    return cache

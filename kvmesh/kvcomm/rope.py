@@ -68,15 +68,31 @@ class Rope:
     def rotary_dim(self) -> int:
         return 2 * self.inv_freq.numel()
 
+    def _cos_sin(self, offset: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        angles = offset * self.inv_freq.to(like.device, torch.float64)  # float64: exact for large offsets
+        return angles.cos().to(like.dtype), angles.sin().to(like.dtype)
+
     def rotate(self, keys: torch.Tensor, offset: int) -> torch.Tensor:
         """`keys` (..., S, D) moved by `offset` positions (any sign); a new tensor of the same dtype."""
         if offset == 0:
             return keys.clone()
-        angles = offset * self.inv_freq.to(keys.device, torch.float64)  # float64: exact for large offsets
-        cos = torch.cat((angles.cos(), angles.cos())).to(keys.dtype)
-        sin = torch.cat((angles.sin(), angles.sin())).to(keys.dtype)
-        rotary, rest = keys[..., : self.rotary_dim], keys[..., self.rotary_dim :]
+        return self.rotate_into(keys, offset, torch.empty_like(keys))
+
+    def rotate_into(self, keys: torch.Tensor, offset: int, out: torch.Tensor) -> torch.Tensor:
+        """Write `keys` moved by `offset` positions into `out` (same shape, not overlapping `keys`); returns out.
+
+        With x = (x1, x2) the two halves of the rotary dimensions: (x1 cos - x2 sin, x2 cos + x1 sin).
+        """
+        if offset == 0:
+            return out.copy_(keys)
+        cos, sin = self._cos_sin(offset, keys)
         half = self.rotary_dim // 2
-        rotated_half = torch.cat((-rotary[..., half:], rotary[..., :half]), dim=-1)
-        moved = rotary * cos + rotated_half * sin
-        return torch.cat((moved, rest), dim=-1) if rest.numel() else moved
+        x1, x2 = keys[..., :half], keys[..., half : self.rotary_dim]
+        first, second = out[..., :half], out[..., half : self.rotary_dim]
+        torch.mul(x1, cos, out=first)
+        first.sub_(x2 * sin)
+        torch.mul(x2, cos, out=second)
+        second.add_(x1 * sin)
+        if self.rotary_dim < keys.shape[-1]:
+            out[..., self.rotary_dim :] = keys[..., self.rotary_dim :]
+        return out

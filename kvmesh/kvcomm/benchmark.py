@@ -1,0 +1,229 @@
+"""`kvmesh bench kv-reuse`: time to first token of each agent, dense prefill against cache reuse, in one process.
+
+The setting is KVCOMM's headline one (sizes are flags): a fully connected team of 5 agents; agent k reads its
+own prefix (512 tokens), the task (1024 tokens) and the replies of agents 1 .. k-1 (512 tokens each), so the
+5th agent's prompt is 3,584 tokens. Text is synthetic but natural (seeded sentences about invented people,
+built from the InfoQA vocabulary) and counted with the model's tokenizer.
+
+For each task:
+  dense:  agent k prefills its whole prompt (timed to its first token), then decodes its reply greedily.
+  reuse:  agent k's cache is assembled by the reuse engine (its prefix template, the task from agent 1's
+          cache, every reply from its sender's cache, glue templates), corrected by anchors, and only the
+          tail is prefilled (timed to the first token, every step of cache preparation included). A call the
+          anchor test refuses prefills densely (timed as such) and teaches the engine an anchor.
+          Senders' replies are the dense replies (so both paths read the same text); their caches come from
+          the reuse path itself, by feeding those tokens after the sender's assembled prompt cache.
+Agreement: share of agent calls whose first `agreement_tokens` greedy tokens equal the dense ones.
+Template segments (agent prefixes, glue) are encoded once ahead, as in KVCOMM; that cost is reported apart.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from langchain_core.messages import HumanMessage, SystemMessage
+
+from kvmesh.kvcomm.cache import cache_from_kv, new_cache, read_columns
+from kvmesh.kvcomm.reuse import Piece, ReuseConfig, ReuseEngine
+from kvmesh.kvcomm.segment import KVSegment
+
+
+@dataclass
+class KVReuseBenchConfig:
+    """Sizes and settings of the kv-reuse benchmark.
+
+    Args:
+        model: alias, local folder or Hugging Face id.
+        agents: agents in the fully connected team.
+        input_tokens: tokens of the task text every agent reads.
+        prefix_tokens: tokens of each agent's own prefix (its system prompt).
+        output_tokens: tokens each agent generates (its reply, read by the agents after it).
+        tasks: tasks run; the first `warmup` only teach anchors and are left out of the timings.
+        warmup: tasks that only teach anchors.
+        agreement_tokens: greedy tokens compared between reuse and dense for agreement.
+        gamma: the reuse engine's entropy threshold (1 reuses whenever an anchor exists).
+        seed: seeds the synthetic text.
+    """
+
+    model: str = "smollm2-135m"
+    agents: int = 5
+    input_tokens: int = 1024
+    prefix_tokens: int = 512
+    output_tokens: int = 512
+    tasks: int = 3
+    warmup: int = 1
+    agreement_tokens: int = 32
+    gamma: float = 0.8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.agents < 2 or self.tasks <= self.warmup or self.warmup < 0:
+            raise ValueError("need at least 2 agents and more tasks than warm-up tasks")
+        if min(self.input_tokens, self.prefix_tokens, self.output_tokens, self.agreement_tokens) < 1:
+            raise ValueError("token sizes must be positive")
+
+
+_FACTS = [
+    "{a} lives in {c} and walks to the market every morning.",
+    "{a} works as a {j} and keeps careful notes about each day.",
+    "{a} has a {p} that sleeps by the window in the afternoon.",
+    "{a} met {b} at the station in {c} last spring.",
+    "{a} and {b} share a small garden at the edge of {c}.",
+    "Every weekend {a} visits {b}, who works as a {j}.",
+]
+
+
+def _text(rng: random.Random, tokenizer, tokens: int, lead: str = "") -> list[int]:
+    """Natural-looking sentences until `tokens` ids, cut to exactly that many."""
+    from kvmesh.evals.infoqa import _JOBS, _PETS, _SYLLABLES
+
+    def name() -> str:
+        return "".join(rng.choice(_SYLLABLES) for _ in range(rng.choice((2, 3)))).capitalize()
+
+    ids: list[int] = tokenizer(lead, add_special_tokens=False)["input_ids"] if lead else []
+    while len(ids) < tokens:
+        fact = rng.choice(_FACTS).format(a=name(), b=name(), c=name() + "vik", j=rng.choice(_JOBS), p=rng.choice(_PETS))
+        ids += tokenizer(" " + fact, add_special_tokens=False)["input_ids"]
+    return ids[:tokens]
+
+
+class _Model:
+    """Prefill and greedy decoding straight on the model, with kvmesh's in-place cache. End-of-sequence tokens
+    are never chosen, so every reply has exactly the requested length (as in KVCOMM's synthetic setting)."""
+
+    def __init__(self, model, eos_ids) -> None:
+        self.model = model
+        self.eos = torch.tensor(sorted(eos_ids), dtype=torch.long)
+
+    @torch.inference_mode()
+    def prefill(self, ids: list[int], cache, start: int) -> torch.Tensor:
+        positions = torch.arange(start, start + len(ids))[None]
+        out = self.model(input_ids=torch.tensor([ids]), past_key_values=cache, position_ids=positions, logits_to_keep=1)
+        logits = out.logits[0, -1]
+        logits[self.eos] = float("-inf")
+        return logits
+
+    def greedy(self, logits: torch.Tensor, cache, start: int, count: int) -> list[int]:
+        tokens = [int(logits.argmax())]
+        while len(tokens) < count:
+            tokens.append(int(self.prefill([tokens[-1]], cache, start + len(tokens) - 1).argmax()))
+        return tokens
+
+
+def run_benchmark(config: KVReuseBenchConfig, progress=print) -> dict:
+    from kvmesh.llm import load_model
+
+    llm = load_model(config.model)
+    tokenizer, model = llm.tokenizer, _Model(llm.model, llm.eos_ids)
+    rng = random.Random(config.seed)
+
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def head_and_tail(system: str) -> tuple[list[int], list[int]]:
+        """The chat template around a user turn whose text goes between head and tail."""
+        marker = "\u2063"  # invisible separator: splits the rendered template around the user text
+        before, after = llm.render([SystemMessage(system), HumanMessage(marker)]).split(marker)
+        return encode(before), encode(after)
+
+    names = [f"agent_{k + 1}" for k in range(config.agents)]
+    heads, tail = [], []
+    for name in names:
+        head, tail = head_and_tail(f"You are {name}." + tokenizer.decode(_text(rng, tokenizer, config.prefix_tokens)))
+        heads.append(head)
+    glue = [encode(f"\n\nMessage from {n}:\n") for n in names]
+    instruction = encode("\n\nAnswer the question in the notes.")
+    engine = ReuseEngine(llm.model, ReuseConfig(gamma=config.gamma), sink=heads[0][:1])
+    for ids in heads:  # template segments, encoded once ahead (reported as template_encode_s)
+        engine.template(ids)
+    for ids in [*glue, instruction]:
+        engine.template(ids, standalone=True)
+
+    dense_ttft = [[] for _ in names]
+    reuse_ttft = [[] for _ in names]
+    agree = compared = reused_calls = reusable_calls = 0
+    for t in range(config.tasks):
+        measured = t >= config.warmup
+        task = _text(rng, tokenizer, config.input_tokens, lead="Notes:")
+        replies: list[list[int]] = []
+        reply_caches: list[KVSegment] = []
+        task_source: KVSegment | None = None
+        for k, name in enumerate(names):
+            middle = [Piece(tuple(task), task_source, "task")] if k else []
+            for j in range(k):
+                middle += [Piece(tuple(glue[j])), Piece(tuple(replies[j]), reply_caches[j], ("reply", j))]
+            middle.append(Piece(tuple(instruction)))
+            prompt = heads[k] + task + [i for j in range(k) for i in glue[j] + replies[j]] + instruction + tail
+
+            # dense: the whole prompt (timed to the first token), then the reply
+            started = time.perf_counter()
+            cache = new_cache(llm.model.config)
+            logits = model.prefill(prompt, cache, 0)
+            int(logits.argmax())
+            if measured:
+                dense_ttft[k].append(time.perf_counter() - started)
+            reply = model.greedy(logits, cache, len(prompt), config.output_tokens)
+            dense_prompt = KVSegment(*read_columns(cache, 0, 0, len(prompt)), 0, tuple(prompt))
+
+            # reuse: assemble, then prefill the rest (timed to the first token, cache preparation included)
+            pieces = [Piece(tuple(heads[k])), *middle, Piece(tuple(tail))]
+            started = time.perf_counter()
+            assembly = engine.assemble(name, pieces, spare=config.agreement_tokens) if k else None
+            if k == 0:  # agent 1 has only its prefix template to reuse
+                head = engine.template(heads[0])
+                cache = cache_from_kv(head.keys, head.values, llm.model.config)
+                logits = model.prefill(task + instruction + tail, cache, len(head))
+            elif assembly is None:  # the anchor test refused: dense prefill, and an anchor to learn from
+                cache = new_cache(llm.model.config)
+                logits = model.prefill(prompt, cache, 0)
+            else:
+                cache = assembly.cache(llm.model.config)
+                logits = model.prefill(assembly.rest, cache, assembly.length)
+            int(logits.argmax())
+            seconds = time.perf_counter() - started
+            if measured:
+                reuse_ttft[k].append(seconds)
+                if k:
+                    reusable_calls += 1
+                    reused_calls += assembly is not None
+            prompt_cache = KVSegment(*read_columns(cache, 0, 0, len(prompt)), 0, tuple(prompt))
+            first = model.greedy(logits, cache, len(prompt), config.agreement_tokens)
+            if measured:
+                compared += 1
+                agree += first == reply[: config.agreement_tokens]
+            if k and assembly is None:
+                engine.learn(name, pieces, dense_prompt)
+            if k == 0:
+                task_source = prompt_cache.slice(len(heads[0]), len(heads[0]) + len(task))
+            # the sender's reply cache on the reuse path: the dense reply's tokens fed after its prompt cache
+            feed = cache_from_kv(prompt_cache.keys, prompt_cache.values, llm.model.config)
+            model.prefill(reply, feed, len(prompt))
+            replies.append(reply)
+            reply_kv = read_columns(feed, 0, len(prompt), len(prompt) + len(reply))
+            reply_caches.append(KVSegment(*reply_kv, len(prompt), tuple(reply)))
+            fallback = "" if assembly is not None or k == 0 else " (dense fallback)"
+            progress(
+                f"task {t + 1}/{config.tasks} {name}: {len(prompt)} prompt tokens, reuse {seconds:.3f} s{fallback}"
+            )
+            last_prompt = len(prompt)
+
+    dense_mean = [statistics.fmean(v) for v in dense_ttft]
+    reuse_mean = [statistics.fmean(v) for v in reuse_ttft]
+    return {
+        "config": asdict(config),
+        "prompt_tokens_last_agent": last_prompt,
+        "ttft_dense_s": dense_mean,
+        "ttft_reuse_s": reuse_mean,
+        "speedup_per_agent": [d / r for d, r in zip(dense_mean, reuse_mean, strict=True)],
+        "speedup_last_agent": dense_mean[-1] / reuse_mean[-1],
+        "reuse_rate": reused_calls / reusable_calls,
+        "agreement": agree / compared,
+        "anchor_memory_mb": engine.anchors.nbytes / 2**20,
+        "anchors": len(engine.anchors),
+        "template_encode_s": engine.stats.template_s,
+        "template_tokens": engine.stats.template_tokens,
+    }

@@ -1,0 +1,82 @@
+"""The anchor pool: bounded, evicts the least-used of the oldest, and decides reuse by the entropy test."""
+
+import math
+
+import pytest
+import torch
+
+from kvmesh.kvcomm.anchors import AnchorPool, describe
+
+
+def offsets(value, tokens=4, layers=2):
+    return torch.full((layers, 1, tokens, 2), float(value)), torch.full((layers, 1, tokens, 2), -float(value))
+
+
+def unit(*values):
+    vector = torch.tensor(values, dtype=torch.float)
+    return vector / vector.norm()
+
+
+def test_no_anchor_means_prefill_and_one_anchor_means_reuse():
+    pool = AnchorPool()
+    assert pool.weights("task", unit(1, 0)) is None
+    pool.add("task", unit(1, 0), *offsets(1))
+    assert torch.equal(pool.weights("task", unit(0, 1)), torch.tensor([1.0]))
+    assert pool.weights("other", unit(1, 0)) is None  # pools are per placeholder
+
+
+def test_entropy_test_refuses_ambiguous_matches():
+    pool = AnchorPool(gamma=0.5, temperature=0.05)
+    pool.add("k", unit(1, 0), *offsets(1))
+    pool.add("k", unit(0, 1), *offsets(2))
+    assert pool.weights("k", unit(1, 1)) is None  # equally far from both: entropy log2(2) > 0.5 * log2(2)
+    weights = pool.weights("k", unit(1, 0.01))
+    assert weights is not None and weights[0] > 0.99
+    entropy = -(weights * weights.log2()).sum().item()
+    assert entropy <= 0.5 * math.log2(2)
+
+
+def test_offsets_are_position_aligned_weighted_and_skip_layer_zero():
+    pool = AnchorPool()
+    pool.add("k", unit(1, 0), *offsets(1, tokens=3))
+    pool.add("k", unit(1, 0), *offsets(3, tokens=5))
+    key_offset, value_offset = torch.zeros(2, 1, 6, 2), torch.zeros(2, 1, 6, 2)
+    pool.apply("k", torch.tensor([0.5, 0.5]), key_offset, value_offset)
+    assert key_offset.shape == (2, 1, 6, 2)
+    assert torch.all(key_offset[0] == 0) and torch.all(value_offset[0] == 0)  # layer 0 is exact: never corrected
+    assert torch.allclose(key_offset[1, 0, :3, 0], torch.tensor([2.0, 2.0, 2.0]))  # both anchors cover these
+    assert torch.allclose(key_offset[1, 0, 3:5, 0], torch.tensor([1.5, 1.5]))  # only the longer one
+    assert torch.all(key_offset[1, 0, 5] == 0)  # past every anchor: no correction
+    assert torch.allclose(value_offset[1, 0, :3, 0], torch.tensor([-2.0, -2.0, -2.0]))
+    assert [a.uses for a in pool.pools["k"]] == [1, 1]
+
+
+def test_count_length_and_memory_bounds_with_eviction():
+    pool = AnchorPool(max_anchors=3, max_tokens=2)
+    for i in range(3):
+        pool.add("k", unit(1, i), *offsets(i, tokens=10))
+    pool.apply("k", torch.tensor([1.0, 0.0, 0.0]), torch.zeros(2, 1, 2, 2), torch.zeros(2, 1, 2, 2))  # uses the oldest
+    pool.add("k", unit(1, 3), *offsets(3, tokens=10))
+    kept = pool.pools["k"]
+    assert len(kept) == 3 and pool.evicted == 1
+    assert kept[0].key_offset[1, 0, 0, 0].item() == 0  # the used oldest survived; the unused second went
+    assert [a.key_offset[1, 0, 0, 0].item() for a in kept] == [0, 2, 3]
+    assert kept[0].key_offset.shape[2] == 2 and kept[0].key_offset.dtype == torch.float16
+    one = kept[0].nbytes
+    small = AnchorPool(max_bytes=2 * one + 1)
+    for i in range(5):
+        small.add(("k", i % 2), unit(1, i), *offsets(i, tokens=2))
+    assert len(small) == 2 and small.nbytes <= 2 * one + 1
+
+
+def test_describe_is_a_unit_vector_over_layers_heads_and_dims():
+    keys = torch.randn(3, 2, 7, 4)
+    descriptor = describe(keys)
+    assert descriptor.shape == (3 * 2 * 4,) and descriptor.norm().item() == pytest.approx(1.0)
+
+
+def test_bad_bounds_are_refused():
+    with pytest.raises(ValueError, match="gamma"):
+        AnchorPool(gamma=2)
+    with pytest.raises(ValueError, match="positive"):
+        AnchorPool(max_anchors=0)
