@@ -9,11 +9,18 @@ weighted average of its anchors' offsets to the moved donor cache instead of pre
     offset[t] = sum_a weights[a] * anchor_offset[a][t]   (position-aligned; zero past an anchor's end)
     applied in place to the moved donor cache (`apply`); anchors below a negligible weight are skipped
 
-Descriptors are unit vectors (the donor's keys averaged over tokens), so distances lie in [0, 2].
+Descriptors are unit vectors (the donor's keys averaged over tokens), so distances lie in [0, 2]. With
+SmolLM2-135M, 1K-token texts of one kind lie about 0.03-0.05 apart, different GSM8K questions 0.2-0.3, and text
+of another genre (code, a short reply) 0.3-0.7. The default temperature (0.1) therefore averages the anchors of
+the same kind of text almost uniformly and ignores those of other kinds. Averaging matters: on 5 agents with
+128-token replies, the first 32 greedy tokens matched dense in 0% of calls uncorrected, 70% with the newest
+anchor alone, and 95% with the average of all anchors.
 
-Reuse or prefill (as in KVCOMM): with n anchors, reuse when the entropy of the weights is at most
-`gamma * log2(n)` (one anchor clearly closest); otherwise prefill densely and let that call add an anchor. With
-no anchors, always prefill. Higher gamma reuses more.
+Reuse or prefill: reuse when the placeholder has at least `min_anchors` anchors and the nearest lies within
+`gamma` of the new segment's descriptor; otherwise prefill densely, and that call adds an anchor. Larger gamma
+reuses more; `min_anchors` buys the averaging above with a few dense calls per placeholder.
+KVCOMM tests the entropy of the weights instead; that refuses exactly the case above, where many anchors are
+equally close, and averaging them is what works best.
 
 Bounds: at most `max_anchors` per placeholder and `max_tokens` positions per anchor, offsets kept in float16,
 and `max_bytes` over the whole pool. Eviction takes the least-used of the five oldest anchors of a placeholder
@@ -22,7 +29,6 @@ and `max_bytes` over the whole pool. Eviction takes the least-used of the five o
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable
 from dataclasses import dataclass
 
@@ -58,15 +64,18 @@ class AnchorPool:
         max_anchors: int = 20,
         max_tokens: int = 1024,
         max_bytes: int = 512 * 2**20,
-        temperature: float = 0.02,
-        gamma: float = 0.8,
+        temperature: float = 0.1,
+        gamma: float = 0.3,
+        min_anchors: int = 3,
     ) -> None:
-        if max_anchors < 1 or max_tokens < 1 or max_bytes < 1:
+        if max_anchors < 1 or max_tokens < 1 or max_bytes < 1 or not 1 <= min_anchors <= max_anchors:
             raise ValueError("anchor pool bounds must be positive")
-        if not 0 <= gamma <= 1:
-            raise ValueError(f"gamma must be within [0, 1], got {gamma}")
+        if not 0 <= gamma <= 2 or temperature <= 0:
+            raise ValueError(
+                f"need 0 <= gamma <= 2 (a descriptor distance) and temperature > 0, got {gamma}, {temperature}"
+            )
         self.max_anchors, self.max_tokens, self.max_bytes = max_anchors, max_tokens, max_bytes
-        self.temperature, self.gamma = temperature, gamma
+        self.temperature, self.gamma, self.min_anchors = temperature, gamma, min_anchors
         self.pools: dict[Hashable, list[Anchor]] = {}
         self.nbytes = 0
         self.evicted = 0
@@ -103,16 +112,15 @@ class AnchorPool:
             del self.pools[key]
 
     def weights(self, key: Hashable, descriptor: torch.Tensor) -> torch.Tensor | None:
-        """Softmax weights over `key`'s anchors, or None when the entropy test says prefill densely."""
+        """Softmax weights over `key`'s anchors, or None (prefill densely) when there are fewer than
+        `min_anchors` or none lies within gamma."""
         pool = self.pools.get(key)
-        if not pool:
+        if not pool or len(pool) < self.min_anchors:
             return None
         distances = torch.stack([(a.descriptor - descriptor).norm() for a in pool])
-        weights = torch.softmax(-distances / self.temperature, dim=0)
-        entropy = -(weights * weights.clamp_min(1e-12).log2()).sum().item()
-        if len(pool) > 1 and entropy > self.gamma * math.log2(len(pool)):
+        if distances.min().item() > self.gamma:
             return None
-        return weights
+        return torch.softmax(-distances / self.temperature, dim=0)
 
     def apply(self, key: Hashable, weights: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Add the weighted, position-aligned offsets of `key`'s anchors to `keys` and `values` (L, H, S, D) in

@@ -43,9 +43,10 @@ class KVReuseBenchConfig:
         prefix_tokens: tokens of each agent's own prefix (its system prompt).
         output_tokens: tokens each agent generates (its reply, read by the agents after it).
         tasks: tasks run; the first `warmup` only teach anchors and are left out of the timings.
-        warmup: tasks that only teach anchors.
+        warmup: tasks that only teach anchors (the engine reuses a placeholder after min_anchors dense calls).
+        min_anchors: dense calls per (receiver, placeholder) before the engine reuses it.
         agreement_tokens: greedy tokens compared between reuse and dense for agreement.
-        gamma: the reuse engine's entropy threshold (1 reuses whenever an anchor exists).
+        gamma: the reuse engine's threshold: reuse when an anchor lies within this descriptor distance.
         seed: seeds the synthetic text.
     """
 
@@ -54,10 +55,11 @@ class KVReuseBenchConfig:
     input_tokens: int = 1024
     prefix_tokens: int = 512
     output_tokens: int = 512
-    tasks: int = 3
-    warmup: int = 1
+    tasks: int = 6
+    warmup: int = 3
     agreement_tokens: int = 32
-    gamma: float = 0.8
+    gamma: float = 0.3
+    min_anchors: int = 3
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -137,7 +139,7 @@ def run_benchmark(config: KVReuseBenchConfig, progress=print) -> dict:
         heads.append(head)
     glue = [encode(f"\n\nMessage from {n}:\n") for n in names]
     instruction = encode("\n\nAnswer the question in the notes.")
-    engine = ReuseEngine(llm.model, ReuseConfig(gamma=config.gamma), sink=heads[0][:1])
+    engine = ReuseEngine(llm.model, ReuseConfig(gamma=config.gamma, min_anchors=config.min_anchors), sink=heads[0][:1])
     for ids in heads:  # template segments, encoded once ahead (reported as template_encode_s)
         engine.template(ids)
     for ids in [*glue, instruction]:
@@ -145,7 +147,7 @@ def run_benchmark(config: KVReuseBenchConfig, progress=print) -> dict:
 
     dense_ttft = [[] for _ in names]
     reuse_ttft = [[] for _ in names]
-    agree = compared = reused_calls = reusable_calls = 0
+    agree = compared = reused_calls = reusable_calls = agree_reused = 0
     for t in range(config.tasks):
         measured = t >= config.warmup
         task = _text(rng, tokenizer, config.input_tokens, lead="Notes:")
@@ -195,6 +197,7 @@ def run_benchmark(config: KVReuseBenchConfig, progress=print) -> dict:
             if measured:
                 compared += 1
                 agree += first == reply[: config.agreement_tokens]
+                agree_reused += assembly is not None and first == reply[: config.agreement_tokens]
             if k and assembly is None:
                 engine.learn(name, pieces, dense_prompt)
             if k == 0:
@@ -222,6 +225,7 @@ def run_benchmark(config: KVReuseBenchConfig, progress=print) -> dict:
         "speedup_last_agent": dense_mean[-1] / reuse_mean[-1],
         "reuse_rate": reused_calls / reusable_calls,
         "agreement": agree / compared,
+        "agreement_reused_calls": agree_reused / max(1, reused_calls),  # agents 2.. that did reuse
         "anchor_memory_mb": engine.anchors.nbytes / 2**20,
         "anchors": len(engine.anchors),
         "template_encode_s": engine.stats.template_s,

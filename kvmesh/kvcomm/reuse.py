@@ -63,20 +63,22 @@ class ReuseConfig:
     """Settings of the reuse engine.
 
     Args:
-        gamma: reuse when the anchor weights' entropy is at most gamma * log2(anchors); 1 reuses whenever an
-            anchor exists, 0 only when one anchor takes all the weight.
+        gamma: reuse when an anchor's descriptor lies within this distance of the new segment's (in [0, 2]);
+            larger reuses more, 0 only for segments seen before.
         max_anchors: anchors kept per (receiver, placeholder).
+        min_anchors: dense calls per (receiver, placeholder) before it is reused; more anchors average better.
         max_anchor_tokens: positions of offsets kept per anchor.
         max_anchor_mb: bound on all anchors' memory.
-        temperature: softmax temperature over descriptor distances (in [0, 2]).
+        temperature: softmax temperature over descriptor distances; 0.1 averages anchors of similar text.
         templates: template segments kept (least recently used dropped first).
     """
 
-    gamma: float = 0.8
+    gamma: float = 0.3
     max_anchors: int = 20
+    min_anchors: int = 3
     max_anchor_tokens: int = 1024
     max_anchor_mb: float = 512.0
-    temperature: float = 0.02
+    temperature: float = 0.1
     templates: int = 256
 
 
@@ -137,6 +139,7 @@ class ReuseEngine:
             int(self.config.max_anchor_mb * 2**20),
             self.config.temperature,
             self.config.gamma,
+            self.config.min_anchors,
         )
         self.stats = ReuseStats()
         self._templates: OrderedDict[tuple[int, ...], KVSegment] = OrderedDict()

@@ -1,7 +1,5 @@
 """The anchor pool: bounded, evicts the least-used of the oldest, and decides reuse by the entropy test."""
 
-import math
-
 import pytest
 import torch
 
@@ -17,23 +15,33 @@ def unit(*values):
     return vector / vector.norm()
 
 
-def test_no_anchor_means_prefill_and_one_anchor_means_reuse():
-    pool = AnchorPool()
+def test_no_anchor_or_only_far_anchors_mean_prefill():
+    pool = AnchorPool(gamma=0.3, min_anchors=1)
     assert pool.weights("task", unit(1, 0)) is None
     pool.add("task", unit(1, 0), *offsets(1))
-    assert torch.equal(pool.weights("task", unit(0, 1)), torch.tensor([1.0]))
+    assert torch.equal(pool.weights("task", unit(1, 0.1)), torch.tensor([1.0]))
+    assert pool.weights("task", unit(0, 1)) is None  # distance sqrt(2) > gamma: new kind of text, prefill
     assert pool.weights("other", unit(1, 0)) is None  # pools are per placeholder
 
 
-def test_entropy_test_refuses_ambiguous_matches():
-    pool = AnchorPool(gamma=0.5, temperature=0.05)
-    pool.add("k", unit(1, 0), *offsets(1))
-    pool.add("k", unit(0, 1), *offsets(2))
-    assert pool.weights("k", unit(1, 1)) is None  # equally far from both: entropy log2(2) > 0.5 * log2(2)
+def test_a_placeholder_is_reused_only_after_min_anchors_dense_calls():
+    pool = AnchorPool(min_anchors=3)
+    for i in range(3):
+        assert pool.weights("k", unit(1, 0)) is None
+        pool.add("k", unit(1, i * 0.01), *offsets(i))
+    assert pool.weights("k", unit(1, 0)) is not None
+    with pytest.raises(ValueError, match="positive"):
+        AnchorPool(max_anchors=2, min_anchors=3)
+
+
+def test_similar_anchors_are_averaged_and_far_ones_ignored():
+    pool = AnchorPool(gamma=0.3, temperature=0.1, min_anchors=1)
+    pool.add("k", unit(1, 0.00), *offsets(1))
+    pool.add("k", unit(1, 0.02), *offsets(2))
+    pool.add("k", unit(0, 1), *offsets(3))
     weights = pool.weights("k", unit(1, 0.01))
-    assert weights is not None and weights[0] > 0.99
-    entropy = -(weights * weights.log2()).sum().item()
-    assert entropy <= 0.5 * math.log2(2)
+    assert weights[0].item() == pytest.approx(weights[1].item(), rel=1e-3) and weights[2].item() < 1e-5
+    assert weights.sum().item() == pytest.approx(1.0)
 
 
 def test_offsets_are_position_aligned_weighted_and_skip_layer_zero():
@@ -77,6 +85,6 @@ def test_describe_is_a_unit_vector_over_layers_heads_and_dims():
 
 def test_bad_bounds_are_refused():
     with pytest.raises(ValueError, match="gamma"):
-        AnchorPool(gamma=2)
+        AnchorPool(gamma=3)
     with pytest.raises(ValueError, match="positive"):
         AnchorPool(max_anchors=0)

@@ -5,7 +5,7 @@ import torch
 
 from kvmesh.kvcomm.benchmark import KVReuseBenchConfig, run_benchmark
 from kvmesh.kvcomm.cache import new_cache, read_columns
-from kvmesh.kvcomm.reuse import Piece, ReuseEngine
+from kvmesh.kvcomm.reuse import Piece, ReuseConfig, ReuseEngine
 from kvmesh.kvcomm.rope import UnsupportedModelError
 from kvmesh.kvcomm.segment import KVSegment
 
@@ -44,7 +44,7 @@ def prompt(tiny):
 
 def test_first_call_prefills_densely_then_anchors_make_reuse_exact_for_a_seen_sample(tiny, prompt):
     head, task, tail, source = prompt
-    engine = ReuseEngine(tiny.model)
+    engine = ReuseEngine(tiny.model, ReuseConfig(min_anchors=1))
     pieces = [Piece(head), Piece(task, source, "task"), Piece(tail)]
     assert engine.assemble("agent_2", pieces) is None  # no anchor yet: dense
     logits, dense_cache = dense(tiny.model, head + task + tail)
@@ -62,7 +62,7 @@ def test_first_call_prefills_densely_then_anchors_make_reuse_exact_for_a_seen_sa
 
 def test_reusing_an_exact_shared_prefix_equals_dense_prefill(tiny, prompt):
     head, task, tail, _ = prompt
-    engine = ReuseEngine(tiny.model)
+    engine = ReuseEngine(tiny.model, ReuseConfig(min_anchors=1))
     logits, dense_cache = dense(tiny.model, head + task + tail)
     same_context = dense_cache.slice(len(head), len(head) + len(task))  # encoded where it will be used
     pieces = [Piece(head), Piece(task, same_context, "task"), Piece(tail)]
@@ -76,7 +76,7 @@ def test_reusing_an_exact_shared_prefix_equals_dense_prefill(tiny, prompt):
 def test_glue_without_a_donor_uses_a_template_encoded_once(tiny, prompt):
     head, task, tail, source = prompt
     glue = ids_of(tiny, "\n\nMessage from agent_1:\n")
-    engine = ReuseEngine(tiny.model, sink=head[:1])
+    engine = ReuseEngine(tiny.model, ReuseConfig(min_anchors=1), sink=head[:1])
     pieces = [Piece(head), Piece(task, source, "task"), Piece(glue), Piece(tail)]
     engine.learn("r", pieces, dense(tiny.model, head + task + glue + tail)[1])
     assembly = engine.assemble("r", pieces)
@@ -100,7 +100,16 @@ def test_bad_pieces_and_unsupported_models_are_refused(tiny, sliding, prompt):
 
 def test_the_benchmark_runs_end_to_end(tiny):
     config = KVReuseBenchConfig(
-        model="tiny-random", agents=3, input_tokens=24, prefix_tokens=12, output_tokens=6, tasks=2, agreement_tokens=4
+        model="tiny-random",
+        agents=3,
+        input_tokens=24,
+        prefix_tokens=12,
+        output_tokens=6,
+        tasks=3,
+        warmup=2,
+        min_anchors=2,
+        agreement_tokens=4,
+        gamma=2.0,  # reuse whenever an anchor exists (random weights put unrelated texts far apart)
     )
     lines = []
     result = run_benchmark(config, progress=lines.append)
@@ -108,4 +117,5 @@ def test_the_benchmark_runs_end_to_end(tiny):
     assert result["reuse_rate"] == 1.0  # after the warm-up task every later agent has an anchor per piece
     assert 0 <= result["agreement"] <= 1 and result["anchor_memory_mb"] > 0
     assert result["speedup_last_agent"] == result["ttft_dense_s"][-1] / result["ttft_reuse_s"][-1]
-    assert len(lines) == 6 and "dense fallback" in lines[1] and "dense fallback" not in lines[4]
+    assert len(lines) == 9 and "dense fallback" in lines[4] and "dense fallback" not in lines[7]
+    assert 0 <= result["agreement_reused_calls"] <= 1
