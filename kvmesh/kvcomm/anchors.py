@@ -24,7 +24,8 @@ equally close, and averaging them is what works best.
 
 Bounds: at most `max_anchors` per placeholder and `max_tokens` positions per anchor, offsets kept in float16,
 and `max_bytes` over the whole pool. Eviction takes the least-used of the five oldest anchors of a placeholder
-(the most crowded placeholder when the byte budget is exceeded), so a useful old anchor survives a burst.
+(when the byte budget is exceeded: of the most crowded placeholder that keeps `min_anchors` after it), so a
+useful old anchor survives a burst and no placeholder is starved back into dense prefill.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class AnchorPool:
         self,
         max_anchors: int = 20,
         max_tokens: int = 1024,
-        max_bytes: int = 512 * 2**20,
+        max_bytes: int = 1024 * 2**20,
         temperature: float = 0.1,
         gamma: float = 0.3,
         min_anchors: int = 3,
@@ -99,7 +100,9 @@ class AnchorPool:
         pool.append(anchor)
         self.nbytes += anchor.nbytes
         while self.nbytes > self.max_bytes and len(self) > 1:
-            self._evict(max(self.pools, key=lambda k: len(self.pools[k])))
+            # the most crowded placeholder, sparing those that would fall below min_anchors while others can give
+            spare = [k for k, pool in self.pools.items() if len(pool) > self.min_anchors] or list(self.pools)
+            self._evict(max(spare, key=lambda k: len(self.pools[k])))
 
     def _evict(self, key: Hashable) -> None:
         pool = self.pools[key]

@@ -77,7 +77,7 @@ class ReuseConfig:
     max_anchors: int = 20
     min_anchors: int = 3
     max_anchor_tokens: int = 1024
-    max_anchor_mb: float = 512.0
+    max_anchor_mb: float = 1024.0
     temperature: float = 0.1
     templates: int = 256
 

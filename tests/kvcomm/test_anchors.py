@@ -71,10 +71,17 @@ def test_count_length_and_memory_bounds_with_eviction():
     assert [a.key_offset[1, 0, 0, 0].item() for a in kept] == [0, 2, 3]
     assert kept[0].key_offset.shape[2] == 2 and kept[0].key_offset.dtype == torch.float16
     one = kept[0].nbytes
-    small = AnchorPool(max_bytes=2 * one + 1)
+    small = AnchorPool(max_bytes=2 * one + 1, min_anchors=1)
     for i in range(5):
         small.add(("k", i % 2), unit(1, i), *offsets(i, tokens=2))
     assert len(small) == 2 and small.nbytes <= 2 * one + 1
+    # over the byte budget, a placeholder above min_anchors gives way before one at it
+    spared = AnchorPool(max_bytes=4 * one + 1, min_anchors=2)
+    for i in range(3):
+        spared.add("crowded", unit(1, i), *offsets(i, tokens=2))
+    spared.add("thin", unit(1, 0), *offsets(0, tokens=2))
+    spared.add("thin", unit(1, 1), *offsets(1, tokens=2))
+    assert (len(spared.pools["crowded"]), len(spared.pools["thin"])) == (2, 2)
 
 
 def test_describe_is_a_unit_vector_over_layers_heads_and_dims():
