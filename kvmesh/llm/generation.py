@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from kvmesh.kvcomm.cache import can_merge, new_cache, select_rows, stack_left_padded, trim_left
+from kvmesh.kvcomm.cache import can_merge, new_cache, read_columns, select_rows, stack_left_padded, trim_left
+from kvmesh.kvcomm.segment import KVSegment
 
 MAX_PADDING = 0.10  # a prefill bucket may pad at most this share of its real tokens
 
@@ -43,12 +44,18 @@ class GenerationRequest:
         max_new_tokens: upper bound on generated tokens for this row.
         temperature: 0 is greedy; above 0 samples from softmax(logits / temperature).
         stop: strings that end generation; the text is cut before the first one found.
+        prefix: a prebuilt cache of the prompt's first tokens (anything with `length` and `cache(config)`,
+            such as the reuse engine's `Assembly`); only the remaining prompt tokens are prefilled.
+        keep_kv: return the row's cache of its prompt and of its generated tokens (`Generation.prompt_kv`,
+            `Generation.reply_kv`), for cache reuse downstream.
     """
 
     prompt_ids: list[int]
     max_new_tokens: int = 256
     temperature: float = 0.0
     stop: tuple[str, ...] = ()
+    prefix: object | None = None
+    keep_kv: bool = False
 
     def __post_init__(self) -> None:
         self.stop = normalize_stop(self.stop)
@@ -58,6 +65,8 @@ class GenerationRequest:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.prefix is not None and not 0 < self.prefix.length < len(self.prompt_ids):
+            raise ValueError("a prefix cache must cover part of the prompt and leave at least one token to prefill")
 
 
 @dataclass
@@ -77,6 +86,8 @@ class Generation:
     ttft_s: float
     latency_s: float
     started_at: float = 0.0
+    prompt_kv: KVSegment | None = None  # with keep_kv: the prompt's cache, positions 0 ..
+    reply_kv: KVSegment | None = None  # with keep_kv: the cache of the generated tokens that were fed back
 
     @property
     def completion_tokens(self) -> int:
@@ -91,6 +102,7 @@ class _Row:
     text: str | None = None  # set when a stop string cut the text
     started_at: float = 0.0
     first_token_at: float = 0.0
+    prompt_kv: KVSegment | None = None
 
 
 def normalize_stop(stop) -> tuple[str, ...]:
@@ -212,21 +224,51 @@ class DecodeBatch:
     def submit(self, request: GenerationRequest, tag: Hashable) -> None:
         self.waiting.append(_Row(request, tag))
 
+    def _prefill_on_prefix(self, row: _Row, device):
+        """One row whose prompt starts with a prebuilt cache: prefill only the rest, at its true positions."""
+        prefix, prompt = row.request.prefix, row.request.prompt_ids
+        cache = prefix.cache(self.decoder.model.config)
+        ids = torch.tensor([prompt[prefix.length :]], device=device)
+        mask = torch.ones((1, len(prompt)), dtype=torch.long, device=device)
+        position_ids = torch.arange(prefix.length, len(prompt), device=device)[None]
+        return cache, mask, self.decoder.forward(ids, mask, position_ids, cache), position_ids[:, -1:] + 1
+
     def _prefill(self, rows: list[_Row]):
-        """Prefill new rows bucket by bucket; returns their cache, mask, logits, next positions, batch order."""
+        """Prefill new rows bucket by bucket; returns their cache, mask, logits, next positions, batch order.
+
+        Rows with a prefix cache are prefilled one by one after it (only their remaining tokens)."""
         lengths = [len(r.request.prompt_ids) for r in rows]
-        buckets = length_buckets(lengths) if self.decoder.mergeable else [list(range(len(rows)))]
+        plain = [i for i, r in enumerate(rows) if r.request.prefix is None]
+        if not self.decoder.mergeable:
+            buckets = [plain]
+        else:
+            buckets = [[plain[i] for i in b] for b in length_buckets([lengths[i] for i in plain])]
         width, device = max(lengths), self.decoder.model.device
-        caches, masks, logits, positions = [], [], [], []
-        for bucket in buckets:
+        caches, masks, logits, positions, order = [], [], [], [], []
+        for bucket in (b for b in buckets if b):
             ids, mask = _left_pad([rows[i].request.prompt_ids for i in bucket], self.decoder.pad_id, device)
             position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
             cache = new_cache(self.decoder.model.config)
             logits.append(self.decoder.forward(ids, mask, position_ids, cache))
+            for b, i in enumerate(bucket):
+                if rows[i].request.keep_kv:
+                    columns = read_columns(cache, b, mask.shape[1] - lengths[i], mask.shape[1])
+                    rows[i].prompt_kv = KVSegment(*columns, 0, tuple(rows[i].request.prompt_ids))
             caches.append(cache)
             masks.append(F.pad(mask, (width - mask.shape[1], 0)))
             positions.append(position_ids[:, -1:] + 1)
-        order = [rows[i] for bucket in buckets for i in bucket]
+            order += [rows[i] for i in bucket]
+        for row in rows:
+            if row.request.prefix is None:
+                continue
+            cache, mask, row_logits, row_positions = self._prefill_on_prefix(row, device)
+            if row.request.keep_kv:
+                row.prompt_kv = KVSegment(*read_columns(cache, 0, 0, mask.shape[1]), 0, tuple(row.request.prompt_ids))
+            caches.append(cache)
+            masks.append(F.pad(mask, (width - mask.shape[1], 0)))
+            logits.append(row_logits)
+            positions.append(row_positions)
+            order.append(row)
         cache = stack_left_padded(caches, width, self.decoder.model.config)
         return cache, torch.cat(masks), torch.cat(logits), torch.cat(positions), order
 
@@ -269,6 +311,14 @@ class DecodeBatch:
         if len(row.generated) >= row.request.max_new_tokens:
             return "length"
         return None
+
+    def _reply_kv(self, index: int, row: _Row) -> KVSegment:
+        """The cache of the row's generated tokens that were fed back (all but the last): the row's newest
+        columns, since every row's real tokens end at the right edge of the cache."""
+        fed = row.generated[:-1]
+        width = self.mask.shape[1]
+        start = len(row.request.prompt_ids)
+        return KVSegment(*read_columns(self.cache, index, width - len(fed), width), start, tuple(fed))
 
     def _retire(self, keep: list[int]) -> None:
         """Keep only batch rows `keep`, dropping their cache rows and padding columns nobody needs."""
@@ -313,6 +363,8 @@ class DecodeBatch:
                 ttft_s=row.first_token_at - row.started_at,
                 latency_s=now - row.started_at,
                 started_at=row.started_at,
+                prompt_kv=row.prompt_kv,
+                reply_kv=self._reply_kv(i, row) if row.request.keep_kv else None,
             )
             done.append((row.tag, generation))
         if len(keep) < len(self.rows):

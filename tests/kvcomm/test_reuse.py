@@ -119,3 +119,36 @@ def test_the_benchmark_runs_end_to_end(tiny):
     assert result["speedup_last_agent"] == result["ttft_dense_s"][-1] / result["ttft_reuse_s"][-1]
     assert len(lines) == 9 and "dense fallback" in lines[4] and "dense fallback" not in lines[7]
     assert 0 <= result["agreement_reused_calls"] <= 1
+
+
+def test_engine_rows_on_a_prebuilt_cache_and_kept_caches(tiny):
+    """A row that arrives with an exact prebuilt prefix decodes like a plain one, batched with others, and
+    rows that ask for it return their prompt's cache and their reply's cache, equal to a dense prefill's."""
+    from kvmesh.kvcomm.reuse import Assembly
+    from kvmesh.llm import GenerationRequest
+
+    prompt = list(ids_of(tiny, "The fox jumps over the lazy dog while the cat sleeps on a mat."))
+    other = list(ids_of(tiny, "Tell me about the sea."))
+    _, exact = dense(tiny.model, prompt[:9])
+    shape = (*exact.keys.shape[:2], len(prompt) + 16, exact.keys.shape[3])
+    keys, values = exact.keys.new_zeros(shape), exact.values.new_zeros(shape)
+    keys[:, :, :9], values[:, :, :9] = exact.keys, exact.values
+    prefix = Assembly(keys, values, 9, tuple(prompt[:9]), prompt[9:])
+    plain = tiny.generate_requests([GenerationRequest(prompt, 8), GenerationRequest(other, 8)])
+    batch = tiny.new_batch()
+    batch.submit(GenerationRequest(prompt, 8, prefix=prefix, keep_kv=True), "reused")
+    batch.submit(GenerationRequest(other, 8, keep_kv=True), "other")
+    done = {}
+    while batch.has_work:
+        done |= dict(batch.step())
+    assert done["reused"].token_ids == plain[0].token_ids and done["other"].token_ids == plain[1].token_ids
+    for name, ids in (("reused", prompt), ("other", other)):
+        generation = done[name]
+        fed = ids + generation.token_ids[:-1]
+        _, reference = dense(tiny.model, fed)
+        torch.testing.assert_close(generation.prompt_kv.keys, reference.slice(0, len(ids)).keys, atol=1e-4, rtol=1e-4)
+        reply = generation.reply_kv
+        assert (reply.start, reply.token_ids) == (len(ids), tuple(generation.token_ids[:-1]))
+        torch.testing.assert_close(reply.values, reference.slice(len(ids)).values, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="leave at least one token to prefill"):
+        GenerationRequest(prompt[:9], 4, prefix=prefix)
