@@ -30,7 +30,7 @@ from pathlib import Path
 from kvmesh.evals.jsonl import read_jsonl
 
 SPLITS = ("train", "validation", "test")
-_SYLLABLES = [
+SYLLABLES = [
     "ka",
     "lo",
     "mi",
@@ -50,9 +50,9 @@ _SYLLABLES = [
     "ta",
     "ne",
 ]
-_PLACE_ENDINGS = ["vik", "ford", "heim", "mar", "dale", "port", "stad", "bury"]
-_JOBS = ["baker", "pilot", "nurse", "farmer", "painter", "teacher", "plumber", "chemist", "tailor", "sailor"]
-_PETS = ["cat", "dog", "parrot", "rabbit", "turtle", "hamster", "goat", "pony"]
+PLACE_ENDINGS = ["vik", "ford", "heim", "mar", "dale", "port", "stad", "bury"]
+JOBS = ["baker", "pilot", "nurse", "farmer", "painter", "teacher", "plumber", "chemist", "tailor", "sailor"]
+PETS = ["cat", "dog", "parrot", "rabbit", "turtle", "hamster", "goat", "pony"]
 _SIBLINGS = ["sister", "brother"]
 
 
@@ -93,11 +93,16 @@ class Difficulty:
             raise ValueError("need at least 2 people and as many facts per agent as hops")
 
 
+def invented_name(rng: random.Random, endings: list[str] | None = None) -> str:
+    """A made-up name of 2 or 3 syllables (a place name when `endings` are given: "Lorovik")."""
+    stem = "".join(rng.choice(SYLLABLES) for _ in range(rng.choice((2, 3))))
+    return (stem + rng.choice(endings) if endings else stem).capitalize()
+
+
 def _name_pool(rng: random.Random, count: int, endings: list[str] | None = None) -> list[str]:
     names: set[str] = set()
     while len(names) < count:
-        stem = "".join(rng.choice(_SYLLABLES) for _ in range(rng.choice((2, 3))))
-        names.add((stem + rng.choice(endings) if endings else stem).capitalize())
+        names.add(invented_name(rng, endings))
     return sorted(names)
 
 
@@ -138,14 +143,14 @@ def generate(count: int, split: str = "test", seed: int = 0, difficulty: Difficu
     level = difficulty or Difficulty()
     pool_rng = random.Random("infoqa-pool")  # fixed: splits must not share entities whatever the seed
     people_pool = _split_pool(_name_pool(pool_rng, 600), split)
-    place_pool = _split_pool(_name_pool(pool_rng, 240, _PLACE_ENDINGS), split)
+    place_pool = _split_pool(_name_pool(pool_rng, 240, PLACE_ENDINGS), split)
     rng = random.Random(f"infoqa-{split}-{seed}-{level}")
     return [_one_task(rng, f"infoqa-{split}-{seed}-{i}", people_pool, place_pool, level) for i in range(count)]
 
 
 def _one_task(rng: random.Random, task_id: str, people_pool, place_pool, level: Difficulty) -> InfoQATask:
     people = rng.sample(people_pool, level.people)
-    world = {p: {"city": rng.choice(place_pool), "job": rng.choice(_JOBS), "pet": rng.choice(_PETS)} for p in people}
+    world = {p: {"city": rng.choice(place_pool), "job": rng.choice(JOBS), "pet": rng.choice(PETS)} for p in people}
     subject = people[0]
     if level.hops == 2:  # the subject's sibling is another person of this task
         sibling = people[1]

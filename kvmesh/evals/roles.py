@@ -18,6 +18,7 @@ from __future__ import annotations
 from kvmesh.agents import Agent, CommGraph, Team
 from kvmesh.agents.prompts import DECISION_INSTRUCTION, Inbound, user_turn
 from kvmesh.agents.tools import Tool
+from kvmesh.evals.tools import PassTestedCode, RunPython
 
 ROLES: dict[str, list[tuple[str, str]]] = {
     "gsm8k": [
@@ -84,8 +85,6 @@ PROGRAMMER_WITH_EXECUTION = (
 
 
 def _tools(benchmark: str, role: str) -> tuple[Tool, ...]:
-    from kvmesh.evals.tools import PassTestedCode, RunPython
-
     if benchmark == "gsm8k" and role == "programming expert":
         return (RunPython(),)
     if benchmark == "humaneval":

@@ -19,6 +19,7 @@ from kvmesh.evals import humaneval
 from kvmesh.evals.sandbox import Limits, run_program
 
 _FENCED_PYTHON = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\r?\n(.*?)```", re.DOTALL | re.IGNORECASE)
+TOOL_LIMITS = Limits(timeout_s=5.0, cpu_s=5, memory_mb=512)  # tighter than scoring: a tool runs mid-turn
 OUTPUT_CHARS = 400  # the most program output passed on; enough for a number, bounded for the next prompt
 
 
@@ -45,7 +46,7 @@ class RunPython(Tool):
     runs_code = True
 
     def __init__(self, limits: Limits | None = None) -> None:
-        self.limits = limits or Limits(timeout_s=5.0, cpu_s=5, memory_mb=512)
+        self.limits = limits or TOOL_LIMITS
 
     def after(self, turn: ToolTurn, reply: str) -> str:
         blocks = [b for b in _FENCED_PYTHON.findall(reply) if b.strip()]
@@ -72,7 +73,7 @@ class PassTestedCode(Tool):
     runs_code = True
 
     def __init__(self, limits: Limits | None = None, cache_size: int = 4096) -> None:
-        self.limits = limits or Limits(timeout_s=5.0, cpu_s=5, memory_mb=512)
+        self.limits = limits or TOOL_LIMITS
         self.cache_size = cache_size
         self._verdicts: dict[tuple[str, str], bool] = {}  # (prompt, code) -> passes, shared by agents and rounds
 

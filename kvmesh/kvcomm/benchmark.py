@@ -47,6 +47,8 @@ class KVReuseBenchConfig:
         min_anchors: dense calls per (receiver, placeholder) before the engine reuses it.
         agreement_tokens: greedy tokens compared between reuse and dense for agreement.
         gamma: the reuse engine's threshold: reuse when an anchor lies within this descriptor distance.
+        temperature: softmax temperature over anchor distances (tiny: the nearest anchor alone).
+        correct: add the anchors' offsets (--no-correct moves caches uncorrected, for the ablation).
         seed: seeds the synthetic text.
     """
 
@@ -59,6 +61,8 @@ class KVReuseBenchConfig:
     warmup: int = 3
     agreement_tokens: int = 32
     gamma: float = 0.3
+    temperature: float = 0.1
+    correct: bool = True
     min_anchors: int = 3
     seed: int = 0
 
@@ -81,38 +85,33 @@ _FACTS = [
 
 def _text(rng: random.Random, tokenizer, tokens: int, lead: str = "") -> list[int]:
     """Natural-looking sentences until `tokens` ids, cut to exactly that many."""
-    from kvmesh.evals.infoqa import _JOBS, _PETS, _SYLLABLES
-
-    def name() -> str:
-        return "".join(rng.choice(_SYLLABLES) for _ in range(rng.choice((2, 3)))).capitalize()
+    from kvmesh.evals.infoqa import JOBS, PETS, invented_name
 
     ids: list[int] = tokenizer(lead, add_special_tokens=False)["input_ids"] if lead else []
     while len(ids) < tokens:
-        fact = rng.choice(_FACTS).format(a=name(), b=name(), c=name() + "vik", j=rng.choice(_JOBS), p=rng.choice(_PETS))
+        template = rng.choice(_FACTS)  # drawn first: the seeded text must not change with this code's layout
+        a, b, c = invented_name(rng), invented_name(rng), invented_name(rng) + "vik"
+        fact = template.format(a=a, b=b, c=c, j=rng.choice(JOBS), p=rng.choice(PETS))
         ids += tokenizer(" " + fact, add_special_tokens=False)["input_ids"]
     return ids[:tokens]
 
 
 class _Model:
-    """Prefill and greedy decoding straight on the model, with kvmesh's in-place cache. End-of-sequence tokens
-    are never chosen, so every reply has exactly the requested length (as in KVCOMM's synthetic setting)."""
+    """`LocalLM.prefill` continuing a cache, and greedy decoding on it. End-of-sequence tokens are never
+    chosen, so every reply has exactly the requested length (as in KVCOMM's synthetic setting)."""
 
-    def __init__(self, model, eos_ids) -> None:
-        self.model = model
-        self.eos = torch.tensor(sorted(eos_ids), dtype=torch.long)
+    def __init__(self, llm) -> None:
+        self.llm = llm
+        self.eos = torch.tensor(sorted(llm.eos_ids), dtype=torch.long)
 
-    @torch.inference_mode()
-    def prefill(self, ids: list[int], cache, start: int) -> torch.Tensor:
-        positions = torch.arange(start, start + len(ids))[None]
-        out = self.model(input_ids=torch.tensor([ids]), past_key_values=cache, position_ids=positions, logits_to_keep=1)
-        logits = out.logits[0, -1]
-        logits[self.eos] = float("-inf")
-        return logits
+    def prefill(self, ids: list[int], cache) -> torch.Tensor:
+        """Next-token logits after `ids`, written into `cache` at the positions after the ones it holds."""
+        return self.llm.prefill(ids, cache).next_token_logits.index_fill(0, self.eos, float("-inf"))
 
-    def greedy(self, logits: torch.Tensor, cache, start: int, count: int) -> list[int]:
+    def greedy(self, logits: torch.Tensor, cache, count: int) -> list[int]:
         tokens = [int(logits.argmax())]
         while len(tokens) < count:
-            tokens.append(int(self.prefill([tokens[-1]], cache, start + len(tokens) - 1).argmax()))
+            tokens.append(int(self.prefill([tokens[-1]], cache).argmax()))
         return tokens
 
 
@@ -120,7 +119,7 @@ def run_benchmark(config: KVReuseBenchConfig, progress=print) -> dict:
     from kvmesh.llm import load_model
 
     llm = load_model(config.model)
-    tokenizer, model = llm.tokenizer, _Model(llm.model, llm.eos_ids)
+    tokenizer, model = llm.tokenizer, _Model(llm)
     rng = random.Random(config.seed)
 
     def encode(text: str) -> list[int]:
@@ -139,7 +138,13 @@ def run_benchmark(config: KVReuseBenchConfig, progress=print) -> dict:
         heads.append(head)
     glue = [encode(f"\n\nMessage from {n}:\n") for n in names]
     instruction = encode("\n\nAnswer the question in the notes.")
-    engine = ReuseEngine(llm.model, ReuseConfig(gamma=config.gamma, min_anchors=config.min_anchors), sink=heads[0][:1])
+    engine = ReuseEngine(
+        llm,
+        ReuseConfig(
+            gamma=config.gamma, min_anchors=config.min_anchors, temperature=config.temperature, correct=config.correct
+        ),
+        sink=heads[0][:1],
+    )
     for ids in heads:  # template segments, encoded once ahead (reported as template_encode_s)
         engine.template(ids)
     for ids in [*glue, instruction]:
@@ -163,13 +168,12 @@ def run_benchmark(config: KVReuseBenchConfig, progress=print) -> dict:
 
             # dense: the whole prompt (timed to the first token), then the reply
             started = time.perf_counter()
-            cache = new_cache(llm.model.config)
-            logits = model.prefill(prompt, cache, 0)
+            dense_cache = new_cache(llm.model.config)
+            logits = model.prefill(prompt, dense_cache)
             int(logits.argmax())
             if measured:
                 dense_ttft[k].append(time.perf_counter() - started)
-            reply = model.greedy(logits, cache, len(prompt), config.output_tokens)
-            dense_prompt = KVSegment(*read_columns(cache, 0, 0, len(prompt)), 0, tuple(prompt))
+            reply = model.greedy(logits, dense_cache, config.output_tokens)
 
             # reuse: assemble, then prefill the rest (timed to the first token, cache preparation included)
             pieces = [Piece(tuple(heads[k])), *middle, Piece(tuple(tail))]
@@ -178,13 +182,13 @@ def run_benchmark(config: KVReuseBenchConfig, progress=print) -> dict:
             if k == 0:  # agent 1 has only its prefix template to reuse
                 head = engine.template(heads[0])
                 cache = cache_from_kv(head.keys, head.values, llm.model.config)
-                logits = model.prefill(task + instruction + tail, cache, len(head))
+                logits = model.prefill(task + instruction + tail, cache)
             elif assembly is None:  # the anchor test refused: dense prefill, and an anchor to learn from
                 cache = new_cache(llm.model.config)
-                logits = model.prefill(prompt, cache, 0)
+                logits = model.prefill(prompt, cache)
             else:
                 cache = assembly.cache(llm.model.config)
-                logits = model.prefill(assembly.rest, cache, assembly.length)
+                logits = model.prefill(assembly.rest, cache)
             int(logits.argmax())
             seconds = time.perf_counter() - started
             if measured:
@@ -193,18 +197,19 @@ def run_benchmark(config: KVReuseBenchConfig, progress=print) -> dict:
                     reusable_calls += 1
                     reused_calls += assembly is not None
             prompt_cache = KVSegment(*read_columns(cache, 0, 0, len(prompt)), 0, tuple(prompt))
-            first = model.greedy(logits, cache, len(prompt), config.agreement_tokens)
+            first = model.greedy(logits, cache, config.agreement_tokens)
             if measured:
                 compared += 1
                 agree += first == reply[: config.agreement_tokens]
                 agree_reused += assembly is not None and first == reply[: config.agreement_tokens]
             if k and assembly is None:
-                engine.learn(name, pieces, dense_prompt)
+                # the dense cache still holds the prompt's positions first (its reply came after them)
+                engine.learn(name, pieces, KVSegment(*read_columns(dense_cache, 0, 0, len(prompt)), 0, tuple(prompt)))
             if k == 0:
                 task_source = prompt_cache.slice(len(heads[0]), len(heads[0]) + len(task))
             # the sender's reply cache on the reuse path: the dense reply's tokens fed after its prompt cache
             feed = cache_from_kv(prompt_cache.keys, prompt_cache.values, llm.model.config)
-            model.prefill(reply, feed, len(prompt))
+            model.prefill(reply, feed)
             replies.append(reply)
             reply_kv = read_columns(feed, 0, len(prompt), len(prompt) + len(reply))
             reply_caches.append(KVSegment(*reply_kv, len(prompt), tuple(reply)))

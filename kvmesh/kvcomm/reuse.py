@@ -24,14 +24,18 @@ import time
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import DynamicCache
 
 from kvmesh.kvcomm.anchors import AnchorPool, describe
-from kvmesh.kvcomm.cache import cache_over, new_cache, read_columns
+from kvmesh.kvcomm.cache import cache_over, read_columns
 from kvmesh.kvcomm.rope import Rope
 from kvmesh.kvcomm.segment import KVSegment
+
+if TYPE_CHECKING:
+    from kvmesh.llm import LocalLM
 
 MIN_WEIGHT = 1e-3  # anchors weighing less than this are skipped when offsets are averaged
 
@@ -71,6 +75,8 @@ class ReuseConfig:
         max_anchor_mb: bound on all anchors' memory.
         temperature: softmax temperature over descriptor distances; 0.1 averages anchors of similar text.
         templates: template segments kept (least recently used dropped first).
+        correct: add the anchors' offsets; False moves caches uncorrected (an ablation: anchors still decide
+            reuse or prefill).
     """
 
     gamma: float = 0.3
@@ -80,6 +86,7 @@ class ReuseConfig:
     max_anchor_mb: float = 1024.0
     temperature: float = 0.1
     templates: int = 256
+    correct: bool = True
 
 
 @dataclass
@@ -128,10 +135,10 @@ class Assembly:
 class ReuseEngine:
     """Assembles prompt caches for one model from template, donor and sender segments, corrected by anchors."""
 
-    def __init__(self, model, config: ReuseConfig | None = None, sink: Sequence[int] = ()) -> None:
-        self.model = model
+    def __init__(self, llm: LocalLM, config: ReuseConfig | None = None, sink: Sequence[int] = ()) -> None:
+        self.llm = llm
         self.config = config or ReuseConfig()
-        self.rope = Rope.from_model(model)  # raises UnsupportedModelError, saying why, for other models
+        self.rope = Rope.from_model(llm.model)  # raises UnsupportedModelError, saying why, for other models
         self.sink = tuple(sink)  # tokens that precede standalone encodings (the chat template's first token)
         self.anchors = AnchorPool(
             self.config.max_anchors,
@@ -144,12 +151,9 @@ class ReuseEngine:
         self.stats = ReuseStats()
         self._templates: OrderedDict[tuple[int, ...], KVSegment] = OrderedDict()
 
-    @torch.inference_mode()
     def encode(self, ids: Sequence[int]) -> KVSegment:
         """The exact cache of `ids` encoded from position 0 (one prefill)."""
-        cache = new_cache(self.model.config)
-        self.model(input_ids=torch.tensor([list(ids)]), past_key_values=cache, logits_to_keep=1)
-        return KVSegment(*read_columns(cache, 0, 0, len(ids)), 0, tuple(ids))
+        return KVSegment(*read_columns(self.llm.prefill(ids).cache, 0, 0, len(ids)), 0, tuple(ids))
 
     def template(self, ids: Sequence[int], standalone: bool = False) -> KVSegment:
         """A template segment, encoded once and kept: exact from position 0, or (standalone) after the sink
@@ -204,10 +208,10 @@ class ReuseEngine:
             end = position + len(source)
             self.rope.rotate_into(source.keys, position - source.start, keys[:, :, position:end])
             values[:, :, position:end] = source.values
-            weight = torch.where(weight >= MIN_WEIGHT, weight, 0)
-            self.anchors.apply(
-                (receiver, key), weight / weight.sum(), keys[:, :, position:end], values[:, :, position:end]
-            )
+            if self.config.correct:
+                weight = torch.where(weight >= MIN_WEIGHT, weight, 0)
+                slots = keys[:, :, position:end], values[:, :, position:end]
+                self.anchors.apply((receiver, key), weight / weight.sum(), *slots)
             position = end
         self.stats.reused_calls += 1
         self.stats.reused_tokens += length

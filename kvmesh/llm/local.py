@@ -29,8 +29,8 @@ _HF_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 @dataclass
 class Prefill:
-    """The model's state after reading a prompt. cache: DynamicCache with S = len(token_ids) positions;
-    next_token_logits: (V,) logits for the token after the prompt."""
+    """The model's state after reading a prompt. cache: DynamicCache holding the prompt's positions (after any it
+    was continued from); next_token_logits: (V,) logits for the token after the prompt."""
 
     token_ids: list[int]
     cache: object
@@ -159,10 +159,12 @@ class LocalLM:
         return self._decoder.busy_s
 
     @torch.inference_mode()
-    def prefill(self, text_or_ids: str | Sequence[int]) -> Prefill:
-        """Read one prompt and return its KV cache and next-token logits (for the KV channels)."""
+    def prefill(self, text_or_ids: str | Sequence[int], cache=None) -> Prefill:
+        """Read one prompt and return its KV cache and next-token logits (for the KV channels).
+
+        With `cache`, the tokens continue it in place, at the positions after the ones it holds."""
         ids = self.encode_prompt(text_or_ids) if isinstance(text_or_ids, str) else list(text_or_ids)
-        cache = new_cache(self.model.config)
+        cache = new_cache(self.model.config) if cache is None else cache
         input_ids = torch.tensor([ids], device=self.device)
         logits = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
         return Prefill(token_ids=ids, cache=cache, next_token_logits=logits[0, -1])

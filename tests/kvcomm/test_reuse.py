@@ -44,7 +44,7 @@ def prompt(tiny):
 
 def test_first_call_prefills_densely_then_anchors_make_reuse_exact_for_a_seen_sample(tiny, prompt):
     head, task, tail, source = prompt
-    engine = ReuseEngine(tiny.model, ReuseConfig(min_anchors=1))
+    engine = ReuseEngine(tiny, ReuseConfig(min_anchors=1))
     pieces = [Piece(head), Piece(task, source, "task"), Piece(tail)]
     assert engine.assemble("agent_2", pieces) is None  # no anchor yet: dense
     logits, dense_cache = dense(tiny.model, head + task + tail)
@@ -62,7 +62,7 @@ def test_first_call_prefills_densely_then_anchors_make_reuse_exact_for_a_seen_sa
 
 def test_reusing_an_exact_shared_prefix_equals_dense_prefill(tiny, prompt):
     head, task, tail, _ = prompt
-    engine = ReuseEngine(tiny.model, ReuseConfig(min_anchors=1))
+    engine = ReuseEngine(tiny, ReuseConfig(min_anchors=1))
     logits, dense_cache = dense(tiny.model, head + task + tail)
     same_context = dense_cache.slice(len(head), len(head) + len(task))  # encoded where it will be used
     pieces = [Piece(head), Piece(task, same_context, "task"), Piece(tail)]
@@ -76,7 +76,7 @@ def test_reusing_an_exact_shared_prefix_equals_dense_prefill(tiny, prompt):
 def test_glue_without_a_donor_uses_a_template_encoded_once(tiny, prompt):
     head, task, tail, source = prompt
     glue = ids_of(tiny, "\n\nMessage from agent_1:\n")
-    engine = ReuseEngine(tiny.model, ReuseConfig(min_anchors=1), sink=head[:1])
+    engine = ReuseEngine(tiny, ReuseConfig(min_anchors=1), sink=head[:1])
     pieces = [Piece(head), Piece(task, source, "task"), Piece(glue), Piece(tail)]
     engine.learn("r", pieces, dense(tiny.model, head + task + glue + tail)[1])
     assembly = engine.assemble("r", pieces)
@@ -93,9 +93,9 @@ def test_bad_pieces_and_unsupported_models_are_refused(tiny, sliding, prompt):
     with pytest.raises(ValueError, match="at least one token"):
         Piece(())
     with pytest.raises(ValueError, match="head, at least one middle piece and a tail"):
-        ReuseEngine(tiny.model).assemble("r", [Piece(head), Piece(tail)])
+        ReuseEngine(tiny).assemble("r", [Piece(head), Piece(tail)])
     with pytest.raises(UnsupportedModelError, match="sliding-window"):
-        ReuseEngine(sliding.model)
+        ReuseEngine(sliding)
 
 
 def test_the_benchmark_runs_end_to_end(tiny):
