@@ -18,6 +18,7 @@ from kvmesh.agents import (
     Usage,
     UsageReport,
 )
+from kvmesh.kvcomm import ReuseConfig, UnsupportedModelError
 from kvmesh.llm import LocalLM, ModelNotAvailableError, load_model
 
 __version__ = "0.1.0"
@@ -29,10 +30,12 @@ __all__ = [
     "GraphError",
     "LocalLM",
     "ModelNotAvailableError",
+    "ReuseConfig",
     "SpecError",
     "Task",
     "Team",
     "TeamResult",
+    "UnsupportedModelError",
     "Usage",
     "UsageReport",
     "__version__",

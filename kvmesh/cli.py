@@ -46,16 +46,21 @@ def default_agents(count: int, model: str, max_new_tokens: int, temperature: flo
     ]
 
 
+CHANNEL_CHOICES = ("text", "kv-reuse")
+CHANNEL_HELP = "how agents read each other: text, or kv-reuse (the senders' KV caches, reused)"
+
+
 def build_team(args: argparse.Namespace) -> Team:
     if args.spec:
         return Team.from_spec(args.spec)
     agents = default_agents(args.agents, args.model, args.max_new_tokens, args.temperature)
-    graph = CommGraph.preset(args.topology, agents)
+    graph = CommGraph.preset(args.topology, agents).with_channel(args.channel)
+    decision = {"method": args.decision, **({"channel": args.channel} if args.decision == "decision" else {})}
     return Team(
         agents,
         graph,
         rounds=args.rounds,
-        decision=args.decision,
+        decision=decision,
         token_budget=args.token_budget,
         seed=args.seed,
     )
@@ -162,6 +167,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         oracle=args.oracle,
         completions=args.completions,
         shards=args.shards,
+        channel=args.channel,
     )
     out = args.out or f"runs/{args.benchmark}-{'oracle' if args.oracle else args.topology}"
     run_eval(config, out, resume=args.resume)
@@ -207,6 +213,7 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--rounds", type=int, default=1, help="rounds of communication")
     run.add_argument("--decision", default="decision", choices=METHODS, help="how the final answer is chosen")
     run.add_argument("--spec", help="a YAML or JSON team spec; replaces the team options above")
+    run.add_argument("--channel", default="text", choices=CHANNEL_CHOICES, help=CHANNEL_HELP)
     run.add_argument("--max-new-tokens", type=int, default=128, help="cap on tokens per agent turn")
     run.add_argument("--temperature", type=float, default=0.0, help="0 for greedy decoding")
     run.add_argument("--token-budget", type=int, default=None, help="cap on tokens for the whole run")
@@ -222,6 +229,7 @@ def make_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--rounds", type=int, default=1, help="rounds of communication")
     evaluate.add_argument("--decision", default="decision", choices=METHODS, help="how the final answer is chosen")
     evaluate.add_argument("--spec", help="a YAML or JSON team spec; replaces the team options above")
+    evaluate.add_argument("--channel", default="text", choices=CHANNEL_CHOICES, help=CHANNEL_HELP)
     evaluate.add_argument("--split", default="test", help="data split")
     evaluate.add_argument("--limit", type=int, default=None, help="only the first N samples")
     evaluate.add_argument("--seed", type=int, default=0, help="seed for sampling and InfoQA generation")

@@ -5,6 +5,8 @@
   `extract_answer`; ties go to the agent listed first. The team's answer is the full reply of the first agent
   that gave the winning answer, so scorers read a reply, not an extracted fragment. No extra model call.
 - `last`: the reply of the last agent to speak in the final round. No extra model call.
+
+The decision maker reads the agents' replies over `channel`: `text` (default) or `kv-reuse` (their caches).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from kvmesh.agents.agent import Agent
 from kvmesh.agents.task import AnswerExtractor
 
 METHODS = ("decision", "majority", "last")
+DECISION_CHANNELS = ("text", "kv-reuse")
 DECISION_NAME = "decision"
 DECISION_SYSTEM = (
     "You are the decision maker of a team of agents. You read their messages, weigh them, and state the single "
@@ -28,6 +31,11 @@ DECISION_SYSTEM = (
 class Decision:
     method: str
     agent: Agent | None = None  # the decision maker, for method "decision"
+    channel: str = "text"  # how the decision maker reads the agents' replies
+
+    def __post_init__(self) -> None:
+        if self.channel not in DECISION_CHANNELS:
+            raise ValueError(f"decision channel must be one of {DECISION_CHANNELS}, got {self.channel!r}")
 
     @classmethod
     def coerce(cls, value: str | Agent | dict | Decision, first_agent: Agent) -> Decision:
@@ -42,14 +50,15 @@ class Decision:
         if isinstance(value, dict):
             fields = dict(value)
             method = fields.pop("method", "decision")
-            if method != "decision" and fields:
-                raise ValueError(f"decision {method!r} takes no agent fields, got {sorted(fields)}")
+            channel = fields.pop("channel", "text")
+            if method != "decision" and (fields or channel != "text"):
+                raise ValueError(f"decision {method!r} takes no agent fields or channel, got {sorted(value)}")
             if method == "decision":
                 fields.setdefault("name", DECISION_NAME)
                 fields.setdefault("role", "decision maker")
                 fields.setdefault("system_prompt", DECISION_SYSTEM)
                 fields.setdefault("max_new_tokens", first_agent.max_new_tokens)
-                return cls("decision", Agent.from_dict(fields, default_model=first_agent.model_spec))
+                return cls("decision", Agent.from_dict(fields, default_model=first_agent.model_spec), channel)
             value = method
         if value not in METHODS:
             raise ValueError(f"unknown decision {value!r}; use one of {', '.join(METHODS)} or a decision Agent")
@@ -67,7 +76,8 @@ class Decision:
     def to_spec(self) -> str | dict:
         if self.agent is None:
             return self.method
-        return {"method": "decision", **self.agent.to_dict()}
+        channel = {"channel": self.channel} if self.channel != "text" else {}
+        return {"method": "decision", **channel, **self.agent.to_dict()}
 
 
 def majority_vote(replies: Sequence[tuple[str, str]], extract: AnswerExtractor) -> str | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import networkx as nx
 
@@ -162,6 +162,10 @@ class CommGraph:
 
     def channels(self) -> set[str]:
         return {e.channel for e in self.edges()}
+
+    def with_channel(self, channel: str) -> CommGraph:
+        """A copy with every edge on `channel`."""
+        return CommGraph(self.agents, [replace(e, channel=channel) for e in self.edges()])
 
     def subgraph(self, agents: Iterable[str]) -> CommGraph:
         keep = set(agents)

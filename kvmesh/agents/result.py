@@ -70,7 +70,7 @@ def _message_dict(message: AIMessage) -> dict:
     meta = message.response_metadata
     data = {"agent": message.name, "round": meta["round"], "content": message.content}
     data |= {key: meta.get(key) for key in ("prompt", "model", "finish_reason")}
-    for key in ("tool", "edited_by"):
+    for key in ("tool", "edited_by", "kv_reuse"):
         if key in meta:
             data[key] = meta[key]
     return data | {"usage": dict(message.usage_metadata)}

@@ -21,6 +21,11 @@ the tokens actually spent leave no room for the next prompt; its answer then fal
 Tools (`kvmesh.agents.tools`): a tool may answer a turn when it is scheduled; that turn makes no model call,
 costs no tokens, and finishes at once. A tool may also rewrite a model reply before anyone reads it.
 
+kv-reuse (`kvmesh.agents.reuse_channel`): on teams with kv-reuse edges, turns are planned in pieces; a turn
+with cached pieces gets its prompt cache assembled by the model's reuse engine and joins the batch with it as
+its prefix (its usage reports those tokens as `cache_read`, and the assembly time in its time to first token).
+Finished turns leave their reply cache, and the first one the task's cache, for the turns that read them.
+
 Messages are kept in schedule order (round, level, the team's agent order), not completion order, so
 transcripts and the `last` decision do not depend on which reply happened to be shorter.
 """
@@ -47,9 +52,11 @@ from kvmesh.agents.events import (
 from kvmesh.agents.graph import SPATIAL, TEMPORAL
 from kvmesh.agents.prompts import DECISION_INSTRUCTION, Inbound, PromptPlan, plan_prompt
 from kvmesh.agents.result import TeamResult
+from kvmesh.agents.reuse_channel import KV_REUSE, plan_pieces
 from kvmesh.agents.task import Task
 from kvmesh.agents.tools import ToolTurn
 from kvmesh.agents.usage import Usage, UsageReport, edge_key
+from kvmesh.kvcomm import Assembly, UnsupportedModelError
 from kvmesh.llm import GenerationRequest
 from kvmesh.llm.generation import DecodeBatch, Generation
 
@@ -74,14 +81,19 @@ class _TaskState:
     outstanding: int = 0  # turns of the current stage still generating
     deferred: list[Agent] = field(default_factory=list)  # turns waiting for reservations to settle
     records: list[tuple[tuple[int, int], AIMessage]] = field(default_factory=list)  # (schedule order, reply)
+    kv: dict = field(default_factory=dict)  # kv-reuse: "task" and (agent, round) -> KVSegment, until the end
 
     @property
     def stopped(self) -> bool:
         return self.stop_reason != "completed"
 
-    def last_reply(self, agent: str) -> str | None:
+    def last_round(self, agent: str) -> int | None:
         rounds = [r for (a, r) in self.replies if a == agent and r != "decision"]
-        return self.replies[(agent, max(rounds))] if rounds else None
+        return max(rounds) if rounds else None
+
+    def last_reply(self, agent: str) -> str | None:
+        last = self.last_round(agent)
+        return None if last is None else self.replies[(agent, last)]
 
 
 @dataclass
@@ -92,6 +104,9 @@ class _Turn:
     plan: PromptPlan
     max_new_tokens: int
     order: tuple[int, int]  # (stage index, position in the stage): the schedule order of the reply
+    assembly: Assembly | None = None  # kv-reuse: the prompt's cache up to its tail
+    keep_prompt_kv: bool = False  # kv-reuse: the prompt's cache teaches anchors or serves the task
+    keep_reply_kv: bool = False  # kv-reuse: someone reads this reply's cache
 
     @property
     def reservation(self) -> int:
@@ -99,7 +114,15 @@ class _Turn:
 
     def request(self) -> GenerationRequest:
         stop = self.agent.stop + self.agent.llm.chat.stop
-        return GenerationRequest(self.plan.token_ids, self.max_new_tokens, self.agent.temperature, stop)
+        return GenerationRequest(
+            self.plan.token_ids,
+            self.max_new_tokens,
+            self.agent.temperature,
+            stop,
+            prefix=self.assembly,
+            keep_kv=self.keep_prompt_kv or self.keep_reply_kv,
+            keep_prompt_kv=self.keep_prompt_kv,
+        )
 
 
 @dataclass(frozen=True)
@@ -120,8 +143,12 @@ def _stages(team: Team) -> list[_Stage]:
 def _inbound(team: Team, state: _TaskState, agent: str, round_: Round) -> list[Inbound]:
     """Messages this agent reads: spatial predecessors this round, temporal predecessors last round."""
     if round_ == "decision":
-        replies = [(a, state.last_reply(a)) for a in team.graph.agents]
-        return [Inbound(a, "decision", "text", text) for a, text in replies if text is not None]
+        channel = team.decision.channel
+        last = [(a, state.last_round(a)) for a in team.graph.agents]
+        kv = state.kv if channel == KV_REUSE and team.reuse.config.replies else {}
+        return [
+            Inbound(a, "decision", channel, state.replies[(a, r)], kv.get((a, r))) for a, r in last if r is not None
+        ]
     found = []
     sources = [(SPATIAL, round_, team.graph.predecessors(agent, SPATIAL))]
     if round_ > 0:
@@ -130,24 +157,44 @@ def _inbound(team: Team, state: _TaskState, agent: str, round_: Round) -> list[I
         for source in predecessors:
             text = state.replies.get((source, source_round))
             if text is not None:
-                found.append(Inbound(source, kind, team.graph.channel(source, agent, kind), text))
+                channel = team.graph.channel(source, agent, kind)
+                reads_kv = channel == KV_REUSE and team.reuse.config.replies
+                kv = state.kv.get((source, source_round)) if reads_kv else None
+                found.append(Inbound(source, kind, channel, text, kv))
     return found
+
+
+def _could_reuse(plan: PromptPlan) -> bool:
+    """A kv-reuse turn with a cached piece: one the reuse engine was asked to assemble."""
+    return plan.pieces is not None and any(piece.source is not None for piece in plan.pieces)
+
+
+def _speaks_kv(team: Team, agent: str, round_: Round) -> bool:
+    """Whether a later turn reads this turn's reply over kv-reuse."""
+    if round_ == "decision" or not team.reuse.config.replies:
+        return False
+    if team.decision.channel == KV_REUSE and team.decision.method == "decision":
+        return True
+    edges = team.graph.edges()
+    return any(e.source == agent and e.channel == KV_REUSE for e in edges)
 
 
 def _plan_turn(team: Team, state: _TaskState, agent: Agent, round_: Round, inbound: list[Inbound]) -> PromptPlan:
     task = state.task
     is_decision = round_ == "decision"
     position = -1 if is_decision else team.agent_names.index(agent.name)
-    return plan_prompt(
-        agent.llm,
-        system=agent.system_text(),
-        question=task.question,
-        context=task.context,
-        shard=None if is_decision else task.shard_for(agent.name, position),
-        inbound=inbound,
-        instruction=DECISION_INSTRUCTION if is_decision else None,
-        examples=agent.examples,
-    )
+    fields = {
+        "system": agent.system_text(),
+        "question": task.question,
+        "context": task.context,
+        "shard": None if is_decision else task.shard_for(agent.name, position),
+        "inbound": inbound,
+        "instruction": DECISION_INSTRUCTION if is_decision else None,
+        "examples": agent.examples,
+    }
+    if team.uses_kv_reuse:
+        return plan_pieces(agent.llm, **fields, task_kv=state.kv.get("task"))
+    return plan_prompt(agent.llm, **fields)
 
 
 def _tool_reply(state: _TaskState, agent: Agent, round_: Round, inbound: list[Inbound]) -> tuple[str, str] | None:
@@ -187,6 +234,10 @@ def _schedule(team: Team, state: _TaskState, agent: Agent, round_: Round, order:
             return
         max_new = min(max_new, room - state.reserved)
     turn = _Turn(state, agent, round_, plan, max_new, order)
+    if plan.pieces is not None:
+        turn.assembly = team.reuse.assemble(agent.llm, (agent.name, round_), plan)
+        turn.keep_prompt_kv = turn.assembly is None and (_could_reuse(plan) or "task" not in state.kv)
+        turn.keep_reply_kv = _speaks_kv(team, agent.name, round_)
     state.reserved += turn.reservation if team.token_budget is not None else 0
     for message, tokens in zip(plan.inbound, plan.edge_tokens, strict=True):
         edge_round = round_ if message.kind != TEMPORAL else round_ - 1
@@ -212,9 +263,25 @@ def _record_tool_turn(
     return AgentFinished(state.index, agent.name, round_, message, usage)
 
 
-def _record(turn: _Turn, gen: Generation, started: float) -> AgentFinished:
+def _keep_caches(team: Team, turn: _Turn, gen: Generation) -> None:
+    """kv-reuse: keep what later turns read (the task's cache, this reply's) and teach the engine."""
     state, name = turn.state, turn.agent.name
-    usage = Usage(gen.prompt_tokens, gen.completion_tokens, 0, 1, gen.latency_s, gen.ttft_s)
+    if gen.prompt_kv is not None:
+        if "task" not in state.kv:
+            state.kv["task"] = gen.prompt_kv.slice(*turn.plan.task_span).detached()
+        if turn.assembly is None:
+            team.reuse.learn(turn.agent.llm, (name, turn.round), turn.plan, gen.prompt_kv)
+    if gen.reply_kv is not None and turn.keep_reply_kv:
+        state.kv[(name, turn.round)] = gen.reply_kv
+
+
+def _record(team: Team, turn: _Turn, gen: Generation, started: float) -> AgentFinished:
+    state, name = turn.state, turn.agent.name
+    prepared = turn.assembly.seconds if turn.assembly is not None else 0.0  # cache assembly is part of the call
+    reused = turn.assembly.reused_tokens if turn.assembly is not None else 0
+    usage = Usage(gen.prompt_tokens, gen.completion_tokens, reused, 1, gen.latency_s + prepared, gen.ttft_s + prepared)
+    if turn.plan.pieces is not None:
+        _keep_caches(team, turn, gen)
     reply, edited_by = gen.text.strip(), []
     if turn.agent.tools:
         tool_turn = ToolTurn(state.task, name, turn.round, turn.plan.inbound)
@@ -231,9 +298,10 @@ def _record(turn: _Turn, gen: Generation, started: float) -> AgentFinished:
             "prompt": turn.plan.text,
             "model": turn.agent.llm.spec,
             "finish_reason": gen.finish_reason,
-            "ttft_s": gen.ttft_s,
-            "latency_s": gen.latency_s,
+            "ttft_s": usage.ttft_s,
+            "latency_s": usage.wall_time_s,
             **({"edited_by": edited_by} if edited_by else {}),
+            **({"kv_reuse": "reused" if turn.assembly else "dense"} if _could_reuse(turn.plan) else {}),
         },
     )
     state.records.append((turn.order, message))
@@ -243,7 +311,7 @@ def _record(turn: _Turn, gen: Generation, started: float) -> AgentFinished:
     state.usage.add_call(name, str(turn.round), usage)
     for inbound, tokens in zip(turn.plan.inbound, turn.plan.edge_tokens, strict=True):
         state.usage.add_edge(edge_key(inbound.source, name, inbound.kind), tokens)
-    first_token = gen.started_at - started + gen.ttft_s
+    first_token = gen.started_at - started + gen.ttft_s  # assembly ran before started_at, inside the run
     if state.usage.ttft_s is None or first_token < state.usage.ttft_s:
         state.usage.ttft_s = first_token
     return AgentFinished(state.index, name, turn.round, message, usage)
@@ -295,6 +363,7 @@ def _advance(team: Team, state: _TaskState, stages: list[_Stage], batches: _Batc
                 yield RoundFinished(state.index, current.round, state.usage.per_round.get(str(current.round), Usage()))
         state.stage += 1
         if state.stage == len(stages):
+            state.kv.clear()  # nobody reads this task's caches any more
             yield TeamFinished(state.index, _result(team, state, time.perf_counter() - started))
             return
         stage = stages[state.stage]
@@ -335,10 +404,24 @@ def _result(team: Team, state: _TaskState, elapsed: float) -> TeamResult:
     )
 
 
+def _check_reuse_models(team: Team) -> None:
+    """Build each model's reuse engine up front, so an unsupported model fails before any call."""
+    agents = [*team.agents, *([team.decision.agent] if team.decision.agent is not None else [])]
+    for agent in agents:
+        try:
+            team.reuse.engine(agent.llm)
+        except UnsupportedModelError as error:
+            raise UnsupportedModelError(
+                f"agent {agent.name!r} cannot take part in kv-reuse: {error}. Use channel='text' edges for it."
+            ) from error
+
+
 def execute(team: Team, tasks: Sequence[Task]) -> Iterator[Event]:
     """Run `team` on `tasks` together, yielding events; each task ends with its TeamFinished."""
     started = time.perf_counter()
     stages = _stages(team)
+    if team.uses_kv_reuse:
+        _check_reuse_models(team)
     states = [_TaskState(i, task) for i, task in enumerate(tasks)]
     batches = _Batches(team.seed)
     for state in states:
@@ -346,6 +429,6 @@ def execute(team: Team, tasks: Sequence[Task]) -> Iterator[Event]:
     while running := batches.busy():
         for batch in running:
             for turn, generation in batch.step():
-                yield _record(turn, generation, started)
+                yield _record(team, turn, generation, started)
                 turn.state.outstanding -= 1
                 yield from _advance(team, turn.state, stages, batches, started)

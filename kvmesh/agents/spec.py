@@ -2,13 +2,14 @@
 
     model: smollm2-135m            # default model for agents that name none
     rounds: 2
-    decision: majority             # decision | majority | last | {name, role, system_prompt, model, ...}
+    decision: majority             # decision | majority | last | {name, role, ..., channel: kv-reuse}
     token_budget: 4000             # optional
     agents:
       - {name: solver, role: math solver, max_new_tokens: 128}
       - {name: critic, role: critic, system_prompt: "Check the solver's arithmetic."}
     graph: chain                   # a preset name, or {preset: layered, options: {layers: 2}},
                                    # or {edges: [{source, target, kind, channel, weight}]}
+    reuse: {gamma: 0.3}            # optional kv-reuse engine settings (kvmesh.kvcomm.ReuseConfig)
 
 Written specs always list explicit edges, so a round trip reproduces the exact graph.
 """
@@ -16,6 +17,7 @@ Written specs always list explicit edges, so a round trip reproduces the exact g
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +29,7 @@ from kvmesh.agents.graph import CommGraph
 if TYPE_CHECKING:
     from kvmesh.agents.team import Team
 
-TOP_LEVEL_FIELDS = {"model", "rounds", "decision", "token_budget", "seed", "agents", "graph"}
+TOP_LEVEL_FIELDS = {"model", "rounds", "decision", "token_budget", "seed", "agents", "graph", "reuse"}
 
 
 class SpecError(ValueError):
@@ -83,6 +85,7 @@ def team_from_spec(source: str | Path | dict) -> Team:
             decision=data.get("decision", "decision"),
             token_budget=data.get("token_budget"),
             seed=data.get("seed"),
+            reuse=data.get("reuse"),
         )
     except (ValueError, TypeError) as error:
         raise SpecError(f"{where}: {error}") from error
@@ -99,6 +102,8 @@ def team_to_spec(team: Team) -> dict:
         spec["token_budget"] = team.token_budget
     if team.seed is not None:
         spec["seed"] = team.seed
+    if team.uses_kv_reuse:
+        spec["reuse"] = asdict(team.reuse.config)
     return spec
 
 

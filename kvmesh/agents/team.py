@@ -4,6 +4,9 @@ team = Team([Agent("solver"), Agent("critic")], graph="chain", rounds=2)
 result = team.run("What is 17 * 3?")
 for event in team.stream(task): ...
 results = team.run_batch(tasks)          # one batched model call per level, across tasks
+
+Channels: `text` and `kv-reuse` run (`kvmesh.agents.reuse_channel`); a kv-reuse edge must join agents on the
+same model, since a cache means something only to the model that made it.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from kvmesh.agents.decision import Decision
 from kvmesh.agents.events import Event, TeamFinished
 from kvmesh.agents.graph import CommGraph, GraphError
 from kvmesh.agents.result import TeamResult
+from kvmesh.agents.reuse_channel import KV_REUSE, ReuseChannel
 from kvmesh.agents.runtime import execute
 from kvmesh.agents.task import Task
+from kvmesh.kvcomm.reuse import ReuseConfig
 
-AVAILABLE_CHANNELS = ("text",)
+AVAILABLE_CHANNELS = ("text", KV_REUSE)
 
 
 class ChannelNotAvailableError(NotImplementedError):
@@ -37,6 +42,23 @@ def _check_channels(graph: CommGraph) -> None:
             )
 
 
+def _same_model(a: Agent, b: Agent) -> bool:
+    return a.model is b.model or a.model_spec == b.model_spec
+
+
+def _check_kv_models(agents: dict[str, Agent], graph: CommGraph, decision: Decision) -> None:
+    pairs = [(agents[e.source], agents[e.target], e.kind) for e in graph.edges() if e.channel == KV_REUSE]
+    if decision.channel == KV_REUSE and decision.agent is not None:
+        pairs += [(agent, decision.agent, "decision") for agent in agents.values()]
+    for source, target, kind in pairs:
+        if not _same_model(source, target):
+            raise ValueError(
+                f"kv-reuse edge {source.name} -> {target.name} ({kind}) joins agents on different models "
+                f"({source.model_spec} and {target.model_spec}); a cache is only meaningful to the model that "
+                f"made it. Use channel='text' on that edge, or put both agents on one model."
+            )
+
+
 class Team:
     """A team of agents.
 
@@ -48,6 +70,8 @@ class Team:
         decision: `"decision"` (a decision-maker agent, default), `"majority"`, `"last"`, or an `Agent`.
         token_budget: per-task cap on prompt + completion tokens; None for no cap.
         seed: seeds sampling for agents with temperature > 0.
+        reuse: settings of the kv-reuse engines (`ReuseConfig`); used only when an edge or the decision
+            uses the `kv-reuse` channel. The engines and their anchors live as long as the team.
     """
 
     def __init__(
@@ -58,6 +82,7 @@ class Team:
         decision: str | Agent | dict | Decision = "decision",
         token_budget: int | None = None,
         seed: int | None = None,
+        reuse: ReuseConfig | dict | None = None,
     ) -> None:
         agents = list(agents)
         if not agents:
@@ -79,6 +104,17 @@ class Team:
         self.decision = Decision.coerce(decision, first_agent=agents[0])
         if self.decision.agent is not None and self.decision.agent.name in self.graph.agents:
             raise ValueError(f"the decision agent's name {self.decision.agent.name!r} is also a team agent's name")
+        _check_kv_models({a.name: a for a in agents}, self.graph, self.decision)
+        if isinstance(reuse, dict):
+            unknown = set(reuse) - set(ReuseConfig.__dataclass_fields__)
+            if unknown:
+                raise ValueError(f"unknown reuse settings {sorted(unknown)}; see kvmesh.kvcomm.ReuseConfig")
+            reuse = ReuseConfig(**reuse)
+        self.reuse = ReuseChannel(reuse)
+
+    @property
+    def uses_kv_reuse(self) -> bool:
+        return KV_REUSE in self.graph.channels() or self.decision.channel == KV_REUSE
 
     def _coerce_graph(self, graph) -> CommGraph:
         names = [a.name for a in self.agents]

@@ -16,6 +16,7 @@ Tools (`kvmesh.evals.tools`), attached only with `code_execution=True` because b
 from __future__ import annotations
 
 from kvmesh.agents import Agent, CommGraph, Team
+from kvmesh.agents.decision import Decision
 from kvmesh.agents.prompts import DECISION_INSTRUCTION, Inbound, user_turn
 from kvmesh.agents.tools import Tool
 from kvmesh.evals.tools import PassTestedCode, RunPython
@@ -122,13 +123,16 @@ def benchmark_team(
     max_new_tokens: int = 256,
     seed: int | None = None,
     code_execution: bool = False,
+    channel: str = "text",
 ) -> Team:
     """The default team for a benchmark. `topology="single"` is one agent answering alone (the baseline);
-    `code_execution` attaches the roles' tools, which run generated code in the sandbox."""
+    `code_execution` attaches the roles' tools, which run generated code in the sandbox; `channel` is set on
+    every edge and on the decision maker's reading."""
     if topology == "single":
         members = benchmark_agents(benchmark, 1, model, max_new_tokens, code_execution, solo=True)
         return Team(members, CommGraph([members[0].name]), rounds=1, decision="last", seed=seed)
     members = benchmark_agents(benchmark, agents, model, max_new_tokens, code_execution)
+    graph = CommGraph.preset(topology, [m.name for m in members]).with_channel(channel)
     if decision == "decision":
         maker = Agent(
             "decision",
@@ -139,5 +143,5 @@ def benchmark_team(
             examples=EXAMPLES.get(benchmark, {}).get("decision maker", ()),
             tools=_tools(benchmark, "decision maker") if code_execution else (),
         )
-        return Team(members, topology, rounds=rounds, decision=maker, seed=seed)
-    return Team(members, topology, rounds=rounds, decision=decision, seed=seed)
+        return Team(members, graph, rounds=rounds, decision=Decision("decision", maker, channel), seed=seed)
+    return Team(members, graph, rounds=rounds, decision=decision, seed=seed)

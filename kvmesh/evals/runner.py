@@ -55,6 +55,8 @@ class EvalConfig:
         oracle: score gold answers instead of running a model.
         completions: a JSONL file of {"id", "completion"} to score instead of running a model.
         shards: InfoQA only: "own" (each agent its shard), "all" (everyone reads all) or "none".
+        channel: how agents read each other (ignored with spec): text, or kv-reuse (every edge and the decision
+            maker read the senders' KV caches through the reuse engine).
     """
 
     benchmark: str
@@ -74,6 +76,7 @@ class EvalConfig:
     oracle: bool = False
     completions: str | None = None
     shards: str = "own"
+    channel: str = "text"
 
     def __post_init__(self) -> None:
         if self.oracle and self.completions:
@@ -82,6 +85,8 @@ class EvalConfig:
             raise ValueError(f"--limit must be at least 1, got {self.limit}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.channel not in ("text", "kv-reuse"):
+            raise ValueError(f"--channel must be text or kv-reuse, got {self.channel!r}")
 
 
 def _versions() -> dict:
@@ -133,6 +138,7 @@ def run_eval(config: EvalConfig, out: str | Path, resume: bool = False, progress
     samples = benchmark.samples(config.split)[: config.limit]
     by_id = {s.id: s for s in samples}
     started = time.perf_counter()
+    team = None
     with open_run(out, asdict(config), resume) as store:
         pending = [by_id[i] for i in store.pending(list(by_id))]
         bar = _Progress(len(samples), len(samples) - len(pending)) if progress else None
@@ -165,7 +171,8 @@ def run_eval(config: EvalConfig, out: str | Path, resume: bool = False, progress
     earlier = 0.0  # seconds spent by earlier parts of a resumed run
     if resume and previous.exists():
         earlier = json.loads(previous.read_text()).get("seconds") or 0.0
-    summary = summarize(out, config, earlier + time.perf_counter() - started)
+    engine = team.reuse.stats() if team is not None and team.uses_kv_reuse else None
+    summary = summarize(out, config, earlier + time.perf_counter() - started, engine)
     Path(out, "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -186,6 +193,7 @@ def _team(config: EvalConfig):
             config.max_new_tokens,
             seed=config.seed,
             code_execution=config.allow_code_execution,
+            channel=config.channel,
         )
         programmer = any(agent.role == "programming expert" for agent in team.agents)
         if config.benchmark == "gsm8k" and programmer and not config.allow_code_execution:
@@ -236,8 +244,26 @@ def _agent_means(usages: list[dict | None]) -> dict:
     }
 
 
-def summarize(out: str | Path, config: EvalConfig, seconds: float | None = None) -> dict:
-    """Metrics with 95% intervals and token statistics over every sample in `out`."""
+def _reuse_summary(turns: list[dict], engine: dict | None) -> dict:
+    """kv-reuse over every saved turn that had a cached piece to reuse (so it survives resume), plus the
+    engine's anchor memory when this process ran the team."""
+    reused = [m for m in turns if m["kv_reuse"] == "reused"]
+    summary = {
+        "turns": len(turns),
+        "reused_turns": len(reused),
+        "reuse_rate": len(reused) / len(turns),
+        "cache_read_tokens": sum(m["usage"]["input_token_details"]["cache_read"] for m in reused),
+        "prompt_tokens": sum(m["usage"]["input_tokens"] for m in turns),
+    }
+    if engine is not None:
+        keys = ("anchor_memory_mb", "anchors", "template_encode_s", "config")
+        summary |= {"engine": {key: engine[key] for key in keys}}
+    return summary
+
+
+def summarize(out: str | Path, config: EvalConfig, seconds: float | None = None, engine: dict | None = None) -> dict:
+    """Metrics with 95% intervals and token statistics over every sample in `out`; `engine`: the team's
+    kv-reuse statistics (`ReuseChannel.stats()`) when it ran in this process."""
     rows = read_samples(out)
     if not rows:
         raise ValueError(f"{out} has no finished samples to summarize")
@@ -258,12 +284,14 @@ def summarize(out: str | Path, config: EvalConfig, seconds: float | None = None)
         tokens["model_calls"] = mean_interval([u["total"]["calls"] for u in usage_rows])
         tokens["per_agent"] = {a: _agent_means([u["per_agent"].get(a) for u in usage_rows]) for a in agents}
     missing = sum(1 for r in rows if r.get("completion_missing"))
+    kv_turns = [m for r in rows for m in r.get("messages", ()) if "kv_reuse" in m]
     return {
         "benchmark": config.benchmark,
         "samples": n,
         **({"missing_completions": missing} if config.completions else {}),
         "metrics": metrics,
         "tokens_per_task": tokens,
+        **({"kv_reuse": _reuse_summary(kv_turns, engine)} if kv_turns else {}),
         "seconds": seconds,
         "config": asdict(config),
         "seed": config.seed,

@@ -25,7 +25,6 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-from langchain_core.messages import HumanMessage, SystemMessage
 
 from kvmesh.kvcomm.cache import cache_from_kv, new_cache, read_columns
 from kvmesh.kvcomm.reuse import Piece, ReuseConfig, ReuseEngine
@@ -116,6 +115,7 @@ class _Model:
 
 
 def run_benchmark(config: KVReuseBenchConfig, progress=print) -> dict:
+    from kvmesh.agents.prompts import frame
     from kvmesh.llm import load_model
 
     llm = load_model(config.model)
@@ -127,8 +127,7 @@ def run_benchmark(config: KVReuseBenchConfig, progress=print) -> dict:
 
     def head_and_tail(system: str) -> tuple[list[int], list[int]]:
         """The chat template around a user turn whose text goes between head and tail."""
-        marker = "\u2063"  # invisible separator: splits the rendered template around the user text
-        before, after = llm.render([SystemMessage(system), HumanMessage(marker)]).split(marker)
+        before, after = frame(llm, system)
         return encode(before), encode(after)
 
     names = [f"agent_{k + 1}" for k in range(config.agents)]

@@ -5,7 +5,9 @@ A receiver's prompt is a list of pieces, in order:
     head     the receiver's own text before anything shared (system prompt, examples): an exact prefix,
              encoded once per distinct text and kept (a template segment)
     middle   shared text: the task encoded once by a donor, each sender's reply from the sender's own decode,
-             and the fixed glue between them ("Message from ..."), encoded once standalone
+             and the fixed glue between them ("Message from ..."), encoded once standalone; and the
+             receiver's own text (private notes, a message that came as text), prefilled in place over the
+             pieces before it
     tail     the last few tokens (instruction, assistant header): always prefilled, so the first token is
              computed by the model over the assembled cache
 
@@ -49,15 +51,20 @@ class Piece:
         source: a cache of exactly these tokens made elsewhere (any start position), or None.
         key: what kind of text this is, for the anchor pool (e.g. "task", ("reply", "agent_2")). Middle pieces
             without a source use their own text as key.
+        own: the receiver's own text, with no cache anywhere: prefilled in place over the pieces before it
+            (exact given them; no anchors).
     """
 
     token_ids: tuple[int, ...]
     source: KVSegment | None = None
     key: Hashable = None
+    own: bool = False
 
     def __post_init__(self) -> None:
         if not self.token_ids:
             raise ValueError("a piece needs at least one token")
+        if self.own and self.source is not None:
+            raise ValueError("a piece of the receiver's own text has no source cache")
         if self.source is not None and self.source.token_ids != tuple(self.token_ids):
             raise ValueError("a piece's source cache must hold exactly the piece's tokens")
 
@@ -77,6 +84,8 @@ class ReuseConfig:
         templates: template segments kept (least recently used dropped first).
         correct: add the anchors' offsets; False moves caches uncorrected (an ablation: anchors still decide
             reuse or prefill).
+        replies: read senders' replies from their caches (the kv-reuse channel); False re-encodes them as
+            the receiver's own text, exact given what precedes, and reuses only templates and the task.
     """
 
     gamma: float = 0.3
@@ -87,6 +96,7 @@ class ReuseConfig:
     temperature: float = 0.1
     templates: int = 256
     correct: bool = True
+    replies: bool = True
 
 
 @dataclass
@@ -109,6 +119,7 @@ class Assembly:
 
     keys, values: (L, H, capacity, D); the first `length` positions hold the prompt's first tokens
     (positions 0 .. length - 1), and `rest` are the prompt tokens still to prefill after them.
+    `reused_tokens` of the `length` came from caches; the others were the receiver's own text, prefilled.
     """
 
     keys: torch.Tensor
@@ -117,10 +128,11 @@ class Assembly:
     token_ids: tuple[int, ...]
     rest: list[int]
     seconds: float = 0.0
+    reused_tokens: int = -1  # -1: all `length` tokens
 
-    @property
-    def reused_tokens(self) -> int:
-        return self.length
+    def __post_init__(self) -> None:
+        if self.reused_tokens < 0:
+            self.reused_tokens = self.length
 
     @property
     def prefix(self) -> KVSegment:
@@ -174,10 +186,13 @@ class ReuseEngine:
             self._templates.popitem(last=False)
         return segment
 
-    def _middle(self, pieces: Sequence[Piece]) -> list[tuple[Hashable, KVSegment]]:
-        """(anchor key, donor cache) of each middle piece; glue without a donor uses its standalone template."""
+    def _middle(self, pieces: Sequence[Piece]) -> list[tuple[Hashable, KVSegment | Piece]]:
+        """(anchor key, donor cache) of each middle piece; glue without a donor uses its standalone template;
+        the receiver's own text is (None, the piece)."""
         return [
-            (piece.key, piece.source)
+            (None, piece)
+            if piece.own
+            else (piece.key, piece.source)
             if piece.source is not None
             else (("glue", piece.token_ids), self.template(piece.token_ids, True))
             for piece in pieces[1:-1]
@@ -195,17 +210,24 @@ class ReuseEngine:
         self.stats.calls += 1
         self.stats.prompt_tokens += sum(len(p.token_ids) for p in pieces)
         middle = self._middle(pieces)
-        weights = [self.anchors.weights((receiver, key), describe(source.keys)) for key, source in middle]
-        if any(w is None for w in weights):
+        weights = [
+            None if key is None else self.anchors.weights((receiver, key), describe(source.keys))
+            for key, source in middle
+        ]
+        if any(w is None for w, (key, _) in zip(weights, middle, strict=True) if key is not None):
             return None
         head = self.template(pieces[0].token_ids)
-        length = len(head) + sum(len(source) for _, source in middle)
+        length = len(head) + sum(len(source.token_ids) for _, source in middle)
         shape = (*head.keys.shape[:2], length + len(pieces[-1].token_ids) + spare, head.keys.shape[3])
         keys, values = head.keys.new_empty(shape), head.values.new_empty(shape)
         keys[:, :, : len(head)], values[:, :, : len(head)] = head.keys, head.values
-        position = len(head)
+        position, own = len(head), 0
         for (key, source), weight in zip(middle, weights, strict=True):
-            end = position + len(source)
+            end = position + len(source.token_ids)
+            if key is None:  # own text: the model writes it into the buffer, after everything placed so far
+                self.llm.prefill(source.token_ids, cache_over(keys, values, position, self.llm.model.config))
+                position, own = end, own + len(source.token_ids)
+                continue
             self.rope.rotate_into(source.keys, position - source.start, keys[:, :, position:end])
             values[:, :, position:end] = source.values
             if self.config.correct:
@@ -214,15 +236,19 @@ class ReuseEngine:
                 self.anchors.apply((receiver, key), weight / weight.sum(), *slots)
             position = end
         self.stats.reused_calls += 1
-        self.stats.reused_tokens += length
+        self.stats.reused_tokens += length - own
         token_ids = tuple(t for piece in pieces[:-1] for t in piece.token_ids)
-        return Assembly(keys, values, length, token_ids, list(pieces[-1].token_ids), time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        return Assembly(keys, values, length, token_ids, list(pieces[-1].token_ids), seconds, length - own)
 
     def learn(self, receiver: Hashable, pieces: Sequence[Piece], dense: KVSegment) -> None:
         """Add one anchor per middle piece from the receiver's dense prompt cache (positions from 0)."""
         position = len(pieces[0].token_ids)
         for key, source in self._middle(pieces):
-            length = len(source)
+            length = len(source.token_ids)
+            if key is None:  # own text: nothing to learn
+                position += length
+                continue
             moved = source.moved(self.rope, position)
             real = dense.slice(position, position + length)
             self.anchors.add((receiver, key), describe(source.keys), real.keys - moved.keys, real.values - moved.values)

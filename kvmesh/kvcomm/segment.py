@@ -63,6 +63,10 @@ class KVSegment:
             raise IndexError(f"slice [{lo}, {hi}) of a {len(self)}-token segment")
         return KVSegment(self.keys[:, :, lo:hi], self.values[:, :, lo:hi], self.start + lo, self.token_ids[lo:hi])
 
+    def detached(self) -> KVSegment:
+        """A copy that owns its memory (a slice keeps the whole tensor it views alive)."""
+        return KVSegment(self.keys.clone(), self.values.clone(), self.start, self.token_ids)
+
     def select_layers(self, layers: Sequence[int]) -> KVSegment:
         index = torch.as_tensor(list(layers), dtype=torch.long, device=self.keys.device)
         return KVSegment(self.keys[index], self.values[index], self.start, self.token_ids)

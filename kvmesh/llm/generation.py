@@ -48,6 +48,8 @@ class GenerationRequest:
             such as the reuse engine's `Assembly`); only the remaining prompt tokens are prefilled.
         keep_kv: return the row's cache of its prompt and of its generated tokens (`Generation.prompt_kv`,
             `Generation.reply_kv`), for cache reuse downstream.
+        keep_prompt_kv: with keep_kv, False keeps only the reply's cache (the prompt's is a copy of every
+            prompt position, wasted when nobody reads it).
     """
 
     prompt_ids: list[int]
@@ -56,6 +58,7 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     prefix: object | None = None
     keep_kv: bool = False
+    keep_prompt_kv: bool = True
 
     def __post_init__(self) -> None:
         self.stop = normalize_stop(self.stop)
@@ -251,7 +254,7 @@ class DecodeBatch:
             cache = new_cache(self.decoder.model.config)
             logits.append(self.decoder.forward(ids, mask, position_ids, cache))
             for b, i in enumerate(bucket):
-                if rows[i].request.keep_kv:
+                if rows[i].request.keep_kv and rows[i].request.keep_prompt_kv:
                     columns = read_columns(cache, b, mask.shape[1] - lengths[i], mask.shape[1])
                     rows[i].prompt_kv = KVSegment(*columns, 0, tuple(rows[i].request.prompt_ids))
             caches.append(cache)
@@ -262,7 +265,7 @@ class DecodeBatch:
             if row.request.prefix is None:
                 continue
             cache, mask, row_logits, row_positions = self._prefill_on_prefix(row, device)
-            if row.request.keep_kv:
+            if row.request.keep_kv and row.request.keep_prompt_kv:
                 row.prompt_kv = KVSegment(*read_columns(cache, 0, 0, mask.shape[1]), 0, tuple(row.request.prompt_ids))
             caches.append(cache)
             masks.append(F.pad(mask, (width - mask.shape[1], 0)))

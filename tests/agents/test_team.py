@@ -1,6 +1,6 @@
 import pytest
 
-from kvmesh import Agent, ChannelNotAvailableError, CommGraph, GraphError, Task, Team
+from kvmesh import Agent, CommGraph, GraphError, Task, Team
 from kvmesh.agents import events as ev
 from kvmesh.agents.graph import Edge
 
@@ -240,12 +240,6 @@ def test_bad_batch_size():
 def test_bad_input_gives_a_clear_error(build, error, message):
     with pytest.raises(error, match=message):
         build()
-
-
-def test_kv_channels_are_not_available_yet():
-    graph = CommGraph(["a", "b"], [Edge("a", "b", channel="kv-reuse")])
-    with pytest.raises(ChannelNotAvailableError, match="channel 'kv-reuse', which is not available yet"):
-        Team(make_agents("ab"), graph)
 
 
 @pytest.mark.slow

@@ -1,0 +1,81 @@
+"""How faithful the kv-reuse channel is inside a real team: the same InfoQA team with text edges and with kv-reuse
+edges, on the same tasks, in one process.
+
+    python benchmarks/reuse_fidelity.py [--split validation] [--limit 48] [--no-replies] [--json]
+
+Prints each channel's exact-match accuracy, the kv-reuse run's reuse rate, and how many of its reused turns
+wrote exactly the reply the text channel wrote (dense kv-reuse turns read the very ids a text turn reads, so
+any difference comes from reused caches). `--no-replies` re-encodes the senders' replies and reuses only the
+templates and the task (`ReuseConfig(replies=False)`), which isolates what reading reply caches costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from kvmesh import ReuseConfig, Team
+from kvmesh.evals.benchmarks import make_benchmark
+from kvmesh.evals.roles import benchmark_team
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--split", default="validation")
+    parser.add_argument("--limit", type=int, default=48)
+    parser.add_argument("--topology", default="chain")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--no-replies", action="store_true", help="reuse templates and the task, not replies")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    benchmark = make_benchmark("infoqa", None, args.seed, False, "own")
+    samples = benchmark.samples(args.split)[: args.limit]
+    reuse = ReuseConfig(replies=not args.no_replies)
+    runs = {}
+    for channel in ("text", "kv-reuse"):
+        base = benchmark_team("infoqa", args.model, args.topology, max_new_tokens=args.max_new_tokens, channel=channel)
+        team = Team(base.agents, base.graph, decision=base.decision, seed=args.seed, reuse=reuse)
+        started = time.perf_counter()
+        results = team.run_batch([s.task for s in samples], batch_size=args.batch_size)
+        runs[channel] = (team, results, time.perf_counter() - started)
+
+    (_, text, text_s), (team, kv, kv_s) = runs["text"], runs["kv-reuse"]
+    reused = [
+        (a.content, b.content)
+        for t, k in zip(text, kv, strict=True)
+        for a, b in zip(t.messages, k.messages, strict=True)
+        if b.response_metadata.get("kv_reuse") == "reused"
+    ]
+
+    def accuracy(results) -> float:
+        return sum(benchmark.score(s, r.answer or "").correct for s, r in zip(samples, results, strict=True)) / len(
+            samples
+        )
+
+    report = {
+        "config": vars(args),
+        "tasks": len(samples),
+        "accuracy_text": accuracy(text),
+        "accuracy_kv_reuse": accuracy(kv),
+        "reuse_rate": team.reuse.stats()["reuse_rate"],
+        "reused_turns": len(reused),
+        "reused_turns_identical": sum(a == b for a, b in reused),
+        "answers_identical": sum(t.answer == k.answer for t, k in zip(text, kv, strict=True)),
+        "seconds_text": text_s,
+        "seconds_kv_reuse": kv_s,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    for key, value in report.items():
+        if key != "config":
+            print(f"{key:24} {value:.3f}" if isinstance(value, float) else f"{key:24} {value}")
+
+
+if __name__ == "__main__":
+    main()
