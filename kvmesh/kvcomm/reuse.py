@@ -75,7 +75,9 @@ class ReuseConfig:
 
     Args:
         gamma: reuse when an anchor's descriptor lies within this distance of the new segment's (in [0, 2]);
-            larger reuses more, 0 only for segments seen before.
+            larger reuses more, 0 only for segments seen before. Measured (benchmarks/descriptor_distances.py):
+            texts of one kind lie 0.03-0.23 apart, different kinds 0.46-0.67; replies of one GSM8K role on
+            SmolLM2-135M spread to about 0.3 at the median, so 0.4 reuses those and still refuses other kinds.
         max_anchors: anchors kept per (receiver, placeholder).
         min_anchors: dense calls per (receiver, placeholder) before it is reused; more anchors average better.
         max_anchor_tokens: positions of offsets kept per anchor.
@@ -88,7 +90,7 @@ class ReuseConfig:
             the receiver's own text, exact given what precedes, and reuses only templates and the task.
     """
 
-    gamma: float = 0.3
+    gamma: float = 0.4
     max_anchors: int = 20
     min_anchors: int = 3
     max_anchor_tokens: int = 1024
