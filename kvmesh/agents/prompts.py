@@ -58,7 +58,8 @@ class PromptPlan:
 
     messages: the transcript (system + user turn); text: its rendering, exactly what the model reads;
     token_ids: len P; edge_tokens: one count per inbound message, summing to at most P.
-    On kv-reuse teams, `pieces` split token_ids for the reuse engine and `task_span` locates the task in them.
+    On kv-reuse teams, `pieces` split token_ids for the reuse engine, `task_span` locates the task in them and
+    `edge_cached` counts each message's tokens that an assembled cache serves (its header and reply).
     """
 
     messages: list[BaseMessage]
@@ -68,6 +69,7 @@ class PromptPlan:
     edge_tokens: list[int]
     pieces: list | None = None  # kvmesh.kvcomm.reuse.Piece
     task_span: tuple[int, int] | None = None
+    edge_cached: list[int] | None = None
 
 
 @dataclass(frozen=True)

@@ -146,8 +146,13 @@ def plan_pieces(
     task_start = sum(sizes[:task_index])
     # a message's tokens, as on text edges: its header and content, not the blank line before it
     separator = [sum(1 for start in tokenized[i][1] if start < 2) for i in firsts]
-    bounds = pairwise([*firsts, len(parts) - 1])
+    bounds = list(pairwise([*firsts, len(parts) - 1]))
     edge_tokens = [sum(sizes[lo:hi]) - sep for (lo, hi), sep in zip(bounds, separator, strict=True)]
+    cached = [
+        sum(sizes[i] for i in range(lo, hi) if parts[i].kind in ("glue", "reply"))
+        - (sep if parts[lo].kind == "glue" else 0)
+        for (lo, hi), sep in zip(bounds, separator, strict=True)
+    ]
     content = "".join(part.text for part in parts[1:])[: -len(after) or None]
     return PromptPlan(
         messages=transcript(system, examples, content),
@@ -157,6 +162,7 @@ def plan_pieces(
         edge_tokens=edge_tokens,
         pieces=pieces,
         task_span=(task_start, task_start + sizes[task_index]),
+        edge_cached=cached,
     )
 
 

@@ -309,8 +309,9 @@ def _record(team: Team, turn: _Turn, gen: Generation, started: float) -> AgentFi
     state.spent += usage.total_tokens
     state.reserved = max(0, state.reserved - turn.reservation) if state.reserved else 0
     state.usage.add_call(name, str(turn.round), usage)
-    for inbound, tokens in zip(turn.plan.inbound, turn.plan.edge_tokens, strict=True):
-        state.usage.add_edge(edge_key(inbound.source, name, inbound.kind), tokens)
+    cached = turn.plan.edge_cached if turn.assembly is not None else None
+    for i, (inbound, tokens) in enumerate(zip(turn.plan.inbound, turn.plan.edge_tokens, strict=True)):
+        state.usage.add_edge(edge_key(inbound.source, name, inbound.kind), tokens, cached[i] if cached else 0)
     first_token = gen.started_at - started + gen.ttft_s  # assembly ran before started_at, inside the run
     if state.usage.ttft_s is None or first_token < state.usage.ttft_s:
         state.usage.ttft_s = first_token

@@ -74,6 +74,9 @@ def test_the_channel_runs_in_a_team_and_reports_reused_tokens(tiny):
     assert second.usage.total.cache_read == sum(
         m.usage_metadata["input_token_details"]["cache_read"] for m in second.messages
     )
+    edge = second.usage.per_edge["a->b"]  # the header and reply from caches; a cut reply's last token never was fed
+    assert edge.input_tokens - 1 <= edge.cache_read <= edge.input_tokens
+    assert first.usage.per_edge["a->b"].cache_read == 0
     stats = team.reuse.stats()
     assert stats["calls"] == 4 and stats["reused_calls"] == 2 and stats["anchor_memory_mb"] > 0
 
