@@ -167,6 +167,24 @@ class CommGraph:
         """A copy with every edge on `channel`."""
         return CommGraph(self.agents, [replace(e, channel=channel) for e in self.edges()])
 
+    # --- pictures ----------------------------------------------------------------------------------------------
+
+    def draw(self, path, **options):
+        """Write a PNG or SVG picture; options as `kvmesh.topology.draw.draw` (roles, decision, pruned, tokens)."""
+        from kvmesh.topology.draw import draw
+
+        return draw(self, path, **options)
+
+    def to_mermaid(self, **options) -> str:
+        from kvmesh.topology.draw import to_mermaid
+
+        return to_mermaid(self, **options)
+
+    def to_dot(self, **options) -> str:
+        from kvmesh.topology.draw import to_dot
+
+        return to_dot(self, **options)
+
     def subgraph(self, agents: Iterable[str]) -> CommGraph:
         keep = set(agents)
         names = [a for a in self.agents if a in keep]

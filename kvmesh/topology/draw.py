@@ -1,0 +1,195 @@
+"""Pictures and text exports of a communication graph: PNG or SVG with matplotlib, Mermaid and DOT.
+
+Conventions shared by every format:
+    spatial edges     solid arrows, left to right along the graph's levels (agents that read only earlier levels)
+    temporal edges    dashed, curved arrows (round r -> round r + 1)
+    decision node     a distinct shape at the right; every agent feeds it (drawn only when `decision` is named)
+    pruned edges      candidate edges a designer removed: dotted and faint, so before/after reads at a glance
+    weights           edge width (and a label) from `Edge.weight`, e.g. a designer's edge probability
+    tokens            optional per-edge token counts from a run, keyed like `UsageReport.per_edge`
+
+Caveat: the layout is by levels, not force-directed, so large graphs get crowded but stay readable left to right.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kvmesh.agents.graph import SPATIAL, TEMPORAL, Edge
+from kvmesh.agents.usage import edge_key
+
+if TYPE_CHECKING:
+    from kvmesh.agents.graph import CommGraph
+
+FORMATS = (".png", ".svg")
+
+
+def _node_id(name: str) -> str:
+    """An identifier Mermaid and DOT accept for any agent name."""
+    return "n_" + "".join(c if c.isalnum() else f"_{ord(c):x}_" for c in name)
+
+
+def _text(name: str) -> str:
+    """A name inside a double-quoted Mermaid or DOT label."""
+    return name.replace("\\", "/").replace('"', "'")
+
+
+def _label(edge: Edge, tokens: Mapping[str, int] | None) -> str:
+    parts = []
+    if edge.weight is not None:
+        parts.append(f"{edge.weight:.2f}")
+    if tokens and (count := tokens.get(edge_key(edge.source, edge.target, edge.kind))) is not None:
+        parts.append(f"{count} tok")
+    return ", ".join(parts)
+
+
+def to_mermaid(
+    graph: CommGraph,
+    decision: str | None = None,
+    pruned: Iterable[Edge] = (),
+    tokens: Mapping[str, int] | None = None,
+) -> str:
+    """A Mermaid flowchart: `-->` spatial, `-.->` temporal, a dotted line without arrow head for pruned edges."""
+    lines = ["flowchart LR"]
+    for name in graph.agents:
+        lines.append(f'    {_node_id(name)}["{_text(name)}"]')
+    if decision:
+        lines.append(f'    {_node_id(decision)}{{{{"{_text(decision)}"}}}}')
+    for edge in graph.edges():
+        arrow = "-->" if edge.kind == SPATIAL else "-.->"
+        label = _label(edge, tokens) or ("next round" if edge.kind == TEMPORAL else "")
+        link = f'{arrow}|"{label}"|' if label else arrow
+        lines.append(f"    {_node_id(edge.source)} {link} {_node_id(edge.target)}")
+    for edge in pruned:
+        lines.append(f"    {_node_id(edge.source)} -. pruned .- {_node_id(edge.target)}")
+    if decision:
+        for name in graph.agents:
+            lines.append(f"    {_node_id(name)} --> {_node_id(decision)}")
+    return "\n".join(lines) + "\n"
+
+
+def to_dot(
+    graph: CommGraph,
+    decision: str | None = None,
+    pruned: Iterable[Edge] = (),
+    tokens: Mapping[str, int] | None = None,
+) -> str:
+    """A Graphviz digraph: temporal edges dashed (not used for ranking), pruned ones dotted grey."""
+    lines = ["digraph team {", "    rankdir=LR;", "    node [shape=box, style=rounded];"]
+    for name in graph.agents:
+        lines.append(f'    {_node_id(name)} [label="{_text(name)}"];')
+    if decision:
+        lines.append(f'    {_node_id(decision)} [label="{_text(decision)}", shape=doubleoctagon];')
+    for edge in graph.edges():
+        attributes = [f'label="{_label(edge, tokens)}"']
+        if edge.kind == TEMPORAL:
+            attributes += ["style=dashed", "constraint=false"]
+        if edge.weight is not None:
+            attributes.append(f"penwidth={0.5 + 3 * edge.weight:.2f}")
+        lines.append(f"    {_node_id(edge.source)} -> {_node_id(edge.target)} [{', '.join(attributes)}];")
+    for edge in pruned:
+        lines.append(
+            f'    {_node_id(edge.source)} -> {_node_id(edge.target)} [style=dotted, color=gray70, label="pruned"];'
+        )
+    if decision:
+        for name in graph.agents:
+            lines.append(f"    {_node_id(name)} -> {_node_id(decision)} [color=gray40];")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _positions(graph: CommGraph, decision: str | None) -> dict[str, tuple[float, float]]:
+    """Agents by level, left to right, spread vertically; the decision node after the last level."""
+    levels = graph.levels()
+    positions = {}
+    for x, level in enumerate(levels):
+        for i, name in enumerate(level):
+            positions[name] = (float(x), (len(level) - 1) / 2 - i)
+    if decision:
+        positions[decision] = (float(len(levels)), 0.0)
+    return positions
+
+
+def draw(
+    graph: CommGraph,
+    path: str | Path,
+    roles: Mapping[str, str] | None = None,
+    decision: str | None = None,
+    pruned: Iterable[Edge] = (),
+    tokens: Mapping[str, int] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Write the graph as PNG or SVG (by suffix); nodes coloured by `roles` (agent -> role). Returns the path."""
+    path = Path(path)
+    if path.suffix.lower() not in FORMATS:
+        raise ValueError(f"draw writes {' or '.join(FORMATS)} files, got {path.name!r}; use to_mermaid/to_dot for text")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only, never a window
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import FancyArrowPatch
+    except ImportError as error:
+        raise ImportError("drawing needs matplotlib: pip install 'kvmesh[viz]'") from error
+
+    positions = _positions(graph, decision)
+    roles = dict(roles or {})
+    palette = plt.get_cmap("tab10")
+    role_colour = {role: palette(i % 10) for i, role in enumerate(dict.fromkeys(roles.get(a, a) for a in graph.agents))}
+    width = max(4.0, 2.2 * (max(x for x, _ in positions.values()) + 1))
+    height = max(3.0, 1.4 * max(len(level) for level in graph.levels()) + 1)
+    figure, axes = plt.subplots(figsize=(width, height))
+
+    def arrow(source, target, **style):
+        axes.add_patch(
+            FancyArrowPatch(
+                positions[source],
+                positions[target],
+                arrowstyle="-|>",
+                mutation_scale=14,
+                shrinkA=22,
+                shrinkB=22,
+                **style,
+            )
+        )
+
+    for edge in pruned:
+        arrow(edge.source, edge.target, color="0.6", alpha=0.45, linestyle=":", linewidth=1.0)
+    for edge in graph.edges():
+        weight = 1.0 if edge.weight is None else edge.weight
+        style = {"color": "0.15", "linewidth": 0.6 + 2.6 * weight}
+        if edge.kind == TEMPORAL:
+            style |= {"color": "tab:purple", "linestyle": "--", "connectionstyle": "arc3,rad=0.35"}
+        arrow(edge.source, edge.target, **style)
+        if label := _label(edge, tokens):
+            (x0, y0), (x1, y1) = positions[edge.source], positions[edge.target]
+            axes.annotate(label, ((x0 + x1) / 2, (y0 + y1) / 2 + 0.08), fontsize=7, ha="center", color="0.25")
+    if decision:
+        for name in graph.agents:
+            arrow(name, decision, color="0.55", linewidth=0.8)
+    for name in graph.agents:
+        x, y = positions[name]
+        colour = role_colour[roles.get(name, name)]
+        axes.scatter([x], [y], s=1400, color=colour, edgecolors="black", zorder=3)
+        axes.annotate(name, (x, y - 0.32), ha="center", va="top", fontsize=8)
+    if decision:
+        x, y = positions[decision]
+        axes.scatter([x], [y], s=1600, marker="h", color="gold", edgecolors="black", zorder=3)
+        axes.annotate(decision, (x, y - 0.32), ha="center", va="top", fontsize=8)
+    for role, colour in role_colour.items():
+        axes.scatter([], [], color=colour, label=role)
+    if len(role_colour) > 1:
+        axes.legend(loc="upper left", fontsize=7, frameon=False)
+    xs, ys = zip(*positions.values(), strict=True)
+    axes.set_xlim(min(xs) - 0.7, max(xs) + 0.7)
+    axes.set_ylim(min(ys) - 0.8, max(ys) + 0.6)
+    axes.set_axis_off()
+    if title:
+        axes.set_title(title, fontsize=10)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=150)
+    plt.close(figure)
+    return path

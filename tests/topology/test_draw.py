@@ -1,0 +1,57 @@
+"""Pictures and exports of a graph: PNG and SVG files open, DOT parses, Mermaid holds every node and edge."""
+
+import xml.etree.ElementTree as ET
+
+import matplotlib.image
+import pydot
+import pytest
+
+from kvmesh import CommGraph
+from kvmesh.agents.graph import Edge
+
+GRAPH = CommGraph(
+    ["solver", "critic", "judge"],
+    [Edge("solver", "critic", weight=0.9), Edge("critic", "judge", weight=0.4), Edge("judge", "solver", "temporal")],
+)
+PRUNED = [Edge("solver", "judge")]
+TOKENS = {"solver->critic": 42}
+
+
+def test_png_and_svg_files_open(tmp_path):
+    roles = {"solver": "math", "critic": "check", "judge": "check"}
+    png = GRAPH.draw(tmp_path / "g.png", roles=roles, decision="decision", pruned=PRUNED, tokens=TOKENS)
+    image = matplotlib.image.imread(png)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    svg = GRAPH.draw(tmp_path / "g.svg", decision="decision", title="chain")
+    assert ET.parse(svg).getroot().tag.endswith("svg")
+
+
+def test_dot_parses_with_every_node_and_edge_styled():
+    dot = GRAPH.to_dot(decision="decision", pruned=PRUNED, tokens=TOKENS)
+    (parsed,) = pydot.graph_from_dot_data(dot)
+    assert {n.get_name() for n in parsed.get_nodes()} >= {"n_solver", "n_critic", "n_judge", "n_decision"}
+    styles = {(e.get_source(), e.get_destination()): e.get("style") for e in parsed.get_edges()}
+    assert styles[("n_judge", "n_solver")] == "dashed" and styles[("n_solver", "n_judge")] == "dotted"
+    assert len(parsed.get_edges()) == 3 + 1 + 3  # graph edges, the pruned one, three into the decision
+    assert '"0.90, 42 tok"' in dot
+
+
+def test_mermaid_lists_nodes_and_edges_by_kind():
+    text = GRAPH.to_mermaid(decision="decision", pruned=PRUNED, tokens=TOKENS)
+    lines = text.splitlines()
+    assert lines[0] == "flowchart LR"
+    assert '    n_solver -->|"0.90, 42 tok"| n_critic' in lines
+    assert '    n_judge -.->|"next round"| n_solver' in lines
+    assert "    n_solver -. pruned .- n_judge" in lines
+    assert '    n_decision{{"decision"}}' in lines
+
+
+def test_odd_names_stay_valid_identifiers():
+    graph = CommGraph(['agent "one"', "agent-2"], [('agent "one"', "agent-2")])
+    (parsed,) = pydot.graph_from_dot_data(graph.to_dot())
+    assert len(parsed.get_nodes()) >= 2 and len(parsed.get_edges()) == 1
+
+
+def test_unknown_picture_format_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"png or \.svg"):
+        GRAPH.draw(tmp_path / "g.jpg")
