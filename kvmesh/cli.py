@@ -77,6 +77,8 @@ def print_result(result: TeamResult, out=sys.stdout) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     team = build_team(args)
     result = team.run(Task(args.question))
+    if args.graph_out:
+        _team_picture(team, result, args.graph_out)
     if args.json:
         data = result.to_dict()
         print(json.dumps({k: data[k] for k in ("answer", "messages", "usage", "stop_reason", "graph")}, indent=2))
@@ -194,6 +196,24 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_viz(args: argparse.Namespace) -> int:
+    from kvmesh.topology.draw import read_picture_source, write_picture
+
+    graph, options = read_picture_source(args.source)
+    print(f"wrote {write_picture(graph, args.output, **options)}")
+    return 0
+
+
+def _team_picture(team: Team, result: TeamResult, path: str) -> None:
+    from kvmesh.topology.draw import write_picture
+
+    tokens = {key: usage.input_tokens for key, usage in result.usage.per_edge.items()}
+    decision = team.decision.agent.name if team.decision.agent is not None else None
+    roles = {agent.name: agent.role for agent in team.agents}
+    written = write_picture(team.graph, path, roles=roles, decision=decision, tokens=tokens)
+    print(f"graph picture: {written}", file=sys.stderr)  # stdout may be --json
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from kvmesh.evals.report import compare_table
 
@@ -219,6 +239,7 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--token-budget", type=int, default=None, help="cap on tokens for the whole run")
     run.add_argument("--seed", type=int, default=None, help="seed for sampling")
     run.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    run.add_argument("--graph-out", help="also write the graph with this run's edge tokens (.png, .svg, .mmd, .dot)")
     run.set_defaults(handler=_cmd_run)
 
     evaluate = commands.add_parser("eval", help="run a team on a benchmark (gsm8k, humaneval, infoqa)")
@@ -253,6 +274,11 @@ def make_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     evaluate.add_argument("--compare", nargs="+", metavar="RUN", help="print finished runs side by side")
     evaluate.set_defaults(handler=_cmd_eval)
+
+    viz = commands.add_parser("viz", help="draw a graph JSON file or an evaluation run's graph")
+    viz.add_argument("source", help="a graph JSON file (CommGraph.to_json) or a run folder from kvmesh eval")
+    viz.add_argument("-o", "--output", required=True, help="output file: .png, .svg, .mmd (Mermaid) or .dot")
+    viz.set_defaults(handler=_cmd_viz)
 
     report = commands.add_parser("report", help="print finished evaluation runs side by side")
     report.add_argument("runs", nargs="+", help="run folders holding summary.json")

@@ -95,3 +95,26 @@ def test_eval_refuses_code_execution_without_consent(tmp_path):
     assert out.returncode == 2 and "--allow-code-execution" in out.stderr and "not a security boundary" in out.stderr
     missing = kvmesh("report", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "summary.json does not exist" in missing.stderr
+
+
+def test_run_writes_its_graph_and_viz_draws_runs_and_files(tmp_path):
+    picture = tmp_path / "team.svg"
+    out = kvmesh("run", "Q?", "--model", "tiny-random", "--max-new-tokens", "4", "--json", "--graph-out", str(picture))
+    assert out.returncode == 0, out.stderr
+    json.loads(out.stdout)  # the picture's notice goes to stderr
+    assert picture.read_text().lstrip().startswith("<?xml")
+
+    run = tmp_path / "run"
+    config = ["--model", "tiny-random", "--limit", "2", "--max-new-tokens", "4", "--agents", "2", "--out", str(run)]
+    assert kvmesh("eval", "infoqa", *config).returncode == 0
+    mermaid = tmp_path / "run.mmd"
+    assert kvmesh("viz", str(run), "-o", str(mermaid)).returncode == 0
+    text = mermaid.read_text()
+    assert 'n_agent_1 -->|"' in text and " tok" in text and "n_decision" in text  # mean edge tokens per task
+
+    graph = tmp_path / "graph.json"
+    graph.write_text(json.dumps({"agents": ["a", "b"], "edges": [{"source": "a", "target": "b"}]}))
+    assert kvmesh("viz", str(graph), "-o", str(tmp_path / "g.dot")).returncode == 0
+    assert "n_a -> n_b" in (tmp_path / "g.dot").read_text()
+    refused = kvmesh("viz", str(graph), "-o", str(tmp_path / "g.gif"))
+    assert refused.returncode == 2 and "cannot tell the format" in refused.stderr

@@ -154,6 +154,7 @@ def run_eval(config: EvalConfig, out: str | Path, resume: bool = False, progress
                     bar.tick(line)
         else:
             team = _team(config)
+            _write_graph(team, out)
             for sample in pending:  # refuse shards that no agent would read, before any model call
                 sample.task.check_shards(team.agent_names)
             for start in range(0, len(pending), config.batch_size):
@@ -175,6 +176,13 @@ def run_eval(config: EvalConfig, out: str | Path, resume: bool = False, progress
     summary = summarize(out, config, earlier + time.perf_counter() - started, engine)
     Path(out, "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _write_graph(team, out: str | Path) -> None:
+    """graph.json beside the results, for `kvmesh viz RUN`: the graph, the decision maker, each agent's role."""
+    decision = team.decision.agent.name if team.decision.agent is not None else None
+    data = {"graph": team.graph.to_dict(), "decision": decision, "roles": {a.name: a.role for a in team.agents}}
+    Path(out, "graph.json").write_text(json.dumps(data, indent=2))
 
 
 def _team(config: EvalConfig):

@@ -13,6 +13,7 @@ Caveat: the layout is by levels, not force-directed, so large graphs get crowded
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +29,7 @@ FORMATS = (".png", ".svg")
 
 def _node_id(name: str) -> str:
     """An identifier Mermaid and DOT accept for any agent name."""
-    return "n_" + "".join(c if c.isalnum() else f"_{ord(c):x}_" for c in name)
+    return "n_" + "".join(c if c.isalnum() or c == "_" else f"_{ord(c):x}_" for c in name)
 
 
 def _text(name: str) -> str:
@@ -193,3 +194,46 @@ def draw(
     figure.savefig(path, dpi=150)
     plt.close(figure)
     return path
+
+
+TEXT_FORMATS = {".mmd": to_mermaid, ".dot": to_dot}
+
+
+def write_picture(graph: CommGraph, path: str | Path, **options) -> Path:
+    """Write `graph` in the format its suffix names: .png or .svg (a picture), .mmd (Mermaid) or .dot."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in TEXT_FORMATS:
+        for visual in ("roles", "title"):  # text formats carry no colours or title
+            options.pop(visual, None)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(TEXT_FORMATS[suffix](graph, **options))
+        return path
+    if suffix not in FORMATS:
+        known = ", ".join([*FORMATS, *TEXT_FORMATS])
+        raise ValueError(f"cannot tell the format of {path.name!r} from its suffix; use one of {known}")
+    return draw(graph, path, **options)
+
+
+def read_picture_source(source: str | Path) -> tuple[CommGraph, dict]:
+    """A graph and drawing options from a graph JSON file (`CommGraph.to_json`, or a run's `graph.json`) or an
+    evaluation run folder (its `graph.json`, with each edge's mean tokens per task from `samples.jsonl`)."""
+    from kvmesh.agents.graph import CommGraph
+
+    source = Path(source)
+    folder = source if source.is_dir() else None
+    file = source / "graph.json" if folder else source
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} does not exist; pass a graph JSON file or a run folder holding graph.json")
+    data = json.loads(file.read_text())
+    graph = CommGraph.from_dict(data.get("graph", data))
+    options = {"decision": data.get("decision"), "roles": data.get("roles")}
+    samples = (folder or file.parent) / "samples.jsonl"
+    if samples.is_file():
+        usages = [json.loads(line).get("usage") for line in samples.read_text().splitlines() if line.strip()]
+        edges = [u["per_edge"] for u in usages if u]
+        if edges:
+            keys = {key for per_edge in edges for key in per_edge}
+            mean = {k: round(sum(e.get(k, {}).get("input_tokens", 0) for e in edges) / len(edges)) for k in keys}
+            options["tokens"] = mean
+    return graph, options
