@@ -198,7 +198,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_viz(args: argparse.Namespace) -> int:
     from kvmesh.topology.draw import read_picture_source, write_picture
+    from kvmesh.topology.report import write_report
 
+    if args.output.lower().endswith(".html"):
+        print(f"wrote {write_report(args.source, args.output)}")
+        return 0
     graph, options = read_picture_source(args.source)
     print(f"wrote {write_picture(graph, args.output, **options)}")
     return 0
@@ -275,9 +279,11 @@ def make_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--compare", nargs="+", metavar="RUN", help="print finished runs side by side")
     evaluate.set_defaults(handler=_cmd_eval)
 
-    viz = commands.add_parser("viz", help="draw a graph JSON file or an evaluation run's graph")
+    viz = commands.add_parser("viz", help="draw a graph JSON file or an evaluation run (picture or HTML report)")
     viz.add_argument("source", help="a graph JSON file (CommGraph.to_json) or a run folder from kvmesh eval")
-    viz.add_argument("-o", "--output", required=True, help="output file: .png, .svg, .mmd (Mermaid) or .dot")
+    viz.add_argument(
+        "-o", "--output", required=True, help="output file: .png, .svg, .mmd (Mermaid), .dot, or .html (a report page)"
+    )
     viz.set_defaults(handler=_cmd_viz)
 
     report = commands.add_parser("report", help="print finished evaluation runs side by side")

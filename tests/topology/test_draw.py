@@ -55,3 +55,18 @@ def test_odd_names_stay_valid_identifiers():
 def test_unknown_picture_format_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"png or \.svg"):
         GRAPH.draw(tmp_path / "g.jpg")
+
+
+def test_the_html_report_of_a_run_needs_no_network(tmp_path):
+    import re
+
+    from kvmesh.evals.runner import EvalConfig, run_eval
+    from kvmesh.topology.report import write_report
+
+    config = EvalConfig("infoqa", model="tiny-random", limit=3, max_new_tokens=4, agents=2)
+    run_eval(config, tmp_path / "run", progress=False)
+    page = write_report(tmp_path / "run", tmp_path / "report.html").read_text()
+    assert "<svg" in page and "Tokens per task, by edge" in page and "agent_1-&gt;agent_2" in page
+    assert page.count("<details>") == 3  # one transcript per task
+    assert not re.search(r"<script|<link|<img|<iframe|src=|url\((?!#)", page)  # url(#clip) stays inside
+    assert all(ref.startswith("#") for ref in re.findall(r'href="([^"]*)"', page))  # only links inside the page

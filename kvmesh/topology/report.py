@@ -1,0 +1,90 @@
+"""One self-contained HTML page for a run: the graph picture (inline SVG), tokens per agent and per edge, and the
+transcript of the first tasks. No scripts, fonts or images from anywhere else: it opens offline.
+
+A run is a `kvmesh eval` folder (graph.json, summary.json, samples.jsonl) or a graph JSON file alone.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import tempfile
+from pathlib import Path
+
+from kvmesh.topology.draw import draw, read_picture_source
+
+STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; } td, th { padding: 3px 10px; border-bottom: 1px solid #ddd; }
+th { text-align: left; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
+pre { white-space: pre-wrap; background: #f6f6f6; padding: 0.6em; border-radius: 4px; }
+details { margin: 0.3em 0; } summary { cursor: pointer; }
+"""
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="n">{v:,.1f}</td>' if isinstance(v, float) else f"<td>{html.escape(str(v))}</td>" for v in row
+        )
+        + "</tr>"
+        for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _mean_usage(samples: list[dict], part: str) -> list[list]:
+    """Mean input, output and cache-read tokens per task for each agent or edge."""
+    usages = [s["usage"][part] for s in samples if s.get("usage")]
+    keys = sorted({key for usage in usages for key in usage})
+    rows = []
+    for key in keys:
+        seen = [u[key] for u in usages if key in u]
+        mean = [sum(u.get(f, 0) for u in seen) / len(usages) for f in ("input_tokens", "output_tokens")]
+        cached = sum(u.get("input_token_details", {}).get("cache_read", 0) for u in seen) / len(usages)
+        rows.append([key, *mean, cached])
+    return rows
+
+
+def _transcript(sample: dict) -> str:
+    verdict = "correct" if sample.get("correct") else "wrong"
+    parts = [f"<summary>{html.escape(str(sample.get('id')))}: {verdict}, gold {html.escape(str(sample.get('gold')))}"]
+    parts.append("</summary>")
+    for message in sample.get("messages", []):
+        who = f"{message['agent']} · round {message['round']}"
+        parts.append(f"<h4>{html.escape(who)}</h4><pre>{html.escape(message['content'])}</pre>")
+    return "<details>" + "".join(parts) + "</details>"
+
+
+def write_report(source: str | Path, path: str | Path, transcripts: int = 20) -> Path:
+    """Write the HTML page for `source` (a run folder or a graph JSON file) to `path`."""
+    source, path = Path(source), Path(path)
+    graph, options = read_picture_source(source)
+    with tempfile.TemporaryDirectory() as scratch:
+        svg = draw(graph, Path(scratch, "graph.svg"), **options).read_text()
+    svg = svg[svg.index("<svg") :]  # inline: drop the XML prolog and doctype
+    folder = source if source.is_dir() else source.parent
+    samples_file, summary_file = folder / "samples.jsonl", folder / "summary.json"
+    lines = samples_file.read_text().splitlines() if samples_file.is_file() else []
+    samples = [json.loads(line) for line in lines if line.strip()]
+    title = f"kvmesh run: {source.name}"
+    body = [f"<h1>{html.escape(title)}</h1>", svg]
+    if summary_file.is_file():
+        summary = json.loads(summary_file.read_text())
+        metrics = [[name, value["value"], str(value.get("ci95"))] for name, value in summary["metrics"].items()]
+        body += ["<h2>Metrics</h2>", _table(["metric", "value", "95% interval"], metrics)]
+    if samples:
+        columns = ["input tokens", "output tokens", "cached"]
+        body += ["<h2>Tokens per task, by agent</h2>", _table(["agent", *columns], _mean_usage(samples, "per_agent"))]
+        body += ["<h2>Tokens per task, by edge</h2>", _table(["edge", *columns], _mean_usage(samples, "per_edge"))]
+        body += [f"<h2>Transcripts (first {min(transcripts, len(samples))})</h2>"]
+        body += [_transcript(sample) for sample in samples[:transcripts]]
+    page = (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page)
+    return path
