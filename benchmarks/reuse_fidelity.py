@@ -2,6 +2,7 @@
 edges, on the same tasks, in one process.
 
     python benchmarks/reuse_fidelity.py [--split validation] [--limit 48] [--no-replies] [--json]
+    python benchmarks/reuse_fidelity.py --runs KV_RUN TEXT_RUN   # compare two finished `kvmesh eval` runs
 
 Prints each channel's exact-match accuracy, the kv-reuse run's reuse rate, and how many of its reused turns
 wrote exactly the reply the text channel wrote (dense kv-reuse turns read the very ids a text turn reads, so
@@ -17,7 +18,26 @@ import time
 
 from kvmesh import ReuseConfig, Team
 from kvmesh.evals.benchmarks import make_benchmark
+from kvmesh.evals.results import read_samples
 from kvmesh.evals.roles import benchmark_team
+
+
+def compare_runs(kv_run: str, text_run: str) -> dict:
+    """The same counts from two saved runs over the same samples (kv-reuse first, text second)."""
+    text = {row["id"]: row for row in read_samples(text_run)}
+    kv = [row for row in read_samples(kv_run) if row["id"] in text]
+    reused = [
+        (a["content"], b["content"])
+        for row in kv
+        for b, a in zip(row["messages"], text[row["id"]]["messages"], strict=True)
+        if b.get("kv_reuse") == "reused"
+    ]
+    return {
+        "tasks": len(kv),
+        "reused_turns": len(reused),
+        "reused_turns_identical": sum(a == b for a, b in reused),
+        "answers_identical": sum(row["answer"] == text[row["id"]]["answer"] for row in kv),
+    }
 
 
 def main() -> None:
@@ -31,7 +51,11 @@ def main() -> None:
     parser.add_argument("--no-replies", action="store_true", help="reuse templates and the task, not replies")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--runs", nargs=2, metavar=("KV_RUN", "TEXT_RUN"), help="compare two saved runs instead")
     args = parser.parse_args()
+    if args.runs:
+        print(json.dumps(compare_runs(*args.runs), indent=2))
+        return
 
     benchmark = make_benchmark("infoqa", None, args.seed, False, "own")
     samples = benchmark.samples(args.split)[: args.limit]

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from kvmesh.agents import Agent, ChannelNotAvailableError, CommGraph, Task, Team
 from kvmesh.agents.decision import METHODS
+from kvmesh.agents.graph import RUNNABLE_CHANNELS
 from kvmesh.agents.result import TeamResult
 from kvmesh.agents.usage import format_rows
 from kvmesh.cliargs import add_config_arguments, config_from_args
@@ -46,7 +47,6 @@ def default_agents(count: int, model: str, max_new_tokens: int, temperature: flo
     ]
 
 
-CHANNEL_CHOICES = ("text", "kv-reuse")
 CHANNEL_HELP = "how agents read each other: text, or kv-reuse (the senders' KV caches, reused)"
 
 
@@ -197,8 +197,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_viz(args: argparse.Namespace) -> int:
-    from kvmesh.topology.draw import read_picture_source, write_picture
-    from kvmesh.topology.report import write_report
+    from kvmesh.topology.draw import write_picture
+    from kvmesh.topology.report import read_picture_source, write_report
 
     if args.output.lower().endswith(".html"):
         print(f"wrote {write_report(args.source, args.output)}")
@@ -209,12 +209,10 @@ def _cmd_viz(args: argparse.Namespace) -> int:
 
 
 def _team_picture(team: Team, result: TeamResult, path: str) -> None:
-    from kvmesh.topology.draw import write_picture
+    from kvmesh.topology.draw import team_picture_options, write_picture
 
     tokens = {key: usage.input_tokens for key, usage in result.usage.per_edge.items()}
-    decision = team.decision.agent.name if team.decision.agent is not None else None
-    roles = {agent.name: agent.role for agent in team.agents}
-    written = write_picture(team.graph, path, roles=roles, decision=decision, tokens=tokens)
+    written = write_picture(team.graph, path, tokens=tokens, **team_picture_options(team))
     print(f"graph picture: {written}", file=sys.stderr)  # stdout may be --json
 
 
@@ -237,7 +235,7 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--rounds", type=int, default=1, help="rounds of communication")
     run.add_argument("--decision", default="decision", choices=METHODS, help="how the final answer is chosen")
     run.add_argument("--spec", help="a YAML or JSON team spec; replaces the team options above")
-    run.add_argument("--channel", default="text", choices=CHANNEL_CHOICES, help=CHANNEL_HELP)
+    run.add_argument("--channel", default="text", choices=RUNNABLE_CHANNELS, help=CHANNEL_HELP)
     run.add_argument("--max-new-tokens", type=int, default=128, help="cap on tokens per agent turn")
     run.add_argument("--temperature", type=float, default=0.0, help="0 for greedy decoding")
     run.add_argument("--token-budget", type=int, default=None, help="cap on tokens for the whole run")
@@ -254,7 +252,7 @@ def make_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--rounds", type=int, default=1, help="rounds of communication")
     evaluate.add_argument("--decision", default="decision", choices=METHODS, help="how the final answer is chosen")
     evaluate.add_argument("--spec", help="a YAML or JSON team spec; replaces the team options above")
-    evaluate.add_argument("--channel", default="text", choices=CHANNEL_CHOICES, help=CHANNEL_HELP)
+    evaluate.add_argument("--channel", default="text", choices=RUNNABLE_CHANNELS, help=CHANNEL_HELP)
     evaluate.add_argument("--split", default="test", help="data split")
     evaluate.add_argument("--limit", type=int, default=None, help="only the first N samples")
     evaluate.add_argument("--seed", type=int, default=0, help="seed for sampling and InfoQA generation")

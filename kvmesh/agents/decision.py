@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kvmesh.agents.agent import Agent
+from kvmesh.agents.graph import RUNNABLE_CHANNELS
 from kvmesh.agents.task import AnswerExtractor
 
 METHODS = ("decision", "majority", "last")
-DECISION_CHANNELS = ("text", "kv-reuse")
 DECISION_NAME = "decision"
 DECISION_SYSTEM = (
     "You are the decision maker of a team of agents. You read their messages, weigh them, and state the single "
@@ -34,8 +34,8 @@ class Decision:
     channel: str = "text"  # how the decision maker reads the agents' replies
 
     def __post_init__(self) -> None:
-        if self.channel not in DECISION_CHANNELS:
-            raise ValueError(f"decision channel must be one of {DECISION_CHANNELS}, got {self.channel!r}")
+        if self.channel not in RUNNABLE_CHANNELS:
+            raise ValueError(f"decision channel must be one of {RUNNABLE_CHANNELS}, got {self.channel!r}")
 
     @classmethod
     def coerce(cls, value: str | Agent | dict | Decision, first_agent: Agent) -> Decision:

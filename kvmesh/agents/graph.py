@@ -19,6 +19,7 @@ import networkx as nx
 SPATIAL, TEMPORAL = "spatial", "temporal"
 EDGE_KINDS = (SPATIAL, TEMPORAL)
 CHANNELS = ("text", "kv-reuse", "kv-select", "c2c")
+RUNNABLE_CHANNELS = ("text", "kv-reuse")  # the channels the runtime runs today
 
 
 class GraphError(ValueError):

@@ -71,6 +71,11 @@ class PromptPlan:
     task_span: tuple[int, int] | None = None
     edge_cached: list[int] | None = None
 
+    @property
+    def reusable(self) -> bool:
+        """A kv-reuse turn with a cached piece: one the reuse engine is asked to assemble."""
+        return self.pieces is not None and any(piece.source is not None for piece in self.pieces)
+
 
 @dataclass(frozen=True)
 class Sections:

@@ -183,14 +183,13 @@ class ReuseChannel:
     def assemble(self, llm: LocalLM, receiver: Hashable, plan: PromptPlan) -> Assembly | None:
         """The turn's prompt cache up to its tail, or None (run it dense) when nothing is cached yet or the
         anchor test refuses."""
-        if not any(piece.source is not None for piece in plan.pieces):
+        if not plan.reusable:
             return None
         return self.engine(llm).assemble(receiver, plan.pieces, spare=0)
 
     def learn(self, llm: LocalLM, receiver: Hashable, plan: PromptPlan, prompt_kv: KVSegment) -> None:
-        """Teach the engine from a dense turn that could have reused (it had a cached piece)."""
-        if any(piece.source is not None for piece in plan.pieces):
-            self.engine(llm).learn(receiver, plan.pieces, prompt_kv)
+        """Teach the engine from a dense turn that could have reused (`plan.reusable`)."""
+        self.engine(llm).learn(receiver, plan.pieces, prompt_kv)
 
     def stats(self) -> dict:
         """Reuse statistics over all models: calls that tried, calls that reused, tokens, anchor memory."""

@@ -164,11 +164,6 @@ def _inbound(team: Team, state: _TaskState, agent: str, round_: Round) -> list[I
     return found
 
 
-def _could_reuse(plan: PromptPlan) -> bool:
-    """A kv-reuse turn with a cached piece: one the reuse engine was asked to assemble."""
-    return plan.pieces is not None and any(piece.source is not None for piece in plan.pieces)
-
-
 def _speaks_kv(team: Team, agent: str, round_: Round) -> bool:
     """Whether a later turn reads this turn's reply over kv-reuse."""
     if round_ == "decision" or not team.reuse.config.replies:
@@ -236,7 +231,7 @@ def _schedule(team: Team, state: _TaskState, agent: Agent, round_: Round, order:
     turn = _Turn(state, agent, round_, plan, max_new, order)
     if plan.pieces is not None:
         turn.assembly = team.reuse.assemble(agent.llm, (agent.name, round_), plan)
-        turn.keep_prompt_kv = turn.assembly is None and (_could_reuse(plan) or "task" not in state.kv)
+        turn.keep_prompt_kv = turn.assembly is None and (plan.reusable or "task" not in state.kv)
         turn.keep_reply_kv = _speaks_kv(team, agent.name, round_)
     state.reserved += turn.reservation if team.token_budget is not None else 0
     for message, tokens in zip(plan.inbound, plan.edge_tokens, strict=True):
@@ -269,7 +264,7 @@ def _keep_caches(team: Team, turn: _Turn, gen: Generation) -> None:
     if gen.prompt_kv is not None:
         if "task" not in state.kv:
             state.kv["task"] = gen.prompt_kv.slice(*turn.plan.task_span).detached()
-        if turn.assembly is None:
+        if turn.assembly is None and turn.plan.reusable:
             team.reuse.learn(turn.agent.llm, (name, turn.round), turn.plan, gen.prompt_kv)
     if gen.reply_kv is not None and turn.keep_reply_kv:
         state.kv[(name, turn.round)] = gen.reply_kv
@@ -301,7 +296,7 @@ def _record(team: Team, turn: _Turn, gen: Generation, started: float) -> AgentFi
             "ttft_s": usage.ttft_s,
             "latency_s": usage.wall_time_s,
             **({"edited_by": edited_by} if edited_by else {}),
-            **({"kv_reuse": "reused" if turn.assembly else "dense"} if _could_reuse(turn.plan) else {}),
+            **({"kv_reuse": "reused" if turn.assembly else "dense"} if turn.plan.reusable else {}),
         },
     )
     state.records.append((turn.order, message))

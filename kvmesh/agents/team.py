@@ -19,14 +19,12 @@ import networkx as nx
 from kvmesh.agents.agent import Agent
 from kvmesh.agents.decision import Decision
 from kvmesh.agents.events import Event, TeamFinished
-from kvmesh.agents.graph import CommGraph, GraphError
+from kvmesh.agents.graph import RUNNABLE_CHANNELS, CommGraph, GraphError
 from kvmesh.agents.result import TeamResult
 from kvmesh.agents.reuse_channel import KV_REUSE, ReuseChannel
 from kvmesh.agents.runtime import execute
 from kvmesh.agents.task import Task
 from kvmesh.kvcomm.reuse import ReuseConfig
-
-AVAILABLE_CHANNELS = ("text", KV_REUSE)
 
 
 class ChannelNotAvailableError(NotImplementedError):
@@ -35,10 +33,10 @@ class ChannelNotAvailableError(NotImplementedError):
 
 def _check_channels(graph: CommGraph) -> None:
     for edge in graph.edges():
-        if edge.channel not in AVAILABLE_CHANNELS:
+        if edge.channel not in RUNNABLE_CHANNELS:
             raise ChannelNotAvailableError(
                 f"edge {edge.source} -> {edge.target} ({edge.kind}) uses channel {edge.channel!r}, which is not "
-                f"available yet; available: {', '.join(AVAILABLE_CHANNELS)}. Set channel='text' on that edge."
+                f"available yet; available: {', '.join(RUNNABLE_CHANNELS)}. Set channel='text' on that edge."
             )
 
 

@@ -21,6 +21,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from kvmesh.agents import TeamFinished
+from kvmesh.agents.graph import RUNNABLE_CHANNELS
 from kvmesh.agents.runtime import execute
 from kvmesh.evals.benchmarks import Sample, make_benchmark
 from kvmesh.evals.jsonl import read_jsonl
@@ -85,8 +86,8 @@ class EvalConfig:
             raise ValueError(f"--limit must be at least 1, got {self.limit}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.channel not in ("text", "kv-reuse"):
-            raise ValueError(f"--channel must be text or kv-reuse, got {self.channel!r}")
+        if self.channel not in RUNNABLE_CHANNELS:
+            raise ValueError(f"--channel must be one of {', '.join(RUNNABLE_CHANNELS)}, got {self.channel!r}")
 
 
 def _versions() -> dict:
@@ -180,8 +181,9 @@ def run_eval(config: EvalConfig, out: str | Path, resume: bool = False, progress
 
 def _write_graph(team, out: str | Path) -> None:
     """graph.json beside the results, for `kvmesh viz RUN`: the graph, the decision maker, each agent's role."""
-    decision = team.decision.agent.name if team.decision.agent is not None else None
-    data = {"graph": team.graph.to_dict(), "decision": decision, "roles": {a.name: a.role for a in team.agents}}
+    from kvmesh.topology.draw import team_picture_options
+
+    data = {"graph": team.graph.to_dict(), **team_picture_options(team)}
     Path(out, "graph.json").write_text(json.dumps(data, indent=2))
 
 

@@ -76,8 +76,8 @@ class ReuseConfig:
     Args:
         gamma: reuse when an anchor's descriptor lies within this distance of the new segment's (in [0, 2]);
             larger reuses more, 0 only for segments seen before. Measured (benchmarks/descriptor_distances.py):
-            texts of one kind lie 0.03-0.23 apart, different kinds 0.46-0.67; replies of one GSM8K role on
-            SmolLM2-135M spread to about 0.3 at the median, so 0.4 reuses those and still refuses other kinds.
+            texts of one kind lie 0.03-0.23 apart, different kinds 0.46-0.67. 0.4 stays below the latter; the
+            GSM8K chain team on SmolLM2-135M reused 55% of its turns at 0.3 and 74% at 0.4 (README).
         max_anchors: anchors kept per (receiver, placeholder).
         min_anchors: dense calls per (receiver, placeholder) before it is reused; more anchors average better.
         max_anchor_tokens: positions of offsets kept per anchor.

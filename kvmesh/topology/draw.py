@@ -13,7 +13,6 @@ Caveat: the layout is by levels, not force-directed, so large graphs get crowded
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -199,6 +198,12 @@ def draw(
 TEXT_FORMATS = {".mmd": to_mermaid, ".dot": to_dot}
 
 
+def team_picture_options(team) -> dict:
+    """The drawing options a `Team` implies: its decision maker's name and each agent's role."""
+    decision = team.decision.agent.name if team.decision.agent is not None else None
+    return {"decision": decision, "roles": {agent.name: agent.role for agent in team.agents}}
+
+
 def write_picture(graph: CommGraph, path: str | Path, **options) -> Path:
     """Write `graph` in the format its suffix names: .png or .svg (a picture), .mmd (Mermaid) or .dot."""
     path = Path(path)
@@ -213,27 +218,3 @@ def write_picture(graph: CommGraph, path: str | Path, **options) -> Path:
         known = ", ".join([*FORMATS, *TEXT_FORMATS])
         raise ValueError(f"cannot tell the format of {path.name!r} from its suffix; use one of {known}")
     return draw(graph, path, **options)
-
-
-def read_picture_source(source: str | Path) -> tuple[CommGraph, dict]:
-    """A graph and drawing options from a graph JSON file (`CommGraph.to_json`, or a run's `graph.json`) or an
-    evaluation run folder (its `graph.json`, with each edge's mean tokens per task from `samples.jsonl`)."""
-    from kvmesh.agents.graph import CommGraph
-
-    source = Path(source)
-    folder = source if source.is_dir() else None
-    file = source / "graph.json" if folder else source
-    if not file.is_file():
-        raise FileNotFoundError(f"{file} does not exist; pass a graph JSON file or a run folder holding graph.json")
-    data = json.loads(file.read_text())
-    graph = CommGraph.from_dict(data.get("graph", data))
-    options = {"decision": data.get("decision"), "roles": data.get("roles")}
-    samples = (folder or file.parent) / "samples.jsonl"
-    if samples.is_file():
-        usages = [json.loads(line).get("usage") for line in samples.read_text().splitlines() if line.strip()]
-        edges = [u["per_edge"] for u in usages if u]
-        if edges:
-            keys = {key for per_edge in edges for key in per_edge}
-            mean = {k: round(sum(e.get(k, {}).get("input_tokens", 0) for e in edges) / len(edges)) for k in keys}
-            options["tokens"] = mean
-    return graph, options

@@ -11,7 +11,9 @@ import json
 import tempfile
 from pathlib import Path
 
-from kvmesh.topology.draw import draw, read_picture_source
+from kvmesh.agents.graph import CommGraph
+from kvmesh.evals.results import read_samples
+from kvmesh.topology.draw import draw
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -35,8 +37,23 @@ def _table(headers: list[str], rows: list[list]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def read_picture_source(source: str | Path) -> tuple[CommGraph, dict]:
+    """A graph and drawing options from a graph JSON file (`CommGraph.to_json`, or a run's `graph.json`) or an
+    evaluation run folder (its `graph.json`, with each edge's mean tokens per task from `samples.jsonl`)."""
+    source = Path(source)
+    file = source / "graph.json" if source.is_dir() else source
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} does not exist; pass a graph JSON file or a run folder holding graph.json")
+    data = json.loads(file.read_text())
+    options = {"decision": data.get("decision"), "roles": data.get("roles")}
+    edges = _mean_usage(read_samples(file.parent), "per_edge")
+    if edges:
+        options["tokens"] = {key: round(tokens) for key, tokens, *_ in edges}
+    return CommGraph.from_dict(data.get("graph", data)), options
+
+
 def _mean_usage(samples: list[dict], part: str) -> list[list]:
-    """Mean input, output and cache-read tokens per task for each agent or edge."""
+    """[key, mean input, output and cache-read tokens per task] for each agent or edge."""
     usages = [s["usage"][part] for s in samples if s.get("usage")]
     keys = sorted({key for usage in usages for key in usage})
     rows = []
@@ -66,9 +83,7 @@ def write_report(source: str | Path, path: str | Path, transcripts: int = 20) ->
         svg = draw(graph, Path(scratch, "graph.svg"), **options).read_text()
     svg = svg[svg.index("<svg") :]  # inline: drop the XML prolog and doctype
     folder = source if source.is_dir() else source.parent
-    samples_file, summary_file = folder / "samples.jsonl", folder / "summary.json"
-    lines = samples_file.read_text().splitlines() if samples_file.is_file() else []
-    samples = [json.loads(line) for line in lines if line.strip()]
+    summary_file, samples = folder / "summary.json", read_samples(folder)
     title = f"kvmesh run: {source.name}"
     body = [f"<h1>{html.escape(title)}</h1>", svg]
     if summary_file.is_file():
