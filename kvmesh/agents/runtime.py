@@ -28,6 +28,10 @@ Finished turns leave their reply cache, and the first one the task's cache, for 
 
 Messages are kept in schedule order (round, level, the team's agent order), not completion order, so
 transcripts and the `last` decision do not depend on which reply happened to be shorter.
+
+Per-task graphs: each task runs on its own `CommGraph` (`Team.graphs_for`: the team's graph, or one a topology
+designer chose for that task; or `graphs=` given to `execute`). A graph may leave agents out: a pruned agent
+has no turn at all, so it makes no model call and the decision maker does not read it.
 """
 
 from __future__ import annotations
@@ -62,22 +66,31 @@ from kvmesh.llm.generation import DecodeBatch, Generation
 
 if TYPE_CHECKING:
     from kvmesh.agents.agent import Agent
+    from kvmesh.agents.graph import CommGraph
     from kvmesh.agents.team import Team
 
 Round = int | str  # an int for agent rounds, "decision" for the decision step
+
+
+@dataclass(frozen=True)
+class _Stage:
+    round: Round
+    agents: list[Agent]
 
 
 @dataclass
 class _TaskState:
     index: int
     task: Task
+    graph: CommGraph  # this task's graph: the team's, or one a designer chose for it
+    stages: list[_Stage]
     usage: UsageReport = field(default_factory=UsageReport)
     replies: dict[tuple[str, Round], str] = field(default_factory=dict)
     spent: int = 0  # tokens used by finished calls
     reserved: int = 0  # tokens promised to calls planned in the current level
     stop_reason: str = "completed"
     skipped: list[tuple[str, Round]] = field(default_factory=list)
-    stage: int = -1  # index into the team's stages
+    stage: int = -1  # index into `stages`
     outstanding: int = 0  # turns of the current stage still generating
     deferred: list[Agent] = field(default_factory=list)  # turns waiting for reservations to settle
     records: list[tuple[tuple[int, int], AIMessage]] = field(default_factory=list)  # (schedule order, reply)
@@ -125,15 +138,9 @@ class _Turn:
         )
 
 
-@dataclass(frozen=True)
-class _Stage:
-    round: Round
-    agents: list[Agent]
-
-
-def _stages(team: Team) -> list[_Stage]:
+def _stages(team: Team, graph: CommGraph) -> list[_Stage]:
     by_name = {agent.name: agent for agent in team.agents}
-    levels = [[by_name[name] for name in level] for level in team.graph.levels()]
+    levels = [[by_name[name] for name in level] for level in graph.levels()]
     stages = [_Stage(r, level) for r in range(team.rounds) for level in levels]
     if team.decision.method == "decision":
         stages.append(_Stage("decision", [team.decision.agent]))
@@ -142,36 +149,36 @@ def _stages(team: Team) -> list[_Stage]:
 
 def _inbound(team: Team, state: _TaskState, agent: str, round_: Round) -> list[Inbound]:
     """Messages this agent reads: spatial predecessors this round, temporal predecessors last round."""
+    graph = state.graph
     if round_ == "decision":
         channel = team.decision.channel
-        last = [(a, state.last_round(a)) for a in team.graph.agents]
+        last = [(a, state.last_round(a)) for a in graph.agents]
         kv = state.kv if channel == KV_REUSE and team.reuse.config.replies else {}
         return [
             Inbound(a, "decision", channel, state.replies[(a, r)], kv.get((a, r))) for a, r in last if r is not None
         ]
     found = []
-    sources = [(SPATIAL, round_, team.graph.predecessors(agent, SPATIAL))]
+    sources = [(SPATIAL, round_, graph.predecessors(agent, SPATIAL))]
     if round_ > 0:
-        sources.append((TEMPORAL, round_ - 1, team.graph.predecessors(agent, TEMPORAL)))
+        sources.append((TEMPORAL, round_ - 1, graph.predecessors(agent, TEMPORAL)))
     for kind, source_round, predecessors in sources:
         for source in predecessors:
             text = state.replies.get((source, source_round))
             if text is not None:
-                channel = team.graph.channel(source, agent, kind)
+                channel = graph.channel(source, agent, kind)
                 reads_kv = channel == KV_REUSE and team.reuse.config.replies
                 kv = state.kv.get((source, source_round)) if reads_kv else None
                 found.append(Inbound(source, kind, channel, text, kv))
     return found
 
 
-def _speaks_kv(team: Team, agent: str, round_: Round) -> bool:
+def _speaks_kv(team: Team, graph: CommGraph, agent: str, round_: Round) -> bool:
     """Whether a later turn reads this turn's reply over kv-reuse."""
     if round_ == "decision" or not team.reuse.config.replies:
         return False
     if team.decision.channel == KV_REUSE and team.decision.method == "decision":
         return True
-    edges = team.graph.edges()
-    return any(e.source == agent and e.channel == KV_REUSE for e in edges)
+    return any(e.source == agent and e.channel == KV_REUSE for e in graph.edges())
 
 
 def _plan_turn(team: Team, state: _TaskState, agent: Agent, round_: Round, inbound: list[Inbound]) -> PromptPlan:
@@ -232,7 +239,7 @@ def _schedule(team: Team, state: _TaskState, agent: Agent, round_: Round, order:
     if plan.pieces is not None:
         turn.assembly = team.reuse.assemble(agent.llm, (agent.name, round_), plan)
         turn.keep_prompt_kv = turn.assembly is None and (plan.reusable or "task" not in state.kv)
-        turn.keep_reply_kv = _speaks_kv(team, agent.name, round_)
+        turn.keep_reply_kv = _speaks_kv(team, state.graph, agent.name, round_)
     state.reserved += turn.reservation if team.token_budget is not None else 0
     for message, tokens in zip(plan.inbound, plan.edge_tokens, strict=True):
         edge_round = round_ if message.kind != TEMPORAL else round_ - 1
@@ -345,8 +352,9 @@ def _schedule_turns(
                 yield item
 
 
-def _advance(team: Team, state: _TaskState, stages: list[_Stage], batches: _Batches, started: float):
+def _advance(team: Team, state: _TaskState, batches: _Batches, started: float):
     """Move a task whose current turns are done on: deferred turns first, then the next stage with work."""
+    stages = state.stages
     while state.outstanding == 0:
         if state.deferred:  # reservations have settled: plan the waiting turns again
             waiting, state.deferred = state.deferred, []
@@ -374,7 +382,7 @@ def _answer(team: Team, state: _TaskState) -> str | None:
         if reply is not None:
             return reply
     elif method == "majority":
-        replies = [(a, state.last_reply(a)) for a in team.graph.agents]
+        replies = [(a, state.last_reply(a)) for a in state.graph.agents]
         winner = majority_reply([(a, t) for a, t in replies if t is not None], state.task.extract_answer)
         if winner is not None:
             return winner
@@ -394,7 +402,7 @@ def _result(team: Team, state: _TaskState, elapsed: float) -> TeamResult:
         answer=_answer(team, state),
         messages=_messages(state),
         usage=state.usage,
-        graph=team.graph,
+        graph=state.graph,
         stop_reason=state.stop_reason,
         skipped=state.skipped,
     )
@@ -412,19 +420,31 @@ def _check_reuse_models(team: Team) -> None:
             ) from error
 
 
-def execute(team: Team, tasks: Sequence[Task]) -> Iterator[Event]:
-    """Run `team` on `tasks` together, yielding events; each task ends with its TeamFinished."""
+def execute(team: Team, tasks: Sequence[Task], graphs: Sequence[CommGraph] | None = None) -> Iterator[Event]:
+    """Run `team` on `tasks` together, yielding events; each task ends with its TeamFinished.
+
+    `graphs`: one graph per task (checked by `Team.check_graph`); default `team.graphs_for(tasks)`.
+    """
     started = time.perf_counter()
-    stages = _stages(team)
+    if graphs is None:
+        graphs = team.graphs_for(tasks)
+    elif len(graphs) != len(tasks):
+        raise ValueError(f"got {len(graphs)} graphs for {len(tasks)} tasks; give one graph per task")
     if team.uses_kv_reuse:
         _check_reuse_models(team)
-    states = [_TaskState(i, task) for i, task in enumerate(tasks)]
+    stages: dict[int, list[_Stage]] = {}  # by graph identity: tasks sharing a graph share its stages
+    states = []
+    for i, (task, graph) in enumerate(zip(tasks, graphs, strict=True)):
+        if id(graph) not in stages:
+            team.check_graph(graph)
+            stages[id(graph)] = _stages(team, graph)
+        states.append(_TaskState(i, task, graph, stages[id(graph)]))
     batches = _Batches(team.seed)
     for state in states:
-        yield from _advance(team, state, stages, batches, started)
+        yield from _advance(team, state, batches, started)
     while running := batches.busy():
         for batch in running:
             for turn, generation in batch.step():
                 yield _record(team, turn, generation, started)
                 turn.state.outstanding -= 1
-                yield from _advance(team, turn.state, stages, batches, started)
+                yield from _advance(team, turn.state, batches, started)

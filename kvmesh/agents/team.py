@@ -4,6 +4,7 @@ team = Team([Agent("solver"), Agent("critic")], graph="chain", rounds=2)
 result = team.run("What is 17 * 3?")
 for event in team.stream(task): ...
 results = team.run_batch(tasks)          # one batched model call per level, across tasks
+designed = designer.compile(team, trainset, valset)   # a team whose graph is chosen per task (kvmesh.topology)
 
 Channels: `text` and `kv-reuse` run (`kvmesh.agents.reuse_channel`); a kv-reuse edge must join agents on the
 same model, since a cache means something only to the model that made it.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import networkx as nx
 
@@ -25,6 +27,12 @@ from kvmesh.agents.reuse_channel import KV_REUSE, ReuseChannel
 from kvmesh.agents.runtime import execute
 from kvmesh.agents.task import Task
 from kvmesh.kvcomm.reuse import ReuseConfig
+
+
+class GraphDesigner(Protocol):
+    """Anything that chooses each task's graph: `kvmesh.topology` designers implement it."""
+
+    def design_batch(self, tasks: Sequence[Task]) -> list[CommGraph]: ...
 
 
 class ChannelNotAvailableError(NotImplementedError):
@@ -70,6 +78,8 @@ class Team:
         seed: seeds sampling for agents with temperature > 0.
         reuse: settings of the kv-reuse engines (`ReuseConfig`); used only when an edge or the decision
             uses the `kv-reuse` channel. The engines and their anchors live as long as the team.
+        designer: chooses a graph per task (a `kvmesh.topology` designer, usually set by its `compile`);
+            `graph` is then the candidate graph it chooses from, and the one drawn as "before".
     """
 
     def __init__(
@@ -81,6 +91,7 @@ class Team:
         token_budget: int | None = None,
         seed: int | None = None,
         reuse: ReuseConfig | dict | None = None,
+        designer: GraphDesigner | None = None,
     ) -> None:
         agents = list(agents)
         if not agents:
@@ -109,6 +120,9 @@ class Team:
                 raise ValueError(f"unknown reuse settings {sorted(unknown)}; see kvmesh.kvcomm.ReuseConfig")
             reuse = ReuseConfig(**reuse)
         self.reuse = ReuseChannel(reuse)
+        if designer is not None and not callable(getattr(designer, "design_batch", None)):
+            raise TypeError(f"designer must have a design_batch(tasks) method, got {type(designer).__name__}")
+        self.designer = designer
 
     @property
     def uses_kv_reuse(self) -> bool:
@@ -135,6 +149,48 @@ class Team:
     def agent_names(self) -> list[str]:
         return [a.name for a in self.agents]
 
+    def with_graph(self, graph: CommGraph | nx.DiGraph | str, designer: GraphDesigner | None = None) -> Team:
+        """A team like this one (the same agent objects, settings and reuse config) on another graph."""
+        return Team(
+            self.agents,
+            graph,
+            self.rounds,
+            self.decision,
+            self.token_budget,
+            self.seed,
+            self.reuse.config,
+            designer,
+        )
+
+    # --- per-task graphs ---------------------------------------------------------------------------------------
+
+    def graphs_for(self, tasks: Sequence[Task]) -> list[CommGraph]:
+        """Each task's graph: the designer's choice, or the team's graph."""
+        if self.designer is None:
+            return [self.graph] * len(tasks)
+        graphs = self.designer.design_batch(tasks)
+        if len(graphs) != len(tasks):
+            raise ValueError(f"the designer returned {len(graphs)} graphs for {len(tasks)} tasks")
+        return graphs
+
+    def check_graph(self, graph: CommGraph) -> None:
+        """A per-task graph must use some of this team's agents, runnable channels, and kv-reuse only on a team
+        that set its engines up (an edge or the decision on kv-reuse in the team's own graph)."""
+        if graph is self.graph:
+            return
+        if not isinstance(graph, CommGraph):
+            raise TypeError(f"a task's graph must be a CommGraph, got {type(graph).__name__}")
+        unknown = sorted(set(graph.agents) - set(self.agent_names))
+        if unknown:
+            raise GraphError(f"a task's graph names agents the team does not have: {unknown}; team: {self.agent_names}")
+        _check_channels(graph)
+        if KV_REUSE in graph.channels() and not self.uses_kv_reuse:
+            raise GraphError(
+                "a task's graph has kv-reuse edges but the team's own graph has none; put the team on kv-reuse "
+                "(graph.with_channel('kv-reuse')) so its engines exist"
+            )
+        _check_kv_models({a.name: a for a in self.agents}, graph, self.decision)
+
     # --- running -----------------------------------------------------------------------------------------------
 
     def _prepare(self, tasks: Sequence[Task | str]) -> list[Task]:
@@ -150,18 +206,29 @@ class Team:
     def run(self, task: Task | str) -> TeamResult:
         return self.run_batch([task])[0]
 
-    def run_batch(self, tasks: Sequence[Task | str], batch_size: int | None = None) -> list[TeamResult]:
-        """Run many tasks, batching each level's model calls across tasks (`batch_size` tasks at a time)."""
+    def run_batch(
+        self,
+        tasks: Sequence[Task | str],
+        batch_size: int | None = None,
+        graphs: Sequence[CommGraph] | None = None,
+    ) -> list[TeamResult]:
+        """Run many tasks, batching each level's model calls across tasks (`batch_size` tasks at a time).
+
+        `graphs`: one graph per task instead of `graphs_for` (a designer's training samples, for instance).
+        """
         if batch_size is not None and (
             isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
         ):
             raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
         prepared = self._prepare(tasks)
+        if graphs is not None and len(graphs) != len(prepared):
+            raise ValueError(f"got {len(graphs)} graphs for {len(prepared)} tasks; give one graph per task")
         size = batch_size or max(len(prepared), 1)
         results: list[TeamResult] = []
         for start in range(0, len(prepared), size):
             chunk = prepared[start : start + size]
-            finished = [e for e in execute(self, chunk) if isinstance(e, TeamFinished)]
+            chunk_graphs = None if graphs is None else graphs[start : start + size]
+            finished = [e for e in execute(self, chunk, chunk_graphs) if isinstance(e, TeamFinished)]
             results.extend(e.result for e in sorted(finished, key=lambda e: e.task_index))  # input order
         return results
 
