@@ -14,7 +14,7 @@ import torch
 from common import emit
 
 from kvmesh import load_model
-from kvmesh.kvcomm.cache import new_cache
+from kvmesh.kvcomm.cache import cache_argument, new_cache
 
 
 @torch.inference_mode()
@@ -24,14 +24,20 @@ def measure(model, batch: int, prompt_tokens: int, steps: int = 8) -> tuple[floa
     ids = torch.randint(100, 1000, (batch, prompt_tokens), generator=generator)
     cache = new_cache(model.config)
     start = time.perf_counter()
-    model(input_ids=ids, past_key_values=cache, logits_to_keep=1)
+    model(input_ids=ids, logits_to_keep=1, **cache_argument(model, cache))
     prefill = time.perf_counter() - start
     token = ids[:, -1:]
     start = time.perf_counter()
     for step in range(steps):
         mask = torch.ones(batch, prompt_tokens + 1 + step, dtype=torch.long)
         positions = torch.full((batch, 1), prompt_tokens + step)
-        model(input_ids=token, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=1)
+        model(
+            input_ids=token,
+            attention_mask=mask,
+            position_ids=positions,
+            logits_to_keep=1,
+            **cache_argument(model, cache),
+        )
     return prefill, (time.perf_counter() - start) / steps
 
 

@@ -14,6 +14,8 @@ to one padded prefill (those models keep transformers' own layers).
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -72,6 +74,17 @@ class GrowingLayer(DynamicLayer):
         self.value_buffer = self.value_buffer[..., columns:, :]
         self.length -= columns
         self._expose()
+
+
+@functools.cache
+def _cache_keyword(model_class: type) -> str:
+    parameters = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def cache_argument(model, cache: DynamicCache) -> dict:
+    """The forward keyword for a cache: `cache` in newer transformers 5.x, `past_key_values` before it."""
+    return {_cache_keyword(type(model)): cache}
 
 
 def _has_sliding_layers(cache: DynamicCache) -> bool:

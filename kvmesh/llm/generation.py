@@ -29,7 +29,15 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from kvmesh.kvcomm.cache import can_merge, new_cache, read_columns, select_rows, stack_left_padded, trim_left
+from kvmesh.kvcomm.cache import (
+    cache_argument,
+    can_merge,
+    new_cache,
+    read_columns,
+    select_rows,
+    stack_left_padded,
+    trim_left,
+)
 from kvmesh.kvcomm.segment import KVSegment
 
 MAX_PADDING = 0.10  # a prefill bucket may pad at most this share of its real tokens
@@ -195,8 +203,8 @@ class BatchDecoder:
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
+            **cache_argument(self.model, cache),
             logits_to_keep=1,
         )
         return out.logits[:, -1, :]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from kvmesh.kvcomm.cache import new_cache
+from kvmesh.kvcomm.cache import cache_argument, new_cache
 from kvmesh.llm import onednn as onednn_module
 from kvmesh.llm.chat import ChatFormat
 from kvmesh.llm.generation import BatchDecoder, DecodeBatch, Generation, GenerationRequest, normalize_stop
@@ -166,7 +166,8 @@ class LocalLM:
         ids = self.encode_prompt(text_or_ids) if isinstance(text_or_ids, str) else list(text_or_ids)
         cache = new_cache(self.model.config) if cache is None else cache
         input_ids = torch.tensor([ids], device=self.device)
-        logits = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **cache_argument(self.model, cache))
+        logits = out.logits
         return Prefill(token_ids=ids, cache=cache, next_token_logits=logits[0, -1])
 
 

@@ -7,7 +7,7 @@ from kvmesh import Agent, ChannelNotAvailableError, CommGraph, ReuseConfig, Task
 from kvmesh.agents.graph import Edge
 from kvmesh.agents.prompts import Inbound, plan_prompt
 from kvmesh.agents.reuse_channel import plan_pieces
-from kvmesh.kvcomm.cache import new_cache, read_columns
+from kvmesh.kvcomm.cache import cache_argument, new_cache, read_columns
 from kvmesh.kvcomm.segment import KVSegment
 
 TASK = Task(
@@ -26,7 +26,7 @@ def team_of(model, channel="kv-reuse", reuse=None, max_new_tokens=8, names=("a",
 def encoded(model, ids):
     cache = new_cache(model.model.config)
     with torch.inference_mode():
-        model.model(input_ids=torch.tensor([ids]), past_key_values=cache)
+        model.model(input_ids=torch.tensor([ids]), **cache_argument(model.model, cache))
     return KVSegment(*read_columns(cache, 0, 0, len(ids)), 0, tuple(ids))
 
 

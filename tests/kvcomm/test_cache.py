@@ -1,16 +1,24 @@
 import torch
 from transformers import DynamicCache
 
-from kvmesh.kvcomm.cache import GrowingLayer, can_merge, new_cache, select_rows, stack_left_padded, trim_left
+from kvmesh.kvcomm.cache import (
+    GrowingLayer,
+    cache_argument,
+    can_merge,
+    new_cache,
+    select_rows,
+    stack_left_padded,
+    trim_left,
+)
 
 
 def _decode(model, cache, ids, steps=6):
     """Prefill `ids` into `cache`, then greedy-decode `steps` tokens; returns every step's logits."""
     with torch.inference_mode():
-        logits = [model(input_ids=ids, past_key_values=cache, logits_to_keep=1).logits[:, -1]]
+        logits = [model(input_ids=ids, **cache_argument(model, cache), logits_to_keep=1).logits[:, -1]]
         for _ in range(steps):
             token = logits[-1].argmax(-1, keepdim=True)
-            logits.append(model(input_ids=token, past_key_values=cache, logits_to_keep=1).logits[:, -1])
+            logits.append(model(input_ids=token, **cache_argument(model, cache), logits_to_keep=1).logits[:, -1])
     return torch.stack(logits)
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kvmesh.kvcomm.benchmark import KVReuseBenchConfig, run_benchmark
-from kvmesh.kvcomm.cache import new_cache, read_columns
+from kvmesh.kvcomm.cache import cache_argument, new_cache, read_columns
 from kvmesh.kvcomm.reuse import Piece, ReuseConfig, ReuseEngine
 from kvmesh.kvcomm.rope import UnsupportedModelError
 from kvmesh.kvcomm.segment import KVSegment
@@ -18,7 +18,7 @@ def dense(model, ids):
     """(next-token logits, prompt cache as a segment) of a dense prefill."""
     cache = new_cache(model.config)
     with torch.inference_mode():
-        logits = model(input_ids=torch.tensor([list(ids)]), past_key_values=cache).logits[0, -1]
+        logits = model(input_ids=torch.tensor([list(ids)]), **cache_argument(model, cache)).logits[0, -1]
     return logits, KVSegment(*read_columns(cache, 0, 0, len(ids)), 0, tuple(ids))
 
 
@@ -27,7 +27,7 @@ def finish(model, assembly):
     start = assembly.length
     positions = torch.arange(start, start + len(assembly.rest))[None]
     with torch.inference_mode():
-        out = model(input_ids=torch.tensor([assembly.rest]), past_key_values=cache, position_ids=positions)
+        out = model(input_ids=torch.tensor([assembly.rest]), position_ids=positions, **cache_argument(model, cache))
     return out.logits[0, -1]
 
 

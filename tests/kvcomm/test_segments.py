@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from kvmesh.kvcomm.cache import cache_from_kv, new_cache, read_columns
+from kvmesh.kvcomm.cache import cache_argument, cache_from_kv, new_cache, read_columns
 from kvmesh.kvcomm.rope import Rope, UnsupportedModelError
 from kvmesh.kvcomm.segment import KVSegment
 
@@ -14,7 +14,7 @@ def encode(model, ids, start=0, cache=None):
     cache = cache if cache is not None else new_cache(model.config)
     positions = torch.arange(start, start + len(ids))[None]
     with torch.inference_mode():
-        out = model(input_ids=torch.tensor([ids]), past_key_values=cache, position_ids=positions)
+        out = model(input_ids=torch.tensor([ids]), position_ids=positions, **cache_argument(model, cache))
     return out.logits[0, -1], cache
 
 
