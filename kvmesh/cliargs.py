@@ -21,7 +21,16 @@ import typing
 
 
 def field_help(cls) -> dict[str, str]:
-    """{field: help} parsed from the "Args:" section of `cls.__doc__` (continuation lines joined)."""
+    """{field: help} parsed from the "Args:" sections of `cls.__doc__` and its dataclass bases' (continuation
+    lines joined; a subclass's entry overrides its base's)."""
+    helps: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            helps |= _own_field_help(klass)
+    return helps
+
+
+def _own_field_help(cls) -> dict[str, str]:
     doc = cls.__doc__ or ""
     if "Args:" not in doc:
         return {}

@@ -58,6 +58,9 @@ class EvalConfig:
         shards: InfoQA only: "own" (each agent its shard), "all" (everyone reads all) or "none".
         channel: how agents read each other (ignored with spec): text, or kv-reuse (every edge and the decision
             maker read the senders' KV caches through the reuse engine).
+        designer: a saved topology designer (`kvmesh design train` writes one): the team it was trained
+            with, each task on the graph it designs; replaces spec and the team options. Samples it
+            trained or validated on are left out.
     """
 
     benchmark: str
@@ -78,6 +81,7 @@ class EvalConfig:
     completions: str | None = None
     shards: str = "own"
     channel: str = "text"
+    designer: str | None = None
 
     def __post_init__(self) -> None:
         if self.oracle and self.completions:
@@ -88,6 +92,8 @@ class EvalConfig:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.channel not in RUNNABLE_CHANNELS:
             raise ValueError(f"--channel must be one of {', '.join(RUNNABLE_CHANNELS)}, got {self.channel!r}")
+        if self.designer and self.spec:
+            raise ValueError("use either --designer or --spec: a designer brings the team it was trained with")
 
 
 def _versions() -> dict:
@@ -116,7 +122,7 @@ def _load_completions(path: str, known: set[str]) -> dict[str, str]:
     return answers
 
 
-def _sample_line(sample: Sample, answer: str, score, result=None) -> dict:
+def _sample_line(sample: Sample, answer: str, score, result=None, designed: bool = False) -> dict:
     line = {
         "id": sample.id,
         "gold": sample.gold,
@@ -128,6 +134,8 @@ def _sample_line(sample: Sample, answer: str, score, result=None) -> dict:
     if result is not None:
         data = result.to_dict()
         line |= {key: data[key] for key in ("messages", "usage", "stop_reason")}
+        if designed:
+            line["graph"] = data["graph"]
     return line
 
 
@@ -136,7 +144,12 @@ def run_eval(config: EvalConfig, out: str | Path, resume: bool = False, progress
     benchmark = make_benchmark(
         config.benchmark, config.data_path, config.seed, config.allow_code_execution, config.shards
     )
-    samples = benchmark.samples(config.split)[: config.limit]
+    samples = benchmark.samples(config.split)
+    seen = _designer_seen_ids(config.designer)
+    excluded = sum(1 for s in samples if s.id in seen)
+    samples = [s for s in samples if s.id not in seen][: config.limit]
+    if excluded:
+        log.info("left out %d samples the designer trained or validated on", excluded)
     by_id = {s.id: s for s in samples}
     started = time.perf_counter()
     team = None
@@ -163,7 +176,8 @@ def run_eval(config: EvalConfig, out: str | Path, resume: bool = False, progress
                 for event in execute(team, [s.task for s in chunk]):
                     if isinstance(event, TeamFinished):
                         sample, answer = chunk[event.task_index], event.result.answer or ""
-                        line = _sample_line(sample, answer, benchmark.score(sample, answer), event.result)
+                        score = benchmark.score(sample, answer)
+                        line = _sample_line(sample, answer, score, event.result, team.designer is not None)
                         store.add(line)
                         if bar:
                             bar.tick(line)
@@ -175,8 +189,22 @@ def run_eval(config: EvalConfig, out: str | Path, resume: bool = False, progress
         earlier = json.loads(previous.read_text()).get("seconds") or 0.0
     engine = team.reuse.stats() if team is not None and team.uses_kv_reuse else None
     summary = summarize(out, config, earlier + time.perf_counter() - started, engine)
+    if config.designer:
+        summary["excluded_seen"] = excluded
     Path(out, "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _designer_seen_ids(path: str | None) -> set[str]:
+    """Ids a saved designer trained or validated on (read from its folder without loading it)."""
+    if not path:
+        return set()
+    from kvmesh.topology.designer import DESIGNER_FILE
+
+    file = Path(path, DESIGNER_FILE)
+    if not file.is_file():
+        raise FileNotFoundError(f"--designer {path}: no saved designer there ({DESIGNER_FILE} is missing)")
+    return set(json.loads(file.read_text()).get("seen_ids", []))
 
 
 def _write_graph(team, out: str | Path) -> None:
@@ -190,7 +218,11 @@ def _write_graph(team, out: str | Path) -> None:
 def _team(config: EvalConfig):
     from kvmesh.agents import Team
 
-    if config.spec:
+    if config.designer:
+        from kvmesh.topology import load_designer
+
+        team = load_designer(config.designer).apply()
+    elif config.spec:
         team = Team.from_spec(config.spec)
     else:
         team = benchmark_team(

@@ -1,6 +1,40 @@
-"""Topologies: named presets, pictures and text exports (`draw.py`); learned designers come next."""
+"""Topologies: presets, pictures and exports, and designers that learn each task's graph and prune it.
 
+Designers (`designer.compile(team, trainset, valset) -> Team`, `design(task) -> CommGraph`, save/load):
+- `edge-logits` (`EdgeLogitsDesigner`): a logit per candidate edge, REINFORCE, magnitude pruning; one graph.
+- `gdesigner` (`GDesigner`): a variational GNN over agents and a task node; a graph per task.
+- `agp` (`AGP`): G-Designer plus agent pruning; a pruned agent makes no model call.
+"""
+
+from kvmesh.topology.agp import AGP, AGPConfig
+from kvmesh.topology.designer import Designer, DesignerConfig
 from kvmesh.topology.draw import draw, to_dot, to_mermaid
+from kvmesh.topology.edge_logits import EdgeLogitsConfig, EdgeLogitsDesigner
+from kvmesh.topology.gdesigner import GDesigner, GDesignerConfig
 from kvmesh.topology.presets import PRESETS, build_preset
 
-__all__ = ["PRESETS", "build_preset", "draw", "to_dot", "to_mermaid"]
+DESIGNERS: dict[str, type[Designer]] = {cls.kind: cls for cls in (EdgeLogitsDesigner, GDesigner, AGP)}
+
+
+def load_designer(path, team=None) -> Designer:
+    """A saved designer (`designer.save(path)`), bound to `team` or to the team saved with it."""
+    return Designer.load(path, team)
+
+
+__all__ = [
+    "AGP",
+    "DESIGNERS",
+    "PRESETS",
+    "AGPConfig",
+    "Designer",
+    "DesignerConfig",
+    "EdgeLogitsConfig",
+    "EdgeLogitsDesigner",
+    "GDesigner",
+    "GDesignerConfig",
+    "build_preset",
+    "draw",
+    "load_designer",
+    "to_dot",
+    "to_mermaid",
+]

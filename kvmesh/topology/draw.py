@@ -5,6 +5,8 @@ Conventions shared by every format:
     temporal edges    dashed, curved arrows (round r -> round r + 1)
     decision node     a distinct shape at the right; every agent feeds it (drawn only when `decision` is named)
     pruned edges      candidate edges a designer removed: dotted and faint, so before/after reads at a glance
+    pruned agents     agents a designer left out (`pruned_agents`): faint, dashed outline, no arrow to the decision
+    notes             an optional line under a node's name (`notes`), e.g. how often a designer kept it
     weights           edge width (and a label) from `Edge.weight`, e.g. a designer's edge probability
     tokens            optional per-edge token counts from a run, keyed like `UsageReport.per_edge`
 
@@ -36,6 +38,11 @@ def _text(name: str) -> str:
     return name.replace("\\", "/").replace('"', "'")
 
 
+def _node_label(name: str, notes: Mapping[str, str] | None) -> str:
+    note = (notes or {}).get(name)
+    return f"{name}\n{note}" if note else name
+
+
 def _label(edge: Edge, tokens: Mapping[str, int] | None) -> str:
     parts = []
     if edge.weight is not None:
@@ -50,11 +57,14 @@ def to_mermaid(
     decision: str | None = None,
     pruned: Iterable[Edge] = (),
     tokens: Mapping[str, int] | None = None,
+    pruned_agents: Iterable[str] = (),
+    notes: Mapping[str, str] | None = None,
 ) -> str:
     """A Mermaid flowchart: `-->` spatial, `-.->` temporal, a dotted line without arrow head for pruned edges."""
     lines = ["flowchart LR"]
+    dropped = set(pruned_agents)
     for name in graph.agents:
-        lines.append(f'    {_node_id(name)}["{_text(name)}"]')
+        lines.append(f'    {_node_id(name)}["{_text(_node_label(name, notes)).replace(chr(10), "<br/>")}"]')
     if decision:
         lines.append(f'    {_node_id(decision)}{{{{"{_text(decision)}"}}}}')
     for edge in graph.edges():
@@ -66,7 +76,11 @@ def to_mermaid(
         lines.append(f"    {_node_id(edge.source)} -. pruned .- {_node_id(edge.target)}")
     if decision:
         for name in graph.agents:
-            lines.append(f"    {_node_id(name)} --> {_node_id(decision)}")
+            if name not in dropped:
+                lines.append(f"    {_node_id(name)} --> {_node_id(decision)}")
+    if dropped:
+        lines.append("    classDef pruned stroke-dasharray: 4 4,opacity:0.45")
+        lines.append(f"    class {','.join(_node_id(n) for n in graph.agents if n in dropped)} pruned")
     return "\n".join(lines) + "\n"
 
 
@@ -75,11 +89,16 @@ def to_dot(
     decision: str | None = None,
     pruned: Iterable[Edge] = (),
     tokens: Mapping[str, int] | None = None,
+    pruned_agents: Iterable[str] = (),
+    notes: Mapping[str, str] | None = None,
 ) -> str:
     """A Graphviz digraph: temporal edges dashed (not used for ranking), pruned ones dotted grey."""
     lines = ["digraph team {", "    rankdir=LR;", "    node [shape=box, style=rounded];"]
+    dropped = set(pruned_agents)
     for name in graph.agents:
-        lines.append(f'    {_node_id(name)} [label="{_text(name)}"];')
+        style = ', style="rounded,dashed", color=gray60, fontcolor=gray50' if name in dropped else ""
+        label = _text(_node_label(name, notes)).replace("\n", "\\n")
+        lines.append(f'    {_node_id(name)} [label="{label}"{style}];')
     if decision:
         lines.append(f'    {_node_id(decision)} [label="{_text(decision)}", shape=doubleoctagon];')
     for edge in graph.edges():
@@ -95,7 +114,8 @@ def to_dot(
         )
     if decision:
         for name in graph.agents:
-            lines.append(f"    {_node_id(name)} -> {_node_id(decision)} [color=gray40];")
+            if name not in dropped:
+                lines.append(f"    {_node_id(name)} -> {_node_id(decision)} [color=gray40];")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -120,6 +140,8 @@ def draw(
     pruned: Iterable[Edge] = (),
     tokens: Mapping[str, int] | None = None,
     title: str | None = None,
+    pruned_agents: Iterable[str] = (),
+    notes: Mapping[str, str] | None = None,
 ) -> Path:
     """Write the graph as PNG or SVG (by suffix); nodes coloured by `roles` (agent -> role). Returns the path."""
     path = Path(path)
@@ -166,14 +188,18 @@ def draw(
         if label := _label(edge, tokens):
             (x0, y0), (x1, y1) = positions[edge.source], positions[edge.target]
             axes.annotate(label, ((x0 + x1) / 2, (y0 + y1) / 2 + 0.08), fontsize=7, ha="center", color="0.25")
+    dropped = set(pruned_agents)
     if decision:
         for name in graph.agents:
-            arrow(name, decision, color="0.55", linewidth=0.8)
+            if name not in dropped:
+                arrow(name, decision, color="0.55", linewidth=0.8)
     for name in graph.agents:
         x, y = positions[name]
         colour = role_colour[roles.get(name, name)]
-        axes.scatter([x], [y], s=1400, color=colour, edgecolors="black", zorder=3)
-        axes.annotate(name, (x, y - 0.32), ha="center", va="top", fontsize=8)
+        faint = {"alpha": 0.3, "linestyles": "--"} if name in dropped else {}
+        axes.scatter([x], [y], s=1400, color=colour, edgecolors="black", zorder=3, **faint)
+        label = _node_label(name, notes) + (" (pruned)" if name in dropped else "")
+        axes.annotate(label, (x, y - 0.32), ha="center", va="top", fontsize=8, alpha=0.5 if name in dropped else 1)
     if decision:
         x, y = positions[decision]
         axes.scatter([x], [y], s=1600, marker="h", color="gold", edgecolors="black", zorder=3)

@@ -1,6 +1,10 @@
 """Pictures and exports of a graph: PNG and SVG files open, DOT parses, Mermaid holds every node and edge."""
 
+import json
+import shutil
+import subprocess
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import matplotlib.image
 import pydot
@@ -70,3 +74,58 @@ def test_the_html_report_of_a_run_needs_no_network(tmp_path):
     assert page.count("<details>") == 3  # one transcript per task
     assert not re.search(r"<script|<link|<img|<iframe|src=|url\((?!#)", page)  # url(#clip) stays inside
     assert all(ref.startswith("#") for ref in re.findall(r'href="([^"]*)"', page))  # only links inside the page
+
+
+MERMAID = Path(__file__).parents[1] / "mermaid"
+
+
+def mermaid_parse(tmp_path, texts: dict[str, str]) -> dict[str, dict]:
+    """Parse with Mermaid's own parser (Node.js, installed by `make setup` into tests/mermaid)."""
+    if shutil.which("node") is None or not (MERMAID / "node_modules" / "mermaid").is_dir():
+        pytest.skip("Mermaid's parser needs Node.js and `make setup` (npm ci in tests/mermaid)")
+    files = []
+    for name, text in texts.items():
+        files.append(tmp_path / f"{name}.mmd")
+        files[-1].write_text(text)
+    done = subprocess.run(
+        ["node", str(MERMAID / "parse.mjs"), *map(str, files)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return {Path(row["file"]).stem: row for row in map(json.loads, done.stdout.splitlines())}
+
+
+def test_mermaid_exports_parse_with_mermaid_itself(tmp_path):
+    odd = CommGraph(['agent "one"', "agent-2", "3rd agent"], [('agent "one"', "agent-2", "spatial", "text", 0.5)])
+    texts = {
+        "plain": GRAPH.to_mermaid(),
+        "full": GRAPH.to_mermaid(decision="decision", pruned=PRUNED, tokens=TOKENS),
+        "designed": GRAPH.to_mermaid(
+            decision="decision", pruned_agents=["judge"], notes={"solver": "runs in 90%", "judge": "runs in 0%"}
+        ),
+        "odd": odd.to_mermaid(decision="the decision"),
+        "broken": "flowchart LR\n    a -->\n",  # the parser must be able to say no
+    }
+    parsed = mermaid_parse(tmp_path, texts)
+    assert {name: row["ok"] for name, row in parsed.items()} == {
+        "plain": True,
+        "full": True,
+        "designed": True,
+        "odd": True,
+        "broken": False,
+    }, parsed
+    assert parsed["full"]["type"].startswith("flowchart")
+
+
+def test_pruned_agents_are_drawn_faint_and_skip_the_decision(tmp_path):
+    options = {"decision": "decision", "pruned_agents": ["judge"], "notes": {"judge": "runs in 0%"}}
+    dot = GRAPH.to_dot(**options)
+    (parsed,) = pydot.graph_from_dot_data(dot)
+    judge = next(n for n in parsed.get_nodes() if n.get_name() == "n_judge")
+    assert "dashed" in judge.get("style") and judge.get("label") == '"judge\\nruns in 0%"'
+    into_decision = [e.get_source() for e in parsed.get_edges() if e.get_destination() == "n_decision"]
+    assert sorted(into_decision) == ["n_critic", "n_solver"]
+    text = GRAPH.to_mermaid(**options)
+    assert "    class n_judge pruned" in text and "n_judge --> n_decision" not in text
+    assert '    n_judge["judge<br/>runs in 0%"]' in text
+    png = GRAPH.draw(tmp_path / "pruned.png", **options)
+    assert matplotlib.image.imread(png).ndim == 3

@@ -1,0 +1,280 @@
+"""The designer contract, in the style of DSPy optimizers, and what every designer shares.
+
+    designer = GDesigner(GDesignerConfig(steps=24), metric=score)    # metric(example, TeamResult) -> [0, 1]
+    designed = designer.compile(team, trainset, valset)             # a Team whose graph is chosen per task
+    designed.run(task); designer.design(task) -> CommGraph          # deterministic at evaluation
+    designer.save("runs/agp/designer"); Designer.load("runs/agp/designer").apply(team)
+
+A designer binds to a team: its agents (in order), its rounds and its channel fix the candidate edges
+(`kvmesh.topology.candidates`), and the team's own graph is the "before" picture and the anchor topology.
+Examples in `trainset`/`valset` are `Task`s or objects with a `.task` (benchmark samples); the metric gets
+the example back with the team's result.
+
+Training maximises utility = score − λ·tokens / normaliser, where tokens are the team's prompt and completion
+tokens for that task, counted by the model's tokenizer (`kvmesh.topology.training`). A saved designer is a
+folder: `designer.json` (kind, config, the team spec, the ids it trained and validated on, training figures)
+and `weights.pt`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from kvmesh.agents import CommGraph, Task, Team
+from kvmesh.agents.graph import TEMPORAL
+from kvmesh.topology.candidates import Candidates, Sampled, sample_design, threshold_design
+
+Metric = Callable[[Any, Any], float]  # (example, TeamResult) -> score in [0, 1]
+DESIGNER_FILE, WEIGHTS_FILE = "designer.json", "weights.pt"
+
+
+@dataclass
+class DesignerConfig:
+    """Training settings every designer shares.
+
+    Args:
+        steps: REINFORCE updates; each samples one graph per task of a batch and runs them all in one
+            batched pass.
+        batch_size: training tasks per update.
+        lr: Adam learning rate.
+        token_weight: λ in utility = score − λ·tokens / token_normalizer.
+        token_normalizer: tokens per task that cost λ; 0 measures it as the mean tokens of the team's own
+            graph on the first training batch.
+        eval_every: validate the evaluation graph every this many updates and after the last; the best
+            validation utility is kept.
+        threshold: probability above which the evaluation graph keeps an edge (or an agent).
+        seed: seeds graph sampling and the order of training tasks.
+    """
+
+    steps: int = 24
+    batch_size: int = 16
+    lr: float = 0.01
+    token_weight: float = 0.5
+    token_normalizer: float = 0.0
+    eval_every: int = 8
+    threshold: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "eval_every", "batch_size"):
+            minimum = 0 if name == "steps" else 1
+            if getattr(self, name) < minimum:
+                raise ValueError(f"{name} must be at least {minimum}, got {getattr(self, name)}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.token_weight < 0 or self.token_normalizer < 0:
+            raise ValueError("token_weight and token_normalizer must be >= 0")
+
+
+@dataclass
+class Probabilities:
+    """One forward pass for B tasks: spatial (B, E), temporal (B, T), keep (B, N) or None, and whatever the
+    designer's regularisers need (`extra`)."""
+
+    spatial: torch.Tensor
+    temporal: torch.Tensor
+    keep: torch.Tensor | None = None
+    extra: Any = None
+
+
+def example_task(example) -> Task:
+    task = example if isinstance(example, Task) else getattr(example, "task", None)
+    if not isinstance(task, Task):
+        raise TypeError(f"a training example is a Task or has a .task Task, got {type(example).__name__}")
+    return task
+
+
+def example_id(example, index: int) -> str:
+    task = example_task(example)
+    return str(getattr(example, "id", None) or task.id or index)
+
+
+class Designer:
+    """Base class: subclasses set `kind` and `config_class`, and implement `_build` and `probabilities`."""
+
+    kind: ClassVar[str] = ""
+    config_class: ClassVar[type[DesignerConfig]] = DesignerConfig
+    per_task: ClassVar[bool] = True  # False: one graph for every task (the team gets it as its graph)
+    prunes_agents: ClassVar[bool] = False  # True: a task's graph may leave agents out
+
+    def __init__(self, config: DesignerConfig | None = None, metric: Metric | None = None) -> None:
+        if config is not None and not isinstance(config, self.config_class):
+            raise TypeError(f"{self.kind} takes a {self.config_class.__name__}, got {type(config).__name__}")
+        self.config = config or self.config_class()
+        self.metric = metric
+        self.module: torch.nn.Module | None = None
+        self.candidates: Candidates | None = None
+        self.team: Team | None = None
+        self.seen_ids: list[str] = []
+        self.training: dict = {}  # figures from compile: seconds, normaliser, validation, history
+        self.path: Path | None = None
+
+    # --- binding -----------------------------------------------------------------------------------------------
+
+    def bind(self, team: Team) -> None:
+        """Fix the candidates from `team` and build the parameters (once; a second team must match)."""
+        if self.candidates is not None:
+            if tuple(team.agent_names) != self.candidates.agents:
+                raise ValueError(
+                    f"this {self.kind} designer was built for agents {list(self.candidates.agents)}, "
+                    f"not {team.agent_names}"
+                )
+            self.team = self.team or team
+            return
+        channels = team.graph.channels() or {"text"}
+        if len(channels) > 1:
+            raise ValueError(
+                f"designers put every edge on one channel; the team's graph mixes {sorted(channels)}. "
+                "Use graph.with_channel(...) first."
+            )
+        self.candidates = Candidates.build(team.agent_names, team.rounds, next(iter(channels)))
+        self.team = team
+        torch.manual_seed(self.config.seed)  # reproducible initial weights
+        self._build(team)
+
+    def _build(self, team: Team) -> None:
+        raise NotImplementedError
+
+    def probabilities(self, tasks: Sequence[Task], noise: torch.Generator | None = None) -> Probabilities:
+        """Edge (and keep) probabilities for `tasks`; `noise` draws a designer's random parts (training)."""
+        raise NotImplementedError
+
+    def anchor_pairs(self, team: Team) -> list[tuple[int, int]]:
+        """The team's own spatial edges as index pairs (the anchor topology)."""
+        index = {name: i for i, name in enumerate(team.agent_names)}
+        return [(index[e.source], index[e.target]) for e in team.graph.edges() if e.kind != TEMPORAL]
+
+    # --- designing ---------------------------------------------------------------------------------------------
+
+    def _require_bound(self) -> Candidates:
+        if self.candidates is None:
+            raise RuntimeError(f"this {self.kind} designer is not bound to a team: compile it or load a saved one")
+        return self.candidates
+
+    def sample_batch(self, tasks: Sequence[Task], generator: torch.Generator) -> tuple[list[Sampled], Probabilities]:
+        """One sampled graph per task (spatial DAGs), with log-probabilities that carry gradients."""
+        candidates = self._require_bound()
+        self.module.train()
+        probs = self.probabilities(tasks, noise=generator)
+        keep = probs.keep if probs.keep is not None else [None] * len(tasks)
+        samples = [
+            sample_design(candidates, probs.spatial[b], probs.temporal[b], generator, keep[b])
+            for b in range(len(tasks))
+        ]
+        return samples, probs
+
+    @torch.no_grad()
+    def design_batch(self, tasks: Sequence[Task]) -> list[CommGraph]:
+        """The deterministic evaluation graph of each task."""
+        candidates = self._require_bound()
+        self.module.eval()
+        probs = self.probabilities(tasks)
+        keep = probs.keep if probs.keep is not None else [None] * len(tasks)
+        threshold = self.config.threshold
+        return [
+            threshold_design(candidates, probs.spatial[b], probs.temporal[b], threshold, keep[b])
+            for b in range(len(tasks))
+        ]
+
+    def design(self, task: Task | str) -> CommGraph:
+        return self.design_batch([Task.coerce(task)])[0]
+
+    # --- training hooks ----------------------------------------------------------------------------------------
+
+    def regularizers(self, probs: Probabilities) -> dict[str, torch.Tensor]:
+        """Extra loss terms, already weighted (name -> scalar)."""
+        return {}
+
+    def advantages(self, utilities: torch.Tensor) -> torch.Tensor:
+        """Utility minus a baseline: the batch mean by default."""
+        return utilities - utilities.mean()
+
+    def after_update(self, step: int) -> None:
+        """Called after each optimiser step (AgentPrune prunes here)."""
+
+    def extra_state(self) -> dict:
+        """State beyond the module's weights that training and saving must keep."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def compile(
+        self,
+        team: Team,
+        trainset: Sequence,
+        valset: Sequence = (),
+        metric: Metric | None = None,
+        out: str | Path | None = None,
+        resume: bool = False,
+        progress: bool = True,
+    ) -> Team:
+        """Train on `trainset`, keep the version that does best on `valset`, return the designed team.
+        `out`: a folder for checkpoints (every update) so that `resume=True` continues a killed run."""
+        from kvmesh.topology.training import reinforce
+
+        self.bind(team)
+        reinforce(self, team, trainset, valset, self._metric(metric), out, resume, progress)
+        return self.apply(team)
+
+    def _metric(self, metric: Metric | None) -> Metric:
+        metric = metric or self.metric
+        if metric is None:
+            raise ValueError("compile needs a metric(example, result) -> float, given here or to the designer")
+        return metric
+
+    def apply(self, team: Team | None = None) -> Team:
+        """`team` (default: the one bound) with this designer choosing its graph."""
+        team = team or self.team
+        self.bind(team)
+        if not self.per_task:
+            return team.with_graph(self.design_batch([Task("fixed graph")])[0])
+        return team.with_graph(team.graph, designer=self)
+
+    # --- saving ------------------------------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        self._require_bound()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        data = {
+            "kind": self.kind,
+            "config": asdict(self.config),
+            "team": self.team.to_spec(),
+            "seen_ids": self.seen_ids,
+            "training": self.training,
+            "extra": self.extra_state(),
+        }
+        torch.save(self.module.state_dict(), path / WEIGHTS_FILE)
+        (path / DESIGNER_FILE).write_text(json.dumps(data, indent=2))
+        self.path = path
+        return path
+
+    @staticmethod
+    def load(path: str | Path, team: Team | None = None) -> Designer:
+        """A saved designer, bound to `team` or to the team rebuilt from its saved spec."""
+        from kvmesh.topology import DESIGNERS
+
+        path = Path(path)
+        if not (path / DESIGNER_FILE).is_file():
+            raise FileNotFoundError(f"{path} holds no saved designer ({DESIGNER_FILE} is missing)")
+        data = json.loads((path / DESIGNER_FILE).read_text())
+        if data.get("kind") not in DESIGNERS:
+            raise ValueError(f"{path}: unknown designer kind {data.get('kind')!r}; known: {sorted(DESIGNERS)}")
+        cls = DESIGNERS[data["kind"]]
+        known = {f.name for f in fields(cls.config_class)}
+        designer = cls(cls.config_class(**{k: v for k, v in data["config"].items() if k in known}))
+        saved_agents = [agent["name"] for agent in data["team"]["agents"]]
+        if team is not None and team.agent_names != saved_agents:
+            raise ValueError(f"{path}: this designer was built for agents {saved_agents}, not {team.agent_names}")
+        designer.bind(team or Team.from_spec(data["team"]))
+        designer.module.load_state_dict(torch.load(path / WEIGHTS_FILE, weights_only=True))
+        designer.load_extra_state(data.get("extra") or {})
+        designer.seen_ids, designer.training, designer.path = data["seen_ids"], data.get("training", {}), path
+        return designer

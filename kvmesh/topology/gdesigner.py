@@ -1,0 +1,93 @@
+"""`gdesigner`: G-Designer, a variational graph encoder that designs each task's graph.
+
+Node features come from the packaged MiniLM (`kvmesh.topology.features`: role profile, private notes, task,
+relevance); a task virtual node joins every agent; two torch-geometric GCN layers and MLPs give a latent per
+node; edge logits are decoded from pairs of latents (`kvmesh.topology.gnn`). Training is REINFORCE with a
+batch-mean baseline on utility = score − λ·tokens / normaliser, plus
+
+    sparsity   w_s · mean edge probability                      (fewer messages)
+    KL         w_kl · KL(q(z | x) || N(0, I))                    (the variational encoder's prior)
+    anchor     w_a · BCE(edge probabilities, the team's graph)   (stay near the topology the user gave)
+
+Every module trains. Spatial graphs are sampled as DAGs; evaluation is deterministic (the latent mean,
+thresholded probabilities), so a task always gets the same graph.
+
+Caveat: like G-Designer, it removes edges, not agents: every agent still runs (see `agp` for that).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from kvmesh.agents import Task, Team
+from kvmesh.topology.designer import Designer, DesignerConfig, Probabilities
+from kvmesh.topology.features import EXTRA_FEATURES, NodeFeatures
+from kvmesh.topology.gnn import DesignerNet, DesignerOutput
+
+
+@dataclass
+class GDesignerConfig(DesignerConfig):
+    """Settings of the G-Designer GNN.
+
+    Args:
+        hidden: width of the GCN layers.
+        latent: width of each node's latent.
+        sparsity_weight: weight of the mean edge probability in the loss.
+        kl_weight: weight of the KL term of the variational encoder.
+        anchor_weight: weight of the BCE between edge probabilities and the team's own graph.
+        encoder: sentence encoder for node features: minilm (packaged), a folder or a Hugging Face id.
+    """
+
+    hidden: int = 64
+    latent: int = 32
+    sparsity_weight: float = 0.1
+    kl_weight: float = 0.01
+    anchor_weight: float = 0.05
+    encoder: str = "minilm"
+
+
+class GDesigner(Designer):
+    kind = "gdesigner"
+    config_class = GDesignerConfig
+
+    def _build(self, team: Team) -> None:
+        from kvmesh.llm.embedding import load_encoder
+
+        config: GDesignerConfig = self.config
+        self.features = NodeFeatures(load_encoder(config.encoder), team.agents)  # the encoder caches by text
+        anchor = self.anchor_pairs(team)
+        self.module = DesignerNet(
+            self.features.dim,
+            len(team.agents),
+            self.candidates.spatial,
+            self.candidates.temporal,
+            anchor,
+            config.hidden,
+            config.latent,
+            keep_head=self.prunes_agents,
+            scalars=EXTRA_FEATURES,
+        )
+        anchored = set(anchor)
+        self.anchor_target = torch.tensor([float(pair in anchored) for pair in self.candidates.spatial])
+
+    def probabilities(self, tasks: Sequence[Task], noise: torch.Generator | None = None) -> Probabilities:
+        return self.from_output(self.module(self.features(tasks), noise))
+
+    @staticmethod
+    def from_output(output: DesignerOutput) -> Probabilities:
+        keep = torch.sigmoid(output.keep) if output.keep is not None else None
+        return Probabilities(torch.sigmoid(output.spatial), torch.sigmoid(output.temporal), keep, output)
+
+    def regularizers(self, probs: Probabilities) -> dict[str, torch.Tensor]:
+        config: GDesignerConfig = self.config
+        edges = torch.cat([probs.spatial, probs.temporal], dim=-1)
+        target = self.anchor_target.expand_as(probs.spatial)
+        anchor = torch.nn.functional.binary_cross_entropy(probs.spatial.clamp(1e-6, 1 - 1e-6), target)
+        return {
+            "sparsity": config.sparsity_weight * edges.mean(),
+            "kl": config.kl_weight * probs.extra.kl(),
+            "anchor": config.anchor_weight * anchor,
+        }

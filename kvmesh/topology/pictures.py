@@ -1,0 +1,77 @@
+"""Before and after pictures of a designer: the team's graph against the graphs the designer chose.
+
+`before.png` is the team's own graph (the candidate the designer starts from and its anchor). `after.png`
+summarises the designer's choices over a set of tasks (usually validation tasks): an edge is drawn when the
+designer chose it for at least half of them, its width the share of tasks; the team's edges it dropped are
+dotted; an agent kept for fewer than half of them is drawn as pruned, and every agent's note says how often it
+ran. A fixed-graph designer's after picture is simply its graph. Per-task designers also get `example.png`,
+one task's graph. Each picture has a Mermaid twin (`.mmd`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kvmesh.agents import CommGraph, Task
+from kvmesh.agents.graph import SPATIAL, TEMPORAL, Edge
+from kvmesh.topology.candidates import dag_choices
+from kvmesh.topology.draw import team_picture_options, write_picture
+
+if TYPE_CHECKING:
+    from kvmesh.topology.designer import Designer
+
+
+def _dropped(before: CommGraph, after: CommGraph) -> list[Edge]:
+    kept = {(e.source, e.target, e.kind) for e in after.edges()}
+    return [e for e in before.edges() if (e.source, e.target, e.kind) not in kept]
+
+
+def summary_graph(designer: Designer, graphs: Sequence[CommGraph]) -> tuple[CommGraph, dict[str, float]]:
+    """(the majority graph over every agent, with edge weights = share of tasks; each agent's kept share)."""
+    candidates = designer.candidates
+    names = candidates.agents
+    n = max(len(graphs), 1)
+    kept = {a: sum(a in g.agents for g in graphs) / n for a in names}
+    edges = []
+    for kind, pairs in ((SPATIAL, candidates.spatial), (TEMPORAL, candidates.temporal)):
+        chosen = [graph.edge_set(kind) for graph in graphs]
+        share = [sum((names[i], names[j]) in c for c in chosen) / n for i, j in pairs]
+        order = sorted(range(len(pairs)), key=lambda e: -share[e])
+        if kind == SPATIAL:
+            taken, _ = dag_choices(pairs, order, lambda e, share=share: share[e] >= 0.5)
+        else:
+            taken = [s >= 0.5 for s in share]
+        for e, (i, j) in enumerate(pairs):
+            if taken[e]:
+                edges.append(Edge(names[i], names[j], kind, candidates.channel, round(share[e], 3)))
+    return CommGraph(list(names), edges), kept
+
+
+def write_design_pictures(designer: Designer, tasks: Sequence[Task], folder: str | Path) -> list[Path]:
+    """before/after (and for per-task designers an example task) as PNG and Mermaid under `folder`."""
+    folder = Path(folder)
+    team = designer.team
+    options = team_picture_options(team)
+    graphs = designer.design_batch(list(tasks)) if tasks else designer.design_batch([Task("fixed graph")])
+    written = []
+    before_title = f"before: the team's graph ({len(team.graph.edges())} edges)"
+    for suffix in (".png", ".mmd"):
+        written.append(write_picture(team.graph, folder / f"before{suffix}", title=before_title, **options))
+    after, kept = summary_graph(designer, graphs)
+    pruned_agents = [a for a, share in kept.items() if share < 0.5]
+    notes = {a: f"runs in {share:.0%}" for a, share in kept.items()} if designer.prunes_agents else None
+    where = f"{len(graphs)} tasks" if designer.per_task else "every task"
+    after_title = f"after: {designer.kind}, {where}"
+    extra = {"pruned": _dropped(team.graph, after), "pruned_agents": pruned_agents, "notes": notes}
+    for suffix in (".png", ".mmd"):
+        written.append(write_picture(after, folder / f"after{suffix}", title=after_title, **options, **extra))
+    if designer.per_task and tasks:
+        first = graphs[0]
+        shown = CommGraph(list(team.agent_names), first.edges())
+        missing = [a for a in team.agent_names if a not in first.agents]
+        title = f"{designer.kind} on task {tasks[0].id or 0}"
+        extra = {"pruned": _dropped(team.graph, first), "pruned_agents": missing}
+        written.append(write_picture(shown, folder / "example.png", title=title, **options, **extra))
+    return written

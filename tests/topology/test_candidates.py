@@ -1,0 +1,86 @@
+"""Candidate edges, sampled designs and thresholded designs: always DAGs, exact log-probabilities."""
+
+import math
+
+import networkx as nx
+import pytest
+import torch
+
+from kvmesh import CommGraph
+from kvmesh.topology.candidates import Candidates, bernoulli_log_prob, sample_design, threshold_design
+from kvmesh.topology.presets import PRESETS
+
+NAMES = ["a", "b", "c", "d", "e"]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_are_dags_over_spatial_edges(preset):
+    graph = CommGraph.preset(preset, NAMES)
+    assert nx.is_directed_acyclic_graph(graph.spatial)
+
+
+def test_candidates_are_every_ordered_pair_and_temporal_only_across_rounds():
+    one, two = Candidates.build(NAMES[:3]), Candidates.build(NAMES[:3], rounds=2)
+    assert len(one.spatial) == 6 and ("a", "a") not in {(one.agents[i], one.agents[j]) for i, j in one.spatial}
+    assert one.temporal == () and len(two.temporal) == 9  # self-loops carry an agent's own last reply
+
+
+def test_sampled_designs_are_dags_with_kept_agents_only():
+    candidates = Candidates.build(NAMES, rounds=2)
+    generator = torch.Generator().manual_seed(0)
+    sizes = set()
+    for _ in range(200):
+        spatial = torch.rand(len(candidates.spatial), generator=generator)
+        temporal = torch.rand(len(candidates.temporal), generator=generator)
+        keep = torch.rand(len(NAMES), generator=generator)
+        sampled = sample_design(candidates, spatial, temporal, generator, keep)
+        graph = sampled.graph
+        assert nx.is_directed_acyclic_graph(graph.spatial)  # CommGraph would also have refused a cycle
+        assert graph.agents and set(graph.agents) <= set(NAMES)
+        assert graph.agents == [a for a in NAMES if a in graph.agents]  # the team's order is kept
+        sizes.add(len(graph.agents))
+        for edge in graph.edges():
+            assert edge.source in graph.agents and edge.target in graph.agents
+    assert sizes == {1, 2, 3, 4, 5}
+
+
+def test_log_prob_is_that_of_the_choices_made_in_the_visiting_order():
+    """Two agents: a->b (p 0.8) and b->a (p 0.3). An edge visited after its reverse was taken is no choice."""
+    candidates = Candidates.build(["a", "b"])  # pairs: a->b, b->a
+    spatial = torch.tensor([0.8, 0.3], requires_grad=True)
+    generator = torch.Generator().manual_seed(1)
+    log = math.log
+    allowed = {
+        (): {round(log(0.2) + log(0.7), 6)},
+        (("a", "b"),): {round(log(0.8), 6), round(log(0.7) + log(0.8), 6)},  # b->a skipped, or visited first
+        (("b", "a"),): {round(log(0.3), 6), round(log(0.2) + log(0.3), 6)},
+    }
+    seen = set()
+    for _ in range(300):
+        sampled = sample_design(candidates, spatial, torch.zeros(0), generator)
+        edges = tuple(sorted(sampled.graph.edge_set()))
+        value = round(sampled.log_prob.item(), 6)
+        assert value in allowed[edges], (edges, value)
+        seen.add((edges, value))
+    assert len(seen) == 5  # every outcome in every visiting order turned up
+    sampled.log_prob.backward()
+    assert spatial.grad is not None and spatial.grad.abs().sum() > 0
+
+
+def test_bernoulli_log_prob_is_exact():
+    probs = torch.tensor([0.9, 0.2, 0.5])
+    value = bernoulli_log_prob(probs, torch.tensor([True, False, True]), torch.tensor([True, True, False]))
+    assert value.item() == pytest.approx(math.log(0.9) + math.log(0.8))
+
+
+def test_threshold_design_is_deterministic_and_prefers_the_likelier_direction():
+    candidates = Candidates.build(["a", "b", "c"])  # pairs: ab ac ba bc ca cb
+    spatial = torch.tensor([0.9, 0.2, 0.8, 0.7, 0.6, 0.1])
+    graph = threshold_design(candidates, spatial, torch.zeros(0))
+    assert graph.edge_set() == {("a", "b"), ("b", "c")}  # b->a would close a->b; c->a would close a->b->c
+    assert graph == threshold_design(candidates, spatial, torch.zeros(0))
+    assert {e.weight for e in graph.edges()} == {0.9, 0.7}
+    pruned = threshold_design(candidates, spatial, torch.zeros(0), keep_probs=torch.tensor([0.1, 0.9, 0.95]))
+    assert pruned.agents == ["b", "c"] and pruned.edge_set() == {("b", "c")}
+    nobody = threshold_design(candidates, spatial, torch.zeros(0), keep_probs=torch.tensor([0.1, 0.3, 0.2]))
+    assert nobody.agents == ["b"]  # at least the likeliest agent runs

@@ -1,0 +1,209 @@
+"""Designers on a real team (tiny random Llama) with the packaged MiniLM: gradients, determinism, pruning,
+saving, training with checkpoints and exact resume."""
+
+import pytest
+import torch
+
+from kvmesh import Agent, CommGraph, Task, Team
+from kvmesh.evals import infoqa
+from kvmesh.topology import (
+    AGP,
+    DESIGNERS,
+    AGPConfig,
+    EdgeLogitsConfig,
+    EdgeLogitsDesigner,
+    GDesigner,
+    GDesignerConfig,
+    load_designer,
+)
+from kvmesh.topology.training import policy_loss, rollouts
+
+SMALL = {
+    "edge-logits": EdgeLogitsConfig(steps=4, batch_size=2, eval_every=2, prune_every=2, pruning_rate=0.5),
+    "gdesigner": GDesignerConfig(steps=4, batch_size=2, eval_every=2, hidden=16, latent=8),
+    "agp": AGPConfig(batch_size=4, mining_samples=2, fit_epochs=10, hidden=16, latent=8),
+}
+
+
+def make_team(rounds=1):
+    agents = [Agent(f"agent_{i}", "team member", model="tiny-random", max_new_tokens=3) for i in (1, 2, 3)]
+    return Team(agents, "complete", rounds=rounds)
+
+
+def tasks(split, count):
+    return [Task(t.question, id=t.id, shards=t.shards) for t in infoqa.generate(count, split)]
+
+
+def fewer_calls(example, result) -> float:
+    """A real, graph-dependent score for plumbing tests: 1 when the team made at most two model calls."""
+    return float(result.usage.total.calls <= 2)
+
+
+@pytest.mark.parametrize("kind", list(DESIGNERS))
+def test_gradients_reach_every_trainable_parameter(kind, tiny):
+    team = make_team(rounds=2)  # temporal candidates, so every head exists
+    designer = DESIGNERS[kind](SMALL[kind])
+    designer.bind(team)
+    batch = tasks("train", 4)
+    samples, probs = designer.sample_batch(batch, torch.Generator().manual_seed(0))
+    scored = rollouts(team, batch, [s.graph for s in samples], fewer_calls)
+    utilities = torch.tensor([score - 0.5 * tokens / 500 for score, tokens, _ in scored])
+    assert utilities.std() > 0  # different graphs cost different tokens
+    loss, _ = policy_loss(designer, samples, probs, utilities)
+    loss.backward()
+    for name, parameter in designer.module.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_agp_fit_loss_reaches_every_parameter(tiny):
+    designer = AGP(SMALL["agp"])
+    designer.bind(make_team(rounds=2))
+    probs = designer.probabilities(tasks("train", 4), noise=torch.Generator().manual_seed(0))
+    keep = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    spatial, temporal = (torch.rand(4, 6) > 0.5).float(), (torch.rand(4, 9) > 0.5).float()
+    sum(designer.fit_loss(probs, keep, spatial, temporal).values()).backward()
+    for name, parameter in designer.module.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("kind", ["gdesigner", "agp"])
+def test_evaluation_graphs_are_deterministic_and_independent_of_the_batch(kind, tiny):
+    designer = DESIGNERS[kind](SMALL[kind])
+    designer.bind(make_team())
+    batch = tasks("validation", 5)
+    first = designer.design_batch(batch)
+    assert first == designer.design_batch(batch)
+    assert [designer.design(t) for t in batch] == first
+    designer.sample_batch(batch, torch.Generator().manual_seed(0))
+    assert first == designer.design_batch(batch)  # sampling in between changes nothing
+
+
+def test_a_pruned_agent_makes_no_model_call(tiny):
+    team = make_team()
+    designer = AGP(SMALL["agp"])
+    designer.bind(team)
+    designed = designer.apply(team)
+    last = designer.module.keep[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(-20.0)  # every keep probability ~0: only the likeliest agent runs
+    (task,) = tasks("test", 1)
+    result = designed.run(task)
+    (kept,) = result.graph.agents
+    assert [m.name for m in result.messages] == [kept, "decision"]
+    assert set(result.usage.per_agent) == {kept, "decision"} and result.usage.total.calls == 2
+    with torch.no_grad():
+        last.bias.fill_(20.0)
+    assert designed.run(task).usage.total.calls == 4  # everyone runs again
+
+
+def test_edge_logits_prunes_by_magnitude_and_compiles_to_a_fixed_graph(tiny):
+    team = make_team()
+    designer = EdgeLogitsDesigner(SMALL["edge-logits"], metric=fewer_calls)
+    designed = designer.compile(team, tasks("train", 4), tasks("validation", 2), progress=False)
+    module = designer.module
+    assert int(module.spatial_mask.sum()) == 2  # 6 edges, half pruned at updates 2 and 4: 6 -> 3 -> 2
+    spatial, _ = module.probabilities()
+    assert torch.all(spatial[~module.spatial_mask] == 0)
+    assert designed.designer is None and designed.graph == designer.design(Task("any"))
+    pruned_pairs = {designer.candidates.spatial[e] for e in (~module.spatial_mask).nonzero().flatten().tolist()}
+    samples, _ = designer.sample_batch(tasks("train", 8), torch.Generator().manual_seed(3))
+    names = designer.candidates.agents
+    for sample in samples:
+        assert not {(names.index(e.source), names.index(e.target)) for e in sample.graph.edges()} & pruned_pairs
+
+
+@pytest.mark.parametrize("kind", list(DESIGNERS))
+def test_save_and_load_round_trip(kind, tiny, tmp_path):
+    team = make_team()
+    designer = DESIGNERS[kind](SMALL[kind], metric=lambda example, result: float(result.messages[0].name < "agent_3"))
+    designer.compile(team, tasks("train", 4), tasks("validation", 2), progress=False)
+    designer.save(tmp_path / kind)
+    loaded = load_designer(tmp_path / kind)  # rebuilds the team from the saved spec
+    batch = tasks("test", 4)
+    assert loaded.design_batch(batch) == designer.design_batch(batch)
+    assert loaded.seen_ids == designer.seen_ids and len(loaded.seen_ids) == 6
+    assert loaded.training == designer.training and loaded.config == designer.config
+    for (name, a), b in zip(designer.module.state_dict().items(), loaded.module.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    other = Team([Agent(n, model="tiny-random") for n in ("x", "y")], "chain")
+    with pytest.raises(ValueError, match="built for agents"):
+        load_designer(tmp_path / kind, other)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def interrupting(after: int):
+    """The plumbing metric, raising on its `after`-th call (a killed run)."""
+    calls = {"n": 0}
+
+    def metric(example, result):
+        calls["n"] += 1
+        if calls["n"] == after:
+            raise Interrupt
+        return fewer_calls(example, result)
+
+    return metric
+
+
+def test_reinforce_resumes_exactly_where_it_stopped(tiny, tmp_path):
+    train, val = tasks("train", 4), tasks("validation", 2)
+    whole = GDesigner(SMALL["gdesigner"], metric=fewer_calls)
+    whole.compile(make_team(), train, val, out=tmp_path / "whole", progress=False)
+
+    cut = GDesigner(SMALL["gdesigner"], metric=interrupting(after=2 + 2 + 2 + 2 + 1))  # normaliser, 2 updates, val
+    with pytest.raises(Interrupt):
+        cut.compile(make_team(), train, val, out=tmp_path / "cut", progress=False)
+    with pytest.raises(FileExistsError, match="resume"):
+        GDesigner(SMALL["gdesigner"], metric=fewer_calls).compile(make_team(), train, val, out=tmp_path / "cut")
+    resumed = GDesigner(SMALL["gdesigner"], metric=fewer_calls)
+    resumed.compile(make_team(), train, val, out=tmp_path / "cut", resume=True, progress=False)
+
+    history = resumed.training["reinforce"]["history"]
+    assert [h["step"] for h in history] == [1, 2, 3, 4]
+    assert history == whole.training["reinforce"]["history"]
+    for a, b in zip(whole.module.state_dict().values(), resumed.module.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="another designer or configuration"):
+        other = GDesigner(GDesignerConfig(steps=5, batch_size=2, hidden=16, latent=8), metric=fewer_calls)
+        other.compile(make_team(), train, val, out=tmp_path / "cut", resume=True, progress=False)
+
+
+def test_agp_mining_survives_a_kill_and_fits_the_mined_graphs(tiny, tmp_path):
+    train = tasks("train", 8)
+    config = SMALL["agp"]
+    whole = AGP(config, metric=fewer_calls)
+    whole.compile(make_team(), train, out=tmp_path / "whole", progress=False)
+    cut = AGP(config, metric=interrupting(after=20))  # during the second batch of four tasks
+    with pytest.raises(Interrupt):
+        cut.compile(make_team(), train, out=tmp_path / "cut", progress=False)
+    resumed = AGP(config, metric=fewer_calls)
+    resumed.compile(make_team(), train, out=tmp_path / "cut", resume=True, progress=False)
+    from kvmesh.evals.results import read_samples
+
+    mined = {row["id"]: row for row in read_samples(tmp_path / "cut" / "mining")}
+    assert sorted(mined) == sorted(t.id for t in train)  # every task once, none lost, none twice
+    assert mined == {row["id"]: row for row in read_samples(tmp_path / "whole" / "mining")}
+    # graphs of at most two calls (one agent and the decision) score 1, so the best mined graphs keep one agent
+    assert all(len(row["graphs"][row["best"]]["agents"]) == 1 for row in mined.values() if row["best"] is not None)
+    assert resumed.training["fit"]["solved"] == whole.training["fit"]["solved"] > 0
+
+
+def test_bad_settings_and_misuse_get_clear_errors(tiny):
+    with pytest.raises(ValueError, match="threshold"):
+        GDesignerConfig(threshold=1.5)
+    with pytest.raises(TypeError, match="takes a AGPConfig"):
+        AGP(GDesignerConfig())
+    with pytest.raises(RuntimeError, match="not bound"):
+        GDesigner().design(Task("Q?"))
+    with pytest.raises(ValueError, match="needs a metric"):
+        GDesigner(SMALL["gdesigner"]).compile(make_team(), tasks("train", 2))
+    mixed = make_team().with_graph(
+        CommGraph(
+            ["agent_1", "agent_2", "agent_3"], [("agent_1", "agent_2"), ("agent_2", "agent_3", "spatial", "kv-reuse")]
+        )
+    )
+    with pytest.raises(ValueError, match="mixes"):
+        GDesigner(SMALL["gdesigner"]).bind(mixed)
