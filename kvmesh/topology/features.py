@@ -7,8 +7,9 @@ For agent i on a task (D = the sentence encoder's width, 384 for MiniLM):
 and for the task node `[ 0 | 0 | e(task) | 0 | 0 | 0 | 1 ]`, so F = 3·D + 4. `profile_i` is the agent's role
 and system prompt; `notes_i` its private shard of the task, if any; `task` the question with its shared
 context. `relevance` is the best cosine between the task and any one sentence of the notes: a whole-shard
-embedding averages the one fact that matters with its distractors (on InfoQA validation tasks, the shard with
-the best whole-shard cosine is the one holding the answer 81% of the time; the best sentence, every time).
+embedding averages the one fact that matters with its distractors (`python benchmarks/designer_features.py`:
+on 200 InfoQA validation tasks the agent ranked first by whole-shard cosine holds the answer 85.5% of the time,
+by best sentence 100%).
 
 Caveat: the designer reads the task and the agents' notes as embeddings only; its own cost (a few
 milliseconds of MiniLM per task on a CPU) is not counted as LLM tokens.

@@ -2,10 +2,11 @@
 
 `before.png` is the team's own graph (the candidate the designer starts from and its anchor). `after.png`
 summarises the designer's choices over a set of tasks (usually validation tasks): an edge is drawn when the
-designer chose it for at least half of them, its width the share of tasks; the team's edges it dropped are
-dotted; an agent kept for fewer than half of them is drawn as pruned, and every agent's note says how often it
-ran. A fixed-graph designer's after picture is simply its graph. Per-task designers also get `example.png`,
-one task's graph. Each picture has a Mermaid twin (`.mmd`).
+designer chose it for at least half of them, its width the share of tasks; the team's edges it dropped are dotted;
+an agent kept for fewer than half of them is drawn as pruned, and when some agent was left out of some task, every
+agent's note says in what share of tasks it ran (`kvmesh viz` draws a designer's evaluation run the same way, from
+the graphs saved with its samples). A fixed-graph designer's after picture is simply its graph. Per-task designers
+also get `example.png`, one task's graph. Each picture has a Mermaid twin (`.mmd`).
 """
 
 from __future__ import annotations
@@ -16,21 +17,25 @@ from typing import TYPE_CHECKING
 
 from kvmesh.agents import CommGraph, Task
 from kvmesh.agents.graph import SPATIAL, TEMPORAL, Edge
-from kvmesh.topology.candidates import dag_choices
+from kvmesh.topology.candidates import Candidates, dag_choices
 from kvmesh.topology.draw import team_picture_options, write_picture
 
 if TYPE_CHECKING:
     from kvmesh.topology.designer import Designer
 
 
-def _dropped(before: CommGraph, after: CommGraph) -> list[Edge]:
+def dropped_edges(before: CommGraph, after: CommGraph) -> list[Edge]:
+    """Edges of `before` that `after` does not have (drawn dotted)."""
     kept = {(e.source, e.target, e.kind) for e in after.edges()}
     return [e for e in before.edges() if (e.source, e.target, e.kind) not in kept]
 
 
-def summary_graph(designer: Designer, graphs: Sequence[CommGraph]) -> tuple[CommGraph, dict[str, float]]:
-    """(the majority graph over every agent, with edge weights = share of tasks; each agent's kept share)."""
-    candidates = designer.candidates
+def summary_graph(agents: Sequence[str], graphs: Sequence[CommGraph]) -> tuple[CommGraph, dict[str, float]]:
+    """(the majority graph over `agents`, edge weights = share of `graphs` holding the edge; each agent's share
+    of graphs it is in). Spatial edges are added by falling share while they stay acyclic."""
+    rounds = 2 if any(graph.edges(TEMPORAL) for graph in graphs) else 1
+    channels = {e.channel for graph in graphs for e in graph.edges()} or {"text"}
+    candidates = Candidates.build(list(agents), rounds, sorted(channels)[0])
     names = candidates.agents
     n = max(len(graphs), 1)
     kept = {a: sum(a in g.agents for g in graphs) / n for a in names}
@@ -49,6 +54,14 @@ def summary_graph(designer: Designer, graphs: Sequence[CommGraph]) -> tuple[Comm
     return CommGraph(list(names), edges), kept
 
 
+def summary_options(kept: dict[str, float]) -> dict:
+    """Drawing options for a summary: agents in fewer than half the graphs faint, each one's share noted."""
+    return {
+        "pruned_agents": [a for a, share in kept.items() if share < 0.5],
+        "notes": {a: f"runs in {share:.0%}" for a, share in kept.items()} if min(kept.values()) < 1 else None,
+    }
+
+
 def write_design_pictures(designer: Designer, tasks: Sequence[Task], folder: str | Path) -> list[Path]:
     """before/after (and for per-task designers an example task) as PNG and Mermaid under `folder`."""
     folder = Path(folder)
@@ -59,12 +72,10 @@ def write_design_pictures(designer: Designer, tasks: Sequence[Task], folder: str
     before_title = f"before: the team's graph ({len(team.graph.edges())} edges)"
     for suffix in (".png", ".mmd"):
         written.append(write_picture(team.graph, folder / f"before{suffix}", title=before_title, **options))
-    after, kept = summary_graph(designer, graphs)
-    pruned_agents = [a for a, share in kept.items() if share < 0.5]
-    notes = {a: f"runs in {share:.0%}" for a, share in kept.items()} if designer.prunes_agents else None
+    after, kept = summary_graph(team.agent_names, graphs)
     where = f"{len(graphs)} tasks" if designer.per_task else "every task"
     after_title = f"after: {designer.kind}, {where}"
-    extra = {"pruned": _dropped(team.graph, after), "pruned_agents": pruned_agents, "notes": notes}
+    extra = {"pruned": dropped_edges(team.graph, after), **summary_options(kept)}
     for suffix in (".png", ".mmd"):
         written.append(write_picture(after, folder / f"after{suffix}", title=after_title, **options, **extra))
     if designer.per_task and tasks:
@@ -72,6 +83,6 @@ def write_design_pictures(designer: Designer, tasks: Sequence[Task], folder: str
         shown = CommGraph(list(team.agent_names), first.edges())
         missing = [a for a in team.agent_names if a not in first.agents]
         title = f"{designer.kind} on task {tasks[0].id or 0}"
-        extra = {"pruned": _dropped(team.graph, first), "pruned_agents": missing}
+        extra = {"pruned": dropped_edges(team.graph, first), "pruned_agents": missing}
         written.append(write_picture(shown, folder / "example.png", title=title, **options, **extra))
     return written

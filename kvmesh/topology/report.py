@@ -39,17 +39,27 @@ def _table(headers: list[str], rows: list[list]) -> str:
 
 def read_picture_source(source: str | Path) -> tuple[CommGraph, dict]:
     """A graph and drawing options from a graph JSON file (`CommGraph.to_json`, or a run's `graph.json`) or an
-    evaluation run folder (its `graph.json`, with each edge's mean tokens per task from `samples.jsonl`)."""
+    evaluation run folder (its `graph.json`, with each edge's mean tokens per task from `samples.jsonl`; for a
+    designer's run, the summary of the graphs it chose: `kvmesh.topology.pictures.summary_graph`)."""
     source = Path(source)
     file = source / "graph.json" if source.is_dir() else source
     if not file.is_file():
         raise FileNotFoundError(f"{file} does not exist; pass a graph JSON file or a run folder holding graph.json")
     data = json.loads(file.read_text())
     options = {"decision": data.get("decision"), "roles": data.get("roles")}
-    edges = _mean_usage(read_samples(file.parent), "per_edge")
+    graph = CommGraph.from_dict(data.get("graph", data))
+    samples = read_samples(file.parent) if source.is_dir() else []
+    edges = _mean_usage(samples, "per_edge")
     if edges:
         options["tokens"] = {key: round(tokens) for key, tokens, *_ in edges}
-    return CommGraph.from_dict(data.get("graph", data)), options
+    designed = [CommGraph.from_dict(s["graph"]) for s in samples if "graph" in s]
+    if designed:  # a designer's run: what it chose over the tasks, against the team's graph
+        from kvmesh.topology.pictures import dropped_edges, summary_graph, summary_options
+
+        chosen, kept = summary_graph(graph.agents, designed)
+        options |= {"pruned": dropped_edges(graph, chosen), **summary_options(kept)}
+        graph = chosen
+    return graph, options
 
 
 def _mean_usage(samples: list[dict], part: str) -> list[list]:

@@ -6,8 +6,10 @@ import os
 import matplotlib.image
 import pytest
 
+from kvmesh import CommGraph
 from kvmesh.cli import main
 from kvmesh.evals import infoqa
+from kvmesh.topology.report import read_picture_source
 from kvmesh.topology.splits import design_splits
 
 TINY = ["--model", "tiny-random", "--max-new-tokens", "3"]
@@ -68,6 +70,14 @@ def test_design_train_then_eval_against_baselines(tiny, tmp_path, capsys):
     assert json.loads((test / "gd" / "summary.json").read_text())["config"]["designer"].endswith("designer")
 
     assert main(["design", "plot", str(test / "single"), str(test / "gd"), "-o", str(tmp_path / "p.svg")]) == 0
+    # a designer's run is drawn as the summary of the graphs it chose over the test tasks
+    assert main(["viz", str(test / "gd"), "-o", str(tmp_path / "gd.png")]) == 0
+    graph, options = read_picture_source(test / "gd")
+    designed = [CommGraph.from_dict(row["graph"]) for row in rows]
+    for edge in graph.edges():
+        share = sum((edge.source, edge.target) in g.edge_set() for g in designed) / len(designed)
+        assert edge.weight == pytest.approx(share, abs=1e-3) and share >= 0.5
+    assert options["pruned_agents"] == [] and options["notes"] is None  # gdesigner never leaves an agent out
 
 
 def test_eval_leaves_out_what_the_designer_saw(tiny, tmp_path):
