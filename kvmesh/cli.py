@@ -53,6 +53,11 @@ CHANNEL_HELP = "how agents read each other: text, or kv-reuse (the senders' KV c
 
 
 def build_team(args: argparse.Namespace) -> Team:
+    if args.designer:
+        from kvmesh.topology import load_designer
+        from kvmesh.topology.command import designer_folder
+
+        return load_designer(designer_folder(args.designer)).apply()
     if args.spec:
         return Team.from_spec(args.spec)
     agents = default_agents(args.agents, args.model, args.max_new_tokens, args.temperature)
@@ -81,6 +86,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     result = team.run(Task(args.question))
     if args.graph_out:
         _team_picture(team, result, args.graph_out)
+    if team.designer is not None and not args.json:
+        edges = ", ".join(f"{e.source}->{e.target}" for e in result.graph.edges()) or "none"
+        print(f"designed graph: agents {', '.join(result.graph.agents)}; edges {edges}", file=sys.stderr)
     if args.json:
         data = result.to_dict()
         print(json.dumps({k: data[k] for k in ("answer", "messages", "usage", "stop_reason", "graph")}, indent=2))
@@ -214,7 +222,7 @@ def _team_picture(team: Team, result: TeamResult, path: str) -> None:
     from kvmesh.topology.draw import team_picture_options, write_picture
 
     tokens = {key: usage.input_tokens for key, usage in result.usage.per_edge.items()}
-    written = write_picture(team.graph, path, tokens=tokens, **team_picture_options(team))
+    written = write_picture(result.graph, path, tokens=tokens, **team_picture_options(team))  # the graph it ran on
     print(f"graph picture: {written}", file=sys.stderr)  # stdout may be --json
 
 
@@ -237,6 +245,7 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--rounds", type=int, default=1, help="rounds of communication")
     run.add_argument("--decision", default="decision", choices=METHODS, help="how the final answer is chosen")
     run.add_argument("--spec", help="a YAML or JSON team spec; replaces the team options above")
+    run.add_argument("--designer", help="a trained designer (kvmesh design train): its team, on the graph it designs")
     run.add_argument("--channel", default="text", choices=RUNNABLE_CHANNELS, help=CHANNEL_HELP)
     run.add_argument("--max-new-tokens", type=int, default=128, help="cap on tokens per agent turn")
     run.add_argument("--temperature", type=float, default=0.0, help="0 for greedy decoding")

@@ -10,6 +10,8 @@
     graph: chain                   # a preset name, or {preset: layered, options: {layers: 2}},
                                    # or {edges: [{source, target, kind, channel, weight}]}
     reuse: {gamma: 0.3}            # optional kv-reuse engine settings (kvmesh.kvcomm.ReuseConfig)
+    designer: runs/design/agp/designer   # optional: a saved topology designer chooses each task's graph
+                                         # (relative paths are relative to the spec file)
 
 Written specs always list explicit edges, so a round trip reproduces the exact graph.
 """
@@ -29,7 +31,7 @@ from kvmesh.agents.graph import CommGraph
 if TYPE_CHECKING:
     from kvmesh.agents.team import Team
 
-TOP_LEVEL_FIELDS = {"model", "rounds", "decision", "token_budget", "seed", "agents", "graph", "reuse"}
+TOP_LEVEL_FIELDS = {"model", "rounds", "decision", "token_budget", "seed", "agents", "graph", "reuse", "designer"}
 
 
 class SpecError(ValueError):
@@ -78,7 +80,7 @@ def team_from_spec(source: str | Path | dict) -> Team:
     try:
         agents = [Agent.from_dict(e, default_model=model) for e in entries]
         graph = _graph(data.get("graph"), [a.name for a in agents])
-        return Team(
+        team = Team(
             agents,
             graph,
             rounds=data.get("rounds", 1),
@@ -87,7 +89,15 @@ def team_from_spec(source: str | Path | dict) -> Team:
             seed=data.get("seed"),
             reuse=data.get("reuse"),
         )
-    except (ValueError, TypeError) as error:
+        if data.get("designer"):
+            from kvmesh.topology import load_designer
+
+            folder = Path(data["designer"])
+            if not folder.is_absolute() and not isinstance(source, dict):
+                folder = Path(source).parent / folder
+            team = load_designer(folder, team).apply(team)
+        return team
+    except (ValueError, TypeError, FileNotFoundError) as error:
         raise SpecError(f"{where}: {error}") from error
 
 
@@ -104,6 +114,11 @@ def team_to_spec(team: Team) -> dict:
         spec["seed"] = team.seed
     if team.uses_kv_reuse:
         spec["reuse"] = asdict(team.reuse.config)
+    if team.designer is not None:
+        path = getattr(team.designer, "path", None)
+        if path is None:
+            raise SpecError("this team's designer is not saved; call designer.save(folder) before saving the spec")
+        spec["designer"] = str(Path(path).resolve())
     return spec
 
 

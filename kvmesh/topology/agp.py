@@ -34,7 +34,7 @@ from kvmesh.evals.results import open_run, read_samples
 from kvmesh.topology.candidates import sample_design
 from kvmesh.topology.designer import Metric, example_id, example_task
 from kvmesh.topology.gdesigner import GDesigner, GDesignerConfig
-from kvmesh.topology.training import reinforce, rollouts, validate
+from kvmesh.topology.training import copy_weights, reinforce, rollouts, validate
 
 
 @dataclass
@@ -188,7 +188,7 @@ class AGP(GDesigner):
         fitted = order[len(held) :]
         features = self.features([example_task(trainset[i]) for i in rows])
         optimizer = torch.optim.Adam(self.module.parameters(), lr=config.fit_lr)
-        best = (float("inf"), 0, _copy_state(self.module), {})
+        best = (float("inf"), 0, copy_weights(self.module.state_dict()), {})
         for epoch in range(config.fit_epochs):
             self.module.train()
             output = self.module(features[fitted], generator)
@@ -205,7 +205,12 @@ class AGP(GDesigner):
             else:
                 checked, loss = terms, sum(terms.values()).item()
             if loss < best[0]:
-                best = (loss, epoch + 1, _copy_state(self.module), {k: v.item() for k, v in checked.items()})
+                best = (
+                    loss,
+                    epoch + 1,
+                    copy_weights(self.module.state_dict()),
+                    {k: v.item() for k, v in checked.items()},
+                )
         self.module.load_state_dict(best[2])
         return {"solved": len(rows), "examples": len(mined), "held_out": len(held), "epoch": best[1], **best[3]}
 
@@ -238,10 +243,6 @@ class AGP(GDesigner):
         if self.config.steps:
             reinforce(self, team, trainset, valset, metric, out / "tune" if out else None, resume, progress, "tune")
         return self.apply(team)
-
-
-def _copy_state(module: torch.nn.Module) -> dict:
-    return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
 
 
 def _mined_line(task_id: str, rows, token_weight: float, normaliser: float) -> dict:

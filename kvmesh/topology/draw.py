@@ -142,8 +142,10 @@ def draw(
     title: str | None = None,
     pruned_agents: Iterable[str] = (),
     notes: Mapping[str, str] | None = None,
+    layout: CommGraph | None = None,
 ) -> Path:
-    """Write the graph as PNG or SVG (by suffix); nodes coloured by `roles` (agent -> role). Returns the path."""
+    """Write the graph as PNG or SVG (by suffix); nodes coloured by `roles` (agent -> role). Returns the path.
+    `layout`: place the nodes as in this graph's picture (the "before" of a designer), so pictures line up."""
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
         raise ValueError(f"draw writes {' or '.join(FORMATS)} files, got {path.name!r}; use to_mermaid/to_dot for text")
@@ -156,13 +158,29 @@ def draw(
     except ImportError as error:
         raise ImportError("drawing needs matplotlib: pip install 'kvmesh[viz]'") from error
 
-    positions = _positions(graph, decision)
+    placed = layout if layout is not None else graph
+    missing = set(graph.agents) - set(placed.agents)
+    if missing:
+        raise ValueError(f"the layout graph lacks agents {sorted(missing)} of the graph to draw")
+    positions = _positions(placed, decision)
     roles = dict(roles or {})
     palette = plt.get_cmap("tab10")
     role_colour = {role: palette(i % 10) for i, role in enumerate(dict.fromkeys(roles.get(a, a) for a in graph.agents))}
     width = max(4.0, 2.2 * (max(x for x, _ in positions.values()) + 1))
-    height = max(3.0, 1.4 * max(len(level) for level in graph.levels()) + 1)
+    height = max(3.0, 1.4 * max(len(level) for level in placed.levels()) + 1)
     figure, axes = plt.subplots(figsize=(width, height))
+
+    def bend(source, target, rad: float) -> float:
+        """`rad` when the straight line would run through another node (a skipped level), else 0."""
+        (x0, y0), (x1, y1) = positions[source], positions[target]
+        length = max(((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5, 1e-9)
+        for name, (x, y) in positions.items():
+            along = ((x - x0) * (x1 - x0) + (y - y0) * (y1 - y0)) / length**2
+            if name not in (source, target) and 0 < along < 1:
+                off = abs((x - x0) * (y1 - y0) - (y - y0) * (x1 - x0)) / length
+                if off < 0.3:
+                    return rad
+        return 0.0
 
     def arrow(source, target, **style):
         axes.add_patch(
@@ -178,21 +196,26 @@ def draw(
         )
 
     for edge in pruned:
-        arrow(edge.source, edge.target, color="0.6", alpha=0.45, linestyle=":", linewidth=1.0)
+        rad = bend(edge.source, edge.target, -0.45)
+        style = {"color": "0.6", "alpha": 0.45, "linestyle": ":", "linewidth": 1.0}
+        arrow(edge.source, edge.target, connectionstyle=f"arc3,rad={rad}", **style)
     for edge in graph.edges():
         weight = 1.0 if edge.weight is None else edge.weight
-        style = {"color": "0.15", "linewidth": 0.6 + 2.6 * weight}
+        rad = 0.35 if edge.kind == TEMPORAL else bend(edge.source, edge.target, -0.45)
+        style = {"color": "0.15", "linewidth": 0.6 + 2.6 * weight, "connectionstyle": f"arc3,rad={rad}"}
         if edge.kind == TEMPORAL:
-            style |= {"color": "tab:purple", "linestyle": "--", "connectionstyle": "arc3,rad=0.35"}
+            style |= {"color": "tab:purple", "linestyle": "--"}
         arrow(edge.source, edge.target, **style)
         if label := _label(edge, tokens):
             (x0, y0), (x1, y1) = positions[edge.source], positions[edge.target]
-            axes.annotate(label, ((x0 + x1) / 2, (y0 + y1) / 2 + 0.08), fontsize=7, ha="center", color="0.25")
+            middle = ((x0 + x1) / 2 + rad / 2 * (y1 - y0), (y0 + y1) / 2 - rad / 2 * (x1 - x0) + 0.08)
+            axes.annotate(label, middle, fontsize=7, ha="center", color="0.25")
     dropped = set(pruned_agents)
     if decision:
         for name in graph.agents:
             if name not in dropped:
-                arrow(name, decision, color="0.55", linewidth=0.8)
+                rad = bend(name, decision, 0.3)
+                arrow(name, decision, color="0.55", linewidth=0.8, connectionstyle=f"arc3,rad={rad}")
     for name in graph.agents:
         x, y = positions[name]
         colour = role_colour[roles.get(name, name)]
@@ -235,7 +258,7 @@ def write_picture(graph: CommGraph, path: str | Path, **options) -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in TEXT_FORMATS:
-        for visual in ("roles", "title"):  # text formats carry no colours or title
+        for visual in ("roles", "title", "layout"):  # text formats carry no colours, title or layout
             options.pop(visual, None)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(TEXT_FORMATS[suffix](graph, **options))

@@ -75,7 +75,7 @@ def write_design_pictures(designer: Designer, tasks: Sequence[Task], folder: str
     after, kept = summary_graph(team.agent_names, graphs)
     where = f"{len(graphs)} tasks" if designer.per_task else "every task"
     after_title = f"after: {designer.kind}, {where}"
-    extra = {"pruned": dropped_edges(team.graph, after), **summary_options(kept)}
+    extra = {"pruned": dropped_edges(team.graph, after), "layout": team.graph, **summary_options(kept)}
     for suffix in (".png", ".mmd"):
         written.append(write_picture(after, folder / f"after{suffix}", title=after_title, **options, **extra))
     if designer.per_task and tasks:
@@ -83,6 +83,6 @@ def write_design_pictures(designer: Designer, tasks: Sequence[Task], folder: str
         shown = CommGraph(list(team.agent_names), first.edges())
         missing = [a for a in team.agent_names if a not in first.agents]
         title = f"{designer.kind} on task {tasks[0].id or 0}"
-        extra = {"pruned": dropped_edges(team.graph, first), "pruned_agents": missing}
+        extra = {"pruned": dropped_edges(team.graph, first), "pruned_agents": missing, "layout": team.graph}
         written.append(write_picture(shown, folder / "example.png", title=title, **options, **extra))
     return written

@@ -57,7 +57,7 @@ def read_picture_source(source: str | Path) -> tuple[CommGraph, dict]:
         from kvmesh.topology.pictures import dropped_edges, summary_graph, summary_options
 
         chosen, kept = summary_graph(graph.agents, designed)
-        options |= {"pruned": dropped_edges(graph, chosen), **summary_options(kept)}
+        options |= {"pruned": dropped_edges(graph, chosen), "layout": graph, **summary_options(kept)}
         graph = chosen
     return graph, options
 

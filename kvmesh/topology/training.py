@@ -185,7 +185,7 @@ def reinforce(
             check = {"step": step + 1, **validate(designer, team, valset, metric, normaliser)}
             state["validation"].append(check)
             if state["best"] is None or check["utility"] > state["best"]["utility"]:
-                state["best"] = {**check, "weights": _copy(designer.module.state_dict())}
+                state["best"] = {**check, "weights": copy_weights(designer.module.state_dict())}
                 state["best"]["extra"] = designer.extra_state()
         state["step"] = step + 1
         state["seconds"] += time.perf_counter() - began
@@ -214,7 +214,8 @@ def reinforce(
     return figures
 
 
-def _copy(weights: dict) -> dict:
+def copy_weights(weights: dict) -> dict:
+    """A detached copy of a state dict (the best version so far, kept while training goes on)."""
     return {name: tensor.detach().clone() for name, tensor in weights.items()}
 
 

@@ -6,9 +6,10 @@ import os
 import matplotlib.image
 import pytest
 
-from kvmesh import CommGraph
+from kvmesh import CommGraph, Team
 from kvmesh.cli import main
 from kvmesh.evals import infoqa
+from kvmesh.topology import load_designer
 from kvmesh.topology.report import read_picture_source
 from kvmesh.topology.splits import design_splits
 
@@ -57,6 +58,11 @@ def test_design_train_then_eval_against_baselines(tiny, tmp_path, capsys):
     assert "other settings" in capsys.readouterr().err
     assert main([*train, "--hidden", "8", "--latent", "4", "--pruning-rate", "0.5"]) == 2
     assert "do not apply to the gdesigner designer" in capsys.readouterr().err
+
+    assert main(["run", "In which city does Demi live?", "--designer", str(out)]) == 0
+    assert "designed graph: agents agent_1, agent_2, agent_3" in capsys.readouterr().err
+    designed = Team.from_spec({**load_designer(out / "designer").team.to_spec(), "designer": str(out / "designer")})
+    assert designed.designer is not None and designed.to_spec()["designer"] == str((out / "designer").resolve())
 
     test = tmp_path / "test"
     evaluate = ["design", "eval", "infoqa", "--designers", str(out), "--baselines", "single,chain", *TINY]

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from kvmesh import Agent, CommGraph, Task, Team
+from kvmesh.agents.spec import SpecError
 from kvmesh.evals import infoqa
 from kvmesh.topology import (
     AGP,
@@ -198,6 +199,9 @@ def test_bad_settings_and_misuse_get_clear_errors(tiny):
         AGP(GDesignerConfig())
     with pytest.raises(RuntimeError, match="not bound"):
         GDesigner().design(Task("Q?"))
+    unsaved = GDesigner(SMALL["gdesigner"]).apply(make_team())
+    with pytest.raises(SpecError, match="not saved"):
+        unsaved.to_spec()
     with pytest.raises(ValueError, match="needs a metric"):
         GDesigner(SMALL["gdesigner"]).compile(make_team(), tasks("train", 2))
     mixed = make_team().with_graph(
