@@ -53,8 +53,18 @@ class AGPConfig(GDesignerConfig):
         edge_weight: weight of the edge BCE in the fit.
         consistency_weight: weight of edge probability on pairs with a pruned agent.
         fit_holdout: share of the solved training tasks held out of the fit to choose its epoch.
+        sparsity_weight: weight of the mean edge probability in the fit (and in tuning).
+        kl_weight: weight of the KL term.
+        anchor_weight: weight of the BCE toward the team's graph.
+        anchor_logit: initial logit bias toward the team's graph (0: none; the mined graphs decide).
     """
 
+    # The fit is supervised: a steady regulariser does not drown a noisy signal there as it does in
+    # REINFORCE, so AGP keeps heavier weights than G-Designer's and no initial anchor bias.
+    sparsity_weight: float = 0.1
+    kl_weight: float = 0.01
+    anchor_weight: float = 0.05
+    anchor_logit: float = 0.0
     steps: int = 0
     mining_samples: int = 2
     mining_keep: float = 0.5

@@ -105,7 +105,7 @@ class Designer:
 
     def __init__(self, config: DesignerConfig | None = None, metric: Metric | None = None) -> None:
         if config is not None and not isinstance(config, self.config_class):
-            raise TypeError(f"{self.kind} takes a {self.config_class.__name__}, got {type(config).__name__}")
+            raise TypeError(f"{self.kind} expects {self.config_class.__name__} settings, got {type(config).__name__}")
         self.config = config or self.config_class()
         self.metric = metric
         self.module: torch.nn.Module | None = None
@@ -135,8 +135,9 @@ class Designer:
             )
         self.candidates = Candidates.build(team.agent_names, team.rounds, next(iter(channels)))
         self.team = team
-        torch.manual_seed(self.config.seed)  # reproducible initial weights
-        self._build(team)
+        with torch.random.fork_rng(devices=[]):  # reproducible initial weights, the caller's RNG untouched
+            torch.manual_seed(self.config.seed)
+            self._build(team)
 
     def _build(self, team: Team) -> None:
         raise NotImplementedError

@@ -9,6 +9,11 @@ batch-mean baseline on utility = score − λ·tokens / normaliser, plus
     KL         w_kl · KL(q(z | x) || N(0, I))                    (the variational encoder's prior)
     anchor     w_a · BCE(edge probabilities, the team's graph)   (stay near the topology the user gave)
 
+Training starts from the team's own graph: each candidate's logit bias begins at +`anchor_logit` for the
+team's edges and −`anchor_logit` for the others. The regulariser weights are small on purpose: Adam scales
+a steady gradient up to a full step, so a sparsity term as large as the noisy REINFORCE signal switches every
+edge off (on InfoQA with a sparsity weight of 0.1, every edge was off within 8 updates, at 4% validation
+accuracy).
 Every module trains. Spatial graphs are sampled as DAGs; evaluation is deterministic (the latent mean,
 thresholded probabilities), so a task always gets the same graph.
 
@@ -38,14 +43,17 @@ class GDesignerConfig(DesignerConfig):
         sparsity_weight: weight of the mean edge probability in the loss.
         kl_weight: weight of the KL term of the variational encoder.
         anchor_weight: weight of the BCE between edge probabilities and the team's own graph.
+        anchor_logit: initial edge-logit bias, + for the team's own edges and − for the other candidates, so
+            training starts from the team's graph (the anchor) rather than from a coin flip per edge.
         encoder: sentence encoder for node features: minilm (packaged), a folder or a Hugging Face id.
     """
 
     hidden: int = 64
     latent: int = 32
-    sparsity_weight: float = 0.1
-    kl_weight: float = 0.01
-    anchor_weight: float = 0.05
+    sparsity_weight: float = 0.01
+    kl_weight: float = 0.001
+    anchor_weight: float = 0.01
+    anchor_logit: float = 1.0
     encoder: str = "minilm"
 
 
@@ -72,6 +80,13 @@ class GDesigner(Designer):
         )
         anchored = set(anchor)
         self.anchor_target = torch.tensor([float(pair in anchored) for pair in self.candidates.spatial])
+        index = {name: i for i, name in enumerate(team.agent_names)}
+        temporal = {(index[e.source], index[e.target]) for e in team.graph.edges("temporal")}
+        temporal_target = torch.tensor([float(pair in temporal) for pair in self.candidates.temporal])
+        with torch.no_grad():  # start from the anchor: its edges likely, the others not
+            self.module.spatial_bias.copy_(config.anchor_logit * (2 * self.anchor_target - 1))
+            if self.module.has_temporal:
+                self.module.temporal_bias.copy_(config.anchor_logit * (2 * temporal_target - 1))
 
     def probabilities(self, tasks: Sequence[Task], noise: torch.Generator | None = None) -> Probabilities:
         return self.from_output(self.module(self.features(tasks), noise))

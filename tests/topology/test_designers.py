@@ -195,7 +195,7 @@ def test_agp_mining_survives_a_kill_and_fits_the_mined_graphs(tiny, tmp_path):
 def test_bad_settings_and_misuse_get_clear_errors(tiny):
     with pytest.raises(ValueError, match="threshold"):
         GDesignerConfig(threshold=1.5)
-    with pytest.raises(TypeError, match="takes a AGPConfig"):
+    with pytest.raises(TypeError, match="expects AGPConfig settings"):
         AGP(GDesignerConfig())
     with pytest.raises(RuntimeError, match="not bound"):
         GDesigner().design(Task("Q?"))
@@ -211,3 +211,10 @@ def test_bad_settings_and_misuse_get_clear_errors(tiny):
     )
     with pytest.raises(ValueError, match="mixes"):
         GDesigner(SMALL["gdesigner"]).bind(mixed)
+
+
+def test_gdesigner_starts_from_the_teams_graph(tiny):
+    team = make_team().with_graph("chain")
+    designer = GDesigner(SMALL["gdesigner"])
+    designer.bind(team)
+    assert [g.edge_set() for g in designer.design_batch(tasks("test", 3))] == [team.graph.edge_set()] * 3
