@@ -11,7 +11,9 @@
 where r_i are agent i's scalar input features (relevance to the task and the like, the last `scalars` of x):
 the keep head reads them directly, and against the team's mean, because whether an agent is needed is a
 comparison within the task, and 3·D embedding dimensions are otherwise enough to memorise a few hundred
-training tasks instead of learning it.
+training tasks instead of learning it. Those scalars are standardised by a BatchNorm (batch statistics while
+training, running statistics at evaluation, so an evaluation graph never depends on the other tasks of its
+batch).
 
 Logits go straight into a sigmoid: nothing rescales them, so a probability can reach 0 or 1 and the graph
 can become sparse (G-Designer's released code min-max normalises logits to [−1, 1] first, which pins every

@@ -75,8 +75,7 @@ def test_evaluation_graphs_are_deterministic_and_independent_of_the_batch(kind, 
     first = designer.design_batch(batch)
     assert first == designer.design_batch(batch)
     assert [designer.design(t) for t in batch] == first
-    designer.sample_batch(batch, torch.Generator().manual_seed(0))
-    assert first == designer.design_batch(batch)  # sampling in between changes nothing
+    assert designer.design_batch(list(reversed(batch))) == list(reversed(first))
 
 
 def test_a_pruned_agent_makes_no_model_call(tiny):
