@@ -191,7 +191,10 @@ class AGP(GDesigner):
         config: AGPConfig = self.config
         rows, keep, spatial, temporal = self.fit_targets(mined)
         if not rows:
-            raise ValueError("no mined graph solved any training task; use more tasks or mining_samples")
+            raise ValueError(
+                "no mined graph solved any training task: use more tasks, more mining_samples, or a model strong "
+                "enough to solve some of this benchmark"
+            )
         generator = torch.Generator().manual_seed(config.seed)
         order = torch.randperm(len(rows), generator=generator)
         held = order[: int(config.fit_holdout * len(rows))]

@@ -188,7 +188,8 @@ def reinforce(
                 state["best"] = {**check, "weights": copy_weights(designer.module.state_dict())}
                 state["best"]["extra"] = designer.extra_state()
         state["step"] = step + 1
-        state["seconds"] += time.perf_counter() - began
+        record["seconds"] = time.perf_counter() - began  # rollouts, update and any validation
+        state["seconds"] += record["seconds"]
         if out is not None:
             state |= {
                 "weights": designer.module.state_dict(),
