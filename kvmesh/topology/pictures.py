@@ -72,7 +72,10 @@ def write_design_pictures(designer: Designer, tasks: Sequence[Task], folder: str
     before_title = f"before: the team's graph ({len(team.graph.edges())} edges)"
     for suffix in (".png", ".mmd"):
         written.append(write_picture(team.graph, folder / f"before{suffix}", title=before_title, **options))
-    after, kept = summary_graph(team.agent_names, graphs)
+    if designer.per_task:
+        after, kept = summary_graph(team.agent_names, graphs)
+    else:  # one graph: draw it with its edge probabilities as weights
+        after, kept = graphs[0], dict.fromkeys(team.agent_names, 1.0)
     where = f"{len(graphs)} tasks" if designer.per_task else "every task"
     after_title = f"after: {designer.kind}, {where}"
     extra = {"pruned": dropped_edges(team.graph, after), "layout": team.graph, **summary_options(kept)}
