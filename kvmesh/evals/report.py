@@ -25,15 +25,21 @@ def _cell(metric: dict) -> str:
     return f"{metric['value']:.3f} [{low:.3f}, {high:.3f}]"
 
 
-def _label(summary: dict) -> str:
+def run_label(summary: dict) -> str:
+    """A short name for a run: its team (topology and size), designer, spec, or oracle."""
     config = summary["config"]
     if config.get("oracle"):
         return "oracle"
     if config.get("completions"):
         return "completions"
+    if config.get("designer"):
+        folder = Path(config["designer"])
+        return f"designer {folder.parent.name if folder.name == 'designer' else folder.name}"
     if config.get("spec"):
         return Path(config["spec"]).stem
-    return f"{config['topology']} x{config['agents']}" if config["topology"] != "single" else "single"
+    if config["topology"] == "single":
+        return "single" + (f" ({config['shards']} shards)" if config.get("shards", "own") != "own" else "")
+    return f"{config['topology']} x{config['agents']}"
 
 
 def compare_table(runs: list[str | Path]) -> str:
@@ -42,7 +48,7 @@ def compare_table(runs: list[str | Path]) -> str:
     metrics = [m for m in METRIC_ORDER if any(m in s["metrics"] for s in summaries)]
     rows = [
         ("", *[str(r) for r in runs]),
-        ("team", *[_label(s) for s in summaries]),
+        ("team", *[run_label(s) for s in summaries]),
         ("samples", *[str(s["samples"]) for s in summaries]),
     ]
     for metric in metrics:

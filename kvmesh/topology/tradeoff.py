@@ -2,7 +2,8 @@
 
 Points come from run folders of `kvmesh eval` / `kvmesh design eval` (their `summary.json`): accuracy with
 its 95% interval as a vertical bar, mean tokens per task (prompt + completion, the model's own tokenizer) on
-the x axis. Designers are drawn as stars, fixed topologies as circles; up and to the left is better.
+the x axis. Designers are drawn as stars, fixed topologies as circles; up and to the left is better. The
+legend names each point with its accuracy and tokens, since teams of equal cost land on the same spot.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from kvmesh.evals.report import run_label
 
 
 @dataclass(frozen=True)
@@ -30,9 +33,8 @@ class Point:
             raise FileNotFoundError(f"{folder} has no summary.json; finish the run (or --resume it) first")
         summary = json.loads(path.read_text())
         accuracy = summary["metrics"]["accuracy"]
-        config = summary["config"]
-        designer = bool(config.get("designer"))
-        label = name or (Path(config["designer"]).parent.name if designer else config["topology"])
+        designer = bool(summary["config"].get("designer"))
+        label = name or run_label(summary)
         tokens = summary["tokens_per_task"]["total_tokens"]["value"]
         low, high = accuracy["ci95"]
         return cls(label, accuracy["value"], low, high, tokens, designer, summary["samples"])
@@ -50,12 +52,14 @@ def plot_tradeoff(points: Sequence[Point], path: str | Path, title: str | None =
         colour = plt.get_cmap("tab10")(i % 10)
         errors = [[max(0.0, point.accuracy - point.low)], [max(0.0, point.high - point.accuracy)]]
         marker, size = ("*", 14) if point.designer else ("o", 8)
-        axes.errorbar(point.tokens, point.accuracy, yerr=errors, fmt=marker, markersize=size, color=colour, capsize=3)
-        axes.annotate(point.name, (point.tokens, point.accuracy), xytext=(6, 4), textcoords="offset points", fontsize=8)
+        label = f"{point.name}: {point.accuracy:.3f}, {point.tokens:.0f} tok"
+        style = {"fmt": marker, "markersize": size, "color": colour, "capsize": 3, "label": label}
+        axes.errorbar(point.tokens, point.accuracy, yerr=errors, **style)
     axes.set_xlabel("tokens per task (prompt + completion)")
     axes.set_ylabel("accuracy (95% interval)")
     axes.set_xlim(left=0)
     axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, loc="best", frameon=False)  # points of equal cost sit on top of each other
     samples = sorted({p.samples for p in points})
     axes.set_title(title or f"accuracy against tokens ({'/'.join(map(str, samples))} tasks per point)", fontsize=10)
     figure.tight_layout()
