@@ -165,23 +165,17 @@ class AGP(GDesigner):
         return rows, shape(keeps, n), shape(spatials, e), shape(temporals, t)
 
     def fit_loss(self, probs, keep, spatial, temporal) -> dict[str, torch.Tensor]:
+        """Stage II terms for M examples: keep (M, N), spatial (M, E), temporal (M, T) targets (0/1)."""
         config: AGPConfig = self.config
-        pairs = self.module.spatial_pairs
-        both = keep[:, pairs[:, 0]] * keep[:, pairs[:, 1]]  # (M, E): both ends kept in the mined graph
-        bce = torch.nn.functional.binary_cross_entropy
-        clamp = lambda p: p.clamp(1e-6, 1 - 1e-6)  # noqa: E731
-        edge = (bce(clamp(probs.spatial), spatial, reduction="none") * both).sum() / both.sum().clamp(min=1.0)
+        both = _both_kept(keep, self.module.spatial_pairs)  # (M, E): edges whose two ends the mined graph kept
+        edges = _masked_bce(probs.spatial, spatial, both)
+        if temporal.shape[1]:
+            edges = edges + _masked_bce(probs.temporal, temporal, _both_kept(keep, self.module.temporal_pairs))
         terms = {
-            "keep": config.keep_weight * bce(clamp(probs.keep), keep),
-            "edges": config.edge_weight * edge,
+            "keep": config.keep_weight * torch.nn.functional.binary_cross_entropy(_clamp(probs.keep), keep),
+            "edges": config.edge_weight * edges,
             "consistency": config.consistency_weight * (probs.spatial * (1 - both)).mean(),
         }
-        if temporal.shape[1]:
-            tpairs = self.module.temporal_pairs
-            tboth = keep[:, tpairs[:, 0]] * keep[:, tpairs[:, 1]]
-            terms["edges"] = terms["edges"] + config.edge_weight * (
-                (bce(clamp(probs.temporal), temporal, reduction="none") * tboth).sum() / tboth.sum().clamp(min=1.0)
-            )
         return terms | self.regularizers(probs)
 
     def fit(self, trainset: Sequence, mined: Sequence[dict]) -> dict:
@@ -256,6 +250,20 @@ class AGP(GDesigner):
         if self.config.steps:
             reinforce(self, team, trainset, valset, metric, out / "tune" if out else None, resume, progress, "tune")
         return self.apply(team)
+
+
+def _clamp(probs: torch.Tensor) -> torch.Tensor:
+    return probs.clamp(1e-6, 1 - 1e-6)
+
+
+def _both_kept(keep: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    return keep[:, pairs[:, 0]] * keep[:, pairs[:, 1]]
+
+
+def _masked_bce(probs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean BCE over the entries where `mask` is 1 (0 when there are none)."""
+    losses = torch.nn.functional.binary_cross_entropy(_clamp(probs), target, reduction="none")
+    return (losses * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 def _mined_line(task_id: str, rows, token_weight: float, normaliser: float) -> dict:
