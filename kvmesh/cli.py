@@ -155,6 +155,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from kvmesh.evals.report import compare_table
     from kvmesh.evals.runner import EvalConfig, run_eval
+    from kvmesh.topology.command import designer_folder
 
     if args.compare:
         print(compare_table(args.compare))
@@ -180,6 +181,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         completions=args.completions,
         shards=args.shards,
         channel=args.channel,
+        designer=str(designer_folder(args.designer)) if args.designer else None,
     )
     out = args.out or f"runs/{args.benchmark}-{'oracle' if args.oracle else args.topology}"
     run_eval(config, out, resume=args.resume)
@@ -263,6 +265,9 @@ def make_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--rounds", type=int, default=1, help="rounds of communication")
     evaluate.add_argument("--decision", default="decision", choices=METHODS, help="how the final answer is chosen")
     evaluate.add_argument("--spec", help="a YAML or JSON team spec; replaces the team options above")
+    evaluate.add_argument(
+        "--designer", help="a trained designer (kvmesh design train): its team, each task on its designed graph"
+    )
     evaluate.add_argument("--channel", default="text", choices=RUNNABLE_CHANNELS, help=CHANNEL_HELP)
     evaluate.add_argument("--split", default="test", help="data split")
     evaluate.add_argument("--limit", type=int, default=None, help="only the first N samples")

@@ -77,6 +77,8 @@ def test_design_train_then_eval_against_baselines(tiny, tmp_path, capsys):
     assert json.loads((test / "gd" / "summary.json").read_text())["config"]["designer"].endswith("designer")
 
     assert main(["design", "plot", str(test / "single"), str(test / "gd"), "-o", str(tmp_path / "p.svg")]) == 0
+    assert main(["eval", "infoqa", "--designer", str(out), "--limit", "2", "--out", str(tmp_path / "e")]) == 0
+    assert "designer gd" in capsys.readouterr().out  # the report names the designer
     # a designer's run is drawn as the summary of the graphs it chose over the test tasks
     assert main(["viz", str(test / "gd"), "-o", str(tmp_path / "gd.png")]) == 0
     graph, options = read_picture_source(test / "gd")
