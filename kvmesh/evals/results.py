@@ -102,8 +102,11 @@ class ResultStore:
         self.close()
 
 
-def open_run(folder: str | Path, config: dict, resume: bool) -> ResultStore:
-    """Create `folder` for a new run, or reopen it with `resume=True` (same configuration required)."""
+def open_run(folder: str | Path, config: dict, resume: bool, defaults: dict | None = None) -> ResultStore:
+    """Create `folder` for a new run, or reopen it with `resume=True` (same configuration required).
+
+    `defaults`: settings added to the configuration after older runs were written; a saved run that lacks one
+    resumes when the new value is its default (the run behaved that way)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lock = open(folder / LOCK, "w")  # noqa: SIM115 (held for the life of the store)
@@ -113,20 +116,24 @@ def open_run(folder: str | Path, config: dict, resume: bool) -> ResultStore:
         lock.close()
         raise RunDirectoryError(f"another process is writing to {folder}; wait for it or pick another --out") from None
     try:
-        _prepare(folder, config, resume)
+        _prepare(folder, config, resume, defaults or {})
     except BaseException:
         lock.close()
         raise
     return ResultStore(folder, lock)
 
 
-def _prepare(folder: Path, config: dict, resume: bool) -> None:
+def _prepare(folder: Path, config: dict, resume: bool, defaults: dict) -> None:
     config_path = folder / CONFIG
     if config_path.exists():
         if not resume:
             raise RunDirectoryError(f"{folder} already holds a run; pass --resume to continue it or pick another --out")
         saved = json.loads(config_path.read_text())
-        if saved != json.loads(json.dumps(config)):
+        current = json.loads(json.dumps(config))
+        for key, value in json.loads(json.dumps(defaults)).items():
+            if key not in saved and current.get(key) == value:
+                saved[key] = value
+        if saved != current:
             changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
             raise RunDirectoryError(f"{folder} holds a run with a different configuration (changed: {changed})")
         if (folder / SAMPLES).exists():

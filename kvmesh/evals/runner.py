@@ -16,7 +16,7 @@ import json
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -60,7 +60,9 @@ class EvalConfig:
             maker read the senders' KV caches through the reuse engine).
         designer: a saved topology designer (`kvmesh design train` writes one): the team it was trained
             with, each task on the graph it designs; replaces spec and the team options. Samples it
-            trained or validated on are left out.
+            trained or validated on are left out (also when a spec names the designer).
+        exclude_ids: sample ids to leave out as well (`kvmesh design eval` passes every id any compared
+            designer saw, so that each team runs on the same test tasks).
     """
 
     benchmark: str
@@ -82,6 +84,7 @@ class EvalConfig:
     shards: str = "own"
     channel: str = "text"
     designer: str | None = None
+    exclude_ids: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.oracle and self.completions:
@@ -94,6 +97,10 @@ class EvalConfig:
             raise ValueError(f"--channel must be one of {', '.join(RUNNABLE_CHANNELS)}, got {self.channel!r}")
         if self.designer and self.spec:
             raise ValueError("use either --designer or --spec: a designer brings the team it was trained with")
+
+
+# Settings newer than some saved runs, at the value those runs behaved with: such runs still resume.
+ADDED_SETTINGS = {"designer": None, "exclude_ids": []}
 
 
 def _versions() -> dict:
@@ -145,15 +152,17 @@ def run_eval(config: EvalConfig, out: str | Path, resume: bool = False, progress
         config.benchmark, config.data_path, config.seed, config.allow_code_execution, config.shards
     )
     samples = benchmark.samples(config.split)
-    seen = _designer_seen_ids(config.designer)
+    team = None if config.oracle or config.completions else _team(config)
+    seen = set(config.exclude_ids)
+    if team is not None and team.designer is not None:  # from --designer or a spec naming one
+        seen |= set(getattr(team.designer, "seen_ids", ()))
     excluded = sum(1 for s in samples if s.id in seen)
     samples = [s for s in samples if s.id not in seen][: config.limit]
     if excluded:
-        log.info("left out %d samples the designer trained or validated on", excluded)
+        log.info("left out %d samples a designer trained or validated on", excluded)
     by_id = {s.id: s for s in samples}
     started = time.perf_counter()
-    team = None
-    with open_run(out, asdict(config), resume) as store:
+    with open_run(out, asdict(config), resume, ADDED_SETTINGS) as store:
         pending = [by_id[i] for i in store.pending(list(by_id))]
         bar = _Progress(len(samples), len(samples) - len(pending)) if progress else None
         if config.oracle or config.completions:
@@ -167,7 +176,6 @@ def run_eval(config: EvalConfig, out: str | Path, resume: bool = False, progress
                 if bar:
                     bar.tick(line)
         else:
-            team = _team(config)
             _write_graph(team, out)
             for sample in pending:  # refuse shards that no agent would read, before any model call
                 sample.task.check_shards(team.agent_names)
@@ -189,22 +197,10 @@ def run_eval(config: EvalConfig, out: str | Path, resume: bool = False, progress
         earlier = json.loads(previous.read_text()).get("seconds") or 0.0
     engine = team.reuse.stats() if team is not None and team.uses_kv_reuse else None
     summary = summarize(out, config, earlier + time.perf_counter() - started, engine)
-    if config.designer:
+    if seen:
         summary["excluded_seen"] = excluded
     Path(out, "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def _designer_seen_ids(path: str | None) -> set[str]:
-    """Ids a saved designer trained or validated on (read from its folder without loading it)."""
-    if not path:
-        return set()
-    from kvmesh.topology.designer import DESIGNER_FILE
-
-    file = Path(path, DESIGNER_FILE)
-    if not file.is_file():
-        raise FileNotFoundError(f"--designer {path}: no saved designer there ({DESIGNER_FILE} is missing)")
-    return set(json.loads(file.read_text()).get("seen_ids", []))
 
 
 def _write_graph(team, out: str | Path) -> None:

@@ -7,7 +7,7 @@ Training follows AGP's two stages, then optionally REINFORCE:
                 DAGs); keep the one with the best utility among those that solved it (score > 0)
     II  fit     supervised, on the solved tasks: BCE of keep probabilities against the mined graph's
                 agents, BCE of edge probabilities against its edges (pairs with both ends kept), a
-                consistency term (edge probability on pairs with a pruned end), plus G-Designer's
+                consistency term (spatial edge probability on pairs with a pruned end), plus G-Designer's
                 sparsity, KL and anchor terms
     III tune    `steps` REINFORCE updates through `kvmesh.topology.training` (0 by default)
 
@@ -247,8 +247,11 @@ class AGP(GDesigner):
             checked = time.perf_counter()
             self.training["validation"] = validate(self, team, valset, metric, normaliser)
             self.training["validation"]["seconds"] = time.perf_counter() - checked
-        if self.config.steps:
-            reinforce(self, team, trainset, valset, metric, out / "tune" if out else None, resume, progress, "tune")
+        if self.config.steps:  # tuning keeps an update only if it validates better than the fit
+            fitted = self.training.get("validation")
+            start = fitted and {"step": 0, **fitted, "weights": copy_weights(self.module.state_dict()), "extra": {}}
+            tune = out / "tune" if out else None
+            reinforce(self, team, trainset, valset, metric, tune, resume, progress, "tune", start)
         return self.apply(team)
 
 

@@ -129,11 +129,10 @@ def sample_design(
     keep = None
     if keep_probs is not None:
         keep = torch.rand(keep_probs.shape, generator=generator) < keep_probs.detach()
-        considered = torch.ones_like(keep)
-        if not keep.any():  # a graph needs an agent: keep the likeliest, which is then not a choice
-            forced = int(keep_probs.argmax())
-            keep[forced], considered[forced] = True, False
-        log_prob = log_prob + bernoulli_log_prob(keep_probs, keep, considered)
+        log_prob = log_prob + bernoulli_log_prob(keep_probs, keep, torch.ones_like(keep))  # the draws as made
+        if not keep.any():  # every draw said drop; a graph needs an agent, so the likeliest runs anyway
+            keep = keep.clone()  # the log-probability above keeps the draws as they were
+            keep[int(keep_probs.argmax())] = True
     kept = keep.tolist() if keep is not None else [True] * len(candidates.agents)
     allowed = [kept[i] and kept[j] for i, j in candidates.spatial]
     order = torch.randperm(len(candidates.spatial), generator=generator).tolist()

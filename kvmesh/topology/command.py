@@ -178,7 +178,8 @@ def _train_report(designer, out: Path, pictures) -> str:
     figures = designer.training
     phases = {k: v for k, v in figures.items() if isinstance(v, dict) and "seconds" in v}
     seconds = sum(v["seconds"] for v in phases.values())
-    chosen = figures.get("validation") or (figures.get("reinforce") or figures.get("tune") or {}).get("chosen")
+    trained = figures.get("tune") or figures.get("reinforce") or {}
+    chosen = trained.get("chosen") or figures.get("validation")  # what the saved weights scored on validation
     parts = ", ".join(f"{name} {phase['seconds']:.0f} s" for name, phase in phases.items())
     lines = [f"{designer.kind}: trained in {seconds:.0f} s ({parts})"]
     if chosen:
@@ -218,6 +219,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         "data_path": args.data_path,
         "allow_code_execution": args.allow_code_execution,
     }
+    folders = [designer_folder(path) for path in args.designers or []]
+    shared["exclude_ids"] = _seen_test_ids(args, folders)
     runs: list[tuple[str, EvalConfig]] = []
     team = {"model": args.model, "agents": args.agents, "max_new_tokens": args.max_new_tokens}
     for baseline in [b for b in (args.baselines or "").split(",") if b]:
@@ -225,8 +228,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         shards = "all" if baseline == "single" and args.benchmark == "infoqa" else "own"
         config = EvalConfig(**shared, **team, topology=baseline, channel=args.channel, shards=shards)
         runs.append((baseline, config))
-    for path in args.designers or []:
-        folder = designer_folder(path)
+    for folder in folders:
         name = folder.parent.name if folder.name == "designer" else folder.name
         runs.append((name, EvalConfig(**shared, designer=str(folder))))
     if not runs:
@@ -241,6 +243,21 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     (out / "tradeoff.json").write_text(json.dumps([asdict(p) for p in points], indent=2))
     print(f"\ntrade-off plot: {plot}")
     return 0
+
+
+def _seen_test_ids(args: argparse.Namespace, folders: list[Path]) -> list[str]:
+    """Test ids any of the designers trained or validated on: every run leaves them out, so all of them,
+    baselines included, are scored on the same tasks (none on InfoQA or GSM8K, whose splits are disjoint)."""
+    from kvmesh.evals.benchmarks import make_benchmark
+    from kvmesh.topology.designer import DESIGNER_FILE
+
+    seen = set()
+    for folder in folders:
+        seen |= set(json.loads((folder / DESIGNER_FILE).read_text()).get("seen_ids", []))
+    if not seen:
+        return []
+    benchmark = make_benchmark(args.benchmark, args.data_path, args.seed, args.allow_code_execution)
+    return sorted(seen & {sample.id for sample in benchmark.samples("test")})
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:

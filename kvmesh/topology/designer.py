@@ -118,22 +118,18 @@ class Designer:
     # --- binding -----------------------------------------------------------------------------------------------
 
     def bind(self, team: Team) -> None:
-        """Fix the candidates from `team` and build the parameters (once; a second team must match)."""
+        """Fix the candidates from `team` and build the parameters (once; a second team must match: the same
+        agents in the same order, rounds on the same side of one, and the same channel)."""
+        candidates = _candidates_for(team)
         if self.candidates is not None:
-            if tuple(team.agent_names) != self.candidates.agents:
+            if candidates != self.candidates:
                 raise ValueError(
-                    f"this {self.kind} designer was built for agents {list(self.candidates.agents)}, "
-                    f"not {team.agent_names}"
+                    f"this {self.kind} designer was built for {_describe(self.candidates)}, "
+                    f"not for {_describe(candidates)}"
                 )
             self.team = self.team or team
             return
-        channels = team.graph.channels() or {"text"}
-        if len(channels) > 1:
-            raise ValueError(
-                f"designers put every edge on one channel; the team's graph mixes {sorted(channels)}. "
-                "Use graph.with_channel(...) first."
-            )
-        self.candidates = Candidates.build(team.agent_names, team.rounds, next(iter(channels)))
+        self.candidates = candidates
         self.team = team
         with torch.random.fork_rng(devices=[]):  # reproducible initial weights, the caller's RNG untouched
             torch.manual_seed(self.config.seed)
@@ -271,11 +267,29 @@ class Designer:
         cls = DESIGNERS[data["kind"]]
         known = {f.name for f in fields(cls.config_class)}
         designer = cls(cls.config_class(**{k: v for k, v in data["config"].items() if k in known}))
-        saved_agents = [agent["name"] for agent in data["team"]["agents"]]
-        if team is not None and team.agent_names != saved_agents:
-            raise ValueError(f"{path}: this designer was built for agents {saved_agents}, not {team.agent_names}")
-        designer.bind(team or Team.from_spec(data["team"]))
+        saved = Team.from_spec(data["team"])  # agents name their models; nothing loads until a call
+        if team is not None and _candidates_for(team) != _candidates_for(saved):
+            raise ValueError(
+                f"{path}: this designer was built for {_describe(_candidates_for(saved))}, "
+                f"not for {_describe(_candidates_for(team))}"
+            )
+        designer.bind(team or saved)
         designer.module.load_state_dict(torch.load(path / WEIGHTS_FILE, weights_only=True))
         designer.load_extra_state(data.get("extra") or {})
         designer.seen_ids, designer.training, designer.path = data["seen_ids"], data.get("training", {}), path
         return designer
+
+
+def _candidates_for(team: Team) -> Candidates:
+    channels = team.graph.channels() or {"text"}
+    if len(channels) > 1:
+        raise ValueError(
+            f"designers put every edge on one channel; the team's graph mixes {sorted(channels)}. "
+            "Use graph.with_channel(...) first."
+        )
+    return Candidates.build(team.agent_names, team.rounds, next(iter(channels)))
+
+
+def _describe(candidates: Candidates) -> str:
+    rounds = "several rounds" if candidates.temporal else "one round"
+    return f"agents {list(candidates.agents)} over {rounds} on {candidates.channel!r} edges"

@@ -7,15 +7,15 @@ batch-mean baseline on utility = score − λ·tokens / normaliser, plus
 
     sparsity   w_s · mean edge probability                      (fewer messages)
     KL         w_kl · KL(q(z | x) || N(0, I))                    (the variational encoder's prior)
-    anchor     w_a · BCE(edge probabilities, the team's graph)   (stay near the topology the user gave)
+    anchor     w_a · BCE(spatial edge probabilities, the team's spatial edges)   (stay near the user's topology)
 
-Training starts from the team's own graph: each candidate's logit bias begins at +`anchor_logit` for the
-team's edges and −`anchor_logit` for the others. The regulariser weights are small on purpose: Adam scales
-a steady gradient up to a full step, so a sparsity term as large as the noisy REINFORCE signal switches every
-edge off (on InfoQA with a sparsity weight of 0.1, every edge was off within 8 updates, at 4% validation
-accuracy).
-Every module trains. Spatial graphs are sampled as DAGs; evaluation is deterministic (the latent mean,
-thresholded probabilities), so a task always gets the same graph.
+Training starts from the team's own graph: each candidate's logit bias, spatial and temporal, begins at
++`anchor_logit` for the team's edges and −`anchor_logit` for the others. The regulariser weights are small
+on purpose: Adam scales a steady gradient up to a full step, so a sparsity term as large as the noisy
+REINFORCE signal switches every edge off (on InfoQA with a sparsity weight of 0.1, every edge was off within
+8 updates, at 4% validation accuracy). Every module trains. Spatial graphs are sampled as DAGs; evaluation is
+deterministic (the latent mean, thresholded probabilities), so a task always gets the same graph. The batch
+baseline needs two tasks or more per update.
 
 Caveat: like G-Designer, it removes edges, not agents: every agent still runs (see `agp` for that).
 """
@@ -55,6 +55,11 @@ class GDesignerConfig(DesignerConfig):
     anchor_weight: float = 0.01
     anchor_logit: float = 1.0
     encoder: str = "minilm"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.steps and self.batch_size < 2:
+            raise ValueError("the batch-mean baseline needs batch_size >= 2: one task would be its own baseline")
 
 
 class GDesigner(Designer):
@@ -99,10 +104,9 @@ class GDesigner(Designer):
     def regularizers(self, probs: Probabilities) -> dict[str, torch.Tensor]:
         config: GDesignerConfig = self.config
         edges = torch.cat([probs.spatial, probs.temporal], dim=-1)
-        target = self.anchor_target.expand_as(probs.spatial)
-        anchor = torch.nn.functional.binary_cross_entropy(probs.spatial.clamp(1e-6, 1 - 1e-6), target)
-        return {
-            "sparsity": config.sparsity_weight * edges.mean(),
-            "kl": config.kl_weight * probs.extra.kl(),
-            "anchor": config.anchor_weight * anchor,
-        }
+        terms = {"kl": config.kl_weight * probs.extra.kl()}
+        if edges.numel():  # a lone agent has no candidate edges
+            target = self.anchor_target.expand_as(probs.spatial)
+            anchor = torch.nn.functional.binary_cross_entropy(probs.spatial.clamp(1e-6, 1 - 1e-6), target)
+            terms |= {"sparsity": config.sparsity_weight * edges.mean(), "anchor": config.anchor_weight * anchor}
+        return terms

@@ -77,7 +77,10 @@ class DesignerNet(nn.Module):
         keep_head: bool = False,
         scalars: int = 0,
     ) -> None:
-        from torch_geometric.nn import GCNConv
+        try:
+            from torch_geometric.nn import GCNConv
+        except ImportError as error:
+            raise ImportError("GNN designers need torch-geometric: pip install 'kvmesh[gnn]'") from error
 
         super().__init__()
         self.agents, self.latent = agents, latent
@@ -138,6 +141,14 @@ class DesignerNet(nn.Module):
             scalars = x[:, : self.agents, x.shape[-1] - self.scalars :]
             scalars = torch.cat([scalars, scalars - scalars.mean(dim=1, keepdim=True)], dim=-1)
             if self.scalar_norm is not None:
-                scalars = self.scalar_norm(scalars.reshape(-1, scalars.shape[-1])).view_as(scalars)
+                rows = scalars.reshape(-1, scalars.shape[-1])
+                if rows.shape[0] > 1:
+                    rows = self.scalar_norm(rows)
+                else:  # one agent of one task has no batch statistics: use the running ones
+                    norm = self.scalar_norm
+                    rows = nn.functional.batch_norm(
+                        rows, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps
+                    )
+                scalars = rows.view_as(scalars)
             keep = self.keep(torch.cat([agents, task, agents * task, scalars], dim=-1)).squeeze(-1)
         return DesignerOutput(spatial, temporal, keep, mu, logvar)

@@ -100,8 +100,9 @@ def measure_normaliser(designer: Designer, team: Team, trainset: Sequence, metri
     return max(1.0, sum(t for _, t, _ in scored) / len(scored))
 
 
-def open_checkpoint(out: Path | None, designer: Designer, resume: bool) -> dict | None:
-    """The saved state of an earlier run in `out` (resume), or None; refuses to overwrite one silently."""
+def open_checkpoint(out: Path | None, designer: Designer, resume: bool, ids: list[str]) -> dict | None:
+    """The saved state of an earlier run in `out` (resume), or None; refuses to overwrite one silently, and to
+    resume one with another designer, configuration (more `steps` included) or set of examples."""
     if out is None:
         return None
     path = out / CHECKPOINT
@@ -112,6 +113,8 @@ def open_checkpoint(out: Path | None, designer: Designer, resume: bool) -> dict 
     state = torch.load(path, weights_only=False)
     if state["kind"] != designer.kind or state["config"] != asdict(designer.config):
         raise ValueError(f"{out} holds a run with another designer or configuration; pick another folder")
+    if state.get("ids") != ids:
+        raise ValueError(f"{out} holds a run on other training or validation examples; pick another folder")
     return state
 
 
@@ -133,8 +136,12 @@ def reinforce(
     resume: bool = False,
     progress: bool = True,
     phase: str = "reinforce",
+    start_best: dict | None = None,
 ) -> dict:
-    """Train `designer` (bound to `team`) in place; returns (and stores in `designer.training`) its figures."""
+    """Train `designer` (bound to `team`) in place; returns (and stores in `designer.training`) its figures.
+
+    `start_best`: the validation figures of the weights training starts from (with "weights" and "extra"),
+    which an update must beat to be kept; AGP's fitted model, before tuning."""
     config = designer.config
     if not trainset:
         raise ValueError("the training set is empty")
@@ -143,18 +150,23 @@ def reinforce(
         out.mkdir(parents=True, exist_ok=True)
     optimizer = torch.optim.Adam(designer.module.parameters(), lr=config.lr)
     generator = torch.Generator().manual_seed(config.seed)
-    state = open_checkpoint(out, designer, resume)
+    ids = [example_id(e, i) for i, e in enumerate(trainset)] + [example_id(e, i) for i, e in enumerate(valset)]
+    state = open_checkpoint(out, designer, resume, ids)
     if state is None:
         started = time.perf_counter()
-        normaliser = designer.training.get("normaliser") or measure_normaliser(designer, team, trainset, metric)
+        normaliser = designer.training.get("normaliser")
+        if not normaliser:  # only utilities need it: no updates and no validation, no rollouts
+            needed = config.steps > 0 or bool(valset)
+            normaliser = measure_normaliser(designer, team, trainset, metric) if needed else 1.0
         state = {
             "kind": designer.kind,
             "config": asdict(designer.config),
+            "ids": ids,
             "step": 0,
             "normaliser": normaliser,
             "history": [],
             "validation": [],
-            "best": None,
+            "best": start_best,
             "seconds": time.perf_counter() - started,
         }
     else:
@@ -163,7 +175,6 @@ def reinforce(
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
     normaliser = state["normaliser"]
-    ids = [example_id(e, i) for i, e in enumerate(trainset)] + [example_id(e, i) for i, e in enumerate(valset)]
     bar = _progress(config.steps, state["step"], f"{designer.kind} {phase}", progress)
     for step in range(state["step"], config.steps):
         began = time.perf_counter()
@@ -206,6 +217,14 @@ def reinforce(
             bar.update(1)
     if bar:
         bar.close()
+    if config.steps == 0 and valset and not state["validation"]:  # nothing to train: report the start
+        check = {"step": 0, **validate(designer, team, valset, metric, normaliser)}
+        state["validation"].append(check)
+        state["best"] = {
+            **check,
+            "weights": copy_weights(designer.module.state_dict()),
+            "extra": designer.extra_state(),
+        }
     if state["best"] is not None:
         designer.module.load_state_dict(state["best"]["weights"])
         designer.load_extra_state(state["best"]["extra"])

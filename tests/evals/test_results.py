@@ -81,3 +81,16 @@ def test_one_writer_at_a_time_and_readers_skip_a_half_written_line(tmp_path):
         assert [row["id"] for row in read_samples(out)] == ["a"]
     with open_run(out, CONFIG, resume=True) as store:  # the lock is free again, and the torn line is cut
         assert store.pending(["a", "b"]) == ["b"]
+
+
+def test_a_setting_added_later_resumes_old_runs_only_at_its_default(tmp_path):
+    out = tmp_path / "run"
+    with open_run(out, CONFIG, resume=False) as store:
+        store.add({"id": "a"})
+    newer = {**CONFIG, "exclude_ids": []}
+    with open_run(out, newer, resume=True, defaults={"exclude_ids": []}) as store:
+        assert store.pending(["a", "b"]) == ["b"]
+    with pytest.raises(RunDirectoryError, match="exclude_ids"):
+        open_run(out, {**CONFIG, "exclude_ids": ["x"]}, resume=True, defaults={"exclude_ids": []})
+    with pytest.raises(RunDirectoryError, match="exclude_ids"):
+        open_run(out, newer, resume=True)  # without the declared default it is a change

@@ -84,3 +84,16 @@ def test_threshold_design_is_deterministic_and_prefers_the_likelier_direction():
     assert pruned.agents == ["b", "c"] and pruned.edge_set() == {("b", "c")}
     nobody = threshold_design(candidates, spatial, torch.zeros(0), keep_probs=torch.tensor([0.1, 0.3, 0.2]))
     assert nobody.agents == ["b"]  # at least the likeliest agent runs
+
+
+def test_when_every_agent_is_dropped_the_likeliest_runs_and_the_draws_count_as_made():
+    candidates = Candidates.build(["a", "b", "c"])
+    keep = torch.tensor([0.3, 0.05, 0.05])
+    generator = torch.Generator().manual_seed(0)
+    forced = 0
+    for _ in range(100):
+        sampled = sample_design(candidates, torch.full((6,), 0.5), torch.zeros(0), generator, keep)
+        if sampled.graph.agents == ["a"] and not sampled.graph.edges():
+            dropped_all = round(sampled.log_prob.item(), 6) == round(math.log(0.7 * 0.95 * 0.95), 6)
+            forced += dropped_all  # the path "all three dropped", with a kept by force
+    assert forced > 10  # about 63% of draws drop everyone

@@ -106,3 +106,21 @@ def test_eval_leaves_out_what_the_designer_saw(tiny, tmp_path):
     assert json.loads((tmp_path / "d" / DESIGNER_FILE).read_text())["kind"] == "gdesigner"
     with pytest.raises(ValueError, match="either --designer or --spec"):
         EvalConfig("infoqa", designer="x", spec="y")
+
+
+def test_design_eval_scores_baselines_and_designers_on_the_same_test_tasks(tiny, tmp_path):
+    from kvmesh.evals.roles import benchmark_team
+    from kvmesh.topology import EdgeLogitsDesigner
+
+    team = benchmark_team("humaneval", "tiny-random", "chain", 2, max_new_tokens=3, code_execution=True)
+    designer = EdgeLogitsDesigner()
+    designer.bind(team)
+    designer.seen_ids = ["HumanEval/0", "HumanEval/2"]  # HumanEval's only split is the test split
+    designer.save(tmp_path / "d")
+    command = ["design", "eval", "humaneval", "--designers", str(tmp_path / "d"), "--baselines", "single"]
+    assert main([*command, *TINY, "--limit", "2", "--allow-code-execution", "--out", str(tmp_path / "t")]) == 0
+    for run in ("single", "d"):
+        config = json.loads((tmp_path / "t" / run / "config.json").read_text())
+        assert config["exclude_ids"] == ["HumanEval/0", "HumanEval/2"]
+        ids = [json.loads(line)["id"] for line in (tmp_path / "t" / run / "samples.jsonl").read_text().splitlines()]
+        assert sorted(ids) == ["HumanEval/1", "HumanEval/3"]

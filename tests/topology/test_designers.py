@@ -1,6 +1,8 @@
 """Designers on a real team (tiny random Llama) with the packaged MiniLM: gradients, determinism, pruning,
 saving, training with checkpoints and exact resume."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -40,10 +42,14 @@ def fewer_calls(example, result) -> float:
     return float(result.usage.total.calls <= 2)
 
 
+POLICY_ONLY = {"sparsity_weight": 0.0, "kl_weight": 0.0, "anchor_weight": 0.0}
+
+
 @pytest.mark.parametrize("kind", list(DESIGNERS))
 def test_gradients_reach_every_trainable_parameter(kind, tiny):
     team = make_team(rounds=2)  # temporal candidates, so every head exists
-    designer = DESIGNERS[kind](SMALL[kind])
+    config = SMALL[kind] if kind == "edge-logits" else replace(SMALL[kind], **POLICY_ONLY)
+    designer = DESIGNERS[kind](config)  # no regulariser: the REINFORCE term alone must reach every parameter
     designer.bind(team)
     batch = tasks("train", 4)
     samples, probs = designer.sample_batch(batch, torch.Generator().manual_seed(0))
@@ -218,3 +224,54 @@ def test_gdesigner_starts_from_the_teams_graph(tiny):
     designer = GDesigner(SMALL["gdesigner"])
     designer.bind(team)
     assert [g.edge_set() for g in designer.design_batch(tasks("test", 3))] == [team.graph.edge_set()] * 3
+
+
+def test_agp_tuning_keeps_the_fit_unless_an_update_validates_better(tiny):
+    config = replace(SMALL["agp"], steps=2, eval_every=1)
+    designer = AGP(config, metric=fewer_calls)
+    designer.compile(make_team(), tasks("train", 4), tasks("validation", 2), progress=False)
+    fitted, tuned = designer.training["validation"], designer.training["tune"]
+    best = max([fitted["utility"], *(v["utility"] for v in tuned["validation"])])
+    assert tuned["chosen"]["utility"] == best
+    assert tuned["chosen"]["step"] in (0, 1, 2) and len(tuned["validation"]) == 2
+
+
+def test_a_designer_only_binds_to_the_team_it_was_built_for(tiny, tmp_path):
+    designer = GDesigner(SMALL["gdesigner"])
+    designer.bind(make_team())
+    designer.save(tmp_path / "d")
+    for other, what in ((make_team(rounds=2), "several rounds"), (make_team().with_graph("complete"), None)):
+        if what is None:
+            load_designer(tmp_path / "d", other)  # the same agents, rounds and channel: fine
+            continue
+        with pytest.raises(ValueError, match=what):
+            load_designer(tmp_path / "d", other)
+        with pytest.raises(ValueError, match=what):
+            designer.bind(other)
+    reuse = make_team().with_graph(
+        CommGraph.preset("complete", [f"agent_{i}" for i in (1, 2, 3)]).with_channel("kv-reuse")
+    )
+    with pytest.raises(ValueError, match="'kv-reuse' edges"):
+        designer.bind(reuse)
+
+
+def test_a_lone_agent_and_no_training_still_work(tiny):
+    lone = Team([Agent("solo", "team member", model="tiny-random", max_new_tokens=3)], CommGraph(["solo"]))
+    designer = AGP(replace(SMALL["agp"], steps=2, batch_size=2, eval_every=1), metric=lambda e, r: 1.0)
+    questions = [Task(t.question, id=t.id) for t in tasks("train", 3)]
+    designed = designer.compile(lone, questions[:2], questions[2:], progress=False)
+    history = designer.training["tune"]["history"]
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)  # no NaN from empty edge sets
+    assert designed.run(Task("Who?")).graph.agents == ["solo"]
+    still = GDesigner(replace(SMALL["gdesigner"], steps=0), metric=fewer_calls)
+    still.compile(make_team(), tasks("train", 2), tasks("validation", 2), progress=False)
+    assert still.training["reinforce"]["chosen"]["step"] == 0  # steps=0: validated once, as it started
+    with pytest.raises(ValueError, match="batch_size >= 2"):
+        GDesignerConfig(batch_size=1)
+
+
+def test_a_checkpoint_refuses_other_examples(tiny, tmp_path):
+    config = replace(SMALL["gdesigner"], steps=1)
+    GDesigner(config, metric=fewer_calls).compile(make_team(), tasks("train", 2), out=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="other training or validation examples"):
+        GDesigner(config, metric=fewer_calls).compile(make_team(), tasks("train", 3), out=tmp_path, resume=True)
