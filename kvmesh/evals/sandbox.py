@@ -51,7 +51,8 @@ _LAUNCHER = """
 import json, os, resource, sys
 cfg = json.loads(sys.argv[1])
 for name, value in cfg["limits"].items():
-    resource.setrlimit(getattr(resource, name), (value, value))
+    hard = value + 1 if name == "RLIMIT_CPU" else value  # SIGXCPU at the soft limit, SIGKILL a second later
+    resource.setrlimit(getattr(resource, name), (value, hard))
 if os.getuid() == 0:
     os.setgroups([])
     os.setgid(cfg["gid"])
@@ -92,7 +93,7 @@ class Limits:
 
 @dataclass
 class ExecResult:
-    status: str  # "passed", "failed" or "timeout"
+    status: str  # "passed", "failed" or "timeout" (out of wall-clock or CPU time)
     returncode: int | None
     stdout: str  # the last TAIL_BYTES of each stream
     stderr: str
@@ -197,6 +198,14 @@ def _remove_leftovers(uid: int) -> None:
                 continue
 
 
+def _out_of_cpu(returncode: int | None) -> bool:
+    """The CPU limit ended the run: SIGXCPU at the soft limit, or SIGKILL at the hard one if that was caught.
+
+    We only kill the group after the program has exited or timed out, so a SIGKILL seen here was not ours.
+    """
+    return returncode in (-signal.SIGXCPU, -signal.SIGKILL)
+
+
 def _reachable_by_anyone(path: Path) -> bool:
     real = path.resolve()
     if not real.is_file() or not real.stat().st_mode & 0o001:
@@ -282,7 +291,7 @@ def run_program(source: str, limits: Limits | None = None) -> ExecResult:
         seconds = time.perf_counter() - started
         completed = _read_marker(read_end)
         passed = process.returncode == 0 and completed
-        status = "timeout" if timed_out else "passed" if passed else "failed"
+        status = "timeout" if timed_out or _out_of_cpu(process.returncode) else "passed" if passed else "failed"
         return ExecResult(status, process.returncode, _tail(io / "stdout"), _tail(io / "stderr"), seconds, run_id)
 
 

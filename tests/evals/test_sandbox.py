@@ -39,7 +39,13 @@ def test_infinite_loop_times_out_quickly():
 
 def test_cpu_limit_stops_a_busy_loop_before_the_wall_clock_does():
     result = run_program("while True:\n    pass", Limits(timeout_s=30, cpu_s=1))
-    assert result.status == "failed" and result.seconds < 15
+    assert result.status == "timeout" and result.seconds < 15
+
+
+def test_cpu_limit_holds_when_the_program_ignores_sigxcpu():
+    source = "import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True:\n    pass"
+    result = run_program(source, Limits(timeout_s=30, cpu_s=1))
+    assert result.status == "timeout" and result.seconds < 15
 
 
 def test_memory_hog_fails():
