@@ -103,7 +103,10 @@ class HumanEval:
         problem = sample.extra["problem"]
         result = run_program(humaneval.build_program(problem, answer), self.limits)
         code = humaneval.extract_code(answer, problem.entry_point)
-        return Score(result.passed, code, {"status": result.status, "pass@1": float(result.passed)})
+        details = {"status": result.status, "pass@1": float(result.passed)}
+        if result.limit:
+            details["limit"] = result.limit  # which limit stopped it: "wall-clock" or "cpu"
+        return Score(result.passed, code, details)
 
 
 SHARD_MODES = ("own", "all", "none")

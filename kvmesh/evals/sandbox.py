@@ -99,6 +99,7 @@ class ExecResult:
     stderr: str
     seconds: float
     run_id: str  # the marker variable's value, KVMESH_SANDBOX=<run_id> in the program's environment
+    limit: str | None = None  # for a timeout, which limit ended it: "wall-clock" or "cpu"
 
     @property
     def passed(self) -> bool:
@@ -290,9 +291,11 @@ def run_program(source: str, limits: Limits | None = None) -> ExecResult:
             _remove_leftovers(uid)
         seconds = time.perf_counter() - started
         completed = _read_marker(read_end)
+        limit = "wall-clock" if timed_out else "cpu" if _out_of_cpu(process.returncode) else None
         passed = process.returncode == 0 and completed
-        status = "timeout" if timed_out or _out_of_cpu(process.returncode) else "passed" if passed else "failed"
-        return ExecResult(status, process.returncode, _tail(io / "stdout"), _tail(io / "stderr"), seconds, run_id)
+        status = "timeout" if limit else "passed" if passed else "failed"
+        stdout, stderr = _tail(io / "stdout"), _tail(io / "stderr")
+        return ExecResult(status, process.returncode, stdout, stderr, seconds, run_id, limit)
 
 
 def run_many(sources: list[str], limits: Limits | None = None, workers: int = 2) -> list[ExecResult]:

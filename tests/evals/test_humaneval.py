@@ -77,3 +77,13 @@ def test_docstring_examples_accept_canonical_solutions_and_reject_wrong_ones(pro
     assert not any(r.passed for r in wrong)
     without = next(p for p in problems if p not in checked)
     assert docstring_examples_program(without, without.canonical_solution) is None
+
+
+def test_a_looping_completion_is_scored_as_a_timeout_with_its_limit():
+    from kvmesh.evals.benchmarks import HumanEval
+    from kvmesh.evals.sandbox import Limits
+
+    benchmark = HumanEval(allow_code_execution=True, limits=Limits(timeout_s=60, cpu_s=1))
+    sample = benchmark.samples("test")[0]
+    score = benchmark.score(sample, "    while True:\n        pass\n")
+    assert not score.correct and score.metrics == {"status": "timeout", "pass@1": 0.0, "limit": "cpu"}

@@ -4,7 +4,7 @@ Floods are bounded (a few dozen sleeping children), never an unbounded fork bomb
 """
 
 import os
-import time
+import signal
 
 import pytest
 
@@ -29,23 +29,21 @@ def test_exiting_early_with_status_zero_is_a_failure(exit_call):
     assert result.status == "failed"
 
 
-def test_infinite_loop_times_out_quickly():
-    start = time.perf_counter()
+def test_infinite_loop_is_stopped_by_the_wall_clock():
     result = run_program("while True:\n    pass", Limits(timeout_s=1.5, cpu_s=30))
-    assert result.status == "timeout"
-    assert time.perf_counter() - start < 10
+    assert result.status == "timeout" and result.limit == "wall-clock"
     assert run_processes(result.run_id) == []
 
 
 def test_cpu_limit_stops_a_busy_loop_before_the_wall_clock_does():
     result = run_program("while True:\n    pass", Limits(timeout_s=30, cpu_s=1))
-    assert result.status == "timeout" and result.seconds < 15
+    assert result.status == "timeout" and result.limit == "cpu"
 
 
 def test_cpu_limit_holds_when_the_program_ignores_sigxcpu():
     source = "import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True:\n    pass"
     result = run_program(source, Limits(timeout_s=30, cpu_s=1))
-    assert result.status == "timeout" and result.seconds < 15
+    assert result.status == "timeout" and result.limit == "cpu" and result.returncode == -signal.SIGKILL
 
 
 def test_memory_hog_fails():
