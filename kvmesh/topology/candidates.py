@@ -38,6 +38,14 @@ class Candidates:
         temporal = tuple((i, j) for i in range(n) for j in range(n)) if rounds > 1 else ()
         return cls(tuple(agents), spatial, temporal, channel)
 
+    def edges(self) -> list[Edge]:
+        """Every candidate as an edge (spatial ones in both directions, so not a graph: they hold cycles)."""
+        return [
+            Edge(self.agents[i], self.agents[j], kind, self.channel)
+            for kind, pairs in ((SPATIAL, self.spatial), (TEMPORAL, self.temporal))
+            for i, j in pairs
+        ]
+
     def graph(
         self,
         spatial: torch.Tensor,

@@ -4,7 +4,9 @@ Conventions shared by every format:
     spatial edges     solid arrows, left to right along the graph's levels (agents that read only earlier levels)
     temporal edges    dashed, curved arrows (round r -> round r + 1)
     decision node     a distinct shape at the right; every agent feeds it (drawn only when `decision` is named)
-    pruned edges      candidate edges a designer removed: dotted and faint, so before/after reads at a glance
+    pruned edges      candidate edges a designer removed: dotted and faint, so before/after reads at a glance;
+                      `faint_label` renames them (a "before" picture shows unused candidates this way), and one
+                      whose reverse is also drawn curves aside so both directions stay visible
     pruned agents     agents a designer left out (`pruned_agents`): faint, dashed outline, no arrow to the decision
     notes             an optional line under a node's name (`notes`), e.g. how often a designer kept it
     weights           edge width (and a label) from `Edge.weight`, e.g. a designer's edge probability
@@ -59,6 +61,7 @@ def to_mermaid(
     tokens: Mapping[str, int] | None = None,
     pruned_agents: Iterable[str] = (),
     notes: Mapping[str, str] | None = None,
+    faint_label: str = "pruned",
 ) -> str:
     """A Mermaid flowchart: `-->` spatial, `-.->` temporal, a dotted line without arrow head for pruned edges."""
     lines = ["flowchart LR"]
@@ -73,7 +76,7 @@ def to_mermaid(
         link = f'{arrow}|"{label}"|' if label else arrow
         lines.append(f"    {_node_id(edge.source)} {link} {_node_id(edge.target)}")
     for edge in pruned:
-        lines.append(f"    {_node_id(edge.source)} -. pruned .- {_node_id(edge.target)}")
+        lines.append(f"    {_node_id(edge.source)} -. {faint_label} .- {_node_id(edge.target)}")
     if decision:
         for name in graph.agents:
             if name not in dropped:
@@ -91,6 +94,7 @@ def to_dot(
     tokens: Mapping[str, int] | None = None,
     pruned_agents: Iterable[str] = (),
     notes: Mapping[str, str] | None = None,
+    faint_label: str = "pruned",
 ) -> str:
     """A Graphviz digraph: temporal edges dashed (not used for ranking), pruned ones dotted grey."""
     lines = ["digraph team {", "    rankdir=LR;", "    node [shape=box, style=rounded];"]
@@ -108,10 +112,9 @@ def to_dot(
         if edge.weight is not None:
             attributes.append(f"penwidth={0.5 + 3 * edge.weight:.2f}")
         lines.append(f"    {_node_id(edge.source)} -> {_node_id(edge.target)} [{', '.join(attributes)}];")
+    faint = f'style=dotted, color=gray70, label="{_text(faint_label)}"'
     for edge in pruned:
-        lines.append(
-            f'    {_node_id(edge.source)} -> {_node_id(edge.target)} [style=dotted, color=gray70, label="pruned"];'
-        )
+        lines.append(f"    {_node_id(edge.source)} -> {_node_id(edge.target)} [{faint}];")
     if decision:
         for name in graph.agents:
             if name not in dropped:
@@ -143,6 +146,7 @@ def draw(
     pruned_agents: Iterable[str] = (),
     notes: Mapping[str, str] | None = None,
     layout: CommGraph | None = None,
+    faint_label: str = "pruned",
 ) -> Path:
     """Write the graph as PNG or SVG (by suffix); nodes coloured by `roles` (agent -> role). Returns the path.
     `layout`: place the nodes as in this graph's picture (the "before" of a designer), so pictures line up."""
@@ -195,8 +199,11 @@ def draw(
             )
         )
 
+    pruned = list(pruned)
+    drawn = {(e.source, e.target) for e in graph.edges(SPATIAL)} | {(e.source, e.target) for e in pruned}
     for edge in pruned:
-        rad = bend(edge.source, edge.target, -0.45)
+        aside = edge.kind == SPATIAL and (edge.target, edge.source) in drawn  # a→b and b→a: two arcs, not one line
+        rad = 0.3 if aside else bend(edge.source, edge.target, -0.45)
         style = {"color": "0.6", "alpha": 0.45, "linestyle": ":", "linewidth": 1.0}
         arrow(edge.source, edge.target, connectionstyle=f"arc3,rad={rad}", **style)
     for edge in graph.edges():
@@ -229,7 +236,9 @@ def draw(
         axes.annotate(decision, (x, y - 0.32), ha="center", va="top", fontsize=8)
     for role, colour in role_colour.items():
         axes.scatter([], [], color=colour, label=role)
-    if len(role_colour) > 1:
+    if pruned:
+        axes.plot([], [], color="0.6", linestyle=":", label=f"{faint_label} edge")
+    if len(role_colour) > 1 or pruned:
         axes.legend(loc="upper left", fontsize=7, frameon=False)
     xs, ys = zip(*positions.values(), strict=True)
     axes.set_xlim(min(xs) - 0.7, max(xs) + 0.7)

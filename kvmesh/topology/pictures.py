@@ -1,6 +1,7 @@
 """Before and after pictures of a designer: the team's graph against the graphs the designer chose.
 
-`before.png` is the team's own graph (the candidate the designer starts from and its anchor). `after.png`
+`before.png` is the full candidate graph: the team's own graph solid (where the designer starts, and its anchor)
+and every other candidate edge dotted, so both directions between two agents show. `after.png`
 summarises the designer's choices over a set of tasks (usually validation tasks): an edge is drawn when the
 designer chose it for at least half of them, its width the share of tasks; the team's edges it dropped are dotted;
 an agent kept for fewer than half of them is drawn as pruned, and when some agent was left out of some task, every
@@ -11,7 +12,7 @@ also get `example.png`, one task's graph. Each picture has a Mermaid twin (`.mmd
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,10 +25,15 @@ if TYPE_CHECKING:
     from kvmesh.topology.designer import Designer
 
 
+def missing_edges(edges: Iterable[Edge], graph: CommGraph) -> list[Edge]:
+    """The `edges` that `graph` does not have, whatever their channel or weight (drawn dotted)."""
+    kept = {(e.source, e.target, e.kind) for e in graph.edges()}
+    return [e for e in edges if (e.source, e.target, e.kind) not in kept]
+
+
 def dropped_edges(before: CommGraph, after: CommGraph) -> list[Edge]:
-    """Edges of `before` that `after` does not have (drawn dotted)."""
-    kept = {(e.source, e.target, e.kind) for e in after.edges()}
-    return [e for e in before.edges() if (e.source, e.target, e.kind) not in kept]
+    """Edges of `before` that `after` does not have."""
+    return missing_edges(before.edges(), after)
 
 
 def summary_graph(agents: Sequence[str], graphs: Sequence[CommGraph]) -> tuple[CommGraph, dict[str, float]]:
@@ -69,9 +75,14 @@ def write_design_pictures(designer: Designer, tasks: Sequence[Task], folder: str
     options = team_picture_options(team)
     graphs = designer.design_batch(list(tasks)) if tasks else designer.design_batch([Task("fixed graph")])
     written = []
-    before_title = f"before: the team's graph ({len(team.graph.edges())} edges)"
+    candidates = designer.candidates
+    before = {"pruned": missing_edges(candidates.edges(), team.graph), "faint_label": "candidate"}
+    before_title = (
+        f"before: {len(candidates.spatial) + len(candidates.temporal)} candidate edges; "
+        f"solid: the team's graph ({len(team.graph.edges())})"
+    )
     for suffix in (".png", ".mmd"):
-        written.append(write_picture(team.graph, folder / f"before{suffix}", title=before_title, **options))
+        written.append(write_picture(team.graph, folder / f"before{suffix}", title=before_title, **options, **before))
     if designer.per_task:
         after, kept = summary_graph(team.agent_names, graphs)
     else:  # one graph: draw it with its edge probabilities as weights

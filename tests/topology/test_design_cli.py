@@ -49,6 +49,9 @@ def test_design_train_then_eval_against_baselines(tiny, tmp_path, capsys):
     for name in ("before.png", "after.png", "example.png", "before.mmd", "after.mmd", "history.json"):
         assert (out / name).is_file(), name
     assert matplotlib.image.imread(out / "after.png").ndim == 3
+    before = (out / "before.mmd").read_text()  # the full candidate graph: complete's 3 edges and their 3 reverses
+    assert before.count(" --> n_agent_") == 3 and before.count(" -. candidate .- ") == 3
+    assert "    n_agent_2 -. candidate .- n_agent_1" in before
     saved = json.loads((out / "designer" / "designer.json").read_text())
     assert saved["kind"] == "gdesigner" and len(saved["seen_ids"]) == 6
     assert saved["training"]["reinforce"]["updates"] == 2

@@ -103,6 +103,7 @@ def test_mermaid_exports_parse_with_mermaid_itself(tmp_path):
             decision="decision", pruned_agents=["judge"], notes={"solver": "runs in 90%", "judge": "runs in 0%"}
         ),
         "odd": odd.to_mermaid(decision="the decision"),
+        "candidates": GRAPH.to_mermaid(pruned=[Edge("critic", "solver")], faint_label="candidate"),
         "broken": "flowchart LR\n    a -->\n",  # the parser must be able to say no
     }
     parsed = mermaid_parse(tmp_path, texts)
@@ -111,6 +112,7 @@ def test_mermaid_exports_parse_with_mermaid_itself(tmp_path):
         "full": True,
         "designed": True,
         "odd": True,
+        "candidates": True,
         "broken": False,
     }, parsed
     assert parsed["full"]["type"].startswith("flowchart")
