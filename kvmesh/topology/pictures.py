@@ -1,4 +1,4 @@
-"""Before and after pictures of a designer: the team's graph against the graphs the designer chose.
+"""Before and after pictures of a designer: every candidate edge against the graphs the designer chose.
 
 `before.png` is the full candidate graph: the team's own graph solid (where the designer starts, and its anchor)
 and every other candidate edge dotted, so both directions between two agents show. `after.png`
@@ -29,11 +29,6 @@ def missing_edges(edges: Iterable[Edge], graph: CommGraph) -> list[Edge]:
     """The `edges` that `graph` does not have, whatever their channel or weight (drawn dotted)."""
     kept = {(e.source, e.target, e.kind) for e in graph.edges()}
     return [e for e in edges if (e.source, e.target, e.kind) not in kept]
-
-
-def dropped_edges(before: CommGraph, after: CommGraph) -> list[Edge]:
-    """Edges of `before` that `after` does not have."""
-    return missing_edges(before.edges(), after)
 
 
 def summary_graph(agents: Sequence[str], graphs: Sequence[CommGraph]) -> tuple[CommGraph, dict[str, float]]:
@@ -89,7 +84,7 @@ def write_design_pictures(designer: Designer, tasks: Sequence[Task], folder: str
         after, kept = graphs[0], dict.fromkeys(team.agent_names, 1.0)
     where = f"{len(graphs)} tasks" if designer.per_task else "every task"
     after_title = f"after: {designer.kind}, {where}"
-    extra = {"pruned": dropped_edges(team.graph, after), "layout": team.graph, **summary_options(kept)}
+    extra = {"pruned": missing_edges(team.graph.edges(), after), "layout": team.graph, **summary_options(kept)}
     for suffix in (".png", ".mmd"):
         written.append(write_picture(after, folder / f"after{suffix}", title=after_title, **options, **extra))
     if designer.per_task and tasks:
@@ -97,6 +92,6 @@ def write_design_pictures(designer: Designer, tasks: Sequence[Task], folder: str
         shown = CommGraph(list(team.agent_names), first.edges())
         missing = [a for a in team.agent_names if a not in first.agents]
         title = f"{designer.kind} on task {tasks[0].id or 0}"
-        extra = {"pruned": dropped_edges(team.graph, first), "pruned_agents": missing, "layout": team.graph}
+        extra = {"pruned": missing_edges(team.graph.edges(), first), "pruned_agents": missing, "layout": team.graph}
         written.append(write_picture(shown, folder / "example.png", title=title, **options, **extra))
     return written

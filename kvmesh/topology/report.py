@@ -54,10 +54,10 @@ def read_picture_source(source: str | Path) -> tuple[CommGraph, dict]:
         options["tokens"] = {key: round(tokens) for key, tokens, *_ in edges}
     designed = [CommGraph.from_dict(s["graph"]) for s in samples if "graph" in s]
     if designed:  # a designer's run: what it chose over the tasks, against the team's graph
-        from kvmesh.topology.pictures import dropped_edges, summary_graph, summary_options
+        from kvmesh.topology.pictures import missing_edges, summary_graph, summary_options
 
         chosen, kept = summary_graph(graph.agents, designed)
-        options |= {"pruned": dropped_edges(graph, chosen), "layout": graph, **summary_options(kept)}
+        options |= {"pruned": missing_edges(graph.edges(), chosen), "layout": graph, **summary_options(kept)}
         graph = chosen
     return graph, options
 
