@@ -35,7 +35,10 @@ demo: setup
 KVMESH_GSM8K_PATH ?= $(abspath $(wildcard ../shared/data/gsm8k))
 export KVMESH_GSM8K_PATH
 
+# The layering contract (pyproject.toml: [tool.importlinter]) and lint first: both are quick and both can fail.
 test: setup
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/ruff check kvmesh tests benchmarks
 	$(BIN)/python -m pytest -q
 
 lint: setup

@@ -15,10 +15,10 @@ import itertools
 import random
 
 from kvmesh import load_model
-from kvmesh.evals.humaneval import load_humaneval
+from kvmesh.evals.bench.kv_reuse import synthetic_text
+from kvmesh.evals.benchmarks.humaneval import load_humaneval
 from kvmesh.kvcomm.anchors import describe
-from kvmesh.kvcomm.benchmark import _text
-from kvmesh.kvcomm.cache import read_columns
+from kvmesh.llm.base import GenerationRequest
 
 
 def main() -> None:
@@ -31,15 +31,15 @@ def main() -> None:
         return llm.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     rng = random.Random(1)
-    texts = {f"notes{i}": _text(rng, llm.tokenizer, 1024, lead="Notes:") for i in range(3)}
+    texts = {f"notes{i}": synthetic_text(rng, llm.tokenizer, 1024, lead="Notes:") for i in range(3)}
     texts |= {f"humaneval{i}": encode(p.prompt) for i, p in enumerate(load_humaneval()[:3])}
     texts |= {"reply0": encode("The answer is 42."), "reply1": encode("I think the baker lives in Oslo.")}
     marker = "\u2063"  # the chat template's text before a user turn's content
     head = encode(llm.render([("system", "You are a helpful agent."), ("user", marker)]).split(marker)[0])
     descriptors = {}
     for name, ids in texts.items():
-        cache = llm.prefill(head + ids).cache
-        descriptors[name] = describe(read_columns(cache, 0, len(head), len(head) + len(ids))[0])
+        (row,) = llm.generate_requests([GenerationRequest(head + ids, max_new_tokens=0, keep_kv=True)])
+        descriptors[name] = describe(row.prompt_kv.slice(len(head)).keys)
 
     names = list(descriptors)
     print(" " * 11 + " ".join(f"{n:>10}" for n in names))

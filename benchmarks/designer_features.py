@@ -14,7 +14,7 @@ import argparse
 import json
 
 from kvmesh import Agent, Task
-from kvmesh.evals import infoqa
+from kvmesh.evals.benchmarks import infoqa
 from kvmesh.llm.embedding import load_encoder
 from kvmesh.topology.features import NodeFeatures
 

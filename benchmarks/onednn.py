@@ -14,7 +14,7 @@ import torch
 from common import emit
 
 from kvmesh import load_model
-from kvmesh.kvcomm.cache import cache_argument, new_cache
+from kvmesh.llm.cache import cache_argument, new_cache
 
 
 @torch.inference_mode()

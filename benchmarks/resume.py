@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from kvmesh.evals.results import read_samples
+from kvmesh.evals.store import read_samples
 
 
 def eval_command(args: argparse.Namespace, out: Path, resume: bool) -> list[str]:

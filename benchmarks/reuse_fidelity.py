@@ -17,9 +17,8 @@ import json
 import time
 
 from kvmesh import ReuseConfig, Team
-from kvmesh.evals.benchmarks import make_benchmark
-from kvmesh.evals.results import read_samples
-from kvmesh.evals.roles import benchmark_team
+from kvmesh.evals.benchmarks import benchmark_team, make_benchmark
+from kvmesh.evals.store import read_samples
 
 
 def compare_runs(kv_run: str, text_run: str) -> dict:
@@ -86,7 +85,7 @@ def main() -> None:
         "tasks": len(samples),
         "accuracy_text": accuracy(text),
         "accuracy_kv_reuse": accuracy(kv),
-        "reuse_rate": team.reuse.stats()["reuse_rate"],
+        "reuse_rate": team.channels["kv-reuse"].stats()["reuse_rate"],
         "reused_turns": len(reused),
         "reused_turns_identical": sum(a == b for a, b in reused),
         "answers_identical": sum(t.answer == k.answer for t, k in zip(text, kv, strict=True)),

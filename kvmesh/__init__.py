@@ -5,29 +5,20 @@ team = Team([Agent("solver", role="math solver"), Agent("checker", role="checker
 print(team.run("What is 17 * 3?").answer)
 """
 
-from kvmesh.agents import (
-    Agent,
-    ChannelNotAvailableError,
-    CommGraph,
-    Edge,
-    GraphError,
-    SpecError,
-    Task,
-    Team,
-    TeamResult,
-    Usage,
-    UsageReport,
-)
-from kvmesh.kvcomm import ReuseConfig, UnsupportedModelError
-from kvmesh.llm import LocalLM, ModelNotAvailableError, load_model
+from kvmesh.agents import Agent, SpecError, Task, Team, TeamResult, Usage, UsageReport
+from kvmesh.graph import CommGraph, Edge, GraphError
+from kvmesh.kvcomm import Channel, ChannelNotAvailableError, ReuseConfig, UnsupportedModelError
+from kvmesh.llm import LanguageModel, LocalLM, ModelNotAvailableError, load_model
 
 __version__ = "0.1.0"
 __all__ = [
     "Agent",
+    "Channel",
     "ChannelNotAvailableError",
     "CommGraph",
     "Edge",
     "GraphError",
+    "LanguageModel",
     "LocalLM",
     "ModelNotAvailableError",
     "ReuseConfig",

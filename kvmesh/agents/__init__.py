@@ -1,4 +1,8 @@
-"""Agents, the communication graph, teams and the runtime that schedules them."""
+"""Agents, tasks and teams: the API (`Team`), and the scheduler that runs a team's turns on running batches.
+
+A newcomer's path from `Team.run` to one batched model call: `team.py` (checks, `stream_batch`) ->
+`scheduler.py` (`Scheduler.step`) -> `turn.py` (a turn's prompt, cache and rows) -> `kvmesh.llm.engine`.
+"""
 
 from kvmesh.agents.agent import Agent
 from kvmesh.agents.events import (
@@ -10,25 +14,19 @@ from kvmesh.agents.events import (
     RoundFinished,
     TeamFinished,
 )
-from kvmesh.agents.graph import CHANNELS, CommGraph, Edge, GraphError
 from kvmesh.agents.result import TeamResult
 from kvmesh.agents.spec import SpecError
 from kvmesh.agents.task import Task
-from kvmesh.agents.team import ChannelNotAvailableError, Team
+from kvmesh.agents.team import Team
 from kvmesh.agents.tools import Tool, ToolTurn
 from kvmesh.agents.usage import Usage, UsageReport
 
 __all__ = [
-    "CHANNELS",
     "Agent",
     "AgentFinished",
     "AgentStarted",
     "BudgetExhausted",
-    "ChannelNotAvailableError",
-    "CommGraph",
-    "Edge",
     "Event",
-    "GraphError",
     "MessageSent",
     "RoundFinished",
     "SpecError",

@@ -1,7 +1,8 @@
 """Agent: a named role with its own system prompt and generation settings, on a shared local model.
 
-The model is named by spec (alias, folder or Hugging Face id) or given as a `LocalLM`; specs load lazily, once
-per process, so a team of five agents on `smollm2-135m` holds one copy of the weights.
+The model is named by spec (alias, folder or Hugging Face id) or given as any `LanguageModel` (a `LocalLM`, or
+another backend); specs load lazily, once per process, so a team of five agents on `smollm2-135m` holds one
+copy of the weights.
 """
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kvmesh.agents.tools import Tool, tool_from_name
-from kvmesh.llm import LocalLM, load_model
-from kvmesh.llm.generation import normalize_stop
+from kvmesh.llm.base import LanguageModel, normalize_stop
+from kvmesh.llm.local import load_model
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -23,7 +24,7 @@ class Agent:
         name: unique within the team; used as the graph node and as `AIMessage.name`.
         role: a short description, also the default system prompt ("You are the <role> ...").
         system_prompt: replaces the default system prompt when given.
-        model: a `LocalLM` or a spec for `kvmesh.load_model`.
+        model: a `LanguageModel` (such as `kvmesh.LocalLM`) or a spec for `kvmesh.load_model`.
         max_new_tokens: cap on the tokens this agent generates per turn.
         temperature: 0 for greedy decoding, above 0 to sample.
         stop: extra stop strings for this agent's turns.
@@ -36,7 +37,7 @@ class Agent:
     name: str
     role: str = "assistant"
     system_prompt: str | None = None
-    model: LocalLM | str = DEFAULT_MODEL
+    model: LanguageModel | str = DEFAULT_MODEL
     max_new_tokens: int = 256
     temperature: float = 0.0
     stop: tuple[str, ...] = field(default_factory=tuple)
@@ -52,8 +53,11 @@ class Agent:
             )
         if not isinstance(self.temperature, int | float) or self.temperature < 0:
             raise ValueError(f"agent {self.name!r}: temperature must be >= 0, got {self.temperature!r}")
-        if not isinstance(self.model, LocalLM | str):
-            raise TypeError(f"agent {self.name!r}: model must be a LocalLM or a model spec string")
+        if not isinstance(self.model, str) and not isinstance(self.model, LanguageModel):
+            raise TypeError(
+                f"agent {self.name!r}: model must be a LanguageModel (such as kvmesh.LocalLM) or a model spec "
+                f"string, got {type(self.model).__name__}"
+            )
         try:
             self.stop = normalize_stop(self.stop)
         except ValueError as error:
@@ -80,7 +84,7 @@ class Agent:
         return tool
 
     @property
-    def llm(self) -> LocalLM:
+    def llm(self) -> LanguageModel:
         """The loaded model (loads the spec on first use)."""
         if isinstance(self.model, str):
             self.model = load_model(self.model)

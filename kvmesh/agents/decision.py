@@ -7,6 +7,8 @@
 - `last`: the reply of the last agent to speak in the final round. No extra model call.
 
 The decision maker reads the agents' replies over `channel`: `text` (default) or `kv-reuse` (their caches).
+Its turn is the decision step: its round is `DECISION_ROUND`, and the messages it reads arrive on implicit
+edges of kind `kvmesh.graph.DECISION`.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kvmesh.agents.agent import Agent
-from kvmesh.agents.graph import RUNNABLE_CHANNELS
 from kvmesh.agents.task import AnswerExtractor
+from kvmesh.kvcomm.channel import check_channel
 
-METHODS = ("decision", "majority", "last")
-DECISION_NAME = "decision"
+DECISION_METHOD, MAJORITY, LAST = "decision", "majority", "last"
+METHODS = (DECISION_METHOD, MAJORITY, LAST)
+DECISION_NAME = "decision"  # the decision maker's default agent name
+DECISION_ROUND = "decision"  # the round of the decision step, in messages, events and usage
 DECISION_SYSTEM = (
     "You are the decision maker of a team of agents. You read their messages, weigh them, and state the single "
     "final answer to the question. Be brief."
@@ -34,8 +38,12 @@ class Decision:
     channel: str = "text"  # how the decision maker reads the agents' replies
 
     def __post_init__(self) -> None:
-        if self.channel not in RUNNABLE_CHANNELS:
-            raise ValueError(f"decision channel must be one of {RUNNABLE_CHANNELS}, got {self.channel!r}")
+        check_channel(self.channel, "decision")
+
+    @property
+    def maker(self) -> bool:
+        """Whether a decision-maker agent runs after the last round (method "decision")."""
+        return self.method == DECISION_METHOD
 
     @classmethod
     def coerce(cls, value: str | Agent | dict | Decision, first_agent: Agent) -> Decision:
@@ -46,23 +54,24 @@ class Decision:
         if isinstance(value, Decision):
             return value
         if isinstance(value, Agent):
-            return cls("decision", value)
+            return cls(DECISION_METHOD, value)
         if isinstance(value, dict):
             fields = dict(value)
-            method = fields.pop("method", "decision")
+            method = fields.pop("method", DECISION_METHOD)
             channel = fields.pop("channel", "text")
-            if method != "decision" and (fields or channel != "text"):
+            if method != DECISION_METHOD and (fields or channel != "text"):
                 raise ValueError(f"decision {method!r} takes no agent fields or channel, got {sorted(value)}")
-            if method == "decision":
+            if method == DECISION_METHOD:
                 fields.setdefault("name", DECISION_NAME)
                 fields.setdefault("role", "decision maker")
                 fields.setdefault("system_prompt", DECISION_SYSTEM)
                 fields.setdefault("max_new_tokens", first_agent.max_new_tokens)
-                return cls("decision", Agent.from_dict(fields, default_model=first_agent.model_spec), channel)
+                fields.setdefault("model", first_agent.model)  # the object itself: it may have no spec to load
+                return cls(DECISION_METHOD, Agent.from_dict(fields), channel)
             value = method
         if value not in METHODS:
             raise ValueError(f"unknown decision {value!r}; use one of {', '.join(METHODS)} or a decision Agent")
-        if value == "decision":
+        if value == DECISION_METHOD:
             maker = Agent(
                 DECISION_NAME,
                 "decision maker",
@@ -70,14 +79,14 @@ class Decision:
                 model=first_agent.model,
                 max_new_tokens=first_agent.max_new_tokens,
             )
-            return cls("decision", maker)
+            return cls(DECISION_METHOD, maker)
         return cls(value)
 
     def to_spec(self) -> str | dict:
         if self.agent is None:
             return self.method
         channel = {"channel": self.channel} if self.channel != "text" else {}
-        return {"method": "decision", **channel, **self.agent.to_dict()}
+        return {"method": DECISION_METHOD, **channel, **self.agent.to_dict()}
 
 
 def majority_vote(replies: Sequence[tuple[str, str]], extract: AnswerExtractor) -> str | None:

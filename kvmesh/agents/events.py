@@ -10,14 +10,11 @@ stopped further work. `task_index` tells tasks apart inside `run_batch`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from langchain_core.messages import AIMessage
 
+from kvmesh.agents.result import TeamResult
 from kvmesh.agents.usage import Usage
-
-if TYPE_CHECKING:
-    from kvmesh.agents.team import TeamResult
 
 
 @dataclass(frozen=True)

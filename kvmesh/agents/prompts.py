@@ -1,4 +1,4 @@
-"""Building the exact prompt one agent reads in one turn, and attributing its tokens to incoming edges.
+"""Building the exact prompt one agent reads in one turn, in pieces, and attributing its tokens to incoming edges.
 
 Layout of the user turn (sections appear only when present):
 
@@ -10,46 +10,57 @@ Layout of the user turn (sections appear only when present):
 
     Question: <task.question>
 
-    Message from <source> (<this round | previous round>):
+    Message from <source> (<this round | previous round | final round>):
     <source's reply>
     ...
 
     <instruction>
 
-Each "Message from" block is the part of the prompt that its edge costs. We locate every block by character
-offsets in the rendered prompt and count the real prompt tokens that start inside it, so edge usage is exact
-with respect to the ids the model reads, not a re-tokenisation of a fragment.
+The prompt is the agent's chat frame (`ChatFormat.frame`: system prompt, examples, markup) around that turn,
+laid out as pieces (`kvmesh.kvcomm.assembly`): the head, the private notes (own text), the task, one or more
+pieces per message as the message's channel lays them out (`Channel.layout`: own text on `text` edges; glue and
+the sender's reply ids on `kv-reuse` edges that kept a cache), and the tail. Text between pre-tokenized pieces
+is tokenized as one run, and a token belongs to the piece its first character is in, so a prompt whose messages
+all travel as text has exactly the ids of its rendered text, and the same text has the same ids (and so the same
+cache) in every prompt of a task. Private notes come first so that everything after them is text other agents'
+prompts share.
 
-Private notes come first so that everything after them (task, messages) is text other agents' prompts share;
-the kv-reuse channel (`kvmesh.agents.reuse_channel`) lays the same sections out piece by piece.
+Each message costs the receiver its header and content tokens: those are the edge's tokens, counted on the ids
+the model reads, not on a re-tokenised fragment.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from bisect import bisect_right
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from itertools import accumulate, pairwise
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import BaseMessage
 
-from kvmesh.llm import LocalLM
+from kvmesh.graph.edge import DECISION, SPATIAL, TEMPORAL
+from kvmesh.kvcomm.assembly import HEAD, OWN, TAIL, TASK, Piece
+from kvmesh.kvcomm.channel import Cached, Channel, default_channel
+from kvmesh.llm.base import LanguageModel
+from kvmesh.llm.chat import transcript
+from kvmesh.llm.segment import KVSegment
 
 DECISION_INSTRUCTION = "Read your team's messages and give the single final answer to the question."
-MARKER = "\u2063"  # an invisible separator: stands for the user turn's content when the frame is rendered
+_WHEN = {SPATIAL: "this round", TEMPORAL: "previous round", DECISION: "final round"}
 
 
 @dataclass(frozen=True)
 class Inbound:
-    """A message arriving on an edge."""
+    """A message arriving on an edge, with its sender's reply cache when a channel kept one."""
 
     source: str
     kind: str  # "spatial", "temporal" or "decision"
     channel: str
     content: str
-    kv: object = field(default=None, compare=False, repr=False)  # kv-reuse: the sender's reply cache (KVSegment)
+    kv: KVSegment | None = field(default=None, compare=False, repr=False)
 
     def header(self) -> str:
-        when = {"spatial": "this round", "temporal": "previous round", "decision": "final round"}[self.kind]
-        return f"Message from {self.source} ({when}):"
+        return f"Message from {self.source} ({_WHEN[self.kind]}):"
 
 
 @dataclass
@@ -57,9 +68,9 @@ class PromptPlan:
     """Everything about one agent turn's input.
 
     messages: the transcript (system + user turn); text: its rendering, exactly what the model reads;
-    token_ids: len P; edge_tokens: one count per inbound message, summing to at most P.
-    On kv-reuse teams, `pieces` split token_ids for the reuse engine, `task_span` locates the task in them and
-    `edge_cached` counts each message's tokens that an assembled cache serves (its header and reply).
+    token_ids: len P; edge_tokens: one count per inbound message, summing to at most P; pieces: token_ids in
+    pieces (their ids add up to token_ids); task_span: where the task lies in token_ids; edge_cached: each
+    message's tokens that an assembled cache serves (its glue and reply when they were read from a cache).
     """
 
     messages: list[BaseMessage]
@@ -67,32 +78,21 @@ class PromptPlan:
     token_ids: list[int]
     inbound: list[Inbound]
     edge_tokens: list[int]
-    pieces: list | None = None  # kvmesh.kvcomm.reuse.Piece
-    task_span: tuple[int, int] | None = None
-    edge_cached: list[int] | None = None
+    pieces: list[Piece]
+    task_span: tuple[int, int]
+    edge_cached: list[int]
 
     @property
     def reusable(self) -> bool:
-        """A kv-reuse turn with a cached piece: one the reuse engine is asked to assemble."""
-        return self.pieces is not None and any(piece.source is not None for piece in self.pieces)
+        """A turn with a cached piece: one a channel is asked to place."""
+        return any(piece.source is not None for piece in self.pieces)
 
 
-@dataclass(frozen=True)
-class Sections:
-    """The user turn's sections, each None or text; the turn is them joined by blank lines, in this order."""
-
-    notes: str | None
-    task: str  # context and question: the same in every prompt of a task
-    messages: list[tuple[str, str]]  # (header line, content) per inbound message
-    instruction: str | None
-
-    @classmethod
-    def of(cls, question, context, shard, inbound: Sequence[Inbound], instruction) -> Sections:
-        task = f"Question: {question.strip()}"
-        if context:
-            task = f"Context:\n{context.strip()}\n\n{task}"
-        notes = f"Your private notes:\n{shard.strip()}" if shard else None
-        return cls(notes, task, [(m.header(), m.content.strip()) for m in inbound], instruction or None)
+def _sections(question: str, context: str | None, shard: str | None) -> tuple[str | None, str]:
+    task = f"Question: {question.strip()}"
+    if context:
+        task = f"Context:\n{context.strip()}\n\n{task}"
+    return (f"Your private notes:\n{shard.strip()}" if shard else None), task
 
 
 def user_turn(
@@ -101,24 +101,42 @@ def user_turn(
     shard: str | None,
     inbound: Sequence[Inbound],
     instruction: str | None,
-) -> tuple[str, list[tuple[int, int]]]:
-    """The user turn's text and the character span of each inbound block within it."""
-    sections = Sections.of(question, context, shard, inbound, instruction)
-    parts = [sections.notes] if sections.notes else []
-    parts.append(sections.task)
-    spans: list[tuple[int, int]] = []
-    for header, content in sections.messages:
-        offset = sum(len(p) + 2 for p in parts)  # parts are joined by blank lines
-        block = f"{header}\n{content}"
-        spans.append((offset, offset + len(block)))
-        parts.append(block)
-    if sections.instruction:
-        parts.append(sections.instruction)
-    return "\n\n".join(parts), spans
+) -> str:
+    """The user turn's text, as the planner lays it out with every message as text (for few-shot examples)."""
+    notes, task = _sections(question, context, shard)
+    blocks = [notes] if notes else []
+    blocks += [task, *(f"{m.header()}\n{m.content.strip()}" for m in inbound)]
+    return "\n\n".join(blocks + ([instruction] if instruction else []))
+
+
+def _tokenize(model: LanguageModel, pieces: list[Piece]) -> list[tuple[tuple[int, ...], list[int]]]:
+    """(token ids, where each starts in the piece's text) per piece. Text between pre-tokenized pieces is
+    tokenized as one run (a token belongs to the piece its first character is in)."""
+    found: list[tuple[tuple[int, ...], list[int]]] = []
+    run: list[Piece] = []
+
+    def flush() -> None:
+        ids, spans = model.encode_with_spans("".join(p.text for p in run))
+        starts = [0, *accumulate(len(p.text) for p in run)]
+        owner = [bisect_right(starts, lo) - 1 for lo, _ in spans]
+        for index in range(len(run)):
+            mine = [i for i, o in enumerate(owner) if o == index]
+            found.append((tuple(ids[i] for i in mine), [spans[i][0] - starts[index] for i in mine]))
+        run.clear()
+
+    for piece in pieces:
+        if piece.token_ids:  # a sender's ids, read as they were generated
+            if run:
+                flush()
+            found.append((piece.token_ids, [0] * len(piece.token_ids)))
+        else:
+            run.append(piece)
+    flush()
+    return found
 
 
 def plan_prompt(
-    llm: LocalLM,
+    model: LanguageModel,
     system: str,
     question: str,
     context: str | None = None,
@@ -126,29 +144,65 @@ def plan_prompt(
     inbound: Sequence[Inbound] = (),
     instruction: str | None = None,
     examples: Sequence[tuple[str, str]] = (),
+    channels: Mapping[str, Channel] | None = None,
+    task_cache: Cached | None = None,
 ) -> PromptPlan:
-    """The prompt of one turn: system, the few-shot `examples` as earlier (user, reply) turns, the user turn."""
-    content, spans = user_turn(question, context, shard, inbound, instruction)
-    messages = transcript(system, examples, content)
-    text = llm.render(messages)
-    token_ids, token_spans = llm.encode_with_spans(text)  # one tokenizer call per turn
-    base = text.rfind(content)  # the last occurrence: an example turn may hold the same text
-    edge_tokens = [0] * len(spans)
-    if spans and base >= 0:
-        starts = [start for start, _ in token_spans]
-        for i, (lo, hi) in enumerate(spans):
-            edge_tokens[i] = sum(1 for s in starts if base + lo <= s < base + hi)
-    return PromptPlan(messages, text, token_ids, list(inbound), edge_tokens)
+    """The prompt of one turn: system, the few-shot `examples` as earlier (user, reply) turns, the user turn.
 
+    `channels` lay out each message by its channel's name (default: each channel with default settings);
+    `task_cache` is the task's cache from an earlier turn, read in place of prefilling the task."""
+    before, after = model.chat.frame(system, examples)
+    notes, task = _sections(question, context, shard)
+    pieces = [Piece(text=before, kind=HEAD)]
+    if notes:
+        pieces.append(Piece(own=True, text=notes + "\n\n", kind=OWN))
+    task_index = len(pieces)
+    pieces.append(Piece(text=task, kind=TASK, key="task"))
+    firsts = []  # index of each message's first piece
+    for message in inbound:
+        channel = (channels or {}).get(message.channel) or default_channel(message.channel)
+        glue, key = f"\n\n{message.header()}\n", ("reply", message.source, message.kind)
+        firsts.append(len(pieces))
+        pieces += channel.layout(model, glue, message.content.strip(), message.kv, key)
+    tail = (f"\n\n{instruction}" if instruction else "") + after
+    if not tail:
+        raise ValueError(f"{model.spec}: the chat template adds nothing after the user turn to open the reply")
+    pieces.append(Piece(text=tail, kind=TAIL))
 
-def transcript(system: str, examples: Sequence[tuple[str, str]], content: str) -> list[BaseMessage]:
-    shots = [m for user, reply in examples for m in (HumanMessage(content=user), AIMessage(content=reply))]
-    return [SystemMessage(content=system), *shots, HumanMessage(content=content)]
-
-
-def frame(llm: LocalLM, system: str, examples: Sequence[tuple[str, str]] = ()) -> tuple[str, str]:
-    """The rendered prompt's text before the user turn's content (system, examples, markup) and after it."""
-    before, found, after = llm.render(transcript(system, examples, MARKER)).partition(MARKER)
-    if not found or MARKER in after:
-        raise ValueError(f"{llm.spec}: the chat template does not keep the user turn's text in one place")
-    return before, after
+    tokenized = _tokenize(model, pieces)
+    sizes = [len(ids) for ids, _ in tokenized]
+    if not sizes[-1]:
+        raise ValueError(f"{model.spec}: the prompt's tail has no token of its own, so it cannot be split")
+    planned = []
+    for index, (piece, (ids, _)) in enumerate(zip(pieces, tokenized, strict=True)):
+        if index == task_index:
+            cached = task_cache is not None and task_cache.segment.token_ids == ids
+            source, channel = (task_cache.segment, task_cache.channel) if cached else (None, None)
+            piece = replace(piece, own=source is None, source=source, channel=channel)
+        if not ids:
+            continue
+        piece = replace(piece, token_ids=ids)
+        if piece.own and planned and planned[-1].own:  # one prefill for adjacent own text
+            last = planned.pop()
+            piece = replace(last, token_ids=last.token_ids + ids, text=last.text + piece.text)
+        planned.append(piece)
+    task_start = sum(sizes[:task_index])
+    # a message's tokens, as in its text: its header and content, not the blank line before it
+    separator = [sum(1 for start in tokenized[i][1] if start < 2) for i in firsts]
+    bounds = list(pairwise([*firsts, len(pieces) - 1]))
+    edge_tokens = [sum(sizes[lo:hi]) - sep for (lo, hi), sep in zip(bounds, separator, strict=True)]
+    edge_cached = [
+        sum(sizes[i] for i in range(lo, hi) if not pieces[i].own) - (sep if not pieces[lo].own else 0)
+        for (lo, hi), sep in zip(bounds, separator, strict=True)
+    ]
+    content = "".join(piece.text for piece in pieces[1:])[: -len(after) or None]
+    return PromptPlan(
+        messages=transcript(system, examples, content),
+        text="".join(piece.text for piece in pieces),
+        token_ids=[t for piece in planned for t in piece.token_ids],
+        inbound=list(inbound),
+        edge_tokens=edge_tokens,
+        pieces=planned,
+        task_span=(task_start, task_start + sizes[task_index]),
+        edge_cached=edge_cached,
+    )

@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 
 from langchain_core.messages import AIMessage
 
-from kvmesh.agents.graph import CommGraph
 from kvmesh.agents.task import Task
 from kvmesh.agents.usage import UsageReport
+from kvmesh.graph.graph import CommGraph
+from kvmesh.kvcomm.channel import channel_names, metadata_key
 
 
 @dataclass
@@ -19,7 +20,8 @@ class TeamResult:
         answer: the team's final answer (None only if no agent ran).
         messages: every reply in the order produced; each `AIMessage` has `name` = agent, `usage_metadata`,
             and `response_metadata` with `round`, `prompt` (the exact text the model read), `model`,
-            `finish_reason`, `ttft_s` and `latency_s`.
+            `finish_reason`, `ttft_s` and `latency_s`; a turn that had something to read from a cache says
+            how its channel served it (`kv_reuse`: "reused" or "dense").
         stop_reason: "completed", or "budget" when the token budget stopped the run early.
         skipped: (agent, round) turns not run because of the budget.
     """
@@ -70,7 +72,7 @@ def _message_dict(message: AIMessage) -> dict:
     meta = message.response_metadata
     data = {"agent": message.name, "round": meta["round"], "content": message.content}
     data |= {key: meta.get(key) for key in ("prompt", "model", "finish_reason")}
-    for key in ("tool", "edited_by", "kv_reuse"):
+    for key in ("tool", "edited_by", *(metadata_key(name) for name in channel_names())):
         if key in meta:
             data[key] = meta[key]
     return data | {"usage": dict(message.usage_metadata)}

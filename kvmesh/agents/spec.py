@@ -10,28 +10,39 @@
     graph: chain                   # a preset name, or {preset: layered, options: {layers: 2}},
                                    # or {edges: [{source, target, kind, channel, weight}]}
     reuse: {gamma: 0.3}            # optional kv-reuse engine settings (kvmesh.kvcomm.ReuseConfig)
+    channels: {kv-reuse: {gamma: 0.3}}   # optional settings of any channel, by name (reuse: is kv-reuse's)
     designer: runs/design/agp/designer   # optional: a saved topology designer chooses each task's graph
                                          # (relative paths are relative to the spec file)
 
-Written specs always list explicit edges, so a round trip reproduces the exact graph.
+Written specs always list explicit edges, so a round trip reproduces the exact graph. A designer lives above
+this package (`kvmesh.topology`), so reading a spec that names one takes a `designer_loader`
+(`kvmesh.cli.specs.load_team` passes `kvmesh.topology.load_designer`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import yaml
 
 from kvmesh.agents.agent import DEFAULT_MODEL, Agent
-from kvmesh.agents.graph import CommGraph
+from kvmesh.graph.graph import CommGraph
+from kvmesh.kvcomm.channel import settings_of
 
-if TYPE_CHECKING:
-    from kvmesh.agents.team import Team
-
-TOP_LEVEL_FIELDS = {"model", "rounds", "decision", "token_budget", "seed", "agents", "graph", "reuse", "designer"}
+TOP_LEVEL_FIELDS = {
+    "model",
+    "rounds",
+    "decision",
+    "token_budget",
+    "seed",
+    "agents",
+    "graph",
+    "reuse",
+    "channels",
+    "designer",
+}
 
 
 class SpecError(ValueError):
@@ -65,9 +76,8 @@ def _graph(value, names: list[str]) -> CommGraph:
     raise SpecError("'graph' must be a preset name, {preset: NAME, options: {...}} or {edges: [...]}")
 
 
-def team_from_spec(source: str | Path | dict) -> Team:
-    from kvmesh.agents.team import Team
-
+def team_from_spec(team_class: type, source: str | Path | dict, designer_loader: Callable | None = None):
+    """A `team_class` (`Team`) from a spec file or dict; `designer_loader(folder, team)` loads a named designer."""
     where = "team spec" if isinstance(source, dict) else f"team spec {source}"
     data = source if isinstance(source, dict) else _read(Path(source))
     unknown = set(data) - TOP_LEVEL_FIELDS
@@ -80,7 +90,7 @@ def team_from_spec(source: str | Path | dict) -> Team:
     try:
         agents = [Agent.from_dict(e, default_model=model) for e in entries]
         graph = _graph(data.get("graph"), [a.name for a in agents])
-        team = Team(
+        team = team_class(
             agents,
             graph,
             rounds=data.get("rounds", 1),
@@ -88,20 +98,24 @@ def team_from_spec(source: str | Path | dict) -> Team:
             token_budget=data.get("token_budget"),
             seed=data.get("seed"),
             reuse=data.get("reuse"),
+            channels=data.get("channels"),
         )
         if data.get("designer"):
-            from kvmesh.topology import load_designer
-
             folder = Path(data["designer"])
             if not folder.is_absolute() and not isinstance(source, dict):
                 folder = Path(source).parent / folder
-            team = load_designer(folder, team).apply(team)
+            if designer_loader is None:
+                raise ValueError(
+                    f"it names a designer ({folder}); load it with kvmesh.cli.specs.load_team, or pass "
+                    "designer_loader=kvmesh.topology.load_designer"
+                )
+            team = designer_loader(folder, team).apply(team)
         return team
     except (ValueError, TypeError, FileNotFoundError) as error:
         raise SpecError(f"{where}: {error}") from error
 
 
-def team_to_spec(team: Team) -> dict:
+def team_to_spec(team) -> dict:
     spec = {
         "rounds": team.rounds,
         "decision": team.decision.to_spec(),
@@ -112,8 +126,9 @@ def team_to_spec(team: Team) -> dict:
         spec["token_budget"] = team.token_budget
     if team.seed is not None:
         spec["seed"] = team.seed
-    if team.uses_kv_reuse:
-        spec["reuse"] = asdict(team.reuse.config)
+    settings = {name: found for name, channel in team.channels.items() if (found := settings_of(channel))}
+    if settings:
+        spec["channels"] = settings
     if team.designer is not None:
         path = getattr(team.designer, "path", None)
         if path is None:
@@ -122,7 +137,7 @@ def team_to_spec(team: Team) -> dict:
     return spec
 
 
-def save_spec(team: Team, path: str | Path) -> None:
+def save_spec(team, path: str | Path) -> None:
     path = Path(path)
     spec = team_to_spec(team)
     text = json.dumps(spec, indent=2) if path.suffix == ".json" else yaml.safe_dump(spec, sort_keys=False)

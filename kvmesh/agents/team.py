@@ -1,4 +1,4 @@
-"""Team: agents + a communication graph + rounds + a decision rule; runs tasks through the runtime.
+"""Team: agents + a communication graph + rounds + a decision rule; the API that runs tasks.
 
 team = Team([Agent("solver"), Agent("critic")], graph="chain", rounds=2)
 result = team.run("What is 17 * 3?")
@@ -6,13 +6,20 @@ for event in team.stream(task): ...
 results = team.run_batch(tasks)          # one batched model call per level, across tasks
 designed = designer.compile(team, trainset, valset)   # a team whose graph is chosen per task (kvmesh.topology)
 
-Channels: `text` and `kv-reuse` run (`kvmesh.agents.reuse_channel`); a kv-reuse edge must join agents on the
-same model, since a cache means something only to the model that made it.
+A team checks everything once, when it is built (agents, graph, channels of every edge and of the decision)
+and when it is asked to run (tasks, per-task graphs); then `stream_batch` hands a `RunPlan` to the scheduler
+(`kvmesh.agents.scheduler`), which never sees the team itself. `run`, `run_batch` and `stream` are thin
+wrappers over `stream_batch`.
+
+Channels (`kvmesh.kvcomm.channel`): each edge names one, and the team holds one object per channel it uses
+(its state, such as kv-reuse's engines and anchors, lives as long as the team); `channels={name: settings}`
+sets them up (`reuse=` is the same for kv-reuse).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -21,12 +28,17 @@ import networkx as nx
 from kvmesh.agents.agent import Agent
 from kvmesh.agents.decision import Decision
 from kvmesh.agents.events import Event, TeamFinished
-from kvmesh.agents.graph import RUNNABLE_CHANNELS, CommGraph, GraphError
 from kvmesh.agents.result import TeamResult
-from kvmesh.agents.reuse_channel import KV_REUSE, ReuseChannel
-from kvmesh.agents.runtime import execute
+from kvmesh.agents.scheduler import Scheduler
+from kvmesh.agents.spec import save_spec, team_from_spec, team_to_spec
+from kvmesh.agents.state import RunPlan
 from kvmesh.agents.task import Task
-from kvmesh.kvcomm.reuse import ReuseConfig
+from kvmesh.graph.edge import DECISION, GraphError
+from kvmesh.graph.graph import CommGraph
+from kvmesh.kvcomm.channel import Channel, channel_settings, check_channel, make_channel
+from kvmesh.kvcomm.reuse_engine import ReuseConfig
+
+REUSE = "kv-reuse"  # the channel `reuse=` sets up
 
 
 class GraphDesigner(Protocol):
@@ -35,34 +47,12 @@ class GraphDesigner(Protocol):
     def design_batch(self, tasks: Sequence[Task]) -> list[CommGraph]: ...
 
 
-class ChannelNotAvailableError(NotImplementedError):
-    """An edge uses a KV channel that this version of kvmesh cannot run yet."""
-
-
-def _check_channels(graph: CommGraph) -> None:
-    for edge in graph.edges():
-        if edge.channel not in RUNNABLE_CHANNELS:
-            raise ChannelNotAvailableError(
-                f"edge {edge.source} -> {edge.target} ({edge.kind}) uses channel {edge.channel!r}, which is not "
-                f"available yet; available: {', '.join(RUNNABLE_CHANNELS)}. Set channel='text' on that edge."
-            )
-
-
-def _same_model(a: Agent, b: Agent) -> bool:
-    return a.model is b.model or a.model_spec == b.model_spec
-
-
-def _check_kv_models(agents: dict[str, Agent], graph: CommGraph, decision: Decision) -> None:
-    pairs = [(agents[e.source], agents[e.target], e.kind) for e in graph.edges() if e.channel == KV_REUSE]
-    if decision.channel == KV_REUSE and decision.agent is not None:
-        pairs += [(agent, decision.agent, "decision") for agent in agents.values()]
-    for source, target, kind in pairs:
-        if not _same_model(source, target):
-            raise ValueError(
-                f"kv-reuse edge {source.name} -> {target.name} ({kind}) joins agents on different models "
-                f"({source.model_spec} and {target.model_spec}); a cache is only meaningful to the model that "
-                f"made it. Use channel='text' on that edge, or put both agents on one model."
-            )
+def _positive(name: str, value, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        kind = "a positive integer or None" if optional else "a positive integer"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
 
 
 class Team:
@@ -76,10 +66,11 @@ class Team:
         decision: `"decision"` (a decision-maker agent, default), `"majority"`, `"last"`, or an `Agent`.
         token_budget: per-task cap on prompt + completion tokens; None for no cap.
         seed: seeds sampling for agents with temperature > 0.
-        reuse: settings of the kv-reuse engines (`ReuseConfig`); used only when an edge or the decision
-            uses the `kv-reuse` channel. The engines and their anchors live as long as the team.
+        reuse: settings of the kv-reuse engines (`ReuseConfig` or a dict of its fields); used only when an edge
+            or the decision uses the `kv-reuse` channel. The engines and their anchors live as long as the team.
         designer: chooses a graph per task (a `kvmesh.topology` designer, usually set by its `compile`);
             `graph` is then the candidate graph it chooses from, and the one drawn as "before".
+        channels: settings per channel name (each channel's settings class or a dict of its fields).
     """
 
     def __init__(
@@ -92,6 +83,7 @@ class Team:
         seed: int | None = None,
         reuse: ReuseConfig | dict | None = None,
         designer: GraphDesigner | None = None,
+        channels: Mapping[str, object] | None = None,
     ) -> None:
         agents = list(agents)
         if not agents:
@@ -100,33 +92,25 @@ class Team:
             raise TypeError("team agents must be kvmesh Agent objects")
         self.agents = agents
         self.graph = self._coerce_graph(graph)
-        _check_channels(self.graph)
-        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-            raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
-        self.rounds = rounds
-        if token_budget is not None and (
-            isinstance(token_budget, bool) or not isinstance(token_budget, int) or token_budget < 1
-        ):
-            raise ValueError(f"token_budget must be a positive integer or None, got {token_budget!r}")
-        self.token_budget = token_budget
-        self.seed = seed
+        _positive("rounds", rounds)
+        _positive("token_budget", token_budget, optional=True)
+        self.rounds, self.token_budget, self.seed = rounds, token_budget, seed
         self.decision = Decision.coerce(decision, first_agent=agents[0])
         if self.decision.agent is not None and self.decision.agent.name in self.graph.agents:
             raise ValueError(f"the decision agent's name {self.decision.agent.name!r} is also a team agent's name")
-        _check_kv_models({a.name: a for a in agents}, self.graph, self.decision)
-        if isinstance(reuse, dict):
-            unknown = set(reuse) - set(ReuseConfig.__dataclass_fields__)
-            if unknown:
-                raise ValueError(f"unknown reuse settings {sorted(unknown)}; see kvmesh.kvcomm.ReuseConfig")
-            reuse = ReuseConfig(**reuse)
-        self.reuse = ReuseChannel(reuse)
+        settings = {name: channel_settings(name, value) for name, value in (channels or {}).items()}
+        if reuse is not None:
+            settings[REUSE] = channel_settings(REUSE, reuse, label="reuse")
+        self._settings = settings
+        for edge in self.graph.edges():
+            check_channel(edge.channel, f"edge {edge.source} -> {edge.target} ({edge.kind})")
+        self.channels: dict[str, Channel] = {}
+        for name in sorted(self._channel_names(self.graph)):
+            self.channels[name] = make_channel(name, settings.get(name))
+        self._check_channels(self.graph)
         if designer is not None and not callable(getattr(designer, "design_batch", None)):
             raise TypeError(f"designer must have a design_batch(tasks) method, got {type(designer).__name__}")
         self.designer = designer
-
-    @property
-    def uses_kv_reuse(self) -> bool:
-        return KV_REUSE in self.graph.channels() or self.decision.channel == KV_REUSE
 
     def _coerce_graph(self, graph) -> CommGraph:
         names = [a.name for a in self.agents]
@@ -145,12 +129,41 @@ class Team:
             )
         return graph
 
+    def _channel_names(self, graph: CommGraph) -> set[str]:
+        names = graph.channels() | {"text"}
+        return names | ({self.decision.channel} if self.decision.maker else set())
+
+    def _check_channels(self, graph: CommGraph) -> None:
+        """Every edge's channel (and the decision's) must run here and accept the two agents it joins."""
+        agents = {a.name: a for a in self.agents}
+        for edge in graph.edges():
+            where = f"edge {edge.source} -> {edge.target} ({edge.kind})"
+            self.channels[edge.channel].check(agents[edge.source], agents[edge.target], where)
+        if self.decision.maker:
+            maker, channel = self.decision.agent, self.decision.channel
+            for agent in self.agents:
+                self.channels[channel].check(agent, maker, f"edge {agent.name} -> {maker.name} ({DECISION})")
+
     @property
     def agent_names(self) -> list[str]:
         return [a.name for a in self.agents]
 
+    @property
+    def reuse(self) -> ReuseConfig:
+        """The kv-reuse settings (defaults when the team gave none)."""
+        return self._settings.get(REUSE) or ReuseConfig()
+
+    def channel_stats(self) -> dict[str, dict]:
+        """What each channel the team uses did, by name (channels with nothing to say are left out)."""
+        return {name: stats for name, channel in self.channels.items() if (stats := channel.stats())}
+
+    def picture_options(self) -> dict:
+        """The drawing options the team implies (`kvmesh.graph.draw`): its decision maker and each agent's role."""
+        decision = self.decision.agent.name if self.decision.agent is not None else None
+        return {"decision": decision, "roles": {agent.name: agent.role for agent in self.agents}}
+
     def with_graph(self, graph: CommGraph | nx.DiGraph | str, designer: GraphDesigner | None = None) -> Team:
-        """A team like this one (the same agent objects, settings and reuse config) on another graph."""
+        """A team like this one (the same agent objects and settings, new channel state) on another graph."""
         return Team(
             self.agents,
             graph,
@@ -158,8 +171,8 @@ class Team:
             self.decision,
             self.token_budget,
             self.seed,
-            self.reuse.config,
-            designer,
+            designer=designer,
+            channels=self._settings,
         )
 
     # --- per-task graphs ---------------------------------------------------------------------------------------
@@ -174,8 +187,8 @@ class Team:
         return graphs
 
     def check_graph(self, graph: CommGraph) -> None:
-        """A per-task graph must use some of this team's agents, runnable channels, and kv-reuse only on a team
-        that set its engines up (an edge or the decision on kv-reuse in the team's own graph)."""
+        """A per-task graph must use some of this team's agents, and only channels the team set up (those of
+        its own graph and decision), each on agents it can join."""
         if graph is self.graph:
             return
         if not isinstance(graph, CommGraph):
@@ -183,25 +196,60 @@ class Team:
         unknown = sorted(set(graph.agents) - set(self.agent_names))
         if unknown:
             raise GraphError(f"a task's graph names agents the team does not have: {unknown}; team: {self.agent_names}")
-        _check_channels(graph)
-        if KV_REUSE in graph.channels() and not self.uses_kv_reuse:
+        for edge in graph.edges():
+            check_channel(edge.channel, f"edge {edge.source} -> {edge.target} ({edge.kind})")
+        extra = sorted(self._channel_names(graph) - set(self.channels))
+        if extra:
             raise GraphError(
-                "a task's graph has kv-reuse edges but the team's own graph has none; put the team on kv-reuse "
-                "(graph.with_channel('kv-reuse')) so its engines exist"
+                f"a task's graph has {', '.join(extra)} edges but the team's own graph has none; put the team on "
+                f"them (graph.with_channel({extra[0]!r})) so their state exists"
             )
-        _check_kv_models({a.name: a for a in self.agents}, graph, self.decision)
+        self._check_channels(graph)
 
     # --- running -----------------------------------------------------------------------------------------------
 
-    def _prepare(self, tasks: Sequence[Task | str]) -> list[Task]:
+    def plan(self) -> RunPlan:
+        """What the scheduler runs: this team, resolved."""
+        return RunPlan(tuple(self.agents), self.rounds, self.decision, self.token_budget, self.seed, self.channels)
+
+    def stream_batch(
+        self,
+        tasks: Sequence[Task | str],
+        graphs: Sequence[CommGraph] | None = None,
+        batch_size: int | None = None,
+    ) -> Iterator[Event]:
+        """Run many tasks together, yielding typed events as they happen; each task ends with its
+        `TeamFinished` (`task_index` is the task's position in `tasks`).
+
+        `graphs`: one graph per task instead of `graphs_for` (a designer's training samples, for instance);
+        `batch_size`: run the tasks that many at a time (default: all at once). Everything is checked before the
+        first model call: tasks, shards, graphs and their channels."""
+        _positive("batch_size", batch_size, optional=True)
         prepared = [Task.coerce(t) for t in tasks]
         for task in prepared:
             task.check_shards(self.agent_names)
-        return prepared
+        if graphs is not None and len(graphs) != len(prepared):
+            raise ValueError(f"got {len(graphs)} graphs for {len(prepared)} tasks; give one graph per task")
+        for graph in {id(g): g for g in graphs or ()}.values():
+            self.check_graph(graph)
+        return self._stream(prepared, graphs, batch_size or max(len(prepared), 1))
+
+    def _stream(self, tasks: list[Task], graphs: Sequence[CommGraph] | None, size: int) -> Iterator[Event]:
+        plan = self.plan()
+        for start in range(0, len(tasks), size):
+            chunk = tasks[start : start + size]
+            if graphs is None:  # the designer's (or the team's) graphs, checked before the chunk's first call
+                chunk_graphs = self.graphs_for(chunk)
+                for graph in {id(g): g for g in chunk_graphs}.values():
+                    self.check_graph(graph)
+            else:
+                chunk_graphs = list(graphs[start : start + size])
+            for event in Scheduler(plan, chunk, chunk_graphs).events():
+                yield replace(event, task_index=event.task_index + start) if start else event
 
     def stream(self, task: Task | str) -> Iterator[Event]:
         """Run one task, yielding typed events; the last one is `TeamFinished` with the result."""
-        return execute(self, self._prepare([task]))
+        return self.stream_batch([task])
 
     def run(self, task: Task | str) -> TeamResult:
         return self.run_batch([task])[0]
@@ -212,44 +260,26 @@ class Team:
         batch_size: int | None = None,
         graphs: Sequence[CommGraph] | None = None,
     ) -> list[TeamResult]:
-        """Run many tasks, batching each level's model calls across tasks (`batch_size` tasks at a time).
-
-        `graphs`: one graph per task instead of `graphs_for` (a designer's training samples, for instance).
-        """
-        if batch_size is not None and (
-            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-        ):
-            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-        prepared = self._prepare(tasks)
-        if graphs is not None and len(graphs) != len(prepared):
-            raise ValueError(f"got {len(graphs)} graphs for {len(prepared)} tasks; give one graph per task")
-        size = batch_size or max(len(prepared), 1)
-        results: list[TeamResult] = []
-        for start in range(0, len(prepared), size):
-            chunk = prepared[start : start + size]
-            chunk_graphs = None if graphs is None else graphs[start : start + size]
-            finished = [e for e in execute(self, chunk, chunk_graphs) if isinstance(e, TeamFinished)]
-            results.extend(e.result for e in sorted(finished, key=lambda e: e.task_index))  # input order
-        return results
+        """Run many tasks, batching each level's model calls across tasks (`batch_size` tasks at a time);
+        results in input order."""
+        finished = [e for e in self.stream_batch(tasks, graphs, batch_size) if isinstance(e, TeamFinished)]
+        return [e.result for e in sorted(finished, key=lambda e: e.task_index)]
 
     # --- specs -------------------------------------------------------------------------------------------------
 
     def to_spec(self) -> dict:
-        from kvmesh.agents.spec import team_to_spec
-
         return team_to_spec(self)
 
     def save_spec(self, path: str | Path) -> None:
-        from kvmesh.agents.spec import save_spec
-
         save_spec(self, path)
 
     @classmethod
-    def from_spec(cls, source: str | Path | dict) -> Team:
-        """Build a team from a YAML or JSON file (or an already parsed dict); see kvmesh.agents.spec."""
-        from kvmesh.agents.spec import team_from_spec
+    def from_spec(cls, source: str | Path | dict, designer_loader: Callable | None = None) -> Team:
+        """Build a team from a YAML or JSON file (or an already parsed dict); see kvmesh.agents.spec.
 
-        return team_from_spec(source)
+        A spec that names a saved designer needs `designer_loader` (`kvmesh.topology.load_designer`), or use
+        `kvmesh.cli.specs.load_team`, which passes it."""
+        return team_from_spec(cls, source, designer_loader)
 
     def __repr__(self) -> str:
         return (

@@ -11,13 +11,14 @@ turn answered this way costs no tokens and its message says which tool answered 
 program with a timeout is fine; a network call is not).
 
 Tools are named so team specs can list them (`tools: [run-python]`); `tool_from_name` builds one from its name.
-Concrete tools live where their dependencies do (the sandbox ones in `kvmesh.evals.tools`).
+Names come from the `kvmesh.tools` entry-point group, so any installed package can add tools; kvmesh's own
+live where their dependencies do (the sandbox ones in `kvmesh.evals`) and are declared in its pyproject.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -51,15 +52,12 @@ class Tool:
         return f"{type(self).__name__}()"
 
 
-# name -> "module:class", imported on first use so kvmesh.agents does not import the evals package.
-TOOLS = {
-    "run-python": "kvmesh.evals.tools:RunPython",
-    "pass-tested-code": "kvmesh.evals.tools:PassTestedCode",
-}
+TOOL_GROUP = "kvmesh.tools"  # entry points: name = "module:Class"
 
 
 def tool_from_name(name: str) -> Tool:
-    if name not in TOOLS:
-        raise ValueError(f"unknown tool {name!r}; known tools: {', '.join(sorted(TOOLS))}")
-    module, cls = TOOLS[name].split(":")
-    return getattr(importlib.import_module(module), cls)()
+    found = {point.name: point for point in entry_points(group=TOOL_GROUP)}
+    if name not in found:
+        known = ", ".join(sorted(found)) or "none (is kvmesh installed? its tools are entry points)"
+        raise ValueError(f"unknown tool {name!r}; known tools: {known}")
+    return found[name].load()()

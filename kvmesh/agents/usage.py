@@ -60,11 +60,6 @@ class Usage:
         return data
 
 
-def edge_key(source: str, target: str, kind: str) -> str:
-    """Stable key for an edge in usage tables: `source->target` plus its kind when not spatial."""
-    return f"{source}->{target}" if kind == "spatial" else f"{source}->{target} ({kind})"
-
-
 @dataclass
 class UsageReport:
     """Usage of one task's run, broken down per agent, per edge and per round (`"decision"` for the decision).

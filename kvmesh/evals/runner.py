@@ -1,36 +1,46 @@
 """`kvmesh eval`: run a team on a benchmark, one durable line per finished sample, a summary at the end.
 
-    samples = benchmark.samples(split)[:limit]            # stable ids; resume skips the finished ones
-    for chunk of batch_size pending samples:
-        for each TeamFinished event of runtime.execute(team, chunk tasks):   # as each task finishes
-            score its answer -> store.add(sample line)                         # appended, flushed, fsynced
-    summary.json <- metrics with 95% intervals, token statistics, configuration, versions
+    plan = plan_eval(config)                   the benchmark's samples of the split, minus what a designer saw
+                                               (and `exclude_ids`), cut to `limit`; stable ids
+    with open_run(out, config) as store:       the single writer: config.json checked on resume, samples.jsonl
+        for line in run_chunk(config, pending):    builds its team (once per process), runs the samples
+            store.add(line)                        `batch_size` at a time through `Team.stream_batch`, scores
+                                                   each as it finishes -> appended, flushed, fsynced
+    summary.json <- summarize(out, config)    metrics with 95% intervals, token statistics, configuration
 
+`run_chunk(config, samples)` needs nothing but its arguments, so any worker process can run a share of the
+samples; it keeps its team for the next chunk of the same config, so a kv-reuse team's anchors carry over.
 `--oracle` feeds gold answers and `--completions FILE` feeds answers from any source through the same `score`
 without loading a model. Samples are written in the order they finish; ids say which is which.
+
+A designer (`designer`, or a spec naming one) lives above this package: the caller passes the function that
+loads one (`load_designer`, as `kvmesh.topology.load_designer`; the CLI does).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import platform
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from kvmesh.agents import TeamFinished
-from kvmesh.agents.graph import RUNNABLE_CHANNELS
-from kvmesh.agents.runtime import execute
-from kvmesh.evals.benchmarks import Sample, make_benchmark
+from kvmesh.agents.decision import DECISION_METHOD, METHODS
+from kvmesh.agents.events import TeamFinished
+from kvmesh.agents.team import Team
+from kvmesh.config import ConfigError, check_choices
+from kvmesh.evals.benchmarks import BENCHMARKS, SINGLE, Benchmark, Sample, configured_team, make_benchmark
+from kvmesh.evals.benchmarks.infoqa import SHARD_MODES
 from kvmesh.evals.jsonl import read_jsonl
-from kvmesh.evals.results import open_run, read_samples
-from kvmesh.evals.roles import benchmark_team
 from kvmesh.evals.sandbox import NOT_A_BOUNDARY
-from kvmesh.evals.stats import mean_interval, proportion
+from kvmesh.evals.store import open_run
+from kvmesh.evals.summary import summarize
+from kvmesh.graph.presets import PRESETS
+from kvmesh.kvcomm.channel import available_channels, check_channel
 
 log = logging.getLogger("kvmesh")
+DesignerLoader = Callable[..., object]  # (folder, team=None) -> a designer with .apply() and .seen_ids
 
 
 @dataclass
@@ -65,12 +75,12 @@ class EvalConfig:
             designer saw, so that each team runs on the same test tasks).
     """
 
-    benchmark: str
+    benchmark: str = field(metadata={"choices": BENCHMARKS})
     model: str = "smollm2-135m"
-    topology: str = "chain"
+    topology: str = field(default="chain", metadata={"choices": (*PRESETS, SINGLE)})
     agents: int = 3
     rounds: int = 1
-    decision: str = "decision"
+    decision: str = field(default=DECISION_METHOD, metadata={"choices": METHODS})
     spec: str | None = None
     split: str = "test"
     limit: int | None = None
@@ -81,52 +91,95 @@ class EvalConfig:
     allow_code_execution: bool = False
     oracle: bool = False
     completions: str | None = None
-    shards: str = "own"
-    channel: str = "text"
+    shards: str = field(default="own", metadata={"choices": SHARD_MODES})
+    channel: str = field(default="text", metadata={"choices": available_channels})
     designer: str | None = None
     exclude_ids: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        owner = type(self).__name__
+        check_channel(self.channel, f"{owner}.channel")
+        check_choices(self)
         if self.oracle and self.completions:
-            raise ValueError("use either --oracle or --completions, not both")
+            raise ConfigError("use either {oracle} or {completions}, not both", owner)
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be at least 1, got {self.limit}")
+            raise ConfigError(f"{{limit}} must be at least 1, got {self.limit}", owner)
         if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.channel not in RUNNABLE_CHANNELS:
-            raise ValueError(f"--channel must be one of {', '.join(RUNNABLE_CHANNELS)}, got {self.channel!r}")
+            raise ConfigError(f"{{batch_size}} must be at least 1, got {self.batch_size}", owner)
         if self.designer and self.spec:
-            raise ValueError("use either --designer or --spec: a designer brings the team it was trained with")
+            raise ConfigError("use either {designer} or {spec}: a designer brings the team it was trained with", owner)
+
+    @property
+    def scores_given_answers(self) -> bool:
+        """Whether answers come from the oracle or a completions file instead of a team."""
+        return bool(self.oracle or self.completions)
 
 
 # Settings newer than some saved runs, at the value those runs behaved with: such runs still resume.
 ADDED_SETTINGS = {"designer": None, "exclude_ids": []}
 
 
-def _versions() -> dict:
-    found = {"python": platform.python_version()}
-    for package in ("kvmesh", "torch", "transformers", "langchain-core"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = None
-    return found
+# --- the team ---------------------------------------------------------------------------------------------------
+
+_TEAM: dict[str, Team] = {}  # the team of the last config this process ran (one: a worker runs one config)
 
 
-def _load_completions(path: str, known: set[str]) -> dict[str, str]:
-    """{id: completion} from a JSONL file; every id must be a task of the run, once, with a string completion.
-    Tasks without a line are scored as wrong answers (an empty completion) and counted in the summary."""
-    answers: dict[str, str] = {}
-    for where, row in read_jsonl(path):
-        if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("completion"), str):
-            raise ValueError(f"{where}: need a JSON object with 'id' and a string 'completion'")
-        task_id = str(row["id"])
-        if task_id not in known:
-            raise ValueError(f"{where}: id {task_id!r} is not a task of this run (check --split and --limit)")
-        if task_id in answers:
-            raise ValueError(f"{where}: duplicate id {task_id!r}")
-        answers[task_id] = row["completion"]
-    return answers
+def build_team(config: EvalConfig, load_designer: DesignerLoader | None = None) -> Team:
+    """The team `config` describes: a designer's, a spec's, or the benchmark's default team."""
+    if config.designer:
+        if load_designer is None:
+            raise ConfigError("{designer} needs a designer loader: pass load_designer=kvmesh.topology.load_designer")
+        team = load_designer(config.designer).apply()
+    elif config.spec:
+        team = Team.from_spec(config.spec, designer_loader=load_designer)
+    else:
+        team = configured_team(config)
+        programmer = any(agent.role == "programming expert" for agent in team.agents)
+        if config.benchmark == "gsm8k" and programmer and not config.allow_code_execution:
+            log.warning("the programming expert's code is not run; pass --allow-code-execution to run it")
+    members = [*team.agents, *([team.decision.agent] if team.decision.agent else [])]
+    running = sorted({f"{a.name}: {t.name}" for a in members for t in a.tools if t.runs_code})
+    if running and not config.allow_code_execution:
+        raise PermissionError(
+            f"the team's tools run generated code ({', '.join(running)}); pass --allow-code-execution to accept "
+            f"that ({NOT_A_BOUNDARY})"
+        )
+    return team
+
+
+def team_of(config: EvalConfig, load_designer: DesignerLoader | None = None, fresh: bool = False) -> Team:
+    """This process's team for `config`, built on first use (or anew with `fresh`)."""
+    key = json.dumps(asdict(config), sort_keys=True)
+    if fresh or key not in _TEAM:
+        _TEAM.clear()
+        _TEAM[key] = build_team(config, load_designer)
+    return _TEAM[key]
+
+
+# --- plan, chunks, store, summary ------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalPlan:
+    benchmark: Benchmark
+    samples: list[Sample]  # what the run scores, in order
+    seen: int  # ids a designer saw or `exclude_ids` names
+    excluded: int  # samples of the split left out for that
+
+
+def plan_eval(config: EvalConfig, team: Team | None = None) -> EvalPlan:
+    """The samples `config` runs: its split, minus what `team`'s designer saw and `exclude_ids`, cut to `limit`."""
+    benchmark = make_benchmark(
+        config.benchmark, config.data_path, config.seed, config.allow_code_execution, config.shards
+    )
+    samples = benchmark.samples(config.split)
+    seen = set(config.exclude_ids)
+    if team is not None and team.designer is not None:  # from --designer or a spec naming one
+        seen |= set(getattr(team.designer, "seen_ids", ()))
+    excluded = sum(1 for s in samples if s.id in seen)
+    if excluded:
+        log.info("left out %d samples a designer trained or validated on", excluded)
+    return EvalPlan(benchmark, [s for s in samples if s.id not in seen][: config.limit], len(seen), excluded)
 
 
 def _sample_line(sample: Sample, answer: str, score, result=None, designed: bool = False) -> dict:
@@ -146,104 +199,83 @@ def _sample_line(sample: Sample, answer: str, score, result=None, designed: bool
     return line
 
 
-def run_eval(config: EvalConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
-    """Run (or resume) one evaluation into `out`; returns the summary also written to summary.json."""
+def _load_completions(path: str, known: set[str] | None = None) -> dict[str, str]:
+    """{id: completion} from a JSONL file; every id once, with a string completion, and (given `known`) a task
+    of the run. Tasks without a line are scored as wrong answers (an empty completion) and counted in the
+    summary."""
+    answers: dict[str, str] = {}
+    for where, row in read_jsonl(path):
+        if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("completion"), str):
+            raise ValueError(f"{where}: need a JSON object with 'id' and a string 'completion'")
+        task_id = str(row["id"])
+        if known is not None and task_id not in known:
+            raise ValueError(f"{where}: id {task_id!r} is not a task of this run (check --split and --limit)")
+        if task_id in answers:
+            raise ValueError(f"{where}: duplicate id {task_id!r}")
+        answers[task_id] = row["completion"]
+    return answers
+
+
+def run_chunk(
+    config: EvalConfig, samples: Sequence[Sample], load_designer: DesignerLoader | None = None
+) -> Iterator[dict]:
+    """Score `samples`, yielding one sample line each as it finishes (the team runs them `batch_size` at a
+    time); with oracle or completions, no model runs."""
     benchmark = make_benchmark(
         config.benchmark, config.data_path, config.seed, config.allow_code_execution, config.shards
     )
-    samples = benchmark.samples(config.split)
-    team = None if config.oracle or config.completions else _team(config)
-    seen = set(config.exclude_ids)
-    if team is not None and team.designer is not None:  # from --designer or a spec naming one
-        seen |= set(getattr(team.designer, "seen_ids", ()))
-    excluded = sum(1 for s in samples if s.id in seen)
-    samples = [s for s in samples if s.id not in seen][: config.limit]
-    if excluded:
-        log.info("left out %d samples a designer trained or validated on", excluded)
-    by_id = {s.id: s for s in samples}
+    if config.scores_given_answers:
+        answers = _load_completions(config.completions) if config.completions else None
+        for sample in samples:
+            answer = sample.oracle if answers is None else answers.get(sample.id, "")
+            line = _sample_line(sample, answer, benchmark.score(sample, answer))
+            if answers is not None and sample.id not in answers:
+                line["completion_missing"] = True
+            yield line
+        return
+    team = team_of(config, load_designer)
+    for event in team.stream_batch([s.task for s in samples], batch_size=config.batch_size):
+        if isinstance(event, TeamFinished):
+            sample, answer = samples[event.task_index], event.result.answer or ""
+            yield _sample_line(sample, answer, benchmark.score(sample, answer), event.result, team.designer is not None)
+
+
+def run_eval(
+    config: EvalConfig,
+    out: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    load_designer: DesignerLoader | None = None,
+) -> dict:
+    """Run (or resume) one evaluation into `out`; returns the summary also written to summary.json."""
+    team = None if config.scores_given_answers else team_of(config, load_designer, fresh=True)
+    plan = plan_eval(config, team)
     started = time.perf_counter()
     with open_run(out, asdict(config), resume, ADDED_SETTINGS) as store:
+        by_id = {s.id: s for s in plan.samples}
         pending = [by_id[i] for i in store.pending(list(by_id))]
-        bar = _Progress(len(samples), len(samples) - len(pending)) if progress else None
-        if config.oracle or config.completions:
-            answers = _load_completions(config.completions, set(by_id)) if config.completions else None
-            for sample in pending:
-                answer = sample.oracle if answers is None else answers.get(sample.id, "")
-                line = _sample_line(sample, answer, benchmark.score(sample, answer))
-                if answers is not None and sample.id not in answers:
-                    line["completion_missing"] = True
-                store.add(line)
-                if bar:
-                    bar.tick(line)
-        else:
-            _write_graph(team, out)
-            for sample in pending:  # refuse shards that no agent would read, before any model call
-                sample.task.check_shards(team.agent_names)
-            for start in range(0, len(pending), config.batch_size):
-                chunk = pending[start : start + config.batch_size]
-                for event in execute(team, [s.task for s in chunk]):
-                    if isinstance(event, TeamFinished):
-                        sample, answer = chunk[event.task_index], event.result.answer or ""
-                        score = benchmark.score(sample, answer)
-                        line = _sample_line(sample, answer, score, event.result, team.designer is not None)
-                        store.add(line)
-                        if bar:
-                            bar.tick(line)
+        if config.completions:  # every id of the file must be a task of the run, finished or not
+            _load_completions(config.completions, set(by_id))
+        if team is not None:  # for `kvmesh viz RUN`: the graph, the decision maker, each agent's role
+            graph = {"graph": team.graph.to_dict(), **team.picture_options()}
+            Path(out, "graph.json").write_text(json.dumps(graph, indent=2))
+        bar = _Progress(len(plan.samples), len(plan.samples) - len(pending)) if progress else None
+        for line in run_chunk(config, pending, load_designer):
+            store.add(line)
+            if bar:
+                bar.tick(line)
         if bar is not None:
             bar.close()
     previous = Path(out, "summary.json")
     earlier = 0.0  # seconds spent by earlier parts of a resumed run
     if resume and previous.exists():
         earlier = json.loads(previous.read_text()).get("seconds") or 0.0
-    engine = team.reuse.stats() if team is not None and team.uses_kv_reuse else None
-    summary = summarize(out, config, earlier + time.perf_counter() - started, engine)
-    if seen:
-        summary["excluded_seen"] = excluded
+    channels = team.channel_stats() if team is not None else None
+    summary = summarize(out, config, earlier + time.perf_counter() - started, channels)
+    if plan.seen:
+        summary["excluded_seen"] = plan.excluded
     Path(out, "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def _write_graph(team, out: str | Path) -> None:
-    """graph.json beside the results, for `kvmesh viz RUN`: the graph, the decision maker, each agent's role."""
-    from kvmesh.topology.draw import team_picture_options
-
-    data = {"graph": team.graph.to_dict(), **team_picture_options(team)}
-    Path(out, "graph.json").write_text(json.dumps(data, indent=2))
-
-
-def _team(config: EvalConfig):
-    from kvmesh.agents import Team
-
-    if config.designer:
-        from kvmesh.topology import load_designer
-
-        team = load_designer(config.designer).apply()
-    elif config.spec:
-        team = Team.from_spec(config.spec)
-    else:
-        team = benchmark_team(
-            config.benchmark,
-            config.model,
-            config.topology,
-            config.agents,
-            config.rounds,
-            config.decision,
-            config.max_new_tokens,
-            seed=config.seed,
-            code_execution=config.allow_code_execution,
-            channel=config.channel,
-        )
-        programmer = any(agent.role == "programming expert" for agent in team.agents)
-        if config.benchmark == "gsm8k" and programmer and not config.allow_code_execution:
-            log.warning("the programming expert's code is not run; pass --allow-code-execution to run it")
-    members = [*team.agents, *([team.decision.agent] if team.decision.agent else [])]
-    running = sorted({f"{a.name}: {t.name}" for a in members for t in a.tools if t.runs_code})
-    if running and not config.allow_code_execution:
-        raise PermissionError(
-            f"the team's tools run generated code ({', '.join(running)}); pass --allow-code-execution to accept "
-            f"that ({NOT_A_BOUNDARY})"
-        )
-    return team
 
 
 class _Progress:
@@ -264,74 +296,3 @@ class _Progress:
 
     def close(self) -> None:
         self.bar.close()
-
-
-def _agent_means(usages: list[dict | None]) -> dict:
-    """Mean prompt, completion, cached and total tokens and model calls of one agent per task (0 where absent)."""
-    n = len(usages)
-
-    def mean(get) -> float:
-        return sum(get(u) for u in usages if u) / n
-
-    return {
-        "input_tokens": mean(lambda u: u["input_tokens"]),
-        "output_tokens": mean(lambda u: u["output_tokens"]),
-        "cache_read": mean(lambda u: u["input_token_details"]["cache_read"]),
-        "total_tokens": mean(lambda u: u["total_tokens"]),
-        "calls": mean(lambda u: u["calls"]),
-    }
-
-
-def _reuse_summary(turns: list[dict], engine: dict | None) -> dict:
-    """kv-reuse over every saved turn that had a cached piece to reuse (so it survives resume), plus the
-    engine's anchor memory when this process ran the team."""
-    reused = [m for m in turns if m["kv_reuse"] == "reused"]
-    summary = {
-        "turns": len(turns),
-        "reused_turns": len(reused),
-        "reuse_rate": len(reused) / len(turns),
-        "cache_read_tokens": sum(m["usage"]["input_token_details"]["cache_read"] for m in reused),
-        "prompt_tokens": sum(m["usage"]["input_tokens"] for m in turns),
-    }
-    if engine is not None:
-        keys = ("anchor_memory_mb", "anchors", "template_encode_s", "config")
-        summary |= {"engine": {key: engine[key] for key in keys}}
-    return summary
-
-
-def summarize(out: str | Path, config: EvalConfig, seconds: float | None = None, engine: dict | None = None) -> dict:
-    """Metrics with 95% intervals and token statistics over every sample in `out`; `engine`: the team's
-    kv-reuse statistics (`ReuseChannel.stats()`) when it ran in this process."""
-    rows = read_samples(out)
-    if not rows:
-        raise ValueError(f"{out} has no finished samples to summarize")
-    n = len(rows)
-    metrics = {"accuracy": proportion(sum(bool(r["correct"]) for r in rows), n)}
-    for key in ("strict", "flexible", "pass@1", "f1", "answer_in_reply"):
-        if key in rows[0]:
-            values = [float(r[key]) for r in rows]
-            metrics[key] = proportion(int(sum(values)), n) if key != "f1" else mean_interval(values, bounds=(0, 1))
-    usage_rows = [r["usage"] for r in rows if "usage" in r]
-    tokens = {}
-    if usage_rows:
-        for field in ("input_tokens", "output_tokens"):
-            tokens[field] = mean_interval([u["total"][field] for u in usage_rows])
-        tokens["cache_read"] = mean_interval([u["total"]["input_token_details"]["cache_read"] for u in usage_rows])
-        tokens["total_tokens"] = mean_interval([u["total"]["total_tokens"] for u in usage_rows])
-        agents = sorted({a for u in usage_rows for a in u["per_agent"]})
-        tokens["model_calls"] = mean_interval([u["total"]["calls"] for u in usage_rows])
-        tokens["per_agent"] = {a: _agent_means([u["per_agent"].get(a) for u in usage_rows]) for a in agents}
-    missing = sum(1 for r in rows if r.get("completion_missing"))
-    kv_turns = [m for r in rows for m in r.get("messages", ()) if "kv_reuse" in m]
-    return {
-        "benchmark": config.benchmark,
-        "samples": n,
-        **({"missing_completions": missing} if config.completions else {}),
-        "metrics": metrics,
-        "tokens_per_task": tokens,
-        **({"kv_reuse": _reuse_summary(kv_turns, engine)} if kv_turns else {}),
-        "seconds": seconds,
-        "config": asdict(config),
-        "seed": config.seed,
-        "versions": _versions(),
-    }

@@ -1,12 +1,9 @@
-"""The benchmark roles' tools, both running code in the sandbox (so both need `--allow-code-execution`).
+"""`RunPython`: a tool that runs the Python block of a reply in the sandbox and appends what it printed.
 
-- `RunPython` (GSM8K programmer): runs the Python block of the reply and appends what it printed, so the
-  agents downstream read the program's result rather than the model's guess of it. A trailing bare
-  expression is printed, as in a notebook cell, because small models often end with `total` instead of
-  `print(total)`.
-- `PassTestedCode` (HumanEval): when a message the agent would read already holds a function that passes the
-  prompt's `>>>` examples, that code is the agent's reply and no model call is made. Only the docstring
-  examples are used; the hidden tests stay for scoring.
+The GSM8K programmer uses it, so the agents downstream read the program's result rather than the model's guess
+of it; it runs generated code, so it needs `--allow-code-execution`. A trailing bare expression is printed, as
+in a notebook cell, because small models often end with `total` instead of `print(total)`. (HumanEval's
+`PassTestedCode` lives with HumanEval, in `kvmesh.evals.benchmarks.humaneval`.)
 """
 
 from __future__ import annotations
@@ -15,7 +12,6 @@ import ast
 import re
 
 from kvmesh.agents.tools import Tool, ToolTurn
-from kvmesh.evals import humaneval
 from kvmesh.evals.sandbox import Limits, run_program
 
 _FENCED_PYTHON = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\r?\n(.*?)```", re.DOTALL | re.IGNORECASE)
@@ -61,38 +57,3 @@ class RunPython(Tool):
             error = [line for line in result.stderr.strip().splitlines() if line.strip()]
             report = f"Program error: {error[-1][-OUTPUT_CHARS:] if error else 'exit status ' + str(result.returncode)}"
         return f"{reply}\n\n{report}"
-
-
-class PassTestedCode(Tool):
-    """Reply with the newest inbound function that passes the task's docstring examples, skipping the model.
-
-    Needs a HumanEval-style task: the prompt as `task.question` and `task.metadata["entry_point"]`.
-    """
-
-    name = "pass-tested-code"
-    runs_code = True
-
-    def __init__(self, limits: Limits | None = None, cache_size: int = 4096) -> None:
-        self.limits = limits or TOOL_LIMITS
-        self.cache_size = cache_size
-        self._verdicts: dict[tuple[str, str], bool] = {}  # (prompt, code) -> passes, shared by agents and rounds
-
-    def before(self, turn: ToolTurn) -> str | None:
-        entry_point = turn.task.metadata.get("entry_point")
-        if not entry_point:
-            return None
-        problem = humaneval.CodeProblem(turn.task.id or "", turn.task.question, entry_point, "", "")
-        defines = re.compile(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", re.MULTILINE)
-        for message in reversed(turn.inbound):
-            code = humaneval.extract_code(message.content, entry_point)
-            if defines.search(code) and self._passes(problem, code):
-                return f"```python\n{code.strip()}\n```"
-        return None
-
-    def _passes(self, problem: humaneval.CodeProblem, code: str) -> bool:
-        key = (problem.prompt, code)
-        if key not in self._verdicts:
-            if len(self._verdicts) >= self.cache_size:
-                self._verdicts.pop(next(iter(self._verdicts)))
-            self._verdicts[key] = humaneval.passes_docstring_examples(problem, code, self.limits) is True
-        return self._verdicts[key]

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from kvmesh.kvcomm.cache import can_merge
+from kvmesh.llm.cache import can_merge
+from kvmesh.llm.segment import KVSegment
 
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
@@ -71,6 +72,12 @@ class Rope:
     def _cos_sin(self, offset: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         angles = offset * self.inv_freq.to(like.device, torch.float64)  # float64: exact for large offsets
         return angles.cos().to(like.dtype), angles.sin().to(like.dtype)
+
+    def move(self, segment: KVSegment, start: int) -> KVSegment:
+        """`segment`'s tokens as if encoded from position `start`: keys re-rotated, values unchanged."""
+        if start == segment.start:
+            return segment
+        return KVSegment(self.rotate(segment.keys, start - segment.start), segment.values, start, segment.token_ids)
 
     def rotate(self, keys: torch.Tensor, offset: int) -> torch.Tensor:
         """`keys` (..., S, D) moved by `offset` positions (any sign); a new tensor of the same dtype."""

@@ -1,8 +1,8 @@
-"""Local models: loading by alias, folder or Hugging Face id; chat formatting; batched generation."""
+"""The model side: the `LanguageModel` protocol, in-process Hugging Face models, chat formatting, the engine."""
 
+from kvmesh.llm.base import Generation, GenerationRequest, KVModel, LanguageModel, RunningBatch
 from kvmesh.llm.chat import ChatFormat
-from kvmesh.llm.generation import Generation, GenerationRequest
-from kvmesh.llm.local import LocalLM, Prefill, load_model
+from kvmesh.llm.local import LocalLM, load_model
 from kvmesh.llm.registry import ALIASES, ModelNotAvailableError
 
 __all__ = [
@@ -10,8 +10,10 @@ __all__ = [
     "ChatFormat",
     "Generation",
     "GenerationRequest",
+    "KVModel",
+    "LanguageModel",
     "LocalLM",
     "ModelNotAvailableError",
-    "Prefill",
+    "RunningBatch",
     "load_model",
 ]

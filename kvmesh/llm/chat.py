@@ -9,18 +9,24 @@ message (another agent's reply): the generation prompt then opens a new assistan
 Base models without a template get a plain "Role: text" layout, opened with the tokenizer's BOS token written
 as text (so the prompt text shows every token the model reads), plus stop strings so that generation ends
 where the next turn would begin.
+
+An agent's turn is `transcript(system, examples, content)`: its system prompt, few-shot (user, reply) turns,
+and one user turn. `ChatFormat.frame(system, examples)` renders that transcript around an invisible marker and
+splits it there: the text before the user turn's content and after it, the same for every turn of the agent,
+so a prompt can be laid out (and cached) piece by piece.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from jinja2 import TemplateError
 from langchain_core.messages import AIMessage, BaseMessage, ChatMessage, HumanMessage, SystemMessage
 
 ChatTurn = dict[str, str]
 PLAIN_STOPS = ("\nUser:", "\nSystem:")
+MARKER = "\u2063"  # an invisible separator: stands for the user turn's content when the frame is rendered
 _ROLE_OF = {"system": "system", "human": "user", "ai": "assistant", "user": "user", "assistant": "assistant"}
 
 
@@ -53,6 +59,12 @@ def from_turns(turns: Sequence[ChatTurn]) -> list[BaseMessage]:
     return [classes[turn["role"]](content=turn["content"]) for turn in turns]
 
 
+def transcript(system: str, examples: Sequence[tuple[str, str]], content: str) -> list[BaseMessage]:
+    """One agent turn: the system prompt, each example as an earlier (user, reply) pair, then the user turn."""
+    shots = [m for user, reply in examples for m in (HumanMessage(content=user), AIMessage(content=reply))]
+    return [SystemMessage(content=system), *shots, HumanMessage(content=content)]
+
+
 def _merge_for_strict_templates(turns: list[ChatTurn]) -> list[ChatTurn]:
     """Fold system text into the first user turn and merge consecutive same-role turns."""
     system = "\n\n".join(t["content"] for t in turns if t["role"] == "system")
@@ -76,6 +88,7 @@ class ChatFormat:
 
     tokenizer: object
     stop: tuple[str, ...] = ()
+    _frames: dict = field(default_factory=dict, compare=False, repr=False)  # (system, examples) -> frame
 
     @classmethod
     def for_tokenizer(cls, tokenizer) -> ChatFormat:
@@ -95,6 +108,19 @@ class ChatFormat:
             return self._apply(turns, add_generation_prompt)
         except TemplateError:
             return self._apply(_merge_for_strict_templates(turns), add_generation_prompt)
+
+    def frame(self, system: str, examples: Sequence[tuple[str, str]] = ()) -> tuple[str, str]:
+        """The rendered turn's text before the user turn's content (system, examples, markup) and after it."""
+        key = (system, tuple(tuple(pair) for pair in examples))
+        if key not in self._frames:
+            before, found, after = self.render(transcript(system, examples, MARKER)).partition(MARKER)
+            if not found or MARKER in after:
+                name = getattr(self.tokenizer, "name_or_path", "this model")
+                raise ValueError(f"{name}: the chat template does not keep the user turn's text in one place")
+            if len(self._frames) >= 1024:  # agents have few distinct system prompts; stay bounded anyway
+                self._frames.pop(next(iter(self._frames)))
+            self._frames[key] = (before, after)
+        return self._frames[key]
 
     def _apply(self, turns: list[ChatTurn], add_generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=add_generation_prompt)

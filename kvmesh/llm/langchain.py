@@ -23,7 +23,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import RunnableConfig
 from pydantic import ConfigDict, Field
 
-from kvmesh.llm.generation import Generation
+from kvmesh.llm.base import Generation
 from kvmesh.llm.local import LocalLM, load_model
 
 

@@ -4,8 +4,10 @@
 returns the same `LocalLM` for the same spec for the life of the process.
 
 Everything a caller needs goes through token ids the model really reads: `render` gives the exact prompt
-text, `encode_prompt` its ids, `generate` runs one batched call (chunked by `max_batch_size`, rows grouped by
-length so padding stays small) and reports per-row token counts and timings.
+text, `encode_prompt` its ids, `new_batch` a running batch (`kvmesh.llm.engine`) that every model call goes
+through, and `generate` a convenience that runs prompts to completion on one (at most `max_batch_size` rows
+decode at once, rows grouped by length so padding stays small) with per-row token counts and timings.
+`LocalLM` implements `kvmesh.llm.base.KVModel`: the KV channels may read and write its caches.
 """
 
 from __future__ import annotations
@@ -13,28 +15,17 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from kvmesh.kvcomm.cache import cache_argument, new_cache
 from kvmesh.llm import onednn as onednn_module
+from kvmesh.llm.base import Generation, GenerationRequest, normalize_stop, run_requests
 from kvmesh.llm.chat import ChatFormat
-from kvmesh.llm.generation import BatchDecoder, DecodeBatch, Generation, GenerationRequest, normalize_stop
+from kvmesh.llm.engine import BatchDecoder, DecodeBatch
 from kvmesh.llm.registry import ALIASES, ModelNotAvailableError, resolve, unknown_alias_message
 
 _HF_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-
-
-@dataclass
-class Prefill:
-    """The model's state after reading a prompt. cache: DynamicCache holding the prompt's positions (after any it
-    was continued from); next_token_logits: (V,) logits for the token after the prompt."""
-
-    token_ids: list[int]
-    cache: object
-    next_token_logits: torch.Tensor
 
 
 class LocalLM:
@@ -101,6 +92,10 @@ class LocalLM:
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return encoded["input_ids"], [tuple(span) for span in encoded["offset_mapping"]]
 
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """The text `token_ids` stand for, special tokens included (the inverse of `encode_prompt`)."""
+        return self.tokenizer.decode(token_ids)
+
     # --- model calls -----------------------------------------------------------------------------------------
 
     def generate(
@@ -130,6 +125,8 @@ class LocalLM:
         temps = [float(temperature)] * count if isinstance(temperature, int | float) else list(temperature)
         if len(limits) != count or len(temps) != count:
             raise ValueError("max_new_tokens and temperature need one value per prompt, or a single value")
+        if any(limit < 1 for limit in limits):  # prefill-only rows are for caches: GenerationRequest(..., 0)
+            raise ValueError(f"max_new_tokens must be >= 1, got {min(limits)}")
         stops = normalize_stop(stop) + self.chat.stop
         requests = [
             GenerationRequest(self.encode_prompt(t), limit, temp, stops)
@@ -140,14 +137,7 @@ class LocalLM:
     def generate_requests(self, requests: Sequence[GenerationRequest], seed: int | None = None) -> list[Generation]:
         """Run prepared requests to completion; at most `max_batch_size` rows decode at once, and a waiting
         row takes the slot of the first row to finish."""
-        batch = self.new_batch(seed)
-        for index, request in enumerate(requests):
-            batch.submit(request, index)
-        results: list[Generation | None] = [None] * len(requests)
-        while batch.has_work:
-            for index, generation in batch.step():
-                results[index] = generation
-        return results  # type: ignore[return-value]
+        return run_requests(self, requests, seed)
 
     def new_batch(self, seed: int | None = None) -> DecodeBatch:
         """A running batch on this model that callers feed with `submit` and drive with `step`."""
@@ -157,18 +147,6 @@ class LocalLM:
     def busy_s(self) -> float:
         """Seconds this model has spent in its generation engine (prefill, decode, cache work) so far."""
         return self._decoder.busy_s
-
-    @torch.inference_mode()
-    def prefill(self, text_or_ids: str | Sequence[int], cache=None) -> Prefill:
-        """Read one prompt and return its KV cache and next-token logits (for the KV channels).
-
-        With `cache`, the tokens continue it in place, at the positions after the ones it holds."""
-        ids = self.encode_prompt(text_or_ids) if isinstance(text_or_ids, str) else list(text_or_ids)
-        cache = new_cache(self.model.config) if cache is None else cache
-        input_ids = torch.tensor([ids], device=self.device)
-        out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **cache_argument(self.model, cache))
-        logits = out.logits
-        return Prefill(token_ids=ids, cache=cache, next_token_logits=logits[0, -1])
 
 
 # --- loading ---------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Topologies: presets, pictures and exports, and designers that learn each task's graph and prune it.
+"""Topology designers: they learn each task's graph and prune it (presets and pictures live in `kvmesh.graph`).
 
 Designers (`designer.compile(team, trainset, valset) -> Team`, `design(task) -> CommGraph`, save/load):
 - `edge-logits` (`EdgeLogitsDesigner`): a logit per candidate edge, REINFORCE, magnitude pruning; one graph.
@@ -8,23 +8,20 @@ Designers (`designer.compile(team, trainset, valset) -> Team`, `design(task) -> 
 
 from kvmesh.topology.agp import AGP, AGPConfig
 from kvmesh.topology.designer import Designer, DesignerConfig
-from kvmesh.topology.draw import draw, to_dot, to_mermaid
 from kvmesh.topology.edge_logits import EdgeLogitsConfig, EdgeLogitsDesigner
 from kvmesh.topology.gdesigner import GDesigner, GDesignerConfig
-from kvmesh.topology.presets import PRESETS, build_preset
 
 DESIGNERS: dict[str, type[Designer]] = {cls.kind: cls for cls in (EdgeLogitsDesigner, GDesigner, AGP)}
 
 
 def load_designer(path, team=None) -> Designer:
     """A saved designer (`designer.save(path)`), bound to `team` or to the team saved with it."""
-    return Designer.load(path, team)
+    return Designer.load(path, team, DESIGNERS)
 
 
 __all__ = [
     "AGP",
     "DESIGNERS",
-    "PRESETS",
     "AGPConfig",
     "Designer",
     "DesignerConfig",
@@ -32,9 +29,5 @@ __all__ = [
     "EdgeLogitsDesigner",
     "GDesigner",
     "GDesignerConfig",
-    "build_preset",
-    "draw",
     "load_designer",
-    "to_dot",
-    "to_mermaid",
 ]

@@ -9,7 +9,7 @@ Training follows AGP's two stages, then optionally REINFORCE:
                 agents, BCE of edge probabilities against its edges (pairs with both ends kept), a
                 consistency term (spatial edge probability on pairs with a pruned end), plus G-Designer's
                 sparsity, KL and anchor terms
-    III tune    `steps` REINFORCE updates through `kvmesh.topology.training` (0 by default)
+    III tune    `steps` REINFORCE updates through `kvmesh.training.reinforce` (0 by default)
 
 At evaluation an agent whose keep probability is below the threshold is left out of the task's graph, so it
 has no turn at all: no model call, no tokens, nothing for the decision maker to read (AGP's released code
@@ -29,12 +29,15 @@ from pathlib import Path
 
 import torch
 
-from kvmesh.agents import CommGraph, Team
-from kvmesh.evals.results import open_run, read_samples
+from kvmesh.agents.team import Team
+from kvmesh.config import ConfigError
+from kvmesh.evals.store import open_run, read_samples
+from kvmesh.graph.graph import CommGraph
 from kvmesh.topology.candidates import sample_design
-from kvmesh.topology.designer import Metric, example_id, example_task
 from kvmesh.topology.gdesigner import GDesigner, GDesignerConfig
-from kvmesh.topology.training import copy_weights, reinforce, rollouts, validate
+from kvmesh.training.examples import example_id, example_task
+from kvmesh.training.reinforce import Metric, copy_weights, reinforce, rollouts, validate
+from kvmesh.training.reward import utilities
 
 
 @dataclass
@@ -79,9 +82,9 @@ class AGPConfig(GDesignerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.mining_samples < 1 or not 0.0 < self.mining_keep <= 1.0 or self.fit_epochs < 0:
-            raise ValueError("need mining_samples >= 1, 0 < mining_keep <= 1 and fit_epochs >= 0")
+            raise ConfigError("need {mining_samples} >= 1, 0 < {mining_keep} <= 1 and {fit_epochs} >= 0")
         if not 0.0 <= self.fit_holdout < 1.0:
-            raise ValueError(f"fit_holdout must be in [0, 1), got {self.fit_holdout}")
+            raise ConfigError(f"{{fit_holdout}} must be in [0, 1), got {self.fit_holdout}")
 
 
 class AGP(GDesigner):
@@ -273,9 +276,9 @@ def _mined_line(task_id: str, rows, token_weight: float, normaliser: float) -> d
     """The mined record of one task: every graph run, and the best one that solved it (None if none did)."""
     full_tokens = rows[0][2]  # the team's own graph comes first
     scale = normaliser or max(full_tokens, 1)
-    utilities = [score - token_weight * tokens / scale for _, score, tokens in rows]
+    values = utilities([(score, tokens) for _, score, tokens in rows], token_weight, scale)
     solved = [k for k, (_, score, _) in enumerate(rows) if score > 0]
-    best = max(solved, key=lambda k: utilities[k]) if solved else None
+    best = max(solved, key=lambda k: values[k]) if solved else None
     return {
         "id": task_id,
         "graphs": [graph.to_dict() for graph, _, _ in rows],

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-from kvmesh.agents.graph import SPATIAL, TEMPORAL, CommGraph, Edge
+from kvmesh.graph.dag import dag_choices
+from kvmesh.graph.edge import SPATIAL, TEMPORAL, Edge
+from kvmesh.graph.graph import CommGraph
 
 
 @dataclass(frozen=True)
@@ -68,42 +70,6 @@ class Candidates:
                     w = round(float(weight[e]), 4) if weight is not None else None
                     edges.append(Edge(self.agents[i], self.agents[j], kind, self.channel, w))
         return CommGraph([a for a, k in zip(self.agents, kept, strict=True) if k], edges)
-
-
-def _reaches(adjacency: list[set[int]], start: int, goal: int) -> bool:
-    stack, seen = [start], {start}
-    while stack:
-        node = stack.pop()
-        if node == goal:
-            return True
-        for nxt in adjacency[node] - seen:
-            seen.add(nxt)
-            stack.append(nxt)
-    return False
-
-
-def dag_choices(
-    pairs: Sequence[tuple[int, int]],
-    order: Sequence[int],
-    decide,
-    allowed: Sequence[bool] | None = None,
-) -> tuple[list[bool], list[bool]]:
-    """Visit `pairs` in `order`; an allowed edge that keeps the graph acyclic is a choice, `decide(e)` says
-    whether to take it. Returns (chosen, considered), one flag per pair."""
-    n = 1 + max((max(p) for p in pairs), default=0)
-    adjacency: list[set[int]] = [set() for _ in range(n)]
-    chosen, considered = [False] * len(pairs), [False] * len(pairs)
-    for e in order:
-        if allowed is not None and not allowed[e]:
-            continue
-        i, j = pairs[e]
-        if _reaches(adjacency, j, i):  # i -> j would close a cycle
-            continue
-        considered[e] = True
-        if decide(e):
-            chosen[e] = True
-            adjacency[i].add(j)
-    return chosen, considered
 
 
 def bernoulli_log_prob(probs: torch.Tensor, chosen: torch.Tensor, considered: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,9 @@ A designer binds to a team: its agents (in order), its rounds and its channel fi
 Examples in `trainset`/`valset` are `Task`s or objects with a `.task` (benchmark samples); the metric gets
 the example back with the team's result.
 
-Training maximises utility = score − λ·tokens / normaliser, where tokens are the team's prompt and completion
-tokens for that task, counted by the model's tokenizer (`kvmesh.topology.training`). A saved designer is a
+Training maximises utility = score − λ·tokens / normaliser (`kvmesh.training.reward`), where tokens are the
+team's prompt and completion tokens for that task, counted by the model's tokenizer; REINFORCE designers train
+in `kvmesh.training.reinforce`, which sees a designer as a `GraphPolicy`. A saved designer is a
 folder: `designer.json` (kind, config, the team spec, the ids it trained and validated on, training figures)
 and `weights.pt`.
 """
@@ -19,57 +20,38 @@ and `weights.pt`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from kvmesh.agents import CommGraph, Task, Team
-from kvmesh.agents.graph import TEMPORAL
+from kvmesh.agents.task import Task
+from kvmesh.agents.team import Team
+from kvmesh.config import ConfigError
+from kvmesh.graph.edge import TEMPORAL
+from kvmesh.graph.graph import CommGraph
 from kvmesh.topology.candidates import Candidates, Sampled, sample_design, threshold_design
+from kvmesh.training.reinforce import Metric, ReinforceConfig, reinforce
 
-Metric = Callable[[Any, Any], float]  # (example, TeamResult) -> score in [0, 1]
 DESIGNER_FILE, WEIGHTS_FILE = "designer.json", "weights.pt"
 
 
 @dataclass
-class DesignerConfig:
+class DesignerConfig(ReinforceConfig):
     """Training settings every designer shares.
 
     Args:
-        steps: REINFORCE updates; each samples one graph per task of a batch and runs them all in one
-            batched pass.
-        batch_size: training tasks per update.
-        lr: Adam learning rate.
-        token_weight: λ in utility = score − λ·tokens / token_normalizer.
-        token_normalizer: tokens per task that cost λ; 0 measures it as the mean tokens of the team's own
-            graph on the first training batch.
-        eval_every: validate the evaluation graph every this many updates and after the last; the best
-            validation utility is kept.
         threshold: probability above which the evaluation graph keeps an edge (or an agent).
-        seed: seeds graph sampling and the order of training tasks.
     """
 
-    steps: int = 24
-    batch_size: int = 16
-    lr: float = 0.01
-    token_weight: float = 0.5
-    token_normalizer: float = 0.0
-    eval_every: int = 8
     threshold: float = 0.5
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("steps", "eval_every", "batch_size"):
-            minimum = 0 if name == "steps" else 1
-            if getattr(self, name) < minimum:
-                raise ValueError(f"{name} must be at least {minimum}, got {getattr(self, name)}")
+        super().__post_init__()
         if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
-        if self.token_weight < 0 or self.token_normalizer < 0:
-            raise ValueError("token_weight and token_normalizer must be >= 0")
+            raise ConfigError(f"{{threshold}} must be in (0, 1), got {self.threshold}")
 
 
 @dataclass
@@ -81,18 +63,6 @@ class Probabilities:
     temporal: torch.Tensor
     keep: torch.Tensor | None = None
     extra: Any = None
-
-
-def example_task(example) -> Task:
-    task = example if isinstance(example, Task) else getattr(example, "task", None)
-    if not isinstance(task, Task):
-        raise TypeError(f"a training example is a Task or has a .task Task, got {type(example).__name__}")
-    return task
-
-
-def example_id(example, index: int) -> str:
-    task = example_task(example)
-    return str(getattr(example, "id", None) or task.id or index)
 
 
 class Designer:
@@ -214,8 +184,6 @@ class Designer:
     ) -> Team:
         """Train on `trainset`, keep the version that does best on `valset`, return the designed team.
         `out`: a folder for checkpoints (every update) so that `resume=True` continues a killed run."""
-        from kvmesh.topology.training import reinforce
-
         self.bind(team)
         reinforce(self, team, trainset, valset, self._metric(metric), out, resume, progress)
         return self.apply(team)
@@ -254,17 +222,17 @@ class Designer:
         return path
 
     @staticmethod
-    def load(path: str | Path, team: Team | None = None) -> Designer:
-        """A saved designer, bound to `team` or to the team rebuilt from its saved spec."""
-        from kvmesh.topology import DESIGNERS
-
+    def load(path: str | Path, team: Team | None = None, kinds: dict[str, type[Designer]] | None = None) -> Designer:
+        """A saved designer, bound to `team` or to the team rebuilt from its saved spec; `kinds` maps each kind
+        to its class (`kvmesh.topology.DESIGNERS`; use `kvmesh.topology.load_designer`)."""
         path = Path(path)
         if not (path / DESIGNER_FILE).is_file():
             raise FileNotFoundError(f"{path} holds no saved designer ({DESIGNER_FILE} is missing)")
         data = json.loads((path / DESIGNER_FILE).read_text())
-        if data.get("kind") not in DESIGNERS:
-            raise ValueError(f"{path}: unknown designer kind {data.get('kind')!r}; known: {sorted(DESIGNERS)}")
-        cls = DESIGNERS[data["kind"]]
+        kinds = kinds or {}
+        if data.get("kind") not in kinds:
+            raise ValueError(f"{path}: unknown designer kind {data.get('kind')!r}; known: {sorted(kinds)}")
+        cls = kinds[data["kind"]]
         known = {f.name for f in fields(cls.config_class)}
         designer = cls(cls.config_class(**{k: v for k, v in data["config"].items() if k in known}))
         saved = Team.from_spec(data["team"])  # agents name their models; nothing loads until a call

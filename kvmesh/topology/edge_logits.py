@@ -18,7 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kvmesh.agents import Task, Team
+from kvmesh.agents.task import Task
+from kvmesh.agents.team import Team
+from kvmesh.config import ConfigError
 from kvmesh.topology.designer import Designer, DesignerConfig, Probabilities
 
 
@@ -41,9 +43,9 @@ class EdgeLogitsConfig(DesignerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0.0 <= self.pruning_rate < 1.0 or not 0.0 <= self.baseline_momentum < 1.0:
-            raise ValueError("pruning_rate and baseline_momentum must be in [0, 1)")
+            raise ConfigError("{pruning_rate} and {baseline_momentum} must be in [0, 1)")
         if self.prune_every < 0:
-            raise ValueError(f"prune_every must be >= 0, got {self.prune_every}")
+            raise ConfigError(f"{{prune_every}} must be >= 0, got {self.prune_every}")
 
 
 class EdgeLogits(nn.Module):

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from kvmesh.agents import Agent, Task
+    from kvmesh.agents.agent import Agent
+    from kvmesh.agents.task import Task
     from kvmesh.llm.embedding import SentenceEncoder
 
 EXTRA_FEATURES = 4  # cos(profile, task), relevance(notes, task), has_notes, is_task

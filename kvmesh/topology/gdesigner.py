@@ -27,7 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
-from kvmesh.agents import Task, Team
+from kvmesh.agents.task import Task
+from kvmesh.agents.team import Team
+from kvmesh.config import ConfigError
 from kvmesh.topology.designer import Designer, DesignerConfig, Probabilities
 from kvmesh.topology.features import EXTRA_FEATURES, NodeFeatures
 from kvmesh.topology.gnn import DesignerNet, DesignerOutput
@@ -59,7 +61,7 @@ class GDesignerConfig(DesignerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.steps and self.batch_size < 2:
-            raise ValueError("the batch-mean baseline needs batch_size >= 2: one task would be its own baseline")
+            raise ConfigError("the batch-mean baseline needs {batch_size} >= 2: one task would be its own baseline")
 
 
 class GDesigner(Designer):

@@ -2,7 +2,7 @@ import pytest
 
 from kvmesh import Agent, CommGraph, GraphError, Task, Team
 from kvmesh.agents import events as ev
-from kvmesh.agents.graph import Edge
+from kvmesh.graph import Edge
 
 
 def make_agents(names, model="tiny-random", max_new_tokens=6):
@@ -244,7 +244,7 @@ def test_bad_input_gives_a_clear_error(build, error, message):
 
 @pytest.mark.slow
 def test_demo_team_relays_private_facts_on_the_real_model(smollm):
-    from kvmesh.cli import DEMO_TASK, demo_team
+    from kvmesh.cli.demo import DEMO_TASK, demo_team
 
     result = demo_team("smollm2-135m").run(DEMO_TASK)
     assert "Lisbon" in result.answer  # only the second agent's notes say where Lena lives

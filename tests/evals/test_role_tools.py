@@ -7,11 +7,10 @@ import pytest
 from kvmesh import Task
 from kvmesh.agents import Tool, ToolTurn
 from kvmesh.agents.prompts import Inbound
-from kvmesh.evals.benchmarks import HumanEval
-from kvmesh.evals.humaneval import load_humaneval
-from kvmesh.evals.roles import benchmark_team
+from kvmesh.evals.benchmarks import HumanEval, benchmark_team
+from kvmesh.evals.benchmarks.humaneval import PassTestedCode, load_humaneval
 from kvmesh.evals.runner import EvalConfig, run_eval
-from kvmesh.evals.tools import PassTestedCode, RunPython, printing_last_expression
+from kvmesh.evals.tools import RunPython, printing_last_expression
 
 
 def turn(*contents, task=None):

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from kvmesh.evals.results import read_samples
 from kvmesh.evals.runner import EvalConfig, run_eval
+from kvmesh.evals.store import read_samples
 
 GSM8K = os.environ.get("KVMESH_GSM8K_PATH")
 needs_gsm8k = pytest.mark.skipif(not GSM8K, reason="GSM8K data not found: set KVMESH_GSM8K_PATH")
@@ -126,7 +126,7 @@ def test_killed_halfway_then_resumed_loses_nothing(tmp_path):
 )
 def test_infoqa_shard_conditions(mode, sees_all, sees_any):
     from kvmesh.evals.benchmarks import InfoQA
-    from kvmesh.evals.infoqa import generate
+    from kvmesh.evals.benchmarks.infoqa import generate
 
     task = generate(1, "test", seed=0)[0]
     sample = InfoQA(shards=mode).samples("test")[0]

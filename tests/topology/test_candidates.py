@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from kvmesh import CommGraph
+from kvmesh.graph.presets import PRESETS
 from kvmesh.topology.candidates import Candidates, bernoulli_log_prob, sample_design, threshold_design
-from kvmesh.topology.presets import PRESETS
 
 NAMES = ["a", "b", "c", "d", "e"]
 

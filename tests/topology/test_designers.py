@@ -8,7 +8,7 @@ import torch
 
 from kvmesh import Agent, CommGraph, Task, Team
 from kvmesh.agents.spec import SpecError
-from kvmesh.evals import infoqa
+from kvmesh.evals.benchmarks import infoqa
 from kvmesh.topology import (
     AGP,
     DESIGNERS,
@@ -19,7 +19,7 @@ from kvmesh.topology import (
     GDesignerConfig,
     load_designer,
 )
-from kvmesh.topology.training import policy_loss, rollouts
+from kvmesh.training.reinforce import policy_loss, rollouts
 
 SMALL = {
     "edge-logits": EdgeLogitsConfig(steps=4, batch_size=2, eval_every=2, prune_every=2, pruning_rate=0.5),
@@ -188,7 +188,7 @@ def test_agp_mining_survives_a_kill_and_fits_the_mined_graphs(tiny, tmp_path):
         cut.compile(make_team(), train, out=tmp_path / "cut", progress=False)
     resumed = AGP(config, metric=fewer_calls)
     resumed.compile(make_team(), train, out=tmp_path / "cut", resume=True, progress=False)
-    from kvmesh.evals.results import read_samples
+    from kvmesh.evals.store import read_samples
 
     mined = {row["id"]: row for row in read_samples(tmp_path / "cut" / "mining")}
     assert sorted(mined) == sorted(t.id for t in train)  # every task once, none lost, none twice

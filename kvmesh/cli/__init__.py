@@ -1,0 +1,68 @@
+"""`kvmesh` command line: one module per command, each command's flags generated from its config dataclass.
+
+kvmesh run "What is 17 * 3?" --topology chain --agents 3 --rounds 1 --decision decision    (run.py)
+kvmesh eval infoqa --topology chain --agents 3 --limit 200 --out runs/chain                (evaluate.py)
+kvmesh report runs/single runs/chain                                                      (report.py)
+kvmesh viz runs/chain -o chain.svg                                                        (viz.py)
+kvmesh design train infoqa --designer agp --out runs/design/agp                           (design.py)
+kvmesh bench kv-reuse                                                                     (bench.py)
+kvmesh models                                                                             (models.py)
+kvmesh demo                                                                               (demo.py)
+
+Errors a user can fix (bad input, missing models or data, refused permissions) exit 2 with one line that says
+what was wrong; config errors name their flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from kvmesh.cli import bench, demo, design, evaluate, models, report, run, viz
+from kvmesh.cli.flags import show_config_error
+from kvmesh.config import ConfigError
+from kvmesh.llm.registry import ModelNotAvailableError
+
+COMMANDS = (run, evaluate, viz, report, bench, design, models, demo)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kvmesh", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.add_parser(commands)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    """Our own progress messages go to stderr; transformers' per-load progress bars are noise here."""
+    logging.basicConfig(level=logging.INFO, format="kvmesh: %(message)s")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    try:
+        return args.handler(args)
+    except ConfigError as error:
+        print(f"kvmesh: error: {show_config_error(error)}", file=sys.stderr)
+        return 2
+    except (
+        ValueError,
+        TypeError,
+        FileNotFoundError,
+        PermissionError,
+        ModelNotAvailableError,
+        NotImplementedError,
+        FileExistsError,
+        RuntimeError,
+    ) as error:
+        print(f"kvmesh: error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,48 @@
+"""`kvmesh bench kv-reuse`: time to first token, dense prefill against KV cache reuse (`kvmesh.evals.bench`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+
+from kvmesh.agents.usage import format_rows
+from kvmesh.cli.flags import add_config_arguments, config_from_args
+from kvmesh.evals.bench.kv_reuse import KVReuseBenchConfig, run_benchmark
+
+
+@dataclass
+class BenchOutput:
+    """How `kvmesh bench` prints.
+
+    Args:
+        json: print one JSON object.
+    """
+
+    json: bool = False
+
+
+def bench_kv_reuse(args: argparse.Namespace) -> int:
+    config = config_from_args(KVReuseBenchConfig, args)
+    result = run_benchmark(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    if config_from_args(BenchOutput, args).json:
+        print(json.dumps(result))
+        return 0
+    rows = [
+        (f"agent {k + 1}", f"{d:.3f} s", f"{r:.3f} s", f"{d / r:.1f}x")
+        for k, (d, r) in enumerate(zip(result["ttft_dense_s"], result["ttft_reuse_s"], strict=True))
+    ]
+    print("\n".join(format_rows([("", "TTFT dense", "TTFT reuse", "speedup"), *rows])))
+    for key in ("speedup_last_agent", "reuse_rate", "agreement", "anchor_memory_mb", "template_encode_s"):
+        print(f"{key:20s} {result[key]:.3f}")
+    return 0
+
+
+def add_parser(commands) -> None:
+    bench = commands.add_parser("bench", help="performance benchmarks (kv-reuse: time to first token)")
+    kinds = bench.add_subparsers(dest="kind", required=True)
+    kv_reuse = kinds.add_parser("kv-reuse", help="dense prefill against KV cache reuse, KVCOMM's setting")
+    add_config_arguments(kv_reuse, KVReuseBenchConfig)
+    add_config_arguments(kv_reuse, BenchOutput)
+    kv_reuse.set_defaults(handler=bench_kv_reuse)

@@ -1,0 +1,57 @@
+"""`kvmesh eval`: run a team on a benchmark into a run folder, and print its summary (`kvmesh.evals.runner`).
+
+kvmesh eval infoqa --topology chain --agents 3 --limit 200 --out runs/infoqa-chain
+kvmesh eval humaneval --oracle --allow-code-execution --out runs/oracle
+kvmesh eval infoqa --designer runs/design/infoqa-agp --limit 50
+kvmesh eval --compare runs/a runs/b
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from kvmesh.cli.flags import add_config_arguments, config_from_args
+from kvmesh.cli.specs import designer_folder
+from kvmesh.config import ConfigError
+from kvmesh.evals.report import compare_table
+from kvmesh.evals.runner import EvalConfig, run_eval
+from kvmesh.topology import load_designer
+
+
+@dataclass
+class EvalRun:
+    """Where `kvmesh eval` writes, and what else it can do.
+
+    Args:
+        out: run folder (default runs/<benchmark>-<topology>).
+        resume: continue an interrupted run in --out.
+        compare: print finished runs side by side instead of running one.
+    """
+
+    out: str | None = None
+    resume: bool = False
+    compare: list[str] | None = None
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    options = config_from_args(EvalRun, args)
+    if options.compare:
+        print(compare_table(options.compare))
+        return 0
+    if not args.benchmark:
+        raise ConfigError("name a benchmark (gsm8k, humaneval or infoqa), or pass {compare} RUN [RUN ...]")
+    designer = str(designer_folder(args.designer)) if args.designer else None
+    config = config_from_args(EvalConfig, args, designer=designer)
+    out = options.out or f"runs/{config.benchmark}-{'oracle' if config.oracle else config.topology}"
+    run_eval(config, out, resume=options.resume, load_designer=load_designer)
+    print(compare_table([out]))
+    print(f"\nresults: {out}/samples.jsonl and {out}/summary.json")
+    return 0
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser("eval", help="run a team on a benchmark (gsm8k, humaneval, infoqa)")
+    add_config_arguments(parser, EvalConfig, skip=("exclude_ids",), positional={"benchmark": "?"})
+    add_config_arguments(parser, EvalRun)
+    parser.set_defaults(handler=evaluate)

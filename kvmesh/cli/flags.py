@@ -1,0 +1,84 @@
+"""Command-line flags from a dataclass config: one flag per field, its help taken from the docstring's Args.
+
+@dataclass
+class BenchConfig:
+    \"\"\"...
+    Args:
+        agents: agents in the fully connected team.
+    \"\"\"
+    agents: int = 5
+
+add_config_arguments(parser, BenchConfig)      # --agents N  (help: "agents in the fully ...")
+config = config_from_args(BenchConfig, args)
+
+A field's metadata may give `choices` (a sequence, or a function returning one), and `short` (a one-letter flag
+beside the long one); `positional={field: nargs}` makes fields positional (nargs None: exactly one), `skip`
+leaves fields out. Booleans become `--flag/--no-flag`, lists take one or more values, a field without a
+default is a required flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from collections.abc import Mapping
+
+from kvmesh.config import ConfigError, field_help
+
+
+def flag(name: str) -> str:
+    """The flag of a config field: `max_new_tokens` -> `--max-new-tokens`."""
+    return "--" + name.replace("_", "-")
+
+
+def show_config_error(error: ConfigError) -> str:
+    """A config error as the CLI says it: its fields as flags, without the class name."""
+    return error.message.format(**{field: flag(field) for field in error.fields})
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    cls,
+    skip: tuple[str, ...] = (),
+    positional: Mapping[str, str | None] | None = None,
+) -> None:
+    helps = field_help(cls)
+    hints = typing.get_type_hints(cls)
+    positional = positional or {}
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        kind = hints[field.name]
+        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)  # X | None -> X
+        has_default = field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
+        default = field.default if field.default is not dataclasses.MISSING else None
+        text = helps.get(field.name, "")
+        options: dict = {"help": text}
+        choices = field.metadata.get("choices")
+        if choices is not None:
+            options["choices"] = tuple(choices() if callable(choices) else choices)
+        if typing.get_origin(base) is list:
+            options |= {"nargs": "+", "type": typing.get_args(base)[0]}
+        elif kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["type"] = base
+        if field.name in positional:
+            nargs = positional[field.name]
+            parser.add_argument(field.name, **options, **({"nargs": nargs, "default": default} if nargs else {}))
+            continue
+        names = [flag(field.name), *([field.metadata["short"]] if "short" in field.metadata else [])]
+        if not has_default:
+            options["required"] = True
+        else:
+            options["default"] = default
+            if kind is not bool and default not in (None, ""):
+                options["help"] = f"{text} (default: {default})"
+        parser.add_argument(*names, dest=field.name, **options)
+
+
+def config_from_args(cls, args: argparse.Namespace, **overrides):
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    return cls(**(values | overrides))

@@ -1,0 +1,141 @@
+"""`kvmesh run "question"`: run a team on one question and print its transcript, answer and usage.
+
+kvmesh run "What is 17 * 3?" --topology chain --agents 3 --rounds 1 --decision decision
+kvmesh run "..." --spec team.yaml --json              # answer, messages (with exact prompts), usage
+kvmesh run "..." --channel kv-reuse --graph-out team.png
+kvmesh run "..." --designer runs/design/infoqa-agp    # a trained designer's team, on the graph it designs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+
+from kvmesh.agents.agent import Agent
+from kvmesh.agents.decision import DECISION_METHOD, METHODS
+from kvmesh.agents.result import TeamResult
+from kvmesh.agents.task import Task
+from kvmesh.agents.team import Team
+from kvmesh.cli.flags import add_config_arguments, config_from_args
+from kvmesh.cli.specs import designer_folder, load_team
+from kvmesh.config import ConfigError, check_choices
+from kvmesh.graph.draw import write_picture
+from kvmesh.graph.graph import CommGraph
+from kvmesh.graph.presets import PRESETS
+from kvmesh.kvcomm.channel import available_channels
+from kvmesh.topology import load_designer
+
+DEFAULT_ROLES = ("analyst", "solver", "critic", "expert")
+
+
+@dataclass
+class RunConfig:
+    """What `kvmesh run` runs.
+
+    Args:
+        question: the question to put to the team.
+        model: alias, local folder or Hugging Face id.
+        topology: communication graph preset.
+        agents: number of agents (ignored with spec).
+        rounds: rounds of communication.
+        decision: how the final answer is chosen.
+        spec: a YAML or JSON team spec; replaces the team options above.
+        designer: a trained designer (kvmesh design train): its team, on the graph it designs.
+        channel: how agents read each other: text, or kv-reuse (the senders' KV caches, reused).
+        max_new_tokens: cap on tokens per agent turn.
+        temperature: 0 for greedy decoding.
+        token_budget: cap on tokens for the whole run.
+        seed: seed for sampling.
+        json: print one JSON object instead of text.
+        graph_out: also write the graph with this run's edge tokens (.png, .svg, .mmd, .dot).
+    """
+
+    question: str
+    model: str = "smollm2-135m"
+    topology: str = field(default="chain", metadata={"choices": PRESETS})
+    agents: int = 3
+    rounds: int = 1
+    decision: str = field(default=DECISION_METHOD, metadata={"choices": METHODS})
+    spec: str | None = None
+    designer: str | None = None
+    channel: str = field(default="text", metadata={"choices": available_channels})
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    token_budget: int | None = None
+    seed: int | None = None
+    json: bool = False
+    graph_out: str | None = None
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        if self.agents < 1:
+            raise ConfigError(f"{{agents}} must be at least 1, got {self.agents}", type(self).__name__)
+
+
+def default_agents(count: int, model: str, max_new_tokens: int, temperature: float) -> list[Agent]:
+    """`count` generic agents named agent_1..agent_N with roles cycling through DEFAULT_ROLES."""
+    return [
+        Agent(
+            f"agent_{i + 1}",
+            DEFAULT_ROLES[i % len(DEFAULT_ROLES)],
+            model=model,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+        )
+        for i in range(count)
+    ]
+
+
+def build_team(config: RunConfig) -> Team:
+    if config.designer:
+        return load_designer(designer_folder(config.designer)).apply()
+    if config.spec:
+        return load_team(config.spec)
+    agents = default_agents(config.agents, config.model, config.max_new_tokens, config.temperature)
+    graph = CommGraph.preset(config.topology, agents).with_channel(config.channel)
+    decision = {
+        "method": config.decision,
+        **({"channel": config.channel} if config.decision == DECISION_METHOD else {}),
+    }
+    return Team(
+        agents, graph, rounds=config.rounds, decision=decision, token_budget=config.token_budget, seed=config.seed
+    )
+
+
+def print_result(result: TeamResult, out=sys.stdout) -> None:
+    print(result.transcript(), file=out)
+    print(f"\nANSWER: {result.answer}", file=out)
+    if result.budget_exhausted:
+        print(f"(stopped early: token budget spent; skipped {len(result.skipped)} turns)", file=out)
+    print("\n" + result.usage.table(), file=out)
+
+
+def team_picture(team: Team, result: TeamResult, path: str) -> None:
+    tokens = {key: usage.input_tokens for key, usage in result.usage.per_edge.items()}
+    written = write_picture(result.graph, path, tokens=tokens, **team.picture_options())  # the graph it ran on
+    print(f"graph picture: {written}", file=sys.stderr)  # stdout may be --json
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(RunConfig, args)
+    team = build_team(config)
+    result = team.run(Task(config.question))
+    if config.graph_out:
+        team_picture(team, result, config.graph_out)
+    if team.designer is not None and not config.json:
+        edges = ", ".join(f"{e.source}->{e.target}" for e in result.graph.edges()) or "none"
+        print(f"designed graph: agents {', '.join(result.graph.agents)}; edges {edges}", file=sys.stderr)
+    if config.json:
+        data = result.to_dict()
+        print(json.dumps({k: data[k] for k in ("answer", "messages", "usage", "stop_reason", "graph")}, indent=2))
+    else:
+        print_result(result)
+    return 0
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser("run", help="run a team on one question")
+    add_config_arguments(parser, RunConfig, positional={"question": None})
+    parser.set_defaults(handler=run)

@@ -1,0 +1,109 @@
+"""A run's summary: metrics with 95% intervals, token statistics, configuration, seed and versions.
+
+Everything comes from the lines in `samples.jsonl`, so a resumed run's summary covers its earlier parts too;
+only the channels' state (`engine`: anchor memory, settings, and what they did in this process) comes from the
+team that ran here.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from kvmesh.evals.stats import mean_interval, proportion
+from kvmesh.evals.store import read_samples
+from kvmesh.kvcomm.channel import channel_names, metadata_key
+
+SAMPLE_METRICS = ("strict", "flexible", "pass@1", "f1", "answer_in_reply")
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version()}
+    for package in ("kvmesh", "torch", "transformers", "langchain-core"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+def _agent_means(usages: list[dict | None]) -> dict:
+    """Mean prompt, completion, cached and total tokens and model calls of one agent per task (0 where absent)."""
+    n = len(usages)
+
+    def mean(get) -> float:
+        return sum(get(u) for u in usages if u) / n
+
+    return {
+        "input_tokens": mean(lambda u: u["input_tokens"]),
+        "output_tokens": mean(lambda u: u["output_tokens"]),
+        "cache_read": mean(lambda u: u["input_token_details"]["cache_read"]),
+        "total_tokens": mean(lambda u: u["total_tokens"]),
+        "calls": mean(lambda u: u["calls"]),
+    }
+
+
+def _cache_summary(turns: list[dict], engine: dict | None) -> dict:
+    """How one channel served every saved turn that had something of it to read from a cache (so it survives
+    resume), plus the channel's own statistics when this process ran the team."""
+    reused = [m for m in turns if m["served"] == "reused"]
+    summary = {
+        "turns": len(turns),
+        "reused_turns": len(reused),
+        "reuse_rate": len(reused) / len(turns),
+        "cache_read_tokens": sum(m["usage"]["input_token_details"]["cache_read"] for m in reused),
+        "prompt_tokens": sum(m["usage"]["input_tokens"] for m in turns),
+    }
+    if engine is not None:
+        summary |= {"engine": engine}
+    return summary
+
+
+def _tokens(rows: list[dict]) -> dict:
+    usage_rows = [r["usage"] for r in rows if "usage" in r]
+    if not usage_rows:
+        return {}
+    tokens = {
+        field: mean_interval([u["total"][field] for u in usage_rows]) for field in ("input_tokens", "output_tokens")
+    }
+    tokens["cache_read"] = mean_interval([u["total"]["input_token_details"]["cache_read"] for u in usage_rows])
+    tokens["total_tokens"] = mean_interval([u["total"]["total_tokens"] for u in usage_rows])
+    agents = sorted({a for u in usage_rows for a in u["per_agent"]})
+    tokens["model_calls"] = mean_interval([u["total"]["calls"] for u in usage_rows])
+    tokens["per_agent"] = {a: _agent_means([u["per_agent"].get(a) for u in usage_rows]) for a in agents}
+    return tokens
+
+
+def summarize(out: str | Path, config, seconds: float | None = None, channels: dict | None = None) -> dict:
+    """Metrics with 95% intervals and token statistics over every sample in `out`; `config` is the run's
+    `EvalConfig`; `channels`: the team's channel statistics by name (`Team.channel_stats()`) when it ran here."""
+    rows = read_samples(out)
+    if not rows:
+        raise ValueError(f"{out} has no finished samples to summarize")
+    n = len(rows)
+    metrics = {"accuracy": proportion(sum(bool(r["correct"]) for r in rows), n)}
+    for key in SAMPLE_METRICS:
+        if key in rows[0]:
+            values = [float(r[key]) for r in rows]
+            metrics[key] = proportion(int(sum(values)), n) if key != "f1" else mean_interval(values, bounds=(0, 1))
+    served = {}
+    for name in channel_names():
+        key = metadata_key(name)
+        turns = [m | {"served": m[key]} for r in rows for m in r.get("messages", ()) if key in m]
+        if turns:
+            served[key] = _cache_summary(turns, (channels or {}).get(name))
+    missing = sum(1 for r in rows if r.get("completion_missing"))
+    return {
+        "benchmark": config.benchmark,
+        "samples": n,
+        **({"missing_completions": missing} if config.completions else {}),
+        "metrics": metrics,
+        "tokens_per_task": _tokens(rows),
+        **served,
+        "seconds": seconds,
+        "config": asdict(config),
+        "seed": config.seed,
+        "versions": versions(),
+    }

@@ -1,0 +1,84 @@
+"""Edges of a communication graph: who passes a message to whom, when, and over which channel.
+
+Kinds: `spatial` edges pass a message within a round, `temporal` ones from round r to round r + 1. The
+decision step reads every agent over implicit edges of kind `decision`, which no `CommGraph` stores (usage
+tables and pictures name them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from kvmesh.kvcomm.channel import ChannelNotAvailableError, channel_names
+
+SPATIAL, TEMPORAL, DECISION = "spatial", "temporal", "decision"
+EDGE_KINDS = (SPATIAL, TEMPORAL)
+
+
+class GraphError(ValueError):
+    """An invalid communication graph; the message names the offending agents or edges."""
+
+
+class ChannelNameError(GraphError, ChannelNotAvailableError):
+    """An edge names a channel that does not exist: a bad graph, and the one error for unknown channels."""
+
+
+@dataclass(frozen=True)
+class Edge:
+    source: str
+    target: str
+    kind: str = SPATIAL
+    channel: str = "text"
+    weight: float | None = None
+
+    def to_dict(self) -> dict:
+        data = {"source": self.source, "target": self.target, "kind": self.kind, "channel": self.channel}
+        if self.weight is not None:
+            data["weight"] = self.weight
+        return data
+
+    @property
+    def key(self) -> str:
+        return edge_key(self.source, self.target, self.kind)
+
+
+def edge_key(source: str, target: str, kind: str) -> str:
+    """Stable key for an edge in usage tables: `source->target` plus its kind when not spatial."""
+    return f"{source}->{target}" if kind == SPATIAL else f"{source}->{target} ({kind})"
+
+
+def coerce_edge(edge: Edge | dict | Sequence) -> Edge:
+    """An `Edge` from an Edge, a dict of its fields, or a (source, target[, kind, channel, weight]) tuple."""
+    if isinstance(edge, Edge):
+        found = edge
+    elif isinstance(edge, dict):
+        fields = ("source", "target", "kind", "channel", "weight")
+        unknown = set(edge) - set(fields)
+        if unknown or "source" not in edge or "target" not in edge:
+            raise GraphError(
+                f"edge {edge} needs 'source' and 'target' and may have {fields[2:]}; unknown: {sorted(unknown)}"
+            )
+        found = Edge(**edge)
+    elif isinstance(edge, list | tuple) and 2 <= len(edge) <= 5:
+        found = Edge(*edge)
+    else:
+        raise GraphError(
+            f"an edge is an Edge, a dict or a (source, target[, kind, channel, weight]) tuple, got {edge!r}"
+        )
+    if found.kind not in EDGE_KINDS:
+        raise GraphError(f"edge kind must be one of {EDGE_KINDS}, got {found.kind!r}")
+    if found.channel not in channel_names():
+        raise ChannelNameError(f"edge channel must be one of {channel_names()}, got {found.channel!r}")
+    return found
+
+
+class GraphView(Protocol):
+    """What pictures read of a graph: its agents in order, its edges, and its levels."""
+
+    agents: list[str]
+
+    def edges(self, kind: str | None = None) -> list[Edge]: ...
+
+    def levels(self) -> list[list[str]]: ...

@@ -1,0 +1,128 @@
+"""The `kv-reuse` channel (KVCOMM): receivers read the task and other agents' replies from caches that exist.
+
+On a team with kv-reuse edges, each turn's prompt is laid out in pieces (`kvmesh.kvcomm.assembly`). This
+channel lays out a message that arrives with its sender's reply cache as
+
+    glue    "\\n\\nMessage from X (this round):\\n"     a template, encoded once standalone
+    reply   the sender's reply, as the ids it generated   the sender's own decode cache
+    rest    what those ids do not cover (a tool's appendix) own text, prefilled in place
+
+and the task piece of every later turn comes from the first turn of its task that encoded it. A turn with a
+cached piece asks its model's `ReuseEngine` to assemble the cache (the agent's head as a template, every
+cached piece moved and corrected by anchors, own text prefilled in place); the turn's row then joins the
+running batch with that cache as its prefix and prefills only its tail. When the anchor test refuses, the turn
+runs dense and its prompt cache teaches the engine (`learn`). Anchors persist across runs of the same team, so
+a team gets faster as it sees more tasks.
+
+Caveats: a reply is read as the ids its sender generated, so its text may differ from the text channel's by a
+leading space; the prompt text recorded for the turn is exactly what the model read. Reply and task caches
+are kept until their task finishes (about 46 KB per token for SmolLM2-135M in float32). Both ends of an edge
+must share one model: a cache means something only to the model that made it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import asdict
+
+from kvmesh.kvcomm.assembly import GLUE, OWN, REPLY, Piece, Preparation
+from kvmesh.kvcomm.channel import TASK, Cached, ChannelNotAvailableError, Endpoint, Keep, TurnView, reply_key
+from kvmesh.kvcomm.reuse_engine import ReuseConfig, ReuseEngine
+from kvmesh.llm.base import Generation, KVModel, LanguageModel
+from kvmesh.llm.segment import KVSegment
+
+
+def _same_model(a: Endpoint, b: Endpoint) -> bool:
+    return a.model is b.model or a.model_spec == b.model_spec
+
+
+class KVReuseChannel:
+    """A team's kv-reuse state: one `ReuseEngine` per model, created before the first call, kept across runs."""
+
+    name = "kv-reuse"
+    settings_class = ReuseConfig
+
+    def __init__(self, settings: ReuseConfig | None = None) -> None:
+        self.config = settings or ReuseConfig()
+        self.engines: dict[int, ReuseEngine] = {}
+
+    def check(self, sender: Endpoint, receiver: Endpoint, where: str) -> None:
+        if not _same_model(sender, receiver):
+            raise ChannelNotAvailableError(
+                f"kv-reuse {where} joins agents on different models ({sender.model_spec} and {receiver.model_spec}); "
+                "a cache is only meaningful to the model that made it. Use channel='text' on that edge, or put "
+                "both agents on one model."
+            )
+
+    def prepare(self, model: LanguageModel) -> None:
+        """Build the model's engine; raises `UnsupportedModelError` (saying why) for models it cannot handle."""
+        self.engine(model)
+
+    def engine(self, model: LanguageModel) -> ReuseEngine:
+        if id(model) not in self.engines:
+            if not isinstance(model, KVModel):
+                raise ChannelNotAvailableError(f"{model.spec}: kv-reuse needs a model in this process (a LocalLM)")
+            sink = model.encode_prompt(model.chat.frame("")[0])[:1]  # the template's first token opens every encoding
+            self.engines[id(model)] = ReuseEngine(model, self.config, sink=sink)
+        return self.engines[id(model)]
+
+    def layout(
+        self, model: LanguageModel, glue: str, content: str, cached: KVSegment | None, key: Hashable
+    ) -> list[Piece]:
+        """A message read through its sender's cache: the glue, then the longest run of the sender's fed-back
+        ids whose text starts `content` (leading whitespace-only tokens dropped); what they do not cover (a cut
+        last token, a tool's appendix) follows as own text. Without a cache: the text channel's layout."""
+        ids = cached.token_ids if cached is not None else ()
+        start = 0
+        while start < len(ids) and not model.decode(ids[start : start + 1]).strip():
+            start += 1
+        for end in range(len(ids), start, -1):
+            text = model.decode(ids[start:end])
+            if content.startswith(text.lstrip()):
+                rest = content[len(text.lstrip()) :]
+                reply = Piece(ids[start:end], cached.slice(start, end), key, text=text, kind=REPLY, channel=self.name)
+                own = [Piece(own=True, text=rest, kind=OWN)] if rest else []
+                return [Piece(text=glue, kind=GLUE, channel=self.name), reply, *own]
+        return [Piece(own=True, text=glue + content, kind=OWN)]
+
+    def place(self, model: LanguageModel, receiver: Hashable, pieces: Sequence[Piece]) -> Preparation:
+        """The turn's prompt cache up to its tail, or None (run it dense) when the anchor test refuses."""
+        return self.engine(model).assemble(receiver, pieces, spare=0)
+
+    def keeps(self, turn: TurnView) -> Keep:
+        """A dense turn that could have reused keeps its prompt's cache to teach anchors, and so does the task's
+        first turn (it serves the task); a reply is kept when a later turn reads it over kv-reuse."""
+        prompt = not turn.assembled and (_reads_kv_reuse(turn.pieces) or TASK not in turn.store)
+        return Keep(prompt=prompt, reply=self.config.replies and self.name in turn.read_over)
+
+    def learn(self, turn: TurnView, generation: Generation) -> None:
+        if generation.prompt_kv is not None:
+            if TASK not in turn.store:
+                task = generation.prompt_kv.slice(*turn.task_span).detached()
+                turn.store[TASK] = Cached(self.name, task)
+            if not turn.assembled and _reads_kv_reuse(turn.pieces):
+                self.engine(turn.model).learn(turn.receiver, turn.pieces, generation.prompt_kv)
+        if generation.reply_kv is not None and self.keeps(turn).reply:
+            turn.store[reply_key(*turn.receiver)] = Cached(self.name, generation.reply_kv)
+
+    def stats(self) -> dict:
+        """Reuse statistics over all models: calls that tried, calls that reused, tokens, anchor memory."""
+        engines = list(self.engines.values())
+        calls = sum(e.stats.calls for e in engines)
+        reused = sum(e.stats.reused_calls for e in engines)
+        return {
+            "calls": calls,
+            "reused_calls": reused,
+            "reuse_rate": reused / calls if calls else 0.0,
+            "prompt_tokens": sum(e.stats.prompt_tokens for e in engines),
+            "reused_tokens": sum(e.stats.reused_tokens for e in engines),
+            "anchor_memory_mb": sum(e.anchors.nbytes for e in engines) / 2**20,
+            "anchors": sum(len(e.anchors) for e in engines),
+            "template_encode_s": sum(e.stats.template_s for e in engines),
+            "config": asdict(self.config),
+        }
+
+
+def _reads_kv_reuse(pieces: Sequence[Piece]) -> bool:
+    """Whether a turn had something to read over kv-reuse: a piece whose cache this channel made."""
+    return any(piece.source is not None and piece.channel == KVReuseChannel.name for piece in pieces)

@@ -1,0 +1,177 @@
+"""What the runtime needs of a model: the `LanguageModel` protocol, its running batch, and one row's request and result.
+
+Every model call in kvmesh is a row of a running batch: the scheduler `submit`s rows (an agent's turn, or a
+prefill-only row that builds a cache and generates nothing), `step`s the batch until it has no work, and reads
+each finished row's `Generation`. `kvmesh.llm.local.LocalLM` (an in-process Hugging Face model) implements the
+protocol; any other backend that does can stand wherever an agent's model goes.
+
+KV channels need more than text in and text out: they read and write the model's cache, so they also need the
+model in this process (`KVModel`); they refuse other backends before any call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import torch
+
+    from kvmesh.llm.chat import ChatFormat
+    from kvmesh.llm.segment import KVSegment
+
+
+def normalize_stop(stop) -> tuple[str, ...]:
+    """Stop strings as a tuple: a single string is one stop string, not a sequence of characters."""
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        stop = (stop,)
+    stops = tuple(stop)
+    for item in stops:
+        if not isinstance(item, str) or not item:
+            raise ValueError(f"stop strings must be non-empty strings, got {item!r}")
+    return stops
+
+
+@dataclass
+class GenerationRequest:
+    """One row of a running batch.
+
+    Args:
+        prompt_ids: token ids of the full prompt, exactly as the model reads them.
+        max_new_tokens: upper bound on generated tokens for this row; 0 makes a prefill-only row, which reads its
+            prompt (keeping its cache with `keep_kv`, or writing into its `prefix`'s buffer) and generates nothing.
+        temperature: 0 is greedy; above 0 samples from softmax(logits / temperature).
+        stop: strings that end generation; the text is cut before the first one found.
+        prefix: a prebuilt cache of the prompt's first tokens (anything with `length` and `cache(config)`,
+            such as `kvmesh.kvcomm.assembly.Assembly`); only the remaining prompt tokens are prefilled.
+        keep_kv: return the row's cache of its prompt and of its generated tokens (`Generation.prompt_kv`,
+            `Generation.reply_kv`), for cache reuse downstream.
+        keep_prompt_kv: with keep_kv, False keeps only the reply's cache (the prompt's is a copy of every
+            prompt position, wasted when nobody reads it).
+        min_new_tokens: end-of-sequence tokens are never chosen before this many tokens (fixed-length replies for
+            timing experiments, as `min_new_tokens` in transformers).
+    """
+
+    prompt_ids: list[int]
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    stop: tuple[str, ...] = ()
+    prefix: object | None = None
+    keep_kv: bool = False
+    keep_prompt_kv: bool = True
+    min_new_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        self.stop = normalize_stop(self.stop)
+        if not self.prompt_ids:
+            raise ValueError("a generation request needs a non-empty prompt")
+        if self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0 (0: prefill only), got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 <= self.min_new_tokens <= max(self.max_new_tokens, 0):
+            raise ValueError(f"min_new_tokens must be in [0, max_new_tokens], got {self.min_new_tokens}")
+        if self.prefix is not None and not 0 < self.prefix.length < len(self.prompt_ids):
+            raise ValueError("a prefix cache must cover part of the prompt and leave at least one token to prefill")
+
+    @property
+    def prefill_only(self) -> bool:
+        return self.max_new_tokens == 0
+
+
+@dataclass
+class Generation:
+    """The result of one row.
+
+    `token_ids` are every token the model generated for this row, including a final end-of-sequence token or
+    the tokens that completed a stop string; `text` is their decoded text with special tokens removed and cut
+    before any stop string. `completion_tokens == len(token_ids)`. Times count from `started_at` (a
+    `time.perf_counter()` value), when the row's prefill began. A prefill-only row finishes with reason
+    "prefill", no tokens, and its time to first token is its prefill time.
+    """
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    finish_reason: str  # "eos", "stop", "length" or "prefill"
+    ttft_s: float
+    latency_s: float
+    started_at: float = 0.0
+    prompt_kv: KVSegment | None = None  # with keep_kv: the prompt's cache, positions 0 ..
+    reply_kv: KVSegment | None = None  # with keep_kv: the cache of the generated tokens that were fed back
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@runtime_checkable
+class RunningBatch(Protocol):
+    """Rows that join between steps and leave when done (continuous batching)."""
+
+    @property
+    def has_work(self) -> bool: ...
+
+    def submit(self, request: GenerationRequest, tag: Hashable) -> None:
+        """Queue a row; it joins the batch at the next `step` that has a free slot."""
+
+    def step(self) -> list[tuple[Hashable, Generation]]:
+        """Admit waiting rows, advance every row by one token (one batched forward pass); return finished rows."""
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    """A model agents can run on: tokenization with its own tokenizer, its chat format, and running batches.
+
+    Token counts everywhere come from `encode_prompt` / `encode_with_spans`, so they are the model's own.
+    """
+
+    spec: str  # the name it was loaded under
+    chat: ChatFormat  # renders transcripts into the exact prompt text, and the stop strings that layout needs
+
+    def render(self, messages: Sequence) -> str:
+        """The exact prompt text for a transcript, ready for a new assistant turn."""
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """Token ids of a rendered prompt (its special tokens are written in the text itself)."""
+
+    def encode_with_spans(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """`encode_prompt(text)` and the character span of each token."""
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """The text token ids stand for, special tokens included (the inverse of `encode_prompt`)."""
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens of `text` (no special tokens added)."""
+
+    def new_batch(self, seed: int | None = None) -> RunningBatch:
+        """A running batch on this model; `seed` seeds sampling (greedy rows ignore it)."""
+
+
+@runtime_checkable
+class KVModel(LanguageModel, Protocol):
+    """A `LanguageModel` in this process whose KV cache channels can read and write.
+
+    `model` is the transformers causal LM (its config gives the cache layout; its rotary embedding, the
+    positions of cached keys); `eos_ids` its end-of-sequence tokens.
+    """
+
+    model: torch.nn.Module
+    eos_ids: set[int]
+
+
+def run_requests(
+    model: LanguageModel, requests: Sequence[GenerationRequest], seed: int | None = None
+) -> list[Generation]:
+    """Run prepared rows to completion on one running batch of `model`; results in request order."""
+    batch = model.new_batch(seed)
+    for index, request in enumerate(requests):
+        batch.submit(request, index)
+    results: list[Generation | None] = [None] * len(requests)
+    while batch.has_work:
+        for index, generation in batch.step():
+            results[index] = generation
+    return results  # type: ignore[return-value]

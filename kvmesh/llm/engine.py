@@ -1,0 +1,366 @@
+"""The generation engine: a running batch of rows that join between decode steps and leave when done.
+
+Why our own loop rather than `model.generate`: each row has its own max_new_tokens, temperature and stop
+strings; we need time to first token and exact token ids per row; and work arrives while others decode (an
+agent's turn becomes ready when its upstream agents finish), so rows must join a running batch: continuous
+batching, as serving engines do it.
+
+One `DecodeBatch.step()`:
+  1. admit waiting rows (up to `max_rows`): prefill them in length buckets, since padding is pure waste in
+     compute-bound prefill, and stack their caches, left-padded, onto the running cache; prefill-only rows
+     (`max_new_tokens=0`: a cache to build, nothing to generate) leave right after their prefill;
+  2. choose one token per row (greedy, or sampled at the row's temperature);
+  3. retire rows that hit EOS, a stop string or their token limit (their cache rows are dropped, and padding
+     columns no row needs any more are trimmed);
+  4. one forward pass of the remaining rows over the shared cache.
+
+Left padding is exact: position ids count only real tokens and the attention mask hides pads, so a row's
+greedy output does not depend on what it is batched with (tests check equality on real prompts).
+
+Shapes: B = rows in the batch, W = cache width (longest row incl. its left padding), V = vocabulary.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from kvmesh.llm.base import Generation, GenerationRequest
+from kvmesh.llm.cache import (
+    cache_argument,
+    can_merge,
+    new_cache,
+    read_columns,
+    select_rows,
+    stack_left_padded,
+    trim_left,
+)
+from kvmesh.llm.segment import KVSegment
+
+MAX_PADDING = 0.10  # a prefill bucket may pad at most this share of its real tokens
+
+
+@dataclass
+class _Row:
+    request: GenerationRequest
+    tag: Hashable
+    generated: list[int] = field(default_factory=list)
+    text: str | None = None  # set when a stop string cut the text
+    started_at: float = 0.0
+    first_token_at: float = 0.0
+    prompt_kv: KVSegment | None = None
+
+
+def length_buckets(lengths: Sequence[int], max_padding: float = MAX_PADDING) -> list[list[int]]:
+    """Group indices so that left-padding each group to its longest member wastes at most `max_padding`."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    buckets: list[list[int]] = []
+    total = 0
+    for index in order:
+        length = lengths[index]
+        if buckets and (len(buckets[-1]) + 1) * length - (total + length) <= max_padding * (total + length):
+            buckets[-1].append(index)
+            total += length
+        else:
+            buckets.append([index])
+            total = length
+    return buckets
+
+
+def _left_pad(rows: Sequence[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _choose(logits: torch.Tensor, temperatures: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Pick the next token per row. logits: (B, V); temperatures: (B,). Returns (B,) long."""
+    tokens = logits.argmax(dim=-1)
+    sampled = temperatures > 0
+    if bool(sampled.any()):
+        probs = torch.softmax(logits[sampled].float() / temperatures[sampled, None], dim=-1)
+        draws = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1)
+        tokens[sampled] = draws.to(tokens.device)
+    return tokens
+
+
+class BatchDecoder:
+    """What the engine needs to know about one model: its weights, tokenizer and special tokens.
+
+    `busy_s` adds up the seconds spent inside `DecodeBatch.step` (prefill, decode, cache bookkeeping) for
+    this model, so callers can tell engine time from everything else.
+    """
+
+    def __init__(self, model, tokenizer, eos_ids: set[int], pad_id: int) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.eos_ids = eos_ids
+        self.pad_id = pad_id
+        self.mergeable = can_merge(model.config)  # False for sliding-window models: no joining mid-flight
+        self.eos_index = torch.tensor(sorted(eos_ids), dtype=torch.long)
+        self.busy_s = 0.0
+
+    def stop_hit(self, row: _Row) -> bool:
+        """Check the tail of the generated text for a stop string; cut the text there if found."""
+        stops = row.request.stop
+        if not stops:
+            return False
+        window = max(len(s.encode()) for s in stops) + 2  # a stop string of b bytes spans at most b tokens
+        tail = self.tokenizer.decode(row.generated[-window:], skip_special_tokens=True)
+        if not any(s in tail for s in stops):
+            return False
+        text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
+        cuts = [text.find(s) for s in stops if s in text]
+        if not cuts:
+            return False
+        row.text = text[: min(cuts)]
+        return True
+
+    def forward(self, ids, mask, positions, cache) -> torch.Tensor:
+        """One forward pass; returns the last position's logits (B, V)."""
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            **cache_argument(self.model, cache),
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1, :]
+
+
+@dataclass
+class _Joined:
+    """Rows admitted in one step that go on to decode: their stacked cache and per-row state."""
+
+    cache: object
+    mask: torch.Tensor  # (B, W)
+    logits: torch.Tensor  # (B, V)
+    positions: torch.Tensor  # (B, 1)
+    rows: list[_Row]
+
+
+class DecodeBatch:
+    """A running batch over one model. `submit` rows at any time; `step` until `has_work` is False.
+
+    Args:
+        decoder: the model's `BatchDecoder`.
+        max_rows: most rows decoding at once; later submissions wait for a free slot.
+        seed: seeds sampling; greedy rows ignore it.
+    """
+
+    def __init__(self, decoder: BatchDecoder, max_rows: int = 32, seed: int | None = None) -> None:
+        self.decoder = decoder
+        self.max_rows = max_rows
+        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.waiting: deque[_Row] = deque()
+        self.rows: list[_Row] = []  # batch order
+        self.cache = None
+        self.mask = self.logits = self.positions = self.temperatures = None
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.rows or self.waiting)
+
+    def submit(self, request: GenerationRequest, tag: Hashable) -> None:
+        self.waiting.append(_Row(request, tag))
+
+    def _prefill_on_prefix(self, row: _Row, device):
+        """One row whose prompt starts with a prebuilt cache: prefill only the rest, at its true positions.
+
+        The prefix's cache adopts its buffers, so the rest is written into them in place."""
+        prefix, prompt = row.request.prefix, row.request.prompt_ids
+        cache = prefix.cache(self.decoder.model.config)
+        ids = torch.tensor([prompt[prefix.length :]], device=device)
+        mask = torch.ones((1, len(prompt)), dtype=torch.long, device=device)
+        position_ids = torch.arange(prefix.length, len(prompt), device=device)[None]
+        return cache, mask, self.decoder.forward(ids, mask, position_ids, cache), position_ids[:, -1:] + 1
+
+    def _keep_prompt(self, row: _Row, cache, batch_row: int, start: int, end: int) -> None:
+        if row.request.keep_kv and row.request.keep_prompt_kv:
+            columns = read_columns(cache, batch_row, start, end)
+            row.prompt_kv = KVSegment(*columns, 0, tuple(row.request.prompt_ids))
+
+    def _prefilled(self, row: _Row, now: float) -> tuple[Hashable, Generation]:
+        """A prefill-only row's result: its cache (if kept), no tokens."""
+        seconds = now - row.started_at
+        prompt = len(row.request.prompt_ids)
+        return row.tag, Generation("", [], prompt, "prefill", seconds, seconds, row.started_at, row.prompt_kv)
+
+    def _prefill(self, rows: list[_Row]) -> tuple[_Joined | None, list[tuple[Hashable, Generation]]]:
+        """Prefill newly admitted rows bucket by bucket (rows with a prefix cache one by one, only their remaining
+        tokens). Returns the rows that go on to decode, stacked, and the results of prefill-only rows, which
+        leave at once (their caches never join the running batch)."""
+        lengths = [len(r.request.prompt_ids) for r in rows]
+        plain = [i for i, r in enumerate(rows) if r.request.prefix is None]
+        if not self.decoder.mergeable:
+            buckets = [plain]
+        else:
+            buckets = [[plain[i] for i in b] for b in length_buckets([lengths[i] for i in plain])]
+        device, config = self.decoder.model.device, self.decoder.model.config
+        parts: list[tuple] = []  # (cache, mask, logits, next positions, rows) of rows that decode on
+        finished: list[tuple[Hashable, Generation]] = []
+        for bucket in (b for b in buckets if b):
+            ids, mask = _left_pad([rows[i].request.prompt_ids for i in bucket], self.decoder.pad_id, device)
+            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+            cache = new_cache(config)
+            logits = self.decoder.forward(ids, mask, position_ids, cache)
+            now = time.perf_counter()
+            going = []
+            for b, i in enumerate(bucket):
+                self._keep_prompt(rows[i], cache, b, mask.shape[1] - lengths[i], mask.shape[1])
+                if rows[i].request.prefill_only:
+                    finished.append(self._prefilled(rows[i], now))
+                else:
+                    going.append(b)
+            if len(going) < len(bucket) and going:
+                index = torch.tensor(going, device=device)
+                select_rows(cache, index)
+                mask, logits, position_ids = mask[index], logits[index], position_ids[index]
+            if going:
+                parts.append((cache, mask, logits, position_ids[:, -1:] + 1, [rows[bucket[b]] for b in going]))
+        for row in (rows[i] for i in range(len(rows)) if rows[i].request.prefix is not None):
+            cache, mask, row_logits, row_positions = self._prefill_on_prefix(row, device)
+            self._keep_prompt(row, cache, 0, 0, mask.shape[1])
+            if row.request.prefill_only:
+                finished.append(self._prefilled(row, time.perf_counter()))
+            else:
+                parts.append((cache, mask, row_logits, row_positions, [row]))
+        if not parts:
+            return None, finished
+        width = max(mask.shape[1] for _, mask, *_ in parts)
+        return (
+            _Joined(
+                stack_left_padded([p[0] for p in parts], width, config),
+                torch.cat([F.pad(p[1], (width - p[1].shape[1], 0)) for p in parts]),
+                torch.cat([p[2] for p in parts]),
+                torch.cat([p[3] for p in parts]),
+                [row for p in parts for row in p[4]],
+            ),
+            finished,
+        )
+
+    def _admit(self) -> list[tuple[Hashable, Generation]]:
+        """Prefill waiting rows into free slots; returns the results of prefill-only rows among them."""
+        if not self.waiting or (self.rows and not self.decoder.mergeable):
+            return []
+        count = min(len(self.waiting), self.max_rows - len(self.rows))
+        if count <= 0:
+            return []
+        joining = [self.waiting.popleft() for _ in range(count)]
+        now = time.perf_counter()
+        for row in joining:
+            row.started_at = now
+        joined, finished = self._prefill(joining)
+        if joined is None:
+            return finished
+        cache, mask, logits, positions = joined.cache, joined.mask, joined.logits, joined.positions
+        temperatures = torch.tensor([r.request.temperature for r in joined.rows], device=logits.device)
+        if self.rows:  # join the running batch: pad both sides to a common width
+            width = max(self.mask.shape[1], mask.shape[1])
+            cache = stack_left_padded([self.cache, cache], width, self.decoder.model.config)
+            mask = torch.cat(
+                [F.pad(self.mask, (width - self.mask.shape[1], 0)), F.pad(mask, (width - mask.shape[1], 0))]
+            )
+            logits = torch.cat([self.logits, logits])
+            positions = torch.cat([self.positions, positions])
+            temperatures = torch.cat([self.temperatures, temperatures])
+        self.cache, self.mask, self.logits, self.positions = cache, mask, logits, positions
+        self.temperatures = temperatures
+        self.rows = self.rows + joined.rows
+        return finished
+
+    def _finished(self, row: _Row, token: int) -> str | None:
+        row.generated.append(token)
+        if token in self.decoder.eos_ids:
+            return "eos"
+        if self.decoder.stop_hit(row):
+            return "stop"
+        if len(row.generated) >= row.request.max_new_tokens:
+            return "length"
+        return None
+
+    def _reply_kv(self, index: int, row: _Row) -> KVSegment:
+        """The cache of the row's generated tokens that were fed back (all but the last): the row's newest
+        columns, since every row's real tokens end at the right edge of the cache."""
+        fed = row.generated[:-1]
+        width = self.mask.shape[1]
+        start = len(row.request.prompt_ids)
+        return KVSegment(*read_columns(self.cache, index, width - len(fed), width), start, tuple(fed))
+
+    def _retire(self, keep: list[int]) -> None:
+        """Keep only batch rows `keep`, dropping their cache rows and padding columns nobody needs."""
+        index = torch.tensor(keep, device=self.mask.device)
+        select_rows(self.cache, index)
+        self.mask, self.positions = self.mask[index], self.positions[index]
+        self.temperatures = self.temperatures[index]
+        self.rows = [self.rows[i] for i in keep]
+        unused = int(self.mask.argmax(dim=1).min())  # leading columns that are padding in every row
+        if unused > 0 and self.decoder.mergeable:  # sliding-window layers track positions themselves
+            trim_left(self.cache, unused)
+            self.mask = self.mask[:, unused:]
+
+    def _suppress_eos(self) -> None:
+        """Rows below their `min_new_tokens` may not end: their end-of-sequence logits go to -inf."""
+        early = [i for i, row in enumerate(self.rows) if len(row.generated) < row.request.min_new_tokens]
+        if early:
+            rows = torch.tensor(early, device=self.logits.device)[:, None]
+            self.logits[rows, self.decoder.eos_index.to(self.logits.device)[None, :]] = float("-inf")
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[Hashable, Generation]]:
+        """Admit, choose one token per row, retire finished rows, run one decode forward pass."""
+        begin = time.perf_counter()
+        done = self._admit()
+        if not self.rows:
+            self.decoder.busy_s += time.perf_counter() - begin
+            return done
+        self._suppress_eos()
+        tokens = _choose(self.logits, self.temperatures, self.generator)
+        now = time.perf_counter()
+        keep: list[int] = []
+        for i, (row, token) in enumerate(zip(self.rows, tokens.tolist(), strict=True)):
+            if not row.generated:
+                row.first_token_at = now
+            reason = self._finished(row, token)
+            if reason is None:
+                keep.append(i)
+                continue
+            text = (
+                row.text
+                if row.text is not None
+                else self.decoder.tokenizer.decode(row.generated, skip_special_tokens=True)
+            )
+            generation = Generation(
+                text=text,
+                token_ids=row.generated,
+                prompt_tokens=len(row.request.prompt_ids),
+                finish_reason=reason,
+                ttft_s=row.first_token_at - row.started_at,
+                latency_s=now - row.started_at,
+                started_at=row.started_at,
+                prompt_kv=row.prompt_kv,
+                reply_kv=self._reply_kv(i, row) if row.request.keep_kv else None,
+            )
+            done.append((row.tag, generation))
+        if len(keep) < len(self.rows):
+            if keep:
+                self._retire(keep)
+            else:
+                self.rows, self.cache = [], None
+        if self.rows:
+            tokens = tokens[torch.tensor(keep, device=tokens.device)] if len(keep) < len(tokens) else tokens
+            self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=-1)
+            self.logits = self.decoder.forward(tokens[:, None], self.mask, self.positions, self.cache)
+            self.positions = self.positions + 1
+        self.decoder.busy_s += time.perf_counter() - begin
+        return done

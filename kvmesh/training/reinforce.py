@@ -1,0 +1,317 @@
+"""REINFORCE over sampled graphs: training a graph policy (a topology designer), validation, checkpoints, resume.
+
+    normaliser = mean tokens of the team's own graph on the first batch     (unless configured)
+    for each update:
+        tasks   = the next batch of the (seeded, per-epoch shuffled) training set
+        graphs  = policy.sample_batch(tasks)                     one DAG per task, with log p(G)
+        results = team.run_batch(tasks, graphs=graphs)           ONE batched pass through the runtime
+        u       = utility(metric(example, result), tokens)       `kvmesh.training.reward`
+        loss    = −mean((u − baseline)·log p(G)) + the policy's regularisers
+        every `eval_every` updates and after the last: the deterministic graphs on the validation set;
+        the best validation utility is what the policy keeps
+
+The loop knows a policy only through `GraphPolicy` (the designers of `kvmesh.topology` implement it).
+
+Every finished update is in `out/checkpoint.pt` (weights, optimiser, sampler state, history), written
+atomically, so a run killed at any point resumes from its last update with `resume=True` and loses at most
+the update in flight. Each rollout runs the real team: nothing is simulated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from kvmesh.agents.task import Task
+from kvmesh.agents.team import Team
+from kvmesh.config import ConfigError
+from kvmesh.graph.graph import CommGraph
+from kvmesh.training.examples import example_id, example_task
+from kvmesh.training.reward import utilities, utility
+
+CHECKPOINT = "checkpoint.pt"
+Metric = Callable[[Any, Any], float]  # (example, TeamResult) -> score in [0, 1]
+
+
+@dataclass
+class ReinforceConfig:
+    """Settings of the REINFORCE loop.
+
+    Args:
+        steps: REINFORCE updates; each samples one graph per task of a batch and runs them all in one
+            batched pass.
+        batch_size: training tasks per update.
+        lr: Adam learning rate.
+        token_weight: λ in utility = score − λ·tokens / token_normalizer.
+        token_normalizer: tokens per task that cost λ; 0 measures it as the mean tokens of the team's own
+            graph on the first training batch.
+        eval_every: validate the evaluation graph every this many updates and after the last; the best
+            validation utility is kept.
+        seed: seeds graph sampling and the order of training tasks.
+    """
+
+    steps: int = 24
+    batch_size: int = 16
+    lr: float = 0.01
+    token_weight: float = 0.5
+    token_normalizer: float = 0.0
+    eval_every: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "eval_every", "batch_size"):
+            minimum = 0 if name == "steps" else 1
+            if getattr(self, name) < minimum:
+                raise ConfigError(f"{{{name}}} must be at least {minimum}, got {getattr(self, name)}")
+        if self.token_weight < 0 or self.token_normalizer < 0:
+            raise ConfigError("{token_weight} and {token_normalizer} must be >= 0")
+
+
+class GraphPolicy(Protocol):
+    """What the loop trains: a policy that samples a graph per task and designs one deterministically."""
+
+    kind: str
+    config: ReinforceConfig
+    module: torch.nn.Module
+    training: dict  # figures, filled in by training
+    seen_ids: list[str]  # every example id training or validation used
+
+    def sample_batch(self, tasks: Sequence[Task], generator: torch.Generator) -> tuple[list, Any]:
+        """One sampled design per task (each with `.graph` and `.log_prob`), and what regularizers read."""
+
+    def design_batch(self, tasks: Sequence[Task]) -> list[CommGraph]:
+        """The deterministic evaluation graph of each task."""
+
+    def regularizers(self, probs: Any) -> dict[str, torch.Tensor]:
+        """Extra loss terms, already weighted."""
+
+    def advantages(self, utilities: torch.Tensor) -> torch.Tensor:
+        """Utility minus a baseline."""
+
+    def after_update(self, step: int) -> None: ...
+
+    def extra_state(self) -> dict: ...
+
+    def load_extra_state(self, state: dict) -> None: ...
+
+
+def rollouts(team: Team, examples: Sequence, graphs: Sequence[CommGraph] | None, metric: Metric):
+    """(score, tokens, result) per example, all run in one batched pass; graphs None: the team's own."""
+    results = team.run_batch([example_task(e) for e in examples], graphs=graphs)
+    return [(float(metric(e, r)), r.usage.total.total_tokens, r) for e, r in zip(examples, results, strict=True)]
+
+
+def summarize(scored, token_weight: float, normaliser: float) -> dict:
+    """Mean score, tokens, model calls and utility of `rollouts` output."""
+    n = max(len(scored), 1)
+    score = sum(s for s, _, _ in scored) / n
+    tokens = sum(t for _, t, _ in scored) / n
+    calls = sum(r.usage.total.calls for _, _, r in scored) / n
+    return {
+        "score": score,
+        "tokens": tokens,
+        "calls": calls,
+        "utility": utility(score, tokens, token_weight, normaliser),
+    }
+
+
+def validate(policy: GraphPolicy, team: Team, valset: Sequence, metric: Metric, normaliser: float) -> dict:
+    graphs = policy.design_batch([example_task(e) for e in valset])
+    summary = summarize(rollouts(team, valset, graphs, metric), policy.config.token_weight, normaliser)
+    summary["edges"] = sum(len(g.edges()) for g in graphs) / max(len(graphs), 1)
+    summary["agents"] = sum(len(g.agents) for g in graphs) / max(len(graphs), 1)
+    return summary
+
+
+def batch_indices(count: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """The examples of update `step`: consecutive slices of a seeded shuffle, reshuffled every epoch."""
+    per_epoch = max(1, count // batch_size) if count >= batch_size else 1
+    epoch, slot = divmod(step, per_epoch)
+    order = list(range(count))
+    random.Random(f"{seed}-{epoch}").shuffle(order)
+    return order[slot * batch_size : slot * batch_size + batch_size]
+
+
+def save_atomic(state: dict, path: Path) -> None:
+    partial = path.with_suffix(".partial")
+    with open(partial, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+
+
+def _progress(total: int, done: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, desc=desc, unit="update", dynamic_ncols=True)
+
+
+def measure_normaliser(policy: GraphPolicy, team: Team, trainset: Sequence, metric: Metric) -> float:
+    """Mean tokens per task of the team's own graph on the first training batch: what costs λ."""
+    if policy.config.token_normalizer > 0:
+        return policy.config.token_normalizer
+    first = [trainset[i] for i in batch_indices(len(trainset), policy.config.batch_size, 0, policy.config.seed)]
+    scored = rollouts(team, first, None, metric)
+    return max(1.0, sum(t for _, t, _ in scored) / len(scored))
+
+
+def open_checkpoint(out: Path | None, policy: GraphPolicy, resume: bool, ids: list[str]) -> dict | None:
+    """The saved state of an earlier run in `out` (resume), or None; refuses to overwrite one silently, and to
+    resume one with another designer, configuration (more `steps` included) or set of examples."""
+    if out is None:
+        return None
+    path = out / CHECKPOINT
+    if not path.exists():
+        return None
+    if not resume:
+        raise FileExistsError(f"{out} already holds a designer run; pass resume=True (--resume) or pick another folder")
+    state = torch.load(path, weights_only=False)
+    if state["kind"] != policy.kind or state["config"] != asdict(policy.config):
+        raise ValueError(f"{out} holds a run with another designer or configuration; pick another folder")
+    if state.get("ids") != ids:
+        raise ValueError(f"{out} holds a run on other training or validation examples; pick another folder")
+    return state
+
+
+def policy_loss(policy: GraphPolicy, samples, probs, values: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """REINFORCE: −mean(advantage · log p(G)), plus the policy's weighted regularisers (returned apart)."""
+    advantages = policy.advantages(values)
+    objective = -(advantages * torch.stack([s.log_prob for s in samples])).mean()
+    terms = policy.regularizers(probs)
+    return objective + sum(terms.values(), torch.zeros(())), terms
+
+
+def reinforce(
+    policy: GraphPolicy,
+    team: Team,
+    trainset: Sequence,
+    valset: Sequence,
+    metric: Metric,
+    out: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    phase: str = "reinforce",
+    start_best: dict | None = None,
+) -> dict:
+    """Train `policy` (bound to `team`) in place; returns (and stores in `policy.training`) its figures.
+
+    `start_best`: the validation figures of the weights training starts from (with "weights" and "extra"),
+    which an update must beat to be kept; AGP's fitted model, before tuning."""
+    config = policy.config
+    if not trainset:
+        raise ValueError("the training set is empty")
+    out = Path(out) if out is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    optimizer = torch.optim.Adam(policy.module.parameters(), lr=config.lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    ids = [example_id(e, i) for i, e in enumerate(trainset)] + [example_id(e, i) for i, e in enumerate(valset)]
+    state = open_checkpoint(out, policy, resume, ids)
+    if state is None:
+        started = time.perf_counter()
+        normaliser = policy.training.get("normaliser")
+        if not normaliser:  # only utilities need it: no updates and no validation, no rollouts
+            needed = config.steps > 0 or bool(valset)
+            normaliser = measure_normaliser(policy, team, trainset, metric) if needed else 1.0
+        state = {
+            "kind": policy.kind,
+            "config": asdict(policy.config),
+            "ids": ids,
+            "step": 0,
+            "normaliser": normaliser,
+            "history": [],
+            "validation": [],
+            "best": start_best,
+            "seconds": time.perf_counter() - started,
+        }
+    else:
+        policy.module.load_state_dict(state["weights"])
+        policy.load_extra_state(state["extra"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+    normaliser = state["normaliser"]
+    bar = _progress(config.steps, state["step"], f"{policy.kind} {phase}", progress)
+    for step in range(state["step"], config.steps):
+        began = time.perf_counter()
+        batch = [trainset[i] for i in batch_indices(len(trainset), config.batch_size, step, config.seed)]
+        samples, probs = policy.sample_batch([example_task(e) for e in batch], generator)
+        scored = rollouts(team, batch, [s.graph for s in samples], metric)
+        values = utilities([(score, tokens) for score, tokens, _ in scored], config.token_weight, normaliser)
+        loss, terms = policy_loss(policy, samples, probs, torch.tensor(values, dtype=torch.float32))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        policy.after_update(step)
+        record = {"step": step + 1, **summarize(scored, config.token_weight, normaliser), "loss": loss.item()}
+        record |= {name: value.item() for name, value in terms.items()}
+        state["history"].append(record)
+        if ((step + 1) % config.eval_every == 0 or step + 1 == config.steps) and valset:
+            check = {"step": step + 1, **validate(policy, team, valset, metric, normaliser)}
+            state["validation"].append(check)
+            if state["best"] is None or check["utility"] > state["best"]["utility"]:
+                state["best"] = {**check, "weights": copy_weights(policy.module.state_dict())}
+                state["best"]["extra"] = policy.extra_state()
+        state["step"] = step + 1
+        record["seconds"] = time.perf_counter() - began  # rollouts, update and any validation
+        state["seconds"] += record["seconds"]
+        if out is not None:
+            state |= {
+                "weights": policy.module.state_dict(),
+                "extra": policy.extra_state(),
+                "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(),
+            }
+            save_atomic(state, out / CHECKPOINT)
+            (out / "history.json").write_text(json.dumps(_figures(state), indent=2))
+        if bar:
+            bar.set_postfix(
+                util=f"{record['utility']:.3f}", score=f"{record['score']:.2f}", tok=f"{record['tokens']:.0f}"
+            )
+            bar.update(1)
+    if bar:
+        bar.close()
+    if config.steps == 0 and valset and not state["validation"]:  # nothing to train: report the start
+        check = {"step": 0, **validate(policy, team, valset, metric, normaliser)}
+        state["validation"].append(check)
+        state["best"] = {
+            **check,
+            "weights": copy_weights(policy.module.state_dict()),
+            "extra": policy.extra_state(),
+        }
+    if state["best"] is not None:
+        policy.module.load_state_dict(state["best"]["weights"])
+        policy.load_extra_state(state["best"]["extra"])
+    policy.seen_ids = sorted(set(policy.seen_ids) | set(ids))
+    figures = _figures(state)
+    policy.training |= {"normaliser": normaliser, phase: figures}
+    return figures
+
+
+def copy_weights(weights: dict) -> dict:
+    """A detached copy of a state dict (the best version so far, kept while training goes on)."""
+    return {name: tensor.detach().clone() for name, tensor in weights.items()}
+
+
+def _figures(state: dict) -> dict:
+    """What a run reports: updates, seconds, history, validations and the chosen one (without weights)."""
+    best = state["best"]
+    chosen = {k: v for k, v in best.items() if k not in ("weights", "extra")} if best else None
+    return {
+        "updates": state["step"],
+        "seconds": state["seconds"],
+        "normaliser": state["normaliser"],
+        "history": state["history"],
+        "validation": state["validation"],
+        "chosen": chosen,
+    }

@@ -1,0 +1,106 @@
+import json
+
+import pytest
+
+from kvmesh.evals.benchmarks.infoqa import Difficulty, exact_match, generate, load_jsonl, normalize_answer, token_f1
+
+
+def _entities(tasks):
+    names = set()
+    for task in tasks:
+        for shard in task.shards:
+            names.update(word.strip(".'s") for word in shard.split() if word[:1].isupper())
+    return names
+
+
+def test_generation_is_seeded_and_splits_share_no_entity():
+    assert generate(20, "test", seed=3) == generate(20, "test", seed=3)
+    assert generate(20, "test", seed=3) != generate(20, "test", seed=4)
+    train, val, test = (_entities(generate(200, split, seed=0)) for split in ("train", "validation", "test"))
+    assert train and val and test
+    assert not (train & test) and not (train & val) and not (val & test)
+    other_seed_train = _entities(generate(200, "train", seed=1))
+    assert not (other_seed_train & test) and not (other_seed_train & val)  # disjoint across seeds too
+
+
+PHRASES = {"live": "lives in", "job": "works as a", "pet": "has a"}
+
+
+def _fact_about(person, question, answer):
+    phrase = next(v for k, v in PHRASES.items() if k in question)
+    return f"{person} {phrase} {answer}."
+
+
+@pytest.mark.parametrize("hops", [1, 2])
+def test_needed_facts_sit_with_different_agents(hops):
+    level = Difficulty(people=5, facts_per_agent=5, hops=hops, agents=3)
+    for task in generate(50, "train", seed=1, difficulty=level):
+        assert len(task.shards) == 3 and task.hops == hops
+        assert all(len(shard.split(". ")) <= 5 for shard in task.shards)
+        if hops == 1:
+            subject = task.question.rstrip("?").split(" does ")[-1].split(" live")[0].split(" have")[0]
+            subject = subject.removeprefix("What is ").removesuffix("'s job")
+            holder = [
+                i for i, shard in enumerate(task.shards) if _fact_about(subject, task.question, task.answer) in shard
+            ]
+            assert len(holder) == 1, task
+        else:
+            owner, kind = task.question.split("'s ")[0].split()[-1], task.question.split("'s ")[1].split()[0]
+            link = [i for i, shard in enumerate(task.shards) if f"{owner}'s {kind} is " in shard]
+            assert len(link) == 1, task
+            sibling = task.shards[link[0]].split(f"{owner}'s {kind} is ")[1].split(".")[0]
+            answer_holder = [
+                i for i, shard in enumerate(task.shards) if _fact_about(sibling, task.question, task.answer) in shard
+            ]
+            assert len(answer_holder) == 1 and answer_holder != link, task
+
+
+def test_difficulty_is_validated():
+    with pytest.raises(ValueError, match="hops must be 1 or 2"):
+        Difficulty(hops=3)
+    with pytest.raises(ValueError, match="agents >= 2"):
+        Difficulty(hops=2, agents=1)
+    with pytest.raises(ValueError, match="split must be one of"):
+        generate(1, "dev")
+
+
+def test_jsonl_round_trip_and_malformed_files(tmp_path):
+    tasks = generate(5, "validation", seed=2)
+    good = tmp_path / "good.jsonl"
+    good.write_text("\n".join(t.to_json() for t in tasks) + "\n")
+    assert load_jsonl(good) == tasks
+    cases = {
+        "{not json": "not valid JSON",
+        "[1, 2]": "must be a JSON object",
+        json.dumps({"id": 1, "question": "q", "answer": "a"}): r"missing field\(s\) \['shards'\]",
+        json.dumps({"id": 1, "question": "q", "answer": "a", "shards": "one"}): "non-empty list of strings",
+        json.dumps({"id": 1, "question": "", "answer": "a", "shards": ["x"]}): "non-empty strings",
+        "\n".join([json.dumps({"id": 1, "question": "q", "answer": "a", "shards": ["x"]})] * 2): "duplicate id '1'",
+        "": "no tasks",
+    }
+    for text, message in cases.items():
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            load_jsonl(bad)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_metrics():
+    assert normalize_answer("The  Baker!") == "baker"
+    assert exact_match("the baker.", "Baker") and not exact_match("a baker in town", "baker")
+    assert not exact_match(None, "baker")
+    assert token_f1("a baker in town", "baker") == pytest.approx(2 * (1 / 3) * 1 / (1 / 3 + 1))
+    assert token_f1("Orvik", "Orvik") == 1.0 and token_f1("", "Orvik") == 0.0
+
+
+def test_answer_in_reply_counts_whole_words_only():
+    from kvmesh.evals.benchmarks import InfoQA
+
+    bench = InfoQA()
+    sample = bench.samples("test")[0]
+    hit = bench.score(sample, f"I think it is {sample.gold}.")
+    assert hit.metrics["answer_in_reply"] == 1.0
+    miss = bench.score(sample, f"x{sample.gold.lower()}y is what I read")
+    assert miss.metrics["answer_in_reply"] == 0.0
