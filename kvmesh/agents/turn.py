@@ -93,7 +93,8 @@ class Turn:
             return self.waiting
         if self.own is not None:
             return []
-        keeps = [channel.keeps(self.view(self.assembly is not None)) for channel in self.team.channels.values()]
+        view = self.view(self.assembly is not None)
+        keeps = [channel.keeps(view) for channel in self.team.channels.values()]
         keep_prompt, keep_reply = any(k.prompt for k in keeps), any(k.reply for k in keeps)
         self.own = GenerationRequest(
             self.plan.token_ids,
@@ -166,13 +167,13 @@ def plan_turn(team: RunPlan, run: TaskRun, agent: Agent, round_: Round, order: t
         agent.llm,
         agent.system_text(),
         task.question,
-        task.context,
-        None if deciding else task.shard_for(agent.name, team.position(agent.name)),
-        inbound,
-        DECISION_INSTRUCTION if deciding else None,
-        agent.examples,
-        team.channels,
-        run.store.get(TASK),
+        context=task.context,
+        shard=None if deciding else task.shard_for(agent.name, team.position(agent.name)),
+        inbound=inbound,
+        instruction=DECISION_INSTRUCTION if deciding else None,
+        examples=agent.examples,
+        channels=team.channels,
+        task_cache=run.store.get(TASK),
     )
     max_new = agent.max_new_tokens
     if team.token_budget is not None:

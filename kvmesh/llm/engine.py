@@ -186,7 +186,11 @@ class DecodeBatch:
         return cache, mask, self.decoder.forward(ids, mask, position_ids, cache), position_ids[:, -1:] + 1
 
     def _keep_prompt(self, row: _Row, cache, batch_row: int, start: int, end: int) -> None:
-        if row.request.keep_kv and row.request.keep_prompt_kv:
+        """A row's prompt cache, read right after its prefill: for prefill-only rows, which leave now, and on
+        models whose caches keep only a window (a decoding row's prompt is read when it finishes: `_prompt_kv`,
+        so the copy is not part of its time to first token)."""
+        wanted = row.request.keep_kv and row.request.keep_prompt_kv
+        if wanted and (row.request.prefill_only or not self.decoder.mergeable):
             columns = read_columns(cache, batch_row, start, end)
             row.prompt_kv = KVSegment(*columns, 0, tuple(row.request.prompt_ids))
 
@@ -289,6 +293,15 @@ class DecodeBatch:
             return "length"
         return None
 
+    def _prompt_kv(self, index: int, row: _Row) -> KVSegment | None:
+        """The row's prompt cache at its end: the columns before its fed-back tokens (a row's real tokens end at
+        the right edge of the cache, and padding is trimmed from the left only)."""
+        if row.prompt_kv is not None or not (row.request.keep_kv and row.request.keep_prompt_kv):
+            return row.prompt_kv
+        end = self.mask.shape[1] - (len(row.generated) - 1)
+        prompt = row.request.prompt_ids
+        return KVSegment(*read_columns(self.cache, index, end - len(prompt), end), 0, tuple(prompt))
+
     def _reply_kv(self, index: int, row: _Row) -> KVSegment:
         """The cache of the row's generated tokens that were fed back (all but the last): the row's newest
         columns, since every row's real tokens end at the right edge of the cache."""
@@ -348,7 +361,7 @@ class DecodeBatch:
                 ttft_s=row.first_token_at - row.started_at,
                 latency_s=now - row.started_at,
                 started_at=row.started_at,
-                prompt_kv=row.prompt_kv,
+                prompt_kv=self._prompt_kv(i, row),
                 reply_kv=self._reply_kv(i, row) if row.request.keep_kv else None,
             )
             done.append((row.tag, generation))
