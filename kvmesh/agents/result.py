@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from langchain_core.messages import AIMessage
 
+from kvmesh.agents.decision import DECISION_ROUND
 from kvmesh.agents.task import Task
 from kvmesh.agents.usage import UsageReport
 from kvmesh.graph.graph import CommGraph
@@ -50,7 +51,7 @@ class TeamResult:
         lines = []
         for m in self.messages:
             r = m.response_metadata["round"]
-            label = "decision" if r == "decision" else f"round {r}"
+            label = "decision" if r == DECISION_ROUND else f"round {r}"
             lines.append(f"[{m.name} · {label}] {m.content}")
         return "\n\n".join(lines)
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from kvmesh.agents.agent import DEFAULT_MODEL, Agent
+from kvmesh.agents.decision import DECISION_METHOD
 from kvmesh.graph.graph import CommGraph
 from kvmesh.kvcomm.channel import settings_of
 
@@ -94,7 +95,7 @@ def team_from_spec(team_class: type, source: str | Path | dict, designer_loader:
             agents,
             graph,
             rounds=data.get("rounds", 1),
-            decision=data.get("decision", "decision"),
+            decision=data.get("decision", DECISION_METHOD),
             token_budget=data.get("token_budget"),
             seed=data.get("seed"),
             reuse=data.get("reuse"),

@@ -26,7 +26,7 @@ from typing import Protocol
 import networkx as nx
 
 from kvmesh.agents.agent import Agent
-from kvmesh.agents.decision import Decision
+from kvmesh.agents.decision import DECISION_METHOD, Decision
 from kvmesh.agents.events import Event, TeamFinished
 from kvmesh.agents.result import TeamResult
 from kvmesh.agents.scheduler import Scheduler
@@ -78,7 +78,7 @@ class Team:
         agents: Sequence[Agent],
         graph: CommGraph | nx.DiGraph | str = "chain",
         rounds: int = 1,
-        decision: str | Agent | dict | Decision = "decision",
+        decision: str | Agent | dict | Decision = DECISION_METHOD,
         token_budget: int | None = None,
         seed: int | None = None,
         reuse: ReuseConfig | dict | None = None,

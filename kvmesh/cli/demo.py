@@ -6,6 +6,7 @@ import argparse
 from dataclasses import dataclass
 
 from kvmesh.agents.agent import Agent
+from kvmesh.agents.decision import DECISION_METHOD
 from kvmesh.agents.task import Task
 from kvmesh.agents.team import Team
 from kvmesh.cli.flags import add_config_arguments, config_from_args
@@ -45,7 +46,7 @@ def demo_team(model: str = "smollm2-135m") -> Team:
             f"You are the {agent.role}. Copy the sentences from your notes that are about the people in the "
             "question. Do not add anything else."
         )
-    return Team(agents, "chain", rounds=1, decision="decision")
+    return Team(agents, "chain", rounds=1, decision=DECISION_METHOD)
 
 
 def demo(args: argparse.Namespace) -> int:

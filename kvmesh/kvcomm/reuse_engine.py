@@ -141,7 +141,7 @@ class ReuseEngine:
         segment = generation.prompt_kv
         if standalone and self.sink:
             segment = segment.slice(len(self.sink))
-        self.stats.template_s += generation.latency_s
+        self.stats.template_s += generation.prefill_s  # its share of the batched pass it ran in
         self.stats.template_tokens += len(key) - 1
         self._templates[key] = segment
         if len(self._templates) > self.config.templates:

@@ -89,8 +89,9 @@ class Generation:
     `token_ids` are every token the model generated for this row, including a final end-of-sequence token or
     the tokens that completed a stop string; `text` is their decoded text with special tokens removed and cut
     before any stop string. `completion_tokens == len(token_ids)`. Times count from `started_at` (a
-    `time.perf_counter()` value), when the row's prefill began. A prefill-only row finishes with reason
-    "prefill", no tokens, and its time to first token is its prefill time.
+    `time.perf_counter()` value), when the row was admitted to the batch. A prefill-only row finishes with
+    reason "prefill" and no tokens. `prefill_s` is the compute its prefill cost: its share (by tokens) of the
+    batched forward pass it was prefilled in.
     """
 
     text: str
@@ -102,6 +103,7 @@ class Generation:
     started_at: float = 0.0
     prompt_kv: KVSegment | None = None  # with keep_kv: the prompt's cache, positions 0 ..
     reply_kv: KVSegment | None = None  # with keep_kv: the cache of the generated tokens that were fed back
+    prefill_s: float = 0.0
 
     @property
     def completion_tokens(self) -> int:

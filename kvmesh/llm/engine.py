@@ -53,6 +53,7 @@ class _Row:
     text: str | None = None  # set when a stop string cut the text
     started_at: float = 0.0
     first_token_at: float = 0.0
+    prefill_s: float = 0.0  # this row's share of the prefill forward pass it was in
     prompt_kv: KVSegment | None = None
 
 
@@ -198,7 +199,9 @@ class DecodeBatch:
         """A prefill-only row's result: its cache (if kept), no tokens."""
         seconds = now - row.started_at
         prompt = len(row.request.prompt_ids)
-        return row.tag, Generation("", [], prompt, "prefill", seconds, seconds, row.started_at, row.prompt_kv)
+        generation = Generation("", [], prompt, "prefill", seconds, seconds, row.started_at, row.prompt_kv)
+        generation.prefill_s = row.prefill_s
+        return row.tag, generation
 
     def _prefill(self, rows: list[_Row]) -> tuple[_Joined | None, list[tuple[Hashable, Generation]]]:
         """Prefill newly admitted rows bucket by bucket (rows with a prefix cache one by one, only their remaining
@@ -217,10 +220,13 @@ class DecodeBatch:
             ids, mask = _left_pad([rows[i].request.prompt_ids for i in bucket], self.decoder.pad_id, device)
             position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
             cache = new_cache(config)
+            began = time.perf_counter()
             logits = self.decoder.forward(ids, mask, position_ids, cache)
             now = time.perf_counter()
+            tokens = sum(lengths[i] for i in bucket)
             going = []
             for b, i in enumerate(bucket):
+                rows[i].prefill_s = (now - began) * lengths[i] / tokens
                 self._keep_prompt(rows[i], cache, b, mask.shape[1] - lengths[i], mask.shape[1])
                 if rows[i].request.prefill_only:
                     finished.append(self._prefilled(rows[i], now))
@@ -233,7 +239,9 @@ class DecodeBatch:
             if going:
                 parts.append((cache, mask, logits, position_ids[:, -1:] + 1, [rows[bucket[b]] for b in going]))
         for row in (rows[i] for i in range(len(rows)) if rows[i].request.prefix is not None):
+            began = time.perf_counter()
             cache, mask, row_logits, row_positions = self._prefill_on_prefix(row, device)
+            row.prefill_s = time.perf_counter() - began
             self._keep_prompt(row, cache, 0, 0, mask.shape[1])
             if row.request.prefill_only:
                 finished.append(self._prefilled(row, time.perf_counter()))
@@ -363,6 +371,7 @@ class DecodeBatch:
                 started_at=row.started_at,
                 prompt_kv=self._prompt_kv(i, row),
                 reply_kv=self._reply_kv(i, row) if row.request.keep_kv else None,
+                prefill_s=row.prefill_s,
             )
             done.append((row.tag, generation))
         if len(keep) < len(self.rows):

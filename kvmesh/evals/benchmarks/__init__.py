@@ -12,6 +12,7 @@ HumanEval pass@1, InfoQA exact match (token F1 beside it).
 
 from __future__ import annotations
 
+from kvmesh.agents.decision import DECISION_METHOD
 from kvmesh.agents.team import Team
 from kvmesh.evals.benchmarks.base import SINGLE, Benchmark, Sample, Score, team_for
 from kvmesh.evals.benchmarks.gsm8k import GSM8K
@@ -53,7 +54,7 @@ def configured_team(config) -> Team:
         config.topology,
         config.agents,
         config.rounds,
-        getattr(config, "decision", "decision"),
+        getattr(config, "decision", DECISION_METHOD),
         config.max_new_tokens,
         seed=config.seed,
         code_execution=config.allow_code_execution,

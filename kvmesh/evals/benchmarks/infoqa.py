@@ -36,6 +36,7 @@ from kvmesh.agents.prompts import DECISION_INSTRUCTION, Inbound, user_turn
 from kvmesh.agents.task import Task
 from kvmesh.evals.benchmarks.base import DECISION_MAKER, SOLO, Benchmark, Sample, Score, check_design_sizes
 from kvmesh.evals.jsonl import read_jsonl
+from kvmesh.graph.edge import DECISION
 
 SPLITS = ("train", "validation", "test")
 SYLLABLES = [
@@ -271,8 +272,8 @@ def _examples() -> dict[str, tuple[tuple[str, str], ...]]:
     two_hop = "What is the job of Bo's sister?"
     partial = user_turn(two_hop, None, "Bo's sister is Lin. Bo lives in Oslo. Ana has a dog.", [], None)
     messages = [
-        Inbound("agent_1", "decision", "text", "Bo's sister is Lin."),
-        Inbound("agent_2", "decision", "text", "Lin works as a judge."),
+        Inbound("agent_1", DECISION, "text", "Bo's sister is Lin."),
+        Inbound("agent_2", DECISION, "text", "Lin works as a judge."),
     ]
     decision = user_turn(two_hop, None, None, messages, DECISION_INSTRUCTION)
     return {
