@@ -53,7 +53,7 @@ def tasks(count: int, workload: str = "math") -> list[Task]:
     return [Task(questions[i % len(questions)], id=str(i)) for i in range(count)]
 
 
-def team(model: str, agents: int, topology: str, max_new_tokens: int) -> Team:
+def team(model: str, agents: int, topology: str, max_new_tokens: int, rounds: int = 1) -> Team:
     lm = load_model(model)
     roles = ["math solver", "mathematical analyst", "inspector", "programming expert"]
     members = [
@@ -66,7 +66,7 @@ def team(model: str, agents: int, topology: str, max_new_tokens: int) -> Team:
         )
         for i in range(agents)
     ]
-    return Team(members, topology)
+    return Team(members, topology, rounds=rounds)  # a preset's rounds read the previous one
 
 
 def emit(result: dict, as_json: bool, lines: list[str]) -> None:

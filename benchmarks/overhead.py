@@ -27,8 +27,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
-    crew = team(args.model, args.agents, args.topology, args.max_new_tokens)
-    crew.rounds = args.rounds
+    crew = team(args.model, args.agents, args.topology, args.max_new_tokens, args.rounds)
     work = tasks(args.tasks, args.workload)
     crew.run(work[0])  # warm-up
 

@@ -7,7 +7,7 @@
     agents:
       - {name: solver, role: math solver, max_new_tokens: 128}
       - {name: critic, role: critic, system_prompt: "Check the solver's arithmetic."}
-    graph: chain                   # a preset name, or {preset: layered, options: {layers: 2}},
+    graph: chain                   # a preset name, or {preset: layered, options: {layers: 2, temporal: self}},
                                    # or {edges: [{source, target, kind, channel, weight}]}
     reuse: {gamma: 0.3}            # optional kv-reuse engine settings (kvmesh.kvcomm.ReuseConfig)
     channels: {kv-reuse: {gamma: 0.3}}   # optional settings of any channel, by name (reuse: is kv-reuse's)
@@ -65,13 +65,14 @@ def _read(path: Path) -> dict:
     return data
 
 
-def _graph(value, names: list[str]) -> CommGraph:
+def _graph(value, names: list[str], rounds) -> CommGraph:
+    rounds = rounds if isinstance(rounds, int) else 1  # a bad value is Team's to report
     if value is None:
-        return CommGraph.preset("chain", names)
+        return CommGraph.preset("chain", names, rounds=rounds)
     if isinstance(value, str):
-        return CommGraph.preset(value, names)
+        return CommGraph.preset(value, names, rounds=rounds)
     if isinstance(value, dict) and "preset" in value:
-        return CommGraph.preset(value["preset"], names, **(value.get("options") or {}))
+        return CommGraph.preset(value["preset"], names, rounds=rounds, **(value.get("options") or {}))
     if isinstance(value, dict) and "edges" in value:
         return CommGraph(value.get("agents", names), value["edges"])
     raise SpecError("'graph' must be a preset name, {preset: NAME, options: {...}} or {edges: [...]}")
@@ -90,7 +91,7 @@ def team_from_spec(team_class: type, source: str | Path | dict, designer_loader:
     model = data.get("model", DEFAULT_MODEL)
     try:
         agents = [Agent.from_dict(e, default_model=model) for e in entries]
-        graph = _graph(data.get("graph"), [a.name for a in agents])
+        graph = _graph(data.get("graph"), [a.name for a in agents], data.get("rounds", 1))
         team = team_class(
             agents,
             graph,

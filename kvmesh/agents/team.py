@@ -33,7 +33,7 @@ from kvmesh.agents.scheduler import Scheduler
 from kvmesh.agents.spec import save_spec, team_from_spec, team_to_spec
 from kvmesh.agents.state import RunPlan
 from kvmesh.agents.task import Task
-from kvmesh.graph.edge import DECISION, GraphError
+from kvmesh.graph.edge import DECISION, TEMPORAL, GraphError
 from kvmesh.graph.graph import CommGraph
 from kvmesh.kvcomm.channel import Channel, channel_settings, check_channel, make_channel
 from kvmesh.kvcomm.reuse_engine import ReuseConfig
@@ -62,7 +62,8 @@ class Team:
         agents: the agents, in the order used for ties in scheduling and for list-style task shards.
         graph: a `CommGraph`, a `networkx.DiGraph`, or a preset name (`chain`, `star`, `tree`, `complete`,
             `layered`, `random`, `debate`).
-        rounds: how many times the graph runs; temporal edges carry round r's replies into round r + 1.
+        rounds: how many times the graph runs; temporal edges carry round r's replies into round r + 1 (a preset
+            named here gets `complete` temporal edges when rounds > 1; a graph without any is refused then).
         decision: `"decision"` (a decision-maker agent, default), `"majority"`, `"last"`, or an `Agent`.
         token_budget: per-task cap on prompt + completion tokens; None for no cap.
         seed: seeds sampling for agents with temperature > 0.
@@ -91,10 +92,16 @@ class Team:
         if not all(isinstance(a, Agent) for a in agents):
             raise TypeError("team agents must be kvmesh Agent objects")
         self.agents = agents
-        self.graph = self._coerce_graph(graph)
         _positive("rounds", rounds)
         _positive("token_budget", token_budget, optional=True)
         self.rounds, self.token_budget, self.seed = rounds, token_budget, seed
+        self.graph = self._coerce_graph(graph)
+        if rounds > 1 and not self.graph.edges(TEMPORAL):
+            raise GraphError(
+                f"rounds={rounds} but the graph has no temporal edges, so every round after the first would repeat "
+                "it word for word; add temporal edges (CommGraph.preset(..., temporal='complete' or 'self'), "
+                "`--temporal complete` on the command line) or run one round"
+            )
         self.decision = Decision.coerce(decision, first_agent=agents[0])
         if self.decision.agent is not None and self.decision.agent.name in self.graph.agents:
             raise ValueError(f"the decision agent's name {self.decision.agent.name!r} is also a team agent's name")
@@ -115,7 +122,7 @@ class Team:
     def _coerce_graph(self, graph) -> CommGraph:
         names = [a.name for a in self.agents]
         if isinstance(graph, str):
-            return CommGraph.preset(graph, names)
+            return CommGraph.preset(graph, names, rounds=self.rounds)
         if isinstance(graph, nx.DiGraph | nx.MultiDiGraph):
             graph = CommGraph.from_networkx(graph)
         if not isinstance(graph, CommGraph):

@@ -36,9 +36,19 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_libraries() -> None:
-    """Our own progress messages go to stderr; transformers' per-load progress bars are noise here."""
-    logging.basicConfig(level=logging.INFO, format="kvmesh: %(message)s")
+def configure_logging() -> None:
+    """kvmesh's own messages go to stderr as `kvmesh: ...`; transformers' per-load progress bars are noise here.
+
+    Only the `kvmesh` logger gets a handler: a root handler would print again every line of the libraries that
+    bring their own (huggingface_hub does), once raw and once prefixed."""
+    ours = logging.getLogger("kvmesh")
+    if not any(getattr(h, "kvmesh_cli", False) for h in ours.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("kvmesh: %(message)s"))
+        handler.kvmesh_cli = True  # type: ignore[attr-defined]
+        ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -48,7 +58,7 @@ def _quiet_libraries() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
-    _quiet_libraries()
+    configure_logging()
     try:
         return args.handler(args)
     except ConfigError as error:

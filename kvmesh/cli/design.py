@@ -24,7 +24,7 @@ from kvmesh.evals.benchmarks import BENCHMARKS, configured_team, design_splits, 
 from kvmesh.evals.report import compare_table
 from kvmesh.evals.runner import EvalConfig, run_eval
 from kvmesh.evals.tradeoff import Point, plot_tradeoff
-from kvmesh.graph.presets import PRESETS
+from kvmesh.graph.presets import PRESETS, TEMPORAL_MODES
 from kvmesh.kvcomm.channel import available_channels
 from kvmesh.topology import DESIGNERS, load_designer
 from kvmesh.topology.designer import DESIGNER_FILE, DesignerConfig
@@ -43,6 +43,8 @@ class DesignTrainConfig:
         topology: the team's graph before design: the designer's anchor and its "before" picture.
         agents: number of agents (the benchmark's roles, cycling).
         rounds: rounds of communication; with more than one, temporal edges are candidates too.
+        temporal: edges between rounds: none, self (each agent reads its own last reply) or complete (each reads
+            every agent's); default: complete when rounds > 1, else none.
         max_new_tokens: cap on tokens per agent turn.
         train_size: training tasks.
         val_size: validation tasks, disjoint from the training tasks.
@@ -59,6 +61,7 @@ class DesignTrainConfig:
     topology: str = field(default="complete", metadata={"choices": PRESETS})
     agents: int = 3
     rounds: int = 1
+    temporal: str | None = field(default=None, metadata={"choices": TEMPORAL_MODES})
     max_new_tokens: int = 48
     train_size: int = 128
     val_size: int = 48

@@ -23,7 +23,7 @@ from kvmesh.cli.specs import designer_folder, load_team
 from kvmesh.config import ConfigError, check_choices
 from kvmesh.graph.draw import write_picture
 from kvmesh.graph.graph import CommGraph
-from kvmesh.graph.presets import PRESETS
+from kvmesh.graph.presets import PRESETS, TEMPORAL_MODES
 from kvmesh.kvcomm.channel import available_channels
 from kvmesh.topology import load_designer
 
@@ -40,6 +40,8 @@ class RunConfig:
         topology: communication graph preset.
         agents: number of agents (ignored with spec).
         rounds: rounds of communication.
+        temporal: edges between rounds: none, self (each agent reads its own last reply) or complete (each reads
+            every agent's); default: complete when rounds > 1, else none.
         decision: how the final answer is chosen.
         spec: a YAML or JSON team spec; replaces the team options above.
         designer: a trained designer (kvmesh design train): its team, on the graph it designs.
@@ -57,6 +59,7 @@ class RunConfig:
     topology: str = field(default="chain", metadata={"choices": PRESETS})
     agents: int = 3
     rounds: int = 1
+    temporal: str | None = field(default=None, metadata={"choices": TEMPORAL_MODES})
     decision: str = field(default=DECISION_METHOD, metadata={"choices": METHODS})
     spec: str | None = None
     designer: str | None = None
@@ -94,7 +97,9 @@ def build_team(config: RunConfig) -> Team:
     if config.spec:
         return load_team(config.spec)
     agents = default_agents(config.agents, config.model, config.max_new_tokens, config.temperature)
-    graph = CommGraph.preset(config.topology, agents).with_channel(config.channel)
+    graph = CommGraph.preset(
+        config.topology, agents, temporal=config.temporal, rounds=config.rounds, channel=config.channel
+    )
     decision = {
         "method": config.decision,
         **({"channel": config.channel} if config.decision == DECISION_METHOD else {}),

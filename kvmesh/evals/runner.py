@@ -36,7 +36,7 @@ from kvmesh.evals.jsonl import read_jsonl
 from kvmesh.evals.sandbox import NOT_A_BOUNDARY
 from kvmesh.evals.store import open_run
 from kvmesh.evals.summary import summarize
-from kvmesh.graph.presets import PRESETS
+from kvmesh.graph.presets import PRESETS, TEMPORAL_MODES
 from kvmesh.kvcomm.channel import available_channels, check_channel
 
 log = logging.getLogger("kvmesh")
@@ -53,6 +53,8 @@ class EvalConfig:
         topology: a preset, or "single" for one agent alone.
         agents: number of agents (roles cycle through the benchmark's list).
         rounds: rounds of communication.
+        temporal: edges between rounds: none, self (each agent reads its own last reply) or complete (each reads
+            every agent's); default: complete when rounds > 1, else none.
         decision: decision, majority or last.
         spec: a team spec file; replaces model, topology, agents, rounds and decision.
         split: data split (gsm8k train/test; infoqa train/validation/test; humaneval test).
@@ -80,6 +82,7 @@ class EvalConfig:
     topology: str = field(default="chain", metadata={"choices": (*PRESETS, SINGLE)})
     agents: int = 3
     rounds: int = 1
+    temporal: str | None = field(default=None, metadata={"choices": TEMPORAL_MODES})
     decision: str = field(default=DECISION_METHOD, metadata={"choices": METHODS})
     spec: str | None = None
     split: str = "test"
@@ -116,7 +119,7 @@ class EvalConfig:
 
 
 # Settings newer than some saved runs, at the value those runs behaved with: such runs still resume.
-ADDED_SETTINGS = {"designer": None, "exclude_ids": []}
+ADDED_SETTINGS = {"designer": None, "exclude_ids": [], "temporal": None}
 
 
 # --- the team ---------------------------------------------------------------------------------------------------

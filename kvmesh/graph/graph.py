@@ -82,7 +82,10 @@ class CommGraph:
 
     @classmethod
     def preset(cls, name: str, agents: Iterable, **options) -> CommGraph:
-        """Build a named topology: chain, star, tree, complete, layered, random, debate (see kvmesh.graph.presets)."""
+        """Build a named topology: chain, star, tree, complete, layered, random, debate (see kvmesh.graph.presets).
+
+        Options: the preset's own, `temporal` (none, self, complete), `rounds` (unset `temporal` follows it), and
+        `channel`."""
         names = _agent_names(agents)
         return cls(names, build_preset(name, names, **options))
 

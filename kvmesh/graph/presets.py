@@ -13,11 +13,15 @@ is a DAG by construction. Names follow what users of GPTSwarm/AgentPrune know (F
 | random   | a_i -> a_j for i < j in a seeded random order, with prob. `p`     | `temporal=`    |
 | debate   | none                                                              | all -> all, self included |
 
-`temporal` is one of `none` (default), `self` (each agent reads its own last output) or `complete`.
+`temporal` is one of `none`, `self` (each agent reads its own last output) or `complete` (each agent reads the
+whole previous round). Left unset, it follows `rounds`: `none` for one round, `complete` for more, as in
+GPTSwarm and AgentPrune, whose multi-round graphs pass every agent's last reply forward. A multi-round team
+without temporal edges would repeat its first round word for word, so `Team` refuses one.
 """
 
 from __future__ import annotations
 
+import inspect
 import random as _random
 from collections.abc import Callable, Sequence
 from itertools import pairwise
@@ -25,6 +29,7 @@ from itertools import pairwise
 from kvmesh.graph.edge import SPATIAL, TEMPORAL, Edge, GraphError
 
 EdgeList = list[tuple[str, str]]
+TEMPORAL_MODES = ("none", "self", "complete")
 
 
 def _chain(names: Sequence[str]) -> EdgeList:
@@ -90,6 +95,11 @@ _SPATIAL_BUILDERS: dict[str, Callable[..., EdgeList]] = {
 PRESETS = (*_SPATIAL_BUILDERS, "debate")
 
 
+def default_temporal(rounds: int) -> str:
+    """The temporal edges a preset gets when none are asked for: each round reads the whole previous one."""
+    return "complete" if rounds > 1 else "none"
+
+
 def _temporal_edges(names: Sequence[str], mode: str) -> EdgeList:
     if mode == "none":
         return []
@@ -97,23 +107,37 @@ def _temporal_edges(names: Sequence[str], mode: str) -> EdgeList:
         return [(n, n) for n in names]
     if mode == "complete":
         return [(u, v) for u in names for v in names]
-    raise GraphError(f"temporal must be 'none', 'self' or 'complete', got {mode!r}")
+    raise GraphError(f"temporal must be one of {', '.join(TEMPORAL_MODES)}, got {mode!r}")
 
 
-def build_preset(name: str, names: Sequence[str], temporal: str | None = None, channel: str = "text", **options):
-    """Edges of preset `name` over agent `names`. Options are the preset's own (hub, branching, layers, p, seed)."""
+def preset_options(name: str) -> list[str]:
+    """The options preset `name` takes besides `temporal`, `channel` and `rounds`."""
+    if name == "debate":
+        return []
+    return list(inspect.signature(_SPATIAL_BUILDERS[name]).parameters)[1:]
+
+
+def build_preset(
+    name: str,
+    names: Sequence[str],
+    temporal: str | None = None,
+    channel: str = "text",
+    rounds: int = 1,
+    **options,
+) -> list[Edge]:
+    """Edges of preset `name` over agent `names`. Options are the preset's own (hub, branching, layers, p, seed);
+    `temporal` None means `default_temporal(rounds)` (debate: always `complete`)."""
     if name not in PRESETS:
         raise GraphError(f"unknown topology {name!r}; presets: {', '.join(PRESETS)}")
+    unknown = sorted(set(options) - set(preset_options(name)))
+    if unknown:
+        valid = ", ".join(preset_options(name)) or "none"
+        raise GraphError(f"topology {name!r} has no option {', '.join(map(repr, unknown))}; its options: {valid}")
     if name == "debate":
-        if options:
-            raise GraphError(f"debate takes no options, got {sorted(options)}")
         spatial: EdgeList = []
         temporal = temporal or "complete"
     else:
-        try:
-            spatial = _SPATIAL_BUILDERS[name](names, **options)
-        except TypeError as error:
-            raise GraphError(f"bad option for topology {name!r}: {error}") from error
+        spatial = _SPATIAL_BUILDERS[name](names, **options)
     edges = [Edge(u, v, SPATIAL, channel) for u, v in spatial]
-    edges += [Edge(u, v, TEMPORAL, channel) for u, v in _temporal_edges(names, temporal or "none")]
+    edges += [Edge(u, v, TEMPORAL, channel) for u, v in _temporal_edges(names, temporal or default_temporal(rounds))]
     return edges

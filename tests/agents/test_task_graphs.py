@@ -78,6 +78,6 @@ def test_one_graph_per_task():
 def test_with_graph_keeps_agents_and_settings():
     team = Team(make_agents("abc"), "complete", rounds=2, decision="majority", token_budget=500, seed=3)
     other = team.with_graph("chain")
-    assert other.agents == team.agents and other.graph == CommGraph.preset("chain", list("abc"))
+    assert other.agents == team.agents and other.graph == CommGraph.preset("chain", list("abc"), rounds=2)
     assert (other.rounds, other.decision.method, other.token_budget, other.seed) == (2, "majority", 500, 3)
     assert other.designer is None

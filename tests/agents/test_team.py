@@ -45,6 +45,20 @@ def test_temporal_edges_carry_the_previous_round():
     assert kinds == [("a", "b", 0, "spatial"), ("b", "a", 0, "temporal"), ("a", "b", 1, "spatial")]
 
 
+def test_a_multi_round_team_never_repeats_its_first_round():
+    team = Team(make_agents("abc"), "complete", rounds=2)  # a preset named with rounds > 1 reads the last round
+    result = team.run("What is 17 * 3?")
+    prompts = {(m.name, m.response_metadata["round"]): m.response_metadata["prompt"] for m in result.messages}
+    for name in "abc":
+        assert prompts[name, 1] != prompts[name, 0]
+        assert "(previous round)" in prompts[name, 1]
+    one_round = CommGraph.preset("complete", list("abc"))
+    with pytest.raises(GraphError, match="rounds=2 but the graph has no temporal edges, so every round after"):
+        Team(make_agents("abc"), one_round, rounds=2)
+    with pytest.raises(GraphError, match="no temporal edges"):
+        Team(make_agents("abc"), CommGraph.preset("complete", list("abc"), rounds=2, temporal="none"), rounds=2)
+
+
 def test_usage_is_exact_and_adds_up(tiny):
     team = Team(make_agents("abcd"), "complete", rounds=2)
     result = team.run("How many legs does a spider have?")
@@ -63,8 +77,9 @@ def test_usage_is_exact_and_adds_up(tiny):
     for breakdown in (report.per_agent, report.per_round):
         assert sum(u.total_tokens for u in breakdown.values()) == report.total.total_tokens
     assert set(report.per_round) == {"0", "1", "decision"}
-    # edges: complete over 4 agents has 6 spatial edges, each used in 2 rounds, plus 4 edges into the decision
-    assert len(report.per_edge) == 6 + 4
+    # edges: complete over 4 agents has 6 spatial edges, each used in 2 rounds, 4 x 4 temporal edges into round 1,
+    # and 4 edges into the decision
+    assert len(report.per_edge) == 6 + 16 + 4
     for key, usage in report.per_edge.items():
         assert usage.input_tokens > 0 and usage.calls == 0, key
     d_in = report.per_agent["d"].input_tokens

@@ -118,3 +118,27 @@ def test_run_writes_its_graph_and_viz_draws_runs_and_files(tmp_path):
     assert "n_a -> n_b" in (tmp_path / "g.dot").read_text()
     refused = kvmesh("viz", str(graph), "-o", str(tmp_path / "g.gif"))
     assert refused.returncode == 2 and "cannot tell the format" in refused.stderr
+
+
+def test_run_with_rounds_reads_the_previous_round_and_refuses_rounds_that_cannot_differ():
+    args = ("run", "What is 17 * 3?", "--topology", "complete", "--agents", "3", "--rounds", "2")
+    out = kvmesh(*args, "--model", "tiny-random", "--max-new-tokens", "4", "--json")
+    assert out.returncode == 0, out.stderr
+    messages = json.loads(out.stdout)["messages"]
+    prompts = {(m["agent"], m["round"]): m["prompt"] for m in messages}
+    assert all(prompts[f"agent_{i}", 1] != prompts[f"agent_{i}", 0] for i in (1, 2, 3))
+    own = kvmesh(*args, "--temporal", "self", "--model", "tiny-random", "--max-new-tokens", "4", "--json")
+    round_1 = [m["prompt"] for m in json.loads(own.stdout)["messages"] if m["round"] == 1]
+    assert all(p.count("(previous round)") == 1 for p in round_1)  # each agent reads only itself
+    refused = kvmesh(*args, "--temporal", "none", "--model", "tiny-random")
+    assert refused.returncode == 2 and "no temporal edges" in refused.stderr and "--temporal" in refused.stderr
+
+
+def test_library_log_lines_are_printed_once():
+    script = (
+        "import logging; from kvmesh.cli import configure_logging; configure_logging(); "
+        "logging.getLogger('huggingface_hub').warning('hub says hi'); logging.getLogger('kvmesh.x').info('ours')"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV)
+    assert out.stderr.count("hub says hi") == 1, out.stderr
+    assert "kvmesh: ours" in out.stderr

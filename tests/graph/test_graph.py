@@ -69,8 +69,10 @@ def test_invalid_graphs_have_clear_errors():
         CommGraph(["a", "a"])
     with pytest.raises(GraphError, match="unknown topology 'ring'"):
         CommGraph.preset("ring", NAMES)
-    with pytest.raises(GraphError, match="bad option"):
+    with pytest.raises(GraphError, match="topology 'chain' has no option 'fanout'; its options: none"):
         CommGraph.preset("chain", NAMES, fanout=2)
+    with pytest.raises(GraphError, match="topology 'star' has no option 'hubb'; its options: hub, direction"):
+        CommGraph.preset("star", NAMES, hubb=1)
     with pytest.raises(GraphError, match="hub index 7 is out of range for 5 agents"):
         CommGraph.preset("star", NAMES, hub=7)
     with pytest.raises(GraphError, match=r"unknown: \['colour'\]"):
@@ -108,3 +110,13 @@ def test_from_networkx_and_levels():
     assert graph.levels() == [["x"], ["y", "z"]]
     assert CommGraph.preset("complete", NAMES).levels() == [[n] for n in NAMES]
     assert CommGraph.preset("debate", NAMES).levels() == [NAMES]
+
+
+def test_multi_round_presets_read_the_previous_round_unless_told_otherwise():
+    one, two = CommGraph.preset("chain", NAMES), CommGraph.preset("chain", NAMES, rounds=2)
+    assert one.edges("temporal") == []
+    assert two.edge_set("temporal") == {(u, v) for u in NAMES for v in NAMES}  # every agent reads the last round
+    assert CommGraph.preset("chain", NAMES, rounds=2, temporal="self").edge_set("temporal") == {(n, n) for n in NAMES}
+    assert CommGraph.preset("chain", NAMES, rounds=2, temporal="none").edges("temporal") == []
+    with pytest.raises(GraphError, match="temporal must be one of none, self, complete, got 'all'"):
+        CommGraph.preset("chain", NAMES, temporal="all")

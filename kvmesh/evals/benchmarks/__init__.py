@@ -47,7 +47,7 @@ def benchmark_team(name: str, *args, **options) -> Team:
 
 def configured_team(config) -> Team:
     """The benchmark's default team for a run's settings (an `EvalConfig`, or `kvmesh design train`'s): its
-    benchmark, model, topology, agents, rounds, decision, token cap, seed, code execution and channel."""
+    benchmark, model, topology, agents, rounds, temporal edges, decision, token cap, seed, code execution, channel."""
     return benchmark_team(
         config.benchmark,
         config.model,
@@ -59,6 +59,7 @@ def configured_team(config) -> Team:
         seed=config.seed,
         code_execution=config.allow_code_execution,
         channel=config.channel,
+        temporal=getattr(config, "temporal", None),
     )
 
 

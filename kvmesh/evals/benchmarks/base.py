@@ -128,15 +128,16 @@ def team_for(
     seed: int | None = None,
     code_execution: bool = False,
     channel: str = "text",
+    temporal: str | None = None,
 ) -> Team:
     """The default team for a benchmark. `topology="single"` is one agent answering alone (the baseline);
     `code_execution` attaches the roles' tools, which run generated code in the sandbox; `channel` is set on
-    every edge and on the decision maker's reading."""
+    every edge and on the decision maker's reading; `temporal` as `CommGraph.preset` (unset: it follows `rounds`)."""
     if topology == SINGLE:
         members = team_agents(benchmark, 1, model, max_new_tokens, code_execution, solo=True)
         return Team(members, CommGraph([members[0].name]), rounds=1, decision=LAST, seed=seed)
     members = team_agents(benchmark, agents, model, max_new_tokens, code_execution)
-    graph = CommGraph.preset(topology, [m.name for m in members]).with_channel(channel)
+    graph = CommGraph.preset(topology, [m.name for m in members], temporal=temporal, rounds=rounds, channel=channel)
     if decision == DECISION_METHOD:
         maker = Agent(
             DECISION_NAME,
