@@ -7,9 +7,10 @@ copy of the weights.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from kvmesh.agents.tools import Tool, tool_from_name
+from kvmesh.graph.edge import check_agent_name
 from kvmesh.llm.base import LanguageModel, normalize_stop
 from kvmesh.llm.local import load_model
 
@@ -45,8 +46,7 @@ class Agent:
     tools: tuple[Tool, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.strip() or self.name != self.name.strip():
-            raise ValueError(f"agent name must be a non-empty string without surrounding spaces, got {self.name!r}")
+        check_agent_name(self.name)
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValueError(
                 f"agent {self.name!r}: max_new_tokens must be a positive integer, got {self.max_new_tokens!r}"
@@ -116,17 +116,8 @@ class Agent:
     def from_dict(cls, data: dict, default_model: str = DEFAULT_MODEL) -> Agent:
         if not isinstance(data, dict) or "name" not in data:
             raise ValueError(f"an agent entry needs at least a 'name', got {data!r}")
-        unknown = set(data) - {
-            "name",
-            "role",
-            "system_prompt",
-            "model",
-            "max_new_tokens",
-            "temperature",
-            "stop",
-            "examples",
-            "tools",
-        }
+        known = [f.name for f in fields(cls)]
+        unknown = set(data) - set(known)
         if unknown:
-            raise ValueError(f"agent {data['name']!r}: unknown fields {sorted(unknown)}")
+            raise ValueError(f"agent {data['name']!r}: unknown fields {sorted(unknown)}; known: {known}")
         return cls(**{"model": default_model, **data})

@@ -45,8 +45,22 @@ class Edge:
 
 
 def edge_key(source: str, target: str, kind: str) -> str:
-    """Stable key for an edge in usage tables: `source->target` plus its kind when not spatial."""
+    """Stable key for an edge in usage tables: `source->target` plus its kind when not spatial (agent names are
+    checked by `check_agent_name`, so two edges never share a key)."""
     return f"{source}->{target}" if kind == SPATIAL else f"{source}->{target} ({kind})"
+
+
+def check_agent_name(name: object) -> str:
+    """`name` if it can name an agent: a non-empty string without surrounding spaces, without the `->` of edge
+    keys and not ending like a kind suffix (agents `a->b` and `c` would key edges a->b->c and a->(b->c) alike)."""
+    if not isinstance(name, str) or not name.strip() or name != name.strip():
+        raise GraphError(f"agent name must be a non-empty string without surrounding spaces, got {name!r}")
+    if "->" in name:
+        raise GraphError(f"agent name {name!r} contains '->', which edge keys use between two agents; rename it")
+    suffix = next((kind for kind in (SPATIAL, TEMPORAL, DECISION) if name.endswith(f" ({kind})")), None)
+    if suffix:
+        raise GraphError(f"agent name {name!r} ends like the '({suffix})' of edge keys; rename it")
+    return name
 
 
 def coerce_edge(edge: Edge | dict | Sequence) -> Edge:

@@ -18,7 +18,7 @@ import networkx as nx
 
 from kvmesh.graph.draw import draw as draw_picture
 from kvmesh.graph.draw import to_dot, to_mermaid
-from kvmesh.graph.edge import EDGE_KINDS, SPATIAL, Edge, GraphError, coerce_edge
+from kvmesh.graph.edge import EDGE_KINDS, SPATIAL, Edge, GraphError, check_agent_name, coerce_edge
 from kvmesh.graph.presets import build_preset
 
 
@@ -28,6 +28,8 @@ def _agent_names(agents: Iterable) -> list[str]:
     names = [a if isinstance(a, str) else getattr(a, "name", None) for a in agents]
     if any(not isinstance(n, str) or not n for n in names):
         raise GraphError("agents must be given as non-empty names or Agent objects")
+    for name in names:
+        check_agent_name(name)
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise GraphError(f"agent names must be unique; repeated: {', '.join(duplicates)}")

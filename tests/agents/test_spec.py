@@ -56,7 +56,10 @@ def test_decision_agent_round_trips(tmp_path):
         ("agents: []", "non-empty list"),
         ("- just a list", "must be a mapping"),
         ("agents: [{name: a}]\ncolour: blue", "unknown fields \\['colour'\\]"),
-        ("agents: [{name: a, mood: happy}]", "unknown fields \\['mood'\\]"),
+        (
+            "agents: [{name: a, mood: happy}]",
+            "unknown fields \\['mood'\\]; known: \\['name', 'role', 'system_prompt', 'model'",
+        ),
         ("agents: [{role: nameless}]", "needs at least a 'name'"),
         ("agents: [{name: a}, {name: b}]\ngraph: ring", "unknown topology 'ring'"),
         ("agents: [{name: a}]\nrounds: 0", "rounds must be a positive integer"),

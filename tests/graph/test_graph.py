@@ -120,3 +120,13 @@ def test_multi_round_presets_read_the_previous_round_unless_told_otherwise():
     assert CommGraph.preset("chain", NAMES, rounds=2, temporal="none").edges("temporal") == []
     with pytest.raises(GraphError, match="temporal must be one of none, self, complete, got 'all'"):
         CommGraph.preset("chain", NAMES, temporal="all")
+
+
+def test_agent_names_that_would_merge_edge_keys_are_refused():
+    with pytest.raises(GraphError, match="'a->b' contains '->', which edge keys use"):
+        CommGraph(["a->b", "c"])
+    with pytest.raises(GraphError, match="ends like the '\\(temporal\\)' of edge keys"):
+        CommGraph(["a", "b (temporal)"])
+    with pytest.raises(GraphError, match="'a->b' contains '->'"):
+        Agent("a->b")
+    assert CommGraph(["a-b", "a_b", "x (y)"]).agents == ["a-b", "a_b", "x (y)"]
