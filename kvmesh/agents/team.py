@@ -33,6 +33,7 @@ from kvmesh.agents.scheduler import Scheduler
 from kvmesh.agents.spec import save_spec, team_from_spec, team_to_spec
 from kvmesh.agents.state import RunPlan
 from kvmesh.agents.task import Task
+from kvmesh.agents.turn import check_task_fits
 from kvmesh.graph.edge import DECISION, TEMPORAL, GraphError
 from kvmesh.graph.graph import CommGraph
 from kvmesh.kvcomm.channel import Channel, channel_settings, check_channel, make_channel
@@ -230,11 +231,15 @@ class Team:
 
         `graphs`: one graph per task instead of `graphs_for` (a designer's training samples, for instance);
         `batch_size`: run the tasks that many at a time (default: all at once). Everything is checked before the
-        first model call: tasks, shards, graphs and their channels."""
+        first model call: tasks, shards (each agent's share of a task must fit its model's context), graphs and
+        their channels; each prompt is checked against its model's context when it is planned."""
         _positive("batch_size", batch_size, optional=True)
         prepared = [Task.coerce(t) for t in tasks]
+        members = [*self.agents, *([self.decision.agent] if self.decision.agent else [])]
+        position = {agent.name: i for i, agent in enumerate(self.agents)}
         for task in prepared:
             task.check_shards(self.agent_names)
+            check_task_fits(task, members, position.get)
         if graphs is not None and len(graphs) != len(prepared):
             raise ValueError(f"got {len(graphs)} graphs for {len(prepared)} tasks; give one graph per task")
         for graph in {id(g): g for g in graphs or ()}.values():

@@ -20,6 +20,7 @@ stops planning when the tokens actually spent leave no room for the next prompt.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from langchain_core.messages import AIMessage
@@ -29,12 +30,13 @@ from kvmesh.agents.decision import DECISION_ROUND
 from kvmesh.agents.events import AgentFinished, AgentStarted, BudgetExhausted, Event, MessageSent
 from kvmesh.agents.prompts import DECISION_INSTRUCTION, Inbound, PromptPlan, plan_prompt
 from kvmesh.agents.state import Round, RunPlan, TaskRun
+from kvmesh.agents.task import Task
 from kvmesh.agents.tools import ToolTurn
 from kvmesh.agents.usage import Usage
 from kvmesh.graph.edge import DECISION, SPATIAL, TEMPORAL, edge_key
 from kvmesh.kvcomm.assembly import Assembly, Preparation
 from kvmesh.kvcomm.channel import TASK, TurnView, metadata_key, reads_caches, reply_key
-from kvmesh.llm.base import Generation, GenerationRequest
+from kvmesh.llm.base import Generation, GenerationRequest, check_context
 
 DEFER = object()  # planned again once the stage's reservations settle
 
@@ -151,6 +153,27 @@ def _tool_reply(run: TaskRun, agent: Agent, round_: Round, inbound: list[Inbound
     return None
 
 
+def _who(agent: Agent, round_: Round | None, task: Task) -> str:
+    where = [] if round_ is None else [f"round {round_}" if round_ != DECISION_ROUND else "the decision"]
+    where += [f"task {task.id}"] if task.id is not None else []
+    return f"agent {agent.name!r}" + (f" ({', '.join(where)})" if where else "")
+
+
+def check_task_fits(task: Task, agents: Sequence[Agent], position: Callable[[str], int | None]) -> None:
+    """Refuse, before any model call, a task whose own text (question, context, an agent's shard) leaves an
+    agent's model no room: a lower bound of every prompt the agent would read for it. `position`: an agent's
+    place in team order, None for one that reads no shard (the decision maker)."""
+    for agent in agents:
+        model = agent.llm
+        if model.context_length is None:
+            continue
+        place = position(agent.name)
+        shard = task.shard_for(agent.name, place) if place is not None else None
+        parts = [task.question, task.context or "", shard or ""]
+        tokens = sum(model.count_tokens(part) for part in parts if part)
+        check_context(tokens, model.context_length, f"the task's own text for {_who(agent, None, task)}")
+
+
 def plan_turn(team: RunPlan, run: TaskRun, agent: Agent, round_: Round, order: tuple[int, int]):
     """Plan one turn; yield its MessageSent/AgentStarted events and the `Turn`, or `DEFER`, or BudgetExhausted
     (a turn a tool answers yields its AgentFinished at once)."""
@@ -175,6 +198,7 @@ def plan_turn(team: RunPlan, run: TaskRun, agent: Agent, round_: Round, order: t
         channels=team.channels,
         task_cache=run.store.get(TASK),
     )
+    check_context(len(plan.token_ids), agent.llm.context_length, f"the prompt of {_who(agent, round_, task)}")
     max_new = agent.max_new_tokens
     if team.token_budget is not None:
         room = team.token_budget - run.spent - len(plan.token_ids)  # what is really left for this turn

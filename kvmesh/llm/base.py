@@ -35,6 +35,20 @@ def normalize_stop(stop) -> tuple[str, ...]:
     return stops
 
 
+class ContextLengthError(ValueError):
+    """A prompt that does not fit the model's context; the message gives both lengths and how to fix it."""
+
+
+def check_context(prompt_tokens: int, context_length: int | None, who: str = "a prompt") -> None:
+    """Refuse a prompt that leaves no position for a generated token (`context_length` None: no known limit)."""
+    if context_length is not None and prompt_tokens >= context_length:
+        raise ContextLengthError(
+            f"{who} is {prompt_tokens:,} tokens but the model reads at most {context_length:,} positions (and needs "
+            "one for its reply); shorten the task's text or shards, send fewer or shorter messages (a lower "
+            "max_new_tokens), or use a model with a longer context"
+        )
+
+
 @dataclass
 class GenerationRequest:
     """One row of a running batch.
@@ -118,7 +132,9 @@ class RunningBatch(Protocol):
     def has_work(self) -> bool: ...
 
     def submit(self, request: GenerationRequest, tag: Hashable) -> None:
-        """Queue a row; it joins the batch at the next `step` that has a free slot."""
+        """Queue a row; it joins the batch at the next `step` that has a free slot. A prompt that does not fit the
+        model's context raises `ContextLengthError` here, before any forward pass; a reply ends ("length") at
+        the context's last position."""
 
     def step(self) -> list[tuple[Hashable, Generation]]:
         """Admit waiting rows, advance every row by one token (one batched forward pass); return finished rows."""
@@ -133,6 +149,7 @@ class LanguageModel(Protocol):
 
     spec: str  # the name it was loaded under
     chat: ChatFormat  # renders transcripts into the exact prompt text, and the stop strings that layout needs
+    context_length: int | None  # positions the model reads (prompt + reply); None when it has no known limit
 
     def render(self, messages: Sequence) -> str:
         """The exact prompt text for a transcript, ready for a new assistant turn."""

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from kvmesh.llm.base import Generation, GenerationRequest
+from kvmesh.llm.base import Generation, GenerationRequest, check_context
 from kvmesh.llm.cache import (
     cache_argument,
     can_merge,
@@ -107,6 +107,7 @@ class BatchDecoder:
         self.eos_ids = eos_ids
         self.pad_id = pad_id
         self.mergeable = can_merge(model.config)  # False for sliding-window models: no joining mid-flight
+        self.context_length: int | None = getattr(model.config, "max_position_embeddings", None)
         self.eos_index = torch.tensor(sorted(eos_ids), dtype=torch.long)
         self.busy_s = 0.0
 
@@ -173,6 +174,9 @@ class DecodeBatch:
         return bool(self.rows or self.waiting)
 
     def submit(self, request: GenerationRequest, tag: Hashable) -> None:
+        prompt = len(request.prompt_ids)
+        limit = self.decoder.context_length
+        check_context(prompt - 1 if request.prefill_only else prompt, limit)  # a prefill-only row may fill it
         self.waiting.append(_Row(request, tag))
 
     def _prefill_on_prefix(self, row: _Row, device):
@@ -299,6 +303,9 @@ class DecodeBatch:
             return "stop"
         if len(row.generated) >= row.request.max_new_tokens:
             return "length"
+        limit = self.decoder.context_length
+        if limit is not None and len(row.request.prompt_ids) + len(row.generated) >= limit:
+            return "length"  # the next token would have no position
         return None
 
     def _prompt_kv(self, index: int, row: _Row) -> KVSegment | None:

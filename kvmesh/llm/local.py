@@ -59,6 +59,11 @@ class LocalLM:
         return self.spec
 
     @property
+    def context_length(self) -> int | None:
+        """Positions the model reads, prompt and reply together (its config's `max_position_embeddings`)."""
+        return self._decoder.context_length
+
+    @property
     def device(self) -> torch.device:
         return self.model.device
 

@@ -3,6 +3,7 @@ import pytest
 from kvmesh import Agent, CommGraph, GraphError, Task, Team
 from kvmesh.agents import events as ev
 from kvmesh.graph import Edge
+from kvmesh.llm.base import ContextLengthError
 
 
 def make_agents(names, model="tiny-random", max_new_tokens=6):
@@ -266,3 +267,22 @@ def test_demo_team_relays_private_facts_on_the_real_model(smollm):
     for message in result.messages:
         prompt = message.response_metadata["prompt"]
         assert message.usage_metadata["input_tokens"] == smollm.count_tokens(prompt)
+
+
+def test_a_prompt_that_cannot_fit_the_context_is_refused_before_any_call(tiny, forwards):
+    team = Team(make_agents("abc"), "chain")
+    with pytest.raises(ContextLengthError, match=r"the task's own text for agent 'a' is 5,\d{3} tokens but the model"):
+        team.run("What is 17 * 3? " + "x" * 20_000)
+    huge_shard = Task("Who has the key?", id="t1", shards={"c": "the key is here. " * 2_000})
+    with pytest.raises(ContextLengthError, match=r"own text for agent 'c' \(task t1\) is 10,006 tokens"):
+        team.run(huge_shard)
+    assert forwards == []  # nothing ran: not even agents a and b, whose prompts fit
+
+
+def test_a_prompt_that_grows_past_the_context_names_its_agent(tiny):
+    question = "Count the words. " + "word " * 3_950
+    team = Team(make_agents("ab", max_new_tokens=120), "chain", decision="last")
+    with pytest.raises(
+        ContextLengthError, match=r"the prompt of agent 'b' \(round 0\) is 4,\d{3} tokens but the model reads"
+    ):
+        team.run(question)

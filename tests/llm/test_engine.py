@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from kvmesh.llm.base import ContextLengthError, GenerationRequest
+
 PROMPTS = [
     "What is the capital of France?",
     "Write one short sentence about the sea.",
@@ -264,3 +266,13 @@ def test_min_new_tokens_keeps_a_row_from_ending(smollm):
     assert not set(held.token_ids) & smollm.eos_ids
     with pytest.raises(ValueError, match="min_new_tokens must be in"):
         GenerationRequest(prompt, 4, min_new_tokens=5)
+
+
+def test_prompts_are_checked_against_the_context_and_replies_end_at_its_last_position(tiny, forwards):
+    assert tiny.context_length == 4096
+    with pytest.raises(ContextLengthError, match="a prompt is 4,096 tokens but the model reads at most 4,096"):
+        tiny.new_batch().submit(GenerationRequest([7] * 4096, max_new_tokens=4), "row")
+    assert forwards == []  # refused before any forward pass
+    tiny.new_batch().submit(GenerationRequest([7] * 4096, max_new_tokens=0), "cache")  # a prefill may fill it
+    (near_the_end,) = tiny.generate_requests([GenerationRequest([7] * 4090, max_new_tokens=50)])
+    assert (near_the_end.completion_tokens, near_the_end.finish_reason) == (6, "length")
