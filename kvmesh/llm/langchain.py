@@ -3,28 +3,77 @@
 Unlike `ChatHuggingFace` it accepts a transcript whose last message is another agent's `AIMessage` (the reply
 opens a new assistant turn; a named AI message from another speaker is shown as "name: text" so the model can
 tell agents apart) and it reports real token usage in `usage_metadata`. `batch` runs all inputs in one batched
-model call instead of one thread per input. `max_new_tokens`, `temperature` and `stop` can be set per call
-(`invoke(..., max_new_tokens=32)` or `bind(...)`).
+model call instead of one thread per input. `max_tokens`, `temperature`, `seed` and `stop` can be set per call
+(`invoke(..., max_tokens=32)` or `bind(...)`); `max_new_tokens` is accepted as an alias of `max_tokens`.
 
-    chat = ChatLocalLM(model="smollm2-135m", max_new_tokens=64)
+    chat = ChatLocalLM(model="smollm2-135m", max_tokens=64)
     reply = chat.invoke([HumanMessage("Hi"), AIMessage("Hello!", name="bob")])
     reply.usage_metadata  # {'input_tokens': ..., 'output_tokens': ..., 'total_tokens': ..., ...}
+    chat.get_num_tokens_from_messages([HumanMessage("Hi")])  # the rendered prompt's real token count
+
+Caveats:
+- Text only: message content may be a string or a list of text content blocks (joined without a separator,
+  as `BaseMessage.text` does); image, audio, file, tool or reasoning blocks are refused with a `ValueError`.
+- Unknown constructor arguments are refused (a `pydantic.ValidationError` naming the valid fields), and so are
+  LangChain's remote-API settings (`timeout`, `max_retries`, `api_key`): they mean nothing for an in-process
+  model, and silently ignoring them would hide a misconfiguration.
+- Token counts use the wrapped model's own tokenizer, never LangChain's GPT-2 fallback (which downloads), so they
+  work offline; `get_num_tokens_from_messages` ignores `tools` because this model is never shown any.
+- No token-by-token streaming: `stream` yields the whole reply as one final chunk.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from kvmesh.llm.base import Generation
 from kvmesh.llm.local import LocalLM, load_model
+
+_ALIASES = {"max_new_tokens": "max_tokens"}  # kvmesh's own name -> LangChain's standard name
+_CALL_KWARGS = ("max_tokens", "max_new_tokens", "temperature", "seed")
+
+
+def _resolve_aliases(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Rename aliases to their standard names; an alias and its name set to different values is an error."""
+    values = dict(values)
+    for alias, name in _ALIASES.items():
+        if alias in values:
+            value = values.pop(alias)
+            if name in values and values[name] != value:
+                raise ValueError(
+                    f"{where}: {alias}={value!r} and {name}={values[name]!r} disagree; "
+                    f"{alias} is an alias of {name}, set only one"
+                )
+            values[name] = value
+    return values
+
+
+def _message_text(message: BaseMessage) -> str:
+    """The text of a message whose content is a string or a list of text content blocks."""
+    if isinstance(message.content, str):
+        return message.content
+    parts: list[str] = []
+    for block in message.content:
+        if isinstance(block, str):
+            parts.append(block)
+        elif isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str):
+            parts.append(block["text"])
+        else:
+            kind = block.get("type") if isinstance(block, dict) else type(block).__name__
+            raise ValueError(
+                f"ChatLocalLM only supports text content; a {message.type} message has a content block of type "
+                f'{kind!r} (use a string or {{"type": "text", "text": ...}} blocks)'
+            )
+    return "".join(parts)  # the same joining as BaseMessage.text
 
 
 class ChatLocalLM(BaseChatModel):
@@ -32,33 +81,109 @@ class ChatLocalLM(BaseChatModel):
 
     Args:
         model: a `LocalLM` or a spec for `kvmesh.load_model` (alias, folder or Hugging Face id).
-        max_new_tokens: cap on generated tokens per reply.
+        max_tokens: cap on generated tokens per reply (alias: `max_new_tokens`).
         temperature: 0 for greedy decoding.
         seed: seeds sampling when temperature > 0.
+        stop: default stop strings; a per-call `stop` replaces them.
         name_replies: the `name` put on returned `AIMessage`s.
+        streaming: route `invoke` through the (one-chunk) streaming path, for streaming callbacks.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    # forbid: a misspelt or unsupported setting must fail loudly, not be dropped (see _check_arguments)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     model: Any = Field(default="smollm2-135m")
-    max_new_tokens: int = 256
-    temperature: float = 0.0
+    max_tokens: int = Field(default=256, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0)
     seed: int | None = None
+    stop: list[str] | None = None
     name_replies: str | None = None
+    # LangChain's standard switch: `invoke` then goes through `_stream`, so streaming callbacks see the reply
+    streaming: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_arguments(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        values = _resolve_aliases(values, "ChatLocalLM")
+        fields = cls.model_fields
+        known = set(fields) | {f.alias for f in fields.values() if f.alias}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            ours = [name for name in fields if name not in BaseChatModel.model_fields]
+            raise ValueError(
+                f"ChatLocalLM does not take {unknown}; it takes {', '.join(ours)} (max_new_tokens is an alias of "
+                f"max_tokens) and LangChain's {', '.join(sorted(BaseChatModel.model_fields))}"
+            )
+        return values
+
+    @property
+    def max_new_tokens(self) -> int:
+        """Alias of `max_tokens`, kvmesh's name for it elsewhere."""
+        return self.max_tokens
+
+    @max_new_tokens.setter
+    def max_new_tokens(self, value: int) -> None:
+        self.max_tokens = value
 
     @property
     def _llm_type(self) -> str:
         return "kvmesh-local"
 
     @property
+    def _spec(self) -> str:
+        # the name without loading the model: tracing and cache keys must not trigger a load
+        return self.model.spec if isinstance(self.model, LocalLM) else str(self.model)
+
+    @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"model": self.lm.spec, "max_new_tokens": self.max_new_tokens, "temperature": self.temperature}
+        return {
+            "model": self._spec,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "seed": self.seed,
+            "stop": self.stop,
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        settings = _resolve_aliases({k: v for k, v in kwargs.items() if k in _CALL_KWARGS}, "ChatLocalLM call")
+        model = kwargs.get("model")
+        params = LangSmithParams(
+            ls_provider="kvmesh",
+            ls_model_name=model if isinstance(model, str) else self._spec,
+            ls_model_type="chat",
+            ls_temperature=settings.get("temperature", self.temperature),
+            ls_max_tokens=settings.get("max_tokens", self.max_tokens),
+        )
+        stop = stop if stop is not None else self.stop
+        if stop:
+            params["ls_stop"] = stop
+        return params
 
     @property
     def lm(self) -> LocalLM:
         if not isinstance(self.model, LocalLM):
             self.model = load_model(self.model)
         return self.model
+
+    # --- token counting: the model's own tokenizer, never LangChain's GPT-2 fallback --------------------------
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Ids of the tokens of `text` in order, as the model reads them: no BOS/EOS added (LangChain's contract:
+        the tokens *in* the text); special tokens written in the text, such as chat markup, count as one each."""
+        if self.custom_get_token_ids is not None:  # an explicit user choice still wins, as in BaseLanguageModel
+            return self.custom_get_token_ids(text)
+        return self.lm.encode_prompt(text)
+
+    def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence[Any] | None = None) -> int:
+        """Tokens of the prompt the model would read for these messages: the chat template's rendering, with the
+        generation prompt, as `invoke` reports in `usage_metadata["input_tokens"]`."""
+        if tools is not None:
+            warnings.warn("ChatLocalLM does not use tools; they are not in the prompt and not counted", stacklevel=2)
+        return self.get_num_tokens(self.lm.render([self._prepare(m) for m in messages]))
+
+    # --- generation --------------------------------------------------------------------------------------------
 
     def _to_message(self, generation: Generation) -> AIMessage:
         return AIMessage(
@@ -78,25 +203,29 @@ class ChatLocalLM(BaseChatModel):
             },
         )
 
-    def _speaker_visible(self, message: BaseMessage) -> BaseMessage:
+    def _prepare(self, message: BaseMessage) -> BaseMessage:
+        """The message with plain-text content, another speaker's AI reply prefixed with its name."""
+        text = _message_text(message)
         if isinstance(message, AIMessage) and message.name and message.name != self.name_replies:
-            return AIMessage(content=f"{message.name}: {message.content}")
-        return message
+            return AIMessage(content=f"{message.name}: {text}")
+        return message if text is message.content else message.model_copy(update={"content": text})
 
     def _run(
         self, transcripts: Sequence[Sequence[BaseMessage]], stop: list[str] | None, **kwargs: Any
     ) -> list[AIMessage]:
-        unknown = set(kwargs) - {"max_new_tokens", "temperature", "seed"}
+        unknown = set(kwargs) - set(_CALL_KWARGS)
         if unknown:
             raise TypeError(
-                f"ChatLocalLM does not take {sorted(unknown)}; it takes max_new_tokens, temperature, seed, stop"
+                f"ChatLocalLM does not take {sorted(unknown)}; it takes max_tokens (alias max_new_tokens), "
+                "temperature, seed, stop"
             )
+        settings = _resolve_aliases(kwargs, "ChatLocalLM call")
         generations = self.lm.generate(
-            [[self._speaker_visible(m) for m in t] for t in transcripts],
-            max_new_tokens=kwargs.get("max_new_tokens", self.max_new_tokens),
-            temperature=kwargs.get("temperature", self.temperature),
-            stop=stop,
-            seed=kwargs.get("seed", self.seed),
+            [[self._prepare(m) for m in t] for t in transcripts],
+            max_new_tokens=settings.get("max_tokens", self.max_tokens),
+            temperature=settings.get("temperature", self.temperature),
+            stop=stop if stop is not None else self.stop,
+            seed=settings.get("seed", self.seed),
         )
         return [self._to_message(g) for g in generations]
 
@@ -110,6 +239,30 @@ class ChatLocalLM(BaseChatModel):
         message = self._run([messages], stop, **kwargs)[0]
         info = {"finish_reason": message.response_metadata["finish_reason"]}
         return ChatResult(generations=[ChatGeneration(message=message, generation_info=info)])
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        # the whole reply as one final chunk: without this LangChain's fallback yields a plain AIMessage, which
+        # breaks `chunk + chunk` aggregation and the standard streaming contract (chunk_position="last")
+        message = self._run([messages], stop, **kwargs)[0]
+        chunk = ChatGenerationChunk(
+            message=AIMessageChunk(
+                content=message.content,
+                name=message.name,
+                usage_metadata=message.usage_metadata,
+                response_metadata=message.response_metadata,
+                chunk_position="last",
+            ),
+            generation_info={"finish_reason": message.response_metadata["finish_reason"]},
+        )
+        if run_manager:
+            run_manager.on_llm_new_token(message.text, chunk=chunk)
+        yield chunk
 
     def batch(
         self,
