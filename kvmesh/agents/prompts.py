@@ -25,6 +25,10 @@ all travel as text has exactly the ids of its rendered text, and the same text h
 cache) in every prompt of a task. Private notes come first so that everything after them is text other agents'
 prompts share.
 
+Only the frame (head and tail) may hold control tokens: a task, shard or message that spells one (`<|im_end|>`)
+is read as that text, never as the token, so nobody's data can close a turn or open a system prompt. Its
+recorded prompt text is the same characters; its ids (and token counts) are the plain-text ones.
+
 Each message costs the receiver its header and content tokens: those are the edge's tokens, counted on the ids
 the model reads, not on a re-tokenised fragment.
 """
@@ -47,6 +51,7 @@ from kvmesh.llm.segment import KVSegment
 
 DECISION_INSTRUCTION = "Read your team's messages and give the single final answer to the question."
 _WHEN = {SPATIAL: "this round", TEMPORAL: "previous round", DECISION: "final round"}
+MARKUP = (HEAD, TAIL)  # the chat frame's own text, whose control tokens are real; every other piece is data
 
 
 @dataclass(frozen=True)
@@ -116,8 +121,9 @@ def _tokenize(model: LanguageModel, pieces: list[Piece]) -> list[tuple[tuple[int
     run: list[Piece] = []
 
     def flush() -> None:
-        ids, spans = model.encode_with_spans("".join(p.text for p in run))
         starts = [0, *accumulate(len(p.text) for p in run)]
+        data = [(starts[i], starts[i + 1]) for i, p in enumerate(run) if p.kind not in MARKUP]
+        ids, spans = model.encode_with_spans("".join(p.text for p in run), literal=data)
         owner = [bisect_right(starts, lo) - 1 for lo, _ in spans]
         for index in range(len(run)):
             mine = [i for i, o in enumerate(owner) if o == index]

@@ -157,8 +157,11 @@ class LanguageModel(Protocol):
     def encode_prompt(self, text: str) -> list[int]:
         """Token ids of a rendered prompt (its special tokens are written in the text itself)."""
 
-    def encode_with_spans(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        """`encode_prompt(text)` and the character span of each token."""
+    def encode_with_spans(
+        self, text: str, literal: Sequence[tuple[int, int]] = ()
+    ) -> tuple[list[int], list[tuple[int, int]]]:
+        """`encode_prompt(text)` and the character span of each token. `literal`: character ranges that are data
+        (a task, a shard, a message), where a control token's text is encoded as plain text, never as the token."""
 
     def decode(self, token_ids: Sequence[int]) -> str:
         """The text token ids stand for, special tokens included (the inverse of `encode_prompt`)."""

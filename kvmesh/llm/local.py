@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Sequence
+from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -50,6 +51,7 @@ class LocalLM:
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else min(self.eos_ids)
         self._decoder = BatchDecoder(model, tokenizer, self.eos_ids, self.pad_id)
+        self._control = set(tokenizer.added_tokens_decoder)  # ids a tokenizer matches in text before its vocabulary
 
     def __repr__(self) -> str:
         return f"LocalLM({self.spec!r}, device={self.device}, dtype={self.model.dtype})"
@@ -92,10 +94,35 @@ class LocalLM:
         """Number of tokens of `text` in this model's tokenizer (no special tokens added)."""
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def encode_with_spans(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        """`encode_prompt(text)` and the character span of each token, from one tokenizer call."""
-        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    def encode_with_spans(
+        self, text: str, literal: Sequence[tuple[int, int]] = ()
+    ) -> tuple[list[int], list[tuple[int, int]]]:
+        """`encode_prompt(text)` and the character span of each token, from one tokenizer call.
+
+        `literal`: character ranges that are data. A control token found inside one (a task that spells
+        `<|im_end|>`) means the text is encoded again range by range, with the data ranges' control tokens
+        split into plain text; prompts without any keep the ids of one tokenizer call."""
+        ids, spans = self._encode(text)
+        if not any(
+            self._inside(span, literal) for token, span in zip(ids, spans, strict=True) if token in self._control
+        ):
+            return ids, spans
+        ids, spans, cuts = [], [], sorted({0, len(text), *(i for span in literal for i in span)})
+        for lo, hi in pairwise(cuts):
+            part_ids, part_spans = self._encode(text[lo:hi], split_special=self._inside((lo, hi), literal))
+            ids += part_ids
+            spans += [(lo + a, lo + b) for a, b in part_spans]
+        return ids, spans
+
+    def _encode(self, text: str, split_special: bool = False) -> tuple[list[int], list[tuple[int, int]]]:
+        encoded = self.tokenizer(
+            text, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=split_special
+        )
         return encoded["input_ids"], [tuple(span) for span in encoded["offset_mapping"]]
+
+    @staticmethod
+    def _inside(span: tuple[int, int], ranges: Sequence[tuple[int, int]]) -> bool:
+        return any(lo <= span[0] and span[1] <= hi for lo, hi in ranges)
 
     def decode(self, token_ids: Sequence[int]) -> str:
         """The text `token_ids` stand for, special tokens included (the inverse of `encode_prompt`)."""

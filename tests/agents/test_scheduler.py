@@ -52,6 +52,7 @@ class ScriptedModel:
     """A `LanguageModel` that is not a LocalLM: no torch, no weights."""
 
     spec = "scripted"
+    context_length = None  # no limit
 
     def __init__(self) -> None:
         self.chat = ChatFormat.for_tokenizer(Characters())
@@ -63,7 +64,7 @@ class ScriptedModel:
     def encode_prompt(self, text: str) -> list[int]:
         return [ord(c) for c in text]
 
-    def encode_with_spans(self, text: str):
+    def encode_with_spans(self, text: str, literal=()):
         return self.encode_prompt(text), [(i, i + 1) for i in range(len(text))]
 
     def decode(self, token_ids) -> str:
