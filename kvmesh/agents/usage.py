@@ -19,29 +19,31 @@ from langchain_core.messages.ai import UsageMetadata
 class Usage:
     """Tokens and time of one or more model calls.
 
-    `wall_time_s` adds the latency of each call served; `ttft_s` is the smallest time to first token seen.
+    `call_time_s` adds up the latency of each call served (more than the elapsed time when calls ran batched
+    side by side); `min_call_ttft_s` is the quickest call's time to first token, from that call's own start.
+    Elapsed times of a whole run are `UsageReport.wall_time_s` and `UsageReport.ttft_s`.
     """
 
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read: int = 0
     calls: int = 0
-    wall_time_s: float = 0.0
-    ttft_s: float | None = None
+    call_time_s: float = 0.0
+    min_call_ttft_s: float | None = None
 
     @property
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
 
     def __add__(self, other: Usage) -> Usage:
-        firsts = [t for t in (self.ttft_s, other.ttft_s) if t is not None]
+        firsts = [t for t in (self.min_call_ttft_s, other.min_call_ttft_s) if t is not None]
         return Usage(
             input_tokens=self.input_tokens + other.input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,
             cache_read=self.cache_read + other.cache_read,
             calls=self.calls + other.calls,
-            wall_time_s=self.wall_time_s + other.wall_time_s,
-            ttft_s=min(firsts) if firsts else None,
+            call_time_s=self.call_time_s + other.call_time_s,
+            min_call_ttft_s=min(firsts) if firsts else None,
         )
 
     def to_metadata(self) -> UsageMetadata:
@@ -54,9 +56,9 @@ class Usage:
 
     def to_dict(self) -> dict:
         data = dict(self.to_metadata())
-        data |= {"calls": self.calls, "wall_time_s": round(self.wall_time_s, 6)}
-        if self.ttft_s is not None:
-            data["ttft_s"] = round(self.ttft_s, 6)
+        data |= {"calls": self.calls, "call_time_s": round(self.call_time_s, 6)}
+        if self.min_call_ttft_s is not None:
+            data["min_call_ttft_s"] = round(self.min_call_ttft_s, 6)
         return data
 
 
@@ -65,7 +67,7 @@ class UsageReport:
     """Usage of one task's run, broken down per agent, per edge and per round (`"decision"` for the decision).
 
     `wall_time_s` is the elapsed time of the whole run (for `run_batch`, of the whole batch); `ttft_s` the time
-    from the run's start to its first generated token.
+    from the run's start to its first generated token. Both are elapsed times, unlike the call sums in `Usage`.
     """
 
     total: Usage = field(default_factory=Usage)
@@ -95,7 +97,7 @@ class UsageReport:
 
     def table(self) -> str:
         """A plain-text table of tokens per agent and per edge, with totals."""
-        rows = [("agent", "calls", "prompt", "completion", "cached", "total", "seconds")]
+        rows = [("agent", "calls", "prompt", "completion", "cached", "total", "call seconds")]
         for name, u in self.per_agent.items():
             rows.append(
                 (
@@ -105,7 +107,7 @@ class UsageReport:
                     u.output_tokens,
                     u.cache_read,
                     u.total_tokens,
-                    f"{u.wall_time_s:.2f}",
+                    f"{u.call_time_s:.2f}",
                 )
             )
         t = self.total
@@ -117,10 +119,12 @@ class UsageReport:
                 t.output_tokens,
                 t.cache_read,
                 t.total_tokens,
-                f"{self.wall_time_s:.2f}",
+                f"{t.call_time_s:.2f}",
             )
         )
         lines = format_rows(rows)
+        first = "" if self.ttft_s is None else f", first token after {self.ttft_s:.2f} s"
+        lines.append(f"elapsed {self.wall_time_s:.2f} s{first} (call seconds add up calls that ran side by side)")
         if self.per_edge:
             edge_rows = [("edge", "tokens read", "cached")]
             edge_rows += [(k, u.input_tokens, u.cache_read) for k, u in self.per_edge.items()]

@@ -87,6 +87,14 @@ def test_usage_is_exact_and_adds_up(tiny):
     into_d = sum(u.input_tokens for k, u in report.per_edge.items() if k.endswith("->d"))
     assert 0 < into_d < d_in
     assert report.wall_time_s > 0 and 0 < report.ttft_s < report.wall_time_s
+    # call sums and elapsed times have different names, in Python and in JSON
+    assert report.total.call_time_s >= max(u.call_time_s for u in report.per_agent.values())
+    data = report.to_dict()
+    assert {"call_time_s", "min_call_ttft_s"} <= set(data["total"]) and not {"wall_time_s", "ttft_s"} & set(
+        data["total"]
+    )
+    assert {"wall_time_s", "ttft_s"} <= set(data)
+    assert "elapsed" in report.table() and "call seconds" in report.table()
 
 
 def test_edge_tokens_match_the_message_block(tiny):
