@@ -216,6 +216,17 @@ class Team:
 
     # --- running -----------------------------------------------------------------------------------------------
 
+    def check_tasks(self, tasks: Sequence[Task | str]) -> list[Task]:
+        """`tasks` as `Task`s, each checked as a run checks it before its first call: its shards name this team's
+        agents, and each agent's share of it fits its model's context (which loads every model)."""
+        prepared = [Task.coerce(t) for t in tasks]
+        members = [*self.agents, *([self.decision.agent] if self.decision.agent else [])]
+        position = {agent.name: i for i, agent in enumerate(self.agents)}
+        for task in prepared:
+            task.check_shards(self.agent_names)
+            check_task_fits(task, members, position.get)
+        return prepared
+
     def plan(self) -> RunPlan:
         """What the scheduler runs: this team, resolved."""
         return RunPlan(tuple(self.agents), self.rounds, self.decision, self.token_budget, self.seed, self.channels)
@@ -234,12 +245,7 @@ class Team:
         first model call: tasks, shards (each agent's share of a task must fit its model's context), graphs and
         their channels; each prompt is checked against its model's context when it is planned."""
         _positive("batch_size", batch_size, optional=True)
-        prepared = [Task.coerce(t) for t in tasks]
-        members = [*self.agents, *([self.decision.agent] if self.decision.agent else [])]
-        position = {agent.name: i for i, agent in enumerate(self.agents)}
-        for task in prepared:
-            task.check_shards(self.agent_names)
-            check_task_fits(task, members, position.get)
+        prepared = self.check_tasks(tasks)
         if graphs is not None and len(graphs) != len(prepared):
             raise ValueError(f"got {len(graphs)} graphs for {len(prepared)} tasks; give one graph per task")
         for graph in {id(g): g for g in graphs or ()}.values():

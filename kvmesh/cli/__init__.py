@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 
 from kvmesh.cli import bench, demo, design, evaluate, models, report, run, viz
-from kvmesh.cli.flags import show_config_error
+from kvmesh.cli.flags import given_options, show_config_error
 from kvmesh.config import ConfigError
 from kvmesh.llm.registry import ModelNotAvailableError
 
@@ -58,9 +58,14 @@ def configure_logging() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
+    args.given = given_options(parser, argv)  # what the user set, so commands can refuse flags they would ignore
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # to print the command that resumes a run
     configure_logging()
     try:
         return args.handler(args)
+    except KeyboardInterrupt:  # commands that keep results say what is saved themselves
+        print("\nkvmesh: interrupted", file=sys.stderr)
+        return 130
     except ConfigError as error:
         print(f"kvmesh: error: {show_config_error(error)}", file=sys.stderr)
         return 2

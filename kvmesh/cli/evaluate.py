@@ -9,13 +9,17 @@ kvmesh eval --compare runs/a runs/b
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
-from kvmesh.cli.flags import add_config_arguments, config_from_args
+from kvmesh.cli.flags import add_config_arguments, config_from_args, refuse_replaced
 from kvmesh.cli.specs import designer_folder
 from kvmesh.config import ConfigError
 from kvmesh.evals.report import compare_table
-from kvmesh.evals.runner import EvalConfig, run_eval
+from kvmesh.evals.runner import TEAM_OPTIONS, EvalConfig, run_eval
+from kvmesh.evals.store import read_samples
 from kvmesh.topology import load_designer
 
 
@@ -41,10 +45,20 @@ def evaluate(args: argparse.Namespace) -> int:
         return 0
     if not args.benchmark:
         raise ConfigError("name a benchmark (gsm8k, humaneval or infoqa), or pass {compare} RUN [RUN ...]")
+    if args.spec or args.designer:
+        source = f"the spec {args.spec}" if args.spec else "the designer"
+        refuse_replaced(args.given, TEAM_OPTIONS, source, "in the spec" if args.spec else "when training the designer")
     designer = str(designer_folder(args.designer)) if args.designer else None
     config = config_from_args(EvalConfig, args, designer=designer)
     out = options.out or f"runs/{config.benchmark}-{'oracle' if config.oracle else config.topology}"
-    run_eval(config, out, resume=options.resume, load_designer=load_designer)
+    try:
+        run_eval(config, out, resume=options.resume, load_designer=load_designer)
+    except KeyboardInterrupt:
+        saved = len(read_samples(out)) if Path(out).is_dir() else 0
+        again = shlex.join(["kvmesh", *args.argv, *([] if options.resume else ["--resume"])])
+        where = f"{saved} finished samples are saved in {out}; continue with: {again}" if saved else "nothing was saved"
+        print(f"\nkvmesh: interrupted: {where}", file=sys.stderr)
+        return 130
     print(compare_table([out]))
     print(f"\nresults: {out}/samples.jsonl and {out}/summary.json")
     return 0

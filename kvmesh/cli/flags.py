@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 from kvmesh.config import ConfigError, field_help
 
@@ -76,6 +76,38 @@ def add_config_arguments(
             if kind is not bool and default not in (None, ""):
                 options["help"] = f"{text} (default: {default})"
         parser.add_argument(*names, dest=field.name, **options)
+
+
+def given_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+    """The options `argv` sets itself, not by default: parsed once more with every option's default suppressed."""
+    actions = list(_actions(parser))
+    saved = [(action, action.default) for action in actions]
+    for action in actions:
+        action.default = argparse.SUPPRESS
+    try:
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        for action, default in saved:
+            action.default = default
+
+
+def _actions(parser: argparse.ArgumentParser) -> Iterator[argparse.Action]:
+    for action in parser._actions:  # argparse keeps no public list of a parser's actions
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                yield from _actions(child)
+        elif action.option_strings and action.dest != "help":  # positionals are always given, or their default
+            yield action
+
+
+def refuse_replaced(given: set[str], replaced: Sequence[str], source: str, where: str) -> None:
+    """Refuse the flags the user set whose settings `source` (a spec, a designer) replaces: ignoring them would
+    run another experiment than the one asked for."""
+    ignored = [name for name in replaced if name in given]
+    if ignored:
+        names = ", ".join(f"{{{name}}}" for name in ignored)
+        them = "them" if len(ignored) > 1 else "it"
+        raise ConfigError(f"{source} sets the team, so {names} would be ignored; set {them} {where}, or drop {them}")
 
 
 def config_from_args(cls, args: argparse.Namespace, **overrides):

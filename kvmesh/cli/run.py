@@ -18,7 +18,7 @@ from kvmesh.agents.decision import DECISION_METHOD, METHODS
 from kvmesh.agents.result import TeamResult
 from kvmesh.agents.task import Task
 from kvmesh.agents.team import Team
-from kvmesh.cli.flags import add_config_arguments, config_from_args
+from kvmesh.cli.flags import add_config_arguments, config_from_args, refuse_replaced
 from kvmesh.cli.specs import designer_folder, load_team
 from kvmesh.config import ConfigError, check_choices
 from kvmesh.graph.draw import write_picture
@@ -38,13 +38,15 @@ class RunConfig:
         question: the question to put to the team.
         model: alias, local folder or Hugging Face id.
         topology: communication graph preset.
-        agents: number of agents (ignored with spec).
+        agents: number of agents.
         rounds: rounds of communication.
         temporal: edges between rounds: none, self (each agent reads its own last reply) or complete (each reads
             every agent's); default: complete when rounds > 1, else none.
         decision: how the final answer is chosen.
-        spec: a YAML or JSON team spec; replaces the team options above.
-        designer: a trained designer (kvmesh design train): its team, on the graph it designs.
+        spec: a YAML or JSON team spec; it sets the team, so the team options (model, topology, agents, rounds,
+            temporal, decision, channel, max_new_tokens, temperature, token_budget, seed) are refused beside it.
+        designer: a trained designer (kvmesh design train): its team, on the graph it designs (the team options
+            are refused beside it, as with spec).
         channel: how agents read each other: text, or kv-reuse (the senders' KV caches, reused).
         max_new_tokens: cap on tokens per agent turn.
         temperature: 0 for greedy decoding.
@@ -64,10 +66,10 @@ class RunConfig:
     spec: str | None = None
     designer: str | None = None
     channel: str = field(default="text", metadata={"choices": available_channels})
-    max_new_tokens: int = 128
+    max_new_tokens: int = 256
     temperature: float = 0.0
     token_budget: int | None = None
-    seed: int | None = None
+    seed: int = 0
     json: bool = False
     graph_out: str | None = None
 
@@ -111,7 +113,12 @@ def build_team(config: RunConfig) -> Team:
 
 def print_result(result: TeamResult, out=sys.stdout) -> None:
     print(result.transcript(), file=out)
-    print(f"\nANSWER: {result.answer}", file=out)
+    if result.answer is not None:
+        print(f"\nANSWER: {result.answer}", file=out)
+    elif result.budget_exhausted:
+        print("\nANSWER: none: the token budget was spent before any agent could answer", file=out)
+    else:
+        print("\nANSWER: none: no agent ran", file=out)
     if result.budget_exhausted:
         print(f"(stopped early: token budget spent; skipped {len(result.skipped)} turns)", file=out)
     print("\n" + result.usage.table(), file=out)
@@ -123,8 +130,27 @@ def team_picture(team: Team, result: TeamResult, path: str) -> None:
     print(f"graph picture: {written}", file=sys.stderr)  # stdout may be --json
 
 
+TEAM_OPTIONS = (
+    "model",
+    "topology",
+    "agents",
+    "rounds",
+    "temporal",
+    "decision",
+    "channel",
+    "max_new_tokens",
+    "temperature",
+    "token_budget",
+    "seed",
+)
+
+
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(RunConfig, args)
+    if config.spec:
+        refuse_replaced(args.given, TEAM_OPTIONS, f"the spec {config.spec}", "in the spec")
+    elif config.designer:
+        refuse_replaced(args.given, TEAM_OPTIONS, "the designer", "when training the designer")
     team = build_team(config)
     result = team.run(Task(config.question))
     if config.graph_out:

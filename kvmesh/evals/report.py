@@ -42,6 +42,14 @@ def run_label(summary: dict) -> str:
     return f"{config['topology']} x{config['agents']}"
 
 
+def run_models(summary: dict) -> str:
+    """The models a run's team ran on (older summaries: the configured model); "-" when no model ran."""
+    config = summary["config"]
+    if config.get("oracle") or config.get("completions"):
+        return "-"
+    return ", ".join(summary.get("models") or [config.get("model", "-")])
+
+
 def compare_table(runs: list[str | Path]) -> str:
     """One column per run: metrics with 95% intervals, tokens per task, time."""
     summaries = [load_summary(r) for r in runs]
@@ -49,6 +57,7 @@ def compare_table(runs: list[str | Path]) -> str:
     rows = [
         ("", *[str(r) for r in runs]),
         ("team", *[run_label(s) for s in summaries]),
+        ("model", *[run_models(s) for s in summaries]),
         ("samples", *[str(s["samples"]) for s in summaries]),
     ]
     for metric in metrics:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,10 +32,11 @@ from kvmesh.agents.events import TeamFinished
 from kvmesh.agents.team import Team
 from kvmesh.config import ConfigError, check_choices
 from kvmesh.evals.benchmarks import BENCHMARKS, SINGLE, Benchmark, Sample, configured_team, make_benchmark
+from kvmesh.evals.benchmarks.gsm8k import ENV_VAR as GSM8K_PATH_VARIABLE
 from kvmesh.evals.benchmarks.infoqa import SHARD_MODES
 from kvmesh.evals.jsonl import read_jsonl
 from kvmesh.evals.sandbox import NOT_A_BOUNDARY
-from kvmesh.evals.store import open_run
+from kvmesh.evals.store import content_hash, discard_if_empty, open_run
 from kvmesh.evals.summary import summarize
 from kvmesh.graph.presets import PRESETS, TEMPORAL_MODES
 from kvmesh.kvcomm.channel import available_channels, check_channel
@@ -49,14 +51,15 @@ class EvalConfig:
 
     Args:
         benchmark: gsm8k, humaneval or infoqa.
-        model: alias, local folder or Hugging Face id for every agent (ignored with spec).
+        model: alias, local folder or Hugging Face id for every agent.
         topology: a preset, or "single" for one agent alone.
         agents: number of agents (roles cycle through the benchmark's list).
         rounds: rounds of communication.
         temporal: edges between rounds: none, self (each agent reads its own last reply) or complete (each reads
             every agent's); default: complete when rounds > 1, else none.
         decision: decision, majority or last.
-        spec: a team spec file; replaces model, topology, agents, rounds and decision.
+        spec: a team spec file; it sets the team, so the team options (model, topology, agents, rounds, temporal,
+            decision, channel, max_new_tokens) are not used (the CLI refuses them beside it).
         split: data split (gsm8k train/test; infoqa train/validation/test; humaneval test).
         limit: run only the first `limit` samples of the split.
         seed: seeds sampling and InfoQA generation.
@@ -68,8 +71,8 @@ class EvalConfig:
         oracle: score gold answers instead of running a model.
         completions: a JSONL file of {"id", "completion"} to score instead of running a model.
         shards: InfoQA only: "own" (each agent its shard), "all" (everyone reads all) or "none".
-        channel: how agents read each other (ignored with spec): text, or kv-reuse (every edge and the decision
-            maker read the senders' KV caches through the reuse engine).
+        channel: how agents read each other: text, or kv-reuse (every edge and the decision maker read the
+            senders' KV caches through the reuse engine).
         designer: a saved topology designer (`kvmesh design train` writes one): the team it was trained
             with, each task on the graph it designs; replaces spec and the team options. Samples it
             trained or validated on are left out (also when a spec names the designer).
@@ -118,8 +121,12 @@ class EvalConfig:
         return bool(self.oracle or self.completions)
 
 
+# What a spec or a designer sets instead: not recorded for such runs (their team is, resolved)
+TEAM_OPTIONS = ("model", "topology", "agents", "rounds", "temporal", "decision", "channel", "max_new_tokens")
+
 # Settings newer than some saved runs, at the value those runs behaved with: such runs still resume.
 ADDED_SETTINGS = {"designer": None, "exclude_ids": [], "temporal": None}
+RECORDS = ("inputs", "team", *TEAM_OPTIONS)  # older runs lack the first two; spec and designer runs, the rest
 
 
 # --- the team ---------------------------------------------------------------------------------------------------
@@ -243,6 +250,30 @@ def run_chunk(
             yield _sample_line(sample, answer, benchmark.score(sample, answer), event.result, team.designer is not None)
 
 
+def run_record(config: EvalConfig, team: Team | None) -> dict:
+    """What config.json records: the settings in effect (a spec's or designer's run leaves out the team options
+    they replace), the team resolved (`Team.to_spec`, when one runs) and a content hash of every input file."""
+    settings = asdict(config)
+    if config.spec or config.designer:
+        for name in TEAM_OPTIONS:
+            settings.pop(name)
+    inputs = {name: str(getattr(config, name)) for name in ("spec", "completions", "designer") if getattr(config, name)}
+    source = config.data_path or (os.environ.get(GSM8K_PATH_VARIABLE) if config.benchmark == "gsm8k" else None)
+    if source:
+        inputs["data"] = source
+    if team is not None and getattr(team.designer, "path", None) is not None:
+        inputs["designer"] = str(team.designer.path)  # also when a spec names it
+    record = settings | {"inputs": {name: content_hash(path) for name, path in inputs.items()}}
+    if team is not None:
+        record["team"] = team.to_spec()
+    return record
+
+
+def team_models(team: Team) -> list[str]:
+    members = [*team.agents, *([team.decision.agent] if team.decision.agent else [])]
+    return sorted({agent.model_spec for agent in members})
+
+
 def run_eval(
     config: EvalConfig,
     out: str | Path,
@@ -250,31 +281,58 @@ def run_eval(
     progress: bool = True,
     load_designer: DesignerLoader | None = None,
 ) -> dict:
-    """Run (or resume) one evaluation into `out`; returns the summary also written to summary.json."""
-    team = None if config.scores_given_answers else team_of(config, load_designer, fresh=True)
+    """Run (or resume) one evaluation into `out`; returns the summary also written to summary.json.
+
+    Everything that can fail at the start fails before `out` is touched: the team (every model loaded), the
+    samples (their shards must fit the team and its models' context) and a completions file. A fresh run that
+    still fails before its first sample (a crash, Ctrl-C) removes what it wrote."""
+    team = team_of(config, load_designer, fresh=True)
     plan = plan_eval(config, team)
+    if len(plan.samples) < (config.limit or 0):
+        log.warning(
+            "--limit %d but the %s split has %d samples to run; running those",
+            config.limit,
+            config.split,
+            len(plan.samples),
+        )
+    running = None if config.scores_given_answers else team
+    if running is not None:
+        running.check_tasks([s.task for s in plan.samples])
+    if config.completions:  # every id of the file must be a task of the run, finished or not
+        _load_completions(config.completions, {s.id for s in plan.samples})
+    record = run_record(config, running)
+    folder = Path(out)
+    before = frozenset(p.name for p in folder.iterdir()) if folder.is_dir() else frozenset()
     started = time.perf_counter()
-    with open_run(out, asdict(config), resume, ADDED_SETTINGS) as store:
-        by_id = {s.id: s for s in plan.samples}
-        pending = [by_id[i] for i in store.pending(list(by_id))]
-        if config.completions:  # every id of the file must be a task of the run, finished or not
-            _load_completions(config.completions, set(by_id))
-        if team is not None:  # for `kvmesh viz RUN`: the graph, the decision maker, each agent's role
+    try:
+        with open_run(out, record, resume, ADDED_SETTINGS, optional=RECORDS) as store:
+            by_id = {s.id: s for s in plan.samples}
+            pending = [by_id[i] for i in store.pending(list(by_id))]
+            # for `kvmesh viz RUN`: the graph, the decision maker, each agent's role (an oracle's: the team it
+            # stands in for)
             graph = {"graph": team.graph.to_dict(), **team.picture_options()}
             Path(out, "graph.json").write_text(json.dumps(graph, indent=2))
-        bar = _Progress(len(plan.samples), len(plan.samples) - len(pending)) if progress else None
-        for line in run_chunk(config, pending, load_designer):
-            store.add(line)
-            if bar:
-                bar.tick(line)
-        if bar is not None:
-            bar.close()
+            bar = _Progress(len(plan.samples), len(plan.samples) - len(pending)) if progress else None
+            try:
+                for line in run_chunk(config, pending, load_designer):
+                    store.add(line)
+                    if bar:
+                        bar.tick(line)
+            finally:  # also on Ctrl-C, so that what the caller prints next is not overwritten by the bar
+                if bar is not None:
+                    bar.close()
+    except BaseException:
+        if not resume:
+            discard_if_empty(folder, keep=before)
+        raise
     previous = Path(out, "summary.json")
     earlier = 0.0  # seconds spent by earlier parts of a resumed run
     if resume and previous.exists():
         earlier = json.loads(previous.read_text()).get("seconds") or 0.0
-    channels = team.channel_stats() if team is not None else None
+    channels = running.channel_stats() if running is not None else None
     summary = summarize(out, config, earlier + time.perf_counter() - started, channels)
+    if running is not None:
+        summary["models"] = team_models(running)
     if plan.seen:
         summary["excluded_seen"] = plan.excluded
     Path(out, "summary.json").write_text(json.dumps(summary, indent=2))

@@ -13,12 +13,16 @@ folder fails instead of duplicating samples. Readers ignore an unterminated last
 written right now or was torn by a crash.
 
 A resumed run must use the configuration it started with: `open_run` compares the saved `config.json` with
-the new one and refuses a mismatch (a different model or seed would silently mix two experiments).
+the new one and refuses a mismatch, naming what changed (a different model or seed would silently mix two
+experiments). Callers record what their inputs hold, not only where they are (`content_hash` of a spec or
+data file), so an edited file is a change too. A fresh run that fails before its first sample leaves
+nothing behind (`discard_if_empty`), so the corrected command can start it again.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -105,11 +109,47 @@ class ResultStore:
         self.close()
 
 
-def open_run(folder: str | Path, config: dict, resume: bool, defaults: dict | None = None) -> ResultStore:
+def content_hash(path: str | Path) -> str:
+    """sha256 of a file's bytes, or of a folder's files (names and bytes, in name order)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode() + b"\0")
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def discard_if_empty(folder: str | Path, keep: frozenset[str] = frozenset()) -> bool:
+    """Remove a run folder that holds no finished sample (what a failed start wrote), except files named in
+    `keep` that were there before; returns whether anything was removed. A run with samples is never touched."""
+    folder, samples = Path(folder), Path(folder) / SAMPLES
+    if not folder.is_dir() or (samples.exists() and samples.stat().st_size > 0):
+        return False
+    removed = False
+    for item in folder.iterdir():
+        if item.is_file() and item.name not in keep:
+            item.unlink()
+            removed = True
+    if not any(folder.iterdir()):
+        folder.rmdir()
+    return removed
+
+
+def open_run(
+    folder: str | Path,
+    config: dict,
+    resume: bool,
+    defaults: dict | None = None,
+    optional: tuple[str, ...] = (),
+) -> ResultStore:
     """Create `folder` for a new run, or reopen it with `resume=True` (same configuration required).
 
     `defaults`: settings added to the configuration after older runs were written; a saved run that lacks one
-    resumes when the new value is its default (the run behaved that way)."""
+    resumes when the new value is its default (the run behaved that way). `optional`: records that only one
+    side may have (older runs lack them; a run records some only when they apply); compared when both do."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lock = open(folder / LOCK, "w")  # noqa: SIM115 (held for the life of the store)
@@ -119,14 +159,26 @@ def open_run(folder: str | Path, config: dict, resume: bool, defaults: dict | No
         lock.close()
         raise RunDirectoryError(f"another process is writing to {folder}; wait for it or pick another --out") from None
     try:
-        _prepare(folder, config, resume, defaults or {})
+        _prepare(folder, config, resume, defaults or {}, optional)
     except BaseException:
         lock.close()
         raise
     return ResultStore(folder, lock)
 
 
-def _prepare(folder: Path, config: dict, resume: bool, defaults: dict) -> None:
+def _changes(saved, current, where: str = "") -> list[str]:
+    """Dotted names of what differs between two JSON values (`inputs.spec`, `team.agents`)."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        found = []
+        for key in sorted(set(saved) | set(current), key=str):
+            if saved.get(key) != current.get(key):
+                inner = _changes(saved.get(key), current.get(key), f"{where}{key}.")
+                found += inner if where.count(".") < 1 and inner else [f"{where}{key}"]
+        return found
+    return [where.rstrip(".")] if saved != current else []
+
+
+def _prepare(folder: Path, config: dict, resume: bool, defaults: dict, optional: tuple[str, ...]) -> None:
     config_path = folder / CONFIG
     if config_path.exists():
         if not resume:
@@ -136,9 +188,16 @@ def _prepare(folder: Path, config: dict, resume: bool, defaults: dict) -> None:
         for key, value in json.loads(json.dumps(defaults)).items():
             if key not in saved and current.get(key) == value:
                 saved[key] = value
+        for key in optional:
+            if (key in saved) != (key in current):
+                saved.pop(key, None)
+                current.pop(key, None)
         if saved != current:
-            changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
-            raise RunDirectoryError(f"{folder} holds a run with a different configuration (changed: {changed})")
+            changed = ", ".join(_changes(saved, current))
+            raise RunDirectoryError(
+                f"{folder} holds a run with a different configuration or inputs (changed: {changed}); resume it with "
+                "what it started with, or pick another --out"
+            )
         if (folder / SAMPLES).exists():
             _repair_tail(folder / SAMPLES)
     else:

@@ -2,10 +2,14 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
+
+from kvmesh.evals.store import read_samples
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
@@ -142,3 +146,49 @@ def test_library_log_lines_are_printed_once():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV)
     assert out.stderr.count("hub says hi") == 1, out.stderr
     assert "kvmesh: ours" in out.stderr
+
+
+def test_flags_a_spec_would_ignore_are_refused(tmp_path):
+    spec = tmp_path / "team.yaml"
+    spec.write_text("model: tiny-random\nagents: [{name: solo, max_new_tokens: 2}]\ndecision: last\n")
+    for command in (("run", "Q?"), ("eval", "infoqa", "--limit", "1", "--out", str(tmp_path / "r"))):
+        out = kvmesh(*command, "--spec", str(spec), "--max-new-tokens", "64", "--rounds", "1")
+        assert out.returncode == 2 and "Traceback" not in out.stderr
+        assert "sets the team, so --rounds, --max-new-tokens would be ignored; set them in the spec" in out.stderr
+    assert not (tmp_path / "r").exists()
+    ok = kvmesh("run", "Q?", "--spec", str(spec), "--json")
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_ctrl_c_in_eval_says_what_is_saved_and_how_to_resume(tmp_path):
+    out = tmp_path / "run"
+    args = ["eval", "infoqa", "--model", "tiny-random", "--limit", "60", "--batch-size", "1", "--agents", "2"]
+    args += ["--max-new-tokens", "8", "--out", str(out)]
+    run = subprocess.Popen([sys.executable, "-m", "kvmesh.cli", *args], env=ENV, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(read_samples(out)) < 3:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=60)
+    saved = len(read_samples(out))
+    assert run.returncode == 130 and "Traceback" not in stderr
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith(
+        f"kvmesh: interrupted: {saved} finished samples are saved in {out}; continue with: kvmesh eval"
+    )
+    assert line.endswith(f"--out {out} --resume")
+
+
+def test_run_and_eval_share_defaults_and_a_spent_budget_says_why_there_is_no_answer():
+    from dataclasses import fields
+
+    from kvmesh.cli.run import RunConfig
+    from kvmesh.evals.runner import EvalConfig
+
+    run_defaults = {f.name: f.default for f in fields(RunConfig)}
+    eval_defaults = {f.name: f.default for f in fields(EvalConfig)}
+    for name in ("model", "topology", "agents", "rounds", "temporal", "max_new_tokens", "seed", "channel"):
+        assert run_defaults[name] == eval_defaults[name], name
+    out = kvmesh("run", "What is 17 * 3?", "--model", "tiny-random", "--token-budget", "5")
+    assert out.returncode == 0, out.stderr
+    assert "ANSWER: none: the token budget was spent before any agent could answer" in out.stdout

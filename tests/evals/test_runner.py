@@ -7,8 +7,9 @@ import time
 
 import pytest
 
+from kvmesh.evals.report import compare_table
 from kvmesh.evals.runner import EvalConfig, run_eval
-from kvmesh.evals.store import read_samples
+from kvmesh.evals.store import RunDirectoryError, read_samples
 
 GSM8K = os.environ.get("KVMESH_GSM8K_PATH")
 needs_gsm8k = pytest.mark.skipif(not GSM8K, reason="GSM8K data not found: set KVMESH_GSM8K_PATH")
@@ -93,6 +94,8 @@ def test_a_real_run_writes_messages_usage_and_a_summary(tmp_path):
     assert set(summary["tokens_per_task"]["per_agent"]) == {"agent_1", "agent_2", "decision"}
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert saved["config"]["model"] == "tiny-random" and saved["seed"] == 0 and saved["versions"]["torch"]
+    assert saved["models"] == ["tiny-random"] and "model   " in compare_table([tmp_path / "run"])
+    assert "tiny-random" in compare_table([tmp_path / "run"]).splitlines()[3]
 
 
 RUN = """
@@ -147,3 +150,47 @@ def test_infoqa_answers_need_the_shards_with_smollm(tmp_path, smollm):
         config = EvalConfig("infoqa", topology="single", shards=mode, split="validation", limit=30, max_new_tokens=32)
         accuracy[mode] = run_eval(config, tmp_path / mode, progress=False)["metrics"]["accuracy"]["value"]
     assert accuracy["none"] <= 0.1 and accuracy["all"] >= accuracy["none"] + 0.2, accuracy
+
+
+def test_a_failed_start_leaves_nothing_that_blocks_the_retry(tmp_path):
+    out = tmp_path / "run"
+    empty = tmp_path / "emptydir"
+    empty.mkdir()
+    with pytest.raises(Exception, match="emptydir"):
+        run_eval(EvalConfig("infoqa", model=str(empty), limit=1), out, progress=False)
+    assert not out.exists()
+    with pytest.raises(ValueError, match="2 shards for 1 agents"):  # shards that do not fit the team
+        run_eval(EvalConfig("infoqa", model="tiny-random", topology="single", limit=1), out, progress=False)
+    assert not out.exists()
+    config = EvalConfig("infoqa", model="tiny-random", limit=1, max_new_tokens=2, agents=2)
+    assert run_eval(config, out, progress=False)["samples"] == 1  # the corrected command just runs
+
+
+def test_resume_refuses_inputs_whose_content_changed(tmp_path):
+    spec, data = tmp_path / "team.yaml", tmp_path / "tasks.jsonl"
+    spec.write_text("model: tiny-random\nagents: [{name: a, max_new_tokens: 2}, {name: b, max_new_tokens: 2}]\n")
+    rows = [
+        json.dumps({"id": f"t{i}", "question": f"Who has item {i}?", "answer": "a", "shards": ["a has it", "b"]})
+        for i in range(3)
+    ]
+    data.write_text("\n".join(rows) + "\n")
+    config = EvalConfig("infoqa", spec=str(spec), data_path=str(data), limit=2)
+    run_eval(config, tmp_path / "run", progress=False)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert not {"model", "agents", "max_new_tokens"} & set(saved)  # a spec run records its team instead
+    assert [a["max_new_tokens"] for a in saved["team"]["agents"]] == [2, 2] and set(saved["inputs"]) == {"spec", "data"}
+    data.write_text("\n".join(rows[::-1]) + "\n")
+    with pytest.raises(RunDirectoryError, match=r"changed: inputs\.data\)"):
+        run_eval(config, tmp_path / "run", resume=True, progress=False)
+    data.write_text("\n".join(rows) + "\n")
+    spec.write_text(spec.read_text().replace("max_new_tokens: 2}", "max_new_tokens: 3}"))
+    with pytest.raises(RunDirectoryError, match=r"changed: inputs\.spec, team\.agents"):
+        run_eval(config, tmp_path / "run", resume=True, progress=False)
+
+
+def test_an_oracle_run_draws_the_team_it_stands_in_for_and_a_too_large_limit_is_said(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="kvmesh"):
+        run_eval(EvalConfig("infoqa", oracle=True, limit=1000), tmp_path / "run", progress=False)
+    assert "--limit 1000 but the test split has 200 samples to run" in caplog.text
+    graph = json.loads((tmp_path / "run" / "graph.json").read_text())
+    assert graph["graph"]["agents"] == ["agent_1", "agent_2", "agent_3"] and graph["decision"] == "decision"
