@@ -1,9 +1,15 @@
 """How a team turns its agents' replies into one answer.
 
 - `decision` (default): a final decision-maker agent reads every agent's last reply and answers.
-- `majority`: the most common answer among the agents' last replies, each read by the task's
-  `extract_answer`; ties go to the agent listed first. The team's answer is the full reply of the first agent
-  that gave the winning answer, so scorers read a reply, not an extracted fragment. No extra model call.
+- `majority`: a vote, with no extra model call. Each agent of the task's graph that replied votes once, with
+  its reply from the latest round it spoke in, read by the task's `extract_answer` (the benchmark's own
+  extractor on benchmark tasks, else `kvmesh.agents.task.generic_answer`). Votes are the extracted strings compared
+  exactly: no normalisation here beyond what the extractor does (the default strips labels, markup and
+  trailing punctuation but keeps case, so "Paris" and "paris" are two answers). A None or empty answer is no
+  vote. The answer with the most votes wins; a tie goes to the answer of the earliest voter in the graph's agent
+  order (the team's order for the team's own graph). The team's answer is the full reply of the first agent
+  that gave the winning answer, so scorers read a reply, not an extracted fragment. With no vote at all it
+  falls back to `last`.
 - `last`: the reply of the last agent to speak in the final round. No extra model call.
 
 The decision maker reads the agents' replies over `channel`: `text` (default) or `kv-reuse` (their caches).
@@ -90,13 +96,18 @@ class Decision:
 
 
 def majority_vote(replies: Sequence[tuple[str, str]], extract: AnswerExtractor) -> str | None:
-    """replies: (agent, text) in agent order. Returns the most common extracted answer, ties to the earliest."""
+    """The winning extracted answer of `majority_reply`, or None when no reply gave one."""
     winner = majority_reply(replies, extract)
     return None if winner is None else extract(winner)
 
 
 def majority_reply(replies: Sequence[tuple[str, str]], extract: AnswerExtractor) -> str | None:
-    """The full reply of the earliest agent whose extracted answer is the most common one."""
+    """The full reply of the earliest agent whose extracted answer is the most common one.
+
+    replies: (agent, text) in agent order. Answers are `extract(text)` compared as exact strings; a None or
+    empty one does not vote. Among answers with the top count, the one given first in `replies` wins. None when
+    no reply voted.
+    """
     voted = [(text, answer) for _, text in replies if (answer := extract(text))]
     if not voted:
         return None

@@ -1,4 +1,10 @@
-"""Task: what a team is asked to do, with optional shared context and per-agent private shards."""
+"""Task: what a team is asked to do, with optional shared context and per-agent private shards.
+
+A task also says how to read an answer out of a reply (`extract_answer`): the `majority` decision votes on
+those answers. The default, `generic_answer`, is a heuristic for generic questions: an
+"Answer:" label, else a final number, else the last line. Benchmarks pass their own extractor, which is also
+what they score with.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +15,45 @@ from dataclasses import dataclass, field
 AnswerExtractor = Callable[[str], "str | None"]
 
 
-def last_line(text: str) -> str | None:
-    """Default answer extractor: the last non-empty line, with an 'Answer:' label removed."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+# "Answer: X", "Final answer: X", "The answer is X" (not a bare "answer", which prose uses: "to answer this");
+# the greedy ".*" makes a match start at the line's last label
+_LABEL = re.compile(r".*\b(?:final\s+answer|answer)\s*(?:[:：]|\bis\b)[\s*]*(.*)", re.IGNORECASE)
+_FINAL_NUMBER = re.compile(r"(?:(?<![\w.])-)?\d[\d,]*(?:\.\d+)?$")  # "-3" but not the "-" of "3-5"
+_MARKUP = "*` "  # markdown emphasis and code marks around an answer ("**51**", "`x`")
+
+
+def _clean(text: str) -> str:
+    return text.rstrip(".,;:!" + _MARKUP).lstrip(_MARKUP)
+
+
+def _result(text: str) -> str:
+    """What follows the last "=" ("17 * 3 = 51." -> "51."), else the text."""
+    return text.rpartition("=")[2] if "=" in text else text
+
+
+def generic_answer(text: str) -> str | None:
+    """Default answer extractor, for generic questions (benchmarks pass their own).
+
+    In order: after the last "Answer:" / "Final answer:" / "The answer is" label (on the next line if the label
+    ends its line), reduced to what follows a final "=" ("Answer: 17 * 3 = 51" -> "51"); else, when the last
+    non-empty line ends with a number once trailing punctuation is stripped ("... = 51.", "So it is 51."), that
+    number as written ("1,000" keeps its comma); else that last line. Surrounding whitespace, markdown emphasis
+    and trailing punctuation are stripped; None when nothing is left. Case is kept: majority compares answers
+    exactly, so "Paris" and "paris" are different votes.
+
+    Caveat: a line that merely ends with a number ("See step 3") gives that number.
+    """
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for index in range(len(lines) - 1, -1, -1):
+        label = _LABEL.match(lines[index])
+        if label:
+            after = label.group(1).strip() or (lines[index + 1] if index + 1 < len(lines) else "")
+            return _clean(_result(after)) or None
     if not lines:
         return None
-    return re.sub(r"^(final answer|answer)\s*[:：]\s*", "", lines[-1], flags=re.IGNORECASE).strip() or None
+    last = _clean(lines[-1])
+    number = _FINAL_NUMBER.search(_clean(_result(last)))
+    return number.group() if number else last or None
 
 
 @dataclass
@@ -27,7 +66,9 @@ class Task:
         context: text every agent reads.
         shards: private text per agent, by agent name (dict) or in the team's agent order (list); an agent
             reads only its own shard. This is how information-asymmetric tasks are posed.
-        extract_answer: turns an agent's reply into a comparable answer, for `majority` decisions.
+        extract_answer: turns an agent's reply into the answer it votes for in `majority` decisions (None: no
+            vote); replies whose answers are equal strings count together. Defaults to `generic_answer`, for generic
+            questions; benchmarks pass their own (GSM8K the last number, InfoQA the text after "Answer:").
         metadata: anything else (gold answers, tests) carried through to the result untouched.
     """
 
@@ -35,7 +76,7 @@ class Task:
     id: str | None = None
     context: str | None = None
     shards: dict[str, str] | Sequence[str] | None = None
-    extract_answer: AnswerExtractor = last_line
+    extract_answer: AnswerExtractor = generic_answer
     metadata: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

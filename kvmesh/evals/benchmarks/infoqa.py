@@ -12,9 +12,12 @@ across seeds; the seed only chooses the tasks.
 Difficulty: `people` (more people, more distractors), `facts_per_agent` (longer shards), `hops` (1 or 2),
 `agents` (how many shards the facts are spread over).
 
-Tasks also load from JSONL (`id`, `question`, `answer`, `shards`: a list of strings, one per agent), so anyone
-can bring their own. Metrics: exact match of the short answer (after the last "Answer:", else the first line)
-and token F1 after normalisation (lowercase, no punctuation or articles), as in SQuAD.
+Tasks also load from JSONL (`id`: a non-empty string or an integer, unique; `question` and `answer`: non-empty
+strings; `shards`: a list of strings, one per agent; optional `hops`: an integer >= 1), so anyone can bring
+their own; a bad line is refused with its `path:line`, the field, and what was expected.
+
+Metrics: exact match of the short answer (after the last "Answer:", else the first line) and token F1 after
+normalisation (lowercase, no punctuation or articles), as in SQuAD.
 
 Team: members holding one shard each, and a decision maker. They also get one worked example each
 (`Agent.examples`), in the exact layout of their real prompts: SmolLM2-135M ignores "End with: Answer: X" but
@@ -29,13 +32,14 @@ import random
 import re
 import string
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kvmesh.agents.prompts import DECISION_INSTRUCTION, Inbound, user_turn
 from kvmesh.agents.task import Task
 from kvmesh.evals.benchmarks.base import DECISION_MAKER, SOLO, Benchmark, Sample, Score, check_design_sizes
-from kvmesh.evals.jsonl import read_jsonl
+from kvmesh.evals.jsonl import field_error, read_jsonl, shown
 from kvmesh.graph.edge import DECISION
 
 SPLITS = ("train", "validation", "test")
@@ -193,28 +197,58 @@ def _one_task(rng: random.Random, task_id: str, people_pool, place_pool, level: 
 # --- bring your own -------------------------------------------------------------------------------------------
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true/false are not numbers
+
+
+def _is_text(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+# field -> (accepts the value, what is expected, in the error's words); "hops" alone is optional (default 1)
+FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "id": (lambda v: _is_text(v) or _is_int(v), "a non-empty string or an integer"),
+    "question": (_is_text, "a non-empty string"),
+    "answer": (_is_text, "a non-empty string"),
+    "shards": (
+        lambda v: isinstance(v, list) and bool(v) and all(isinstance(s, str) for s in v),
+        "a non-empty list of strings, one per agent",
+    ),
+    "hops": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+}
+REQUIRED = ("id", "question", "answer", "shards")
+
+
+def _task_from_row(where: str, row: object) -> InfoQATask:
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: each line must be a JSON object, got {shown(row)}")
+    missing = [k for k in REQUIRED if k not in row]
+    if missing:
+        raise ValueError(f"{where}: missing field(s) {missing}; need {', '.join(REQUIRED)} (and optionally hops)")
+    for name, (accepts, expected) in FIELDS.items():
+        if name in row and not accepts(row[name]):
+            raise field_error(where, name, expected, row[name])
+    # an integer id is kept as its decimal string, so 7 and "7" are the same task (and a duplicate)
+    return InfoQATask(str(row["id"]), row["question"], row["answer"], row["shards"], row.get("hops", 1))
+
+
 def load_jsonl(path: str | Path) -> list[InfoQATask]:
-    """Tasks from a JSONL file of {"id", "question", "answer", "shards": [str, ...]}; errors name the line."""
+    """Tasks from a JSONL file of {"id", "question", "answer", "shards": [str, ...], "hops" (optional)}.
+
+    Every bad line is a ValueError naming `path:line`, the field, what it holds and what is expected; ids must be
+    unique. Other keys are ignored (a file may carry its own metadata), so a misspelt optional "hops" is not
+    caught.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"InfoQA file {path} does not exist")
     tasks, seen = [], set()
     for where, row in read_jsonl(path):
-        if not isinstance(row, dict):
-            raise ValueError(f"{where}: each line must be a JSON object")
-        missing = [k for k in ("id", "question", "answer", "shards") if k not in row]
-        if missing:
-            raise ValueError(f"{where}: missing field(s) {missing}; need id, question, answer, shards")
-        if not all(isinstance(row[k], str) and row[k].strip() for k in ("question", "answer")):
-            raise ValueError(f"{where}: 'question' and 'answer' must be non-empty strings")
-        shards = row["shards"]
-        if not isinstance(shards, list) or not shards or not all(isinstance(s, str) for s in shards):
-            raise ValueError(f"{where}: 'shards' must be a non-empty list of strings, one per agent")
-        task_id = str(row["id"])
-        if task_id in seen:
-            raise ValueError(f"{where}: duplicate id {task_id!r}")
-        seen.add(task_id)
-        tasks.append(InfoQATask(task_id, row["question"], row["answer"], shards, int(row.get("hops", 1))))
+        task = _task_from_row(where, row)
+        if task.id in seen:
+            raise ValueError(f"{where}: duplicate id {task.id!r}")
+        seen.add(task.id)
+        tasks.append(task)
     if not tasks:
         raise ValueError(f"{path}: no tasks in the file")
     return tasks

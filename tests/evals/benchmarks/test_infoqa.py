@@ -1,4 +1,8 @@
 import json
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -64,6 +68,15 @@ def test_difficulty_is_validated():
         generate(1, "dev")
 
 
+ROW = {"id": "t1", "question": "Where does Ana live?", "answer": "Rome", "shards": ["Ana lives in Rome.", ""]}
+
+
+def _write(tmp_path, *lines: str | bytes):
+    path = tmp_path / "tasks.jsonl"
+    path.write_bytes(b"\n".join(line if isinstance(line, bytes) else line.encode() for line in lines) + b"\n")
+    return path
+
+
 def test_jsonl_round_trip_and_malformed_files(tmp_path):
     tasks = generate(5, "validation", seed=2)
     good = tmp_path / "good.jsonl"
@@ -71,10 +84,10 @@ def test_jsonl_round_trip_and_malformed_files(tmp_path):
     assert load_jsonl(good) == tasks
     cases = {
         "{not json": "not valid JSON",
-        "[1, 2]": "must be a JSON object",
+        "[1, 2]": r"must be a JSON object, got \[1, 2\]",
         json.dumps({"id": 1, "question": "q", "answer": "a"}): r"missing field\(s\) \['shards'\]",
         json.dumps({"id": 1, "question": "q", "answer": "a", "shards": "one"}): "non-empty list of strings",
-        json.dumps({"id": 1, "question": "", "answer": "a", "shards": ["x"]}): "non-empty strings",
+        json.dumps({"id": 1, "question": "", "answer": "a", "shards": ["x"]}): "question must be a non-empty string",
         "\n".join([json.dumps({"id": 1, "question": "q", "answer": "a", "shards": ["x"]})] * 2): "duplicate id '1'",
         "": "no tasks",
     }
@@ -85,6 +98,60 @@ def test_jsonl_round_trip_and_malformed_files(tmp_path):
             load_jsonl(bad)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_jsonl(tmp_path / "missing.jsonl")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"hops": "two"}, "hops must be an integer >= 1, got 'two'"),
+        ({"hops": 0}, "hops must be an integer >= 1, got 0"),
+        ({"hops": 1.5}, "hops must be an integer >= 1, got 1.5"),
+        ({"hops": True}, "hops must be an integer >= 1, got true"),
+        ({"id": None}, "id must be a non-empty string or an integer, got null"),
+        ({"id": ""}, "id must be a non-empty string or an integer, got ''"),
+        ({"id": "  "}, "id must be a non-empty string or an integer, got '  '"),
+        ({"id": ["t1"]}, r"id must be a non-empty string or an integer, got \['t1'\]"),
+        ({"id": False}, "id must be a non-empty string or an integer, got false"),
+        ({"question": 7}, "question must be a non-empty string, got 7"),
+        ({"answer": None}, "answer must be a non-empty string, got null"),
+        ({"shards": []}, r"shards must be a non-empty list of strings, one per agent, got \[\]"),
+        ({"shards": ["a", 3]}, r"shards must be a non-empty list of strings, one per agent, got \['a', 3\]"),
+    ],
+)
+def test_a_bad_field_names_the_line_the_field_and_what_was_expected(tmp_path, change, message):
+    path = _write(tmp_path, json.dumps(ROW), "", json.dumps(ROW | {"id": "t2"} | change))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:3: {message}$"):
+        load_jsonl(path)
+
+
+def test_ids_are_strings_or_integers_and_unique_across_both(tmp_path):
+    tasks = load_jsonl(_write(tmp_path, json.dumps(ROW | {"id": 7, "hops": 2})))
+    assert (tasks[0].id, tasks[0].hops, tasks[0].shards) == ("7", 2, ["Ana lives in Rome.", ""])
+    path = _write(tmp_path, json.dumps(ROW | {"id": 7}), json.dumps(ROW | {"id": "7"}))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:2: duplicate id '7'$"):
+        load_jsonl(path)
+
+
+def test_non_utf8_bytes_name_the_file_and_line(tmp_path):
+    latin1 = json.dumps(ROW | {"answer": "Zürich"}, ensure_ascii=False).encode("latin-1")
+    path = _write(tmp_path, json.dumps(ROW | {"id": "t0"}), latin1)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:2: not valid UTF-8 \(byte 0xfc at byte \d+ "):
+        load_jsonl(path)
+
+
+def test_a_bad_file_fails_the_cli_with_one_line_and_no_traceback(tmp_path):
+    path = _write(tmp_path, json.dumps(ROW | {"hops": "two"}))
+    flags = ["--data-path", str(path), "--oracle", "--limit", "1", "--out", str(tmp_path / "r")]
+    run = subprocess.run(
+        [sys.executable, "-m", "kvmesh.cli", "eval", "infoqa", *flags],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+        timeout=120,
+    )
+    assert run.returncode == 2, run.stderr
+    assert run.stderr == f"kvmesh: error: {path}:1: hops must be an integer >= 1, got 'two'\n"
+    assert "Traceback" not in run.stdout
 
 
 def test_metrics():
