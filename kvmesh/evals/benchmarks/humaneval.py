@@ -27,6 +27,7 @@ import json
 import random
 import re
 from dataclasses import dataclass
+from functools import partial
 from math import comb
 from pathlib import Path
 
@@ -66,6 +67,11 @@ def load_humaneval() -> list[CodeProblem]:
     with gzip.open(data_path(), "rt") as handle:
         rows = [json.loads(line) for line in handle if line.strip()]
     return [CodeProblem(r["task_id"], r["prompt"], r["entry_point"], r["test"], r["canonical_solution"]) for r in rows]
+
+
+def _code_vote(completion: str, entry_point: str) -> str | None:
+    """What `majority` compares for HumanEval: the reply's code, without blank lines at either end."""
+    return extract_code(completion, entry_point).strip() or None
 
 
 def extract_code(completion: str, entry_point: str) -> str:
@@ -240,7 +246,12 @@ class HumanEval(Benchmark):
         return [
             Sample(
                 p.id,
-                Task(p.prompt, id=p.id, metadata={"entry_point": p.entry_point}),
+                Task(
+                    p.prompt,
+                    id=p.id,
+                    extract_answer=partial(_code_vote, entry_point=p.entry_point),
+                    metadata={"entry_point": p.entry_point},
+                ),
                 "",
                 p.canonical_solution,
                 {"problem": p},

@@ -87,3 +87,15 @@ def test_a_looping_completion_is_scored_as_a_timeout_with_its_limit():
     sample = benchmark.samples("test")[0]
     score = benchmark.score(sample, "    while True:\n        pass\n")
     assert not score.correct and score.metrics == {"status": "timeout", "pass@1": 0.0, "limit": "cpu"}
+
+
+def test_majority_on_humaneval_votes_on_the_code_not_the_closing_fence():
+    from kvmesh.agents.decision import majority_vote
+    from kvmesh.evals.benchmarks import HumanEval
+
+    task = HumanEval(allow_code_execution=True).samples("test")[0].task
+    entry = task.metadata["entry_point"]
+    good = f"```python\ndef {entry}(numbers, threshold):\n    return True\n```"
+    other = f"```python\ndef {entry}(numbers, threshold):\n    return False\n```"
+    replies = [("a", other), ("b", good), ("c", "Here it is:\n" + good)]
+    assert majority_vote(replies, task.extract_answer) == f"def {entry}(numbers, threshold):\n    return True"
