@@ -10,6 +10,7 @@ import pytest
 from kvmesh.evals.report import compare_table
 from kvmesh.evals.runner import EvalConfig, run_eval
 from kvmesh.evals.store import RunDirectoryError, read_samples
+from kvmesh.llm.base import ContextLengthError
 
 GSM8K = os.environ.get("KVMESH_GSM8K_PATH")
 needs_gsm8k = pytest.mark.skipif(not GSM8K, reason="GSM8K data not found: set KVMESH_GSM8K_PATH")
@@ -194,3 +195,13 @@ def test_an_oracle_run_draws_the_team_it_stands_in_for_and_a_too_large_limit_is_
     assert "--limit 1000 but the test split has 200 samples to run" in caplog.text
     graph = json.loads((tmp_path / "run" / "graph.json").read_text())
     assert graph["graph"]["agents"] == ["agent_1", "agent_2", "agent_3"] and graph["decision"] == "decision"
+
+
+def test_an_eval_whose_shard_cannot_fit_is_refused_before_any_call(tmp_path):
+    data = tmp_path / "tasks.jsonl"
+    huge = {"id": "big", "question": "Who has the key?", "answer": "a", "shards": ["the key. " * 6_000, "b"]}
+    data.write_text(json.dumps(huge) + "\n")
+    config = EvalConfig("infoqa", model="tiny-random", data_path=str(data), agents=2, limit=1)
+    with pytest.raises(ContextLengthError, match=r"own text for agent 'agent_1' \(task big\) is 1\d,\d{3} tokens"):
+        run_eval(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
