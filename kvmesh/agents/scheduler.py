@@ -30,6 +30,8 @@ from kvmesh.agents.task import Task
 from kvmesh.agents.turn import DEFER, Turn, plan_turn, record
 from kvmesh.agents.usage import Usage
 from kvmesh.graph.graph import CommGraph
+from kvmesh.kvcomm.channel import ChannelNotAvailableError
+from kvmesh.kvcomm.rope import UnsupportedModelError
 from kvmesh.llm.base import Generation, GenerationRequest, LanguageModel, RunningBatch
 
 
@@ -69,8 +71,10 @@ class Scheduler:
                 try:
                     channel.prepare(agent.llm)
                 except (ValueError, NotImplementedError) as error:
-                    fix = "Use channel='text' edges for it."
-                    raise type(error)(f"agent {agent.name!r} cannot take part in {name}: {error}. {fix}") from error
+                    # a model the channel cannot serve: text edges can; other errors (its saved state) say their fix
+                    unservable = isinstance(error, ChannelNotAvailableError | UnsupportedModelError)
+                    fix = " Use channel='text' edges for it." if unservable else ""
+                    raise type(error)(f"agent {agent.name!r} cannot take part in {name}: {error}.{fix}") from error
 
     def events(self) -> Iterator[Event]:
         self.prepare()

@@ -24,7 +24,7 @@ from kvmesh.config import ConfigError, check_choices
 from kvmesh.graph.draw import write_picture
 from kvmesh.graph.graph import CommGraph
 from kvmesh.graph.presets import PRESETS, TEMPORAL_MODES
-from kvmesh.kvcomm.channel import available_channels
+from kvmesh.kvcomm.channel import available_channels, save_channels
 from kvmesh.topology import load_designer
 
 DEFAULT_ROLES = ("analyst", "solver", "critic", "expert")
@@ -54,6 +54,8 @@ class RunConfig:
         seed: seed for sampling.
         json: print one JSON object instead of text.
         graph_out: also write the graph with this run's edge tokens (.png, .svg, .mmd, .dot).
+        anchors: with kv-reuse, a folder that keeps its anchors across runs (loaded at the start, saved at the
+            end); without it every run starts with none, so a single run reuses nothing.
     """
 
     question: str
@@ -72,9 +74,12 @@ class RunConfig:
     seed: int = 0
     json: bool = False
     graph_out: str | None = None
+    anchors: str | None = None
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if self.anchors and self.channel != "kv-reuse" and not (self.spec or self.designer):
+            raise ConfigError("{anchors} keeps kv-reuse's anchors: use it with {channel} kv-reuse", type(self).__name__)
         if self.agents < 1:
             raise ConfigError(f"{{agents}} must be at least 1, got {self.agents}", type(self).__name__)
 
@@ -106,8 +111,15 @@ def build_team(config: RunConfig) -> Team:
         "method": config.decision,
         **({"channel": config.channel} if config.decision == DECISION_METHOD else {}),
     }
+    reuse = {"anchors_dir": config.anchors} if config.anchors else None
     return Team(
-        agents, graph, rounds=config.rounds, decision=decision, token_budget=config.token_budget, seed=config.seed
+        agents,
+        graph,
+        rounds=config.rounds,
+        decision=decision,
+        token_budget=config.token_budget,
+        seed=config.seed,
+        reuse=reuse,
     )
 
 
@@ -130,6 +142,7 @@ def team_picture(team: Team, result: TeamResult, path: str) -> None:
     print(f"graph picture: {written}", file=sys.stderr)  # stdout may be --json
 
 
+SHOWN_STATS = ("calls", "reused_calls", "reused_tokens", "anchors_loaded")
 TEAM_OPTIONS = (
     "model",
     "topology",
@@ -142,6 +155,7 @@ TEAM_OPTIONS = (
     "temperature",
     "token_budget",
     "seed",
+    "anchors",
 )
 
 
@@ -153,16 +167,22 @@ def run(args: argparse.Namespace) -> int:
         refuse_replaced(args.given, TEAM_OPTIONS, "the designer", "when training the designer")
     team = build_team(config)
     result = team.run(Task(config.question))
+    save_channels(team.channels)  # kv-reuse's anchors, when a folder keeps them
     if config.graph_out:
         team_picture(team, result, config.graph_out)
     if team.designer is not None and not config.json:
         edges = ", ".join(f"{e.source}->{e.target}" for e in result.graph.edges()) or "none"
         print(f"designed graph: agents {', '.join(result.graph.agents)}; edges {edges}", file=sys.stderr)
+    channels = team.channel_stats()
     if config.json:
         data = result.to_dict()
-        print(json.dumps({k: data[k] for k in ("answer", "messages", "usage", "stop_reason", "graph")}, indent=2))
+        fields = ("answer", "messages", "usage", "stop_reason", "graph")
+        print(json.dumps({**{k: data[k] for k in fields}, "channels": channels}, indent=2))
     else:
         print_result(result)
+        for name, stats in channels.items():  # what each channel did, and why when it did nothing
+            counts = ", ".join(f"{key} {stats[key]}" for key in SHOWN_STATS if key in stats)
+            print(f"\n{name}: {counts}" + (f"; {stats['note']}" if "note" in stats else ""))
     return 0
 
 

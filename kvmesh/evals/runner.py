@@ -39,7 +39,7 @@ from kvmesh.evals.sandbox import NOT_A_BOUNDARY
 from kvmesh.evals.store import content_hash, discard_if_empty, open_run
 from kvmesh.evals.summary import summarize
 from kvmesh.graph.presets import PRESETS, TEMPORAL_MODES
-from kvmesh.kvcomm.channel import available_channels, check_channel
+from kvmesh.kvcomm.channel import available_channels, check_channel, save_channels
 
 log = logging.getLogger("kvmesh")
 DesignerLoader = Callable[..., object]  # (folder, team=None) -> a designer with .apply() and .seen_ids
@@ -76,6 +76,8 @@ class EvalConfig:
         designer: a saved topology designer (`kvmesh design train` writes one): the team it was trained
             with, each task on the graph it designs; replaces spec and the team options. Samples it
             trained or validated on are left out (also when a spec names the designer).
+        anchors: with kv-reuse, a folder that keeps its anchors across runs (loaded at the start, saved after
+            each chunk of samples, also when interrupted).
         exclude_ids: sample ids to leave out as well (`kvmesh design eval` passes every id any compared
             designer saw, so that each team runs on the same test tasks).
     """
@@ -100,6 +102,7 @@ class EvalConfig:
     shards: str = field(default="own", metadata={"choices": SHARD_MODES})
     channel: str = field(default="text", metadata={"choices": available_channels})
     designer: str | None = None
+    anchors: str | None = None
     exclude_ids: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -112,6 +115,8 @@ class EvalConfig:
             raise ConfigError(f"{{limit}} must be at least 1, got {self.limit}", owner)
         if self.batch_size < 1:
             raise ConfigError(f"{{batch_size}} must be at least 1, got {self.batch_size}", owner)
+        if self.anchors and self.channel != "kv-reuse" and not (self.spec or self.designer):
+            raise ConfigError("{anchors} keeps kv-reuse's anchors: use it with {channel} kv-reuse", owner)
         if self.designer and self.spec:
             raise ConfigError("use either {designer} or {spec}: a designer brings the team it was trained with", owner)
 
@@ -122,10 +127,20 @@ class EvalConfig:
 
 
 # What a spec or a designer sets instead: not recorded for such runs (their team is, resolved)
-TEAM_OPTIONS = ("model", "topology", "agents", "rounds", "temporal", "decision", "channel", "max_new_tokens")
+TEAM_OPTIONS = (
+    "model",
+    "topology",
+    "agents",
+    "rounds",
+    "temporal",
+    "decision",
+    "channel",
+    "max_new_tokens",
+    "anchors",
+)
 
 # Settings newer than some saved runs, at the value those runs behaved with: such runs still resume.
-ADDED_SETTINGS = {"designer": None, "exclude_ids": [], "temporal": None}
+ADDED_SETTINGS = {"designer": None, "exclude_ids": [], "temporal": None, "anchors": None}
 RECORDS = ("inputs", "team", *TEAM_OPTIONS)  # older runs lack the first two; spec and designer runs, the rest
 
 
@@ -244,10 +259,14 @@ def run_chunk(
             yield line
         return
     team = team_of(config, load_designer)
-    for event in team.stream_batch([s.task for s in samples], batch_size=config.batch_size):
-        if isinstance(event, TeamFinished):
-            sample, answer = samples[event.task_index], event.result.answer or ""
-            yield _sample_line(sample, answer, benchmark.score(sample, answer), event.result, team.designer is not None)
+    try:
+        for event in team.stream_batch([s.task for s in samples], batch_size=config.batch_size):
+            if isinstance(event, TeamFinished):
+                sample, answer = samples[event.task_index], event.result.answer or ""
+                score = benchmark.score(sample, answer)
+                yield _sample_line(sample, answer, score, event.result, team.designer is not None)
+    finally:
+        save_channels(team.channels)  # kv-reuse's anchors, when a folder keeps them
 
 
 def run_record(config: EvalConfig, team: Team | None) -> dict:

@@ -28,16 +28,40 @@ Bounds: at most `max_anchors` per placeholder and `max_tokens` positions per anc
 and `max_bytes` over the whole pool. Eviction takes the least-used of the five oldest anchors of a placeholder
 (when the byte budget is exceeded: of the most crowded placeholder that keeps `min_anchors` after it), so a
 useful old anchor survives a burst and no placeholder is starved back into dense prefill.
+
+On disk (`AnchorFolder`): a pool learned in one process can be loaded by the next, so a single `kvmesh run`
+reuses what earlier runs learned. A folder holds `manifest.json` (format version; per model: its name, the
+cache layout fingerprint and sink tokens its anchors depend on, the bounds it was saved under, its file) and
+one tensor file per model (`torch.save`, read back with `weights_only=True`, so loading runs no pickled code).
+Every file is written to a temporary file in the same folder and moved over the old one (`os.replace`), so a
+crash leaves either the old file or the new one, never a torn one; the temporary file it may leave behind
+(`.NAME.*.tmp`) is never read.
+Caveats: a pool is refused (ValueError, saying what differs) when made for another model, layout or chat
+template; it is not checked against the team that made it, so a folder should serve one team setup (other
+roles or prompts make its offsets less apt: use another folder). Loading applies the current bounds (cutting
+longer anchors, evicting beyond `max_anchors` or the byte budget). One process should write a folder at a time:
+the last save wins.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import contextlib
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
 
 import torch
 
 OLDEST = 5  # eviction looks at this many of a placeholder's oldest anchors
+FORMAT = 1  # version of the on-disk layout; folders of another version are refused
+MANIFEST = "manifest.json"
 
 
 @dataclass(eq=False)  # identity: anchors hold tensors
@@ -82,6 +106,7 @@ class AnchorPool:
         self.pools: dict[Hashable, list[Anchor]] = {}
         self.nbytes = 0
         self.evicted = 0
+        self.version = 0  # bumped by every change (anchors added, uses counted): tells a save what is new
         self._clock = 0
 
     def __len__(self) -> int:
@@ -90,6 +115,7 @@ class AnchorPool:
     def add(self, key: Hashable, descriptor: torch.Tensor, key_offset: torch.Tensor, value_offset: torch.Tensor):
         """Store the offsets (L, H, S, D) seen for placeholder `key` (kept: the first `max_tokens` positions)."""
         self._clock += 1
+        self.version += 1
         anchor = Anchor(
             descriptor.detach().float(),
             key_offset[:, :, : self.max_tokens].detach().to(torch.float16).clone(),
@@ -101,6 +127,9 @@ class AnchorPool:
             self._evict(key)
         pool.append(anchor)
         self.nbytes += anchor.nbytes
+        self._fit_bytes()
+
+    def _fit_bytes(self) -> None:
         while self.nbytes > self.max_bytes and len(self) > 1:
             # the most crowded placeholder, sparing those that would fall below min_anchors while others can give
             spare = [k for k, pool in self.pools.items() if len(pool) > self.min_anchors] or list(self.pools)
@@ -134,6 +163,150 @@ class AnchorPool:
             if weight == 0:
                 continue
             anchor.uses += 1
+            self.version += 1
             span = min(keys.shape[2], anchor.key_offset.shape[2])
             keys[1:, :, :span].add_(anchor.key_offset[1:, :, :span], alpha=weight)
             values[1:, :, :span].add_(anchor.value_offset[1:, :, :span], alpha=weight)
+
+    # --- on disk -----------------------------------------------------------------------------------------------
+
+    def state(self) -> dict:
+        """Everything `restore` needs, as tensors and plain values (what `torch.load(weights_only=True)` reads)."""
+        fields = ("descriptor", "key_offset", "value_offset", "born", "uses")
+        pools = [[key, [{f: getattr(a, f) for f in fields} for a in anchors]] for key, anchors in self.pools.items()]
+        return {"clock": self._clock, "pools": pools}
+
+    def restore(self, state: dict, device: torch.device | str | None = None) -> int:
+        """Add the anchors of a `state()` (moved to `device`), within this pool's bounds; returns how many it
+        holds afterwards."""
+        for key, anchors in state["pools"]:
+            pool = self.pools.setdefault(key, [])
+            for a in anchors:
+                anchor = Anchor(
+                    a["descriptor"].to(device, torch.float),
+                    a["key_offset"][:, :, : self.max_tokens].to(device, torch.float16).contiguous(),
+                    a["value_offset"][:, :, : self.max_tokens].to(device, torch.float16).contiguous(),
+                    born=int(a["born"]),
+                    uses=int(a["uses"]),
+                )
+                pool.append(anchor)
+                self.nbytes += anchor.nbytes
+            while len(pool) > self.max_anchors:
+                self._evict(key)
+        self._fit_bytes()
+        self._clock = max(self._clock, int(state["clock"]))
+        self.version += 1
+        return len(self)
+
+
+def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    """What differs between a saved identity and the current one, field by field ("fingerprint.layers 2, now 30")."""
+    found = []
+    for key, value in now.items():
+        old = saved.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            found += _differences(old, value, f"{prefix}{key}.")
+        elif old != value:
+            found.append(f"{prefix}{key} {old!r}, now {value!r}")
+    return found
+
+
+def write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write `path` through a temporary file in its folder, moved over it once complete: a crash midway leaves
+    the old file (and a stray `.NAME.*.tmp`), never a torn one."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def _file_name(model: str) -> str:
+    """A model's pool file: readable, and unique per model name (the hash tells apart names the slug merges)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-.")[:60]
+    return f"anchors-{slug}-{hashlib.sha256(model.encode()).hexdigest()[:8]}.pt"
+
+
+class AnchorFolder:
+    """Anchor pools kept in a folder: one file per model and a manifest naming them (see the module docstring).
+
+    `identity` dicts (JSON values) say what a pool's anchors are valid for; their "model" entry names it.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._manifest: dict | None = None
+
+    def _fix(self) -> str:
+        return f"pass another anchors_dir (--anchors DIR), or delete {self.path} to start afresh"
+
+    def manifest(self) -> dict:
+        """The folder's manifest (an empty one when there is none yet); read once, kept up to date by `save`."""
+        if self._manifest is None:
+            file = self.path / MANIFEST
+            if not file.exists():
+                return {"format": FORMAT, "pools": {}}
+            try:
+                manifest = json.loads(file.read_text())
+            except (OSError, ValueError) as error:
+                raise ValueError(f"anchor manifest {file} cannot be read ({error}); {self._fix()}") from error
+            if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+                found = manifest.get("format") if isinstance(manifest, dict) else None
+                raise ValueError(
+                    f"anchor manifest {file} has format {found!r}, this kvmesh reads format {FORMAT}; {self._fix()}"
+                )
+            self._manifest = manifest
+        return self._manifest
+
+    def check_model(self, model: str) -> None:
+        """Refuse a folder that holds pools for other models only: it belongs to another team. (`load` does not
+        ask: a channel also builds engines for agents whose edges never read its caches.)"""
+        pools = self.manifest()["pools"]
+        if pools and model not in pools:
+            held = ", ".join(repr(name) for name in pools)
+            raise ValueError(
+                f"anchors in {self.path} were made for {held}, not {model!r}: a model's anchors are meaningless to "
+                f"another model; {self._fix()}"
+            )
+
+    def load(self, identity: dict, pool: AnchorPool, device: torch.device | str | None = None) -> int:
+        """Restore into `pool` the anchors saved for `identity`; returns how many it holds (0: none saved yet).
+        Raises ValueError, saying what differs, for anchors made for another model, layout or chat template."""
+        model = identity["model"]
+        entry = self.manifest()["pools"].get(model)
+        if entry is None:
+            return 0
+        differs = _differences(entry, identity)
+        if differs:
+            raise ValueError(f"anchors in {self.path} for {model!r} were made with {'; '.join(differs)}; {self._fix()}")
+        file = self.path / entry["file"]
+        try:
+            state = torch.load(file, map_location=device, weights_only=True)
+        except Exception as error:  # torch raises many kinds for a missing, cut or foreign file
+            raise ValueError(f"cannot read anchors {file} ({type(error).__name__}: {error}); {self._fix()}") from error
+        if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("model") != model:
+            raise ValueError(f"anchors {file} are not {model!r}'s (format {FORMAT}); {self._fix()}")
+        return pool.restore(state, device)
+
+    def save(self, identity: dict, pool: AnchorPool, settings: dict | None = None) -> Path:
+        """Write `pool` as `identity`'s anchors (its file, then the manifest, which also records `settings`: the
+        bounds it was learned under); returns the file written."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        model = identity["model"]
+        file = self.path / _file_name(model)
+        state = {"format": FORMAT, "model": model, **pool.state()}
+        write_atomically(file, lambda out: torch.save(state, out))
+        manifest = self.manifest()
+        saved = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        entry = {**identity, "file": file.name, "anchors": len(pool), "settings": settings or {}, "saved": saved}
+        manifest = {**manifest, "format": FORMAT, "pools": {**manifest["pools"], model: entry}}
+        text = json.dumps(manifest, indent=2).encode()
+        write_atomically(self.path / MANIFEST, lambda out: out.write(text))
+        self._manifest = manifest
+        return file

@@ -12,6 +12,9 @@ The runtime never names one: it asks the team's channel objects, through these h
     keeps(turn)                         which caches the turn's row must keep (its prompt's, its reply's)
     learn(turn, generation)             after its row: store what later turns read, learn from the turn
     stats()                             what the channel did, for run summaries
+    save()                              optional, called by whoever runs the team after a run
+                                        (`save_channels`): keep what the channel learned on disk
+                                        (kv-reuse: its anchors, when `anchors_dir` is set)
 
 Caches that later turns of a task read live in the task's store (`TurnView.store`), keyed by `TASK` and
 `reply_key(agent, round)`; the scheduler drops the store when the task finishes.
@@ -24,7 +27,7 @@ raise one error type, `ChannelNotAvailableError`, wherever they appear: an edge,
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -211,6 +214,12 @@ def settings_of(channel: Channel) -> dict | None:
     """A channel's settings as a dict (for specs), or None when it has none."""
     config = getattr(channel, "config", None)
     return None if config is None else {k: getattr(config, k) for k in config.__dataclass_fields__}
+
+
+def save_channels(channels: Mapping[str, Channel]) -> list:
+    """Let each channel that keeps state on disk save it (the optional `save` hook; kv-reuse writes its anchors
+    to `anchors_dir`); returns what they wrote. Call it after a run, e.g. `save_channels(team.channels)`."""
+    return [written for channel in channels.values() for written in getattr(channel, "save", list)()]
 
 
 def metadata_key(name: str) -> str:

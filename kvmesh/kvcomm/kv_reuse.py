@@ -12,7 +12,10 @@ cached piece asks its model's `ReuseEngine` to assemble the cache (the agent's h
 cached piece moved and corrected by anchors, own text prefilled in place); the turn's row then joins the
 running batch with that cache as its prefix and prefills only its tail. When the anchor test refuses, the turn
 runs dense and its prompt cache teaches the engine (`learn`). Anchors persist across runs of the same team, so
-a team gets faster as it sees more tasks.
+a team gets faster as it sees more tasks; with `anchors_dir` they also persist across processes: each model's
+pool is loaded when its engine is built and written by `save()`, which whoever runs the team calls after a run
+(`channel.save_channels`). A folder made for another model is refused when the team is built (another layout
+or chat template under the same name, when the model is loaded), with the fix in the message.
 
 Caveats: a reply is read as the ids its sender generated, so its text may differ from the text channel's by a
 leading space; the prompt text recorded for the turn is exactly what the model read. Reply and task caches
@@ -24,12 +27,16 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import asdict
+from pathlib import Path
 
+from kvmesh.kvcomm.anchors import AnchorFolder
 from kvmesh.kvcomm.assembly import GLUE, OWN, REPLY, Piece, Preparation
 from kvmesh.kvcomm.channel import TASK, Cached, ChannelNotAvailableError, Endpoint, Keep, TurnView, reply_key
 from kvmesh.kvcomm.reuse_engine import ReuseConfig, ReuseEngine
 from kvmesh.llm.base import Generation, KVModel, LanguageModel
 from kvmesh.llm.segment import KVSegment
+
+ANCHOR_SETTINGS = ("max_anchors", "max_anchor_tokens", "max_anchor_mb")  # recorded with saved pools
 
 
 def _same_model(a: Endpoint, b: Endpoint) -> bool:
@@ -45,6 +52,8 @@ class KVReuseChannel:
     def __init__(self, settings: ReuseConfig | None = None) -> None:
         self.config = settings or ReuseConfig()
         self.engines: dict[int, ReuseEngine] = {}
+        self.folder = AnchorFolder(self.config.anchors_dir) if self.config.anchors_dir else None
+        self._saved: dict[int, int] = {}  # per engine: its pool's version when last loaded or saved
 
     def check(self, sender: Endpoint, receiver: Endpoint, where: str) -> None:
         if not _same_model(sender, receiver):
@@ -53,6 +62,8 @@ class KVReuseChannel:
                 "a cache is only meaningful to the model that made it. Use channel='text' on that edge, or put "
                 "both agents on one model."
             )
+        if self.folder is not None:  # by name, from the manifest alone: before any model loads
+            self.folder.check_model(receiver.model_spec)
 
     def prepare(self, model: LanguageModel) -> None:
         """Build the model's engine; raises `UnsupportedModelError` (saying why) for models it cannot handle."""
@@ -63,8 +74,25 @@ class KVReuseChannel:
             if not isinstance(model, KVModel):
                 raise ChannelNotAvailableError(f"{model.spec}: kv-reuse needs a model in this process (a LocalLM)")
             sink = model.encode_prompt(model.chat.frame("")[0])[:1]  # the template's first token opens every encoding
-            self.engines[id(model)] = ReuseEngine(model, self.config, sink=sink)
+            engine = ReuseEngine(model, self.config, sink=sink)
+            if self.folder is not None:
+                engine.stats.anchors_loaded = self.folder.load(engine.identity(), engine.anchors, model.model.device)
+            self.engines[id(model)] = engine
+            self._saved[id(model)] = engine.anchors.version
         return self.engines[id(model)]
+
+    def save(self) -> list[Path]:
+        """Write to `anchors_dir` each model's pool that changed since it was loaded or saved (atomically, so a
+        crash keeps the last complete save); returns the files written, [] without a folder."""
+        if self.folder is None:
+            return []
+        settings = {name: getattr(self.config, name) for name in ANCHOR_SETTINGS}
+        written = []
+        for key, engine in self.engines.items():
+            if engine.anchors.version != self._saved[key]:
+                written.append(self.folder.save(engine.identity(), engine.anchors, settings))
+                self._saved[key] = engine.anchors.version
+        return written
 
     def layout(
         self, model: LanguageModel, glue: str, content: str, cached: KVSegment | None, key: Hashable
@@ -106,10 +134,13 @@ class KVReuseChannel:
             turn.store[reply_key(*turn.receiver)] = Cached(self.name, generation.reply_kv)
 
     def stats(self) -> dict:
-        """Reuse statistics over all models: calls that tried, calls that reused, tokens, anchor memory."""
+        """Reuse statistics over all models: calls that tried, calls that reused, tokens, anchor memory, anchors
+        loaded from `anchors_dir`; and a `note` saying why, when calls tried and none reused."""
         engines = list(self.engines.values())
         calls = sum(e.stats.calls for e in engines)
         reused = sum(e.stats.reused_calls for e in engines)
+        loaded = sum(e.stats.anchors_loaded for e in engines)
+        note = {"note": self._why_nothing_reused(loaded)} if calls and not reused else {}
         return {
             "calls": calls,
             "reused_calls": reused,
@@ -118,9 +149,23 @@ class KVReuseChannel:
             "reused_tokens": sum(e.stats.reused_tokens for e in engines),
             "anchor_memory_mb": sum(e.anchors.nbytes for e in engines) / 2**20,
             "anchors": sum(len(e.anchors) for e in engines),
+            "anchors_loaded": loaded,
             "template_encode_s": sum(e.stats.template_s for e in engines),
             "config": asdict(self.config),
+            **note,
         }
+
+    def _why_nothing_reused(self, loaded: int) -> str:
+        if self.folder is None:
+            return (
+                "reused nothing: anchors start empty in each process: pass anchors_dir (--anchors DIR) to keep "
+                "them across runs"
+            )
+        return (
+            f"reused nothing: a placeholder is reused once it has min_anchors={self.config.min_anchors} anchors "
+            f"within gamma={self.config.gamma}; {loaded} were loaded from {self.folder.path}, and save() keeps what "
+            "this run learned for the next"
+        )
 
 
 def _reads_kv_reuse(pieces: Sequence[Piece]) -> bool:

@@ -21,6 +21,11 @@ which `assemble` yields for its caller to run (in the scheduler, beside every ot
 `kvmesh.kvcomm.assembly`). Everything the engine does is counted in the reuse path's time to first token by its
 callers; template segments are the exception KVCOMM also makes (encoded once, ahead of the turns that read
 them), and their cost is in `stats.template_s`.
+
+Anchors live as long as the engine unless `ReuseConfig.anchors_dir` names a folder: the kv-reuse channel then
+loads them when it builds the engine and writes them on `save()` (`anchors.AnchorFolder`); `identity()` says
+which model, cache layout and chat template they are valid for. Templates are never kept on disk (cheap to
+encode again, and each is exact only for the process's own model weights).
 """
 
 from __future__ import annotations
@@ -61,6 +66,9 @@ class ReuseConfig:
             reuse or prefill).
         replies: read senders' replies from their caches (the kv-reuse channel); False re-encodes them as
             the receiver's own text, exact given what precedes, and reuses only templates and the task.
+        anchors_dir: a folder that keeps the anchors across runs: loaded when the channel first serves a model
+            (refused, saying why, when made for another model), written by the channel's save(). None: anchors
+            start empty in each process, so a single run reuses nothing.
     """
 
     gamma: float = 0.4
@@ -72,6 +80,7 @@ class ReuseConfig:
     templates: int = 256
     correct: bool = True
     replies: bool = True
+    anchors_dir: str | None = None
 
 
 @dataclass
@@ -82,6 +91,7 @@ class ReuseStats:
     reused_tokens: int = 0  # prompt tokens served from caches instead of prefilled
     template_s: float = 0.0  # one-off time spent encoding template segments
     template_tokens: int = 0
+    anchors_loaded: int = 0  # anchors read from `anchors_dir` when the engine was built
 
     @property
     def reuse_rate(self) -> float:
@@ -113,6 +123,20 @@ class ReuseEngine:
         self.stats = ReuseStats()
         self._templates: OrderedDict[Template, KVSegment] = OrderedDict()
         self._encoding: dict[Template, GenerationRequest] = {}  # templates whose rows are out, shared by turns
+
+    def identity(self) -> dict:
+        """What the anchors are valid for, as JSON values: the model's name, its cache layout and the sink
+        tokens every standalone encoding starts with (they change with the chat template)."""
+        config = self.model.model.config
+        heads = config.num_attention_heads
+        layout = {
+            "model_type": getattr(config, "model_type", type(self.model.model).__name__),
+            "layers": config.num_hidden_layers,
+            "kv_heads": getattr(config, "num_key_value_heads", None) or heads,
+            "head_dim": getattr(config, "head_dim", None) or config.hidden_size // heads,
+            "dtype": str(self.model.model.dtype).removeprefix("torch."),
+        }
+        return {"model": self.model.spec, "fingerprint": layout, "sink": list(self.sink)}
 
     # --- templates ---------------------------------------------------------------------------------------------
 

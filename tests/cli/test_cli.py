@@ -192,3 +192,19 @@ def test_run_and_eval_share_defaults_and_a_spent_budget_says_why_there_is_no_ans
     out = kvmesh("run", "What is 17 * 3?", "--model", "tiny-random", "--token-budget", "5")
     assert out.returncode == 0, out.stderr
     assert "ANSWER: none: the token budget was spent before any agent could answer" in out.stdout
+
+
+def test_kv_reuse_runs_say_why_nothing_was_reused_and_anchors_persist(tmp_path):
+    args = ("run", "Q?", "--model", "tiny-random", "--max-new-tokens", "4", "--channel", "kv-reuse")
+    alone = kvmesh(*args)
+    assert alone.returncode == 0, alone.stderr
+    assert "anchors start empty in each process: pass anchors_dir (--anchors DIR)" in alone.stdout
+    kept = kvmesh(*args, "--anchors", str(tmp_path / "anchors"), "--json")
+    assert kept.returncode == 0, kept.stderr
+    assert json.loads(kept.stdout)["channels"]["kv-reuse"]["calls"] > 0
+    assert (tmp_path / "anchors" / "manifest.json").is_file()  # saved for the next run
+    refused = kvmesh("run", "Q?", "--anchors", str(tmp_path / "a"))
+    assert (
+        refused.returncode == 2
+        and "--anchors keeps kv-reuse's anchors: use it with --channel kv-reuse" in refused.stderr
+    )

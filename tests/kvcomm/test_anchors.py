@@ -1,9 +1,11 @@
-"""The anchor pool: bounded, evicts the least-used of the oldest, and decides reuse by the entropy test."""
+"""The anchor pool: bounded, evicts the least-used of the oldest, decides reuse by distance, and keeps on disk."""
+
+import json
 
 import pytest
 import torch
 
-from kvmesh.kvcomm.anchors import AnchorPool, describe
+from kvmesh.kvcomm.anchors import FORMAT, MANIFEST, AnchorFolder, AnchorPool, describe, write_atomically
 
 
 def offsets(value, tokens=4, layers=2):
@@ -95,3 +97,74 @@ def test_bad_bounds_are_refused():
         AnchorPool(gamma=3)
     with pytest.raises(ValueError, match="positive"):
         AnchorPool(max_anchors=0)
+
+
+# --- on disk ---------------------------------------------------------------------------------------------------
+
+IDENTITY = {"model": "m", "fingerprint": {"layers": 2, "kv_heads": 1, "head_dim": 2, "dtype": "float32"}, "sink": [1]}
+
+
+def filled(**bounds):
+    """A pool with keys shaped like the engine's (receiver, piece key), one anchor of it used."""
+    pool = AnchorPool(min_anchors=1, **bounds)
+    for i in range(3):
+        pool.add((("b", 0), "task"), unit(1, i), *offsets(i, tokens=6))
+    pool.add((("b", 0), ("glue", (7, 8))), unit(0, 1), *offsets(5, tokens=3))
+    pool.apply((("b", 0), "task"), torch.tensor([0.0, 1.0, 0.0]), torch.zeros(2, 1, 6, 2), torch.zeros(2, 1, 6, 2))
+    return pool
+
+
+def test_a_pool_saved_to_a_folder_loads_back_within_the_current_bounds(tmp_path):
+    pool = filled()
+    file = AnchorFolder(tmp_path).save(IDENTITY, pool, {"max_anchors": 20})
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    assert manifest["format"] == FORMAT and manifest["pools"]["m"]["file"] == file.name
+    assert manifest["pools"]["m"]["anchors"] == 4 and manifest["pools"]["m"]["settings"] == {"max_anchors": 20}
+    again = AnchorPool(min_anchors=1)
+    assert AnchorFolder(tmp_path).load(IDENTITY, again) == 4 and again.nbytes == pool.nbytes
+    for key, anchors in pool.pools.items():  # keys, offsets, ages and use counts as they were
+        assert [(a.born, a.uses) for a in again.pools[key]] == [(a.born, a.uses) for a in anchors]
+        for a, b in zip(anchors, again.pools[key], strict=True):
+            assert torch.equal(a.key_offset, b.key_offset) and torch.equal(a.descriptor, b.descriptor)
+    # tighter bounds apply on load: anchors are cut to max_tokens, and the used one outlives the others
+    small = AnchorPool(max_anchors=1, max_tokens=2, min_anchors=1)
+    assert AnchorFolder(tmp_path).load(IDENTITY, small) == 2
+    (kept,) = small.pools[(("b", 0), "task")]
+    assert kept.uses == 1 and kept.key_offset.shape[2] == 2 and small.evicted == 2
+    assert AnchorFolder(tmp_path / "empty").load(IDENTITY, AnchorPool()) == 0  # nothing saved there yet
+
+
+def test_a_folder_refuses_pools_of_another_model_layout_or_format(tmp_path):
+    AnchorFolder(tmp_path).save(IDENTITY, filled())
+    with pytest.raises(ValueError, match=r"made for 'm', not 'other'.*another anchors_dir.*or delete"):
+        AnchorFolder(tmp_path).check_model("other")
+    assert AnchorFolder(tmp_path).load({**IDENTITY, "model": "other"}, AnchorPool()) == 0  # none saved for it
+    layout = {**IDENTITY, "fingerprint": {**IDENTITY["fingerprint"], "layers": 30}, "sink": [2]}
+    with pytest.raises(ValueError, match=r"fingerprint\.layers 2, now 30; sink \[1\], now \[2\]"):
+        AnchorFolder(tmp_path).load(layout, AnchorPool())
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    (tmp_path / MANIFEST).write_text(json.dumps({**manifest, "format": FORMAT + 1}))
+    with pytest.raises(ValueError, match=f"format {FORMAT + 1}, this kvmesh reads format {FORMAT}"):
+        AnchorFolder(tmp_path).load(IDENTITY, AnchorPool())
+
+
+def test_a_crash_while_saving_leaves_the_last_complete_save(tmp_path):
+    AnchorFolder(tmp_path).save(IDENTITY, filled())
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+
+    def crash(out):
+        out.write(b"half a file")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(tmp_path / MANIFEST, crash)
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before  # no temporary file left
+    # a hard crash (no cleanup) leaves a stray temporary file beside each complete one: loading never reads it
+    for name in before:
+        (tmp_path / f".{name}.k3x9.tmp").write_bytes(b"\x80\x02torn")
+    assert AnchorFolder(tmp_path).load(IDENTITY, AnchorPool(min_anchors=1)) == 4
+    # a pool file cut short some other way is refused, saying which file and how to start afresh
+    pool_file = tmp_path / json.loads((tmp_path / MANIFEST).read_text())["pools"]["m"]["file"]
+    pool_file.write_bytes(pool_file.read_bytes()[:100])
+    with pytest.raises(ValueError, match=rf"cannot read anchors {pool_file}.*delete"):
+        AnchorFolder(tmp_path).load(IDENTITY, AnchorPool())

@@ -6,6 +6,7 @@ import torch
 from kvmesh import Agent, ChannelNotAvailableError, CommGraph, ReuseConfig, Task, Team, UnsupportedModelError
 from kvmesh.agents.prompts import Inbound, plan_prompt
 from kvmesh.graph import Edge
+from kvmesh.kvcomm.channel import save_channels
 from kvmesh.llm.cache import cache_argument, new_cache, read_columns
 from kvmesh.llm.segment import KVSegment
 
@@ -100,15 +101,53 @@ def test_run_batch_shares_the_engine_across_tasks(tiny):
 
 
 @pytest.mark.slow
-def test_a_sample_seen_before_is_reused_without_changing_a_word(smollm):
+@pytest.mark.parametrize("fresh", [False, True], ids=["same-team", "fresh-team-from-anchors-dir"])
+def test_a_sample_seen_before_is_reused_without_changing_a_word(smollm, tmp_path, fresh):
     """With one anchor from the very same task, the reused caches are the dense ones (to float16 offsets), so
-    every reply equals the text channel's."""
+    every reply equals the text channel's; and so when the anchors come from an earlier team's saved folder."""
     text = team_of(smollm, channel="text").run(TASK)
-    team = team_of(smollm)
+    reuse = ReuseConfig(min_anchors=1, anchors_dir=str(tmp_path))
+    team = team_of(smollm, reuse=reuse)
     team.run(TASK)
+    if fresh:
+        assert save_channels(team.channels)
+        team = team_of(smollm, reuse=reuse)
     again = team.run(TASK)
     assert [m.response_metadata.get("kv_reuse") for m in again.messages] == [None, "reused", "reused"]
     assert [m.content for m in again.messages] == [m.content for m in text.messages]
+
+
+def cache_read(result):
+    return result.usage.total.cache_read
+
+
+def test_anchors_dir_lets_a_fresh_team_reuse_what_an_earlier_one_learned(tiny, tmp_path):
+    """One `kvmesh run` is one team in one process: without a folder it starts with no anchors and reuses
+    nothing; with one, the next team loads what the last one saved and reuses, replying as the dense turns did."""
+    reuse = ReuseConfig(min_anchors=1, anchors_dir=str(tmp_path))
+    first = team_of("tiny-random", reuse=reuse)
+    learned = first.run(TASK)
+    stats = first.channels["kv-reuse"].stats()
+    assert cache_read(learned) == 0 and stats["anchors_loaded"] == 0 and "min_anchors=1" in stats["note"]
+    assert [p.name for p in save_channels(first.channels)] == [p.name for p in tmp_path.glob("anchors-*.pt")]
+    assert save_channels(first.channels) == []  # nothing new since: nothing written
+    second = team_of("tiny-random", reuse=reuse)
+    again = second.run(TASK)
+    stats = second.channels["kv-reuse"].stats()
+    assert [m.response_metadata.get("kv_reuse") for m in again.messages] == [None, "reused", "reused"]
+    assert cache_read(again) > 0 and stats["anchors_loaded"] == stats["anchors"] > 0 and "note" not in stats
+    assert [m.content for m in again.messages] == [m.content for m in learned.messages]
+    alone = team_of("tiny-random")  # no folder: a fresh process's team, with the hint in its stats
+    assert cache_read(alone.run(TASK)) == 0
+    assert "pass anchors_dir (--anchors DIR)" in alone.channels["kv-reuse"].stats()["note"]
+
+
+def test_anchors_made_for_another_model_are_refused_when_the_team_is_built(tiny, tmp_path):
+    first = team_of("tiny-random", reuse=ReuseConfig(min_anchors=1, anchors_dir=str(tmp_path)))
+    first.run(TASK)
+    save_channels(first.channels)
+    with pytest.raises(ValueError, match=r"made for 'tiny-random', not 'smollm2-135m'.*--anchors DIR.*delete"):
+        team_of("smollm2-135m", reuse={"anchors_dir": str(tmp_path)})  # by name, before the model loads
 
 
 def test_kv_reuse_needs_one_model_per_edge(tmp_path):

@@ -1,5 +1,7 @@
 """The reuse engine on a real (tiny random) model: exact where it must be, learning anchors from dense calls."""
 
+import json
+
 import pytest
 import torch
 
@@ -102,3 +104,21 @@ def test_bad_pieces_and_unsupported_models_are_refused(tiny, sliding, prompt):
         assemble(tiny, ReuseEngine(tiny), "r", [Piece(head), Piece(tail)])
     with pytest.raises(UnsupportedModelError, match="sliding-window"):
         ReuseEngine(sliding)
+
+
+def test_identity_names_the_model_its_cache_layout_and_sink_as_json(tiny):
+    """What saved anchors are checked against: a JSON round trip keeps it equal, another layout differs."""
+    identity = ReuseEngine(tiny, sink=(1,)).identity()
+    config = tiny.model.config
+    assert identity == {
+        "model": "tiny-random",
+        "fingerprint": {
+            "model_type": config.model_type,
+            "layers": config.num_hidden_layers,
+            "kv_heads": config.num_key_value_heads,
+            "head_dim": config.head_dim,
+            "dtype": "float32",
+        },
+        "sink": [1],
+    }
+    assert json.loads(json.dumps(identity)) == identity

@@ -60,6 +60,7 @@ def configured_team(config) -> Team:
         code_execution=config.allow_code_execution,
         channel=config.channel,
         temporal=getattr(config, "temporal", None),
+        reuse={"anchors_dir": config.anchors} if getattr(config, "anchors", None) else None,
     )
 
 

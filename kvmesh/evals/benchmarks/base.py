@@ -129,15 +129,18 @@ def team_for(
     code_execution: bool = False,
     channel: str = "text",
     temporal: str | None = None,
+    reuse: dict | None = None,
 ) -> Team:
     """The default team for a benchmark. `topology="single"` is one agent answering alone (the baseline);
     `code_execution` attaches the roles' tools, which run generated code in the sandbox; `channel` is set on
-    every edge and on the decision maker's reading; `temporal` as `CommGraph.preset` (unset: it follows `rounds`)."""
+    every edge and on the decision maker's reading; `temporal` as `CommGraph.preset` (unset: it follows `rounds`);
+    `reuse`: kv-reuse's settings (`ReuseConfig` fields)."""
     if topology == SINGLE:
         members = team_agents(benchmark, 1, model, max_new_tokens, code_execution, solo=True)
         return Team(members, CommGraph([members[0].name]), rounds=1, decision=LAST, seed=seed)
     members = team_agents(benchmark, agents, model, max_new_tokens, code_execution)
     graph = CommGraph.preset(topology, [m.name for m in members], temporal=temporal, rounds=rounds, channel=channel)
+    rule: str | Decision = decision
     if decision == DECISION_METHOD:
         maker = Agent(
             DECISION_NAME,
@@ -148,5 +151,5 @@ def team_for(
             examples=benchmark.examples(DECISION_MAKER),
             tools=benchmark.tools(DECISION_MAKER) if code_execution else (),
         )
-        return Team(members, graph, rounds=rounds, decision=Decision(DECISION_METHOD, maker, channel), seed=seed)
-    return Team(members, graph, rounds=rounds, decision=decision, seed=seed)
+        rule = Decision(DECISION_METHOD, maker, channel)
+    return Team(members, graph, rounds=rounds, decision=rule, seed=seed, reuse=reuse)
