@@ -17,22 +17,22 @@ needs_gsm8k = pytest.mark.skipif(not GSM8K, reason="GSM8K data not found: set KV
 
 
 @pytest.mark.parametrize(
-    ("benchmark", "options", "count"),
+    ("name", "options", "count"),
     [
         pytest.param("gsm8k", {"data_path": GSM8K}, 1319, marks=needs_gsm8k),
         ("humaneval", {"allow_code_execution": True}, 164),
         ("infoqa", {}, 200),
     ],
 )
-def test_oracle_scores_100_percent_through_the_scoring_path(tmp_path, benchmark, options, count):
-    summary = run_eval(EvalConfig(benchmark, oracle=True, **options), tmp_path / "run", progress=False)
+def test_oracle_scores_100_percent_through_the_scoring_path(tmp_path, name, options, count):
+    summary = run_eval(EvalConfig(name, oracle=True, **options), tmp_path / "run", progress=False)
     assert summary["samples"] == count
     assert summary["metrics"]["accuracy"]["value"] == 1.0
     rows = read_samples(tmp_path / "run")
     assert len({r["id"] for r in rows}) == count and all(r["correct"] for r in rows)
-    if benchmark == "gsm8k":
+    if name == "gsm8k":
         assert summary["metrics"]["strict"]["value"] == 1.0 and rows[0]["extracted"]["strict"] == rows[0]["gold"]
-    if benchmark == "humaneval":
+    if name == "humaneval":
         assert summary["metrics"]["pass@1"]["value"] == 1.0
 
 
