@@ -4,7 +4,8 @@ For one agent turn: one `MessageSent` per incoming message (with the edge's chan
 the receiver's prompt), then `AgentStarted` (with the exact prompt text), then, after the batched model call,
 `AgentFinished` (with the reply and its usage). Each round ends with `RoundFinished`; a task ends with
 `TeamFinished` holding its `TeamResult`. `BudgetExhausted` marks the point where a task's token budget
-stopped further work. `task_index` tells tasks apart inside `run_batch`.
+stopped further work, `ContextExceeded` the point where a prompt outgrew its model's context. `task_index`
+tells tasks apart inside `run_batch`.
 """
 
 from __future__ import annotations
@@ -63,6 +64,15 @@ class BudgetExhausted(Event):
     spent: int
     skipped_agent: str
     round: int | str
+
+
+@dataclass(frozen=True)
+class ContextExceeded(Event):
+    """A prompt that grew (from other agents' replies) past its model's context: the task stops here."""
+
+    skipped_agent: str
+    round: int | str
+    message: str  # what `ContextLengthError` would say: the agent, the prompt's length, the limit, the fixes
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from langchain_core.messages import BaseMessage
 from kvmesh.graph.edge import DECISION, SPATIAL, TEMPORAL
 from kvmesh.kvcomm.assembly import HEAD, OWN, TAIL, TASK, Piece
 from kvmesh.kvcomm.channel import Cached, Channel, default_channel
-from kvmesh.llm.base import LanguageModel
+from kvmesh.llm.base import LanguageModel, encode_data
 from kvmesh.llm.chat import transcript
 from kvmesh.llm.segment import KVSegment
 
@@ -123,7 +123,7 @@ def _tokenize(model: LanguageModel, pieces: list[Piece]) -> list[tuple[tuple[int
     def flush() -> None:
         starts = [0, *accumulate(len(p.text) for p in run)]
         data = [(starts[i], starts[i + 1]) for i, p in enumerate(run) if p.kind not in MARKUP]
-        ids, spans = model.encode_with_spans("".join(p.text for p in run), literal=data)
+        ids, spans = encode_data(model, "".join(p.text for p in run), data)
         owner = [bisect_right(starts, lo) - 1 for lo, _ in spans]
         for index in range(len(run)):
             mine = [i for i, o in enumerate(owner) if o == index]

@@ -23,8 +23,9 @@ class TeamResult:
             and `response_metadata` with `round`, `prompt` (the exact text the model read), `model`,
             `finish_reason`, `ttft_s` and `latency_s`; a turn that had something to read from a cache says
             how its channel served it (`kv_reuse`: "reused" or "dense").
-        stop_reason: "completed", or "budget" when the token budget stopped the run early.
-        skipped: (agent, round) turns not run because of the budget.
+        stop_reason: "completed", "budget" when the token budget stopped the run early, or "context" when a
+            prompt grew past its model's context (the `ContextExceeded` event and the log say which and by how much).
+        skipped: (agent, round) turns not run because of the budget or the context.
     """
 
     task: Task

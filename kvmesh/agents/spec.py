@@ -78,6 +78,12 @@ def _graph(value, names: list[str], rounds) -> CommGraph:
     raise SpecError("'graph' must be a preset name, {preset: NAME, options: {...}} or {edges: [...]}")
 
 
+def _written_edges(graph) -> bool:
+    """Whether a spec lists its edges (as saved specs do): one saved before presets got temporal edges for
+    several rounds may have none, and still loads, with a warning."""
+    return isinstance(graph, dict) and "edges" in graph
+
+
 def team_from_spec(team_class: type, source: str | Path | dict, designer_loader: Callable | None = None):
     """A `team_class` (`Team`) from a spec file or dict; `designer_loader(folder, team)` loads a named designer."""
     where = "team spec" if isinstance(source, dict) else f"team spec {source}"
@@ -101,6 +107,7 @@ def team_from_spec(team_class: type, source: str | Path | dict, designer_loader:
             seed=data.get("seed"),
             reuse=data.get("reuse"),
             channels=data.get("channels"),
+            repeat_rounds=_written_edges(data.get("graph")),
         )
         if data.get("designer"):
             folder = Path(data["designer"])

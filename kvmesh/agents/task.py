@@ -17,7 +17,7 @@ AnswerExtractor = Callable[[str], "str | None"]
 
 # "Answer: X", "Final answer: X", "The answer is X" (not a bare "answer", which prose uses: "to answer this");
 # the greedy ".*" makes a match start at the line's last label
-_LABEL = re.compile(r".*\b(?:final\s+answer|answer)\s*(?:[:：]|\bis\b)[\s*]*(.*)", re.IGNORECASE)
+_LABEL = re.compile(r".*\b(?:final\s+answer|answer)\s*(?:\bis\b\s*[:：]?|[:：])[\s*]*(.*)", re.IGNORECASE)
 _FINAL_NUMBER = re.compile(r"(?:(?<![\w.])-)?\d[\d,]*(?:\.\d+)?$")  # "-3" but not the "-" of "3-5"
 _MARKUP = "*` "  # markdown emphasis and code marks around an answer ("**51**", "`x`")
 

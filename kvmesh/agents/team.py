@@ -18,6 +18,7 @@ sets them up (`reuse=` is the same for kv-reuse).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -40,6 +41,7 @@ from kvmesh.kvcomm.channel import Channel, channel_settings, check_channel, make
 from kvmesh.kvcomm.reuse_engine import ReuseConfig
 
 REUSE = "kv-reuse"  # the channel `reuse=` sets up
+log = logging.getLogger("kvmesh")
 
 
 class GraphDesigner(Protocol):
@@ -73,6 +75,9 @@ class Team:
         designer: chooses a graph per task (a `kvmesh.topology` designer, usually set by its `compile`);
             `graph` is then the candidate graph it chooses from, and the one drawn as "before".
         channels: settings per channel name (each channel's settings class or a dict of its fields).
+        repeat_rounds: accept a multi-round graph without temporal edges, with a warning (its greedy rounds
+            repeat the first): a designer's pruned graph, or a spec saved before presets had them. Without it
+            such a team is refused, unless an agent samples (temperature > 0), which only warns.
     """
 
     def __init__(
@@ -86,6 +91,8 @@ class Team:
         reuse: ReuseConfig | dict | None = None,
         designer: GraphDesigner | None = None,
         channels: Mapping[str, object] | None = None,
+        *,
+        repeat_rounds: bool = False,
     ) -> None:
         agents = list(agents)
         if not agents:
@@ -97,12 +104,8 @@ class Team:
         _positive("token_budget", token_budget, optional=True)
         self.rounds, self.token_budget, self.seed = rounds, token_budget, seed
         self.graph = self._coerce_graph(graph)
-        if rounds > 1 and not self.graph.edges(TEMPORAL):
-            raise GraphError(
-                f"rounds={rounds} but the graph has no temporal edges, so every round after the first would repeat "
-                "it word for word; add temporal edges (CommGraph.preset(..., temporal='complete' or 'self'), "
-                "`--temporal complete` on the command line) or run one round"
-            )
+        if rounds > 1 and not self.graph.edges(TEMPORAL) and designer is None:
+            self._rounds_that_repeat(repeat_rounds)
         self.decision = Decision.coerce(decision, first_agent=agents[0])
         if self.decision.agent is not None and self.decision.agent.name in self.graph.agents:
             raise ValueError(f"the decision agent's name {self.decision.agent.name!r} is also a team agent's name")
@@ -119,6 +122,21 @@ class Team:
         if designer is not None and not callable(getattr(designer, "design_batch", None)):
             raise TypeError(f"designer must have a design_batch(tasks) method, got {type(designer).__name__}")
         self.designer = designer
+
+    def _rounds_that_repeat(self, accepted: bool) -> None:
+        """A multi-round graph without temporal edges: no round reads another, so greedy rounds repeat the first."""
+        problem = (
+            f"rounds={self.rounds} but the graph has no temporal edges, so no round reads the one before it and "
+            "greedy rounds repeat the first word for word"
+        )
+        if accepted or any(agent.temperature > 0 for agent in self.agents):
+            log.warning("%s", problem)
+            return
+        raise GraphError(
+            f"{problem}; add temporal edges (CommGraph.preset(..., temporal='complete' or 'self'); in a spec, "
+            "graph: {preset: NAME, options: {temporal: complete}} or edges of kind temporal; on the command line, "
+            "--temporal complete) or run one round"
+        )
 
     def _coerce_graph(self, graph) -> CommGraph:
         names = [a.name for a in self.agents]
@@ -153,6 +171,11 @@ class Team:
                 self.channels[channel].check(agent, maker, f"edge {agent.name} -> {maker.name} ({DECISION})")
 
     @property
+    def members(self) -> list[Agent]:
+        """Every agent that may run: the team's, then its decision maker (if it has one)."""
+        return [*self.agents, *([self.decision.agent] if self.decision.agent else [])]
+
+    @property
     def agent_names(self) -> list[str]:
         return [a.name for a in self.agents]
 
@@ -181,6 +204,7 @@ class Team:
             self.seed,
             designer=designer,
             channels=self._settings,
+            repeat_rounds=True,  # a designer's graph may have pruned every temporal edge
         )
 
     # --- per-task graphs ---------------------------------------------------------------------------------------
@@ -220,11 +244,10 @@ class Team:
         """`tasks` as `Task`s, each checked as a run checks it before its first call: its shards name this team's
         agents, and each agent's share of it fits its model's context (which loads every model)."""
         prepared = [Task.coerce(t) for t in tasks]
-        members = [*self.agents, *([self.decision.agent] if self.decision.agent else [])]
         position = {agent.name: i for i, agent in enumerate(self.agents)}
         for task in prepared:
             task.check_shards(self.agent_names)
-            check_task_fits(task, members, position.get)
+            check_task_fits(task, self.members, position.get)
         return prepared
 
     def plan(self) -> RunPlan:

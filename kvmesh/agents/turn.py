@@ -20,6 +20,7 @@ stops planning when the tokens actually spent leave no room for the next prompt.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -27,7 +28,14 @@ from langchain_core.messages import AIMessage
 
 from kvmesh.agents.agent import Agent
 from kvmesh.agents.decision import DECISION_ROUND
-from kvmesh.agents.events import AgentFinished, AgentStarted, BudgetExhausted, Event, MessageSent
+from kvmesh.agents.events import (
+    AgentFinished,
+    AgentStarted,
+    BudgetExhausted,
+    ContextExceeded,
+    Event,
+    MessageSent,
+)
 from kvmesh.agents.prompts import DECISION_INSTRUCTION, Inbound, PromptPlan, plan_prompt
 from kvmesh.agents.state import Round, RunPlan, TaskRun
 from kvmesh.agents.task import Task
@@ -36,9 +44,11 @@ from kvmesh.agents.usage import Usage
 from kvmesh.graph.edge import DECISION, SPATIAL, TEMPORAL, edge_key
 from kvmesh.kvcomm.assembly import Assembly, Preparation
 from kvmesh.kvcomm.channel import TASK, TurnView, metadata_key, reads_caches, reply_key
-from kvmesh.llm.base import Generation, GenerationRequest, check_context
+from kvmesh.llm.base import ContextLengthError, Generation, GenerationRequest, check_context, context_length_of
 
 DEFER = object()  # planned again once the stage's reservations settle
+
+log = logging.getLogger("kvmesh")
 
 
 @dataclass(eq=False)
@@ -164,18 +174,20 @@ def check_task_fits(task: Task, agents: Sequence[Agent], position: Callable[[str
     agent's model no room: a lower bound of every prompt the agent would read for it. `position`: an agent's
     place in team order, None for one that reads no shard (the decision maker)."""
     for agent in agents:
-        model = agent.llm
-        if model.context_length is None:
+        limit = context_length_of(agent.llm)
+        if limit is None:
             continue
         place = position(agent.name)
         shard = task.shard_for(agent.name, place) if place is not None else None
         parts = [task.question, task.context or "", shard or ""]
-        tokens = sum(model.count_tokens(part) for part in parts if part)
-        check_context(tokens, model.context_length, f"the task's own text for {_who(agent, None, task)}")
+        tokens = sum(agent.llm.count_tokens(part) for part in parts if part)
+        who = f"the task's own text for {_who(agent, None, task)}"
+        check_context(tokens, limit, who, fixes="shorten the task's question, context or shards")
 
 
 def plan_turn(team: RunPlan, run: TaskRun, agent: Agent, round_: Round, order: tuple[int, int]):
-    """Plan one turn; yield its MessageSent/AgentStarted events and the `Turn`, or `DEFER`, or BudgetExhausted
+    """Plan one turn; yield its MessageSent/AgentStarted events and the `Turn`, or `DEFER`, or BudgetExhausted or
+    ContextExceeded
     (a turn a tool answers yields its AgentFinished at once)."""
     if run.stopped:
         run.skipped.append((agent.name, round_))
@@ -198,7 +210,14 @@ def plan_turn(team: RunPlan, run: TaskRun, agent: Agent, round_: Round, order: t
         channels=team.channels,
         task_cache=run.store.get(TASK),
     )
-    check_context(len(plan.token_ids), agent.llm.context_length, f"the prompt of {_who(agent, round_, task)}")
+    try:
+        check_context(len(plan.token_ids), context_length_of(agent.llm), f"the prompt of {_who(agent, round_, task)}")
+    except ContextLengthError as error:  # grown from replies: stop this task as a spent budget would, not the batch
+        log.warning("%s; the task stops here", error)
+        run.stop_reason = "context"
+        run.skipped.append((agent.name, round_))
+        yield ContextExceeded(run.index, agent.name, round_, str(error))
+        return
     max_new = agent.max_new_tokens
     if team.token_budget is not None:
         room = team.token_budget - run.spent - len(plan.token_ids)  # what is really left for this turn

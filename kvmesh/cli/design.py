@@ -150,13 +150,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config, where = config_from_args(DesignTrainConfig, args), config_from_args(DesignTrainRun, args)
     settings = designer_config(config.designer, args, config.seed)
     out = Path(where.out or f"runs/design/{config.benchmark}-{config.designer}")
-    _check_resume(out, {"run": asdict(config), "designer": asdict(settings)}, where.resume)
+    # everything that can fail at the start fails before `out` is written, so the corrected command can run
     train, val = design_splits(
         config.benchmark, config.train_size, config.val_size, config.seed, config.data_path, config.allow_code_execution
     )
     team = configured_team(config)
+    team.check_tasks([s.task for s in [*train, *val]])  # shards, and every model loaded and the context checked
     benchmark = make_benchmark(config.benchmark, config.data_path, config.seed, config.allow_code_execution)
     designer = DESIGNERS[config.designer](settings, metric=benchmark.reward)
+    _check_resume(out, {"run": asdict(config), "designer": asdict(settings)}, where.resume)
     started = time.perf_counter()
     designer.compile(team, train, val, out=out, resume=where.resume)
     designer.training["wall_seconds_this_process"] = time.perf_counter() - started

@@ -14,11 +14,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvmesh.cli.flags import add_config_arguments, config_from_args, refuse_replaced
+from kvmesh.cli.flags import add_config_arguments, config_from_args, refuse_team_flags
 from kvmesh.cli.specs import designer_folder
 from kvmesh.config import ConfigError
 from kvmesh.evals.report import compare_table
-from kvmesh.evals.runner import TEAM_OPTIONS, EvalConfig, run_eval
+from kvmesh.evals.runner import EvalConfig, run_eval
 from kvmesh.evals.store import read_samples
 from kvmesh.topology import load_designer
 
@@ -45,9 +45,7 @@ def evaluate(args: argparse.Namespace) -> int:
         return 0
     if not args.benchmark:
         raise ConfigError("name a benchmark (gsm8k, humaneval or infoqa), or pass {compare} RUN [RUN ...]")
-    if args.spec or args.designer:
-        source = f"the spec {args.spec}" if args.spec else "the designer"
-        refuse_replaced(args.given, TEAM_OPTIONS, source, "in the spec" if args.spec else "when training the designer")
+    refuse_team_flags(args, EvalConfig.team_fields)
     designer = str(designer_folder(args.designer)) if args.designer else None
     config = config_from_args(EvalConfig, args, designer=designer)
     out = options.out or f"runs/{config.benchmark}-{'oracle' if config.oracle else config.topology}"

@@ -100,14 +100,21 @@ def _actions(parser: argparse.ArgumentParser) -> Iterator[argparse.Action]:
             yield action
 
 
-def refuse_replaced(given: set[str], replaced: Sequence[str], source: str, where: str) -> None:
-    """Refuse the flags the user set whose settings `source` (a spec, a designer) replaces: ignoring them would
-    run another experiment than the one asked for."""
-    ignored = [name for name in replaced if name in given]
+SPEC_HOLDS = "its agents, graph, rounds, decision, token_budget, seed, and reuse: {anchors_dir: DIR} for anchors"
+
+
+def refuse_team_flags(args: argparse.Namespace, team_fields: Sequence[str]) -> None:
+    """Refuse the team flags the user set beside `--spec` or `--designer`, which bring their own team: ignoring
+    them would run another experiment than the one asked for."""
+    source = f"the spec {args.spec}" if getattr(args, "spec", None) else "the designer's team"
+    if source.startswith("the designer") and not getattr(args, "designer", None):
+        return
+    ignored = [name for name in team_fields if name in args.given]
     if ignored:
         names = ", ".join(f"{{{name}}}" for name in ignored)
         them = "them" if len(ignored) > 1 else "it"
-        raise ConfigError(f"{source} sets the team, so {names} would be ignored; set {them} {where}, or drop {them}")
+        fix = f"set {them} in the spec ({SPEC_HOLDS}), or drop {them}" if args.spec else f"drop {them}"
+        raise ConfigError(f"{source} sets the team, so {names} would be ignored; {fix}")
 
 
 def config_from_args(cls, args: argparse.Namespace, **overrides):

@@ -12,13 +12,14 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from kvmesh.agents.agent import Agent
 from kvmesh.agents.decision import DECISION_METHOD, METHODS
 from kvmesh.agents.result import TeamResult
 from kvmesh.agents.task import Task
 from kvmesh.agents.team import Team
-from kvmesh.cli.flags import add_config_arguments, config_from_args, refuse_replaced
+from kvmesh.cli.flags import add_config_arguments, config_from_args, refuse_team_flags
 from kvmesh.cli.specs import designer_folder, load_team
 from kvmesh.config import ConfigError, check_choices
 from kvmesh.graph.draw import write_picture
@@ -75,6 +76,22 @@ class RunConfig:
     json: bool = False
     graph_out: str | None = None
     anchors: str | None = None
+
+    # what a spec or a designer brings instead (refused beside them)
+    team_fields: ClassVar[tuple[str, ...]] = (
+        "model",
+        "topology",
+        "agents",
+        "rounds",
+        "temporal",
+        "decision",
+        "channel",
+        "max_new_tokens",
+        "temperature",
+        "token_budget",
+        "seed",
+        "anchors",
+    )
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -133,6 +150,8 @@ def print_result(result: TeamResult, out=sys.stdout) -> None:
         print("\nANSWER: none: no agent ran", file=out)
     if result.budget_exhausted:
         print(f"(stopped early: token budget spent; skipped {len(result.skipped)} turns)", file=out)
+    elif result.stop_reason == "context":
+        print(f"(stopped early: a prompt outgrew its model's context; skipped {len(result.skipped)} turns)", file=out)
     print("\n" + result.usage.table(), file=out)
 
 
@@ -143,28 +162,11 @@ def team_picture(team: Team, result: TeamResult, path: str) -> None:
 
 
 SHOWN_STATS = ("calls", "reused_calls", "reused_tokens", "anchors_loaded")
-TEAM_OPTIONS = (
-    "model",
-    "topology",
-    "agents",
-    "rounds",
-    "temporal",
-    "decision",
-    "channel",
-    "max_new_tokens",
-    "temperature",
-    "token_budget",
-    "seed",
-    "anchors",
-)
 
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(RunConfig, args)
-    if config.spec:
-        refuse_replaced(args.given, TEAM_OPTIONS, f"the spec {config.spec}", "in the spec")
-    elif config.designer:
-        refuse_replaced(args.given, TEAM_OPTIONS, "the designer", "when training the designer")
+    refuse_team_flags(args, RunConfig.team_fields)
     team = build_team(config)
     result = team.run(Task(config.question))
     save_channels(team.channels)  # kv-reuse's anchors, when a folder keeps them

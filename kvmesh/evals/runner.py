@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from kvmesh.agents.decision import DECISION_METHOD, METHODS
 from kvmesh.agents.events import TeamFinished
@@ -105,6 +106,19 @@ class EvalConfig:
     anchors: str | None = None
     exclude_ids: list[str] = field(default_factory=list)
 
+    # what a spec or a designer sets instead: not used then, and not recorded (their team is, resolved)
+    team_fields: ClassVar[tuple[str, ...]] = (
+        "model",
+        "topology",
+        "agents",
+        "rounds",
+        "temporal",
+        "decision",
+        "channel",
+        "max_new_tokens",
+        "anchors",
+    )
+
     def __post_init__(self) -> None:
         owner = type(self).__name__
         check_channel(self.channel, f"{owner}.channel")
@@ -126,22 +140,16 @@ class EvalConfig:
         return bool(self.oracle or self.completions)
 
 
-# What a spec or a designer sets instead: not recorded for such runs (their team is, resolved)
-TEAM_OPTIONS = (
-    "model",
-    "topology",
-    "agents",
-    "rounds",
-    "temporal",
-    "decision",
-    "channel",
-    "max_new_tokens",
-    "anchors",
-)
-
 # Settings newer than some saved runs, at the value those runs behaved with: such runs still resume.
-ADDED_SETTINGS = {"designer": None, "exclude_ids": [], "temporal": None, "anchors": None}
-RECORDS = ("inputs", "team", *TEAM_OPTIONS)  # older runs lack the first two; spec and designer runs, the rest
+# A value, or a function of the new configuration giving the value older runs behaved with: before `temporal`
+# existed, no preset had temporal edges, which the new default (None) gives only for one round.
+ADDED_SETTINGS = {
+    "designer": None,
+    "exclude_ids": [],
+    "temporal": lambda config: None if config.get("rounds", 1) == 1 else "none",
+    "anchors": None,
+}
+RECORDS = ("inputs", "team")  # what older runs lack
 
 
 # --- the team ---------------------------------------------------------------------------------------------------
@@ -162,8 +170,7 @@ def build_team(config: EvalConfig, load_designer: DesignerLoader | None = None) 
         programmer = any(agent.role == "programming expert" for agent in team.agents)
         if config.benchmark == "gsm8k" and programmer and not config.allow_code_execution:
             log.warning("the programming expert's code is not run; pass --allow-code-execution to run it")
-    members = [*team.agents, *([team.decision.agent] if team.decision.agent else [])]
-    running = sorted({f"{a.name}: {t.name}" for a in members for t in a.tools if t.runs_code})
+    running = sorted({f"{a.name}: {t.name}" for a in team.members for t in a.tools if t.runs_code})
     if running and not config.allow_code_execution:
         raise PermissionError(
             f"the team's tools run generated code ({', '.join(running)}); pass --allow-code-execution to accept "
@@ -274,7 +281,7 @@ def run_record(config: EvalConfig, team: Team | None) -> dict:
     they replace), the team resolved (`Team.to_spec`, when one runs) and a content hash of every input file."""
     settings = asdict(config)
     if config.spec or config.designer:
-        for name in TEAM_OPTIONS:
+        for name in EvalConfig.team_fields:
             settings.pop(name)
     inputs = {name: str(getattr(config, name)) for name in ("spec", "completions", "designer") if getattr(config, name)}
     source = config.data_path or (os.environ.get(GSM8K_PATH_VARIABLE) if config.benchmark == "gsm8k" else None)
@@ -282,15 +289,14 @@ def run_record(config: EvalConfig, team: Team | None) -> dict:
         inputs["data"] = source
     if team is not None and getattr(team.designer, "path", None) is not None:
         inputs["designer"] = str(team.designer.path)  # also when a spec names it
-    record = settings | {"inputs": {name: content_hash(path) for name, path in inputs.items()}}
+    record = settings | {"inputs": {name: content_hash(Path(path).expanduser()) for name, path in inputs.items()}}
     if team is not None:
         record["team"] = team.to_spec()
     return record
 
 
 def team_models(team: Team) -> list[str]:
-    members = [*team.agents, *([team.decision.agent] if team.decision.agent else [])]
-    return sorted({agent.model_spec for agent in members})
+    return sorted({agent.model_spec for agent in team.members})
 
 
 def run_eval(
@@ -324,7 +330,9 @@ def run_eval(
     before = frozenset(p.name for p in folder.iterdir()) if folder.is_dir() else frozenset()
     started = time.perf_counter()
     try:
-        with open_run(out, record, resume, ADDED_SETTINGS, optional=RECORDS) as store:
+        # a spec or designer run records no team fields; one saved by older code did, at their defaults
+        optional = RECORDS + (EvalConfig.team_fields if config.spec or config.designer else ())
+        with open_run(out, record, resume, ADDED_SETTINGS, optional=optional) as store:
             by_id = {s.id: s for s in plan.samples}
             pending = [by_id[i] for i in store.pending(list(by_id))]
             # for `kvmesh viz RUN`: the graph, the decision maker, each agent's role (an oracle's: the team it

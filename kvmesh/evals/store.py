@@ -148,7 +148,8 @@ def open_run(
     """Create `folder` for a new run, or reopen it with `resume=True` (same configuration required).
 
     `defaults`: settings added to the configuration after older runs were written; a saved run that lacks one
-    resumes when the new value is its default (the run behaved that way). `optional`: records that only one
+    resumes when the new value is its default (the run behaved that way). A default may be a function of the
+    new configuration, for a setting whose old behaviour depends on others. `optional`: records that only one
     side may have (older runs lack them; a run records some only when they apply); compared when both do."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -166,13 +167,17 @@ def open_run(
     return ResultStore(folder, lock)
 
 
+_MISSING = object()  # a key one side lacks: a change even where the other holds None
+
+
 def _changes(saved, current, where: str = "") -> list[str]:
     """Dotted names of what differs between two JSON values (`inputs.spec`, `team.agents`)."""
     if isinstance(saved, dict) and isinstance(current, dict):
         found = []
         for key in sorted(set(saved) | set(current), key=str):
-            if saved.get(key) != current.get(key):
-                inner = _changes(saved.get(key), current.get(key), f"{where}{key}.")
+            old, new = saved.get(key, _MISSING), current.get(key, _MISSING)
+            if old != new:
+                inner = _changes(old, new, f"{where}{key}.")
                 found += inner if where.count(".") < 1 and inner else [f"{where}{key}"]
         return found
     return [where.rstrip(".")] if saved != current else []
@@ -185,7 +190,8 @@ def _prepare(folder: Path, config: dict, resume: bool, defaults: dict, optional:
             raise RunDirectoryError(f"{folder} already holds a run; pass --resume to continue it or pick another --out")
         saved = json.loads(config_path.read_text())
         current = json.loads(json.dumps(config))
-        for key, value in json.loads(json.dumps(defaults)).items():
+        for key, value in defaults.items():
+            value = json.loads(json.dumps(value(current) if callable(value) else value))
             if key not in saved and current.get(key) == value:
                 saved[key] = value
         for key in optional:

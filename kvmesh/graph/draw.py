@@ -39,6 +39,7 @@ levels; one very wide level (e.g. a star of 40) makes a tall picture.
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 import warnings
 from collections.abc import Iterable, Mapping
@@ -68,13 +69,15 @@ def _node_label(name: str, notes: Mapping[str, str] | None) -> str:
     return f"{name}\n{note}" if note else name
 
 
-def check_weights(edges: Iterable[Edge]) -> None:
-    """Refuse an edge weight that is not a number in [0, 1] (it is a probability; it sets the line's width)."""
+def check_weights(edges: Iterable[Edge], probabilities: bool = True) -> None:
+    """Refuse an edge weight that is not a number in [0, 1]: in pictures it is a probability that sets the line's
+    width. Text exports only label it, so `probabilities=False` takes any finite number there."""
     for edge in edges:
         weight = edge.weight
         if weight is None:
             continue
-        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not 0 <= weight <= 1:  # NaN too
+        number = not isinstance(weight, bool) and isinstance(weight, numbers.Real) and math.isfinite(weight)
+        if not number or (probabilities and not 0 <= weight <= 1):
             raise GraphError(
                 f"edge {edge.source} -> {edge.target} ({edge.kind}) has weight {weight!r}: an edge weight is a "
                 f"probability (a designer's edge probability, or the share of tasks that keep the edge), a number "
@@ -122,7 +125,7 @@ def to_mermaid(
     tokens_mean: bool = False,
 ) -> str:
     """A Mermaid flowchart: `-->` spatial, `-.->` temporal, a dotted line without arrow head for pruned edges."""
-    check_weights(graph.edges())
+    check_weights(graph.edges(), probabilities=False)
     counts = _token_counts(tokens)
     lines = ["flowchart LR"]
     dropped = set(pruned_agents)
@@ -158,7 +161,7 @@ def to_dot(
     tokens_mean: bool = False,
 ) -> str:
     """A Graphviz digraph: temporal edges dashed (not used for ranking), pruned ones dotted grey."""
-    check_weights(graph.edges())
+    check_weights(graph.edges(), probabilities=False)
     counts = _token_counts(tokens)
     lines = ["digraph team {", "    rankdir=LR;", "    node [shape=box, style=rounded];"]
     dropped = set(pruned_agents)
@@ -173,7 +176,7 @@ def to_dot(
         if edge.kind == TEMPORAL:
             attributes += ["style=dashed", "constraint=false"]
         if edge.weight is not None:
-            attributes.append(f"penwidth={0.5 + 3 * edge.weight:.2f}")
+            attributes.append(f"penwidth={0.5 + 3 * max(0, min(edge.weight, 1)):.2f}")  # a label beyond [0, 1]
         lines.append(f"    {_node_id(edge.source)} -> {_node_id(edge.target)} [{', '.join(attributes)}];")
     faint = f'style=dotted, color=gray70, label="{_text(faint_label)}"'
     for edge in pruned:

@@ -211,6 +211,12 @@ def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
     return found
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: put it back at once
+    os.umask(mask)
+    return mask
+
+
 def write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write `path` through a temporary file in its folder, moved over it once complete: a crash midway leaves
     the old file (and a stray `.NAME.*.tmp`), never a torn one."""
@@ -220,6 +226,7 @@ def write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             write(file)
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; a saved file is as any other
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

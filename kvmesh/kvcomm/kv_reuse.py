@@ -163,8 +163,8 @@ class KVReuseChannel:
             )
         return (
             f"reused nothing: a placeholder is reused once it has min_anchors={self.config.min_anchors} anchors "
-            f"within gamma={self.config.gamma}; {loaded} were loaded from {self.folder.path}, and save() keeps what "
-            "this run learned for the next"
+            f"within gamma={self.config.gamma}; {loaded} were loaded from {self.folder.path}, and what this run "
+            "learned is saved there for the next"
         )
 
 

@@ -11,6 +11,7 @@ model in this process (`KVModel`); they refuse other backends before any call.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -39,13 +40,31 @@ class ContextLengthError(ValueError):
     """A prompt that does not fit the model's context; the message gives both lengths and how to fix it."""
 
 
-def check_context(prompt_tokens: int, context_length: int | None, who: str = "a prompt") -> None:
+def context_length_of(model) -> int | None:
+    """A model's context in positions, or None when it names none (an optional `LanguageModel` attribute)."""
+    return getattr(model, "context_length", None)
+
+
+def encode_data(model, text: str, literal: Sequence[tuple[int, int]]) -> tuple[list[int], list[tuple[int, int]]]:
+    """`model.encode_with_spans(text, literal)`; a backend whose method takes no `literal` encodes plainly."""
+    try:
+        takes_literal = "literal" in inspect.signature(model.encode_with_spans).parameters
+    except (TypeError, ValueError):  # a builtin or C method without a signature
+        takes_literal = False
+    return model.encode_with_spans(text, literal) if takes_literal else model.encode_with_spans(text)
+
+
+PROMPT_FIXES = "shorten the task's text or shards, send fewer or shorter messages (a lower max_new_tokens)"
+
+
+def check_context(
+    prompt_tokens: int, context_length: int | None, who: str = "a prompt", fixes: str = PROMPT_FIXES
+) -> None:
     """Refuse a prompt that leaves no position for a generated token (`context_length` None: no known limit)."""
     if context_length is not None and prompt_tokens >= context_length:
         raise ContextLengthError(
             f"{who} is {prompt_tokens:,} tokens but the model reads at most {context_length:,} positions (and needs "
-            "one for its reply); shorten the task's text or shards, send fewer or shorter messages (a lower "
-            "max_new_tokens), or use a model with a longer context"
+            f"one for its reply); {fixes}, or use a model with a longer context"
         )
 
 
@@ -145,11 +164,14 @@ class LanguageModel(Protocol):
     """A model agents can run on: tokenization with its own tokenizer, its chat format, and running batches.
 
     Token counts everywhere come from `encode_prompt` / `encode_with_spans`, so they are the model's own.
+
+    Optional: a `context_length` attribute (positions the model reads, prompt and reply together; see
+    `context_length_of`), and `encode_with_spans`'s `literal` argument (see `encode_data`). Backends written
+    before they existed still run, without the context check and the control-token guard.
     """
 
     spec: str  # the name it was loaded under
     chat: ChatFormat  # renders transcripts into the exact prompt text, and the stop strings that layout needs
-    context_length: int | None  # positions the model reads (prompt + reply); None when it has no known limit
 
     def render(self, messages: Sequence) -> str:
         """The exact prompt text for a transcript, ready for a new assistant turn."""

@@ -181,7 +181,7 @@ class ChatLocalLM(BaseChatModel):
         generation prompt, as `invoke` reports in `usage_metadata["input_tokens"]`."""
         if tools is not None:
             warnings.warn("ChatLocalLM does not use tools; they are not in the prompt and not counted", stacklevel=2)
-        return self.get_num_tokens(self.lm.render([self._prepare(m) for m in messages]))
+        return len(self.lm.encode_transcript([self._prepare(m) for m in messages])[1])
 
     # --- generation --------------------------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ import torch
 
 from kvmesh.llm import onednn as onednn_module
 from kvmesh.llm.base import Generation, GenerationRequest, normalize_stop, run_requests
-from kvmesh.llm.chat import ChatFormat
+from kvmesh.llm.chat import ChatFormat, to_turns
 from kvmesh.llm.engine import BatchDecoder, DecodeBatch
 from kvmesh.llm.registry import ALIASES, ModelNotAvailableError, resolve, unknown_alias_message
 
@@ -86,6 +86,17 @@ class LocalLM:
         """The exact prompt text for a transcript, ready for a new assistant turn."""
         return self.chat.render(messages, add_generation_prompt=True)
 
+    def encode_transcript(self, messages: Sequence) -> tuple[str, list[int]]:
+        """A transcript's exact prompt text and its ids, every message's content read as text: a control token
+        it spells (`<|im_end|>`) stays text, and only the template's own markup is markup."""
+        text, data, at = self.render(messages), [], 0
+        for turn in to_turns(messages):
+            start = text.find(turn["content"], at) if turn["content"] else -1
+            if start >= 0:  # contents appear in order, also when a strict template merged turns
+                data.append((start, start + len(turn["content"])))
+                at = start + len(turn["content"])
+        return text, self.encode_with_spans(text, data)[0]
+
     def encode_prompt(self, text: str) -> list[int]:
         """Token ids of a rendered prompt; its special tokens (BOS included) are written in the text itself."""
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -141,7 +152,8 @@ class LocalLM:
         """Generate for several prompts in one batched call.
 
         Args:
-            prompts: rendered prompt strings, or transcripts (lists of messages) to render first.
+            prompts: rendered prompt strings (read as written, control tokens included), or transcripts (lists of
+                messages) to render first, whose contents are read as text (`encode_transcript`).
             max_new_tokens, temperature: one value for all rows or one per row.
             stop: stop strings for every row (the plain chat layout adds its own).
             seed: seeds sampling; greedy rows ignore it.
@@ -151,8 +163,8 @@ class LocalLM:
                 "prompts must be a list of prompt strings or of transcripts, e.g. generate([text]) or "
                 "generate([[message, ...]]); got a single prompt or a bare transcript"
             )
-        texts = [p if isinstance(p, str) else self.render(p) for p in prompts]
-        count = len(texts)
+        encoded = [(p, self.encode_prompt(p)) if isinstance(p, str) else self.encode_transcript(p) for p in prompts]
+        count = len(encoded)
         limits = [max_new_tokens] * count if isinstance(max_new_tokens, int) else list(max_new_tokens)
         temps = [float(temperature)] * count if isinstance(temperature, int | float) else list(temperature)
         if len(limits) != count or len(temps) != count:
@@ -161,8 +173,8 @@ class LocalLM:
             raise ValueError(f"max_new_tokens must be >= 1, got {min(limits)}")
         stops = normalize_stop(stop) + self.chat.stop
         requests = [
-            GenerationRequest(self.encode_prompt(t), limit, temp, stops)
-            for t, limit, temp in zip(texts, limits, temps, strict=True)
+            GenerationRequest(ids, limit, temp, stops)
+            for (_, ids), limit, temp in zip(encoded, limits, temps, strict=True)
         ]
         return self.generate_requests(requests, seed=seed)
 

@@ -22,6 +22,7 @@ from kvmesh.evals.numbers import extract_flexible
         ("Reasoning...\nAnswer: Paris.\nI hope that helps", "Paris"),
         ("**Final answer:** 17 * 3 = 51", "51"),
         ("The answer is **Lisbon**.", "Lisbon"),
+        ("The answer is: 51", "51"),  # a label with both "is" and a colon
         ("Answer:\n  Oslo  ", "Oslo"),
         ("Answer: 7\nbecause 3 + 4 = 7.", "7"),  # a label wins over a later line
         ("To answer this, look at the map.\nThe capital is Rome.", "The capital is Rome"),

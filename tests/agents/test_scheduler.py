@@ -51,8 +51,7 @@ class ScriptedBatch:
 class ScriptedModel:
     """A `LanguageModel` that is not a LocalLM: no torch, no weights."""
 
-    spec = "scripted"
-    context_length = None  # no limit
+    spec = "scripted"  # written to the protocol's required members only: no context_length, no literal=
 
     def __init__(self) -> None:
         self.chat = ChatFormat.for_tokenizer(Characters())
@@ -64,7 +63,7 @@ class ScriptedModel:
     def encode_prompt(self, text: str) -> list[int]:
         return [ord(c) for c in text]
 
-    def encode_with_spans(self, text: str, literal=()):
+    def encode_with_spans(self, text: str):
         return self.encode_prompt(text), [(i, i + 1) for i in range(len(text))]
 
     def decode(self, token_ids) -> str:

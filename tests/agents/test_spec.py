@@ -81,3 +81,18 @@ def test_missing_spec_file(tmp_path):
         Team.from_spec(tmp_path / "nope.yaml")
     with pytest.raises(SpecError, match="is not a file"):
         Team.from_spec(tmp_path)
+
+
+def test_a_saved_spec_with_rounds_but_no_temporal_edges_loads_with_a_warning(tmp_path, caplog):
+    spec = tmp_path / "old.yaml"
+    spec.write_text(
+        "rounds: 2\nagents: [{name: a, model: tiny-random}, {name: b, model: tiny-random}]\n"
+        "graph: {edges: [{source: a, target: b}]}\n"
+    )
+    with caplog.at_level("WARNING", logger="kvmesh"):
+        team = Team.from_spec(spec)
+    assert team.rounds == 2 and "no round reads the one before it" in caplog.text
+    with pytest.raises(SpecError, match="no temporal edges"):  # a preset named with temporal: none is refused
+        Team.from_spec(
+            {"rounds": 2, "agents": [{"name": "a"}], "graph": {"preset": "chain", "options": {"temporal": "none"}}}
+        )

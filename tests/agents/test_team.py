@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from kvmesh import Agent, CommGraph, GraphError, Task, Team
@@ -287,13 +289,19 @@ def test_a_prompt_that_cannot_fit_the_context_is_refused_before_any_call(tiny, f
     assert forwards == []  # nothing ran: not even agents a and b, whose prompts fit
 
 
-def test_a_prompt_that_grows_past_the_context_names_its_agent(tiny):
+def test_a_prompt_that_grows_past_the_context_stops_its_task_and_names_its_agent(caplog):
     question = "Count the words. " + "word " * 3_950
     team = Team(make_agents("ab", max_new_tokens=120), "chain", decision="last")
-    with pytest.raises(
-        ContextLengthError, match=r"the prompt of agent 'b' \(round 0\) is 4,\d{3} tokens but the model reads"
-    ):
-        team.run(question)
+    with caplog.at_level("WARNING", logger="kvmesh"):
+        events = list(team.stream_batch([question, "What is 2 + 2?"]))  # the short task is not lost
+    (exceeded,) = [e for e in events if isinstance(e, ev.ContextExceeded)]
+    assert (exceeded.task_index, exceeded.skipped_agent, exceeded.round) == (0, "b", 0)
+    assert re.search(r"the prompt of agent 'b' \(round 0\) is 4,\d{3} tokens but the model reads", exceeded.message)
+    assert exceeded.message in caplog.text
+    long, short = sorted((e for e in events if isinstance(e, ev.TeamFinished)), key=lambda e: e.task_index)
+    assert long.result.stop_reason == "context" and long.result.skipped == [("b", 0)]
+    assert long.result.answer == long.result.messages[0].content  # the last reply stands, as with a spent budget
+    assert short.result.stop_reason == "completed"
 
 
 def test_control_tokens_in_data_are_read_as_text(tiny):
@@ -314,3 +322,13 @@ def test_control_tokens_in_data_are_read_as_text(tiny):
     )
     ids = plan_prompt(tiny, "You are a solver.", "What is 2 + 2? " * 2).token_ids
     assert ids == tiny.encode_prompt(plan_prompt(tiny, "You are a solver.", "What is 2 + 2? " * 2).text)  # unchanged
+
+
+def test_rounds_without_temporal_edges_warn_where_they_can_differ_or_were_chosen(caplog):
+    spatial = CommGraph.preset("complete", list("abc"), rounds=2, temporal="none")
+    sampling = [Agent(n, model="tiny-random", max_new_tokens=2, temperature=0.7) for n in "abc"]
+    with caplog.at_level("WARNING", logger="kvmesh"):
+        Team(sampling, spatial, rounds=2)  # sampled rounds differ, so this only warns
+        greedy = Team(make_agents("abc"), "complete", rounds=2)
+        assert greedy.with_graph(spatial).graph == spatial  # a designer's graph may have pruned every temporal edge
+    assert caplog.text.count("no round reads the one before it") == 2

@@ -128,3 +128,21 @@ def test_design_eval_scores_baselines_and_designers_on_the_same_test_tasks(tiny,
         assert config["exclude_ids"] == ["HumanEval/0", "HumanEval/2"]
         ids = [json.loads(line)["id"] for line in (tmp_path / "t" / run / "samples.jsonl").read_text().splitlines()]
         assert sorted(ids) == ["HumanEval/1", "HumanEval/3"]
+
+
+def test_a_multi_round_designer_whose_graph_keeps_no_temporal_edge_still_trains_and_applies(tiny, tmp_path, capsys):
+    out = tmp_path / "el"
+    train = ["design", "train", "infoqa", "--designer", "edge-logits", *TINY, "--rounds", "2", "--out", str(out)]
+    train += ["--train-size", "2", "--val-size", "1", "--steps", "1", "--batch-size", "2", "--threshold", "0.9"]
+    assert main(train) == 0, capsys.readouterr().err  # every edge below 0.9: the fixed graph has no temporal edge
+    designer = load_designer(out / "designer")
+    assert designer.apply().graph.edges("temporal") == []  # applied with a warning, not refused
+
+
+def test_a_failed_design_start_leaves_nothing_behind(tmp_path, capsys):
+    out = tmp_path / "bad"
+    empty = tmp_path / "emptydir"
+    empty.mkdir()
+    args = ["design", "train", "infoqa", "--designer", "agp", "--model", str(empty), "--out", str(out)]
+    assert main([*args, "--train-size", "2", "--val-size", "1"]) == 2
+    assert "emptydir" in capsys.readouterr().err and not out.exists()

@@ -205,3 +205,19 @@ def test_an_eval_whose_shard_cannot_fit_is_refused_before_any_call(tmp_path):
     with pytest.raises(ContextLengthError, match=r"own text for agent 'agent_1' \(task big\) is 1\d,\d{3} tokens"):
         run_eval(config, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("rounds", "resumes"), [(1, True), (2, False)])
+def test_a_run_saved_before_temporal_edges_resumes_only_if_its_team_is_unchanged(tmp_path, rounds, resumes):
+    config = EvalConfig("infoqa", model="tiny-random", agents=2, rounds=rounds, max_new_tokens=2, limit=2)
+    out = tmp_path / "run"
+    run_eval(config, out, progress=False)
+    saved = json.loads((out / "config.json").read_text())
+    for newer in ("temporal", "anchors", "team", "inputs"):  # what older code did not record
+        saved.pop(newer)
+    (out / "config.json").write_text(json.dumps(saved))
+    if resumes:
+        assert run_eval(config, out, resume=True, progress=False)["samples"] == 2
+    else:  # its rounds ran without temporal edges, which a preset now gets: another team
+        with pytest.raises(RunDirectoryError, match=r"changed: temporal\)"):
+            run_eval(config, out, resume=True, progress=False)

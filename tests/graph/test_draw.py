@@ -212,9 +212,15 @@ def test_node_ids_never_collide():
 @pytest.mark.parametrize("weight", ["heavy", -5, 1.5, float("nan"), True])
 def test_edge_weights_must_be_probabilities(tmp_path, weight):
     graph = CommGraph(["a", "b"], [Edge("a", "b", weight=weight)])
-    for export in (graph.to_mermaid, graph.to_dot, lambda: graph.draw(tmp_path / "w.png")):
+    number = isinstance(weight, int | float) and not isinstance(weight, bool) and weight == weight
+    # text exports only label a weight: any finite number will do there (networkx graphs weigh edges freely)
+    exports = [lambda: graph.draw(tmp_path / "w.png")] + ([] if number else [graph.to_mermaid, graph.to_dot])
+    for export in exports:
         with pytest.raises(GraphError, match=r"edge a -> b \(spatial\) has weight .*a number from 0 to 1"):
             export()
+    if number:
+        width = 0.5 + 3 * max(0, min(weight, 1))  # the line stays within the probability range's widths
+        assert f"{weight:.2f}" in graph.to_mermaid() and f"penwidth={width:.2f}" in graph.to_dot()
 
 
 def test_edge_weights_from_0_to_1_are_drawn(tmp_path):

@@ -168,3 +168,14 @@ def test_a_crash_while_saving_leaves_the_last_complete_save(tmp_path):
     pool_file.write_bytes(pool_file.read_bytes()[:100])
     with pytest.raises(ValueError, match=rf"cannot read anchors {pool_file}.*delete"):
         AnchorFolder(tmp_path).load(IDENTITY, AnchorPool())
+
+
+def test_saved_files_have_the_permissions_any_new_file_gets(tmp_path):
+    import os
+
+    from kvmesh.kvcomm.anchors import write_atomically
+
+    write_atomically(tmp_path / "manifest.json", lambda file: file.write(b"{}"))
+    (tmp_path / "plain").write_bytes(b"{}")
+    assert (tmp_path / "manifest.json").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
+    assert set(os.listdir(tmp_path)) == {"manifest.json", "plain"}  # no temporary file left
