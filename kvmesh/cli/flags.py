@@ -100,7 +100,8 @@ def _actions(parser: argparse.ArgumentParser) -> Iterator[argparse.Action]:
             yield action
 
 
-SPEC_HOLDS = "its agents, graph, rounds, decision, token_budget, seed, and reuse: {anchors_dir: DIR} for anchors"
+# doubled braces: ConfigError's message is a format string
+SPEC_HOLDS = "its agents, graph, rounds, decision, token_budget, seed, and reuse: {{anchors_dir: DIR}} for anchors"
 
 
 def refuse_team_flags(args: argparse.Namespace, team_fields: Sequence[str]) -> None:

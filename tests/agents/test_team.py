@@ -56,7 +56,7 @@ def test_a_multi_round_team_never_repeats_its_first_round():
         assert prompts[name, 1] != prompts[name, 0]
         assert "(previous round)" in prompts[name, 1]
     one_round = CommGraph.preset("complete", list("abc"))
-    with pytest.raises(GraphError, match="rounds=2 but the graph has no temporal edges, so every round after"):
+    with pytest.raises(GraphError, match="rounds=2 but the graph has no temporal edges, so no round reads the one"):
         Team(make_agents("abc"), one_round, rounds=2)
     with pytest.raises(GraphError, match="no temporal edges"):
         Team(make_agents("abc"), CommGraph.preset("complete", list("abc"), rounds=2, temporal="none"), rounds=2)
