@@ -22,6 +22,7 @@ from kvmesh.agents.team import Team
 from kvmesh.cli.flags import add_config_arguments, config_from_args, refuse_team_flags
 from kvmesh.cli.specs import designer_folder, load_team
 from kvmesh.config import ConfigError, check_choices
+from kvmesh.evals.runner import EvalConfig
 from kvmesh.graph.draw import write_picture
 from kvmesh.graph.graph import CommGraph
 from kvmesh.graph.presets import PRESETS, TEMPORAL_MODES
@@ -77,21 +78,8 @@ class RunConfig:
     graph_out: str | None = None
     anchors: str | None = None
 
-    # what a spec or a designer brings instead (refused beside them)
-    team_fields: ClassVar[tuple[str, ...]] = (
-        "model",
-        "topology",
-        "agents",
-        "rounds",
-        "temporal",
-        "decision",
-        "channel",
-        "max_new_tokens",
-        "temperature",
-        "token_budget",
-        "seed",
-        "anchors",
-    )
+    # what a spec or a designer brings instead (refused beside them): eval's, and the sampling and budget flags
+    team_fields: ClassVar[tuple[str, ...]] = (*EvalConfig.team_fields, "temperature", "token_budget", "seed")
 
     def __post_init__(self) -> None:
         check_choices(self)
