@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -221,3 +222,15 @@ def test_a_run_saved_before_temporal_edges_resumes_only_if_its_team_is_unchanged
     else:  # its rounds ran without temporal edges, which a preset now gets: another team
         with pytest.raises(RunDirectoryError, match=r"changed: temporal\)"):
             run_eval(config, out, resume=True, progress=False)
+
+
+@needs_gsm8k
+def test_a_gsm8k_path_from_the_home_folder_is_recorded(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    (home / "gsm8k").mkdir(parents=True)
+    for name in ("train.jsonl", "test.jsonl"):
+        (home / "gsm8k" / name).write_bytes((Path(GSM8K) / name).read_bytes())
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("KVMESH_GSM8K_PATH", "~/gsm8k")
+    run_eval(EvalConfig("gsm8k", oracle=True, limit=1), tmp_path / "run", progress=False)
+    assert set(json.loads((tmp_path / "run" / "config.json").read_text())["inputs"]) == {"data"}
