@@ -107,15 +107,18 @@ SPEC_HOLDS = "its agents, graph, rounds, decision, token_budget, seed, and reuse
 def refuse_team_flags(args: argparse.Namespace, team_fields: Sequence[str]) -> None:
     """Refuse the team flags the user set beside `--spec` or `--designer`, which bring their own team: ignoring
     them would run another experiment than the one asked for."""
-    source = f"the spec {args.spec}" if getattr(args, "spec", None) else "the designer's team"
-    if source.startswith("the designer") and not getattr(args, "designer", None):
-        return
+    spec, designer = getattr(args, "spec", None), getattr(args, "designer", None)
     ignored = [name for name in team_fields if name in args.given]
-    if ignored:
-        names = ", ".join(f"{{{name}}}" for name in ignored)
-        them = "them" if len(ignored) > 1 else "it"
-        fix = f"set {them} in the spec ({SPEC_HOLDS}), or drop {them}" if args.spec else f"drop {them}"
-        raise ConfigError(f"{source} sets the team, so {names} would be ignored; {fix}")
+    if not (spec or designer) or not ignored:
+        return
+    names = ", ".join(f"{{{name}}}" for name in ignored)
+    them = "them" if len(ignored) > 1 else "it"
+    if spec:
+        raise ConfigError(
+            f"the spec {spec} sets the team, so {names} would be ignored; set {them} in the spec "
+            f"({SPEC_HOLDS}), or drop {them}"
+        )
+    raise ConfigError(f"the designer's team sets the team, so {names} would be ignored; drop {them}")
 
 
 def config_from_args(cls, args: argparse.Namespace, **overrides):

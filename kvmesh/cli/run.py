@@ -22,7 +22,7 @@ from kvmesh.agents.team import Team
 from kvmesh.cli.flags import add_config_arguments, config_from_args, refuse_team_flags
 from kvmesh.cli.specs import designer_folder, load_team
 from kvmesh.config import ConfigError, check_choices
-from kvmesh.evals.runner import EvalConfig
+from kvmesh.evals.runner import EvalConfig, check_anchors
 from kvmesh.graph.draw import write_picture
 from kvmesh.graph.graph import CommGraph
 from kvmesh.graph.presets import PRESETS, TEMPORAL_MODES
@@ -83,8 +83,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
-        if self.anchors and self.channel != "kv-reuse" and not (self.spec or self.designer):
-            raise ConfigError("{anchors} keeps kv-reuse's anchors: use it with {channel} kv-reuse", type(self).__name__)
+        check_anchors(self)
         if self.agents < 1:
             raise ConfigError(f"{{agents}} must be at least 1, got {self.agents}", type(self).__name__)
 

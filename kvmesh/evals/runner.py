@@ -129,8 +129,7 @@ class EvalConfig:
             raise ConfigError(f"{{limit}} must be at least 1, got {self.limit}", owner)
         if self.batch_size < 1:
             raise ConfigError(f"{{batch_size}} must be at least 1, got {self.batch_size}", owner)
-        if self.anchors and self.channel != "kv-reuse" and not (self.spec or self.designer):
-            raise ConfigError("{anchors} keeps kv-reuse's anchors: use it with {channel} kv-reuse", owner)
+        check_anchors(self)
         if self.designer and self.spec:
             raise ConfigError("use either {designer} or {spec}: a designer brings the team it was trained with", owner)
 
@@ -138,6 +137,13 @@ class EvalConfig:
     def scores_given_answers(self) -> bool:
         """Whether answers come from the oracle or a completions file instead of a team."""
         return bool(self.oracle or self.completions)
+
+
+def check_anchors(config) -> None:
+    """`anchors` (a folder for kv-reuse's anchors) means nothing on another channel; a spec or designer sets its
+    own channels (and `kvmesh.cli.flags.refuse_team_flags` refuses the flag beside them)."""
+    if config.anchors and config.channel != "kv-reuse" and not (config.spec or config.designer):
+        raise ConfigError("{anchors} keeps kv-reuse's anchors: use it with {channel} kv-reuse", type(config).__name__)
 
 
 # Settings newer than some saved runs, at the value those runs behaved with: such runs still resume.

@@ -11,6 +11,7 @@ model in this process (`KVModel`); they refuse other backends before any call.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -47,11 +48,18 @@ def context_length_of(model) -> int | None:
 
 def encode_data(model, text: str, literal: Sequence[tuple[int, int]]) -> tuple[list[int], list[tuple[int, int]]]:
     """`model.encode_with_spans(text, literal)`; a backend whose method takes no `literal` encodes plainly."""
+    if _takes_literal(type(model)):
+        return model.encode_with_spans(text, literal)
+    return model.encode_with_spans(text)
+
+
+@functools.cache
+def _takes_literal(backend: type) -> bool:
+    """Whether a backend's `encode_with_spans` takes `literal` (asked once per class: prompts are planned often)."""
     try:
-        takes_literal = "literal" in inspect.signature(model.encode_with_spans).parameters
+        return "literal" in inspect.signature(backend.encode_with_spans).parameters
     except (TypeError, ValueError):  # a builtin or C method without a signature
-        takes_literal = False
-    return model.encode_with_spans(text, literal) if takes_literal else model.encode_with_spans(text)
+        return False
 
 
 PROMPT_FIXES = "shorten the task's text or shards, send fewer or shorter messages (a lower max_new_tokens)"

@@ -114,7 +114,7 @@ class LocalLM:
         `<|im_end|>`) means the text is encoded again range by range, with the data ranges' control tokens
         split into plain text; prompts without any keep the ids of one tokenizer call."""
         ids, spans = self._encode(text)
-        if not any(
+        if not literal or not any(
             self._inside(span, literal) for token, span in zip(ids, spans, strict=True) if token in self._control
         ):
             return ids, spans

@@ -4,7 +4,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -224,12 +223,12 @@ def test_a_run_saved_before_temporal_edges_resumes_only_if_its_team_is_unchanged
             run_eval(config, out, resume=True, progress=False)
 
 
-@needs_gsm8k
 def test_a_gsm8k_path_from_the_home_folder_is_recorded(tmp_path, monkeypatch):
     home = tmp_path / "home"
     (home / "gsm8k").mkdir(parents=True)
+    row = json.dumps({"question": "What is 17 * 3?", "answer": "17 * 3 = 51\n#### 51"})
     for name in ("train.jsonl", "test.jsonl"):
-        (home / "gsm8k" / name).write_bytes((Path(GSM8K) / name).read_bytes())
+        (home / "gsm8k" / name).write_text(row + "\n")
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("KVMESH_GSM8K_PATH", "~/gsm8k")
     run_eval(EvalConfig("gsm8k", oracle=True, limit=1), tmp_path / "run", progress=False)
