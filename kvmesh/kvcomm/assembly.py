@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from kvmesh.llm.base import Generation, GenerationRequest, LanguageModel, run_requests
+from kvmesh.llm.base import Generation, GenerationRequest, LanguageModel, LatentSpan, run_requests
 from kvmesh.llm.cache import cache_over
 from kvmesh.llm.segment import KVSegment
 
@@ -80,6 +80,7 @@ class Assembly:
     keys, values: (L, H, capacity, D); the first `length` positions hold the prompt's first tokens
     (positions 0 .. length - 1), and `rest` are the prompt tokens still to prefill after them.
     `reused_tokens` of the `length` came from caches; the others were the receiver's own text, prefilled.
+    `latent`: positions of the prefix only some layers read (a sender's context on kv-select edges).
     """
 
     keys: torch.Tensor
@@ -89,6 +90,7 @@ class Assembly:
     rest: list[int]
     seconds: float = 0.0
     reused_tokens: int = -1  # -1: all `length` tokens
+    latent: LatentSpan | None = None  # positions only some layers read (kv-select)
 
     def __post_init__(self) -> None:
         if self.reused_tokens < 0:

@@ -76,6 +76,20 @@ def check_context(
         )
 
 
+@dataclass(frozen=True)
+class LatentSpan:
+    """Prefix positions [start, end) that only the layers in `layers` read (kv-select: a sender's context shared
+    in some layers); every other layer reads the row as if those positions were not there."""
+
+    start: int
+    end: int
+    layers: frozenset[int]
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start < self.end:
+            raise ValueError(f"a latent span needs 0 <= start < end, got [{self.start}, {self.end})")
+
+
 @dataclass
 class GenerationRequest:
     """One row of a running batch.
@@ -87,7 +101,8 @@ class GenerationRequest:
         temperature: 0 is greedy; above 0 samples from softmax(logits / temperature).
         stop: strings that end generation; the text is cut before the first one found.
         prefix: a prebuilt cache of the prompt's first tokens (anything with `length` and `cache(config)`,
-            such as `kvmesh.kvcomm.assembly.Assembly`); only the remaining prompt tokens are prefilled.
+            such as `kvmesh.kvcomm.assembly.Assembly`); only the remaining prompt tokens are prefilled. Its
+            optional `latent` (a `LatentSpan`) names positions only some layers read.
         keep_kv: return the row's cache of its prompt and of its generated tokens (`Generation.prompt_kv`,
             `Generation.reply_kv`), for cache reuse downstream.
         keep_prompt_kv: with keep_kv, False keeps only the reply's cache (the prompt's is a copy of every

@@ -17,7 +17,13 @@ One `DecodeBatch.step()`:
 Left padding is exact: position ids count only real tokens and the attention mask hides pads, so a row's
 greedy output does not depend on what it is batched with (tests check equality on real prompts).
 
-Shapes: B = rows in the batch, W = cache width (longest row incl. its left padding), V = vocabulary.
+Latent columns: a row's prefix may say that some of its positions are read only by some layers
+(`LatentSpan`, kv-select's shared context). The batch tracks them beside the mask (`latent`: which columns,
+`reads`: which layers of each row read them) and hands each forward pass the columns every layer must skip
+(`kvmesh.llm.layer_mask`), through joins, retirements and trims like the mask itself.
+
+Shapes: B = rows in the batch, W = cache width (longest row incl. its left padding), V = vocabulary,
+L = layers.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from kvmesh.llm.base import Generation, GenerationRequest, check_context
+from kvmesh.llm.base import Generation, GenerationRequest, LatentSpan, check_context
 from kvmesh.llm.cache import (
     cache_argument,
     can_merge,
@@ -40,6 +46,7 @@ from kvmesh.llm.cache import (
     stack_left_padded,
     trim_left,
 )
+from kvmesh.llm.layer_mask import use_layer_masks
 from kvmesh.llm.segment import KVSegment
 
 MAX_PADDING = 0.10  # a prefill bucket may pad at most this share of its real tokens
@@ -108,6 +115,8 @@ class BatchDecoder:
         self.pad_id = pad_id
         self.mergeable = can_merge(model.config)  # False for sliding-window models: no joining mid-flight
         self.context_length: int | None = getattr(model.config, "max_position_embeddings", None)
+        self.layers = model.config.num_hidden_layers
+        self.layer_masks = use_layer_masks(model)  # False: an attention kernel without a dense mask
         self.eos_index = torch.tensor(sorted(eos_ids), dtype=torch.long)
         self.busy_s = 0.0
 
@@ -127,8 +136,10 @@ class BatchDecoder:
         row.text = text[: min(cuts)]
         return True
 
-    def forward(self, ids, mask, positions, cache) -> torch.Tensor:
-        """One forward pass; returns the last position's logits (B, V)."""
+    def forward(self, ids, mask, positions, cache, latent=None, reads=None) -> torch.Tensor:
+        """One forward pass; returns the last position's logits (B, V). `latent` (B, W) and `reads` (B, L): the
+        columns only some layers read, and which layers of each row read them."""
+        hidden = self.hidden(latent, reads) if latent is not None else {}
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
@@ -136,8 +147,32 @@ class BatchDecoder:
             use_cache=True,
             **cache_argument(self.model, cache),
             logits_to_keep=1,
+            **({"hidden": hidden} if hidden else {}),
         )
         return out.logits[:, -1, :]
+
+    def hidden(self, latent: torch.Tensor, reads: torch.Tensor) -> dict[int, torch.Tensor]:
+        """{layer: (B, W) columns it must skip} for the layers that skip any."""
+        if not bool(latent.any()):
+            return {}
+        if not self.layer_masks:
+            raise NotImplementedError(
+                f"{self.model.config._attn_implementation} attention takes no dense mask, so some layers cannot skip "
+                "latent columns; load the model with attn_implementation='sdpa' or 'eager'"
+            )
+        skip = latent[:, None, :] & ~reads[:, :, None]  # (B, L, W)
+        return {layer: skip[:, layer] for layer in range(self.layers) if bool(skip[:, layer].any())}
+
+    def latent_of(self, prefix, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """One row's (1, width) latent columns and (1, L) layers that read them, from its prefix's `latent`."""
+        span: LatentSpan | None = getattr(prefix, "latent", None)
+        latent = torch.zeros((1, width), dtype=torch.bool, device=device)
+        reads = torch.ones((1, self.layers), dtype=torch.bool, device=device)
+        if span is not None:
+            latent[0, span.start : span.end] = True
+            reads[0] = False
+            reads[0, sorted(span.layers)] = True
+        return latent, reads
 
 
 @dataclass
@@ -148,6 +183,8 @@ class _Joined:
     mask: torch.Tensor  # (B, W)
     logits: torch.Tensor  # (B, V)
     positions: torch.Tensor  # (B, 1)
+    latent: torch.Tensor  # (B, W) bool: columns only some layers read
+    reads: torch.Tensor  # (B, L) bool: the layers of each row that read them
     rows: list[_Row]
 
 
@@ -167,7 +204,7 @@ class DecodeBatch:
         self.waiting: deque[_Row] = deque()
         self.rows: list[_Row] = []  # batch order
         self.cache = None
-        self.mask = self.logits = self.positions = self.temperatures = None
+        self.mask = self.logits = self.positions = self.temperatures = self.latent = self.reads = None
 
     @property
     def has_work(self) -> bool:
@@ -188,7 +225,9 @@ class DecodeBatch:
         ids = torch.tensor([prompt[prefix.length :]], device=device)
         mask = torch.ones((1, len(prompt)), dtype=torch.long, device=device)
         position_ids = torch.arange(prefix.length, len(prompt), device=device)[None]
-        return cache, mask, self.decoder.forward(ids, mask, position_ids, cache), position_ids[:, -1:] + 1
+        latent, reads = self.decoder.latent_of(prefix, len(prompt), device)
+        logits = self.decoder.forward(ids, mask, position_ids, cache, latent, reads)
+        return cache, mask, logits, position_ids[:, -1:] + 1, latent, reads
 
     def _keep_prompt(self, row: _Row, cache, batch_row: int, start: int, end: int) -> None:
         """A row's prompt cache, read right after its prefill: for prefill-only rows, which leave now, and on
@@ -218,7 +257,7 @@ class DecodeBatch:
         else:
             buckets = [[plain[i] for i in b] for b in length_buckets([lengths[i] for i in plain])]
         device, config = self.decoder.model.device, self.decoder.model.config
-        parts: list[tuple] = []  # (cache, mask, logits, next positions, rows) of rows that decode on
+        parts: list[tuple] = []  # (cache, mask, logits, next positions, latent, reads, rows) of rows decoding on
         finished: list[tuple[Hashable, Generation]] = []
         for bucket in (b for b in buckets if b):
             ids, mask = _left_pad([rows[i].request.prompt_ids for i in bucket], self.decoder.pad_id, device)
@@ -241,16 +280,20 @@ class DecodeBatch:
                 select_rows(cache, index)
                 mask, logits, position_ids = mask[index], logits[index], position_ids[index]
             if going:
-                parts.append((cache, mask, logits, position_ids[:, -1:] + 1, [rows[bucket[b]] for b in going]))
+                latent = torch.zeros(mask.shape, dtype=torch.bool, device=device)
+                reads = torch.ones((len(going), self.decoder.layers), dtype=torch.bool, device=device)
+                parts.append(
+                    (cache, mask, logits, position_ids[:, -1:] + 1, latent, reads, [rows[bucket[b]] for b in going])
+                )
         for row in (rows[i] for i in range(len(rows)) if rows[i].request.prefix is not None):
             began = time.perf_counter()
-            cache, mask, row_logits, row_positions = self._prefill_on_prefix(row, device)
+            cache, mask, row_logits, row_positions, latent, reads = self._prefill_on_prefix(row, device)
             row.prefill_s = time.perf_counter() - began
             self._keep_prompt(row, cache, 0, 0, mask.shape[1])
             if row.request.prefill_only:
                 finished.append(self._prefilled(row, time.perf_counter()))
             else:
-                parts.append((cache, mask, row_logits, row_positions, [row]))
+                parts.append((cache, mask, row_logits, row_positions, latent, reads, [row]))
         if not parts:
             return None, finished
         width = max(mask.shape[1] for _, mask, *_ in parts)
@@ -260,7 +303,9 @@ class DecodeBatch:
                 torch.cat([F.pad(p[1], (width - p[1].shape[1], 0)) for p in parts]),
                 torch.cat([p[2] for p in parts]),
                 torch.cat([p[3] for p in parts]),
-                [row for p in parts for row in p[4]],
+                torch.cat([F.pad(p[4], (width - p[4].shape[1], 0)) for p in parts]),
+                torch.cat([p[5] for p in parts]),
+                [row for p in parts for row in p[6]],
             ),
             finished,
         )
@@ -280,18 +325,21 @@ class DecodeBatch:
         if joined is None:
             return finished
         cache, mask, logits, positions = joined.cache, joined.mask, joined.logits, joined.positions
+        latent, reads = joined.latent, joined.reads
         temperatures = torch.tensor([r.request.temperature for r in joined.rows], device=logits.device)
         if self.rows:  # join the running batch: pad both sides to a common width
             width = max(self.mask.shape[1], mask.shape[1])
             cache = stack_left_padded([self.cache, cache], width, self.decoder.model.config)
-            mask = torch.cat(
-                [F.pad(self.mask, (width - self.mask.shape[1], 0)), F.pad(mask, (width - mask.shape[1], 0))]
+            mask, latent = (
+                torch.cat([F.pad(ours, (width - ours.shape[1], 0)), F.pad(new, (width - new.shape[1], 0))])
+                for ours, new in ((self.mask, mask), (self.latent, latent))
             )
             logits = torch.cat([self.logits, logits])
             positions = torch.cat([self.positions, positions])
             temperatures = torch.cat([self.temperatures, temperatures])
+            reads = torch.cat([self.reads, reads])
         self.cache, self.mask, self.logits, self.positions = cache, mask, logits, positions
-        self.temperatures = temperatures
+        self.temperatures, self.latent, self.reads = temperatures, latent, reads
         self.rows = self.rows + joined.rows
         return finished
 
@@ -331,11 +379,12 @@ class DecodeBatch:
         select_rows(self.cache, index)
         self.mask, self.positions = self.mask[index], self.positions[index]
         self.temperatures = self.temperatures[index]
+        self.latent, self.reads = self.latent[index], self.reads[index]
         self.rows = [self.rows[i] for i in keep]
         unused = int(self.mask.argmax(dim=1).min())  # leading columns that are padding in every row
         if unused > 0 and self.decoder.mergeable:  # sliding-window layers track positions themselves
             trim_left(self.cache, unused)
-            self.mask = self.mask[:, unused:]
+            self.mask, self.latent = self.mask[:, unused:], self.latent[:, unused:]
 
     def _suppress_eos(self) -> None:
         """Rows below their `min_new_tokens` may not end: their end-of-sequence logits go to -inf."""
@@ -389,7 +438,10 @@ class DecodeBatch:
         if self.rows:
             tokens = tokens[torch.tensor(keep, device=tokens.device)] if len(keep) < len(tokens) else tokens
             self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=-1)
-            self.logits = self.decoder.forward(tokens[:, None], self.mask, self.positions, self.cache)
+            self.latent = torch.cat([self.latent, self.latent.new_zeros((len(self.rows), 1))], dim=-1)
+            self.logits = self.decoder.forward(
+                tokens[:, None], self.mask, self.positions, self.cache, self.latent, self.reads
+            )
             self.positions = self.positions + 1
         self.decoder.busy_s += time.perf_counter() - begin
         return done
