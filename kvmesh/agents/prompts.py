@@ -38,12 +38,12 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from itertools import accumulate, pairwise
+from itertools import accumulate
 
 from langchain_core.messages import BaseMessage
 
 from kvmesh.graph.edge import DECISION, SPATIAL, TEMPORAL
-from kvmesh.kvcomm.assembly import HEAD, OWN, TAIL, TASK, Piece
+from kvmesh.kvcomm.assembly import HEAD, LATENT, OWN, TAIL, TASK, Piece
 from kvmesh.kvcomm.channel import Cached, Channel, default_channel
 from kvmesh.llm.base import LanguageModel, encode_data
 from kvmesh.llm.chat import transcript
@@ -159,21 +159,28 @@ def plan_prompt(
     `task_cache` is the task's cache from an earlier turn, read in place of prefilling the task."""
     before, after = model.chat.frame(system, examples)
     notes, task = _sections(question, context, shard)
-    pieces = [Piece(text=before, kind=HEAD)]
+    body = [Piece(text=before, kind=HEAD)]
     if notes:
-        pieces.append(Piece(own=True, text=notes + "\n\n", kind=OWN))
-    task_index = len(pieces)
-    pieces.append(Piece(text=task, kind=TASK, key="task"))
-    firsts = []  # index of each message's first piece
+        body.append(Piece(own=True, text=notes + "\n\n", kind=OWN))
+    task_index = len(body)
+    body.append(Piece(text=task, kind=TASK, key="task"))
+    front: list[Piece] = []  # latent pieces: caches read before the receiver's own prompt (kv-select)
+    laid: list[tuple[bool, int, int]] = []  # per message: (in front, start, end) of its pieces
     for message in inbound:
         channel = (channels or {}).get(message.channel) or default_channel(message.channel)
         glue, key = f"\n\n{message.header()}\n", ("reply", message.source, message.kind)
-        firsts.append(len(pieces))
-        pieces += channel.layout(model, glue, message.content.strip(), message.kv, key)
+        own = channel.layout(model, glue, message.content.strip(), message.kv, key)
+        latent = bool(own) and all(piece.kind == LATENT for piece in own)
+        target = front if latent else body
+        laid.append((latent, len(target), len(target) + len(own)))
+        target += own
     tail = (f"\n\n{instruction}" if instruction else "") + after
     if not tail:
         raise ValueError(f"{model.spec}: the chat template adds nothing after the user turn to open the reply")
-    pieces.append(Piece(text=tail, kind=TAIL))
+    body.append(Piece(text=tail, kind=TAIL))
+    pieces = front + body
+    task_index += len(front)
+    ranges = [(lo, hi) if latent else (lo + len(front), hi + len(front)) for latent, lo, hi in laid]
 
     tokenized = _tokenize(model, pieces)
     sizes = [len(ids) for ids, _ in tokenized]
@@ -194,14 +201,13 @@ def plan_prompt(
         planned.append(piece)
     task_start = sum(sizes[:task_index])
     # a message's tokens, as in its text: its header and content, not the blank line before it
-    separator = [sum(1 for start in tokenized[i][1] if start < 2) for i in firsts]
-    bounds = list(pairwise([*firsts, len(pieces) - 1]))
-    edge_tokens = [sum(sizes[lo:hi]) - sep for (lo, hi), sep in zip(bounds, separator, strict=True)]
+    separator = [sum(1 for start in tokenized[lo][1] if start < 2) if pieces[lo].text else 0 for lo, _ in ranges]
+    edge_tokens = [sum(sizes[lo:hi]) - sep for (lo, hi), sep in zip(ranges, separator, strict=True)]
     edge_cached = [
         sum(sizes[i] for i in range(lo, hi) if not pieces[i].own) - (sep if not pieces[lo].own else 0)
-        for (lo, hi), sep in zip(bounds, separator, strict=True)
+        for (lo, hi), sep in zip(ranges, separator, strict=True)
     ]
-    content = "".join(piece.text for piece in pieces[1:])[: -len(after) or None]
+    content = "".join(piece.text for piece in body[1:])[: -len(after) or None]
     return PromptPlan(
         messages=transcript(system, examples, content),
         text="".join(piece.text for piece in pieces),

@@ -35,6 +35,7 @@ from kvmesh.llm.cache import cache_over
 from kvmesh.llm.segment import KVSegment
 
 HEAD, OWN, TASK, GLUE, REPLY, TAIL = "head", "own", "task", "glue", "reply", "tail"
+LATENT = "latent"  # a sender's context cache read before the receiver's own prompt, by some layers (kv-select)
 
 
 @dataclass(frozen=True)
