@@ -134,7 +134,9 @@ def _inbound(team: RunPlan, run: TaskRun, agent: str, round_: Round) -> list[Inb
     decision) every agent's last reply; each with its sender's cache when its channel kept one."""
 
     def message(source: str, kind: str, channel: str, source_round: Round) -> Inbound:
-        cached = run.store.get(reply_key(source, source_round))
+        cached = run.store.get(reply_key(source, source_round, channel)) or run.store.get(
+            reply_key(source, source_round)
+        )
         kv = cached.segment if cached is not None and cached.channel == channel else None
         return Inbound(source, kind, channel, run.replies[(source, source_round)], kv)
 

@@ -39,9 +39,10 @@ if TYPE_CHECKING:
 TASK = "task"  # the store key of the task's cache (its context and question, as the first turn encoded them)
 
 
-def reply_key(agent: str, round_: int | str) -> tuple:
-    """The store key of an agent's reply cache in a round."""
-    return ("reply", agent, round_)
+def reply_key(agent: str, round_: int | str, channel: str | None = None) -> tuple:
+    """The store key of the cache an agent's message carries in a round: its reply's (kv-reuse), or what
+    another `channel` keeps of the turn under its own name (kv-select: the turn's prompt)."""
+    return ("reply", agent, round_) if channel is None else ("reply", agent, round_, channel)
 
 
 class ChannelNotAvailableError(ValueError, NotImplementedError):
@@ -131,7 +132,7 @@ class Channel(Protocol):
 _REGISTRY: dict[str, str | Callable[..., Channel] | None] = {
     "text": "kvmesh.kvcomm.text:TextChannel",
     "kv-reuse": "kvmesh.kvcomm.kv_reuse:KVReuseChannel",
-    "kv-select": None,
+    "kv-select": "kvmesh.kvcomm.select:KVSelectChannel",
     "c2c": None,
 }
 

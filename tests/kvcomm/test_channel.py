@@ -43,10 +43,10 @@ def test_an_unknown_channel_is_one_error_wherever_it_is_named(build):
 def test_a_channel_not_available_yet_is_the_same_error():
     for build in (
         lambda: Team([Agent("a"), Agent("b")], CommGraph(["a", "b"], [Edge("a", "b", channel="c2c")])),
-        lambda: Team([Agent("a")], "chain", decision={"method": "decision", "channel": "kv-select"}),
+        lambda: Team([Agent("a")], "chain", decision={"method": "decision", "channel": "c2c"}),
         lambda: EvalConfig("infoqa", channel="c2c"),
     ):
-        with pytest.raises(ChannelNotAvailableError, match="which is not available yet; available: text, kv-reuse"):
+        with pytest.raises(ChannelNotAvailableError, match="which is not available yet; available: text, kv-reuse, kv-select"):
             build()
     with pytest.raises(GraphError):  # an unknown name on an edge is also a bad graph
         CommGraph(["a", "b"], [Edge("a", "b", channel="pigeon")])

@@ -163,7 +163,7 @@ def test_unsupported_models_fail_before_any_call(sliding):
         team.run(TASK)
 
 
-@pytest.mark.parametrize("channel", ["kv-select", "c2c"])
+@pytest.mark.parametrize("channel", ["c2c"])
 def test_other_kv_channels_are_not_available_yet(channel):
     graph = CommGraph(["a", "b"], [Edge("a", "b", channel=channel)])
     with pytest.raises(ChannelNotAvailableError, match=f"channel '{channel}', which is not available yet"):

@@ -1,0 +1,178 @@
+"""The `kv-select` channel (KVComm): a receiver reads its sender's context straight from the sender's KV cache,
+in a chosen subset of layers.
+
+    sender's turn     prefills its prompt (its notes, the task, what it received) and keeps that prompt's cache
+    receiver's turn   its cache starts with the sender's cache (positions 0 .. C - 1), then its own prompt is
+                      prefilled after it; only the chosen layers read positions 1 .. C - 1, every other layer
+                      sees the first (sink) token alone (`LatentSpan`, enforced per layer by the engine)
+
+Positions: the receiver's own tokens sit at C, C + 1, ... in every layer. In the layers that see only the
+sink, its key is moved to position C - 1 so that the distance from each receiver token to it is what it would
+be in a cache holding the sink alone (KVComm gives those layers their own positions; this is the same thing).
+With every layer chosen, the receiver reads exactly what a dense prefill of [sender's prompt, own prompt]
+would give (tests check greedy equality). Layers come from `KVSelectConfig.layers`, or are chosen by
+`kvmesh.kvcomm.layers.choose_layers` from calibration scores (`calibrate`) or the depth prior alone.
+
+Usage stays exact: the receiver's input tokens include the C positions it read and `cache_read` counts them;
+the sender's prefill is its own input.
+
+Caveats: both ends must share one model (the same KV geometry and tokenizer); a message with no context
+cache (its sender ran dense without keeping one) is read as text. A receiver that is itself read over kv-select
+passes on its whole prompt cache, the latent part included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import asdict, dataclass, replace
+
+import torch
+
+from kvmesh.kvcomm.assembly import LATENT, OWN, Assembly, Piece, Preparation
+from kvmesh.kvcomm.channel import Cached, ChannelNotAvailableError, Endpoint, Keep, TurnView, reply_key
+from kvmesh.kvcomm.layers import LayerChoice, choose_layers
+from kvmesh.kvcomm.rope import Rope
+from kvmesh.llm.base import Generation, KVModel, LanguageModel, LatentSpan
+from kvmesh.llm.segment import KVSegment
+
+NAME = "kv-select"
+
+
+@dataclass
+class KVSelectConfig:
+    """Settings of kv-select edges.
+
+    Args:
+        layers: the layers that read a sender's context; None: chosen per model from the fields below, on
+            calibration scores when `scores` holds some, else on the depth prior alone.
+        fraction: share of the layers to choose (KVComm: 0.3).
+        weight: weight of calibration attention against the depth prior.
+        centre: the depth prior's centre, as relative depth (0.5: mid-depth).
+        width: the depth prior's standard deviation, in relative depth.
+        keep_first: also read the context in layer 0.
+        scores: calibration scores per layer (`kvmesh.kvcomm.layers.context_attention`), saved with the team.
+    """
+
+    layers: tuple[int, ...] | None = None
+    fraction: float = 0.3
+    weight: float = 0.5
+    centre: float = 0.5
+    width: float = 0.2
+    keep_first: bool = True
+    scores: tuple[float, ...] | None = None
+
+    def choice(self) -> LayerChoice:
+        return LayerChoice(self.fraction, self.weight, self.centre, self.width, self.keep_first)
+
+    def chosen(self, layers: int) -> frozenset[int]:
+        """The layers that read a sender's context, for a model of `layers` layers."""
+        if self.layers is not None:
+            bad = [layer for layer in self.layers if not 0 <= layer < layers]
+            if bad:
+                raise ValueError(f"kv-select layers {bad} do not exist in a model of {layers} layers")
+            return frozenset(self.layers)
+        if self.scores is None:  # no calibration: the depth prior alone
+            return choose_layers(torch.zeros(layers), replace(self.choice(), weight=0.0))
+        if len(self.scores) != layers:
+            raise ValueError(f"kv-select has calibration scores for {len(self.scores)} layers, the model has {layers}")
+        return choose_layers(torch.tensor(self.scores, dtype=torch.float64), self.choice())
+
+
+def _ready(assembly: Assembly) -> Preparation:
+    """A preparation that needs no rows: it returns the assembly it was given."""
+    return assembly
+    yield  # unreachable: makes this function a generator
+
+
+class KVSelectChannel:
+    """Reads a sender's context cache in the chosen layers; see the module docstring."""
+
+    name = NAME
+    settings_class = KVSelectConfig
+
+    def __init__(self, settings: KVSelectConfig | None = None) -> None:
+        self.config = settings or KVSelectConfig()
+        self._layers: dict[int, frozenset[int]] = {}
+        self._ropes: dict[int, Rope] = {}
+        self._specs: dict[int, str] = {}
+        self.calls = self.latent_tokens = self.kv_bytes = 0
+
+    def check(self, sender: Endpoint, receiver: Endpoint, where: str) -> None:
+        if not (sender.model is receiver.model or sender.model_spec == receiver.model_spec):
+            raise ChannelNotAvailableError(
+                f"kv-select {where} joins agents on different models ({sender.model_spec} and {receiver.model_spec}); "
+                "it reads one model's cache in another's layers, so both need one KV geometry and tokenizer: put "
+                "both on one model, or use channel='c2c' (which maps caches between models) or 'text'."
+            )
+
+    def prepare(self, model: LanguageModel) -> None:
+        if not isinstance(model, KVModel):
+            raise ChannelNotAvailableError(f"{model.spec}: kv-select needs a model in this process (a LocalLM)")
+        if id(model) not in self._layers:
+            self._layers[id(model)] = self.config.chosen(model.model.config.num_hidden_layers)
+            self._ropes[id(model)] = Rope.from_model(model.model)
+            self._specs[id(model)] = model.spec
+
+    def layers(self, model: LanguageModel) -> frozenset[int]:
+        self.prepare(model)
+        return self._layers[id(model)]
+
+    def layout(
+        self, model: LanguageModel, glue: str, content: str, cached: KVSegment | None, key: Hashable
+    ) -> list[Piece]:
+        """The sender's context cache, read in front of the receiver's prompt; as text when none was kept."""
+        if cached is None:
+            return [Piece(own=True, text=glue + content, kind=OWN)]
+        return [Piece(cached.token_ids, cached, key, kind=LATENT, channel=self.name)]
+
+    def place(self, model: LanguageModel, receiver: Hashable, pieces: Sequence[Piece]) -> Preparation | None:
+        """The receiver's cache: the sender's context (several senders' one after another, moved to their
+        places), visible to the chosen layers only; the receiver's own prompt is prefilled after it."""
+        latent = [piece for piece in pieces if piece.kind == LATENT and piece.channel == self.name]
+        if not latent:
+            return None
+        if any(piece.kind == LATENT for piece in pieces[len(latent) :]):
+            raise ValueError("kv-select contexts must come first in a receiver's prompt")
+        rope, chosen = self._ropes[id(model)], self.layers(model)
+        parts, start = [], 0
+        for piece in latent:
+            parts.append(rope.move(piece.source, start))
+            start += len(piece.source)
+        context = KVSegment(
+            torch.cat([p.keys for p in parts], dim=2),
+            torch.cat([p.values for p in parts], dim=2),
+            0,
+            tuple(t for p in parts for t in p.token_ids),
+        )
+        rest = [t for piece in pieces[len(latent) :] for t in piece.token_ids]
+        assembly = Assembly.of(context, rest)
+        skipping = [layer for layer in range(assembly.keys.shape[0]) if layer not in chosen]
+        if skipping:  # the sink's distance to the receiver's tokens as in a sink-only cache
+            sink = assembly.keys[skipping, :, :1]
+            assembly.keys[skipping, :, :1] = rope.rotate(sink, start - 1)
+            assembly.latent = LatentSpan(1, start, chosen)
+        self.calls += 1
+        self.latent_tokens += start
+        layers = assembly.keys.shape[0]
+        per_layer = (context.keys.nbytes + context.values.nbytes) // layers
+        self.kv_bytes += len(chosen) * per_layer + (layers - len(chosen)) * per_layer // start  # the sink alone
+        return _ready(assembly)
+
+    def keeps(self, turn: TurnView) -> Keep:
+        """A turn read over kv-select keeps its prompt's cache: that is the context its receivers read."""
+        return Keep(prompt=self.name in turn.read_over)
+
+    def learn(self, turn: TurnView, generation: Generation) -> None:
+        if self.name in turn.read_over and generation.prompt_kv is not None:
+            turn.store[reply_key(*turn.receiver, self.name)] = Cached(self.name, generation.prompt_kv)
+
+    def stats(self) -> dict:
+        if not self.calls:
+            return {}
+        return {
+            "calls": self.calls,
+            "latent_tokens": self.latent_tokens,
+            "kv_bytes": self.kv_bytes,
+            "layers": {self._specs[key]: sorted(layers) for key, layers in self._layers.items()},
+            "config": asdict(self.config),
+        }
