@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from langchain_core.messages import AIMessage
 
 from kvmesh.agents.agent import Agent
-from kvmesh.agents.decision import DECISION_ROUND
+from kvmesh.agents.decision import DECISION_ROUND, LAST
 from kvmesh.agents.events import (
     AgentFinished,
     AgentStarted,
@@ -110,7 +110,7 @@ class Turn:
         keep_prompt, keep_reply = any(k.prompt for k in keeps), any(k.reply for k in keeps)
         self.own = GenerationRequest(
             self.plan.token_ids,
-            self.max_new_tokens,
+            0 if self._silent(view) else self.max_new_tokens,
             self.agent.temperature,
             self.agent.stop + self.agent.llm.chat.stop,
             prefix=self.assembly,
@@ -118,6 +118,18 @@ class Turn:
             keep_prompt_kv=keep_prompt,
         )
         return [self.own]
+
+    def _silent(self, view: TurnView) -> bool:
+        """Whether nobody reads this turn's reply, only its prompt's cache (every edge out of it is on a channel
+        that does not read replies, such as kv-select): its row then prefills and generates nothing. The last
+        speaker's reply is the answer under `last`, and every reply is a vote under `majority`: those speak."""
+        if self.round == DECISION_ROUND or not view.read_over:
+            return False
+        if any(getattr(self.team.channels[name], "reads_reply", True) for name in view.read_over):
+            return False
+        decision = self.team.decision
+        speaks_before_others = any(e.source == self.agent.name for e in self.run.graph.edges(SPATIAL))
+        return decision.maker or (decision.method == LAST and speaks_before_others)
 
     def take(self, request: GenerationRequest, generation: Generation) -> Generation | None:
         """A finished row's result; returns the generation when it was the turn's own row."""

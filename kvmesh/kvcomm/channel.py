@@ -12,6 +12,9 @@ The runtime never names one: it asks the team's channel objects, through these h
     keeps(turn)                         which caches the turn's row must keep (its prompt's, its reply's)
     learn(turn, generation)             after its row: store what later turns read, learn from the turn
     stats()                             what the channel did, for run summaries
+    reads_reply                         optional attribute (default True): False for a channel whose receivers read
+                                        the sender's prompt cache, not its reply; a sender read only over such
+                                        channels prefills and generates nothing
     save()                              optional, called by whoever runs the team after a run
                                         (`save_channels`): keep what the channel learned on disk
                                         (kv-reuse: its anchors, when `anchors_dir` is set)

@@ -89,6 +89,7 @@ class KVSelectChannel:
 
     name = NAME
     settings_class = KVSelectConfig
+    reads_reply = False  # a receiver reads the sender's prompt cache: a sender nobody else reads generates nothing
 
     def __init__(self, settings: KVSelectConfig | None = None) -> None:
         self.config = settings or KVSelectConfig()

@@ -46,7 +46,8 @@ def test_a_channel_not_available_yet_is_the_same_error():
         lambda: Team([Agent("a")], "chain", decision={"method": "decision", "channel": "c2c"}),
         lambda: EvalConfig("infoqa", channel="c2c"),
     ):
-        with pytest.raises(ChannelNotAvailableError, match="which is not available yet; available: text, kv-reuse, kv-select"):
+        available = "which is not available yet; available: text, kv-reuse, kv-select"
+        with pytest.raises(ChannelNotAvailableError, match=available):
             build()
     with pytest.raises(GraphError):  # an unknown name on an edge is also a bad graph
         CommGraph(["a", "b"], [Edge("a", "b", channel="pigeon")])

@@ -19,6 +19,7 @@ def pair(channels=None, model="tiny-random"):
 def test_every_layer_reading_the_context_is_the_dense_read_of_it(tiny):
     result = pair({"kv-select": {"fraction": 1.0}}).run(TASK)
     sender, receiver = result.messages
+    assert sender.content == "" and sender.usage_metadata["output_tokens"] == 0  # read only as a cache: it is silent
     context = tiny.encode_prompt(sender.response_metadata["prompt"])
     own = tiny.encode_prompt(receiver.response_metadata["prompt"])
     (dense,) = tiny.generate_requests([GenerationRequest(context + own, max_new_tokens=10)])
@@ -58,3 +59,12 @@ def test_exact_on_smollm2_for_a_batch_of_tasks(smollm):
         ids = smollm.encode_prompt(sender.response_metadata["prompt"] + receiver.response_metadata["prompt"])
         (dense,) = smollm.generate_requests([GenerationRequest(ids, max_new_tokens=10)])
         assert receiver.content == dense.text.strip()
+
+
+def test_a_sender_whose_text_someone_reads_still_speaks(tiny):
+    agents = [Agent(n, model="tiny-random", max_new_tokens=4) for n in "abc"]
+    edges = [Edge("a", "b", channel="kv-select"), Edge("a", "c")]  # c reads a's reply as text
+    result = Team(agents, CommGraph(list("abc"), edges), decision="last").run(TASK)
+    assert result.messages[0].usage_metadata["output_tokens"] == 4
+    majority = Team(agents[:2], CommGraph(["a", "b"], edges[:1]), decision="majority").run(TASK)
+    assert majority.messages[0].usage_metadata["output_tokens"] == 4  # every reply is a vote
