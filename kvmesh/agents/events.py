@@ -35,6 +35,7 @@ class MessageSent(Event):
     kind: str  # "spatial", "temporal" or "decision"
     channel: str
     tokens: int  # tokens of the receiver's prompt that carry this message
+    kv_bytes: int = 0  # bytes of the sender's KV cache the receiver reads in place of text (0 on text edges)
 
 
 @dataclass(frozen=True)

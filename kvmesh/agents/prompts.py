@@ -75,7 +75,8 @@ class PromptPlan:
     messages: the transcript (system + user turn); text: its rendering, exactly what the model reads;
     token_ids: len P; edge_tokens: one count per inbound message, summing to at most P; pieces: token_ids in
     pieces (their ids add up to token_ids); task_span: where the task lies in token_ids; edge_cached: each
-    message's tokens that an assembled cache serves (its glue and reply when they were read from a cache).
+    message's tokens that an assembled cache serves (its glue and reply when they were read from a cache);
+    edge_pieces: the pieces each inbound message was laid out as, before tokenization (their sources included).
     """
 
     messages: list[BaseMessage]
@@ -86,6 +87,7 @@ class PromptPlan:
     pieces: list[Piece]
     task_span: tuple[int, int]
     edge_cached: list[int]
+    edge_pieces: list[list[Piece]]
 
     @property
     def reusable(self) -> bool:
@@ -217,4 +219,5 @@ def plan_prompt(
         pieces=planned,
         task_span=(task_start, task_start + sizes[task_index]),
         edge_cached=edge_cached,
+        edge_pieces=[pieces[lo:hi] for lo, hi in ranges],
     )

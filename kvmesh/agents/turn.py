@@ -43,7 +43,7 @@ from kvmesh.agents.tools import ToolTurn
 from kvmesh.agents.usage import Usage
 from kvmesh.graph.edge import DECISION, SPATIAL, TEMPORAL, edge_key
 from kvmesh.kvcomm.assembly import Assembly, Preparation
-from kvmesh.kvcomm.channel import TASK, TurnView, metadata_key, reads_caches, reply_key
+from kvmesh.kvcomm.channel import TASK, TurnView, kv_bytes_moved, metadata_key, reads_caches, reply_key
 from kvmesh.llm.base import ContextLengthError, Generation, GenerationRequest, check_context, context_length_of
 
 DEFER = object()  # planned again once the stage's reservations settle
@@ -63,11 +63,17 @@ class Turn:
     cache_channel: str | None = None  # the channel preparing the prompt's cache, if any
     preparation: Preparation | None = None  # while it runs: yields the rows it needs, returns the assembly
     assembly: Assembly | None = None  # the prompt's cache up to its tail, placed from caches
+    edge_kv_bytes: list[int] | None = None  # per inbound message: KV bytes its channel moved (None: none moved)
     started: bool = False  # whether the preparation has begun
     waiting: list[GenerationRequest] = field(default_factory=list)  # the preparation's rows out now
     results: dict[int, Generation] = field(default_factory=dict)  # their results so far, by id(request)
     submitted: bool = False  # whether the rows in `waiting` went to the batch
     own: GenerationRequest | None = None  # the turn's own row, once submitted
+
+    @property
+    def kv_bytes(self) -> list[int]:
+        """Per inbound message: the bytes of KV cache its channel moved into this turn's cache."""
+        return self.edge_kv_bytes or [0] * len(self.plan.inbound)
 
     @property
     def reservation(self) -> int:
@@ -250,11 +256,16 @@ def plan_turn(team: RunPlan, run: TaskRun, agent: Agent, round_: Round, order: t
         raise NotImplementedError(f"a turn reads caches over one channel at a time, this one over {sorted(reading)}")
     if reading:
         (turn.cache_channel,) = reading
-        turn.preparation = team.channels[turn.cache_channel].place(agent.llm, (agent.name, round_), plan.pieces)
+        channel = team.channels[turn.cache_channel]
+        turn.preparation = channel.place(agent.llm, (agent.name, round_), plan.pieces)
+        if turn.preparation is not None:
+            turn.edge_kv_bytes = [kv_bytes_moved(channel, agent.llm, pieces) for pieces in plan.edge_pieces]
     run.reserved += turn.reservation if team.token_budget is not None else 0
-    for message, tokens in zip(plan.inbound, plan.edge_tokens, strict=True):
+    for message, tokens, kv_bytes in zip(plan.inbound, plan.edge_tokens, turn.kv_bytes, strict=True):
         edge_round = round_ if message.kind != TEMPORAL else round_ - 1
-        yield MessageSent(run.index, message.source, agent.name, edge_round, message.kind, message.channel, tokens)
+        yield MessageSent(
+            run.index, message.source, agent.name, edge_round, message.kind, message.channel, tokens, kv_bytes
+        )
     yield AgentStarted(run.index, agent.name, round_, plan.text)
     yield turn
 
@@ -281,7 +292,8 @@ def record(turn: Turn, gen: Generation, started: float) -> Event:
     run, name, assembly = turn.run, turn.agent.name, turn.assembly
     prepared = assembly.seconds if assembly is not None else 0.0  # cache assembly is part of the call
     reused = assembly.reused_tokens if assembly is not None else 0
-    usage = Usage(gen.prompt_tokens, gen.completion_tokens, reused, 1, gen.latency_s + prepared, gen.ttft_s + prepared)
+    timing = (gen.latency_s + prepared, gen.ttft_s + prepared)
+    usage = Usage(gen.prompt_tokens, gen.completion_tokens, reused, 1, *timing, kv_bytes=sum(turn.kv_bytes))
     view = turn.view(assembly is not None)
     for channel in turn.team.channels.values():
         channel.learn(view, gen)
@@ -317,7 +329,8 @@ def record(turn: Turn, gen: Generation, started: float) -> Event:
     run.usage.add_call(name, str(turn.round), usage)
     cached = turn.plan.edge_cached if assembly is not None else None
     for i, (inbound, tokens) in enumerate(zip(turn.plan.inbound, turn.plan.edge_tokens, strict=True)):
-        run.usage.add_edge(edge_key(inbound.source, name, inbound.kind), tokens, cached[i] if cached else 0)
+        key = edge_key(inbound.source, name, inbound.kind)
+        run.usage.add_edge(key, tokens, cached[i] if cached else 0, turn.kv_bytes[i])
     first_token = gen.started_at - started + gen.ttft_s  # assembly ran before started_at, inside the run
     if run.usage.ttft_s is None or first_token < run.usage.ttft_s:
         run.usage.ttft_s = first_token

@@ -2,7 +2,8 @@
 
 Every number comes from real token ids: prompt tokens are the ids the model read, completion tokens the ids it
 generated (an end-of-sequence token included), `cache_read` the prompt tokens served from a reused KV cache
-instead of being prefilled (always 0 on `text` edges).
+instead of being prefilled (always 0 on `text` edges), `kv_bytes` the bytes of other agents' KV caches a call read
+(what a latent channel moved; 0 on `text` edges).
 
 Edge usage counts the receiver's prompt tokens that carry the sender's message, located by character offsets
 in the real prompt, so per-edge numbers add up to part of the receiver's own input tokens.
@@ -30,6 +31,7 @@ class Usage:
     calls: int = 0
     call_time_s: float = 0.0
     min_call_ttft_s: float | None = None
+    kv_bytes: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -44,6 +46,7 @@ class Usage:
             calls=self.calls + other.calls,
             call_time_s=self.call_time_s + other.call_time_s,
             min_call_ttft_s=min(firsts) if firsts else None,
+            kv_bytes=self.kv_bytes + other.kv_bytes,
         )
 
     def to_metadata(self) -> UsageMetadata:
@@ -56,7 +59,7 @@ class Usage:
 
     def to_dict(self) -> dict:
         data = dict(self.to_metadata())
-        data |= {"calls": self.calls, "call_time_s": round(self.call_time_s, 6)}
+        data |= {"calls": self.calls, "call_time_s": round(self.call_time_s, 6), "kv_bytes": self.kv_bytes}
         if self.min_call_ttft_s is not None:
             data["min_call_ttft_s"] = round(self.min_call_ttft_s, 6)
         return data
@@ -82,8 +85,9 @@ class UsageReport:
         self.per_agent[agent] = self.per_agent.get(agent, Usage()) + usage
         self.per_round[round_key] = self.per_round.get(round_key, Usage()) + usage
 
-    def add_edge(self, key: str, tokens: int, cache_read: int = 0) -> None:
-        self.per_edge[key] = self.per_edge.get(key, Usage()) + Usage(input_tokens=tokens, cache_read=cache_read)
+    def add_edge(self, key: str, tokens: int, cache_read: int = 0, kv_bytes: int = 0) -> None:
+        edge = Usage(input_tokens=tokens, cache_read=cache_read, kv_bytes=kv_bytes)
+        self.per_edge[key] = self.per_edge.get(key, Usage()) + edge
 
     def to_dict(self) -> dict:
         return {
@@ -126,8 +130,8 @@ class UsageReport:
         first = "" if self.ttft_s is None else f", first token after {self.ttft_s:.2f} s"
         lines.append(f"elapsed {self.wall_time_s:.2f} s{first} (call seconds add up calls that ran side by side)")
         if self.per_edge:
-            edge_rows = [("edge", "tokens read", "cached")]
-            edge_rows += [(k, u.input_tokens, u.cache_read) for k, u in self.per_edge.items()]
+            edge_rows = [("edge", "tokens read", "cached", "KV bytes")]
+            edge_rows += [(k, u.input_tokens, u.cache_read, u.kv_bytes) for k, u in self.per_edge.items()]
             lines += ["", *format_rows(edge_rows)]
         return "\n".join(lines)
 

@@ -12,6 +12,8 @@ The runtime never names one: it asks the team's channel objects, through these h
     keeps(turn)                         which caches the turn's row must keep (its prompt's, its reply's)
     learn(turn, generation)             after its row: store what later turns read, learn from the turn
     stats()                             what the channel did, for run summaries
+    kv_bytes(model, pieces)             optional: bytes of KV cache one message's pieces move into a receiver
+                                        (default: all of their source caches)
     reads_reply                         optional attribute (default True): False for a channel whose receivers read
                                         the sender's prompt cache, not its reply; a sender read only over such
                                         channels prefills and generates nothing
@@ -234,3 +236,11 @@ def metadata_key(name: str) -> str:
 def reads_caches(pieces: Sequence[Piece]) -> set[str]:
     """The channels whose caches a turn's pieces would read."""
     return {piece.channel for piece in pieces if piece.source is not None and piece.channel}
+
+
+def kv_bytes_moved(channel: Channel, model: LanguageModel, pieces: Sequence[Piece]) -> int:
+    """Bytes of KV cache that `pieces` (one message) move into a receiver's cache over `channel`."""
+    own = getattr(channel, "kv_bytes", None)
+    if own is not None:
+        return own(model, pieces)
+    return sum(piece.source.nbytes for piece in pieces if piece.source is not None)

@@ -16,9 +16,15 @@ would give (tests check greedy equality). Layers come from `KVSelectConfig.layer
 Usage stays exact: the receiver's input tokens include the C positions it read and `cache_read` counts them;
 the sender's prefill is its own input.
 
+A receiver that is itself read over kv-select passes on its own prompt's cache, without the contexts it read
+(moved to start at position 0): a reader of both it and its senders reads each context once.
+
+Calibration: with `record=True` the channel keeps each (context ids, receiver ids) pair it placed; run a team
+with every layer chosen on training tasks and hand the pairs to `layers.context_attention` (the evals layer's
+`calibrate_kv_select` does it), whose scores go in `KVSelectConfig.scores` and are saved with the team's spec.
+
 Caveats: both ends must share one model (the same KV geometry and tokenizer); a message with no context
-cache (its sender ran dense without keeping one) is read as text. A receiver that is itself read over kv-select
-passes on its whole prompt cache, the latent part included.
+cache (its sender ran dense without keeping one) is read as text.
 """
 
 from __future__ import annotations
@@ -61,6 +67,13 @@ class KVSelectConfig:
     keep_first: bool = True
     scores: tuple[float, ...] | None = None
 
+    def __post_init__(self) -> None:
+        if self.layers is not None:  # specs load lists
+            self.layers = tuple(int(layer) for layer in self.layers)
+        if self.scores is not None:
+            self.scores = tuple(float(score) for score in self.scores)
+        self.choice()  # refuses bad fractions, weights, centres and widths now
+
     def choice(self) -> LayerChoice:
         return LayerChoice(self.fraction, self.weight, self.centre, self.width, self.keep_first)
 
@@ -91,12 +104,15 @@ class KVSelectChannel:
     settings_class = KVSelectConfig
     reads_reply = False  # a receiver reads the sender's prompt cache: a sender nobody else reads generates nothing
 
-    def __init__(self, settings: KVSelectConfig | None = None) -> None:
+    def __init__(self, settings: KVSelectConfig | None = None, record: bool = False) -> None:
         self.config = settings or KVSelectConfig()
+        self.record = record
+        self.pairs: list[tuple[tuple[int, ...], tuple[int, ...]]] = []  # (context ids, receiver ids), if recording
         self._layers: dict[int, frozenset[int]] = {}
         self._ropes: dict[int, Rope] = {}
         self._specs: dict[int, str] = {}
-        self.calls = self.latent_tokens = self.kv_bytes = 0
+        self._moved: dict[int, int] = {}  # id(context segment) -> bytes its last placement read
+        self.calls = self.latent_tokens = self.moved_bytes = 0
 
     def check(self, sender: Endpoint, receiver: Endpoint, where: str) -> None:
         if not (sender.model is receiver.model or sender.model_spec == receiver.model_spec):
@@ -147,25 +163,44 @@ class KVSelectChannel:
         )
         rest = [t for piece in pieces[len(latent) :] for t in piece.token_ids]
         assembly = Assembly.of(context, rest)
-        skipping = [layer for layer in range(assembly.keys.shape[0]) if layer not in chosen]
+        layers = assembly.keys.shape[0]
+        skipping = [layer for layer in range(layers) if layer not in chosen]
         if skipping:  # the sink's distance to the receiver's tokens as in a sink-only cache
             sink = assembly.keys[skipping, :, :1]
             assembly.keys[skipping, :, :1] = rope.rotate(sink, start - 1)
             assembly.latent = LatentSpan(1, start, chosen)
+        for index, piece in enumerate(latent):  # chosen layers read every position; the others the sink alone
+            per_position = piece.source.nbytes // (layers * len(piece.source))
+            seen = len(chosen) * len(piece.source) + (len(skipping) if index == 0 else 0)
+            self._moved[id(piece.source)] = seen * per_position
         self.calls += 1
         self.latent_tokens += start
-        layers = assembly.keys.shape[0]
-        per_layer = (context.keys.nbytes + context.values.nbytes) // layers
-        self.kv_bytes += len(chosen) * per_layer + (layers - len(chosen)) * per_layer // start  # the sink alone
+        self.moved_bytes += sum(self._moved[id(piece.source)] for piece in latent)
+        if self.record:
+            self.pairs.append((context.token_ids, tuple(rest)))
         return _ready(assembly)
+
+    def kv_bytes(self, model: LanguageModel, pieces: Sequence[Piece]) -> int:
+        """Bytes of one message's context the receiver's layers read (as its last `place` laid them)."""
+        return sum(self._moved.get(id(p.source), 0) for p in pieces if p.kind == LATENT and p.channel == self.name)
 
     def keeps(self, turn: TurnView) -> Keep:
         """A turn read over kv-select keeps its prompt's cache: that is the context its receivers read."""
         return Keep(prompt=self.name in turn.read_over)
 
     def learn(self, turn: TurnView, generation: Generation) -> None:
-        if self.name in turn.read_over and generation.prompt_kv is not None:
-            turn.store[reply_key(*turn.receiver, self.name)] = Cached(self.name, generation.prompt_kv)
+        """Keep the turn's prompt cache for its receivers: its own part, without the contexts it read."""
+        if self.name not in turn.read_over or generation.prompt_kv is None:
+            return
+        read = sum(len(p.token_ids) for p in turn.pieces if p.kind == LATENT and p.channel == self.name)
+        own = generation.prompt_kv
+        if read:
+            own = self._ropes[id(turn.model)].move(own.slice(read), 0)
+        turn.store[reply_key(*turn.receiver, self.name)] = Cached(self.name, own)
+
+    def layers_by_spec(self) -> dict[str, list[int]]:
+        """The chosen layers of each model this channel has prepared, by model spec."""
+        return {self._specs[key]: sorted(layers) for key, layers in self._layers.items()}
 
     def stats(self) -> dict:
         if not self.calls:
@@ -173,7 +208,7 @@ class KVSelectChannel:
         return {
             "calls": self.calls,
             "latent_tokens": self.latent_tokens,
-            "kv_bytes": self.kv_bytes,
-            "layers": {self._specs[key]: sorted(layers) for key, layers in self._layers.items()},
+            "kv_bytes": self.moved_bytes,
+            "layers": self.layers_by_spec(),
             "config": asdict(self.config),
         }

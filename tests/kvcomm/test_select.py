@@ -68,3 +68,60 @@ def test_a_sender_whose_text_someone_reads_still_speaks(tiny):
     assert result.messages[0].usage_metadata["output_tokens"] == 4
     majority = Team(agents[:2], CommGraph(["a", "b"], edges[:1]), decision="majority").run(TASK)
     assert majority.messages[0].usage_metadata["output_tokens"] == 4  # every reply is a vote
+
+
+def test_a_relaying_receiver_passes_on_only_its_own_prompt(tiny):
+    agents = [Agent(n, model="tiny-random", max_new_tokens=4) for n in "abc"]
+    edges = [
+        Edge("a", "b", channel="kv-select"),
+        Edge("a", "c", channel="kv-select"),
+        Edge("b", "c", channel="kv-select"),
+    ]
+    result = Team(agents, CommGraph(list("abc"), edges), decision="last").run(TASK)
+    a, b, c = result.messages
+    own = {m.name: len(tiny.encode_prompt(m.response_metadata["prompt"])) for m in (a, b, c)}
+    # c reads a's context and b's own prompt (not b's copy of a's context): each context once
+    assert c.usage_metadata["input_token_details"]["cache_read"] == own["a"] + own["b"]
+    assert result.usage.per_edge["b->c"].cache_read == own["b"]
+
+
+def test_each_message_reports_the_kv_bytes_it_moved(tiny):
+    events = list(pair({"kv-select": {"fraction": 1.0}}).stream(TASK))
+    (sent,) = [e for e in events if type(e).__name__ == "MessageSent"]
+    sender = next(e.message for e in events if type(e).__name__ == "AgentFinished" and e.agent == "a")
+    config = tiny.model.config
+    positions = len(tiny.encode_prompt(sender.response_metadata["prompt"]))
+    per_position = 2 * config.num_key_value_heads * config.head_dim * 4  # keys and values, float32
+    assert sent.channel == "kv-select" and sent.kv_bytes == config.num_hidden_layers * positions * per_position
+    one = list(pair({"kv-select": {"layers": (1,)}}).stream(TASK))
+    (fewer,) = [e for e in one if type(e).__name__ == "MessageSent"]
+    assert fewer.kv_bytes == (positions + 1) * per_position  # layer 1 reads every position, layer 0 the sink
+    result = next(e for e in one if type(e).__name__ == "TeamFinished").result
+    receiver = next(e for e in one if type(e).__name__ == "AgentFinished" and e.agent == "b")
+    assert result.usage.per_edge["a->b"].kv_bytes == receiver.usage.kv_bytes == fewer.kv_bytes
+    assert result.usage.to_dict()["per_edge"]["a->b"]["kv_bytes"] == fewer.kv_bytes
+
+
+def test_calibration_scores_choose_the_layers_and_survive_a_spec_round_trip(tiny, tmp_path):
+    from kvmesh.evals.calibrate import calibrate_kv_select, needs_calibration
+
+    team = pair({"kv-select": {"fraction": 0.5, "keep_first": False, "weight": 1.0}})
+    assert needs_calibration(team)
+    tasks = [Task(f"Where is key {i}?", id=str(i), shards={"a": f"Key {i} is in room {i * 7}."}) for i in range(16)]
+    with pytest.raises(ValueError, match="at least 16 training tasks"):
+        calibrate_kv_select(team, tasks[:3])
+    calibrated = calibrate_kv_select(team, tasks)
+    again = calibrate_kv_select(team, tasks)
+    config = calibrated.channels["kv-select"].config
+    assert (
+        config.scores is not None
+        and len(config.scores) == 2
+        and config.scores == again.channels["kv-select"].config.scores
+    )
+    assert not needs_calibration(calibrated)
+    best = max(range(2), key=lambda layer: (config.scores[layer], -layer))
+    assert calibrated.channels["kv-select"].config.chosen(2) == {best}
+    path = tmp_path / "team.yaml"
+    calibrated.save_spec(path)
+    reloaded = Team.from_spec(path)
+    assert reloaded.channels["kv-select"].config == config

@@ -85,3 +85,27 @@ def test_rows_with_latent_columns_batch_with_plain_rows_unchanged(tiny, read):
     together = tiny.generate_requests(requests)
     alone = [tiny.generate_requests([r])[0] for r in requests]
     assert [g.token_ids for g in together] == [g.token_ids for g in alone]
+
+
+def test_the_attention_pattern_is_causal_in_every_layer_and_blind_where_hidden(tiny):
+    from kvmesh.llm.layer_mask import PREFIX
+
+    model, layers = tiny.model, tiny.model.config.num_hidden_layers
+    ids = torch.tensor([tiny.encode_prompt(CONTEXT + QUESTION)])
+    hide = torch.zeros(ids.shape, dtype=torch.bool)
+    hide[0, 1:10] = True  # the skipping layer sees the sink (position 0) and everything from position 10 on
+    current = model.config._attn_implementation
+    model.set_attn_implementation(PREFIX + "eager")  # eager attention returns its weights
+    try:
+        with torch.no_grad():
+            attentions = model(input_ids=ids, hidden={0: hide}, output_attentions=True).attentions
+    finally:
+        model.set_attn_implementation(current)
+    assert len(attentions) == layers
+    later = torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool).triu(1)
+    for layer, weights in enumerate(attentions):  # (1, H, T, T)
+        assert weights[0][:, later].abs().max() == 0, f"layer {layer} attends to a later token"
+        assert torch.allclose(weights.sum(-1), torch.ones(()))
+    assert attentions[0][0, :, 10:, 1:10].abs().max() == 0  # the skipping layer never reads the hidden columns
+    assert attentions[0][0, :, 10:, 0].min() > 0  # but it reads the sink
+    assert attentions[1][0, :, 10:, 1:10].sum() > 0  # a reading layer does read them
