@@ -207,6 +207,21 @@ class Team:
             repeat_rounds=True,  # a designer's graph may have pruned every temporal edge
         )
 
+    def with_channels(self, channels: Mapping[str, object]) -> Team:
+        """A team like this one (the same agents, graph and designer; new channel state) whose channels named in
+        `channels` take those settings (each channel's settings class or a dict of its fields)."""
+        return Team(
+            self.agents,
+            self.graph,
+            self.rounds,
+            self.decision,
+            self.token_budget,
+            self.seed,
+            designer=self.designer,
+            channels={**self._settings, **channels},
+            repeat_rounds=True,  # this team was accepted already
+        )
+
     # --- per-task graphs ---------------------------------------------------------------------------------------
 
     def graphs_for(self, tasks: Sequence[Task]) -> list[CommGraph]:

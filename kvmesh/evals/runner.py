@@ -35,6 +35,7 @@ from kvmesh.config import ConfigError, check_choices
 from kvmesh.evals.benchmarks import BENCHMARKS, SINGLE, Benchmark, Sample, configured_team, make_benchmark
 from kvmesh.evals.benchmarks.gsm8k import ENV_VAR as GSM8K_PATH_VARIABLE
 from kvmesh.evals.benchmarks.infoqa import SHARD_MODES
+from kvmesh.evals.calibrate import KV_SELECT, MIN_TASKS, calibrate_kv_select, needs_calibration
 from kvmesh.evals.jsonl import read_jsonl
 from kvmesh.evals.sandbox import NOT_A_BOUNDARY
 from kvmesh.evals.store import content_hash, discard_if_empty, open_run
@@ -79,6 +80,9 @@ class EvalConfig:
             trained or validated on are left out (also when a spec names the designer).
         anchors: with kv-reuse, a folder that keeps its anchors across runs (loaded at the start, saved after
             each chunk of samples, also when interrupted).
+        layer_fraction: kv-select: the share of layers that read a sender's context (KVComm: 0.3).
+        calibrate: kv-select: training-split tasks to calibrate its layer choice on (at least 16; 0: the depth
+            prior alone). A spec whose kv-select settings hold layers or scores is not calibrated again.
         exclude_ids: sample ids to leave out as well (`kvmesh design eval` passes every id any compared
             designer saw, so that each team runs on the same test tasks).
     """
@@ -104,6 +108,8 @@ class EvalConfig:
     channel: str = field(default="text", metadata={"choices": available_channels})
     designer: str | None = None
     anchors: str | None = None
+    layer_fraction: float = 0.3
+    calibrate: int = 16
     exclude_ids: list[str] = field(default_factory=list)
 
     # what a spec or a designer sets instead: not used then, and not recorded (their team is, resolved)
@@ -117,6 +123,7 @@ class EvalConfig:
         "channel",
         "max_new_tokens",
         "anchors",
+        "layer_fraction",
     )
 
     def __post_init__(self) -> None:
@@ -130,6 +137,10 @@ class EvalConfig:
         if self.batch_size < 1:
             raise ConfigError(f"{{batch_size}} must be at least 1, got {self.batch_size}", owner)
         check_anchors(self)
+        if not 0 < self.layer_fraction <= 1:
+            raise ConfigError(f"{{layer_fraction}} must be in (0, 1], got {self.layer_fraction}", owner)
+        if self.calibrate and self.calibrate < MIN_TASKS:
+            raise ConfigError(f"{{calibrate}} must be 0 or at least {MIN_TASKS} tasks, got {self.calibrate}", owner)
         if self.designer and self.spec:
             raise ConfigError("use either {designer} or {spec}: a designer brings the team it was trained with", owner)
 
@@ -176,6 +187,10 @@ def build_team(config: EvalConfig, load_designer: DesignerLoader | None = None) 
         programmer = any(agent.role == "programming expert" for agent in team.agents)
         if config.benchmark == "gsm8k" and programmer and not config.allow_code_execution:
             log.warning("the programming expert's code is not run; pass --allow-code-execution to run it")
+    if config.channel == KV_SELECT and not (config.spec or config.designer):
+        team = team.with_channels({KV_SELECT: {"fraction": config.layer_fraction}})
+    if config.calibrate and needs_calibration(team):
+        team = calibrate_kv_select(team, calibration_tasks(config), config.batch_size)
     running = sorted({f"{a.name}: {t.name}" for a in team.members for t in a.tools if t.runs_code})
     if running and not config.allow_code_execution:
         raise PermissionError(
@@ -183,6 +198,26 @@ def build_team(config: EvalConfig, load_designer: DesignerLoader | None = None) 
             f"that ({NOT_A_BOUNDARY})"
         )
     return team
+
+
+def calibration_tasks(config: EvalConfig) -> list:
+    """The first `config.calibrate` tasks of the benchmark's training split, for kv-select's layer choice."""
+    if config.split == "train":
+        raise ConfigError(
+            "kv-select calibrates on the train split: score another {split}, or pass {calibrate} 0", "EvalConfig"
+        )
+    benchmark = make_benchmark(config.benchmark, config.data_path, config.seed, config.allow_code_execution)
+    try:
+        samples = benchmark.samples("train")
+    except (KeyError, ValueError) as error:
+        raise ConfigError(
+            f"kv-select calibrates on the train split, which {config.benchmark} lacks: pass {{calibrate}} 0"
+            " to choose layers by the depth prior alone",
+            "EvalConfig",
+        ) from error
+    if len(samples) < config.calibrate:
+        raise ConfigError(f"{{calibrate}} {config.calibrate}: the train split has {len(samples)} tasks", "EvalConfig")
+    return [sample.task for sample in samples[: config.calibrate]]
 
 
 def team_of(config: EvalConfig, load_designer: DesignerLoader | None = None, fresh: bool = False) -> Team:
