@@ -1,4 +1,5 @@
-"""`kvmesh bench kv-reuse`: time to first token, dense prefill against KV cache reuse (`kvmesh.evals.bench`)."""
+"""`kvmesh bench kv-reuse|latent`: time to first token with KV cache reuse; latent channels against text on InfoQA
+(`kvmesh.evals.bench`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 
 from kvmesh.agents.usage import format_rows
 from kvmesh.cli.flags import add_config_arguments, config_from_args
+from kvmesh.evals.bench import latent
 from kvmesh.evals.bench.kv_reuse import KVReuseBenchConfig, run_benchmark
 
 
@@ -39,10 +41,41 @@ def bench_kv_reuse(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_latent(args: argparse.Namespace) -> int:
+    config = config_from_args(latent.LatentBenchConfig, args)
+    result = latent.run_benchmark(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    if config_from_args(BenchOutput, args).json:
+        print(json.dumps(result))
+        return 0
+    rows = [("mode", "accuracy", "95% interval", "s/task", "generated", "KV bytes")]
+    for m in result["modes"]:
+        low, high = m["ci95"]
+        interval = f"[{low:.3f}, {high:.3f}]"
+        rows.append(
+            (
+                m["name"],
+                f"{m['accuracy']:.3f}",
+                interval,
+                f"{m['seconds_per_task']:.3f}",
+                f"{m['generated_tokens']:.1f}",
+                f"{m['kv_bytes']:.0f}",
+            )
+        )
+    print("\n".join(format_rows(rows)))
+    print(f"{result['tasks']} tasks" + (f"; plot: {result['plot']}" if "plot" in result else ""))
+    return 0
+
+
 def add_parser(commands) -> None:
-    bench = commands.add_parser("bench", help="performance benchmarks (kv-reuse: time to first token)")
+    bench = commands.add_parser("bench", help="benchmarks (kv-reuse: time to first token; latent: channels on InfoQA)")
     kinds = bench.add_subparsers(dest="kind", required=True)
     kv_reuse = kinds.add_parser("kv-reuse", help="dense prefill against KV cache reuse, KVCOMM's setting")
     add_config_arguments(kv_reuse, KVReuseBenchConfig)
     add_config_arguments(kv_reuse, BenchOutput)
     kv_reuse.set_defaults(handler=bench_kv_reuse)
+    latent_parser = kinds.add_parser(
+        "latent", help="text, kv-select and c2c against no talk and the skyline, on InfoQA"
+    )
+    add_config_arguments(latent_parser, latent.LatentBenchConfig)
+    add_config_arguments(latent_parser, BenchOutput)
+    latent_parser.set_defaults(handler=bench_latent)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
 import typing
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -50,9 +51,12 @@ def add_config_arguments(
         if field.name in skip:
             continue
         kind = hints[field.name]
-        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)  # X | None -> X
+        optional = typing.get_origin(kind) in (types.UnionType, typing.Union)
+        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind) if optional else kind  # X | None
         has_default = field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
         default = field.default if field.default is not dataclasses.MISSING else None
+        if field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
         text = helps.get(field.name, "")
         options: dict = {"help": text}
         choices = field.metadata.get("choices")
@@ -66,7 +70,7 @@ def add_config_arguments(
             options["type"] = base
         if field.name in positional:
             nargs = positional[field.name]
-            parser.add_argument(field.name, **options, **({"nargs": nargs, "default": default} if nargs else {}))
+            parser.add_argument(field.name, **(options | ({"nargs": nargs, "default": default} if nargs else {})))
             continue
         names = [flag(field.name), *([field.metadata["short"]] if "short" in field.metadata else [])]
         if not has_default:

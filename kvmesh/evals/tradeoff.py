@@ -40,7 +40,14 @@ class Point:
         return cls(label, accuracy["value"], low, high, tokens, designer, summary["samples"])
 
 
-def plot_tradeoff(points: Sequence[Point], path: str | Path, title: str | None = None) -> Path:
+def plot_tradeoff(
+    points: Sequence[Point],
+    path: str | Path,
+    title: str | None = None,
+    xlabel: str = "tokens per task (prompt + completion)",
+    unit: str = "tok",
+) -> Path:
+    """One point per run at (`Point.tokens`, accuracy); `xlabel` and `unit` name what the x axis measures."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,16 +59,18 @@ def plot_tradeoff(points: Sequence[Point], path: str | Path, title: str | None =
         colour = plt.get_cmap("tab10")(i % 10)
         errors = [[max(0.0, point.accuracy - point.low)], [max(0.0, point.high - point.accuracy)]]
         marker, size = ("*", 14) if point.designer else ("o", 8)
-        label = f"{point.name}: {point.accuracy:.3f}, {point.tokens:.0f} tok"
+        cost = f"{point.tokens:.0f} {unit}" if unit == "tok" else f"{point.tokens:.3g} {unit}"
+        label = f"{point.name}: {point.accuracy:.3f}, {cost}"
         style = {"fmt": marker, "markersize": size, "color": colour, "capsize": 3, "label": label}
         axes.errorbar(point.tokens, point.accuracy, yerr=errors, **style)
-    axes.set_xlabel("tokens per task (prompt + completion)")
+    axes.set_xlabel(xlabel)
     axes.set_ylabel("accuracy (95% interval)")
     axes.set_xlim(left=0)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, loc="best", frameon=False)  # points of equal cost sit on top of each other
     samples = sorted({p.samples for p in points})
-    axes.set_title(title or f"accuracy against tokens ({'/'.join(map(str, samples))} tasks per point)", fontsize=10)
+    against = xlabel.split(" (")[0]
+    axes.set_title(title or f"accuracy against {against} ({'/'.join(map(str, samples))} tasks per point)", fontsize=10)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=150)

@@ -1,0 +1,256 @@
+"""`kvmesh bench latent`: latent channels against text on InfoQA with two agents, every mode on the same tasks.
+
+The sender holds every shard of a task, the receiver gets the question alone and answers it. Modes:
+
+    none            the receiver alone, without the shards: the floor
+    text            the sender writes a message (up to `message_tokens`), the receiver reads it as text
+    kv-select@P     the sender only prefills; the receiver reads its prompt cache in P% of the layers,
+                    chosen on calibration attention (`calibrate` training tasks) and the depth prior
+    c2c:<mapper>    the mapper's sender prefills; its cache, mapped into the receiver's format, is read in
+                    front of the receiver's prompt (a folder from `kvmesh c2c fit|train`)
+    text:<sender>   the text relay from each c2c mapper's sender model (the relay c2c is measured against)
+    skyline         the receiver reads the shards itself
+
+Every mode runs the same tasks through `Team.run_batch` at the same batch size; seconds per task is the wall
+time of the whole mode over its tasks (the sender's prefill or message and the receiver's answer included,
+calibration not: it is reported apart). Accuracy is InfoQA's exact match with a 95% Wilson interval;
+generated tokens and KV bytes moved are means per task, from the runtime's own usage.
+
+With `out`, each finished mode is written to `modes.jsonl` beside `config.json` at once, and a rerun with the
+same settings resumes after the modes it finished; `plot.png` draws accuracy against time per task.
+
+Caveat: the receiver's prompt is the same in every mode (one worked example that reads notes), so modes differ
+only in what it reads; SmolLM2-135M copies formats better than it follows instructions.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from kvmesh.agents.agent import Agent
+from kvmesh.agents.task import Task
+from kvmesh.agents.team import Team
+from kvmesh.config import ConfigError
+from kvmesh.evals.benchmarks.base import SOLO
+from kvmesh.evals.benchmarks.infoqa import EXAMPLES, MEMBER, InfoQA, short_answer
+from kvmesh.evals.calibrate import KV_SELECT, calibrate_kv_select
+from kvmesh.evals.stats import proportion
+from kvmesh.graph import CommGraph, Edge
+
+SENDER, RECEIVER = "sender", "receiver"
+SENDER_PROMPT = (
+    "Your private notes hold the facts. Copy the sentences from your notes that are about the people in the "
+    "question, for a teammate who will answer it."
+)
+RECEIVER_PROMPT = "Answer the question with a few words, from your notes or your teammate. End with: Answer: X"
+
+
+@dataclass
+class LatentBenchConfig:
+    """What `kvmesh bench latent` runs.
+
+    Args:
+        model: the receiver's model, also the sender's on text and kv-select edges.
+        limit: test tasks (every mode runs the same ones).
+        data_path: an InfoQA JSONL file instead of the generator's test split (as `kvmesh eval` takes it).
+        seed: seeds the InfoQA generator (calibration draws from its train split).
+        fractions: kv-select's layer fractions, in percent.
+        mappers: c2c mapper folders (`kvmesh c2c fit|train`), one mode each.
+        calibrate: training tasks kv-select calibrates its layer choice on (at least 16).
+        batch_size: tasks per batched runtime pass, the same in every mode.
+        message_tokens: cap on the text relay's message.
+        answer_tokens: cap on the receiver's answer.
+        out: a folder that keeps the configuration and each finished mode (a rerun resumes).
+    """
+
+    model: str = "smollm2-135m"
+    limit: int = 200
+    data_path: str | None = None
+    seed: int = 0
+    fractions: list[int] = field(default_factory=lambda: [10, 20, 30, 50, 100])
+    mappers: list[str] = field(default_factory=list)
+    calibrate: int = 16
+    batch_size: int = 16
+    message_tokens: int = 48
+    answer_tokens: int = 16
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        bad = [f for f in self.fractions if not 0 < f <= 100]
+        if bad:
+            raise ConfigError(f"{{fractions}} are percentages in (0, 100], got {bad}", owner)
+        for name in ("limit", "batch_size", "message_tokens", "answer_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{{{name}}} must be at least 1, got {getattr(self, name)}", owner)
+
+
+def _sender(model: str, max_new_tokens: int) -> Agent:
+    return Agent(SENDER, SENDER_PROMPT, model=model, max_new_tokens=max_new_tokens, examples=EXAMPLES[MEMBER])
+
+
+def _receiver(config: LatentBenchConfig) -> Agent:
+    return Agent(
+        RECEIVER, RECEIVER_PROMPT, model=config.model, max_new_tokens=config.answer_tokens, examples=EXAMPLES[SOLO]
+    )
+
+
+def _pair(config: LatentBenchConfig, channel: str, sender_model: str | None = None, **channels) -> Team:
+    sender = _sender(sender_model or config.model, config.message_tokens)
+    graph = CommGraph([SENDER, RECEIVER], [Edge(SENDER, RECEIVER, channel=channel)])
+    return Team([sender, _receiver(config)], graph, decision="last", channels=channels or None)
+
+
+def _alone(config: LatentBenchConfig) -> Team:
+    return Team([_receiver(config)], CommGraph([RECEIVER]), decision="last")
+
+
+def _shards(task: Task) -> list[str]:
+    shards = task.shards or []
+    return list(shards.values()) if isinstance(shards, dict) else list(shards)
+
+
+def tasks_for(samples, reader: str | None) -> list[Task]:
+    """Each sample's question; its shards, joined, go to `reader` (None: nobody reads them)."""
+    return [
+        Task(
+            s.task.question,
+            id=s.id,
+            shards={reader: "\n".join(_shards(s.task))} if reader else None,
+            extract_answer=short_answer,
+        )
+        for s in samples
+    ]
+
+
+def run_mode(team: Team, tasks: Sequence[Task], samples, benchmark: InfoQA, batch_size: int) -> dict:
+    """One mode over `tasks`: accuracy, time per task, generated tokens and KV bytes moved (means per task)."""
+    started, results = time.perf_counter(), []
+    for start in range(0, len(tasks), batch_size):
+        results += team.run_batch(list(tasks[start : start + batch_size]))
+    seconds = time.perf_counter() - started
+    correct = sum(benchmark.score(s, r.answer or "").correct for s, r in zip(samples, results, strict=True))
+    totals = [r.usage.total for r in results]
+    return {
+        "accuracy": correct / len(tasks),
+        "ci95": proportion(correct, len(tasks))["ci95"],
+        "seconds_per_task": seconds / len(tasks),
+        "generated_tokens": sum(t.output_tokens for t in totals) / len(tasks),
+        "input_tokens": sum(t.input_tokens for t in totals) / len(tasks),
+        "cache_read": sum(t.cache_read for t in totals) / len(tasks),
+        "kv_bytes": sum(t.kv_bytes for t in totals) / len(tasks),
+        "tasks": len(tasks),
+    }
+
+
+def _c2c_modes(config: LatentBenchConfig) -> list[tuple[str, Callable[[], Team], str]]:
+    """c2c:<mapper> for each mapper, and the text relay from each distinct mapper sender."""
+    from kvmesh.kvcomm.mapper import load_mapper  # imported on use: only c2c modes need it
+
+    modes, senders = [], []
+    for folder in config.mappers:
+        mapper = load_mapper(folder)
+        sender = mapper.config.sender
+        if sender not in senders and sender != config.model:
+            senders.append(sender)
+        modes.append(
+            (f"c2c:{Path(folder).name}", lambda f=folder, s=sender: _pair(config, "c2c", s, c2c={"mapper": f}), SENDER)
+        )
+    relays = [(f"text:{s}", lambda s=s: _pair(config, "text", s), SENDER) for s in senders]
+    return relays + modes
+
+
+def run_benchmark(config: LatentBenchConfig, progress: Callable[[str], None] = print) -> dict:
+    """Every mode on the same tasks; see the module docstring."""
+    benchmark = InfoQA(config.data_path, config.seed)
+    samples = benchmark.samples("test")[: config.limit]
+    done = _resume(config)
+    calibration: dict = done.pop("calibration", {})
+    scores = calibration.get("scores")
+    if scores is None and any(f"kv-select@{f}" not in done for f in config.fractions):
+        started = time.perf_counter()
+        train = tasks_for(InfoQA(None, config.seed).samples("train")[: config.calibrate], SENDER)
+        team = calibrate_kv_select(_pair(config, KV_SELECT), train, config.batch_size)
+        scores = team.channels[KV_SELECT].config.scores
+        calibration = {
+            "tasks": len(train),
+            "split": "train",
+            "seconds": time.perf_counter() - started,
+            "scores": scores,
+        }
+        _write(config, "calibration", calibration)
+    kv_select = _pair(config, KV_SELECT).channels[KV_SELECT].config
+    modes: list[tuple[str, Callable[[], Team], str | None]] = [
+        ("none", lambda: _alone(config), None),
+        ("text", lambda: _pair(config, "text"), SENDER),
+    ]
+    for fraction in config.fractions:
+        settings = replace(kv_select, fraction=fraction / 100, scores=scores)
+        modes.append((f"kv-select@{fraction}", lambda s=settings: _pair(config, KV_SELECT, **{KV_SELECT: s}), SENDER))
+    modes += _c2c_modes(config) if config.mappers else []
+    modes.append(("skyline", lambda: _alone(config), RECEIVER))
+    results = []
+    for name, build, reader in modes:
+        if name not in done:
+            team = build()
+            progress(f"{name}: {len(samples)} tasks")
+            done[name] = {
+                "name": name,
+                **run_mode(team, tasks_for(samples, reader), samples, benchmark, config.batch_size),
+            }
+            if KV_SELECT in team.channels:
+                done[name]["layers"] = team.channels[KV_SELECT].layers_by_spec()
+            _write(config, "mode", done[name])
+        line = done[name]
+        progress(f"{name}: accuracy {line['accuracy']:.3f}, {line['seconds_per_task']:.3f} s/task")
+        results.append(line)
+    report = {"modes": results, "tasks": len(samples), "calibration": calibration, "config": asdict(config)}
+    if config.out:
+        report["plot"] = str(plot_modes(results, Path(config.out) / "plot.png"))
+    return report
+
+
+def plot_modes(modes: Sequence[dict], path: Path) -> Path:
+    """Accuracy (95% interval) against seconds per task, one point per mode."""
+    from kvmesh.evals.tradeoff import Point, plot_tradeoff
+
+    points = [
+        Point(m["name"], m["accuracy"], *m["ci95"], m["seconds_per_task"], m["name"] == "skyline", m["tasks"])
+        for m in modes
+    ]
+    return plot_tradeoff(points, path, xlabel="seconds per task (batched, sender and receiver)", unit="s")
+
+
+# --- resuming ---------------------------------------------------------------------------------------------------
+
+
+def _resume(config: LatentBenchConfig) -> dict:
+    """Modes (and the calibration) an earlier run with these settings finished; {} without `out`."""
+    if not config.out:
+        return {}
+    out = Path(config.out)
+    saved, settings = out / "config.json", asdict(config)
+    if saved.is_file():
+        earlier = json.loads(saved.read_text())
+        if earlier != settings:
+            changed = sorted(k for k in settings if earlier.get(k) != settings[k])
+            raise ConfigError(f"{out} holds a run with other settings ({', '.join(changed)}): use another {{out}}")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(settings, indent=2) + "\n")
+    done: dict = {}
+    lines = out / "modes.jsonl"
+    for line in lines.read_text().splitlines() if lines.is_file() else []:
+        record = json.loads(line)
+        done[record["name"] if record["kind"] == "mode" else "calibration"] = record["data"]
+    return done
+
+
+def _write(config: LatentBenchConfig, kind: str, data: dict) -> None:
+    if config.out:
+        with open(Path(config.out) / "modes.jsonl", "a") as file:
+            file.write(json.dumps({"kind": kind, "name": data.get("name", kind), "data": data}) + "\n")
