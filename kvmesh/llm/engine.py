@@ -229,6 +229,30 @@ class DecodeBatch:
         logits = self.decoder.forward(ids, mask, position_ids, cache, latent, reads)
         return cache, mask, logits, position_ids[:, -1:] + 1, latent, reads
 
+    def _prefill_on_prefixes(self, rows: list[_Row], device):
+        """Rows whose prompts start with prebuilt caches, prefilled in one forward pass: their prefixes stacked
+        left-padded to one width, their remaining tokens left-padded after them (the gap is masked, positions
+        are each row's own), so a row reads exactly what it would alone."""
+        config = self.decoder.model.config
+        prefixes = [row.request.prefix for row in rows]
+        rests = [row.request.prompt_ids[prefix.length :] for row, prefix in zip(rows, prefixes, strict=True)]
+        front = max(prefix.length for prefix in prefixes)
+        cache = stack_left_padded([prefix.cache(config) for prefix in prefixes], front, config)
+        ids, rest_mask = _left_pad(rests, self.decoder.pad_id, device)
+        width = front + ids.shape[1]
+        mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+        latent = torch.zeros((len(rows), width), dtype=torch.bool, device=device)
+        reads = torch.ones((len(rows), self.decoder.layers), dtype=torch.bool, device=device)
+        position_ids = torch.zeros(ids.shape, dtype=torch.long, device=device)
+        for b, (prefix, rest) in enumerate(zip(prefixes, rests, strict=True)):
+            mask[b, front - prefix.length : front] = 1
+            row_latent, row_reads = self.decoder.latent_of(prefix, prefix.length, device)
+            latent[b, front - prefix.length : front], reads[b] = row_latent[0], row_reads[0]
+            position_ids[b, ids.shape[1] - len(rest) :] = torch.arange(prefix.length, prefix.length + len(rest))
+        mask[:, front:] = rest_mask
+        logits = self.decoder.forward(ids, mask, position_ids, cache, latent, reads)
+        return cache, mask, logits, position_ids[:, -1:] + 1, latent, reads
+
     def _keep_prompt(self, row: _Row, cache, batch_row: int, start: int, end: int) -> None:
         """A row's prompt cache, read right after its prefill: for prefill-only rows, which leave now, and on
         models whose caches keep only a window (a decoding row's prompt is read when it finishes: `_prompt_kv`,
@@ -285,7 +309,40 @@ class DecodeBatch:
                 parts.append(
                     (cache, mask, logits, position_ids[:, -1:] + 1, latent, reads, [rows[bucket[b]] for b in going])
                 )
-        for row in (rows[i] for i in range(len(rows)) if rows[i].request.prefix is not None):
+        on_prefix = [row for row in rows if row.request.prefix is not None]
+        # rows that keep their prompt's cache read it as one run of columns: those prefill alone, with no gap
+        alone = [row for row in on_prefix if row.request.keep_kv and row.request.keep_prompt_kv]
+        together = [row for row in on_prefix if row not in alone]
+        if len(together) > 1 and self.decoder.mergeable:
+            began = time.perf_counter()
+            cache, mask, logits, positions, latent, reads = self._prefill_on_prefixes(together, device)
+            now = time.perf_counter()
+            rests = [len(r.request.prompt_ids) - r.request.prefix.length for r in together]
+            going = []
+            for b, row in enumerate(together):
+                row.prefill_s = (now - began) * rests[b] / sum(rests)
+                if row.request.prefill_only:
+                    finished.append(self._prefilled(row, now))
+                else:
+                    going.append(b)
+            if going:
+                index = torch.tensor(going, device=device)
+                if len(going) < len(together):
+                    select_rows(cache, index)
+                parts.append(
+                    (
+                        cache,
+                        mask[index],
+                        logits[index],
+                        positions[index],
+                        latent[index],
+                        reads[index],
+                        [together[b] for b in going],
+                    )
+                )
+        else:
+            alone = on_prefix
+        for row in alone:
             began = time.perf_counter()
             cache, mask, row_logits, row_positions, latent, reads = self._prefill_on_prefix(row, device)
             row.prefill_s = time.perf_counter() - began

@@ -125,3 +125,17 @@ def test_calibration_scores_choose_the_layers_and_survive_a_spec_round_trip(tiny
     calibrated.save_spec(path)
     reloaded = Team.from_spec(path)
     assert reloaded.channels["kv-select"].config == config
+
+
+def test_batched_receivers_read_as_each_alone(tiny):
+    tasks = [
+        Task(f"Where is the {colour} key?", id=colour, shards={"a": f"The {colour} key is in the {room}."})
+        for colour, room in (("blue", "attic"), ("red", "kitchen behind the old oven"), ("green", "shed"))
+    ]
+    team = pair({"kv-select": {"layers": (0,)}})
+    batched = team.run_batch(tasks)
+    for task, result in zip(tasks, batched, strict=True):
+        alone = team.run(task)
+        assert [m.content for m in result.messages] == [m.content for m in alone.messages]
+        tokens = ("input_tokens", "output_tokens", "cache_read", "kv_bytes")
+        assert [getattr(result.usage.total, k) for k in tokens] == [getattr(alone.usage.total, k) for k in tokens]
