@@ -73,8 +73,9 @@ class EvalConfig:
         oracle: score gold answers instead of running a model.
         completions: a JSONL file of {"id", "completion"} to score instead of running a model.
         shards: InfoQA only: "own" (each agent its shard), "all" (everyone reads all) or "none".
-        channel: how agents read each other: text, or kv-reuse (every edge and the decision maker read the
-            senders' KV caches through the reuse engine).
+        channel: how agents read each other: text; kv-reuse (every edge and the decision maker read the
+            senders' KV caches through the reuse engine); or kv-select (receivers read the senders' prompt
+            caches in a share of their layers, calibrated on the train split).
         designer: a saved topology designer (`kvmesh design train` writes one): the team it was trained
             with, each task on the graph it designs; replaces spec and the team options. Samples it
             trained or validated on are left out (also when a spec names the designer).

@@ -25,7 +25,7 @@ Caches that later turns of a task read live in the task's store (`TurnView.store
 `reply_key(agent, round)`; the scheduler drops the store when the task finishes.
 
 The registry maps names to implementations lazily (a channel's module is imported when a team first uses it);
-`register_channel` adds one. Names that are known but cannot run yet (`kv-select`, `c2c`) and unknown names
+`register_channel` adds one. Names that are known but cannot run yet (`c2c`) and unknown names
 raise one error type, `ChannelNotAvailableError`, wherever they appear: an edge, the decision, a config.
 """
 

@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from kvmesh.config import ConfigError
+from kvmesh.evals.benchmarks.infoqa import InfoQA
 from kvmesh.evals.report import compare_table
 from kvmesh.evals.runner import EvalConfig, run_eval
 from kvmesh.evals.store import RunDirectoryError, read_samples
@@ -233,3 +235,19 @@ def test_a_gsm8k_path_from_the_home_folder_is_recorded(tmp_path, monkeypatch):
     monkeypatch.setenv("KVMESH_GSM8K_PATH", "~/gsm8k")
     run_eval(EvalConfig("gsm8k", oracle=True, limit=1), tmp_path / "run", progress=False)
     assert set(json.loads((tmp_path / "run" / "config.json").read_text())["inputs"]) == {"data"}
+
+
+def test_kv_select_calibrates_on_the_train_split_only():
+    from kvmesh.evals.runner import calibration_tasks
+
+    with pytest.raises(ConfigError, match="calibrate must be 0 or at least 16"):
+        EvalConfig("infoqa", channel="kv-select", calibrate=3)
+    with pytest.raises(ConfigError, match="layer_fraction must be in"):
+        EvalConfig("infoqa", channel="kv-select", layer_fraction=0)
+    with pytest.raises(ConfigError, match="score another split"):
+        calibration_tasks(EvalConfig("infoqa", channel="kv-select", split="train"))
+    with pytest.raises(ConfigError, match="humaneval lacks: pass calibrate 0"):
+        calibration_tasks(EvalConfig("humaneval", channel="kv-select", allow_code_execution=True))
+    tasks = calibration_tasks(EvalConfig("infoqa", channel="kv-select"))
+    test_questions = {s.task.question for s in InfoQA().samples("test")}
+    assert len(tasks) == 16 and not {t.question for t in tasks} & test_questions
