@@ -103,3 +103,17 @@ class Rope:
         if self.rotary_dim < keys.shape[-1]:
             out[..., self.rotary_dim :] = keys[..., self.rotary_dim :]
         return out
+
+
+def rotate_by_angles(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`keys` (..., S, D) with their first `2R` dimensions rotated by per-position angles; a new tensor.
+
+    cos, sin: (..., S, R), broadcast against `keys`' leading dimensions; the same rotate-half convention as
+    `Rope.rotate_into` (x1 cos - x2 sin, x2 cos + x1 sin), any dimensions past 2R pass through. Differentiable.
+    """
+    half = cos.shape[-1]
+    x1, x2 = keys[..., :half], keys[..., half : 2 * half]
+    rotated = [x1 * cos - x2 * sin, x2 * cos + x1 * sin]
+    if 2 * half < keys.shape[-1]:
+        rotated.append(keys[..., 2 * half :])
+    return torch.cat(rotated, dim=-1)
