@@ -20,12 +20,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from kvmesh.cli import bench, demo, design, evaluate, models, report, run, viz
+from kvmesh.cli import bench, c2c, demo, design, evaluate, models, report, run, viz
 from kvmesh.cli.flags import given_options, show_config_error
 from kvmesh.config import ConfigError
 from kvmesh.llm.registry import ModelNotAvailableError
 
-COMMANDS = (run, evaluate, viz, report, bench, design, models, demo)
+COMMANDS = (run, evaluate, viz, report, bench, design, models, demo, c2c)
 
 
 def make_parser() -> argparse.ArgumentParser:

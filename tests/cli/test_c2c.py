@@ -1,0 +1,64 @@
+"""`kvmesh c2c fit|train` on tiny random models: a sender saved as a local folder, the tiny-random receiver."""
+
+import pytest
+import torch
+from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+from kvmesh.cli import main
+from kvmesh.kvcomm.fuser import Fuser
+from kvmesh.kvcomm.mapper import check_models, load_mapper
+from kvmesh.kvcomm.ridge import RidgeMapper
+from kvmesh.llm.registry import resolve
+
+
+@pytest.fixture(scope="module")
+def gemma_folder(tmp_path_factory):
+    """A tiny random Gemma 3 with Gemma 3's tokenizer, saved as a model folder."""
+    tokenizer = AutoTokenizer.from_pretrained(resolve("gemma3-270m"))
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        sliding_window=256,
+        layer_types=["sliding_attention", "full_attention"],
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-gemma3")
+    Gemma3ForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_fit_then_train_from_the_command_line(gemma_folder, tmp_path, capsys):
+    ridge, fuser = tmp_path / "ridge", tmp_path / "fuser"
+    pair = ["--sender", str(gemma_folder), "--receiver", "tiny-random", "--texts", "4", "--validation", "2"]
+    assert main(["c2c", "fit", *pair, "--out", str(ridge), "--threshold", "-1"]) == 0
+    printed = capsys.readouterr().out
+    assert "receiver layer" in printed and "attention cosine" in printed and f"saved to {ridge}" in printed
+    mapper = load_mapper(ridge)
+    assert isinstance(mapper, RidgeMapper)
+    check_models(mapper, str(gemma_folder), "tiny-random")
+    train = ["c2c", "train", *pair, "--out", str(fuser), "--init", str(ridge), "--steps", "2", "--hidden", "8"]
+    assert main([*train, "--checkpoint-every", "1", "--batch", "1"]) == 0
+    trained = load_mapper(fuser)
+    assert isinstance(trained, Fuser) and trained.config.data["init"] == str(ridge)
+    assert sorted(p.name for p in (fuser / "checkpoints").iterdir()) == ["step-1", "step-2"]
+    assert main([*train, "--checkpoint-every", "1", "--batch", "1", "--no-resume"]) == 2
+    assert "resume it (--resume) or pick another --out" in capsys.readouterr().err
+
+
+def test_bad_flags_are_refused(gemma_folder, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["c2c", "fit", "--sender", str(gemma_folder)])  # no --out
+    with pytest.raises(SystemExit):
+        main(["c2c", "fit", "--out", str(tmp_path), "--task", "gsm8k"])
+    assert "invalid choice: 'gsm8k'" in capsys.readouterr().err
+    assert main(["c2c", "train", "--out", str(tmp_path), "--steps", "0"]) == 2
+    assert "--steps" in capsys.readouterr().err

@@ -1,0 +1,156 @@
+"""Fitting and training c2c mappers on tiny random models: the ridge fit, a fuser run that lowers the receiver's
+loss, and a killed run that resumes from its checkpoint to the same weights."""
+
+import pytest
+import torch
+from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+from kvmesh import LocalLM
+from kvmesh.kvcomm.capture import ContextTooLongError
+from kvmesh.kvcomm.fuser import Fuser
+from kvmesh.kvcomm.layer_rope import LayerRope
+from kvmesh.kvcomm.mapper import load_mapper
+from kvmesh.kvcomm.quality import MapperQualityError
+from kvmesh.kvcomm.ridge import RidgeMapper
+from kvmesh.llm.registry import resolve
+from kvmesh.training.c2c import (
+    FitConfig,
+    TrainConfig,
+    _mapper_config,
+    answer_loss,
+    examples,
+    fit,
+    sender_context,
+    tasks,
+    train,
+)
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    """A tiny random Gemma 3 (3 layers, sliding window 256) with Gemma 3's own tokenizer."""
+    tokenizer = AutoTokenizer.from_pretrained(resolve("gemma3-270m"))
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        sliding_window=256,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        initializer_range=0.3,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    torch.manual_seed(0)
+    return LocalLM(Gemma3ForCausalLM(config).eval(), tokenizer, "tiny-gemma3")
+
+
+def test_fit_saves_a_ridge_mapper_with_its_quality_and_data(gemma, tiny, tmp_path):
+    config = FitConfig(out=str(tmp_path / "ridge"), texts=6, validation=2, threshold=-1.0)
+    lines = []
+    _, quality = fit(config, gemma, tiny, progress=lines.append)
+    loaded = load_mapper(tmp_path / "ridge")
+    assert isinstance(loaded, RidgeMapper) and loaded.config.direction == "tiny-gemma3 -> tiny-random"
+    assert loaded.config.quality["per_layer"] == list(quality.per_layer) and len(quality.per_layer) == 2
+    data = loaded.config.data
+    assert (data["task"], data["split"], data["texts"]) == ("infoqa", "train", 6) and data["tokens"] > 100
+    assert any(line.startswith("quality: mean") for line in lines)
+    with pytest.raises(MapperQualityError, match=r"threshold 1\.500"):
+        fit(FitConfig(out=str(tmp_path / "refused"), texts=6, validation=2, threshold=1.5), gemma, tiny, print)
+    assert not (tmp_path / "refused").exists()  # a refused mapper is not saved
+
+
+def test_a_context_longer_than_the_senders_window_is_refused(tiny, tmp_path):
+    small = LocalLM(
+        Gemma3ForCausalLM(
+            Gemma3TextConfig(
+                vocab_size=len(tiny.tokenizer),
+                hidden_size=16,
+                intermediate_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=1,
+                head_dim=16,
+                sliding_window=16,
+                layer_types=["sliding_attention", "full_attention"],
+            )
+        ).eval(),
+        tiny.tokenizer,
+        "tiny-gemma3-window-16",
+    )
+    with pytest.raises(ContextTooLongError, match="at most 15 tokens"):
+        fit(FitConfig(out=str(tmp_path / "x"), texts=2, validation=1, threshold=-1.0), small, tiny, print)
+
+
+def _settings(out, **changes) -> TrainConfig:
+    base = {
+        "out": str(out),
+        "texts": 4,
+        "validation": 2,
+        "steps": 8,
+        "batch": 2,
+        "lr": 1e-2,
+        "hidden": 8,
+        "checkpoint_every": 4,
+        "temperature_end": 0.1,
+    }
+    return TrainConfig(**(base | changes))
+
+
+def _training_loss(fuser, gemma, tiny, config) -> float:
+    """Mean answer loss over the training examples, gates hard."""
+    fuser.eval()
+    layers, ropes = sorted(set(fuser.config.layer_map)), (LayerRope.from_model(gemma), LayerRope.from_model(tiny))
+    with torch.no_grad():
+        found = [
+            answer_loss(fuser, gemma, tiny, e, layers, ropes) for e in examples(gemma, tiny, tasks(config, "train"))
+        ]
+    return float(sum(found) / len(found))
+
+
+def _fresh(config, gemma, tiny) -> Fuser:
+    """The fuser `train(config)` starts from (its weights come from the seed)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        return Fuser(_mapper_config(config, "fuser", gemma, tiny, hidden=config.hidden))
+
+
+def test_training_lowers_the_receivers_answer_loss_and_a_killed_run_resumes(gemma, tiny, tmp_path):
+    config = _settings(tmp_path / "full")
+    before = _training_loss(_fresh(config, gemma, tiny), gemma, tiny, config)
+    lines = []
+    fuser = train(config, gemma, tiny, progress=lines.append)
+    after = _training_loss(fuser, gemma, tiny, config)
+    assert after < before - 0.1, (before, after)
+    assert isinstance(load_mapper(tmp_path / "full"), Fuser)
+    assert "per_layer" in load_mapper(tmp_path / "full").config.quality
+    assert any("validation answer loss: no context" in line for line in lines)
+
+    def kill_after_the_first_checkpoint(line: str) -> None:
+        if line.startswith("checkpoint: step 4"):
+            raise KeyboardInterrupt
+
+    killed = _settings(tmp_path / "killed")
+    with pytest.raises(KeyboardInterrupt):
+        train(killed, gemma, tiny, progress=kill_after_the_first_checkpoint)
+    assert not (tmp_path / "killed" / "mapper.json").exists()
+    lines = []
+    resumed = train(killed, gemma, tiny, progress=lines.append)
+    assert "steps 4/8 (resumed)" in lines[0]
+    for name, tensor in fuser.tensors().items():
+        torch.testing.assert_close(resumed.tensors()[name], tensor, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="other settings \\(lr\\)"):
+        train(_settings(tmp_path / "killed", lr=1e-3), gemma, tiny, print)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(_settings(tmp_path / "killed", resume=False), gemma, tiny, print)
+
+
+def test_sender_contexts_hold_every_shard_and_the_question():
+    task = tasks(FitConfig(out="x", texts=1), "train")[0]
+    text = sender_context(task)
+    assert text.startswith("Your private notes:\n") and text.endswith(f"Question: {task.question}")
+    assert all(shard.strip() in text for shard in task.shards)
