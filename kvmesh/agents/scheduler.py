@@ -64,10 +64,20 @@ class Scheduler:
         self.rows: dict[int, tuple[GenerationRequest, list[Turn]]] = {}  # rows out, by id: who waits for them
 
     def prepare(self) -> None:
-        """Let every channel of the team set up each agent's model; an error names the agent and channel."""
+        """Let every channel set up the model of each agent on one of its edges (or the decision's); an error names
+        the agent and channel."""
         decision = [self.plan.decision.agent] if self.plan.decision.agent is not None else []
-        for agent in [*self.plan.agents, *decision]:
+        agents = [*self.plan.agents, *decision]
+        ends: dict[str, set[str]] = {}  # channel -> the agents at either end of one of its edges
+        for run in self.runs:
+            for edge in run.graph.edges():
+                ends.setdefault(edge.channel, set()).update((edge.source, edge.target))
+        if decision:
+            ends.setdefault(self.plan.decision.channel, set()).update(agent.name for agent in agents)
+        for agent in agents:
             for name, channel in self.plan.channels.items():
+                if agent.name not in ends.get(name, ()):
+                    continue
                 try:
                     channel.prepare(agent.llm)
                 except (ValueError, NotImplementedError) as error:

@@ -43,7 +43,7 @@ from kvmesh.agents.tools import ToolTurn
 from kvmesh.agents.usage import Usage
 from kvmesh.graph.edge import DECISION, SPATIAL, TEMPORAL, edge_key
 from kvmesh.kvcomm.assembly import Assembly, Preparation
-from kvmesh.kvcomm.channel import TASK, TurnView, kv_bytes_moved, metadata_key, reads_caches, reply_key
+from kvmesh.kvcomm.channel import TurnView, kv_bytes_moved, metadata_key, reads_caches, reply_key, task_key
 from kvmesh.llm.base import ContextLengthError, Generation, GenerationRequest, check_context, context_length_of
 
 DEFER = object()  # planned again once the stage's reservations settle
@@ -205,6 +205,14 @@ def check_task_fits(task: Task, agents: Sequence[Agent], position: Callable[[str
         check_context(tokens, limit, who, fixes="shorten the task's question, context or shards")
 
 
+def _task_cache(run: TaskRun, agent: Agent, inbound) -> object:
+    """The task's cache this agent's model made earlier, unless the turn reads other caches over another channel
+    (a turn reads caches over one channel at a time)."""
+    cached = run.store.get(task_key(agent.llm))
+    others = {m.channel for m in inbound if m.kv is not None} - ({cached.channel} if cached is not None else set())
+    return None if others else cached
+
+
 def plan_turn(team: RunPlan, run: TaskRun, agent: Agent, round_: Round, order: tuple[int, int]):
     """Plan one turn; yield its MessageSent/AgentStarted events and the `Turn`, or `DEFER`, or BudgetExhausted or
     ContextExceeded
@@ -228,7 +236,7 @@ def plan_turn(team: RunPlan, run: TaskRun, agent: Agent, round_: Round, order: t
         instruction=DECISION_INSTRUCTION if deciding else None,
         examples=agent.examples,
         channels=team.channels,
-        task_cache=run.store.get(TASK),
+        task_cache=_task_cache(run, agent, inbound),
     )
     try:
         check_context(len(plan.token_ids), context_length_of(agent.llm), f"the prompt of {_who(agent, round_, task)}")

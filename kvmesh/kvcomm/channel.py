@@ -21,11 +21,11 @@ The runtime never names one: it asks the team's channel objects, through these h
                                         (`save_channels`): keep what the channel learned on disk
                                         (kv-reuse: its anchors, when `anchors_dir` is set)
 
-Caches that later turns of a task read live in the task's store (`TurnView.store`), keyed by `TASK` and
-`reply_key(agent, round)`; the scheduler drops the store when the task finishes.
+Caches that later turns of a task read live in the task's store (`TurnView.store`), keyed by `task_key(model)`
+and `reply_key(agent, round)`; the scheduler drops the store when the task finishes.
 
 The registry maps names to implementations lazily (a channel's module is imported when a team first uses it);
-`register_channel` adds one. Names that are known but cannot run yet (`c2c`) and unknown names
+`register_channel` adds one. Names that are known but cannot run (none today) and unknown names
 raise one error type, `ChannelNotAvailableError`, wherever they appear: an edge, the decision, a config.
 """
 
@@ -42,6 +42,11 @@ if TYPE_CHECKING:
     from kvmesh.llm.segment import KVSegment
 
 TASK = "task"  # the store key of the task's cache (its context and question, as the first turn encoded them)
+
+
+def task_key(model: LanguageModel) -> tuple:
+    """The store key of the task's cache made by `model` (a cache is meaningful only to the model that made it)."""
+    return (TASK, model.spec)
 
 
 def reply_key(agent: str, round_: int | str, channel: str | None = None) -> tuple:
@@ -82,7 +87,7 @@ class TurnView:
         task_span: where the task's tokens lie in the prompt, [start, end).
         assembled: whether the turn's cache was placed from caches (else it prefills its whole prompt).
         read_over: the channels over which later turns read this turn's reply.
-        store: the task's caches, read by its later turns (see `TASK`, `reply_key`).
+        store: the task's caches, read by its later turns (see `task_key`, `reply_key`).
     """
 
     receiver: tuple[str, int | str]
@@ -138,7 +143,7 @@ _REGISTRY: dict[str, str | Callable[..., Channel] | None] = {
     "text": "kvmesh.kvcomm.text:TextChannel",
     "kv-reuse": "kvmesh.kvcomm.kv_reuse:KVReuseChannel",
     "kv-select": "kvmesh.kvcomm.select:KVSelectChannel",
-    "c2c": None,
+    "c2c": "kvmesh.kvcomm.c2c:C2CChannel",
 }
 
 

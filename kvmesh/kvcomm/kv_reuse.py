@@ -31,7 +31,7 @@ from pathlib import Path
 
 from kvmesh.kvcomm.anchors import AnchorFolder
 from kvmesh.kvcomm.assembly import GLUE, OWN, REPLY, Piece, Preparation
-from kvmesh.kvcomm.channel import TASK, Cached, ChannelNotAvailableError, Endpoint, Keep, TurnView, reply_key
+from kvmesh.kvcomm.channel import Cached, ChannelNotAvailableError, Endpoint, Keep, TurnView, reply_key, task_key
 from kvmesh.kvcomm.reuse_engine import ReuseConfig, ReuseEngine
 from kvmesh.llm.base import Generation, KVModel, LanguageModel
 from kvmesh.llm.segment import KVSegment
@@ -120,14 +120,18 @@ class KVReuseChannel:
     def keeps(self, turn: TurnView) -> Keep:
         """A dense turn that could have reused keeps its prompt's cache to teach anchors, and so does the task's
         first turn (it serves the task); a reply is kept when a later turn reads it over kv-reuse."""
-        prompt = not turn.assembled and (_reads_kv_reuse(turn.pieces) or TASK not in turn.store)
+        if id(turn.model) not in self.engines:  # a model on no kv-reuse edge (another channel serves it)
+            return Keep()
+        prompt = not turn.assembled and (_reads_kv_reuse(turn.pieces) or task_key(turn.model) not in turn.store)
         return Keep(prompt=prompt, reply=self.config.replies and self.name in turn.read_over)
 
     def learn(self, turn: TurnView, generation: Generation) -> None:
+        if id(turn.model) not in self.engines:
+            return
         if generation.prompt_kv is not None:
-            if TASK not in turn.store:
+            if task_key(turn.model) not in turn.store:
                 task = generation.prompt_kv.slice(*turn.task_span).detached()
-                turn.store[TASK] = Cached(self.name, task)
+                turn.store[task_key(turn.model)] = Cached(self.name, task)
             if not turn.assembled and _reads_kv_reuse(turn.pieces):
                 self.engine(turn.model).learn(turn.receiver, turn.pieces, generation.prompt_kv)
         if generation.reply_kv is not None and self.keeps(turn).reply:

@@ -140,11 +140,27 @@ def trim_left(cache: DynamicCache, columns: int) -> None:
 def read_columns(cache: DynamicCache, row: int, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys and values of cache columns lo .. hi - 1 of batch row `row`, stacked over layers: (L, H, S, D) each.
 
-    Copies, so the result survives the cache dropping or overwriting that row.
+    Copies, so the result survives the cache dropping or overwriting that row. A sliding-window layer keeps only
+    the last columns (the widest layer's last ones); columns it dropped read as zeros, so read such a layer only
+    over the window it keeps.
     """
-    keys = torch.stack([layer.keys[row, :, lo:hi] for layer in cache.layers])
-    values = torch.stack([layer.values[row, :, lo:hi] for layer in cache.layers])
-    return keys, values
+    width = max(layer.keys.shape[-2] for layer in cache.layers)
+    keys, values = [], []
+    for layer in cache.layers:
+        dropped = width - layer.keys.shape[-2]  # columns before this layer's window
+        if not dropped:
+            keys.append(layer.keys[row, :, lo:hi])
+            values.append(layer.values[row, :, lo:hi])
+            continue
+        first = max(lo, dropped)
+        shape = (*layer.keys.shape[1:2], hi - lo, layer.keys.shape[-1])
+        k, v = layer.keys.new_zeros(shape), layer.values.new_zeros(shape)
+        if first < hi:
+            k[:, first - lo :] = layer.keys[row, :, first - dropped : hi - dropped]
+            v[:, first - lo :] = layer.values[row, :, first - dropped : hi - dropped]
+        keys.append(k)
+        values.append(v)
+    return torch.stack(keys), torch.stack(values)
 
 
 def cache_from_kv(keys: torch.Tensor, values: torch.Tensor, config) -> DynamicCache:

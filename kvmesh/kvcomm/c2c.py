@@ -1,0 +1,170 @@
+"""The `c2c` channel (C2C): a receiver reads a sender on ANOTHER model through the sender's cache, mapped into
+the receiver's KV format by a fitted mapper (`kvmesh c2c fit|train`).
+
+    sender's turn     prefills its prompt and keeps that prompt's cache (a sender only c2c or kv-select
+                      edges read generates nothing)
+    mapping           keys lose the sender's rotary embedding (`LayerRope.strip`), the mapper turns the sender's
+                      position-free keys and values into the receiver's format (`KVMapper.transfer`), and the
+                      keys get the receiver's rotation at positions 0 .. C - 1: nothing is added to rotated keys
+    receiver's turn   its cache starts with the mapped context, every layer reads it; its own prompt is
+                      prefilled after it (context transfer: the receiver never read that text itself, and the
+                      two models share no tokenizer)
+
+Gemma 3's sliding-window layers keep at most 511 positions: a sender prompt longer than that is refused with
+`ContextTooLongError` unless the mapper reads only the sender's full-attention layers (`full_attention_only`).
+
+Usage: the sender's prefill is its own input; the receiver's input tokens include the C mapped positions
+(counted as `cache_read`, in the sender's tokens: there is no receiver text for them), and each message
+reports the bytes of mapped KV it moved.
+
+Before use, the mapper's held-out quality (attention-output cosine, measured when it was fitted) must reach
+`threshold`, or the channel refuses it with `MapperQualityError`. Caveat: only context transfer is wired into
+teams so far; fusion over shared text (`KVMapper.fuse`) is the mapper's, not yet a channel mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from kvmesh.kvcomm.assembly import Assembly, Piece, Preparation
+from kvmesh.kvcomm.capture import check_length
+from kvmesh.kvcomm.channel import Cached, ChannelNotAvailableError, Endpoint, Keep, TurnView, reply_key
+from kvmesh.kvcomm.latent import join_contexts, latent_layout, ready
+from kvmesh.kvcomm.layer_rope import LayerRope
+from kvmesh.kvcomm.mapper import KVMapper, MapperError, check_models, load_config, load_mapper
+from kvmesh.kvcomm.quality import QUALITY_THRESHOLD, MapperQualityError, MappingQuality, check_quality
+from kvmesh.kvcomm.rope import Rope
+from kvmesh.llm.base import Generation, KVModel, LanguageModel
+from kvmesh.llm.segment import KVSegment
+
+NAME = "c2c"
+# gemma3-270m -> smollm2-135m, 16 InfoQA validation texts: a random linear map scores -0.01 and all-zero caches
+# 0.00; the ridge mapper 0.913. A trained fuser moves away from the receiver's own caches while it learns to
+# answer (0.36, with the gold answer's loss down from 7.83 without context to 1.00), so it has its own bar.
+THRESHOLDS = {"ridge": QUALITY_THRESHOLD, "fuser": 0.3}
+
+
+@dataclass
+class C2CConfig:
+    """Settings of c2c edges.
+
+    Args:
+        mapper: a mapper folder (`mapper.json` + `mapper.safetensors`, from `kvmesh c2c fit|train`).
+        threshold: the least held-out attention-output cosine the mapper must have measured to be used;
+            None: its kind's default (ridge 0.6, fuser 0.3).
+    """
+
+    mapper: str | None = None
+    threshold: float | None = None
+
+    def least_quality(self, kind: str) -> float:
+        """The threshold for a mapper of `kind`: the set one, else that kind's default (`THRESHOLDS`)."""
+        return self.threshold if self.threshold is not None else THRESHOLDS[kind]
+
+
+def _same_model(spec: str, other: str) -> bool:
+    """Whether two specs name one model (an alias or id as written, a folder wherever it is written from)."""
+    paths = [Path(s).expanduser() for s in (spec, other)]
+    return spec == other or (all(p.is_dir() for p in paths) and paths[0].resolve() == paths[1].resolve())
+
+
+class C2CChannel:
+    """Reads a sender's prompt cache mapped into the receiver's format; see the module docstring."""
+
+    name = NAME
+    settings_class = C2CConfig
+    reads_reply = False  # the receiver reads the sender's prompt cache, not its reply
+
+    def __init__(self, settings: C2CConfig | None = None) -> None:
+        self.config = settings or C2CConfig()
+        if not self.config.mapper:
+            raise ChannelNotAvailableError(
+                "a c2c edge needs a mapper: Team(..., channels={'c2c': {'mapper': 'DIR'}}) or, in a team spec, "
+                "channels: {c2c: {mapper: DIR}} (with each agent's model:), DIR from kvmesh c2c fit|train "
+                "--sender S --receiver R --out DIR"
+            )
+        self.mapper: KVMapper = load_mapper(self.config.mapper)
+        self._check_quality()
+        self._ropes: dict[int, LayerRope] = {}
+        self._moves: dict[int, Rope] = {}
+        self.calls = self.mapped_tokens = self.moved_bytes = 0
+
+    def _check_quality(self) -> None:
+        recorded = self.mapper.config.quality
+        if not recorded or "per_layer" not in recorded:
+            raise MapperQualityError(
+                f"{self.config.mapper}: the mapper records no held-out quality check; fit it with kvmesh c2c fit "
+                "(which measures it on validation texts) before using it"
+            )
+        quality = MappingQuality(tuple(recorded["per_layer"]), recorded["texts"], recorded["probe_tokens"])
+        threshold = self.config.least_quality(self.mapper.config.kind)
+        check_quality(self.mapper, None, None, (), threshold, quality=quality)
+
+    def check(self, sender: Endpoint, receiver: Endpoint, where: str) -> None:
+        try:
+            check_models(load_config(self.config.mapper), sender.model_spec, receiver.model_spec)
+        except MapperError as error:
+            raise ChannelNotAvailableError(f"c2c {where}: {error}") from error
+
+    def prepare(self, model: LanguageModel) -> None:
+        if not isinstance(model, KVModel):
+            raise ChannelNotAvailableError(f"{model.spec}: c2c needs a model in this process (a LocalLM)")
+        if id(model) not in self._ropes:
+            self._ropes[id(model)] = LayerRope.from_model(model.model)
+            if _same_model(model.spec, self.mapper.config.receiver):
+                self._moves[id(model)] = Rope.from_model(model.model)
+
+    def layout(
+        self, model: LanguageModel, glue: str, content: str, cached: KVSegment | None, key: Hashable
+    ) -> list[Piece]:
+        """The sender's mapped context, read in front of the receiver's prompt; as text when none was kept."""
+        return latent_layout(self.name, glue, content, cached, key)
+
+    def place(self, model: LanguageModel, receiver: Hashable, pieces: Sequence[Piece]) -> Preparation | None:
+        """The receiver's cache: the mapped contexts one after another, then its own prompt, prefilled after them."""
+        joined = join_contexts(pieces, self.name, self._moves[id(model)])
+        if joined is None:
+            return None
+        self.calls += 1
+        self.mapped_tokens += len(joined.context)
+        self.moved_bytes += joined.context.nbytes
+        return ready(Assembly.of(joined.context, joined.rest))
+
+    def keeps(self, turn: TurnView) -> Keep:
+        """A turn read over c2c keeps its prompt's cache: that is the context its receivers read, mapped."""
+        return Keep(prompt=self.name in turn.read_over)
+
+    @torch.no_grad()
+    def learn(self, turn: TurnView, generation: Generation) -> None:
+        """Map the sender's prompt cache into the receiver's format once, for every receiver of it."""
+        if self.name not in turn.read_over or generation.prompt_kv is None:
+            return
+        config, kv = self.mapper.config, generation.prompt_kv
+        check_length(turn.model.model.config, len(kv), sorted(set(config.layer_map)))
+        sender_rope = self._ropes[id(turn.model)]
+        keys = sender_rope.strip(kv.keys.float(), torch.arange(kv.start, kv.end))
+        mapped_keys, mapped_values = self.mapper.transfer(keys, kv.values.float())
+        receiver_rope = self._receiver_rope()
+        mapped_keys = receiver_rope.apply(mapped_keys, torch.arange(len(kv)))
+        segment = KVSegment(mapped_keys.contiguous(), mapped_values.contiguous(), 0, kv.token_ids)
+        turn.store[reply_key(*turn.receiver, self.name)] = Cached(self.name, segment)
+
+    def _receiver_rope(self) -> LayerRope:
+        receivers = [self._ropes[key] for key in self._moves]
+        if not receivers:
+            raise ChannelNotAvailableError(f"c2c: the receiver {self.mapper.config.receiver} was not prepared")
+        return receivers[0]
+
+    def stats(self) -> dict:
+        if not self.calls:
+            return {}
+        return {
+            "calls": self.calls,
+            "mapped_tokens": self.mapped_tokens,
+            "kv_bytes": self.moved_bytes,
+            "mapper": {"path": self.config.mapper, "kind": self.mapper.config.kind, **self.mapper.config.quality},
+        }
