@@ -13,6 +13,10 @@ With every layer chosen, the receiver reads exactly what a dense prefill of [sen
 would give (tests check greedy equality). Layers come from `KVSelectConfig.layers`, or are chosen by
 `kvmesh.kvcomm.layers.choose_layers` from calibration scores (`calibrate`) or the depth prior alone.
 
+Token selection (`token_fraction` < 1): the receiver reads only the context tokens its own tokens attend to
+most in the first layer (`kvmesh.kvcomm.tokens`); the rest stay in its cache, masked in every layer, so
+positions do not move.
+
 Usage stays exact: the receiver's input tokens include the C positions it read and `cache_read` counts them;
 the sender's prefill is its own input.
 
@@ -34,10 +38,12 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from kvmesh.kvcomm.assembly import LATENT, OWN, Assembly, Piece, Preparation
+from kvmesh.kvcomm.assembly import LATENT, Assembly, Piece, Preparation
 from kvmesh.kvcomm.channel import Cached, ChannelNotAvailableError, Endpoint, Keep, TurnView, reply_key
+from kvmesh.kvcomm.latent import join_contexts, latent_layout, ready
 from kvmesh.kvcomm.layers import LayerChoice, choose_layers
 from kvmesh.kvcomm.rope import Rope
+from kvmesh.kvcomm.tokens import context_token_scores, tokens_to_drop
 from kvmesh.llm.base import Generation, KVModel, LanguageModel, LatentSpan
 from kvmesh.llm.segment import KVSegment
 
@@ -57,6 +63,8 @@ class KVSelectConfig:
         width: the depth prior's standard deviation, in relative depth.
         keep_first: also read the context in layer 0.
         scores: calibration scores per layer (`kvmesh.kvcomm.layers.context_attention`), saved with the team.
+        token_fraction: token selection: the share of context tokens a receiver reads at all (the most attended
+            by its own tokens, `kvmesh.kvcomm.tokens`); 1 reads every token.
     """
 
     layers: tuple[int, ...] | None = None
@@ -66,6 +74,7 @@ class KVSelectConfig:
     width: float = 0.2
     keep_first: bool = True
     scores: tuple[float, ...] | None = None
+    token_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         if self.layers is not None:  # specs load lists
@@ -73,6 +82,8 @@ class KVSelectConfig:
         if self.scores is not None:
             self.scores = tuple(float(score) for score in self.scores)
         self.choice()  # refuses bad fractions, weights, centres and widths now
+        if not 0 < self.token_fraction <= 1:
+            raise ValueError(f"kv-select token_fraction must be in (0, 1], got {self.token_fraction}")
 
     def choice(self) -> LayerChoice:
         return LayerChoice(self.fraction, self.weight, self.centre, self.width, self.keep_first)
@@ -91,10 +102,15 @@ class KVSelectConfig:
         return choose_layers(torch.tensor(self.scores, dtype=torch.float64), self.choice())
 
 
-def _ready(assembly: Assembly) -> Preparation:
-    """A preparation that needs no rows: it returns the assembly it was given."""
-    return assembly
-    yield  # unreachable: makes this function a generator
+def _kv_mismatch(first: KVModel, second: KVModel) -> str | None:
+    """What two loaded models do not share of what kv-select needs (KV geometry, tokenizer), or None."""
+    a, b = first.model.config, second.model.config
+    geometry = [(c.num_hidden_layers, c.num_key_value_heads, getattr(c, "head_dim", None)) for c in (a, b)]
+    if geometry[0] != geometry[1]:
+        return f"KV geometry (layers, KV heads, head dimension: {geometry[0]} and {geometry[1]})"
+    if first.tokenizer.get_vocab() != second.tokenizer.get_vocab():
+        return "tokenizers"
+    return None
 
 
 class KVSelectChannel:
@@ -112,15 +128,26 @@ class KVSelectChannel:
         self._ropes: dict[int, Rope] = {}
         self._specs: dict[int, str] = {}
         self._moved: dict[int, int] = {}  # id(context segment) -> bytes its last placement read
-        self.calls = self.latent_tokens = self.moved_bytes = 0
+        self.calls = self.latent_tokens = self.moved_bytes = self.dropped_tokens = 0
 
     def check(self, sender: Endpoint, receiver: Endpoint, where: str) -> None:
-        if not (sender.model is receiver.model or sender.model_spec == receiver.model_spec):
-            raise ChannelNotAvailableError(
-                f"kv-select {where} joins agents on different models ({sender.model_spec} and {receiver.model_spec}); "
-                "it reads one model's cache in another's layers, so both need one KV geometry and tokenizer: put "
-                "both on one model, or use channel='c2c' (which maps caches between models) or 'text'."
-            )
+        """Both ends on one model, or on two loaded models with one KV geometry and one tokenizer (a fine-tuned
+        copy of the other); two different specs are refused without loading them."""
+        if sender.model is receiver.model or sender.model_spec == receiver.model_spec:
+            return
+        names = f"{sender.model_spec} and {receiver.model_spec}"
+        if isinstance(sender.model, KVModel) and isinstance(receiver.model, KVModel):
+            differs = _kv_mismatch(sender.model, receiver.model)
+            if differs is None:
+                return
+            problem = f"agents on models with different {differs} ({names})"
+        else:
+            problem = f"agents on different models ({names})"
+        raise ChannelNotAvailableError(
+            f"kv-select {where} joins {problem}; it reads one model's cache in another's layers, so both need one "
+            "KV geometry and tokenizer: put both on one model (or pass two loaded models that share them), or use "
+            "channel='c2c' (which maps caches between models) or 'text'."
+        )
 
     def prepare(self, model: LanguageModel) -> None:
         if not isinstance(model, KVModel):
@@ -138,47 +165,42 @@ class KVSelectChannel:
         self, model: LanguageModel, glue: str, content: str, cached: KVSegment | None, key: Hashable
     ) -> list[Piece]:
         """The sender's context cache, read in front of the receiver's prompt; as text when none was kept."""
-        if cached is None:
-            return [Piece(own=True, text=glue + content, kind=OWN)]
-        return [Piece(cached.token_ids, cached, key, kind=LATENT, channel=self.name)]
+        return latent_layout(self.name, glue, content, cached, key)
 
     def place(self, model: LanguageModel, receiver: Hashable, pieces: Sequence[Piece]) -> Preparation | None:
         """The receiver's cache: the sender's context (several senders' one after another, moved to their
         places), visible to the chosen layers only; the receiver's own prompt is prefilled after it."""
-        latent = [piece for piece in pieces if piece.kind == LATENT and piece.channel == self.name]
-        if not latent:
-            return None
-        if any(piece.kind == LATENT for piece in pieces[len(latent) :]):
-            raise ValueError("kv-select contexts must come first in a receiver's prompt")
         rope, chosen = self._ropes[id(model)], self.layers(model)
-        parts, start = [], 0
-        for piece in latent:
-            parts.append(rope.move(piece.source, start))
-            start += len(piece.source)
-        context = KVSegment(
-            torch.cat([p.keys for p in parts], dim=2),
-            torch.cat([p.values for p in parts], dim=2),
-            0,
-            tuple(t for p in parts for t in p.token_ids),
-        )
-        rest = [t for piece in pieces[len(latent) :] for t in piece.token_ids]
+        joined = join_contexts(pieces, self.name, rope)
+        if joined is None:
+            return None
+        latent, context, rest, start = joined.latent, joined.context, joined.rest, len(joined.context)
         assembly = Assembly.of(context, rest)
         layers = assembly.keys.shape[0]
         skipping = [layer for layer in range(layers) if layer not in chosen]
+        dropped = frozenset()
+        if self.config.token_fraction < 1 and start > 1:
+            scores = context_token_scores(model.model, context, rest)
+            dropped = tokens_to_drop(scores, self.config.token_fraction)
         if skipping:  # the sink's distance to the receiver's tokens as in a sink-only cache
             sink = assembly.keys[skipping, :, :1]
             assembly.keys[skipping, :, :1] = rope.rotate(sink, start - 1)
-            assembly.latent = LatentSpan(1, start, chosen)
-        for index, piece in enumerate(latent):  # chosen layers read every position; the others the sink alone
+        if skipping or dropped:
+            assembly.latent = LatentSpan(1, start, chosen, dropped)
+        first = 0
+        for index, piece in enumerate(latent):  # chosen layers read the kept positions; the others the sink alone
             per_position = piece.source.nbytes // (layers * len(piece.source))
-            seen = len(chosen) * len(piece.source) + (len(skipping) if index == 0 else 0)
+            kept = len(piece.source) - sum(1 for p in dropped if first <= p < first + len(piece.source))
+            seen = len(chosen) * kept + (len(skipping) if index == 0 else 0)
             self._moved[id(piece.source)] = seen * per_position
+            first += len(piece.source)
+        self.dropped_tokens += len(dropped)
         self.calls += 1
         self.latent_tokens += start
         self.moved_bytes += sum(self._moved[id(piece.source)] for piece in latent)
         if self.record:
             self.pairs.append((context.token_ids, tuple(rest)))
-        return _ready(assembly)
+        return ready(assembly)
 
     def kv_bytes(self, model: LanguageModel, pieces: Sequence[Piece]) -> int:
         """Bytes of one message's context the receiver's layers read (as its last `place` laid them)."""
@@ -209,6 +231,7 @@ class KVSelectChannel:
             "calls": self.calls,
             "latent_tokens": self.latent_tokens,
             "kv_bytes": self.moved_bytes,
+            "dropped_tokens": self.dropped_tokens,
             "layers": self.layers_by_spec(),
             "config": asdict(self.config),
         }

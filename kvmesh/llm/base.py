@@ -79,15 +79,19 @@ def check_context(
 @dataclass(frozen=True)
 class LatentSpan:
     """Prefix positions [start, end) that only the layers in `layers` read (kv-select: a sender's context shared
-    in some layers); every other layer reads the row as if those positions were not there."""
+    in some layers); every other layer reads the row as if those positions were not there. Positions in
+    `dropped` (token selection) are read by no layer at all: they stay in the cache, masked like padding."""
 
     start: int
     end: int
     layers: frozenset[int]
+    dropped: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         if not 0 <= self.start < self.end:
             raise ValueError(f"a latent span needs 0 <= start < end, got [{self.start}, {self.end})")
+        if any(not self.start <= p < self.end for p in self.dropped):
+            raise ValueError(f"dropped positions must lie in the span [{self.start}, {self.end})")
 
 
 @dataclass

@@ -175,6 +175,12 @@ class BatchDecoder:
         return latent, reads
 
 
+def dropped_columns(prefix) -> list[int]:
+    """Prefix positions that no layer reads (`LatentSpan.dropped`), sorted."""
+    span: LatentSpan | None = getattr(prefix, "latent", None)
+    return sorted(span.dropped) if span is not None else []
+
+
 @dataclass
 class _Joined:
     """Rows admitted in one step that go on to decode: their stacked cache and per-row state."""
@@ -224,6 +230,7 @@ class DecodeBatch:
         cache = prefix.cache(self.decoder.model.config)
         ids = torch.tensor([prompt[prefix.length :]], device=device)
         mask = torch.ones((1, len(prompt)), dtype=torch.long, device=device)
+        mask[0, dropped_columns(prefix)] = 0
         position_ids = torch.arange(prefix.length, len(prompt), device=device)[None]
         latent, reads = self.decoder.latent_of(prefix, len(prompt), device)
         logits = self.decoder.forward(ids, mask, position_ids, cache, latent, reads)
@@ -246,6 +253,7 @@ class DecodeBatch:
         position_ids = torch.zeros(ids.shape, dtype=torch.long, device=device)
         for b, (prefix, rest) in enumerate(zip(prefixes, rests, strict=True)):
             mask[b, front - prefix.length : front] = 1
+            mask[b, [front - prefix.length + p for p in dropped_columns(prefix)]] = 0
             row_latent, row_reads = self.decoder.latent_of(prefix, prefix.length, device)
             latent[b, front - prefix.length : front], reads[b] = row_latent[0], row_reads[0]
             position_ids[b, ids.shape[1] - len(rest) :] = torch.arange(prefix.length, prefix.length + len(rest))

@@ -139,3 +139,27 @@ def test_batched_receivers_read_as_each_alone(tiny):
         assert [m.content for m in result.messages] == [m.content for m in alone.messages]
         tokens = ("input_tokens", "output_tokens", "cache_read", "kv_bytes")
         assert [getattr(result.usage.total, k) for k in tokens] == [getattr(alone.usage.total, k) for k in tokens]
+
+
+def test_token_selection_reads_fewer_tokens_and_bytes(tiny):
+    full = pair({"kv-select": {"fraction": 1.0}})
+    half = pair({"kv-select": {"fraction": 1.0, "token_fraction": 0.5}})
+    full_result, half_result = full.run(TASK), half.run(TASK)
+    positions = half_result.messages[1].usage_metadata["input_token_details"]["cache_read"]
+    stats = half.channel_stats()["kv-select"]
+    assert stats["dropped_tokens"] == (positions - 1) // 2  # half of the tokens after the sink, rounded to keep
+    kept = positions - stats["dropped_tokens"]
+    assert half_result.usage.per_edge["a->b"].kv_bytes * positions == full_result.usage.per_edge["a->b"].kv_bytes * kept
+    with pytest.raises(ValueError, match="token_fraction must be in"):
+        pair({"kv-select": {"token_fraction": 0}})
+
+
+def test_two_loaded_models_that_share_geometry_and_tokenizer_may_join(tiny, sliding):
+    from kvmesh import LocalLM
+
+    twin = LocalLM(tiny.model, tiny.tokenizer, "tiny-random-copy")  # a fine-tuned copy: another spec, one KV layout
+    agents = [Agent("a", model=tiny, max_new_tokens=2), Agent("b", model=twin, max_new_tokens=4)]
+    Team(agents, CommGraph(["a", "b"], [Edge("a", "b", channel="kv-select")]), decision="last").run(TASK)
+    with pytest.raises(ChannelNotAvailableError, match=r"different KV geometry .*\(tiny-random and tiny-gemma3\)"):
+        agents = [Agent("a", model=tiny), Agent("b", model=sliding)]
+        Team(agents, CommGraph(["a", "b"], [Edge("a", "b", channel="kv-select")]), decision="last")
