@@ -19,8 +19,10 @@ generated tokens and KV bytes moved are means per task, from the runtime's own u
 With `out`, each finished mode is written to `modes.jsonl` beside `config.json` at once, and a rerun with the
 same settings resumes after the modes it finished; `plot.png` draws accuracy against time per task.
 
-Caveat: the receiver's prompt is the same in every mode (one worked example that reads notes), so modes differ
-only in what it reads; SmolLM2-135M copies formats better than it follows instructions.
+Prompts are the same in every mode: the sender holds the notes (no instruction to relay them, which made both
+the relay and the latent read worse on validation tasks) and the receiver has one worked example that reads
+notes, so modes differ only in what the receiver reads. Caveat: SmolLM2-135M copies formats better than it
+follows instructions; the figures are about this model.
 """
 
 from __future__ import annotations
@@ -36,16 +38,16 @@ from kvmesh.agents.task import Task
 from kvmesh.agents.team import Team
 from kvmesh.config import ConfigError
 from kvmesh.evals.benchmarks.base import SOLO
-from kvmesh.evals.benchmarks.infoqa import EXAMPLES, MEMBER, InfoQA, short_answer
+from kvmesh.evals.benchmarks.infoqa import EXAMPLES, InfoQA, short_answer
 from kvmesh.evals.calibrate import KV_SELECT, calibrate_kv_select
 from kvmesh.evals.stats import proportion
 from kvmesh.graph import CommGraph, Edge
 
 SENDER, RECEIVER = "sender", "receiver"
-SENDER_PROMPT = (
-    "Your private notes hold the facts. Copy the sentences from your notes that are about the people in the "
-    "question, for a teammate who will answer it."
-)
+# The sender only holds the notes: told to copy or summarise them, or shown a worked relay turn, SmolLM2-135M
+# relayed worse (InfoQA validation, 64 tasks: 0.312 against 0.344 for this prompt) and kv-select read worse
+# (at every layer: 0.234 against 0.375), since the receiver then reads a whole instructed exchange first.
+SENDER_PROMPT = "You hold these notes."
 RECEIVER_PROMPT = "Answer the question with a few words, from your notes or your teammate. End with: Answer: X"
 
 
@@ -61,6 +63,7 @@ class LatentBenchConfig:
         fractions: kv-select's layer fractions, in percent.
         mappers: c2c mapper folders (`kvmesh c2c fit|train`), one mode each.
         calibrate: training tasks kv-select calibrates its layer choice on (at least 16).
+        only: run only the modes with these names (kv-select@30, c2c:ridge, ...); empty: every mode.
         batch_size: tasks per batched runtime pass, the same in every mode.
         message_tokens: cap on the text relay's message.
         answer_tokens: cap on the receiver's answer.
@@ -74,6 +77,7 @@ class LatentBenchConfig:
     fractions: list[int] = field(default_factory=lambda: [10, 20, 30, 50, 100])
     mappers: list[str] = field(default_factory=list)
     calibrate: int = 16
+    only: list[str] = field(default_factory=list)
     batch_size: int = 16
     message_tokens: int = 48
     answer_tokens: int = 16
@@ -90,7 +94,7 @@ class LatentBenchConfig:
 
 
 def _sender(model: str, max_new_tokens: int) -> Agent:
-    return Agent(SENDER, SENDER_PROMPT, model=model, max_new_tokens=max_new_tokens, examples=EXAMPLES[MEMBER])
+    return Agent(SENDER, SENDER_PROMPT, model=model, max_new_tokens=max_new_tokens)
 
 
 def _receiver(config: LatentBenchConfig) -> Agent:
@@ -171,7 +175,8 @@ def run_benchmark(config: LatentBenchConfig, progress: Callable[[str], None] = p
     done = _resume(config)
     calibration: dict = done.pop("calibration", {})
     scores = calibration.get("scores")
-    if scores is None and any(f"kv-select@{f}" not in done for f in config.fractions):
+    selected = [f"kv-select@{f}" for f in config.fractions if not config.only or f"kv-select@{f}" in config.only]
+    if scores is None and any(name not in done for name in selected):
         started = time.perf_counter()
         train = tasks_for(InfoQA(None, config.seed).samples("train")[: config.calibrate], SENDER)
         team = calibrate_kv_select(_pair(config, KV_SELECT), train, config.batch_size)
@@ -193,6 +198,14 @@ def run_benchmark(config: LatentBenchConfig, progress: Callable[[str], None] = p
         modes.append((f"kv-select@{fraction}", lambda s=settings: _pair(config, KV_SELECT, **{KV_SELECT: s}), SENDER))
     modes += _c2c_modes(config) if config.mappers else []
     modes.append(("skyline", lambda: _alone(config), RECEIVER))
+    if config.only:
+        unknown = sorted(set(config.only) - {name for name, _, _ in modes})
+        if unknown:
+            known = ", ".join(name for name, _, _ in modes)
+            raise ConfigError(
+                f"{{only}} names no mode {unknown}; the modes of these settings: {known}", "LatentBenchConfig"
+            )
+        modes = [mode for mode in modes if mode[0] in config.only]
     results = []
     for name, build, reader in modes:
         if name not in done:

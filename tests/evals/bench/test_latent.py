@@ -58,3 +58,10 @@ def test_bad_fractions_are_refused():
 
 def _flags(settings: dict) -> list[str]:
     return [part for key, value in settings.items() for part in (f"--{key.replace('_', '-')}", str(value))]
+
+
+def test_only_runs_the_modes_it_names(tiny):
+    result = run_benchmark(LatentBenchConfig(**SMALL, fractions=[100], only=["none", "skyline"]), progress=print)
+    assert [m["name"] for m in result["modes"]] == ["none", "skyline"] and result["calibration"] == {}
+    with pytest.raises(ConfigError, match=r"names no mode \['kv-select@30'\]"):
+        run_benchmark(LatentBenchConfig(**SMALL, fractions=[100], only=["kv-select@30"]))
