@@ -166,6 +166,8 @@ ADDED_SETTINGS = {
     "exclude_ids": [],
     "temporal": lambda config: None if config.get("rounds", 1) == 1 else "none",
     "anchors": None,
+    "layer_fraction": 0.3,
+    "calibrate": 16,
 }
 RECORDS = ("inputs", "team")  # what older runs lack
 

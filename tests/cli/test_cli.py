@@ -162,9 +162,14 @@ def test_flags_a_spec_would_ignore_are_refused(tmp_path):
 
 def test_ctrl_c_in_eval_says_what_is_saved_and_how_to_resume(tmp_path):
     out = tmp_path / "run"
-    args = ["eval", "infoqa", "--model", "tiny-random", "--limit", "60", "--batch-size", "1", "--agents", "2"]
-    args += ["--max-new-tokens", "8", "--out", str(out)]
-    run = subprocess.Popen([sys.executable, "-m", "kvmesh.cli", *args], env=ENV, stderr=subprocess.PIPE, text=True)
+    args = ["eval", "infoqa", "--model", "tiny-random", "--limit", "200", "--batch-size", "1", "--agents", "2"]
+    args += ["--max-new-tokens", "16", "--out", str(out)]  # long enough that the signal lands mid-run
+
+    def default_ctrl_c() -> None:  # a child inherits an ignored SIGINT, and Python then leaves it ignored
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    command = [sys.executable, "-m", "kvmesh.cli", *args]
+    run = subprocess.Popen(command, env=ENV, stderr=subprocess.PIPE, text=True, preexec_fn=default_ctrl_c)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(read_samples(out)) < 3:
         time.sleep(0.05)
