@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import torch
@@ -47,9 +47,8 @@ from kvmesh.llm.cache import (
     trim_left,
 )
 from kvmesh.llm.layer_mask import use_layer_masks
+from kvmesh.llm.layout import dropped_columns, left_pad, length_buckets
 from kvmesh.llm.segment import KVSegment
-
-MAX_PADDING = 0.10  # a prefill bucket may pad at most this share of its real tokens
 
 
 @dataclass
@@ -62,32 +61,6 @@ class _Row:
     first_token_at: float = 0.0
     prefill_s: float = 0.0  # this row's share of the prefill forward pass it was in
     prompt_kv: KVSegment | None = None
-
-
-def length_buckets(lengths: Sequence[int], max_padding: float = MAX_PADDING) -> list[list[int]]:
-    """Group indices so that left-padding each group to its longest member wastes at most `max_padding`."""
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    buckets: list[list[int]] = []
-    total = 0
-    for index in order:
-        length = lengths[index]
-        if buckets and (len(buckets[-1]) + 1) * length - (total + length) <= max_padding * (total + length):
-            buckets[-1].append(index)
-            total += length
-        else:
-            buckets.append([index])
-            total = length
-    return buckets
-
-
-def _left_pad(rows: Sequence[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row) :] = 1
-    return ids.to(device), mask.to(device)
 
 
 def _choose(logits: torch.Tensor, temperatures: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -175,12 +148,6 @@ class BatchDecoder:
         return latent, reads
 
 
-def dropped_columns(prefix) -> list[int]:
-    """Prefix positions that no layer reads (`LatentSpan.dropped`), sorted."""
-    span: LatentSpan | None = getattr(prefix, "latent", None)
-    return sorted(span.dropped) if span is not None else []
-
-
 @dataclass
 class _Joined:
     """Rows admitted in one step that go on to decode: their stacked cache and per-row state."""
@@ -245,7 +212,7 @@ class DecodeBatch:
         rests = [row.request.prompt_ids[prefix.length :] for row, prefix in zip(rows, prefixes, strict=True)]
         front = max(prefix.length for prefix in prefixes)
         cache = stack_left_padded([prefix.cache(config) for prefix in prefixes], front, config)
-        ids, rest_mask = _left_pad(rests, self.decoder.pad_id, device)
+        ids, rest_mask = left_pad(rests, self.decoder.pad_id, device)
         width = front + ids.shape[1]
         mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
         latent = torch.zeros((len(rows), width), dtype=torch.bool, device=device)
@@ -292,7 +259,7 @@ class DecodeBatch:
         parts: list[tuple] = []  # (cache, mask, logits, next positions, latent, reads, rows) of rows decoding on
         finished: list[tuple[Hashable, Generation]] = []
         for bucket in (b for b in buckets if b):
-            ids, mask = _left_pad([rows[i].request.prompt_ids for i in bucket], self.decoder.pad_id, device)
+            ids, mask = left_pad([rows[i].request.prompt_ids for i in bucket], self.decoder.pad_id, device)
             position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
             cache = new_cache(config)
             began = time.perf_counter()

@@ -134,7 +134,7 @@ def test_rows_wait_for_a_free_slot(tiny, monkeypatch):
 
 
 def test_length_buckets_bound_padding():
-    from kvmesh.llm.engine import length_buckets
+    from kvmesh.llm.layout import length_buckets
 
     lengths = [100, 12, 98, 10, 11, 300, 105]
     buckets = length_buckets(lengths, max_padding=0.1)
