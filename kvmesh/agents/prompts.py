@@ -43,7 +43,7 @@ from itertools import accumulate
 from langchain_core.messages import BaseMessage
 
 from kvmesh.graph.edge import DECISION, SPATIAL, TEMPORAL
-from kvmesh.kvcomm.assembly import HEAD, LATENT, OWN, TAIL, TASK, Piece
+from kvmesh.kvcomm.assembly import FUSE, HEAD, LATENT, OWN, TAIL, TASK, Piece
 from kvmesh.kvcomm.channel import Cached, Channel, default_channel
 from kvmesh.llm.base import LanguageModel, encode_data
 from kvmesh.llm.chat import transcript
@@ -194,10 +194,11 @@ def plan_prompt(
             cached = task_cache is not None and task_cache.segment.token_ids == ids
             source, channel = (task_cache.segment, task_cache.channel) if cached else (None, None)
             piece = replace(piece, own=source is None, source=source, channel=channel)
-        if not ids:
+        if not ids and piece.kind != FUSE:  # a fuse piece carries rows for the task's tokens, none of its own
             continue
         piece = replace(piece, token_ids=ids)
-        if piece.own and planned and planned[-1].own:  # one prefill for adjacent own text
+        mergeable = planned and planned[-1].own and TASK not in (piece.kind, planned[-1].kind)
+        if piece.own and mergeable:  # one prefill for adjacent own text; the task stays a piece (c2c fuses it)
             last = planned.pop()
             piece = replace(last, token_ids=last.token_ids + ids, text=last.text + piece.text)
         planned.append(piece)

@@ -10,6 +10,7 @@ and, once tokenized, its token ids, with where a cache of it may come from:
     glue    "Message from X (this round):" before a cached reply     a template, encoded once standalone
     reply   a sender's reply, as the ids it generated                the sender's own decode cache
     tail    the instruction and the assistant turn's opening markup  prefilled by the turn's own row
+    fuse    no tokens: a sender's rows of the task, fused into it    the sender's prompt cache (c2c fusion)
 
 A channel that reads caches turns pieces into placements (functions that write a piece's keys and values into
 its slots of the receiver's buffer); `assemble` writes them into one buffer, in order, and prefills the own
@@ -36,6 +37,7 @@ from kvmesh.llm.segment import KVSegment
 
 HEAD, OWN, TASK, GLUE, REPLY, TAIL = "head", "own", "task", "glue", "reply", "tail"
 LATENT = "latent"  # a sender's context cache read before the receiver's own prompt, by some layers (kv-select)
+FUSE = "fuse"  # a sender's cache of the task, aligned to the receiver's task tokens and fused into them (c2c)
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class Piece:
             pieces without a source use their own text as key.
         own: the receiver's own text, with no cache anywhere: prefilled in place over the pieces before it.
         text: the piece's text.
-        kind: head, own, task, glue, reply or tail (the table above).
+        kind: head, own, task, glue, reply, tail, latent or fuse (the table above).
         channel: the channel that laid the piece out or made its source; None for the receiver's own layout.
     """
 
@@ -62,6 +64,10 @@ class Piece:
     channel: str | None = None
 
     def __post_init__(self) -> None:
+        if self.kind == FUSE:
+            if self.source is None or self.token_ids or self.text:
+                raise ValueError("a fuse piece has no tokens of its own, only the sender's rows as its source")
+            return
         if not self.token_ids and not self.text:
             raise ValueError("a piece needs at least one token (or, before tokenization, its text)")
         if self.own and self.source is not None:

@@ -17,9 +17,11 @@ Usage: the sender's prefill is its own input; the receiver's input tokens includ
 (counted as `cache_read`, in the sender's tokens: there is no receiver text for them), and each message
 reports the bytes of mapped KV it moved.
 
+`mode="fusion"` is C2C's own mode instead (`kvmesh.kvcomm.fusion`): no context is read; the receiver's cache of
+the task is fused with the sender's cache of the same text, aligned by character offsets.
+
 Before use, the mapper's held-out quality (attention-output cosine, measured when it was fitted) must reach
-`threshold`, or the channel refuses it with `MapperQualityError`. Caveat: only context transfer is wired into
-teams so far; fusion over shared text (`KVMapper.fuse`) is the mapper's, not yet a channel mode.
+`threshold`, or the channel refuses it with `MapperQualityError`.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ from pathlib import Path
 
 import torch
 
-from kvmesh.kvcomm.assembly import Assembly, Piece, Preparation
+from kvmesh.kvcomm.assembly import FUSE, TASK, Assembly, Piece, Preparation
 from kvmesh.kvcomm.capture import check_length
 from kvmesh.kvcomm.channel import Cached, ChannelNotAvailableError, Endpoint, Keep, TurnView, reply_key
+from kvmesh.kvcomm.fusion import fuse_task, fusing_pieces, task_rows
 from kvmesh.kvcomm.latent import join_contexts, latent_layout, ready
 from kvmesh.kvcomm.layer_rope import LayerRope
 from kvmesh.kvcomm.mapper import KVMapper, MapperError, check_models, load_config, load_mapper
@@ -46,6 +49,7 @@ NAME = "c2c"
 # 0.00; the ridge mapper 0.913. A trained fuser moves away from the receiver's own caches while it learns to
 # answer (0.36, with the gold answer's loss down from 7.83 without context to 1.00), so it has its own bar.
 THRESHOLDS = {"ridge": QUALITY_THRESHOLD, "fuser": 0.3}
+TRANSFER, FUSION = "transfer", "fusion"
 
 
 @dataclass
@@ -56,10 +60,20 @@ class C2CConfig:
         mapper: a mapper folder (`mapper.json` + `mapper.safetensors`, from `kvmesh c2c fit|train`).
         threshold: the least held-out attention-output cosine the mapper must have measured to be used;
             None: its kind's default (ridge 0.6, fuser 0.3).
+        mode: "transfer" (the sender's context, mapped, read in front of the receiver's prompt) or "fusion"
+            (the receiver's cache of the task fused with the sender's cache of it).
     """
 
     mapper: str | None = None
     threshold: float | None = None
+    mode: str = TRANSFER
+
+    def __post_init__(self) -> None:
+        if self.mode not in (TRANSFER, FUSION):
+            raise ValueError(
+                f"c2c mode must be {TRANSFER!r} (context transfer) or {FUSION!r} (fusion over the task's text), "
+                f"got {self.mode!r}"
+            )
 
     def least_quality(self, kind: str) -> float:
         """The threshold for a mapper of `kind`: the set one, else that kind's default (`THRESHOLDS`)."""
@@ -91,6 +105,7 @@ class C2CChannel:
         self._check_quality()
         self._ropes: dict[int, LayerRope] = {}
         self._moves: dict[int, Rope] = {}
+        self._receivers: dict[int, KVModel] = {}
         self.calls = self.mapped_tokens = self.moved_bytes = 0
 
     def _check_quality(self) -> None:
@@ -117,15 +132,28 @@ class C2CChannel:
             self._ropes[id(model)] = LayerRope.from_model(model.model)
             if _same_model(model.spec, self.mapper.config.receiver):
                 self._moves[id(model)] = Rope.from_model(model.model)
+                self._receivers[id(model)] = model
 
     def layout(
         self, model: LanguageModel, glue: str, content: str, cached: KVSegment | None, key: Hashable
     ) -> list[Piece]:
-        """The sender's mapped context, read in front of the receiver's prompt; as text when none was kept."""
+        """The sender's mapped context, read in front of the receiver's prompt (fusion: its task rows, no tokens);
+        as text when none was kept."""
+        if self.config.mode == FUSION and cached is not None:
+            return [Piece(source=cached, key=key, kind=FUSE, channel=self.name)]
         return latent_layout(self.name, glue, content, cached, key)
 
     def place(self, model: LanguageModel, receiver: Hashable, pieces: Sequence[Piece]) -> Preparation | None:
-        """The receiver's cache: the mapped contexts one after another, then its own prompt, prefilled after them."""
+        """The receiver's cache: the mapped contexts one after another, then its own prompt, prefilled after them
+        (fusion: its prompt up to the task's end, the task's rows fused with the senders')."""
+        if self.config.mode == FUSION:
+            senders = fusing_pieces(pieces, self.name)
+            if not senders:
+                return None
+            self.calls += 1
+            self.mapped_tokens += sum(len(piece.source) for piece in senders)
+            self.moved_bytes += sum(piece.source.nbytes for piece in senders)
+            return fuse_task(pieces, senders, self._ropes[id(model)], self.mapper)
         joined = join_contexts(pieces, self.name, self._moves[id(model)])
         if joined is None:
             return None
@@ -147,17 +175,33 @@ class C2CChannel:
         check_length(turn.model.model.config, len(kv), sorted(set(config.layer_map)))
         sender_rope = self._ropes[id(turn.model)]
         keys = sender_rope.strip(kv.keys.float(), torch.arange(kv.start, kv.end))
+        if self.config.mode == FUSION:
+            self._learn_task(turn, keys, kv.values.float())
+            return
         mapped_keys, mapped_values = self.mapper.transfer(keys, kv.values.float())
         receiver_rope = self._receiver_rope()
         mapped_keys = receiver_rope.apply(mapped_keys, torch.arange(len(kv)))
         segment = KVSegment(mapped_keys.contiguous(), mapped_values.contiguous(), 0, kv.token_ids)
         turn.store[reply_key(*turn.receiver, self.name)] = Cached(self.name, segment)
 
-    def _receiver_rope(self) -> LayerRope:
-        receivers = [self._ropes[key] for key in self._moves]
-        if not receivers:
+    def _learn_task(self, turn: TurnView, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Fusion: keep the sender's position-free rows of the task, laid out on the receiver's task tokens."""
+        start, end = turn.task_span
+        (text,) = [piece.text for piece in turn.pieces if piece.kind == TASK]
+        ids = [t for piece in turn.pieces for t in piece.token_ids][start:end]
+        receiver = self._receiver()
+        rows = task_rows(
+            text, ids, keys[:, :, start:end], values[:, :, start:end], turn.model.tokenizer, receiver.tokenizer
+        )
+        turn.store[reply_key(*turn.receiver, self.name)] = Cached(self.name, rows)
+
+    def _receiver(self) -> KVModel:
+        if not self._receivers:
             raise ChannelNotAvailableError(f"c2c: the receiver {self.mapper.config.receiver} was not prepared")
-        return receivers[0]
+        return next(iter(self._receivers.values()))
+
+    def _receiver_rope(self) -> LayerRope:
+        return self._ropes[id(self._receiver())]
 
     def stats(self) -> dict:
         if not self.calls:
@@ -166,5 +210,6 @@ class C2CChannel:
             "calls": self.calls,
             "mapped_tokens": self.mapped_tokens,
             "kv_bytes": self.moved_bytes,
+            "mode": self.config.mode,
             "mapper": {"path": self.config.mapper, "kind": self.mapper.config.kind, **self.mapper.config.quality},
         }

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from kvmesh import Agent, CommGraph, Task, Team
+from kvmesh.agents.prompts import plan_prompt
 from kvmesh.graph import Edge
 from kvmesh.kvcomm.capture import ContextTooLongError, position_free_kv
 from kvmesh.kvcomm.channel import ChannelNotAvailableError
@@ -36,10 +37,11 @@ def fit(sender, receiver, folder, full_attention_only=True, quality=True):
     return save_mapper(mapper, folder)
 
 
-def pair(sender, folder, threshold=-1.0, **options):
-    agents = [Agent("a", model=sender, max_new_tokens=6, **options), Agent("b", model="tiny-random", max_new_tokens=8)]
+def pair(sender, folder, threshold=-1.0, mode="transfer"):
+    agents = [Agent("a", model=sender, max_new_tokens=6), Agent("b", model="tiny-random", max_new_tokens=8)]
     graph = CommGraph(["a", "b"], [Edge("a", "b", channel="c2c")])
-    return Team(agents, graph, decision="last", channels={"c2c": {"mapper": str(folder), "threshold": threshold}})
+    settings = {"mapper": str(folder), "threshold": threshold, "mode": mode}
+    return Team(agents, graph, decision="last", channels={"c2c": settings})
 
 
 def test_the_receiver_reads_the_mapped_sender_prompt(tiny, sliding, tmp_path):
@@ -121,3 +123,78 @@ def test_one_team_mixes_every_channel(tiny, sliding, tmp_path):
     result = next(e for e in events if type(e).__name__ == "TeamFinished").result
     assert result.usage.per_edge["a->b"].kv_bytes > 0 and result.usage.per_edge["d->e"].kv_bytes == 0
     assert set(team.channel_stats()) >= {"c2c", "kv-select"}
+
+
+# --- fusion over shared text ---------------------------------------------------------------------------------
+
+FUSED = Task("Where is Mira's blue key?", id="f", shards={"a": "Mira's blue key is in the attic. Tavo's is lost."})
+
+
+def _find(ids, part):
+    """Where the run `part` starts in `ids` (the task inside a prompt)."""
+    return next(i for i in range(len(ids) - len(part) + 1) if ids[i : i + len(part)] == part)
+
+
+def fused_by_hand(sender, receiver, folder, sender_prompt, receiver_prompt, text, max_new_tokens):
+    """The receiver's reply when its task rows are fused with the sender's, aligned by characters, by hand."""
+    from kvmesh.kvcomm.align import align_tokens
+    from kvmesh.kvcomm.assembly import Assembly
+    from kvmesh.llm.segment import KVSegment
+
+    alignment = align_tokens(text, sender.tokenizer, receiver.tokenizer, bos=False)
+    mapper = load_mapper(folder)
+    (kept,) = sender.generate_requests([GenerationRequest(sender_prompt, max_new_tokens=0, keep_kv=True)])
+    lo = _find(sender_prompt, list(alignment.sender_ids))
+    positions = torch.arange(lo, lo + len(alignment.sender_ids))
+    sender_keys = LayerRope.from_model(sender.model).strip(kept.prompt_kv.keys[:, :, positions].float(), positions)
+    sender_values = kept.prompt_kv.values[:, :, positions].float()
+    start = _find(receiver_prompt, list(alignment.receiver_ids))
+    end = start + len(alignment.receiver_ids)
+    (own,) = receiver.generate_requests([GenerationRequest(receiver_prompt[:end], max_new_tokens=0, keep_kv=True)])
+    rope, positions = LayerRope.from_model(receiver.model), torch.arange(start, end)
+    keys = rope.strip(own.prompt_kv.keys[:, :, start:end].float(), positions)
+    keys, values = mapper.fuse(
+        keys, own.prompt_kv.values[:, :, start:end], alignment.gather(sender_keys), alignment.gather(sender_values)
+    )
+    keys = torch.cat([own.prompt_kv.keys[:, :, :start], rope.apply(keys, positions)], dim=2)
+    values = torch.cat([own.prompt_kv.values[:, :, :start], values], dim=2)
+    prefix = Assembly.of(KVSegment(keys, values, 0, tuple(receiver_prompt[:end])), receiver_prompt[end:])
+    request = GenerationRequest(receiver_prompt, max_new_tokens=max_new_tokens, prefix=prefix)
+    (reply,) = receiver.generate_requests([request])
+    return reply.text.strip(), alignment
+
+
+def test_fusion_fuses_the_receivers_task_rows_with_the_senders_aligned_by_characters(tiny, gemma_tokenized, tmp_path):
+    folder = fit(gemma_tokenized, tiny, tmp_path / "ridge")
+    result = pair(gemma_tokenized, folder, mode="fusion").run(FUSED)
+    sender, receiver = result.messages
+    assert sender.content == "" and sender.usage_metadata["output_tokens"] == 0  # read only as a cache: silent
+    # the ids the sender read: Gemma's tokenizer splits markup and data apart, unlike re-encoding the whole text
+    sender_prompt = plan_prompt(gemma_tokenized, Agent("a").system_text(), FUSED.question, shard=FUSED.shards["a"])
+    assert sender_prompt.text == sender.response_metadata["prompt"]
+    sender_prompt = sender_prompt.token_ids
+    receiver_prompt = tiny.encode_prompt(receiver.response_metadata["prompt"])
+    assert "Mira" not in receiver.response_metadata["prompt"].replace(FUSED.question, "")  # no sender text read
+    text = f"Question: {FUSED.question}"
+    by_hand, alignment = fused_by_hand(gemma_tokenized, tiny, folder, sender_prompt, receiver_prompt, text, 8)
+    assert len(alignment.sender_ids) != len(alignment.receiver_ids)  # the two tokenizers split the task differently
+    assert receiver.content == by_hand
+    usage = receiver.usage_metadata
+    assert usage["input_tokens"] == len(receiver_prompt)  # reads no extra positions: all its own prompt
+    assert usage["input_token_details"].get("cache_read", 0) == 0
+    config = gemma_tokenized.model.config
+    per_row = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4
+    assert result.usage.per_edge["a->b"].kv_bytes == per_row * len(alignment.receiver_ids)
+    unfused = Team([Agent("b", model="tiny-random", max_new_tokens=8)], CommGraph(["b"]), decision="last")
+    alone = unfused.run(Task(FUSED.question, id="f")).messages[0]
+    assert alone.response_metadata["prompt"] == receiver.response_metadata["prompt"]  # the same prompt, fused
+
+
+def test_fusion_batched_equals_alone_and_bad_modes_are_refused(tiny, gemma_tokenized, tmp_path):
+    team = pair(gemma_tokenized, fit(gemma_tokenized, tiny, tmp_path / "ridge"), mode="fusion")
+    tasks = [Task(f"Where's key {i}?", id=str(i), shards={"a": f"Key {i} is in room {i * 11}."}) for i in range(3)]
+    for task, result in zip(tasks, team.run_batch(tasks), strict=True):
+        assert [m.content for m in result.messages] == [m.content for m in team.run(task).messages]
+    assert team.channel_stats()["c2c"]["mode"] == "fusion"
+    with pytest.raises(ValueError, match=r"'transfer' .* or 'fusion'"):
+        pair(gemma_tokenized, tmp_path / "ridge", mode="merge")

@@ -8,6 +8,8 @@ The sender holds every shard of a task, the receiver gets the question alone and
                     chosen on calibration attention (`calibrate` training tasks) and the depth prior
     c2c:<mapper>    the mapper's sender prefills; its cache, mapped into the receiver's format, is read in
                     front of the receiver's prompt (a folder from `kvmesh c2c fit|train`)
+    c2c-fusion:<mapper>  the mapper's sender prefills; the receiver's cache of the question is fused with the
+                    sender's cache of it (C2C's own mode: no context is read)
     text:<sender>   the text relay from each c2c mapper's sender model (the relay c2c is measured against)
     skyline         the receiver reads the shards itself
 
@@ -152,7 +154,8 @@ def run_mode(team: Team, tasks: Sequence[Task], samples, benchmark: InfoQA, batc
 
 
 def _c2c_modes(config: LatentBenchConfig) -> list[tuple[str, Callable[[], Team], str]]:
-    """c2c:<mapper> for each mapper, and the text relay from each distinct mapper sender."""
+    """c2c:<mapper> (context transfer) and c2c-fusion:<mapper> (fusion over the question) for each mapper, and the
+    text relay from each distinct mapper sender."""
     from kvmesh.kvcomm.mapper import load_mapper  # imported on use: only c2c modes need it
 
     modes, senders = [], []
@@ -161,9 +164,10 @@ def _c2c_modes(config: LatentBenchConfig) -> list[tuple[str, Callable[[], Team],
         sender = mapper.config.sender
         if sender not in senders and sender != config.model:
             senders.append(sender)
-        modes.append(
-            (f"c2c:{Path(folder).name}", lambda f=folder, s=sender: _pair(config, "c2c", s, c2c={"mapper": f}), SENDER)
-        )
+        for prefix, mode in (("c2c", "transfer"), ("c2c-fusion", "fusion")):
+            settings = {"mapper": folder, "mode": mode}
+            build = lambda c=settings, s=sender: _pair(config, "c2c", s, c2c=c)  # noqa: E731
+            modes.append((f"{prefix}:{Path(folder).name}", build, SENDER))
     relays = [(f"text:{s}", lambda s=s: _pair(config, "text", s), SENDER) for s in senders]
     return relays + modes
 
