@@ -3,14 +3,21 @@
 The model is named by spec (alias, folder or Hugging Face id) or given as any `LanguageModel` (a `LocalLM`, or
 another backend); specs load lazily, once per process, so a team of five agents on `smollm2-135m` holds one
 copy of the weights.
+
+An agent may run its model with a LoRA adapter (`adapter`: the folder peft's `save_pretrained` wrote, such as a
+trained Optima policy). The adapter is loaded onto the shared model when the agent's model is first used, so a
+bad one fails before any model call; agents with different adapters over one base model still share its
+running batch and every forward pass (`kvmesh.llm.adapters`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 from kvmesh.agents.tools import Tool, tool_from_name
 from kvmesh.graph.edge import check_agent_name
+from kvmesh.llm.adapters import AdapterError, check_adapter
 from kvmesh.llm.base import LanguageModel, normalize_stop
 from kvmesh.llm.local import load_model
 
@@ -33,6 +40,8 @@ class Agent:
             small models follow an answer format far more reliably from one example than from an instruction.
         tools: `Tool`s (or their names) that may answer a turn without the model or act on its reply;
             see `kvmesh.agents.tools`.
+        adapter: a LoRA adapter folder (peft's `save_pretrained` format) this agent's turns run with, stored as
+            an absolute path; None runs the base model. Its files are re-read when they change (training).
     """
 
     name: str
@@ -44,6 +53,7 @@ class Agent:
     stop: tuple[str, ...] = field(default_factory=tuple)
     examples: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     tools: tuple[Tool, ...] = field(default_factory=tuple)
+    adapter: str | None = None
 
     def __post_init__(self) -> None:
         check_agent_name(self.name)
@@ -64,6 +74,11 @@ class Agent:
             raise ValueError(f"agent {self.name!r}: {error}") from error
         self.examples = self._examples(self.examples)
         self.tools = tuple(self._tool(t) for t in self.tools)
+        if self.adapter is not None:
+            if not isinstance(self.adapter, str | Path) or not str(self.adapter).strip():
+                raise TypeError(f"agent {self.name!r}: adapter must be a folder path, got {self.adapter!r}")
+            self.adapter = str(Path(self.adapter).expanduser().resolve())
+        self._checked_adapter: str | None = None  # the adapter last loaded onto the model (not a field)
 
     def _examples(self, examples) -> tuple[tuple[str, str], ...]:
         pairs = tuple(tuple(pair) for pair in examples) if isinstance(examples, list | tuple) else None
@@ -88,6 +103,12 @@ class Agent:
         """The loaded model (loads the spec on first use)."""
         if isinstance(self.model, str):
             self.model = load_model(self.model)
+        if self.adapter is not None and self._checked_adapter != self.adapter:
+            try:
+                check_adapter(self.model, self.adapter)
+            except AdapterError as error:
+                raise AdapterError(f"agent {self.name!r}: {error}") from error
+            self._checked_adapter = self.adapter
         return self.model
 
     @property
@@ -110,6 +131,8 @@ class Agent:
             data["examples"] = [list(pair) for pair in self.examples]
         if self.tools:
             data["tools"] = [tool.name for tool in self.tools]
+        if self.adapter is not None:
+            data["adapter"] = self.adapter
         return data
 
     @classmethod

@@ -74,6 +74,13 @@ class Scheduler:
                 ends.setdefault(edge.channel, set()).update((edge.source, edge.target))
         if decision:
             ends.setdefault(self.plan.decision.channel, set()).update(agent.name for agent in agents)
+        adapted, kv = [a.name for a in agents if a.adapter is not None], sorted(set(ends) - {"text"})
+        if adapted and kv:  # a task's caches are shared by every agent of a model, whatever its adapter
+            raise ValueError(
+                f"agents {adapted} run with LoRA adapters and this team uses {', '.join(kv)}: KV channels share "
+                "caches between the agents of one model, and a cache made under one adapter is not another's. "
+                "Use channel='text' edges (and decision channel) in a team with adapters."
+            )
         for agent in agents:
             for name, channel in self.plan.channels.items():
                 if agent.name not in ends.get(name, ()):

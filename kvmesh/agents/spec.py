@@ -7,12 +7,14 @@
     agents:
       - {name: solver, role: math solver, max_new_tokens: 128}
       - {name: critic, role: critic, system_prompt: "Check the solver's arithmetic."}
+      - {name: judge, role: judge, adapter: runs/optima/iter2/judge}   # a LoRA adapter folder (optional)
     graph: chain                   # a preset name, or {preset: layered, options: {layers: 2, temporal: self}},
                                    # or {edges: [{source, target, kind, channel, weight}]}
     reuse: {gamma: 0.3}            # optional kv-reuse engine settings (kvmesh.kvcomm.ReuseConfig)
     channels: {kv-reuse: {gamma: 0.3}}   # optional settings of any channel, by name (reuse: is kv-reuse's)
     designer: runs/design/agp/designer   # optional: a saved topology designer chooses each task's graph
-                                         # (relative paths are relative to the spec file)
+                                         # (relative paths, here and in `adapter`, are relative to the spec
+                                         # file; written specs hold absolute ones)
 
 Written specs always list explicit edges, so a round trip reproduces the exact graph. A designer lives above
 this package (`kvmesh.topology`), so reading a spec that names one takes a `designer_loader`
@@ -84,6 +86,14 @@ def _written_edges(graph) -> bool:
     return isinstance(graph, dict) and "edges" in graph
 
 
+def _relative_to(entry, source):
+    """An agent entry whose relative `adapter` folder is read relative to the spec file, as a designer's is."""
+    adapter = entry.get("adapter") if isinstance(entry, dict) else None
+    if isinstance(adapter, str) and not isinstance(source, dict) and not Path(adapter).expanduser().is_absolute():
+        return {**entry, "adapter": str(Path(source).parent / adapter)}
+    return entry
+
+
 def team_from_spec(team_class: type, source: str | Path | dict, designer_loader: Callable | None = None):
     """A `team_class` (`Team`) from a spec file or dict; `designer_loader(folder, team)` loads a named designer."""
     where = "team spec" if isinstance(source, dict) else f"team spec {source}"
@@ -96,13 +106,13 @@ def team_from_spec(team_class: type, source: str | Path | dict, designer_loader:
         raise SpecError(f"{where}: 'agents' must be a non-empty list")
     model = data.get("model", DEFAULT_MODEL)
     try:
-        agents = [Agent.from_dict(e, default_model=model) for e in entries]
+        agents = [Agent.from_dict(_relative_to(e, source), default_model=model) for e in entries]
         graph = _graph(data.get("graph"), [a.name for a in agents], data.get("rounds", 1))
         team = team_class(
             agents,
             graph,
             rounds=data.get("rounds", 1),
-            decision=data.get("decision", DECISION_METHOD),
+            decision=_relative_to(data.get("decision", DECISION_METHOD), source),
             token_budget=data.get("token_budget"),
             seed=data.get("seed"),
             reuse=data.get("reuse"),

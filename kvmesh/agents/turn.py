@@ -122,6 +122,7 @@ class Turn:
             prefix=self.assembly,
             keep_kv=keep_prompt or keep_reply,
             keep_prompt_kv=keep_prompt,
+            adapter=self.agent.adapter,
         )
         return [self.own]
 

@@ -113,6 +113,8 @@ class GenerationRequest:
             prompt position, wasted when nobody reads it).
         min_new_tokens: end-of-sequence tokens are never chosen before this many tokens (fixed-length replies for
             timing experiments, as `min_new_tokens` in transformers).
+        adapter: a LoRA adapter folder (what peft's `save_pretrained` writes) the row runs with; None runs the base
+            weights. Rows with different adapters on one model share its forward passes (`kvmesh.llm.adapters`).
     """
 
     prompt_ids: list[int]
@@ -123,6 +125,7 @@ class GenerationRequest:
     keep_kv: bool = False
     keep_prompt_kv: bool = True
     min_new_tokens: int = 0
+    adapter: str | None = None
 
     def __post_init__(self) -> None:
         self.stop = normalize_stop(self.stop)
@@ -134,6 +137,8 @@ class GenerationRequest:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 <= self.min_new_tokens <= max(self.max_new_tokens, 0):
             raise ValueError(f"min_new_tokens must be in [0, max_new_tokens], got {self.min_new_tokens}")
+        if self.adapter is not None and not isinstance(self.adapter, str):
+            self.adapter = str(self.adapter)  # a Path
         if self.prefix is not None and not 0 < self.prefix.length < len(self.prompt_ids):
             raise ValueError("a prefix cache must cover part of the prompt and leave at least one token to prefill")
 

@@ -22,12 +22,17 @@ Latent columns: a row's prefix may say that some of its positions are read only 
 `reads`: which layers of each row read them) and hands each forward pass the columns every layer must skip
 (`kvmesh.llm.layer_mask`), through joins, retirements and trims like the mask itself.
 
+Adapters: a row may name a LoRA adapter (`GenerationRequest.adapter`, loaded by `kvmesh.llm.adapters`) and keeps
+that version from submission to its end; every forward pass hands the LoRA layers one adapter name per row, so
+rows with different adapters share it. Rows that name none pass nothing (the plain path).
+
 Shapes: B = rows in the batch, W = cache width (longest row incl. its left padding), V = vocabulary,
 L = layers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from collections.abc import Hashable
@@ -36,6 +41,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from kvmesh.llm.adapters import BASE, adapters_of
 from kvmesh.llm.base import Generation, GenerationRequest, LatentSpan, check_context
 from kvmesh.llm.cache import (
     cache_argument,
@@ -61,6 +67,12 @@ class _Row:
     first_token_at: float = 0.0
     prefill_s: float = 0.0  # this row's share of the prefill forward pass it was in
     prompt_kv: KVSegment | None = None
+    adapter: str | None = None  # the name of the row's adapter version inside the model (None: base)
+
+
+def _names(rows: list[_Row]) -> list[str] | None:
+    """One adapter name per row for a forward pass, or None when no row has one (the plain path)."""
+    return None if all(row.adapter is None for row in rows) else [row.adapter or BASE for row in rows]
 
 
 def _choose(logits: torch.Tensor, temperatures: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -109,19 +121,21 @@ class BatchDecoder:
         row.text = text[: min(cuts)]
         return True
 
-    def forward(self, ids, mask, positions, cache, latent=None, reads=None) -> torch.Tensor:
+    def forward(self, ids, mask, positions, cache, latent=None, reads=None, adapters=None) -> torch.Tensor:
         """One forward pass; returns the last position's logits (B, V). `latent` (B, W) and `reads` (B, L): the
-        columns only some layers read, and which layers of each row read them."""
+        columns only some layers read, and which layers of each row read them; `adapters`: B adapter names."""
         hidden = self.hidden(latent, reads) if latent is not None else {}
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            **cache_argument(self.model, cache),
-            logits_to_keep=1,
-            **({"hidden": hidden} if hidden else {}),
-        )
+        selection = adapters_of(self.model).selecting(adapters) if adapters else contextlib.nullcontext()
+        with selection:
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                **cache_argument(self.model, cache),
+                logits_to_keep=1,
+                **({"hidden": hidden} if hidden else {}),
+            )
         return out.logits[:, -1, :]
 
     def hidden(self, latent: torch.Tensor, reads: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -187,7 +201,14 @@ class DecodeBatch:
         prompt = len(request.prompt_ids)
         limit = self.decoder.context_length
         check_context(prompt - 1 if request.prefill_only else prompt, limit)  # a prefill-only row may fill it
-        self.waiting.append(_Row(request, tag))
+        row = _Row(request, tag)
+        if request.adapter is not None:  # a bad adapter fails here; the row keeps this version to its end
+            (row.adapter,) = adapters_of(self.decoder.model).acquire([request.adapter])
+        self.waiting.append(row)
+
+    def _release(self, row: _Row) -> None:
+        if row.adapter is not None:  # a superseded adapter version goes once its last row has left
+            adapters_of(self.decoder.model).release(row.adapter)
 
     def _prefill_on_prefix(self, row: _Row, device):
         """One row whose prompt starts with a prebuilt cache: prefill only the rest, at its true positions.
@@ -200,7 +221,7 @@ class DecodeBatch:
         mask[0, dropped_columns(prefix)] = 0
         position_ids = torch.arange(prefix.length, len(prompt), device=device)[None]
         latent, reads = self.decoder.latent_of(prefix, len(prompt), device)
-        logits = self.decoder.forward(ids, mask, position_ids, cache, latent, reads)
+        logits = self.decoder.forward(ids, mask, position_ids, cache, latent, reads, _names([row]))
         return cache, mask, logits, position_ids[:, -1:] + 1, latent, reads
 
     def _prefill_on_prefixes(self, rows: list[_Row], device):
@@ -225,7 +246,7 @@ class DecodeBatch:
             latent[b, front - prefix.length : front], reads[b] = row_latent[0], row_reads[0]
             position_ids[b, ids.shape[1] - len(rest) :] = torch.arange(prefix.length, prefix.length + len(rest))
         mask[:, front:] = rest_mask
-        logits = self.decoder.forward(ids, mask, position_ids, cache, latent, reads)
+        logits = self.decoder.forward(ids, mask, position_ids, cache, latent, reads, _names(rows))
         return cache, mask, logits, position_ids[:, -1:] + 1, latent, reads
 
     def _keep_prompt(self, row: _Row, cache, batch_row: int, start: int, end: int) -> None:
@@ -239,6 +260,7 @@ class DecodeBatch:
 
     def _prefilled(self, row: _Row, now: float) -> tuple[Hashable, Generation]:
         """A prefill-only row's result: its cache (if kept), no tokens."""
+        self._release(row)
         seconds = now - row.started_at
         prompt = len(row.request.prompt_ids)
         generation = Generation("", [], prompt, "prefill", seconds, seconds, row.started_at, row.prompt_kv)
@@ -263,7 +285,7 @@ class DecodeBatch:
             position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
             cache = new_cache(config)
             began = time.perf_counter()
-            logits = self.decoder.forward(ids, mask, position_ids, cache)
+            logits = self.decoder.forward(ids, mask, position_ids, cache, None, None, _names([rows[i] for i in bucket]))
             now = time.perf_counter()
             tokens = sum(lengths[i] for i in bucket)
             going = []
@@ -444,6 +466,7 @@ class DecodeBatch:
             if reason is None:
                 keep.append(i)
                 continue
+            self._release(row)
             text = (
                 row.text
                 if row.text is not None
@@ -472,7 +495,7 @@ class DecodeBatch:
             self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=-1)
             self.latent = torch.cat([self.latent, self.latent.new_zeros((len(self.rows), 1))], dim=-1)
             self.logits = self.decoder.forward(
-                tokens[:, None], self.mask, self.positions, self.cache, self.latent, self.reads
+                tokens[:, None], self.mask, self.positions, self.cache, self.latent, self.reads, _names(self.rows)
             )
             self.positions = self.positions + 1
         self.decoder.busy_s += time.perf_counter() - begin

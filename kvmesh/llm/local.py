@@ -195,7 +195,20 @@ class LocalLM:
 
 # --- loading ---------------------------------------------------------------------------------------------------
 
-_LOADED: dict[tuple[str, str, str, bool], LocalLM] = {}
+_LOADED: dict[tuple, LocalLM] = {}
+WEIGHT_FILES = ("*.safetensors", "*.bin")
+
+
+def weights_stamp(spec: str) -> tuple:
+    """A model folder's weight files as (name, size, mtime_ns): weights saved over a folder (a fine-tune written
+    where its base was) change the stamp, so `load_model` loads them instead of serving the old copy."""
+    path = Path(spec)
+    if not path.is_dir():
+        return ()
+    files = sorted(f for pattern in WEIGHT_FILES for f in path.glob(pattern))
+    return tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+
+
 _LOCK = threading.Lock()
 
 
@@ -205,7 +218,7 @@ def _pick_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
-def _locate(spec: str) -> str:
+def locate_model(spec: str) -> str:
     """Map a spec to something `from_pretrained` accepts, with a clear error if there is nothing to load."""
     if spec in ALIASES:
         return str(resolve(spec))
@@ -224,7 +237,8 @@ def _locate(spec: str) -> str:
 def load_model(
     spec: str = "smollm2-135m", device: str | None = None, dtype: str | None = None, onednn: bool | None = None
 ) -> LocalLM:
-    """Load (once per process) the model named by `spec`: an alias, a local folder or a Hugging Face id.
+    """Load (once per process) the model named by `spec`: an alias, a local folder or a Hugging Face id. A folder
+    whose weight files changed since it was loaded (trained weights saved over it) is loaded again.
 
     Args:
         spec: `smollm2-135m` (default), `gemma3-270m`, `tiny-random`, a folder, or `org/name`.
@@ -243,11 +257,11 @@ def load_model(
     if spec not in ALIASES and Path(spec).expanduser().is_dir():
         spec = str(Path(spec).expanduser().resolve())  # one model per folder, however the path is spelled
     fast_linear = onednn_module.wanted(onednn) and onednn_module.available(target, getattr(torch, dtype))
-    key = (spec, str(target), dtype, fast_linear)
+    key = (spec, str(target), dtype, fast_linear, weights_stamp(spec))
     with _LOCK:
         if key in _LOADED:
             return _LOADED[key]
-        source = _locate(spec)
+        source = locate_model(spec)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         try:

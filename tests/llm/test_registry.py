@@ -39,6 +39,22 @@ def test_local_folder_loads_and_matches_the_alias(tiny, tmp_path):
     )
 
 
+def test_weights_saved_over_a_folder_are_loaded_not_served_stale(tiny, tmp_path):
+    import torch
+
+    folder = tmp_path / "policy"
+    tiny.model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    first = load_model(str(folder))
+    assert load_model(str(folder)) is first  # unchanged files: the cached copy
+    with torch.no_grad():
+        first.model.lm_head.weight.mul_(2.0)  # a "trained" model, saved where the old one was
+    first.model.save_pretrained(folder)
+    second = load_model(str(folder))
+    assert second is not first
+    assert torch.equal(second.model.lm_head.weight, first.model.lm_head.weight)
+
+
 def test_folder_without_config_and_plain_files_are_rejected(tmp_path):
     with pytest.raises(ModelNotAvailableError, match=r"no config\.json"):
         load_model(str(tmp_path))
