@@ -25,58 +25,67 @@ def smollm():
 
 
 @pytest.fixture(scope="session")
-def sliding(tiny):
-    """A tiny random Gemma 3 (sliding window of 8 on most layers) with SmolLM2's tokenizer."""
+def tiny_gemma3():
+    """Builds tiny random Gemma 3 models (seed 0): `tiny_gemma3(tokenizer, layer_types, sliding_window, **config)`
+    gives a `Gemma3ForCausalLM` in eval mode whose vocabulary and special tokens are the tokenizer's."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    from kvmesh import LocalLM
+    def build(tokenizer, layer_types: list[str], sliding_window: int, **overrides):
+        settings = {
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 16,
+            **overrides,
+        }
+        config = Gemma3TextConfig(
+            vocab_size=len(tokenizer),
+            num_hidden_layers=len(layer_types),
+            layer_types=layer_types,
+            sliding_window=sliding_window,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            **settings,
+        )
+        torch.manual_seed(0)
+        return Gemma3ForCausalLM(config).eval()
 
-    config = Gemma3TextConfig(
-        vocab_size=len(tiny.tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        head_dim=16,
-        sliding_window=8,
-        initializer_range=0.3,
-        layer_types=["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"],
-        pad_token_id=tiny.pad_id,
-        eos_token_id=sorted(tiny.eos_ids)[0],
-        bos_token_id=tiny.tokenizer.bos_token_id,
-    )
-    torch.manual_seed(0)
-    return LocalLM(Gemma3ForCausalLM(config).eval(), tiny.tokenizer, "tiny-gemma3")
+    return build
 
 
 @pytest.fixture(scope="session")
-def gemma_tokenized(tiny):
-    """A tiny random Gemma 3 (layers 1 and 3 full attention) with Gemma 3's own tokenizer, which splits text
-    differently from SmolLM2's (the packaged gemma3-270m's tokenizer; no weights of it are loaded)."""
-    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+def gemma_tokenizer():
+    """Gemma 3's own tokenizer (the packaged gemma3-270m's; none of its weights are loaded)."""
+    from transformers import AutoTokenizer
 
-    from kvmesh import LocalLM
     from kvmesh.llm.registry import resolve
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve("gemma3-270m"))
-    config = Gemma3TextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        sliding_window=8,
-        initializer_range=0.3,
-        layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
+    return AutoTokenizer.from_pretrained(resolve("gemma3-270m"))
+
+
+@pytest.fixture(scope="session")
+def sliding(tiny, tiny_gemma3):
+    """A tiny random Gemma 3 (sliding window of 8 on most layers) with SmolLM2's tokenizer."""
+    from kvmesh import LocalLM
+
+    layers = ["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"]
+    model = tiny_gemma3(
+        tiny.tokenizer, layers, 8, hidden_size=64, intermediate_size=128, num_attention_heads=4, initializer_range=0.3
     )
-    torch.manual_seed(0)
-    return LocalLM(Gemma3ForCausalLM(config).eval(), tokenizer, "tiny-gemma3-tokenizer")
+    return LocalLM(model, tiny.tokenizer, "tiny-gemma3")
+
+
+@pytest.fixture(scope="session")
+def gemma_tokenized(tiny_gemma3, gemma_tokenizer):
+    """A tiny random Gemma 3 (layers 1 and 3 full attention) with Gemma 3's own tokenizer, which splits text
+    differently from SmolLM2's."""
+    from kvmesh import LocalLM
+
+    layers = ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]
+    model = tiny_gemma3(gemma_tokenizer, layers, 8, hidden_size=32, intermediate_size=64, initializer_range=0.3)
+    return LocalLM(model, gemma_tokenizer, "tiny-gemma3-tokenizer")
 
 
 @pytest.fixture

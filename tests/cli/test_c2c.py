@@ -1,38 +1,19 @@
 """`kvmesh c2c fit|train` on tiny random models: a sender saved as a local folder, the tiny-random receiver."""
 
 import pytest
-import torch
-from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
 
 from kvmesh.cli import main
 from kvmesh.kvcomm.fuser import Fuser
 from kvmesh.kvcomm.mapper import check_models, load_mapper
 from kvmesh.kvcomm.ridge import RidgeMapper
-from kvmesh.llm.registry import resolve
 
 
 @pytest.fixture(scope="module")
-def gemma_folder(tmp_path_factory):
+def gemma_folder(tmp_path_factory, tiny_gemma3, gemma_tokenizer):
     """A tiny random Gemma 3 with Gemma 3's tokenizer, saved as a model folder."""
-    tokenizer = AutoTokenizer.from_pretrained(resolve("gemma3-270m"))
-    config = Gemma3TextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        sliding_window=256,
-        layer_types=["sliding_attention", "full_attention"],
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
-    torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny-gemma3")
-    Gemma3ForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    tiny_gemma3(gemma_tokenizer, ["sliding_attention", "full_attention"], 256).save_pretrained(folder)
+    gemma_tokenizer.save_pretrained(folder)
     return folder
 
 

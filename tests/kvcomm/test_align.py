@@ -9,11 +9,6 @@ from kvmesh.llm.registry import resolve
 
 
 @pytest.fixture(scope="module")
-def gemma_tokenizer():
-    return AutoTokenizer.from_pretrained(resolve("gemma3-270m"))
-
-
-@pytest.fixture(scope="module")
 def smol_tokenizer():
     return AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
 

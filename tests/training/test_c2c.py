@@ -3,7 +3,7 @@ loss, and a killed run that resumes from its checkpoint to the same weights."""
 
 import pytest
 import torch
-from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 from kvmesh import LocalLM
 from kvmesh.kvcomm.capture import ContextTooLongError
@@ -12,7 +12,6 @@ from kvmesh.kvcomm.layer_rope import LayerRope
 from kvmesh.kvcomm.mapper import load_mapper
 from kvmesh.kvcomm.quality import MapperQualityError
 from kvmesh.kvcomm.ridge import RidgeMapper
-from kvmesh.llm.registry import resolve
 from kvmesh.training.c2c import (
     FitConfig,
     TrainConfig,
@@ -27,26 +26,10 @@ from kvmesh.training.c2c import (
 
 
 @pytest.fixture(scope="module")
-def gemma():
+def gemma(tiny_gemma3, gemma_tokenizer):
     """A tiny random Gemma 3 (3 layers, sliding window 256) with Gemma 3's own tokenizer."""
-    tokenizer = AutoTokenizer.from_pretrained(resolve("gemma3-270m"))
-    config = Gemma3TextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        sliding_window=256,
-        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
-        initializer_range=0.3,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
-    torch.manual_seed(0)
-    return LocalLM(Gemma3ForCausalLM(config).eval(), tokenizer, "tiny-gemma3")
+    layers = ["sliding_attention", "sliding_attention", "full_attention"]
+    return LocalLM(tiny_gemma3(gemma_tokenizer, layers, 256, initializer_range=0.3), gemma_tokenizer, "tiny-gemma3")
 
 
 def test_fit_saves_a_ridge_mapper_with_its_quality_and_data(gemma, tiny, tmp_path):
