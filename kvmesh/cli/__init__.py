@@ -7,6 +7,7 @@ kvmesh viz runs/chain -o chain.svg                                              
 kvmesh design train infoqa --designer agp --out runs/design/agp                           (design.py)
 kvmesh bench kv-reuse                                                                     (bench.py)
 kvmesh models                                                                             (models.py)
+kvmesh optima train --task infoqa --method sft --iterations 2 --out runs/optima           (optima.py)
 kvmesh demo                                                                               (demo.py)
 
 Errors a user can fix (bad input, missing models or data, refused permissions) exit 2 with one line that says
@@ -20,12 +21,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from kvmesh.cli import bench, c2c, demo, design, evaluate, models, report, run, viz
+from kvmesh.cli import bench, c2c, demo, design, evaluate, models, optima, report, run, viz
 from kvmesh.cli.flags import given_options, show_config_error
 from kvmesh.config import ConfigError
 from kvmesh.llm.registry import ModelNotAvailableError
 
-COMMANDS = (run, evaluate, viz, report, bench, design, models, demo, c2c)
+COMMANDS = (run, evaluate, viz, report, bench, design, models, demo, c2c, optima)
 
 
 def make_parser() -> argparse.ArgumentParser:

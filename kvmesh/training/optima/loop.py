@@ -1,0 +1,308 @@
+"""The Optima loop: sample the team's conversations, reward them, train a LoRA adapter on the best, repeat.
+
+    iteration 0        the team as it is, and the prompt-only compact baseline, scored on the held-out tasks
+    iteration k        rollouts of the k-th block of training tasks by the current policy (sampled, seeded)
+                       -> rewards (score, tokens against the task's most, readability, penalties; `scoring`)
+                       -> SFT: the best rollout per task above the threshold, the top share of those
+                          (`selection`, `sft_data`, `trainers.train_sft`)
+                       -> DPO: the best rollouts branched at their first turns, best against worst child
+                          (`dpo_data`, `trainers.train_dpo`)
+                       -> the new adapter, scored on the same held-out tasks (`kvmesh eval`'s runner)
+    results.json, path.png   every point (accuracy, F1, generated and prompt+completion tokens per task)
+
+Everything is written as it finishes, so a killed run resumes where it stopped (`resume`): finished
+iterations are kept; inside an iteration, finished rollout chunks, branches, the trained adapter and the
+evaluation's finished samples are kept. Rollouts and branches are seeded per chunk, so a resumed chunk draws
+what the first attempt would have. Each iteration's training tasks are a block of the train split of their
+own; evaluation uses the test split: no task is trained and scored on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from kvmesh.agents.team import Team
+from kvmesh.config import ConfigError
+from kvmesh.evals.benchmarks import make_benchmark
+from kvmesh.evals.runner import run_eval
+from kvmesh.evals.tradeoff import Point, plot_tradeoff
+from kvmesh.llm.local import load_model
+from kvmesh.training.optima.config import OptimaConfig
+from kvmesh.training.optima.dpo_data import branch, preference_pairs
+from kvmesh.training.optima.rollout import Rollout, sample_rollouts
+from kvmesh.training.optima.scoring import RewardConfig, score_rollouts
+from kvmesh.training.optima.selection import select_best, top_share
+from kvmesh.training.optima.sft_data import sft_examples
+from kvmesh.training.optima.teams import base_spec, compact_spec, eval_config, policy_spec
+from kvmesh.training.optima.trainers import ADAPTER, LoraSettings, train_dpo, train_sft
+
+Progress = Callable[[str], None]
+BASELINES = ("iteration 0", "prompt-only compact")
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """Write `data` as JSON to `path` through a temporary file, so a kill leaves the old file or the new one."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=2))
+    os.replace(partial, path)
+
+
+def _check_run(config: OptimaConfig, out: Path) -> None:
+    """A fresh run needs an empty folder; a resumed one the same settings (those that decide what it trains)."""
+    saved = out / "config.json"
+    wanted = {k: v for k, v in asdict(config).items() if k not in ("resume", "out")}
+    if saved.exists():
+        if not config.resume:
+            raise ConfigError(f"{out} holds a run already: pass {{resume}} to continue it, or another {{out}}")
+        before = {k: v for k, v in json.loads(saved.read_text()).items() if k not in ("resume", "out")}
+        changed = sorted(k for k in wanted if before.get(k) != wanted[k])
+        if changed:
+            raise ConfigError(f"{out} was run with other settings ({', '.join(changed)}); use another {{out}}")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(saved, asdict(config))
+
+
+def _jsonl(path: Path) -> list[dict]:
+    """The rows of a JSONL file; a last line torn by a kill mid-write is dropped (from the file too)."""
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number != len(lines) - 1:
+                raise ValueError(f"{path}: line {number + 1} is not JSON; the file was edited or is corrupt") from None
+            _rewrite(path, rows)
+    return rows
+
+
+def _rewrite(path: Path, rows: Sequence[dict]) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    os.replace(partial, path)
+
+
+def _append(path: Path, rows: Sequence[dict]) -> None:
+    with open(path, "a") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+        handle.flush()
+
+
+class OptimaRun:
+    """One run of the loop in `config.out`; `run()` does what is left and returns the results."""
+
+    def __init__(self, config: OptimaConfig, progress: Progress = print) -> None:
+        self.config, self.progress, self.out = config, progress, Path(config.out)
+        self.benchmark = make_benchmark(config.task, config.data_path, config.seed)
+        self.train = self.benchmark.samples("train")
+        needed = config.iterations * config.train_tasks
+        if len(self.train) < needed:
+            raise ConfigError(
+                f"{{iterations}} x {{train_tasks}} = {needed} training tasks, the train split has {len(self.train)}",
+                "OptimaConfig",
+            )
+        self.base = base_spec(config)
+        self.reward = RewardConfig(token_weight=config.token_weight, readability_weight=config.readability_weight)
+        self.lora = LoraSettings(
+            base=config.model,
+            rank=config.rank,
+            alpha=2 * config.rank,
+            learning_rate=config.learning_rate,
+            epochs=config.epochs,
+            batch_size=config.train_batch_size,
+            beta=config.beta,
+            reference=config.reference,
+            seed=config.seed,
+        )
+
+    # --- evaluation ------------------------------------------------------------------------------------------
+
+    def evaluate(self, folder: Path, spec: dict, label: str) -> dict:
+        """Score `spec` on the held-out tasks (resumable, in `folder`); one point of the path."""
+        folder.mkdir(parents=True, exist_ok=True)
+        spec_path = folder / "team.json"
+        write_json_atomic(spec_path, spec)
+        self.progress(f"{label}: scoring on {self.config.eval_tasks} test tasks")
+        settings = eval_config(self.config, spec=str(spec_path), split="test", limit=self.config.eval_tasks)
+        summary = run_eval(settings, folder / "eval", resume=True, progress=False)
+        metrics, tokens = summary["metrics"], summary["tokens_per_task"]
+        point = {
+            "label": label,
+            "accuracy": metrics["accuracy"]["value"],
+            "accuracy_ci95": metrics["accuracy"]["ci95"],
+            "f1": metrics["f1"]["value"],
+            "generated_tokens": tokens["output_tokens"]["value"],
+            "total_tokens": tokens["input_tokens"]["value"] + tokens["output_tokens"]["value"],
+            "tasks": summary["samples"],
+        }
+        self.progress(
+            f"{label}: accuracy {point['accuracy']:.3f}, F1 {point['f1']:.3f}, {point['generated_tokens']:.1f} "
+            f"generated and {point['total_tokens']:.1f} prompt+completion tokens per task"
+        )
+        return point
+
+    # --- one iteration ---------------------------------------------------------------------------------------
+
+    def rollouts(self, folder: Path, team: Team, iteration: int) -> list[Rollout]:
+        """The iteration's rollouts, chunk by chunk (each chunk appended once finished, seeded by its index)."""
+        config = self.config
+        block = self.train[(iteration - 1) * config.train_tasks : iteration * config.train_tasks]
+        path = folder / "rollouts.jsonl"
+        rows = _jsonl(path)
+        counts = Counter(row["task_id"] for row in rows)
+        finished = {task for task, count in counts.items() if count >= config.samples}
+        if len(finished) < len(counts):  # a chunk cut short by a kill: its rows go, the chunk runs again
+            rows = [row for row in rows if row["task_id"] in finished]
+            _rewrite(path, rows)
+        done = [Rollout.from_dict(row) for row in rows]
+        for index, start in enumerate(range(0, len(block), config.batch_size)):
+            chunk = [s.task for s in block[start : start + config.batch_size]]
+            if all(task.id in finished for task in chunk):
+                continue
+            seed = config.seed * 1_000_003 + iteration * 1009 + index
+            fresh = sample_rollouts(
+                team,
+                chunk,
+                config.samples,
+                config.temperature,
+                seed,
+                config.batch_size,
+                score=self.score,
+            )
+            _append(path, [r.to_dict() for r in fresh])
+            done += fresh
+            self.progress(f"iteration {iteration}: {len({r.task_id for r in done})}/{len(block)} tasks rolled out")
+        return done
+
+    def score(self, task, result) -> float:
+        sample = self._samples_by_id()[task.id]
+        return float(self.benchmark.score(sample, result.answer or "").correct)
+
+    def _samples_by_id(self) -> dict:
+        if not hasattr(self, "_by_id"):
+            self._by_id = {s.id: s for s in self.train}
+        return self._by_id
+
+    def branches(self, folder: Path, team: Team, kept: Sequence[Rollout], iteration: int) -> list[list[Rollout]]:
+        """DPO's branches: each kept rollout branched at its first `branch_turns` turns (resumable)."""
+        path = folder / "branches.jsonl"
+        rows = _jsonl(path)
+        done = {(row["task_id"], row["turn_index"]): [Rollout.from_dict(c) for c in row["children"]] for row in rows}
+        for number, rollout in enumerate(kept):
+            for turn_index in range(min(self.config.branch_turns, len(rollout.turns))):
+                if (rollout.task_id, turn_index) in done:
+                    continue
+                seed = self.config.seed * 1_000_003 + iteration * 1009 + 7919 * number + turn_index
+                task = self._samples_by_id()[rollout.task_id].task
+                children = branch(
+                    team,
+                    rollout,
+                    turn_index,
+                    self.config.children,
+                    self.config.temperature,
+                    seed,
+                    task=task,
+                    score=self.score,
+                )
+                done[(rollout.task_id, turn_index)] = children
+                row = {
+                    "task_id": rollout.task_id,
+                    "turn_index": turn_index,
+                    "children": [c.to_dict() for c in children],
+                }
+                _append(path, [row])
+            self.progress(f"iteration {iteration}: branched {number + 1}/{len(kept)} rollouts")
+        return list(done.values())
+
+    def iterate(self, iteration: int, adapter: str | None) -> str:
+        """Run iteration `iteration` (what is left of it) from `adapter`; returns the new adapter's folder."""
+        config, folder = self.config, self.out / f"iteration-{iteration}"
+        trained = folder / ADAPTER
+        if (folder / "train.json").exists():
+            return str(trained)
+        folder.mkdir(parents=True, exist_ok=True)
+        started, kind = time.perf_counter(), config.kind(iteration)
+        team = Team.from_spec(policy_spec(self.base, adapter, config.temperature))
+        judge = load_model(config.model)  # the frozen base model: readability of each message
+        rollouts = score_rollouts(self.rollouts(folder, team, iteration), self.reward, judge)
+        write_json_atomic(folder / "rewards.json", [r.to_dict() for r in rollouts])
+        kept = top_share(select_best(rollouts, config.threshold), config.top_share)
+        self.progress(f"iteration {iteration}: {len(kept)} of {len(rollouts)} rollouts kept ({kind})")
+        if kind == "sft":
+            data = sft_examples(kept, judge.tokenizer, keep_overlong=config.train_overlong)
+            if not data:
+                raise ConfigError(
+                    f"iteration {iteration}: the {len(kept)} kept rollouts have no turn to train on (every turn was "
+                    "cut at {max_new_tokens} or answered by a tool): raise {max_new_tokens} or pass {train_overlong}",
+                    "OptimaConfig",
+                )
+            losses = train_sft(data, self.lora, folder, adapter)
+        else:
+            branched = [
+                score_rollouts(children, self.reward, judge)
+                for children in self.branches(folder, team, kept, iteration)
+            ]
+            data = preference_pairs(branched, config.min_gap, config.similarity)
+            dpo = LoraSettings(**{**asdict(self.lora), "learning_rate": self.lora.learning_rate / 10})
+            losses = train_dpo(data, dpo, folder, adapter)
+        record = {
+            "kind": kind,
+            "rollouts": len(rollouts),
+            "kept": len(kept),
+            "examples" if kind == "sft" else "pairs": len(data),
+            "losses": losses,
+            "seconds": time.perf_counter() - started,
+        }
+        write_json_atomic(folder / "train.json", record)
+        self.progress(
+            f"iteration {iteration}: trained on {len(data)} {kind} rows; loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+        )
+        return str(trained)
+
+    def run(self) -> dict:
+        _check_run(self.config, self.out)
+        started = time.perf_counter()
+        points = [
+            self.evaluate(self.out / "baselines" / "iteration-0", self.base, "iteration 0"),
+            self.evaluate(self.out / "baselines" / "compact", compact_spec(self.base), "prompt-only compact"),
+        ]
+        adapter = None
+        for iteration in range(1, self.config.iterations + 1):
+            adapter = self.iterate(iteration, adapter)
+            folder = self.out / f"iteration-{iteration}"
+            points.append(self.evaluate(folder, policy_spec(self.base, adapter), f"iteration {iteration}"))
+        results = {"points": points, "config": asdict(self.config), "seconds": time.perf_counter() - started}
+        results["plot"] = str(plot_path(points, self.out / "path.png"))
+        write_json_atomic(self.out / "results.json", results)
+        return results
+
+
+def plot_path(points: Sequence[dict], path: Path) -> Path:
+    """Accuracy against generated tokens per task for every point; trained iterations are stars."""
+    marks = [
+        Point(
+            p["label"],
+            p["accuracy"],
+            *p["accuracy_ci95"],
+            p["generated_tokens"],
+            p["label"] not in BASELINES,
+            p["tasks"],
+        )
+        for p in points
+    ]
+    return plot_tradeoff(marks, path, xlabel="generated tokens per task", title="Optima: accuracy against tokens")
+
+
+def optima_train(config: OptimaConfig, progress: Progress = print) -> dict:
+    """Run (or resume) the loop `config` describes; returns what results.json holds."""
+    return OptimaRun(config, progress).run()

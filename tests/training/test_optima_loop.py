@@ -1,0 +1,98 @@
+"""The Optima loop end to end on tiny-random: baselines, one SFT iteration, its held-out score, results and
+the plot; a run killed inside its iteration resumes without redoing or duplicating finished rollouts."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from kvmesh.config import ConfigError
+from kvmesh.training.optima import loop
+from kvmesh.training.optima.config import OptimaConfig
+
+SETTINGS = {
+    "model": "tiny-random",
+    "iterations": 1,
+    "train_tasks": 6,
+    "samples": 2,
+    "eval_tasks": 3,
+    "batch_size": 1,
+    "max_new_tokens": 6,
+    "threshold": -10.0,  # tiny-random never answers right: keep its rollouts anyway
+    "epochs": 1,
+    "train_batch_size": 4,
+    "train_overlong": True,  # its turns never end before the cap
+}
+
+
+def _flags(settings: dict) -> list[str]:
+    flags = []
+    for name, value in settings.items():
+        flag = "--" + name.replace("_", "-")
+        flags += [flag] if value is True else [flag, str(value)]
+    return flags
+
+
+def test_a_run_killed_inside_its_iteration_resumes_without_redoing_finished_rollouts(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "kvmesh.cli", "optima", "train", "--out", str(out), *_flags(SETTINGS)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    rollouts = out / "iteration-1" / "rollouts.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and child.poll() is None:
+        if rollouts.exists() and len(rollouts.read_text().splitlines()) >= SETTINGS["samples"]:
+            break
+        time.sleep(0.05)
+    assert child.poll() is None, f"the run ended before it could be killed: {child.stderr.read()[-2000:]}"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    before = [json.loads(line) for line in rollouts.read_text().splitlines()]
+    finished = {task for task, n in Counter(r["task_id"] for r in before).items() if n == SETTINGS["samples"]}
+    assert finished and not (out / "iteration-1" / "train.json").exists()  # killed inside the iteration
+
+    asked = []
+    sample = loop.sample_rollouts
+
+    def recording(team, tasks, *args, **kwargs):
+        asked.extend(task.id for task in tasks)
+        return sample(team, tasks, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "sample_rollouts", recording)
+    results = loop.optima_train(OptimaConfig(out=str(out), **SETTINGS), progress=lambda line: None)
+    assert not finished & set(asked)  # finished rollouts were not redone
+    after = [json.loads(line) for line in rollouts.read_text().splitlines()]
+    keys = [(r["task_id"], r["sample"]) for r in after]
+    assert len(keys) == len(set(keys)) == SETTINGS["train_tasks"] * SETTINGS["samples"]  # none lost, none twice
+    assert [r for r in after if r["task_id"] in finished] == [r for r in before if r["task_id"] in finished]
+    assert [p["label"] for p in results["points"]] == ["iteration 0", "prompt-only compact", "iteration 1"]
+    point = results["points"][-1]
+    assert point["tasks"] == SETTINGS["eval_tasks"] and point["generated_tokens"] > 0
+    assert point["total_tokens"] > point["generated_tokens"]
+    assert (out / "path.png").stat().st_size > 0
+    trained = json.loads((out / "iteration-1" / "train.json").read_text())
+    assert trained["kind"] == "sft" and trained["examples"] > 0 and trained["losses"]
+    adapter = out / "iteration-1" / "adapter" / "adapter_model.safetensors"
+    assert adapter.is_file()
+    spec = json.loads((out / "iteration-1" / "team.json").read_text())
+    assert {agent["adapter"] for agent in spec["agents"]} == {str(adapter.parent)}
+    # a finished run resumes to the same results without training again
+    again = loop.optima_train(OptimaConfig(out=str(out), **SETTINGS), progress=lambda line: None)
+    assert again["points"] == results["points"]
+
+
+def test_a_used_folder_with_other_settings_is_refused(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({**SETTINGS, "out": str(out), "samples": 5}))
+    with pytest.raises(ConfigError, match="other settings"):
+        loop.optima_train(OptimaConfig(out=str(out), **SETTINGS))
+    with pytest.raises(ConfigError, match="holds a run already"):
+        loop.optima_train(OptimaConfig(out=str(out), resume=False, **SETTINGS))
+    with pytest.raises(ConfigError, match="train split has"):
+        loop.OptimaRun(OptimaConfig(out=str(tmp_path / "big"), **{**SETTINGS, "train_tasks": 10**6}))
