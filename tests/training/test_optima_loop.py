@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import asdict
 
 import pytest
 
@@ -94,5 +95,16 @@ def test_a_used_folder_with_other_settings_is_refused(tmp_path):
         loop.optima_train(OptimaConfig(out=str(out), **SETTINGS))
     with pytest.raises(ConfigError, match="holds a run already"):
         loop.optima_train(OptimaConfig(out=str(out), resume=False, **SETTINGS))
+    # how saved rollouts are selected may change until an iteration has trained: recorded, not refused
+    saved = asdict(OptimaConfig(out=str(out), **SETTINGS))
+    (out / "config.json").write_text(json.dumps({**saved, "threshold": 0.5}))
+    lines = []
+    loop._check_run(OptimaConfig(out=str(out), **SETTINGS), out, lines.append)
+    assert json.loads((out / "config.json").read_text())["changed"] == [{"threshold": [0.5, -10.0]}]
+    assert lines == ["resuming with changed threshold (before any training; recorded in config.json)"]
+    (out / "iteration-1").mkdir()
+    (out / "iteration-1" / "train.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"other settings \(threshold\)"):
+        loop._check_run(OptimaConfig(out=str(out), **{**SETTINGS, "threshold": 0.0}), out, lines.append)
     with pytest.raises(ConfigError, match="train split has"):
         loop.OptimaRun(OptimaConfig(out=str(tmp_path / "big"), **{**SETTINGS, "train_tasks": 10**6}))

@@ -53,17 +53,43 @@ def write_json_atomic(path: Path, data) -> None:
     os.replace(partial, path)
 
 
-def _check_run(config: OptimaConfig, out: Path) -> None:
-    """A fresh run needs an empty folder; a resumed one the same settings (those that decide what it trains)."""
+# Settings that decide only how saved rollouts are rewarded, selected and trained on: a resumed run may change
+# them until its first iteration has trained (rewards are recomputed from the saved rollouts).
+BEFORE_TRAINING = (
+    "token_weight",
+    "readability_weight",
+    "threshold",
+    "top_share",
+    "train_overlong",
+    "min_gap",
+    "similarity",
+    "reference",
+    "rank",
+    "learning_rate",
+    "epochs",
+    "train_batch_size",
+    "beta",
+)
+
+
+def _check_run(config: OptimaConfig, out: Path, progress: Progress) -> None:
+    """A fresh run needs an empty folder; a resumed one the same settings (those that decide what it trains),
+    except `BEFORE_TRAINING` ones while no iteration has trained: those changes are recorded in config.json."""
     saved = out / "config.json"
     wanted = {k: v for k, v in asdict(config).items() if k not in ("resume", "out")}
     if saved.exists():
         if not config.resume:
             raise ConfigError(f"{out} holds a run already: pass {{resume}} to continue it, or another {{out}}")
-        before = {k: v for k, v in json.loads(saved.read_text()).items() if k not in ("resume", "out")}
-        changed = sorted(k for k in wanted if before.get(k) != wanted[k])
+        record = json.loads(saved.read_text())
+        changed = sorted(k for k in wanted if record.get(k) != wanted[k])
+        trained = any(out.glob("iteration-*/train.json"))
+        refused = [k for k in changed if trained or k not in BEFORE_TRAINING]
+        if refused:
+            raise ConfigError(f"{out} was run with other settings ({', '.join(refused)}); use another {{out}}")
         if changed:
-            raise ConfigError(f"{out} was run with other settings ({', '.join(changed)}); use another {{out}}")
+            history = [*record.get("changed", []), {k: [record.get(k), wanted[k]] for k in changed}]
+            write_json_atomic(saved, {**asdict(config), "changed": history})
+            progress(f"resuming with changed {', '.join(changed)} (before any training; recorded in config.json)")
         return
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(saved, asdict(config))
@@ -239,6 +265,13 @@ class OptimaRun:
         kept = top_share(select_best(rollouts, config.threshold), config.top_share)
         self.progress(f"iteration {iteration}: {len(kept)} of {len(rollouts)} rollouts kept ({kind})")
         if kind == "sft":
+            if not kept:
+                best = max((r.total for r in rollouts), default=float("nan"))
+                raise ConfigError(
+                    f"iteration {iteration}: no rollout reached {{threshold}} {config.threshold} (the best reward was "
+                    f"{best:.3f}; rewards are in {folder / 'rewards.json'}): lower {{threshold}} and resume",
+                    "OptimaConfig",
+                )
             data = sft_examples(kept, judge.tokenizer, keep_overlong=config.train_overlong)
             if not data:
                 raise ConfigError(
@@ -270,7 +303,7 @@ class OptimaRun:
         return str(trained)
 
     def run(self) -> dict:
-        _check_run(self.config, self.out)
+        _check_run(self.config, self.out, self.progress)
         started = time.perf_counter()
         points = [
             self.evaluate(self.out / "baselines" / "iteration-0", self.base, "iteration 0"),
