@@ -155,7 +155,8 @@ def train_sft(examples: Sequence[dict], settings: LoraSettings, out: str | Path,
         raise ValueError("SFT needs at least one example: no rollout was kept (lower the selection threshold)")
     datasets, _, trl = _require_training_stack()
     out = Path(out)
-    model, peft_config, tokenizer = _policy(settings, init_adapter)
+    with _quiet():
+        model, peft_config, tokenizer = _policy(settings, init_adapter)
     data = datasets.Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
     with _quiet():
         args = trl.SFTConfig(**_common_args(settings, out, len(examples)), max_length=None)
@@ -185,7 +186,8 @@ def train_dpo(pairs: Sequence[dict], settings: LoraSettings, out: str | Path, in
         raise ValueError("DPO needs at least one preference pair: no branched turn had a clear reward gap")
     datasets, _, trl = _require_training_stack()
     out = Path(out)
-    model, peft_config, tokenizer = _policy(settings, init_adapter)
+    with _quiet():
+        model, peft_config, tokenizer = _policy(settings, init_adapter)
     # "previous": TRL freezes a copy of the loaded adapter as the reference; "initial": the base model itself
     reference = None
     if init_adapter is not None and settings.reference == "initial":
