@@ -30,7 +30,7 @@ import copy
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kvmesh.agents.result import TeamResult
 from kvmesh.agents.team import Team
@@ -39,14 +39,25 @@ from kvmesh.kvcomm.channel import channel_names, metadata_key
 from kvmesh.llm.chat import MARKER
 from kvmesh.training.examples import example_id, example_task
 
-if TYPE_CHECKING:
-    from kvmesh.training.optima.scoring import RewardParts
-
 Score = Callable[[Any, TeamResult], float]  # (example: a Task or a benchmark Sample, result) -> score in [0, 1]
 
 
 class PromptMismatchError(ValueError):
     """A recorded prompt whose re-encoded ids are not the ids the model read."""
+
+
+@dataclass
+class RewardParts:
+    """What a rollout's reward is made of; `total` = score − token_cost + readability_weight · readability −
+    Σ penalties (`token_cost` = token_weight · tokens / normaliser)."""
+
+    score: float
+    tokens: int
+    normaliser: float
+    token_cost: float
+    readability: float
+    penalties: dict[str, float] = field(default_factory=dict)
+    total: float = 0.0
 
 
 @dataclass
@@ -115,8 +126,6 @@ class Rollout:
 
     @classmethod
     def from_dict(cls, data: dict) -> Rollout:
-        from kvmesh.training.optima.scoring import RewardParts  # scoring builds on rollouts
-
         values = dict(data)
         values["turns"] = [RolloutTurn(**turn) for turn in data["turns"]]
         values["parts"] = None if data.get("parts") is None else RewardParts(**data["parts"])

@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from kvmesh.agents.decision import DECISION_ROUND
 from kvmesh.config import ConfigError
-from kvmesh.training.optima.rollout import Rollout
+from kvmesh.training.optima.rollout import RewardParts, Rollout
 from kvmesh.training.reward import utility
 
 PENALTIES = ("overlong", "empty", "impersonation", "repeat", "stopped")
@@ -81,20 +81,6 @@ class RewardConfig:
             raise ConfigError(", ".join("{" + name + "}" for name in negative) + " must be >= 0", type(self).__name__)
         if self.loss_floor <= 0 or self.readability_batch_size < 1:
             raise ConfigError("{loss_floor} must be > 0 and {readability_batch_size} at least 1", type(self).__name__)
-
-
-@dataclass
-class RewardParts:
-    """What a rollout's reward is made of; `total` = score − token_cost + readability_weight · readability −
-    Σ penalties (`token_cost` = token_weight · tokens / normaliser)."""
-
-    score: float
-    tokens: int
-    normaliser: float
-    token_cost: float
-    readability: float
-    penalties: dict[str, float] = field(default_factory=dict)
-    total: float = 0.0
 
 
 # --- readability ----------------------------------------------------------------------------------------------
