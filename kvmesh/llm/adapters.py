@@ -56,6 +56,11 @@ _INSTALL = "pip install 'kvmesh[train]' (or pip install peft)"
 _KEY = re.compile(r"(?:base_model\.model\.)?(?P<module>.+)\.(?P<part>lora_(?:embedding_)?[AB])(?:\.weight|\.bias)?")
 
 
+def names_per_row(adapters: Sequence[str | None]) -> list[str] | None:
+    """One adapter name per row of a forward pass (BASE for none), or None when no row has one (the plain path)."""
+    return None if all(name is None for name in adapters) else [name or BASE for name in adapters]
+
+
 class AdapterError(ValueError):
     """An adapter that cannot be used with this model; the message says what is wrong and how to fix it."""
 

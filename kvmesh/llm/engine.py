@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from kvmesh.llm.adapters import BASE, adapters_of
+from kvmesh.llm.adapters import adapters_of, names_per_row
 from kvmesh.llm.base import Generation, GenerationRequest, LatentSpan, check_context
 from kvmesh.llm.cache import (
     cache_argument,
@@ -68,11 +68,6 @@ class _Row:
     prefill_s: float = 0.0  # this row's share of the prefill forward pass it was in
     prompt_kv: KVSegment | None = None
     adapter: str | None = None  # the name of the row's adapter version inside the model (None: base)
-
-
-def _names(rows: list[_Row]) -> list[str] | None:
-    """One adapter name per row for a forward pass, or None when no row has one (the plain path)."""
-    return None if all(row.adapter is None for row in rows) else [row.adapter or BASE for row in rows]
 
 
 def _choose(logits: torch.Tensor, temperatures: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -221,7 +216,7 @@ class DecodeBatch:
         mask[0, dropped_columns(prefix)] = 0
         position_ids = torch.arange(prefix.length, len(prompt), device=device)[None]
         latent, reads = self.decoder.latent_of(prefix, len(prompt), device)
-        logits = self.decoder.forward(ids, mask, position_ids, cache, latent, reads, _names([row]))
+        logits = self.decoder.forward(ids, mask, position_ids, cache, latent, reads, names_per_row([row.adapter]))
         return cache, mask, logits, position_ids[:, -1:] + 1, latent, reads
 
     def _prefill_on_prefixes(self, rows: list[_Row], device):
@@ -246,7 +241,8 @@ class DecodeBatch:
             latent[b, front - prefix.length : front], reads[b] = row_latent[0], row_reads[0]
             position_ids[b, ids.shape[1] - len(rest) :] = torch.arange(prefix.length, prefix.length + len(rest))
         mask[:, front:] = rest_mask
-        logits = self.decoder.forward(ids, mask, position_ids, cache, latent, reads, _names(rows))
+        adapters = names_per_row([r.adapter for r in rows])
+        logits = self.decoder.forward(ids, mask, position_ids, cache, latent, reads, adapters)
         return cache, mask, logits, position_ids[:, -1:] + 1, latent, reads
 
     def _keep_prompt(self, row: _Row, cache, batch_row: int, start: int, end: int) -> None:
@@ -283,9 +279,9 @@ class DecodeBatch:
         for bucket in (b for b in buckets if b):
             ids, mask = left_pad([rows[i].request.prompt_ids for i in bucket], self.decoder.pad_id, device)
             position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-            cache = new_cache(config)
+            cache, adapters = new_cache(config), names_per_row([rows[i].adapter for i in bucket])
             began = time.perf_counter()
-            logits = self.decoder.forward(ids, mask, position_ids, cache, None, None, _names([rows[i] for i in bucket]))
+            logits = self.decoder.forward(ids, mask, position_ids, cache, None, None, adapters)
             now = time.perf_counter()
             tokens = sum(lengths[i] for i in bucket)
             going = []
@@ -494,8 +490,9 @@ class DecodeBatch:
             tokens = tokens[torch.tensor(keep, device=tokens.device)] if len(keep) < len(tokens) else tokens
             self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=-1)
             self.latent = torch.cat([self.latent, self.latent.new_zeros((len(self.rows), 1))], dim=-1)
+            adapters = names_per_row([r.adapter for r in self.rows])
             self.logits = self.decoder.forward(
-                tokens[:, None], self.mask, self.positions, self.cache, self.latent, self.reads, _names(self.rows)
+                tokens[:, None], self.mask, self.positions, self.cache, self.latent, self.reads, adapters
             )
             self.positions = self.positions + 1
         self.decoder.busy_s += time.perf_counter() - begin

@@ -131,6 +131,7 @@ class OptimaRun:
         self.config, self.progress, self.out = config, progress, Path(config.out)
         self.benchmark = make_benchmark(config.task, config.data_path, config.seed)
         self.train = self.benchmark.samples("train")
+        self.by_id = {sample.id: sample for sample in self.train}
         needed = config.iterations * config.train_tasks
         if len(self.train) < needed:
             raise ConfigError(
@@ -211,13 +212,8 @@ class OptimaRun:
         return done
 
     def score(self, task, result) -> float:
-        sample = self._samples_by_id()[task.id]
+        sample = self.by_id[task.id]
         return float(self.benchmark.score(sample, result.answer or "").correct)
-
-    def _samples_by_id(self) -> dict:
-        if not hasattr(self, "_by_id"):
-            self._by_id = {s.id: s for s in self.train}
-        return self._by_id
 
     def branches(self, folder: Path, team: Team, kept: Sequence[Rollout], iteration: int) -> list[list[Rollout]]:
         """DPO's branches: each kept rollout branched at its first `branch_turns` turns (resumable)."""
@@ -229,7 +225,7 @@ class OptimaRun:
                 if (rollout.task_id, turn_index) in done:
                     continue
                 seed = self.config.seed * 1_000_003 + iteration * 1009 + 7919 * number + turn_index
-                task = self._samples_by_id()[rollout.task_id].task
+                task = self.by_id[rollout.task_id].task
                 children = branch(
                     team,
                     rollout,
