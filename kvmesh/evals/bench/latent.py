@@ -96,12 +96,17 @@ class LatentBenchConfig:
 
 
 def _sender(model: str, max_new_tokens: int) -> Agent:
-    return Agent(SENDER, SENDER_PROMPT, model=model, max_new_tokens=max_new_tokens)
+    return Agent(SENDER, SENDER, system_prompt=SENDER_PROMPT, model=model, max_new_tokens=max_new_tokens)
 
 
 def _receiver(config: LatentBenchConfig) -> Agent:
     return Agent(
-        RECEIVER, RECEIVER_PROMPT, model=config.model, max_new_tokens=config.answer_tokens, examples=EXAMPLES[SOLO]
+        RECEIVER,
+        RECEIVER,
+        system_prompt=RECEIVER_PROMPT,
+        model=config.model,
+        max_new_tokens=config.answer_tokens,
+        examples=EXAMPLES[SOLO],
     )
 
 

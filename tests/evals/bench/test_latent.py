@@ -6,7 +6,15 @@ import pytest
 
 from kvmesh.cli import main
 from kvmesh.config import ConfigError
-from kvmesh.evals.bench.latent import SENDER, LatentBenchConfig, run_benchmark, tasks_for
+from kvmesh.evals.bench.latent import (
+    RECEIVER_PROMPT,
+    SENDER,
+    SENDER_PROMPT,
+    LatentBenchConfig,
+    _pair,
+    run_benchmark,
+    tasks_for,
+)
 from kvmesh.evals.benchmarks.infoqa import InfoQA
 
 SMALL = {"model": "tiny-random", "limit": 3, "batch_size": 3, "message_tokens": 3, "answer_tokens": 3}
@@ -41,6 +49,11 @@ def test_the_sender_alone_holds_the_shards():
     assert task.question == sample.task.question and list(task.shards) == [SENDER]
     assert task.shards[SENDER] == "\n".join(sample.task.shards)
     assert tasks_for([sample], None)[0].shards is None
+
+
+def test_each_agent_is_told_the_module_s_prompt_as_its_system_prompt():
+    team = _pair(LatentBenchConfig(), "text")
+    assert [agent.system_text() for agent in team.agents] == [SENDER_PROMPT, RECEIVER_PROMPT]
 
 
 def test_json_names_the_modes(tiny, capsys):
