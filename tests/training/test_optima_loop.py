@@ -70,6 +70,7 @@ def test_a_run_killed_inside_its_iteration_resumes_without_redoing_finished_roll
     after = [json.loads(line) for line in rollouts.read_text().splitlines()]
     keys = [(r["task_id"], r["sample"]) for r in after]
     assert len(keys) == len(set(keys)) == SETTINGS["train_tasks"] * SETTINGS["samples"]  # none lost, none twice
+    assert {(r["sample"], r["protocol"]) for r in after} == {(0, None), (1, "compact")}  # explore: half compact
     assert [r for r in after if r["task_id"] in finished] == [r for r in before if r["task_id"] in finished]
     assert [p["label"] for p in results["points"]] == ["iteration 0", "prompt-only compact", "iteration 1"]
     point = results["points"][-1]

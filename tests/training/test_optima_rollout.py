@@ -8,7 +8,9 @@ from kvmesh import Agent, CommGraph, Task, Team
 from kvmesh.evals.benchmarks.base import team_for
 from kvmesh.evals.benchmarks.infoqa import InfoQA
 from kvmesh.training.optima import PromptMismatchError, Rollout, end_of_turn_id, sample_rollouts
+from kvmesh.training.optima.rollout import reframed
 from kvmesh.training.optima.scoring import RewardConfig, score_rollouts
+from kvmesh.training.optima.teams import compact_spec
 
 
 @pytest.fixture
@@ -107,3 +109,33 @@ def test_a_turn_that_read_cached_pieces_is_refused():
     team = Team(agents, CommGraph.preset("chain", ["a", "b"], channel="kv-reuse"), decision="last")
     with pytest.raises(PromptMismatchError, match="read cached pieces"):
         sample_rollouts(team, [Task("Who?", id="q")], 1, 0.0, 0, score=lambda t, r: 0.0)
+
+
+def test_an_explored_rollout_reads_as_if_the_policy_had_written_it(tiny, infoqa):
+    policy = star_team()
+    compact = Team.from_spec(compact_spec(policy.to_spec(), InfoQA))
+    sampled = rollouts_of(compact, infoqa, seed=3, samples=1)[0]
+    mine = reframed(sampled, compact, policy, "compact")
+    assert mine.protocol == "compact" and sampled.protocol is None
+    assert (mine.completion_tokens, mine.answer, mine.score) == (
+        sampled.completion_tokens,
+        sampled.answer,
+        sampled.score,
+    )
+    frames = {
+        agent.name: (tiny.chat.frame(agent.system_text(), agent.examples)[0], target)
+        for agent, target in zip(compact.members, policy.members, strict=True)
+    }
+    for old, new in zip(sampled.turns, mine.turns, strict=True):
+        before, agent = frames[old.agent]
+        own = tiny.chat.frame(agent.system_text(), agent.examples)[0]
+        assert new.prompt == own + old.prompt[len(before) :] and new.prompt != old.prompt
+        assert new.prompt_ids == tiny.encode_prompt(new.prompt) and new.prompt_tokens == len(new.prompt_ids)
+        assert (new.reply, new.reply_ids) == (old.reply, old.reply_ids)
+    assert mine.prompt_tokens == sum(t.prompt_tokens for t in mine.turns)
+    # a turn that read no message is exactly the policy's own prompt for it
+    leaf = next(i for i, t in enumerate(mine.turns) if "Message from" not in t.prompt)
+    own = rollouts_of(policy, infoqa, seed=3, samples=1)[0]
+    assert own.turns[leaf].prompt_ids == mine.turns[leaf].prompt_ids
+    with pytest.raises(PromptMismatchError, match="frame of the team that sampled it"):
+        reframed(own, compact, policy, "compact")

@@ -8,6 +8,7 @@ A benchmark is one file (`gsm8k.py`, `humaneval.py`, `infoqa.py`) that says ever
     design_splits(n, v, seed) disjoint training and validation samples for designers
     ROLES, DECISION_PROMPT    its roles, in order ((role, instruction) pairs), and its decision maker's instruction
     examples(role), tools(role)  few-shot turns and code-running tools a role gets
+    terse_examples(role)      the same turns with the shortest replies that still do the job (compact protocols)
 
 Every path of a run, with a model, with `--oracle` (gold answers) or with `--completions` (answers from any
 source), goes through the same `score`, so the oracle checks the scoring path itself. Roles and prompts are
@@ -79,6 +80,12 @@ class Benchmark:
         return ()
 
     @classmethod
+    def terse_examples(cls, role: str) -> tuple[tuple[str, str], ...]:
+        """`examples(role)` with each reply cut to its last "Answer: ..." line when it has one: small models copy
+        their examples' format, so a compact protocol shows its format as well as asking for it."""
+        return tuple((user, answer_line(reply) or reply) for user, reply in cls.examples(role))
+
+    @classmethod
     def tools(cls, role: str) -> tuple[Tool, ...]:
         """The tools `role` gets when code may run (each runs generated code in the sandbox)."""
         return ()
@@ -87,6 +94,12 @@ class Benchmark:
     def instruction(cls, role: str, prompt: str, tools: Sequence[Tool]) -> str:
         """`role`'s instruction, given the tools it has."""
         return prompt
+
+
+def answer_line(reply: str) -> str | None:
+    """The last line of `reply` that starts with "Answer:", or None."""
+    lines = [line.strip() for line in reply.splitlines() if line.strip().lower().startswith("answer:")]
+    return lines[-1] if lines else None
 
 
 def check_design_sizes(benchmark: str, train, val, train_size: int, val_size: int) -> None:

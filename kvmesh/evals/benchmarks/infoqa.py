@@ -38,7 +38,15 @@ from pathlib import Path
 
 from kvmesh.agents.prompts import DECISION_INSTRUCTION, Inbound, user_turn
 from kvmesh.agents.task import Task
-from kvmesh.evals.benchmarks.base import DECISION_MAKER, SOLO, Benchmark, Sample, Score, check_design_sizes
+from kvmesh.evals.benchmarks.base import (
+    DECISION_MAKER,
+    SOLO,
+    Benchmark,
+    Sample,
+    Score,
+    answer_line,
+    check_design_sizes,
+)
 from kvmesh.evals.jsonl import field_error, read_jsonl, shown
 from kvmesh.graph.edge import DECISION
 
@@ -317,7 +325,21 @@ def _examples() -> dict[str, tuple[tuple[str, str], ...]]:
     }
 
 
+def _terse_examples() -> dict[str, tuple[tuple[str, str], ...]]:
+    """The compact protocol's turns: a member that knows the answer gives it alone, one with a needed fact gives
+    that fact, one with nothing on the question says so in one word; the decision maker gives the answer alone."""
+    (partial, fact), (known, _) = EXAMPLES[MEMBER]
+    unrelated = user_turn("What is Tom's job?", None, "Kim has a dog. Kim lives in Paris.", [], None)
+    answer = {role: answer_line(reply) for role, ((_, reply), *_) in EXAMPLES.items() if role != MEMBER}
+    return {
+        MEMBER: ((partial, fact), (known, "Answer: cook"), (unrelated, "Nothing.")),
+        SOLO: ((EXAMPLES[SOLO][0][0], answer[SOLO]),),
+        DECISION_MAKER: ((EXAMPLES[DECISION_MAKER][0][0], answer[DECISION_MAKER]),),
+    }
+
+
 EXAMPLES = _examples()
+TERSE_EXAMPLES = _terse_examples()
 
 
 class InfoQA(Benchmark):
@@ -388,3 +410,7 @@ class InfoQA(Benchmark):
     @classmethod
     def examples(cls, role: str) -> tuple[tuple[str, str], ...]:
         return EXAMPLES.get(role, ())
+
+    @classmethod
+    def terse_examples(cls, role: str) -> tuple[tuple[str, str], ...]:
+        return TERSE_EXAMPLES.get(role, ())

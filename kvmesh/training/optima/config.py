@@ -16,8 +16,8 @@ METHODS = ("sft", "dpo", "sft-dpo")
 TASKS = ("infoqa",)
 # The prompt-only baseline: the same team told to be terse and structured, without training.
 COMPACT_PROTOCOL = (
-    " Be terse: write only the facts that answer the question, as short as 'Name: fact.', or write "
-    "'Nothing.' when your notes hold none; never repeat a message."
+    "Be terse: write only the facts that answer the question, as short as 'Name: fact.', or write "
+    "'Nothing.' when you hold none; never repeat a message."
 )
 
 
@@ -42,6 +42,10 @@ class OptimaConfig:
         samples: sampled conversations per training task.
         temperature: sampling temperature of rollouts (SmolLM2-135M: 1.0 solved 2% of 32 training tasks, 0.3
             22%, with samples nearly alike).
+        explore: share of each task's samples drawn by the prompt-only compact team instead of the policy
+            (Optima's format-diverse exploration); their prompts are re-rendered with the policy's own system
+            prompts and examples, so rewards count what the policy would read and SFT teaches the compact form
+            under the policy's prompts.
         eval_tasks: held-out test tasks every iteration and baseline is scored on.
         batch_size: tasks per batched runtime pass (rollouts and evaluation).
         max_new_tokens: cap on each agent turn.
@@ -76,6 +80,7 @@ class OptimaConfig:
     train_tasks: int = 64
     samples: int = 4
     temperature: float = 0.5
+    explore: float = 0.5
     eval_tasks: int = 200
     batch_size: int = 32
     max_new_tokens: int = 48
@@ -106,10 +111,17 @@ class OptimaConfig:
             raise ConfigError(
                 f"{{temperature}} must be above 0 to sample different rollouts, got {self.temperature}", owner
             )
+        if not 0 <= self.explore <= 1:
+            raise ConfigError(f"{{explore}} is a share of the samples, in [0, 1]; got {self.explore}", owner)
         if not 0 < self.top_share <= 1 or not 0 < self.similarity <= 1:
             raise ConfigError("{top_share} and {similarity} must be in (0, 1]", owner)
         if self.children < 2 and self.method != "sft":
             raise ConfigError(f"{{children}} must be at least 2 to compare continuations, got {self.children}", owner)
+
+    @property
+    def explored_samples(self) -> int:
+        """Samples per task drawn by the compact team (the rest by the policy)."""
+        return round(self.explore * self.samples)
 
     def kind(self, iteration: int) -> str:
         """The update of iteration `iteration` (1-based): sft, dpo, or alternating starting with sft."""

@@ -24,7 +24,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from kvmesh.agents.team import Team
@@ -33,9 +33,10 @@ from kvmesh.evals.benchmarks import make_benchmark
 from kvmesh.evals.runner import run_eval
 from kvmesh.evals.tradeoff import Point, plot_tradeoff
 from kvmesh.llm.local import load_model
+from kvmesh.training.examples import example_id
 from kvmesh.training.optima.config import OptimaConfig
 from kvmesh.training.optima.dpo_data import branch, preference_pairs
-from kvmesh.training.optima.rollout import Rollout, sample_rollouts
+from kvmesh.training.optima.rollout import Rollout, reframed, sample_rollouts
 from kvmesh.training.optima.scoring import RewardConfig, score_rollouts
 from kvmesh.training.optima.selection import select_best, top_share
 from kvmesh.training.optima.sft_data import sft_examples
@@ -180,8 +181,9 @@ class OptimaRun:
 
     # --- one iteration ---------------------------------------------------------------------------------------
 
-    def rollouts(self, folder: Path, team: Team, iteration: int) -> list[Rollout]:
-        """The iteration's rollouts, chunk by chunk (each chunk appended once finished, seeded by its index)."""
+    def rollouts(self, folder: Path, team: Team, explorer: Team, iteration: int) -> list[Rollout]:
+        """The iteration's rollouts, chunk by chunk (each chunk appended once finished, seeded by its index): per
+        task, the policy's samples first, then `explorer`'s (the compact team), reframed as the policy's."""
         config = self.config
         block = self.train[(iteration - 1) * config.train_tasks : iteration * config.train_tasks]
         path = folder / "rollouts.jsonl"
@@ -197,15 +199,25 @@ class OptimaRun:
             if all(task.id in finished for task in chunk):
                 continue
             seed = config.seed * 1_000_003 + iteration * 1009 + index
-            fresh = sample_rollouts(
-                team,
-                chunk,
-                config.samples,
-                config.temperature,
-                seed,
-                config.batch_size,
-                score=self.score,
-            )
+            own = config.samples - config.explored_samples
+            fresh = []
+            if own:
+                fresh += sample_rollouts(
+                    team, chunk, own, config.temperature, seed, config.batch_size, score=self.score
+                )
+            if config.explored_samples:
+                extra = sample_rollouts(
+                    explorer,
+                    chunk,
+                    config.explored_samples,
+                    config.temperature,
+                    seed + 1,
+                    config.batch_size,
+                    score=self.score,
+                )
+                fresh += [reframed(replace(r, sample=r.sample + own), explorer, team, "compact") for r in extra]
+            order = {example_id(task, i): i for i, task in enumerate(chunk)}
+            fresh.sort(key=lambda r: (order[r.task_id], r.sample))  # task-major, as sample_rollouts orders them
             _append(path, [r.to_dict() for r in fresh])
             done += fresh
             self.progress(f"iteration {iteration}: {len({r.task_id for r in done})}/{len(block)} tasks rolled out")
@@ -254,9 +266,11 @@ class OptimaRun:
             return str(trained)
         folder.mkdir(parents=True, exist_ok=True)
         started, kind = time.perf_counter(), config.kind(iteration)
-        team = Team.from_spec(policy_spec(self.base, adapter, config.temperature))
+        policy = policy_spec(self.base, adapter, config.temperature)
+        team = Team.from_spec(policy)
+        explorer = Team.from_spec(compact_spec(policy, type(self.benchmark)))
         judge = load_model(config.model)  # the frozen base model: readability of each message
-        rollouts = score_rollouts(self.rollouts(folder, team, iteration), self.reward, judge)
+        rollouts = score_rollouts(self.rollouts(folder, team, explorer, iteration), self.reward, judge)
         write_json_atomic(folder / "rewards.json", [r.to_dict() for r in rollouts])
         kept = top_share(select_best(rollouts, config.threshold), config.top_share)
         self.progress(f"iteration {iteration}: {len(kept)} of {len(rollouts)} rollouts kept ({kind})")
@@ -303,7 +317,9 @@ class OptimaRun:
         started = time.perf_counter()
         points = [
             self.evaluate(self.out / "baselines" / "iteration-0", self.base, "iteration 0"),
-            self.evaluate(self.out / "baselines" / "compact", compact_spec(self.base), "prompt-only compact"),
+            self.evaluate(
+                self.out / "baselines" / "compact", compact_spec(self.base, type(self.benchmark)), "prompt-only compact"
+            ),
         ]
         adapter = None
         for iteration in range(1, self.config.iterations + 1):

@@ -90,7 +90,8 @@ class Rollout:
     `agents`: the team's agents (not its decision maker), whose names the reward's check for an agent speaking
     for another looks for. `prompt_tokens` and `completion_tokens` are the runtime's totals. A child of a branch
     (`kvmesh.training.optima.dpo_data`) has `branched_at`, the turn it was sampled from (its turns before that are
-    rollout `parent_sample`'s, replayed), and its `sample` is its index among the branch's children."""
+    rollout `parent_sample`'s, replayed), and its `sample` is its index among the branch's children. An explored
+    rollout (`reframed`) names the `protocol` whose team sampled it; its prompts are already the policy's."""
 
     task_id: str
     question: str
@@ -106,6 +107,7 @@ class Rollout:
     parts: RewardParts | None = None
     branched_at: int | None = None
     parent_sample: int | None = None
+    protocol: str | None = None
 
     @property
     def tokens(self) -> int:
@@ -194,6 +196,32 @@ class Rollout:
             completion_tokens=total.output_tokens,
             stop_reason=result.stop_reason,
         )
+
+
+def reframed(rollout: Rollout, sampled_by: Team, policy: Team, protocol: str) -> Rollout:
+    """`rollout`, which `sampled_by` produced, as if `policy` had written the same replies: each turn's prompt
+    gets the policy agent's frame (system prompt, examples, markup) around the same user turn, re-encoded with
+    its model, and the rollout's prompt tokens are recounted from those ids (what the policy would read)."""
+    sampler = {agent.name: agent for agent in sampled_by.members}
+    target = {agent.name: agent for agent in policy.members}
+    turns, prompt_tokens = [], rollout.prompt_tokens
+    for turn in rollout.turns:
+        if turn.prompt is None:
+            turns.append(turn)
+            continue
+        old, new = sampler[turn.agent], target[turn.agent]
+        llm = new.llm
+        before, _ = llm.chat.frame(old.system_text(), old.examples)
+        if not turn.prompt.startswith(before):
+            raise PromptMismatchError(
+                f"task {rollout.task_id}, agent {turn.agent!r}: its prompt does not start with the frame of the team "
+                "that sampled it; pass the team the rollout came from"
+            )
+        prompt = llm.chat.frame(new.system_text(), new.examples)[0] + turn.prompt[len(before) :]
+        ids = llm.encode_prompt(prompt)
+        prompt_tokens += len(ids) - len(turn.prompt_ids)
+        turns.append(replace(turn, prompt=prompt, prompt_ids=ids, prompt_tokens=len(ids)))
+    return replace(rollout, turns=turns, prompt_tokens=prompt_tokens, protocol=protocol)
 
 
 def end_of_turn_id(tokenizer) -> int | None:

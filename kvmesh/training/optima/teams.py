@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 
 from kvmesh.evals.benchmarks import configured_team
+from kvmesh.evals.benchmarks.base import Benchmark
 from kvmesh.evals.runner import EvalConfig
 from kvmesh.training.optima.config import COMPACT_PROTOCOL, OptimaConfig
 
@@ -45,11 +46,17 @@ def _members(spec: dict) -> list[dict]:
     return [*spec["agents"], *([decision] if isinstance(decision, dict) and "name" in decision else [])]
 
 
-def compact_spec(spec: dict) -> dict:
-    """The same team told to be terse and structured (no training): Optima's prompt-only baseline."""
+def compact_spec(spec: dict, benchmark: type[Benchmark]) -> dict:
+    """The same team told to be terse and structured, and shown it (no training): Optima's prompt-only baseline.
+
+    Each member's examples become the benchmark's terse ones for its role (`Benchmark.terse_examples`; kept as
+    they are where it has none): SmolLM2-135M copies its examples' format and ignores an instruction alone."""
     compact = copy.deepcopy(spec)
     for member in _members(compact):
-        member["system_prompt"] = (member.get("system_prompt") or "") + COMPACT_PROTOCOL
+        member["system_prompt"] = (member.get("system_prompt") or "").rstrip() + "\n" + COMPACT_PROTOCOL
+        terse = benchmark.terse_examples(member.get("role", ""))
+        if terse:
+            member["examples"] = [list(pair) for pair in terse]
     return compact
 
 

@@ -86,7 +86,7 @@ def _base_model(spec: str):
     """A fresh, trainable fp32 copy of the base model and its tokenizer (never the cached inference model)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kvmesh.llm.local import locate_model
+    from kvmesh.llm.registry import locate_model
 
     source = locate_model(spec)
     tokenizer = AutoTokenizer.from_pretrained(source)

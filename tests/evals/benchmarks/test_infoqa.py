@@ -6,7 +6,17 @@ import sys
 
 import pytest
 
-from kvmesh.evals.benchmarks.infoqa import Difficulty, exact_match, generate, load_jsonl, normalize_answer, token_f1
+from kvmesh.evals.benchmarks.base import DECISION_MAKER, SOLO, Benchmark, answer_line
+from kvmesh.evals.benchmarks.infoqa import (
+    MEMBER,
+    Difficulty,
+    InfoQA,
+    exact_match,
+    generate,
+    load_jsonl,
+    normalize_answer,
+    token_f1,
+)
 
 
 def _entities(tasks):
@@ -171,3 +181,16 @@ def test_answer_in_reply_counts_whole_words_only():
     assert hit.metrics["answer_in_reply"] == 1.0
     miss = bench.score(sample, f"x{sample.gold.lower()}y is what I read")
     assert miss.metrics["answer_in_reply"] == 0.0
+
+
+def test_terse_examples_are_the_same_turns_with_the_shortest_replies_that_do_the_job():
+    for role in (MEMBER, SOLO, DECISION_MAKER):
+        terse, full = InfoQA.terse_examples(role), InfoQA.examples(role)
+        assert [user for user, _ in terse[: len(full)]] == [user for user, _ in full]
+        assert all(len(short) <= len(long) for (_, short), (_, long) in zip(terse, full, strict=False))
+    assert [reply for _, reply in InfoQA.terse_examples(MEMBER)] == ["Bo's sister is Lin.", "Answer: cook", "Nothing."]
+    assert InfoQA.terse_examples(DECISION_MAKER)[0][1] == "Answer: judge"
+    # the protocol's default keeps a reply's answer line, and a reply without one as it is
+    default = Benchmark.terse_examples.__func__(InfoQA, MEMBER)
+    assert [reply for _, reply in default] == ["Bo's sister is Lin.", "Answer: cook"]
+    assert answer_line("Tom works as a cook.\nAnswer: cook") == "Answer: cook" and answer_line("Tom cooks.") is None
