@@ -14,6 +14,7 @@ from kvmesh.agents.events import (
     MessageSent,
     RoundFinished,
     TeamFinished,
+    TokenGenerated,
 )
 from kvmesh.agents.result import TeamResult
 from kvmesh.agents.spec import SpecError
@@ -36,6 +37,7 @@ __all__ = [
     "Team",
     "TeamFinished",
     "TeamResult",
+    "TokenGenerated",
     "Tool",
     "ToolTurn",
     "Usage",

@@ -2,7 +2,8 @@
 
 For one agent turn: one `MessageSent` per incoming message (with the edge's channel and the tokens it adds to
 the receiver's prompt), then `AgentStarted` (with the exact prompt text), then, after the batched model call,
-`AgentFinished` (with the reply and its usage). Each round ends with `RoundFinished`; a task ends with
+`AgentFinished` (with the reply and its usage); with token streaming on, `TokenGenerated` events carry the reply's
+pieces between the two. Each round ends with `RoundFinished`; a task ends with
 `TeamFinished` holding its `TeamResult`. `BudgetExhausted` marks the point where a task's token budget
 stopped further work, `ContextExceeded` the point where a prompt outgrew its model's context. `task_index`
 tells tasks apart inside `run_batch`.
@@ -43,6 +44,16 @@ class AgentStarted(Event):
     agent: str
     round: int | str  # "decision" for the decision step
     prompt: str  # the exact text the model reads
+
+
+@dataclass(frozen=True)
+class TokenGenerated(Event):
+    """A new piece of an agent's reply, as the model decodes it (`Team.stream(..., tokens=True)`); a turn's
+    pieces join into its `AgentFinished` message's text before it is stripped."""
+
+    agent: str
+    round: int | str
+    text: str
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,13 @@ each agent's model (`Channel.prepare`), so a model a channel cannot serve fails 
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 
 from kvmesh.agents.decision import DECISION_ROUND
-from kvmesh.agents.events import Event, RoundFinished, TeamFinished
+from kvmesh.agents.events import Event, RoundFinished, TeamFinished, TokenGenerated
 from kvmesh.agents.state import RunPlan, TaskRun, task_runs
 from kvmesh.agents.task import Task
 from kvmesh.agents.turn import DEFER, Turn, plan_turn, record
@@ -54,8 +55,10 @@ class ModelBatches:
 class Scheduler:
     """Runs `tasks`, each on its graph, on the team described by `plan`; `events()` drives it to the end."""
 
-    def __init__(self, plan: RunPlan, tasks: Sequence[Task], graphs: Sequence[CommGraph]) -> None:
+    def __init__(self, plan: RunPlan, tasks: Sequence[Task], graphs: Sequence[CommGraph], tokens: bool = False) -> None:
         self.plan = plan
+        self.tokens = tokens  # stream each reply's pieces as `TokenGenerated` events
+        self.pieces: list[Event] = []  # pieces decoded during the current step
         self.started = time.perf_counter()
         self.runs = task_runs(plan, tasks, graphs)
         self.batches = ModelBatches(plan.seed)
@@ -111,6 +114,8 @@ class Scheduler:
         if not busy and not events and not self.ready:
             raise RuntimeError("the scheduler has unfinished tasks but nothing to run (a bug in kvmesh)")
         finished = [done for batch in busy for done in batch.step()]
+        events += self.pieces
+        self.pieces = []
         # 4. record what finished: results go back to the turns waiting for them
         for key, generation in finished:
             events += self._deliver(key, generation)
@@ -122,7 +127,12 @@ class Scheduler:
                 self.rows[id(request)][1].append(turn)
                 continue
             self.rows[id(request)] = (request, [turn])
+            if self.tokens and not request.prefill_only:  # the turn's own row (shared rows are prefill-only)
+                request.on_text = functools.partial(self._piece, turn)
             self.batches.submit(turn.agent.llm, request, id(request))
+
+    def _piece(self, turn: Turn, text: str) -> None:
+        self.pieces.append(TokenGenerated(turn.run.index, turn.agent.name, turn.round, text))
 
     def _deliver(self, key: int, generation: Generation) -> list[Event]:
         request, waiting = self.rows.pop(key)

@@ -274,9 +274,11 @@ class Team:
         tasks: Sequence[Task | str],
         graphs: Sequence[CommGraph] | None = None,
         batch_size: int | None = None,
+        tokens: bool = False,
     ) -> Iterator[Event]:
         """Run many tasks together, yielding typed events as they happen; each task ends with its
-        `TeamFinished` (`task_index` is the task's position in `tasks`).
+        `TeamFinished` (`task_index` is the task's position in `tasks`). `tokens`: also yield each reply's
+        pieces as they are decoded (`TokenGenerated`).
 
         `graphs`: one graph per task instead of `graphs_for` (a designer's training samples, for instance);
         `batch_size`: run the tasks that many at a time (default: all at once). Everything is checked before the
@@ -288,9 +290,11 @@ class Team:
             raise ValueError(f"got {len(graphs)} graphs for {len(prepared)} tasks; give one graph per task")
         for graph in {id(g): g for g in graphs or ()}.values():
             self.check_graph(graph)
-        return self._stream(prepared, graphs, batch_size or max(len(prepared), 1))
+        return self._stream(prepared, graphs, batch_size or max(len(prepared), 1), tokens)
 
-    def _stream(self, tasks: list[Task], graphs: Sequence[CommGraph] | None, size: int) -> Iterator[Event]:
+    def _stream(
+        self, tasks: list[Task], graphs: Sequence[CommGraph] | None, size: int, tokens: bool = False
+    ) -> Iterator[Event]:
         plan = self.plan()
         for start in range(0, len(tasks), size):
             chunk = tasks[start : start + size]
@@ -300,12 +304,13 @@ class Team:
                     self.check_graph(graph)
             else:
                 chunk_graphs = list(graphs[start : start + size])
-            for event in Scheduler(plan, chunk, chunk_graphs).events():
+            for event in Scheduler(plan, chunk, chunk_graphs, tokens).events():
                 yield replace(event, task_index=event.task_index + start) if start else event
 
-    def stream(self, task: Task | str) -> Iterator[Event]:
-        """Run one task, yielding typed events; the last one is `TeamFinished` with the result."""
-        return self.stream_batch([task])
+    def stream(self, task: Task | str, tokens: bool = False) -> Iterator[Event]:
+        """Run one task, yielding typed events; the last one is `TeamFinished` with the result. `tokens`: also
+        yield each reply's pieces as the model decodes them (`TokenGenerated`)."""
+        return self.stream_batch([task], tokens=tokens)
 
     def run(self, task: Task | str) -> TeamResult:
         return self.run_batch([task])[0]

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
     from kvmesh.llm.chat import ChatFormat
     from kvmesh.llm.segment import KVSegment
+
+
+SERVER_SCHEME = "openai:"  # `openai:http://HOST:PORT/v1#MODEL`: a model behind an OpenAI-compatible server
 
 
 def normalize_stop(stop) -> tuple[str, ...]:
@@ -115,6 +118,8 @@ class GenerationRequest:
             timing experiments, as `min_new_tokens` in transformers).
         adapter: a LoRA adapter folder (what peft's `save_pretrained` writes) the row runs with; None runs the base
             weights. Rows with different adapters on one model share its forward passes (`kvmesh.llm.adapters`).
+        on_text: called with each new piece of the reply's text as it is decoded; the pieces join into
+            `Generation.text` (`kvmesh.llm.streaming`: a stop string's beginning is held back until settled).
     """
 
     prompt_ids: list[int]
@@ -126,6 +131,7 @@ class GenerationRequest:
     keep_prompt_kv: bool = True
     min_new_tokens: int = 0
     adapter: str | None = None
+    on_text: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self.stop = normalize_stop(self.stop)
@@ -156,7 +162,9 @@ class Generation:
     before any stop string. `completion_tokens == len(token_ids)`. Times count from `started_at` (a
     `time.perf_counter()` value), when the row was admitted to the batch. A prefill-only row finishes with
     reason "prefill" and no tokens. `prefill_s` is the compute its prefill cost: its share (by tokens) of the
-    batched forward pass it was prefilled in.
+    batched forward pass it was prefilled in. A server backend (`kvmesh.llm.remote`) reports the prompt tokens
+    its own prefix cache served as `cached_tokens` (None when the server does not say: unknown, never 0) and its
+    own completion count when it does not return the ids.
     """
 
     text: str
@@ -169,9 +177,13 @@ class Generation:
     prompt_kv: KVSegment | None = None  # with keep_kv: the prompt's cache, positions 0 ..
     reply_kv: KVSegment | None = None  # with keep_kv: the cache of the generated tokens that were fed back
     prefill_s: float = 0.0
+    cached_tokens: int | None = 0  # prompt tokens a server served from its own cache; None: it did not say
+    reported_completion_tokens: int | None = None  # a server's own count, when its ids are not returned
 
     @property
     def completion_tokens(self) -> int:
+        if self.reported_completion_tokens is not None:
+            return self.reported_completion_tokens
         return len(self.token_ids)
 
 
@@ -251,3 +263,20 @@ def run_requests(
         for index, generation in batch.step():
             results[index] = generation
     return results  # type: ignore[return-value]
+
+
+def stream_request(
+    model: LanguageModel, request: GenerationRequest, seed: int | None = None
+) -> Iterator[str | Generation]:
+    """Run one row on its own running batch of `model`, yielding its reply's text pieces as they are decoded
+    and, last, its `Generation` (the pieces join into its text). Lazy: nothing runs until it is iterated."""
+    pieces: list[str] = []
+    request.on_text = pieces.append
+    batch = model.new_batch(seed)
+    batch.submit(request, 0)
+    while batch.has_work:
+        finished = batch.step()
+        yield from pieces
+        pieces.clear()
+        for _, generation in finished:
+            yield generation

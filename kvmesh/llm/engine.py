@@ -54,7 +54,9 @@ from kvmesh.llm.cache import (
 )
 from kvmesh.llm.layer_mask import use_layer_masks
 from kvmesh.llm.layout import dropped_columns, left_pad, length_buckets
+from kvmesh.llm.sampling import choose_tokens
 from kvmesh.llm.segment import KVSegment
+from kvmesh.llm.streaming import TextStream
 
 
 @dataclass
@@ -68,17 +70,7 @@ class _Row:
     prefill_s: float = 0.0  # this row's share of the prefill forward pass it was in
     prompt_kv: KVSegment | None = None
     adapter: str | None = None  # the name of the row's adapter version inside the model (None: base)
-
-
-def _choose(logits: torch.Tensor, temperatures: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Pick the next token per row. logits: (B, V); temperatures: (B,). Returns (B,) long."""
-    tokens = logits.argmax(dim=-1)
-    sampled = temperatures > 0
-    if bool(sampled.any()):
-        probs = torch.softmax(logits[sampled].float() / temperatures[sampled, None], dim=-1)
-        draws = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1)
-        tokens[sampled] = draws.to(tokens.device)
-    return tokens
+    stream: TextStream | None = None  # with `on_text`: the reply's pieces handed out so far
 
 
 class BatchDecoder:
@@ -100,6 +92,9 @@ class BatchDecoder:
         self.eos_index = torch.tensor(sorted(eos_ids), dtype=torch.long)
         self.busy_s = 0.0
 
+    def text(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
     def stop_hit(self, row: _Row) -> bool:
         """Check the tail of the generated text for a stop string; cut the text there if found."""
         stops = row.request.stop
@@ -109,7 +104,7 @@ class BatchDecoder:
         tail = self.tokenizer.decode(row.generated[-window:], skip_special_tokens=True)
         if not any(s in tail for s in stops):
             return False
-        text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
+        text = self.text(row.generated)
         cuts = [text.find(s) for s in stops if s in text]
         if not cuts:
             return False
@@ -196,7 +191,7 @@ class DecodeBatch:
         prompt = len(request.prompt_ids)
         limit = self.decoder.context_length
         check_context(prompt - 1 if request.prefill_only else prompt, limit)  # a prefill-only row may fill it
-        row = _Row(request, tag)
+        row = _Row(request, tag, stream=TextStream(request.on_text, request.stop) if request.on_text else None)
         if request.adapter is not None:  # a bad adapter fails here; the row keeps this version to its end
             (row.adapter,) = adapters_of(self.decoder.model).acquire([request.adapter])
         self.waiting.append(row)
@@ -452,7 +447,7 @@ class DecodeBatch:
             self.decoder.busy_s += time.perf_counter() - begin
             return done
         self._suppress_eos()
-        tokens = _choose(self.logits, self.temperatures, self.generator)
+        tokens = choose_tokens(self.logits, self.temperatures, self.generator)
         now = time.perf_counter()
         keep: list[int] = []
         for i, (row, token) in enumerate(zip(self.rows, tokens.tolist(), strict=True)):
@@ -461,13 +456,13 @@ class DecodeBatch:
             reason = self._finished(row, token)
             if reason is None:
                 keep.append(i)
+                if row.stream is not None:
+                    row.stream.update(self.decoder.text(row.generated))
                 continue
             self._release(row)
-            text = (
-                row.text
-                if row.text is not None
-                else self.decoder.tokenizer.decode(row.generated, skip_special_tokens=True)
-            )
+            text = row.text if row.text is not None else self.decoder.text(row.generated)
+            if row.stream is not None:
+                row.stream.finish(text)
             generation = Generation(
                 text=text,
                 token_ids=row.generated,

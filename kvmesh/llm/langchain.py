@@ -1,4 +1,5 @@
-"""ChatLocalLM: a langchain-core chat model over a kvmesh `LocalLM`, so kvmesh models drop into LangChain code.
+"""ChatLocalLM: a langchain-core chat model over a kvmesh model (`LocalLM`, or a served model's client), so kvmesh
+models drop into LangChain code.
 
 Unlike `ChatHuggingFace` it accepts a transcript whose last message is another agent's `AIMessage` (the reply
 opens a new assistant turn; a named AI message from another speaker is shown as "name: text" so the model can
@@ -19,24 +20,27 @@ Caveats:
   model, and silently ignoring them would hide a misconfiguration.
 - Token counts use the wrapped model's own tokenizer, never LangChain's GPT-2 fallback (which downloads), so they
   work offline; `get_num_tokens_from_messages` ignores `tools` because this model is never shown any.
-- No token-by-token streaming: `stream` yields the whole reply as one final chunk.
+- Streaming (`stream`, `astream`) yields the reply's text as the engine decodes it, stripped at both ends as
+  `invoke`'s is, and a last empty chunk with the usage; each call decodes on a running batch of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig
 from pydantic import ConfigDict, Field, model_validator
 
-from kvmesh.llm.base import Generation
-from kvmesh.llm.local import LocalLM, load_model
+from kvmesh.llm.base import Generation, GenerationRequest, stream_request
+from kvmesh.llm.local import load_model
+from kvmesh.llm.tokenized import TokenizedModel
 
 _ALIASES = {"max_new_tokens": "max_tokens"}  # kvmesh's own name -> LangChain's standard name
 _CALL_KWARGS = ("max_tokens", "max_new_tokens", "temperature", "seed")
@@ -80,13 +84,14 @@ class ChatLocalLM(BaseChatModel):
     """LangChain chat model backed by an in-process kvmesh model.
 
     Args:
-        model: a `LocalLM` or a spec for `kvmesh.load_model` (alias, folder or Hugging Face id).
+        model: a `LocalLM` (or another kvmesh model: `openai:` server specs give `OpenAIModel`) or a spec for
+            `kvmesh.load_model` (alias, folder, Hugging Face id or `openai:http://HOST:PORT/v1#MODEL`).
         max_tokens: cap on generated tokens per reply (alias: `max_new_tokens`).
         temperature: 0 for greedy decoding.
         seed: seeds sampling when temperature > 0.
         stop: default stop strings; a per-call `stop` replaces them.
         name_replies: the `name` put on returned `AIMessage`s.
-        streaming: route `invoke` through the (one-chunk) streaming path, for streaming callbacks.
+        streaming: route `invoke` through the streaming path, for streaming callbacks.
     """
 
     # forbid: a misspelt or unsupported setting must fail loudly, not be dropped (see _check_arguments)
@@ -134,7 +139,7 @@ class ChatLocalLM(BaseChatModel):
     @property
     def _spec(self) -> str:
         # the name without loading the model: tracing and cache keys must not trigger a load
-        return self.model.spec if isinstance(self.model, LocalLM) else str(self.model)
+        return self.model.spec if isinstance(self.model, TokenizedModel) else str(self.model)
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
@@ -162,8 +167,8 @@ class ChatLocalLM(BaseChatModel):
         return params
 
     @property
-    def lm(self) -> LocalLM:
-        if not isinstance(self.model, LocalLM):
+    def lm(self) -> TokenizedModel:
+        if not isinstance(self.model, TokenizedModel):
             self.model = load_model(self.model)
         return self.model
 
@@ -193,7 +198,9 @@ class ChatLocalLM(BaseChatModel):
                 "input_tokens": generation.prompt_tokens,
                 "output_tokens": generation.completion_tokens,
                 "total_tokens": generation.prompt_tokens + generation.completion_tokens,
-                "input_token_details": {"cache_read": 0},
+                "input_token_details": {}
+                if generation.cached_tokens is None
+                else {"cache_read": generation.cached_tokens},
             },
             response_metadata={
                 "model_name": self.lm.spec,
@@ -210,9 +217,10 @@ class ChatLocalLM(BaseChatModel):
             return AIMessage(content=f"{message.name}: {text}")
         return message if text is message.content else message.model_copy(update={"content": text})
 
-    def _run(
+    def _requests(
         self, transcripts: Sequence[Sequence[BaseMessage]], stop: list[str] | None, **kwargs: Any
-    ) -> list[AIMessage]:
+    ) -> tuple[list[GenerationRequest], int | None]:
+        """The rows of these transcripts under this model's settings and the call's, and the sampling seed."""
         unknown = set(kwargs) - set(_CALL_KWARGS)
         if unknown:
             raise TypeError(
@@ -220,14 +228,19 @@ class ChatLocalLM(BaseChatModel):
                 "temperature, seed, stop"
             )
         settings = _resolve_aliases(kwargs, "ChatLocalLM call")
-        generations = self.lm.generate(
+        requests = self.lm.requests(
             [[self._prepare(m) for m in t] for t in transcripts],
             max_new_tokens=settings.get("max_tokens", self.max_tokens),
             temperature=settings.get("temperature", self.temperature),
             stop=stop if stop is not None else self.stop,
-            seed=settings.get("seed", self.seed),
         )
-        return [self._to_message(g) for g in generations]
+        return requests, settings.get("seed", self.seed)
+
+    def _run(
+        self, transcripts: Sequence[Sequence[BaseMessage]], stop: list[str] | None, **kwargs: Any
+    ) -> list[AIMessage]:
+        requests, seed = self._requests(transcripts, stop, **kwargs)
+        return [self._to_message(g) for g in self.lm.generate_requests(requests, seed=seed)]
 
     def _generate(
         self,
@@ -247,22 +260,50 @@ class ChatLocalLM(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        # the whole reply as one final chunk: without this LangChain's fallback yields a plain AIMessage, which
-        # breaks `chunk + chunk` aggregation and the standard streaming contract (chunk_position="last")
-        message = self._run([messages], stop, **kwargs)[0]
-        chunk = ChatGenerationChunk(
-            message=AIMessageChunk(
-                content=message.content,
-                name=message.name,
-                usage_metadata=message.usage_metadata,
-                response_metadata=message.response_metadata,
+        """One chunk per piece of text as the model decodes it, then a last chunk with no text that carries the
+        usage and finish reason (`chunk_position="last"`); the chunks add up to `invoke`'s message."""
+        (request,), seed = self._requests([messages], stop, **kwargs)
+        leading = True  # `invoke` strips the reply: so do the chunks, at both ends
+        held = ""  # whitespace that only counts if more text follows
+        for item in stream_request(self.lm, request, seed):
+            if isinstance(item, str):
+                text = held + (item.lstrip() if leading else item)
+                leading = leading and not text
+                body = text.rstrip()
+                held = text[len(body) :]
+                if body:
+                    chunk = ChatGenerationChunk(message=AIMessageChunk(content=body, name=self.name_replies))
+                    if run_manager:
+                        run_manager.on_llm_new_token(body, chunk=chunk)
+                    yield chunk
+                continue
+            final = self._to_message(item)
+            last = AIMessageChunk(
+                content="",
+                name=self.name_replies,
+                usage_metadata=final.usage_metadata,
+                response_metadata=final.response_metadata,
                 chunk_position="last",
-            ),
-            generation_info={"finish_reason": message.response_metadata["finish_reason"]},
-        )
-        if run_manager:
-            run_manager.on_llm_new_token(message.text, chunk=chunk)
-        yield chunk
+            )
+            chunk = ChatGenerationChunk(message=last, generation_info={"finish_reason": item.finish_reason})
+            if run_manager:
+                run_manager.on_llm_new_token("", chunk=chunk)
+            yield chunk
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        """`_stream` on a worker thread, one chunk at a time, so the event loop runs while the model decodes."""
+        chunks = self._stream(messages, stop, None, **kwargs)
+        loop = asyncio.get_running_loop()
+        while (chunk := await loop.run_in_executor(None, next, chunks, None)) is not None:
+            if run_manager:
+                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
 
     def batch(
         self,

@@ -20,6 +20,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -207,3 +208,22 @@ def unknown_alias_message(spec: str) -> str:
         f"unknown model {spec!r}: it is not an alias ({names}), not an existing local folder, and not a "
         f"Hugging Face id of the form 'org/name'"
     )
+
+
+_HF_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def locate_model(spec: str) -> str:
+    """Map a spec to something `from_pretrained` accepts, with a clear error if there is nothing to load."""
+    if spec in ALIASES:
+        return str(resolve(spec))
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotAvailableError(f"folder {path} has no config.json, so it is not a Hugging Face model folder")
+        return str(path)
+    if path.exists():
+        raise ModelNotAvailableError(f"{path} is a file; pass the model folder that holds config.json")
+    if _HF_ID.match(spec):
+        return spec
+    raise ModelNotAvailableError(unknown_alias_message(spec))

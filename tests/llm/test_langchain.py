@@ -151,14 +151,35 @@ def test_non_text_content_blocks_are_refused(tiny):
         chat.batch([[image]])
 
 
-def test_stream_yields_the_reply_as_one_final_chunk(tiny):
-    chat = ChatLocalLM(model=tiny, max_tokens=4)
+def test_stream_yields_the_reply_piece_by_piece_and_the_usage_last(tiny):
+    chat = ChatLocalLM(model=tiny, max_tokens=8)
     chunks = list(chat.stream("hello"))
-    assert len(chunks) == 1 and isinstance(chunks[0], AIMessageChunk) and chunks[0].chunk_position == "last"
-    assert chunks[0].content == chat.invoke("hello").content
-    assert chunks[0].usage_metadata["output_tokens"] == 4
-    streamed = ChatLocalLM(model=tiny, max_tokens=4, streaming=True).invoke("hello")  # invoke via _stream
-    assert streamed.content == chunks[0].content and streamed.usage_metadata["output_tokens"] == 4
+    assert all(isinstance(c, AIMessageChunk) for c in chunks) and len(chunks) > 2  # pieces, then the last
+    *pieces, last = chunks
+    assert all(c.content and c.usage_metadata is None for c in pieces)
+    assert last.chunk_position == "last" and last.content == "" and last.usage_metadata["output_tokens"] == 8
+    invoked = chat.invoke("hello")
+    assert "".join(c.content for c in pieces) == invoked.content
+    total = sum(chunks[1:], chunks[0])
+    assert total.content == invoked.content and total.usage_metadata == invoked.usage_metadata
+    streamed = ChatLocalLM(model=tiny, max_tokens=8, streaming=True).invoke("hello")  # invoke via _stream
+    assert streamed.content == invoked.content and streamed.usage_metadata["output_tokens"] == 8
+
+
+async def test_astream_yields_the_same_chunks(tiny):
+    chat = ChatLocalLM(model=tiny, max_tokens=8)
+    chunks = [chunk async for chunk in chat.astream("hello")]
+    assert [c.content for c in chunks] == [c.content for c in chat.stream("hello")]
+    assert chunks[-1].usage_metadata == chat.invoke("hello").usage_metadata
+
+
+def test_streamed_pieces_never_show_a_stop_string(tiny):
+    chat = ChatLocalLM(model=tiny, max_tokens=24)
+    full = chat.invoke("hello").content
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    assert stop.strip()
+    pieces = [c.content for c in chat.stream("hello", stop=[stop])]
+    assert "".join(pieces) == chat.invoke("hello", stop=[stop]).content == full[: full.index(stop)].strip()
 
 
 # --- LangChain's standard suite ----------------------------------------------------------------------------------
@@ -187,6 +208,24 @@ class TestChatLocalLMStandardIntegration(ChatModelIntegrationTests):
     @property
     def chat_model_params(self) -> dict[str, Any]:
         return {"model": "tiny-random", "max_tokens": 16}  # random text, but every contract is exercised
+
+
+class TestChatOverHTTPStandardIntegration(ChatModelIntegrationTests):
+    """The same suite through the OpenAI-compatible client backend, against `kvmesh serve`."""
+
+    url: str = ""
+
+    @pytest.fixture(autouse=True)
+    def _served(self, tiny_server):
+        type(self).url = tiny_server
+
+    @property
+    def chat_model_class(self) -> type[BaseChatModel]:
+        return ChatLocalLM
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {"model": f"openai:{self.url}#tiny-random", "max_tokens": 16}
 
 
 def test_message_text_that_spells_control_tokens_stays_text(tiny):
