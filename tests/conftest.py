@@ -97,3 +97,56 @@ def forwards(tiny):
     )
     yield shapes
     hook.remove()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(command: list[str], url: str, deadline_s: float = 120.0, env: dict | None = None):
+    """Start a server process and wait until `url` answers; returns the process (its output goes to a log file)."""
+    import subprocess
+    import tempfile
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    log = Path(tempfile.mkdtemp()) / "server.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env or os.environ.copy())
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{command[:4]} exited with {process.returncode}: {log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return process
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"{url} did not answer within {deadline_s:g} s: {log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A loopback port nothing listens on (a server to start, or one to fail to reach)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def tiny_server():
+    """`kvmesh serve --model tiny-random` on a free loopback port, for the session: yields its base URL."""
+    import sys
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "kvmesh.cli", "serve", "--model", "tiny-random", "--port", str(port)]
+    process = start_server(command, f"{url}/models", env=env)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)

@@ -302,7 +302,8 @@ def record(turn: Turn, gen: Generation, started: float) -> Event:
     prepared = assembly.seconds if assembly is not None else 0.0  # cache assembly is part of the call
     reused = assembly.reused_tokens if assembly is not None else 0
     timing = (gen.latency_s + prepared, gen.ttft_s + prepared)
-    usage = Usage(gen.prompt_tokens, gen.completion_tokens, reused, 1, *timing, kv_bytes=sum(turn.kv_bytes))
+    cached = None if gen.cached_tokens is None else reused + gen.cached_tokens  # a server's own cache counts too
+    usage = Usage(gen.prompt_tokens, gen.completion_tokens, cached, 1, *timing, kv_bytes=sum(turn.kv_bytes))
     view = turn.view(assembly is not None)
     for channel in turn.team.channels.values():
         channel.learn(view, gen)

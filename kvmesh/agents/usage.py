@@ -2,8 +2,9 @@
 
 Every number comes from real token ids: prompt tokens are the ids the model read, completion tokens the ids it
 generated (an end-of-sequence token included), `cache_read` the prompt tokens served from a reused KV cache
-instead of being prefilled (always 0 on `text` edges), `kv_bytes` the bytes of other agents' KV caches a call read
-(what a latent channel moved; 0 on `text` edges).
+instead of being prefilled (always 0 on `text` edges of an in-process model; a server's own prefix cache counts
+too, and a server that does not report it makes `cache_read` None: unknown, left out of `input_token_details`),
+`kv_bytes` the bytes of other agents' KV caches a call read (what a latent channel moved; 0 on `text` edges).
 
 Edge usage counts the receiver's prompt tokens that carry the sender's message, located by character offsets
 in the real prompt, so per-edge numbers add up to part of the receiver's own input tokens.
@@ -27,7 +28,7 @@ class Usage:
 
     input_tokens: int = 0
     output_tokens: int = 0
-    cache_read: int = 0
+    cache_read: int | None = 0  # None: a server that served some of these calls did not say (unknown, never 0)
     calls: int = 0
     call_time_s: float = 0.0
     min_call_ttft_s: float | None = None
@@ -42,7 +43,7 @@ class Usage:
         return Usage(
             input_tokens=self.input_tokens + other.input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,
-            cache_read=self.cache_read + other.cache_read,
+            cache_read=None if None in (self.cache_read, other.cache_read) else self.cache_read + other.cache_read,
             calls=self.calls + other.calls,
             call_time_s=self.call_time_s + other.call_time_s,
             min_call_ttft_s=min(firsts) if firsts else None,
@@ -54,7 +55,7 @@ class Usage:
             input_tokens=self.input_tokens,
             output_tokens=self.output_tokens,
             total_tokens=self.total_tokens,
-            input_token_details={"cache_read": self.cache_read},
+            input_token_details={} if self.cache_read is None else {"cache_read": self.cache_read},
         )
 
     def to_dict(self) -> dict:
@@ -109,7 +110,7 @@ class UsageReport:
                     u.calls,
                     u.input_tokens,
                     u.output_tokens,
-                    u.cache_read,
+                    _shown(u.cache_read),
                     u.total_tokens,
                     f"{u.call_time_s:.2f}",
                 )
@@ -121,7 +122,7 @@ class UsageReport:
                 t.calls,
                 t.input_tokens,
                 t.output_tokens,
-                t.cache_read,
+                _shown(t.cache_read),
                 t.total_tokens,
                 f"{t.call_time_s:.2f}",
             )
@@ -131,9 +132,13 @@ class UsageReport:
         lines.append(f"elapsed {self.wall_time_s:.2f} s{first} (call seconds add up calls that ran side by side)")
         if self.per_edge:
             edge_rows = [("edge", "tokens read", "cached", "KV bytes")]
-            edge_rows += [(k, u.input_tokens, u.cache_read, u.kv_bytes) for k, u in self.per_edge.items()]
+            edge_rows += [(k, u.input_tokens, _shown(u.cache_read), u.kv_bytes) for k, u in self.per_edge.items()]
             lines += ["", *format_rows(edge_rows)]
         return "\n".join(lines)
+
+
+def _shown(count: int | None) -> int | str:
+    return "unknown" if count is None else count
 
 
 def format_rows(rows: list[tuple]) -> list[str]:

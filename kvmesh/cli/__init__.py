@@ -9,6 +9,7 @@ kvmesh bench kv-reuse                                                           
 kvmesh models                                                                             (models.py)
 kvmesh optima train --task infoqa --method sft --iterations 2 --out runs/optima           (optima.py)
 kvmesh demo                                                                               (demo.py)
+kvmesh serve --model smollm2-135m --port 8000                                             (serve.py)
 
 Errors a user can fix (bad input, missing models or data, refused permissions) exit 2 with one line that says
 what was wrong; config errors name their flags.
@@ -21,12 +22,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from kvmesh.cli import bench, c2c, demo, design, evaluate, models, optima, report, run, viz
+from kvmesh.cli import bench, c2c, demo, design, evaluate, models, optima, report, run, serve, viz
 from kvmesh.cli.flags import given_options, show_config_error
 from kvmesh.config import ConfigError
 from kvmesh.llm.registry import ModelNotAvailableError
 
-COMMANDS = (run, evaluate, viz, report, bench, design, models, demo, c2c, optima)
+COMMANDS = (run, evaluate, viz, report, bench, design, models, demo, c2c, optima, serve)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -36,13 +36,15 @@ def _agent_means(usages: list[dict | None]) -> dict:
     def mean(get) -> float:
         return sum(get(u) for u in usages if u) / n
 
-    return {
+    means = {
         "input_tokens": mean(lambda u: u["input_tokens"]),
         "output_tokens": mean(lambda u: u["output_tokens"]),
-        "cache_read": mean(lambda u: u["input_token_details"]["cache_read"]),
         "total_tokens": mean(lambda u: u["total_tokens"]),
         "calls": mean(lambda u: u["calls"]),
     }
+    if all("cache_read" in u["input_token_details"] for u in usages if u):  # a server that did not say: unknown
+        means["cache_read"] = mean(lambda u: u["input_token_details"]["cache_read"])
+    return means
 
 
 def _cache_summary(turns: list[dict], engine: dict | None) -> dict:
@@ -68,7 +70,9 @@ def _tokens(rows: list[dict]) -> dict:
     tokens = {
         field: mean_interval([u["total"][field] for u in usage_rows]) for field in ("input_tokens", "output_tokens")
     }
-    tokens["cache_read"] = mean_interval([u["total"]["input_token_details"]["cache_read"] for u in usage_rows])
+    cached = [u["total"]["input_token_details"].get("cache_read") for u in usage_rows]
+    if None not in cached:  # left out when a server did not report its cached tokens (unknown, never 0)
+        tokens["cache_read"] = mean_interval(cached)
     tokens["total_tokens"] = mean_interval([u["total"]["total_tokens"] for u in usage_rows])
     agents = sorted({a for u in usage_rows for a in u["per_agent"]})
     tokens["model_calls"] = mean_interval([u["total"]["calls"] for u in usage_rows])

@@ -116,7 +116,8 @@ def _mean_usage(samples: list[dict], part: str) -> list[list]:
     for key in keys:
         seen = [u[key] for u in usages if key in u]
         mean = [sum(u.get(f, 0) for u in seen) / len(usages) for f in ("input_tokens", "output_tokens")]
-        cached = sum(u.get("input_token_details", {}).get("cache_read", 0) for u in seen) / len(usages)
+        counts = [u.get("input_token_details", {}).get("cache_read") for u in seen]
+        cached = "unknown" if None in counts else sum(counts) / len(usages)  # a server that did not say
         rows.append([key, *mean, cached])
     return rows
 
