@@ -4,6 +4,7 @@ kvmesh eval infoqa --topology chain --agents 3 --limit 200 --out runs/infoqa-cha
 kvmesh eval humaneval --oracle --allow-code-execution --out runs/oracle
 kvmesh eval infoqa --designer runs/design/infoqa-agp --limit 50
 kvmesh eval --compare runs/a runs/b
+kvmesh eval infoqa --limit 32 --ray --workers 2 --out runs/infoqa-ray        (a local Ray instance; or --ray ADDRESS)
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvmesh.cli.flags import add_config_arguments, config_from_args, refuse_team_flags
 from kvmesh.cli.specs import designer_folder
 from kvmesh.config import ConfigError
+from kvmesh.evals.executors import LOCAL, RayExecutor
 from kvmesh.evals.report import compare_table
 from kvmesh.evals.runner import EvalConfig, run_eval
 from kvmesh.evals.store import read_samples
@@ -31,11 +33,18 @@ class EvalRun:
         out: run folder (default runs/<benchmark>-<topology>).
         resume: continue an interrupted run in --out.
         compare: print finished runs side by side instead of running one.
+        ray: spread the samples over Ray actors: a cluster's address, or alone to start Ray on this machine
+            (this process still writes every result; --resume works across Ray and local runs).
+        workers: Ray actors (default: one per CPU of the cluster, --threads each).
+        threads: torch threads per Ray actor.
     """
 
     out: str | None = None
     resume: bool = False
     compare: list[str] | None = None
+    ray: str | None = field(default=None, metadata={"const": LOCAL})
+    workers: int | None = None
+    threads: int = 1
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -50,7 +59,12 @@ def evaluate(args: argparse.Namespace) -> int:
     config = config_from_args(EvalConfig, args, designer=designer)
     out = options.out or f"runs/{config.benchmark}-{'oracle' if config.oracle else config.topology}"
     try:
-        run_eval(config, out, resume=options.resume, load_designer=load_designer)
+        executor = RayExecutor(options.ray, options.workers, options.threads) if options.ray else None
+        try:
+            run_eval(config, out, resume=options.resume, load_designer=load_designer, executor=executor)
+        finally:
+            if executor is not None:
+                executor.close()
     except KeyboardInterrupt:
         saved = len(read_samples(out)) if Path(out).is_dir() else 0
         again = shlex.join(["kvmesh", *args.argv, *([] if options.resume else ["--resume"])])

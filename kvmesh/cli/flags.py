@@ -11,10 +11,10 @@ class BenchConfig:
 add_config_arguments(parser, BenchConfig)      # --agents N  (help: "agents in the fully ...")
 config = config_from_args(BenchConfig, args)
 
-A field's metadata may give `choices` (a sequence, or a function returning one), and `short` (a one-letter flag
-beside the long one); `positional={field: nargs}` makes fields positional (nargs None: exactly one), `skip`
-leaves fields out. Booleans become `--flag/--no-flag`, lists take one or more values, a field without a
-default is a required flag.
+A field's metadata may give `choices` (a sequence, or a function returning one), `short` (a one-letter flag
+beside the long one) and `const` (the value of the flag given alone); `positional={field: nargs}` makes fields
+positional (nargs None: exactly one), `skip` leaves fields out. Booleans become `--flag/--no-flag`, lists take
+one or more values, a field without a default is a required flag.
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ def add_config_arguments(
         choices = field.metadata.get("choices")
         if choices is not None:
             options["choices"] = tuple(choices() if callable(choices) else choices)
-        if typing.get_origin(base) is list:
+        if "const" in field.metadata:  # `--flag` alone means `const`; `--flag VALUE` gives a value
+            options |= {"nargs": "?", "const": field.metadata["const"], "type": base}
+        elif typing.get_origin(base) is list:
             options |= {"nargs": "+", "type": typing.get_args(base)[0]}
         elif kind is bool:
             options["action"] = argparse.BooleanOptionalAction

@@ -36,6 +36,7 @@ from kvmesh.evals.benchmarks import BENCHMARKS, SINGLE, Benchmark, Sample, confi
 from kvmesh.evals.benchmarks.gsm8k import ENV_VAR as GSM8K_PATH_VARIABLE
 from kvmesh.evals.benchmarks.infoqa import SHARD_MODES
 from kvmesh.evals.calibrate import KV_SELECT, MIN_TASKS, calibrate_kv_select, needs_calibration
+from kvmesh.evals.executors import LocalExecutor
 from kvmesh.evals.jsonl import read_jsonl
 from kvmesh.evals.sandbox import NOT_A_BOUNDARY
 from kvmesh.evals.store import content_hash, discard_if_empty, open_run
@@ -320,6 +321,21 @@ def run_chunk(
         save_channels(team.channels)  # kv-reuse's anchors, when a folder keeps them
 
 
+@dataclass(frozen=True)
+class EvalWork:
+    """One evaluation's work as any process can run it (an executor ships it to its workers)."""
+
+    config: EvalConfig
+    load_designer: DesignerLoader | None = None
+
+    def run(self, samples: Sequence[Sample]) -> Iterator[dict]:
+        return run_chunk(self.config, samples, self.load_designer)
+
+    def team_stats(self) -> dict:
+        """The channel statistics of the team this process ran (none with given answers)."""
+        return {} if self.config.scores_given_answers else team_of(self.config, self.load_designer).channel_stats()
+
+
 def run_record(config: EvalConfig, team: Team | None) -> dict:
     """What config.json records: the settings in effect (a spec's or designer's run leaves out the team options
     they replace), the team resolved (`Team.to_spec`, when one runs) and a content hash of every input file."""
@@ -349,12 +365,16 @@ def run_eval(
     resume: bool = False,
     progress: bool = True,
     load_designer: DesignerLoader | None = None,
+    executor=None,
 ) -> dict:
     """Run (or resume) one evaluation into `out`; returns the summary also written to summary.json.
+    `executor` runs the samples (`kvmesh.evals.executors`: here by default, or on Ray actors); this process
+    stays the one writer of the run folder either way.
 
     Everything that can fail at the start fails before `out` is touched: the team (every model loaded), the
     samples (their shards must fit the team and its models' context) and a completions file. A fresh run that
     still fails before its first sample (a crash, Ctrl-C) removes what it wrote."""
+    executor = executor or LocalExecutor()
     team = team_of(config, load_designer, fresh=True)
     plan = plan_eval(config, team)
     if len(plan.samples) < (config.limit or 0):
@@ -385,7 +405,7 @@ def run_eval(
             Path(out, "graph.json").write_text(json.dumps(graph, indent=2))
             bar = _Progress(len(plan.samples), len(plan.samples) - len(pending)) if progress else None
             try:
-                for line in run_chunk(config, pending, load_designer):
+                for line in executor.lines(EvalWork(config, load_designer), pending):
                     store.add(line)
                     if bar:
                         bar.tick(line)
@@ -400,8 +420,9 @@ def run_eval(
     earlier = 0.0  # seconds spent by earlier parts of a resumed run
     if resume and previous.exists():
         earlier = json.loads(previous.read_text()).get("seconds") or 0.0
-    channels = running.channel_stats() if running is not None else None
+    channels = executor.channel_stats(running)
     summary = summarize(out, config, earlier + time.perf_counter() - started, channels)
+    summary["workers"] = executor.used
     if running is not None:
         summary["models"] = team_models(running)
     if plan.seen:
