@@ -26,7 +26,7 @@ CLEAN = [
     ("agent_2", 0, "Tavo lives in Orvik."),
     ("decision", "decision", "Answer: Orvik"),
 ]
-NO_READING = RewardConfig(readability_weight=0.0)
+NO_READING = RewardConfig(readability_weight=0.0, count="all")  # prompt + completion: the figures below
 
 
 def conversation(turns=CLEAN, task="t1", sample=0, score=1.0, tokens=(300, 30), stop="completed"):
@@ -110,6 +110,15 @@ def test_the_normaliser_is_the_most_a_rollout_of_the_same_task_spent():
     assert rollouts[1].parts.total == pytest.approx(1.0 - 0.5 - 0.5)  # full token cost and the stop penalty
     score_rollouts(rollouts, NO_READING, normaliser={"t1": 1000.0})
     assert [r.parts.normaliser for r in rollouts] == [1000.0, 1000.0, 50.0]
+
+
+def test_by_default_the_token_cost_counts_what_the_team_generated():
+    short, long = conversation(tokens=(900, 20)), conversation(sample=1, tokens=(950, 80))
+    score_rollouts([short, long], RewardConfig(readability_weight=0.0))
+    assert (short.parts.tokens, long.parts.tokens, short.parts.normaliser) == (20, 80, 80.0)
+    assert short.parts.token_cost == pytest.approx(0.5 * 20 / 80)  # counting all: 0.5 * 920 / 1030, nearly the same
+    with pytest.raises(ConfigError, match="count"):
+        RewardConfig(count="prompt")
 
 
 def test_message_losses_are_batched_and_match_a_direct_forward_pass(tiny):

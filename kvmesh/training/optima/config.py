@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from kvmesh.config import ConfigError
 from kvmesh.graph.presets import PRESETS
+from kvmesh.training.optima.scoring import COUNTS
 
 METHODS = ("sft", "dpo", "sft-dpo")
 TASKS = ("infoqa",)
@@ -50,9 +51,11 @@ class OptimaConfig:
         batch_size: tasks per batched runtime pass (rollouts and evaluation).
         max_new_tokens: cap on each agent turn.
         token_weight: λ_tokens: the reward loses token_weight at the most tokens any rollout of a task spent.
+        token_count: the tokens the reward's cost counts: generated (what the team wrote; every rollout of a
+            task reads the same ~800-token frame, which would drown the difference) or all (prompt + completion).
         readability_weight: λ_read: weight of readability (1 / the base model's largest loss on a message, in (0, 1]).
         threshold: a task's best rollout is kept for SFT only if its reward reaches this (at the default weights,
-            solved InfoQA tasks score about -0.4 to 0.1 and unsolved ones below -0.8).
+            solved InfoQA tasks score about -0.6 to 0.3, the shortest highest, and unsolved ones below -0.2).
         top_share: of the kept rollouts, the best share overall is trained on.
         train_overlong: SFT also on turns cut at max_new_tokens (they never closed their turn; off by default).
         branch_turns: DPO: turns of a rollout branched (the first ones of its agents, in order).
@@ -85,9 +88,10 @@ class OptimaConfig:
     batch_size: int = 32
     max_new_tokens: int = 48
     token_weight: float = 1.0
+    token_count: str = field(default="generated", metadata={"choices": COUNTS})
     readability_weight: float = 0.1
-    threshold: float = -0.6
-    top_share: float = 0.5
+    threshold: float = 0.0
+    top_share: float = 1.0
     train_overlong: bool = False
     branch_turns: int = 1
     children: int = 4
@@ -96,7 +100,7 @@ class OptimaConfig:
     reference: str = field(default="initial", metadata={"choices": ("initial", "previous")})
     rank: int = 16
     learning_rate: float = 2e-4
-    epochs: int = 2
+    epochs: int = 3
     train_batch_size: int = 8
     beta: float = 0.1
 

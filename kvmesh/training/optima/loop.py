@@ -58,6 +58,7 @@ def write_json_atomic(path: Path, data) -> None:
 # them until its first iteration has trained (rewards are recomputed from the saved rollouts).
 BEFORE_TRAINING = (
     "token_weight",
+    "token_count",
     "readability_weight",
     "threshold",
     "top_share",
@@ -140,7 +141,9 @@ class OptimaRun:
                 "OptimaConfig",
             )
         self.base = base_spec(config)
-        self.reward = RewardConfig(token_weight=config.token_weight, readability_weight=config.readability_weight)
+        self.reward = RewardConfig(
+            token_weight=config.token_weight, readability_weight=config.readability_weight, count=config.token_count
+        )
         self.lora = LoraSettings(
             base=config.model,
             rank=config.rank,

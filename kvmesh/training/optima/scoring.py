@@ -4,8 +4,12 @@
           + λ_read · readability
           − Σ penalties
 
-- `tokens`: the rollout's prompt + completion tokens as the runtime counted them; a run stopped by the token
-  budget or the context counts what it spent (and pays the `stopped` penalty), never zero.
+- `tokens`: what `RewardConfig.count` says, as the runtime counted it: `generated` (default), the tokens the
+  team wrote, which are also what its receivers read; or `all`, prompt + completion. Every rollout of a task reads
+  the same fixed frame (system prompts, examples: about 800 of some 900 prompt + completion tokens for InfoQA's
+  team), so under `all` a rollout half as long costs only a few percent less and the repeat penalty outweighs
+  brevity. A run stopped by the token budget or the context counts what it spent (and pays the `stopped`
+  penalty), never zero. Evaluations report both counts either way.
 - `normaliser`: per task, the most tokens any rollout of that task spent (Optima), so the token cost lies in
   [0, λ_tokens]; a caller may pass its own per task (children of a branch scored against their parents' figure).
 - `readability`: Optima's 1 / (the largest per-message loss): each message's mean token NLL under the frozen
@@ -42,6 +46,7 @@ from kvmesh.training.optima.rollout import RewardParts, Rollout
 from kvmesh.training.reward import utility
 
 PENALTIES = ("overlong", "empty", "impersonation", "repeat", "stopped")
+COUNTS = ("generated", "all")
 LOGITS_CAP = 2**25  # logits per readability pass (positions × vocabulary): 128 MB in float32
 
 
@@ -61,6 +66,7 @@ class RewardConfig:
         stopped_penalty: subtracted when the token budget or the context stopped the run.
         repeat_in_decision: count the decision maker's message in the repeat check too.
         readability_batch_size: messages per forward pass of the base model.
+        count: the tokens the token cost counts: generated (what the team wrote) or all (prompt + completion).
     """
 
     token_weight: float = 0.5
@@ -73,8 +79,11 @@ class RewardConfig:
     stopped_penalty: float = 0.5
     repeat_in_decision: bool = False
     readability_batch_size: int = 16
+    count: str = "generated"
 
     def __post_init__(self) -> None:
+        if self.count not in COUNTS:
+            raise ConfigError(f"{{count}} must be one of {', '.join(COUNTS)}, got {self.count!r}", type(self).__name__)
         named = ["token_weight", "readability_weight", *(f"{n}_penalty" for n in PENALTIES)]
         negative = [name for name in named if getattr(self, name) < 0]
         if negative:
@@ -181,11 +190,16 @@ def penalties(rollout: Rollout, config: RewardConfig) -> dict[str, float]:
 # --- the reward -----------------------------------------------------------------------------------------------
 
 
-def normalisers(rollouts: Sequence[Rollout]) -> dict[str, float]:
-    """Per task id: the most tokens any of its rollouts spent (at least 1)."""
+def counted(rollout: Rollout, count: str = "generated") -> int:
+    """The tokens of `rollout` the token cost counts (`RewardConfig.count`)."""
+    return rollout.completion_tokens if count == "generated" else rollout.tokens
+
+
+def normalisers(rollouts: Sequence[Rollout], count: str = "generated") -> dict[str, float]:
+    """Per task id: the most tokens (as `count` counts them) any of its rollouts spent (at least 1)."""
     most: dict[str, float] = {}
     for rollout in rollouts:
-        most[rollout.task_id] = max(most.get(rollout.task_id, 1.0), float(rollout.tokens))
+        most[rollout.task_id] = max(most.get(rollout.task_id, 1.0), float(counted(rollout, count)))
     return most
 
 
@@ -201,7 +215,7 @@ def score_rollouts(
     per task id that cost λ_tokens, for the tasks it names (default: the most any rollout of the task spent)."""
     if model is None and config.readability_weight > 0:
         raise ValueError("readability needs the frozen base model: pass model=, or set readability_weight=0")
-    scale = normalisers(rollouts) | dict(normaliser or {})
+    scale = normalisers(rollouts, config.count) | dict(normaliser or {})
     written = [(r, t) for r, rollout in enumerate(rollouts) for t, turn in enumerate(rollout.turns) if turn.model_call]
     worst: dict[int, float] = {}  # rollout -> its largest per-message loss
     if config.readability_weight > 0:
@@ -213,8 +227,9 @@ def score_rollouts(
         norm = scale[rollout.task_id]
         read = 1.0 / max(worst[r], config.loss_floor) if r in worst else 0.0
         fired = penalties(rollout, config)
-        total = utility(rollout.score, rollout.tokens, config.token_weight, norm)
+        tokens = counted(rollout, config.count)
+        total = utility(rollout.score, tokens, config.token_weight, norm)
         total += config.readability_weight * read - sum(fired.values())
-        cost = config.token_weight * rollout.tokens / norm
-        rollout.parts = RewardParts(rollout.score, rollout.tokens, norm, cost, read, fired, total)
+        cost = config.token_weight * tokens / norm
+        rollout.parts = RewardParts(rollout.score, tokens, norm, cost, read, fired, total)
     return list(rollouts)
