@@ -2,7 +2,7 @@
 
     python benchmarks/descriptor_distances.py [--model smollm2-135m]
 
-Each text is encoded after the same short chat header, and its descriptor (`kvmesh.kvcomm.anchors.describe`:
+Each text is encoded after the same short chat header, and its descriptor (`kvmesh.kvcomm.kv_reuse.anchors.describe`:
 keys averaged over tokens, unit length) is compared with every other's. Prints the distance matrix and the
 ranges within and across kinds of text: synthetic 1K-token notes (as in `kvmesh bench kv-reuse`), HumanEval
 prompts, and two short replies.
@@ -17,7 +17,7 @@ import random
 from kvmesh import load_model
 from kvmesh.evals.bench.kv_reuse import synthetic_text
 from kvmesh.evals.benchmarks.humaneval import load_humaneval
-from kvmesh.kvcomm.anchors import describe
+from kvmesh.kvcomm.kv_reuse.anchors import describe
 from kvmesh.llm.base import GenerationRequest
 
 

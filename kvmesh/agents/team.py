@@ -38,7 +38,7 @@ from kvmesh.agents.turn import check_task_fits
 from kvmesh.graph.edge import DECISION, TEMPORAL, GraphError
 from kvmesh.graph.graph import CommGraph
 from kvmesh.kvcomm.channel import Channel, channel_settings, check_channel, make_channel
-from kvmesh.kvcomm.reuse_engine import ReuseConfig
+from kvmesh.kvcomm.kv_reuse.engine import ReuseConfig
 
 REUSE = "kv-reuse"  # the channel `reuse=` sets up
 log = logging.getLogger("kvmesh")

@@ -1,4 +1,4 @@
-"""`kvmesh c2c fit|train`: mappers for the `c2c` channel between two different models (`kvmesh.training.c2c`).
+"""`kvmesh c2c fit|train`: mappers for the `c2c` channel between two different models (`kvmesh.training.kv_mappers`).
 
 kvmesh c2c fit --sender gemma3-270m --receiver smollm2-135m --task infoqa --out mappers/ridge
 kvmesh c2c train --sender gemma3-270m --receiver smollm2-135m --init mappers/ridge --steps 600 --out mappers/fuser
@@ -7,7 +7,7 @@ kvmesh c2c train --sender gemma3-270m --receiver smollm2-135m --init mappers/rid
 cosine between the receiver's attention outputs over mapped and over its own caches, on held-out texts; a
 mapper below --threshold is refused. `train` trains C2C's fuser on the receiver's answer loss, checkpoints
 every --checkpoint-every steps and resumes from the last checkpoint in --out (--no-resume refuses to). Either
-folder is what the c2c channel loads (`kvmesh.kvcomm.mapper.load_mapper`).
+folder is what the c2c channel loads (`kvmesh.kvcomm.c2c.mappers.base.load_mapper`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 
 from kvmesh.agents.usage import format_rows
 from kvmesh.cli.flags import add_config_arguments, config_from_args
-from kvmesh.training.c2c import FitConfig, TrainConfig, fit, train
+from kvmesh.training.kv_mappers import FitConfig, TrainConfig, fit, train
 
 
 def _say(line: str) -> None:

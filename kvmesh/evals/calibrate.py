@@ -3,7 +3,7 @@
     team = calibrate_kv_select(team, [s.task for s in benchmark.samples("train")[:16]])
 
 The team runs the tasks once with every layer reading every context (the dense read, exactly), its kv-select
-channel recording each (context ids, receiver ids) pair it placed; `kvmesh.kvcomm.layers.context_attention`
+channel recording each (context ids, receiver ids) pair it placed; `kvmesh.kvcomm.kv_select.layers.context_attention`
 averages the attention mass the receivers' tokens put on the contexts per layer over those pairs, and the
 result is the returned team's `KVSelectConfig.scores`. A team's spec saves the scores, so a reloaded team
 chooses the same layers without calibrating again.
@@ -20,8 +20,8 @@ from dataclasses import replace
 
 from kvmesh.agents.task import Task
 from kvmesh.agents.team import Team
-from kvmesh.kvcomm.layers import context_attention
-from kvmesh.kvcomm.select import NAME as KV_SELECT
+from kvmesh.kvcomm.kv_select.channel import NAME as KV_SELECT
+from kvmesh.kvcomm.kv_select.layers import context_attention
 
 log = logging.getLogger("kvmesh")
 MIN_TASKS = 16

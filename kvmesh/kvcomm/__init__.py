@@ -1,8 +1,15 @@
 """Channels: how messages travel between agents, as text or through KV caches (see `kvmesh.kvcomm.channel`).
 
-`text` (`text.py`) and `kv-reuse` (KVCOMM: `kv_reuse.py`, its engine `reuse_engine.py`, `anchors.py`,
-`rope.py`) run today; `kv-select` and `c2c` are named and refuse until they land. `assembly.py` builds a
-receiver's cache from pieces, whichever channel supplies them.
+A channel is one module or one folder on the `Channel` base class; nothing outside it names the channel:
+
+    text.py      text: the receiver reads the reply as text (the baseline)
+    kv_reuse/    kv-reuse (KVCOMM): the task and replies read from caches that exist, corrected by anchors
+    kv_select/   kv-select (KVComm): the sender's prompt cache read in a chosen share of the layers
+    c2c/         c2c (C2C): a sender's cache on another model, mapped into the receiver's format
+
+What channels share stays here: `channel.py` (the contract and the registry), `assembly.py` (a receiver's
+prompt as pieces and its cache built from them), `latent.py` (a context read in front of the prompt) and
+`rope.py` (moving cached keys between positions).
 """
 
 from kvmesh.kvcomm.assembly import Assembly, Piece
@@ -14,7 +21,7 @@ from kvmesh.kvcomm.channel import (
     make_channel,
     register_channel,
 )
-from kvmesh.kvcomm.reuse_engine import ReuseConfig, ReuseEngine, ReuseStats
+from kvmesh.kvcomm.kv_reuse.engine import ReuseConfig, ReuseEngine, ReuseStats
 from kvmesh.kvcomm.rope import Rope, UnsupportedModelError
 
 __all__ = [

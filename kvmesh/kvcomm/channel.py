@@ -141,9 +141,9 @@ class Channel(Protocol):
 # name -> "module:class" (imported on first use), or None for a channel that is known but not available yet.
 _REGISTRY: dict[str, str | Callable[..., Channel] | None] = {
     "text": "kvmesh.kvcomm.text:TextChannel",
-    "kv-reuse": "kvmesh.kvcomm.kv_reuse:KVReuseChannel",
-    "kv-select": "kvmesh.kvcomm.select:KVSelectChannel",
-    "c2c": "kvmesh.kvcomm.c2c:C2CChannel",
+    "kv-reuse": "kvmesh.kvcomm.kv_reuse.channel:KVReuseChannel",
+    "kv-select": "kvmesh.kvcomm.kv_select.channel:KVSelectChannel",
+    "c2c": "kvmesh.kvcomm.c2c.channel:C2CChannel",
 }
 
 

@@ -3,9 +3,9 @@
 import pytest
 
 from kvmesh.cli import main
-from kvmesh.kvcomm.fuser import Fuser
-from kvmesh.kvcomm.mapper import check_models, load_mapper
-from kvmesh.kvcomm.ridge import RidgeMapper
+from kvmesh.kvcomm.c2c.mappers.base import check_models, load_mapper
+from kvmesh.kvcomm.c2c.mappers.fuser import Fuser
+from kvmesh.kvcomm.c2c.mappers.ridge import RidgeMapper
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 
 from kvmesh.evals.benchmarks.infoqa import JOBS, PETS, invented_name
 from kvmesh.kvcomm.assembly import Assembly, Piece, run_preparation
-from kvmesh.kvcomm.reuse_engine import ReuseConfig, ReuseEngine
+from kvmesh.kvcomm.kv_reuse.engine import ReuseConfig, ReuseEngine
 from kvmesh.llm.base import Generation, GenerationRequest
 from kvmesh.llm.local import LocalLM, load_model
 from kvmesh.llm.segment import KVSegment

@@ -161,7 +161,7 @@ def run_mode(team: Team, tasks: Sequence[Task], samples, benchmark: InfoQA, batc
 def _c2c_modes(config: LatentBenchConfig) -> list[tuple[str, Callable[[], Team], str]]:
     """c2c:<mapper> (context transfer) and c2c-fusion:<mapper> (fusion over the question) for each mapper, and the
     text relay from each distinct mapper sender."""
-    from kvmesh.kvcomm.mapper import load_mapper  # imported on use: only c2c modes need it
+    from kvmesh.kvcomm.c2c.mappers.base import load_mapper  # imported on use: only c2c modes need it
 
     modes, senders = [], []
     for folder in config.mappers:

@@ -15,12 +15,12 @@ terminal-aligned as in C2C: round(l · (Ls - 1) / (Lr - 1)), so first reads firs
 
 `RidgeMapper` is the training-free mapper: per receiver layer, a closed-form ridge regression with bias from
 the sender's keys (values), flattened over heads, to the receiver's keys (values), fitted on aligned rows of
-both models' caches of the same texts (`fit_ridge`; in `kvmesh.kvcomm.ridge`, importable from here).
-`kvmesh.kvcomm.fuser.Fuser` is the trained one (C2C's fuser). Both save to one folder format whose
+both models' caches of the same texts (`fit_ridge`, in `kvmesh.kvcomm.c2c.mappers.ridge`).
+`kvmesh.kvcomm.c2c.mappers.fuser.Fuser` is the trained one (C2C's fuser). Both save to one folder format whose
 `mapper.json` says the kind, the two models, the direction and what it was fitted on (`MapperConfig.data`),
 because a mapper is only good for the pair, direction and kind of data it was fitted on.
 
-Quality: `mapping_quality` / `check_quality` (in `kvmesh.kvcomm.quality`) judge a mapper by
+Quality: `mapping_quality` / `check_quality` (in `kvmesh.kvcomm.c2c.mappers.quality`) judge a mapper by
 the receiver's attention outputs over mapped against real caches, per layer.
 """
 
@@ -37,9 +37,9 @@ from typing import ClassVar
 import torch
 from safetensors.torch import load_file, save_file
 
-from kvmesh.kvcomm.layer_rope import layer_types
+from kvmesh.kvcomm.rope import layer_types
 
-KINDS = {"ridge": "kvmesh.kvcomm.ridge:RidgeMapper", "fuser": "kvmesh.kvcomm.fuser:Fuser"}
+KINDS = {"ridge": "kvmesh.kvcomm.c2c.mappers.ridge:RidgeMapper", "fuser": "kvmesh.kvcomm.c2c.mappers.fuser:Fuser"}
 CONFIG_FILE, WEIGHTS_FILE = "mapper.json", "mapper.safetensors"
 FORMAT_VERSION = 1
 
@@ -305,13 +305,3 @@ def check_models(mapper: KVMapper | MapperConfig, sender, receiver) -> None:
             f"{asked} was asked for: {'; '.join(wrong)}. Fit one for this pair: kvmesh c2c fit --sender "
             f"{_name(sender)} --receiver {_name(receiver)} --out DIR"
         )
-
-
-_RIDGE = ("CachePair", "RidgeMapper", "RidgeStatistics", "fit_ridge")
-
-
-def __getattr__(name: str):
-    """The ridge mapper lives in `kvmesh.kvcomm.ridge` (it builds on this module); its names are served here too."""
-    if name in _RIDGE:
-        return getattr(importlib.import_module("kvmesh.kvcomm.ridge"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,10 +11,10 @@ sink, its key is moved to position C - 1 so that the distance from each receiver
 be in a cache holding the sink alone (KVComm gives those layers their own positions; this is the same thing).
 With every layer chosen, the receiver reads exactly what a dense prefill of [sender's prompt, own prompt]
 would give (tests check greedy equality). Layers come from `KVSelectConfig.layers`, or are chosen by
-`kvmesh.kvcomm.layers.choose_layers` from calibration scores (`calibrate`) or the depth prior alone.
+`kvmesh.kvcomm.kv_select.layers.choose_layers` from calibration scores (`calibrate`) or the depth prior alone.
 
 Token selection (`token_fraction` < 1): the receiver reads only the context tokens its own tokens attend to
-most in the first layer (`kvmesh.kvcomm.tokens`); the rest stay in its cache, masked in every layer, so
+most in the first layer (`kvmesh.kvcomm.kv_select.tokens`); the rest stay in its cache, masked in every layer, so
 positions do not move.
 
 Usage stays exact: the receiver's input tokens include the C positions it read and `cache_read` counts them;
@@ -40,10 +40,10 @@ import torch
 
 from kvmesh.kvcomm.assembly import LATENT, Assembly, Piece, Preparation
 from kvmesh.kvcomm.channel import Cached, ChannelNotAvailableError, Endpoint, Keep, TurnView, reply_key
+from kvmesh.kvcomm.kv_select.layers import LayerChoice, choose_layers
+from kvmesh.kvcomm.kv_select.tokens import context_token_scores, tokens_to_drop
 from kvmesh.kvcomm.latent import join_contexts, latent_layout, ready
-from kvmesh.kvcomm.layers import LayerChoice, choose_layers
 from kvmesh.kvcomm.rope import Rope
-from kvmesh.kvcomm.tokens import context_token_scores, tokens_to_drop
 from kvmesh.llm.base import Generation, KVModel, LanguageModel, LatentSpan
 from kvmesh.llm.segment import KVSegment
 
@@ -62,9 +62,9 @@ class KVSelectConfig:
         centre: the depth prior's centre, as relative depth (0.5: mid-depth).
         width: the depth prior's standard deviation, in relative depth.
         keep_first: also read the context in layer 0.
-        scores: calibration scores per layer (`kvmesh.kvcomm.layers.context_attention`), saved with the team.
+        scores: calibration scores per layer (`kvmesh.kvcomm.kv_select.layers.context_attention`), saved with the team.
         token_fraction: token selection: the share of context tokens a receiver reads at all (the most attended
-            by its own tokens, `kvmesh.kvcomm.tokens`); 1 reads every token.
+            by its own tokens, `kvmesh.kvcomm.kv_select.tokens`); 1 reads every token.
     """
 
     layers: tuple[int, ...] | None = None

@@ -6,13 +6,13 @@ import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 from kvmesh import LocalLM
-from kvmesh.kvcomm.capture import ContextTooLongError
-from kvmesh.kvcomm.fuser import Fuser
-from kvmesh.kvcomm.layer_rope import LayerRope
-from kvmesh.kvcomm.mapper import load_mapper
-from kvmesh.kvcomm.quality import MapperQualityError
-from kvmesh.kvcomm.ridge import RidgeMapper
-from kvmesh.training.c2c import (
+from kvmesh.kvcomm.c2c.capture import ContextTooLongError
+from kvmesh.kvcomm.c2c.mappers.base import load_mapper
+from kvmesh.kvcomm.c2c.mappers.fuser import Fuser
+from kvmesh.kvcomm.c2c.mappers.quality import MapperQualityError
+from kvmesh.kvcomm.c2c.mappers.ridge import RidgeMapper
+from kvmesh.kvcomm.rope import LayerRope
+from kvmesh.training.kv_mappers import (
     FitConfig,
     TrainConfig,
     _mapper_config,

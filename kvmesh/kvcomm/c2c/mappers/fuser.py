@@ -20,7 +20,7 @@ The gate is C2C's: a Gumbel-sigmoid of a learned logit at temperature τ while t
 0.001, `temperature_at`, so it ends as a 0/1 choice), a hard 0/1 (logit > 0) in eval mode and at inference.
 `M_l` can start from a ridge fit (`init_from`), `B_l` starts at zero and `w` near 1, so a fresh fuser built
 from a ridge mapper maps like it. Everything is position-free: RoPE is stripped before and applied after by
-the caller (the mapper contract, `kvmesh.kvcomm.mapper`).
+the caller (the mapper contract, `kvmesh.kvcomm.c2c.mappers.base`).
 
 Size for gemma3-270m -> smollm2-135m (30 receiver layers, 256 -> 192 per token) at hidden 256: 9,915,090
 parameters (`parameter_count`), against C2C's ~17M per layer.
@@ -34,8 +34,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kvmesh.kvcomm.mapper import KVMapper, MapperConfig, MapperError, flatten, unflatten
-from kvmesh.kvcomm.ridge import RidgeMapper
+from kvmesh.kvcomm.c2c.mappers.base import KVMapper, MapperConfig, MapperError, flatten, unflatten
+from kvmesh.kvcomm.c2c.mappers.ridge import RidgeMapper
 
 GATE_INIT = 2.0  # gate logits start open: sigmoid(2 / τ) -> 1 as τ falls
 WEIGHT_INIT = 4.0  # per-head weights start at sigmoid(4) ≈ 0.98

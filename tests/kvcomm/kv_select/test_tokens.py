@@ -3,7 +3,7 @@
 import torch
 
 from kvmesh.kvcomm.assembly import Assembly
-from kvmesh.kvcomm.tokens import context_token_scores, tokens_to_drop
+from kvmesh.kvcomm.kv_select.tokens import context_token_scores, tokens_to_drop
 from kvmesh.llm.base import GenerationRequest, LatentSpan
 from kvmesh.llm.segment import KVSegment
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoConfig
 
-from kvmesh.kvcomm.fuser import Fuser, parameter_count, temperature_at
-from kvmesh.kvcomm.mapper import KVGeometry, MapperConfig, MapperError, load_mapper
-from kvmesh.kvcomm.ridge import RidgeMapper
+from kvmesh.kvcomm.c2c.mappers.base import KVGeometry, MapperConfig, MapperError, load_mapper
+from kvmesh.kvcomm.c2c.mappers.fuser import Fuser, parameter_count, temperature_at
+from kvmesh.kvcomm.c2c.mappers.ridge import RidgeMapper
 from kvmesh.llm.registry import resolve
 
 SENDER, RECEIVER = KVGeometry(3, 1, 8), KVGeometry(4, 2, 4)

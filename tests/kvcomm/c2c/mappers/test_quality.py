@@ -4,16 +4,16 @@ import pytest
 import torch
 
 from kvmesh.evals.benchmarks.infoqa import generate
-from kvmesh.kvcomm.mapper import KVGeometry, MapperConfig
-from kvmesh.kvcomm.quality import (
+from kvmesh.kvcomm.c2c.mappers.base import KVGeometry, MapperConfig
+from kvmesh.kvcomm.c2c.mappers.quality import (
     QUALITY_THRESHOLD,
     MapperQualityError,
     attention_outputs,
     check_quality,
     mapping_quality,
 )
-from kvmesh.kvcomm.ridge import RidgeMapper, fit_ridge
-from kvmesh.training.c2c import aligned_pairs, probe_text, sender_context
+from kvmesh.kvcomm.c2c.mappers.ridge import RidgeMapper, fit_ridge
+from kvmesh.training.kv_mappers import aligned_pairs, probe_text, sender_context
 
 
 def test_attention_outputs_are_causal_windowed_softmax_attention():

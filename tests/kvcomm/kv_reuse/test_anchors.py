@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from kvmesh.kvcomm.anchors import FORMAT, MANIFEST, AnchorFolder, AnchorPool, describe, write_atomically
+from kvmesh.kvcomm.kv_reuse.anchors import FORMAT, MANIFEST, AnchorFolder, AnchorPool, describe, write_atomically
 
 
 def offsets(value, tokens=4, layers=2):
@@ -173,7 +173,7 @@ def test_a_crash_while_saving_leaves_the_last_complete_save(tmp_path):
 def test_saved_files_have_the_permissions_any_new_file_gets(tmp_path):
     import os
 
-    from kvmesh.kvcomm.anchors import write_atomically
+    from kvmesh.kvcomm.kv_reuse.anchors import write_atomically
 
     write_atomically(tmp_path / "manifest.json", lambda file: file.write(b"{}"))
     (tmp_path / "plain").write_bytes(b"{}")

@@ -17,7 +17,7 @@ Usage: the sender's prefill is its own input; the receiver's input tokens includ
 (counted as `cache_read`, in the sender's tokens: there is no receiver text for them), and each message
 reports the bytes of mapped KV it moved.
 
-`mode="fusion"` is C2C's own mode instead (`kvmesh.kvcomm.fusion`): no context is read; the receiver's cache of
+`mode="fusion"` is C2C's own mode instead (`kvmesh.kvcomm.c2c.task_fusion`): no context is read; the receiver's cache of
 the task is fused with the sender's cache of the same text, aligned by character offsets.
 
 Before use, the mapper's held-out quality (attention-output cosine, measured when it was fitted) must reach
@@ -33,14 +33,13 @@ from pathlib import Path
 import torch
 
 from kvmesh.kvcomm.assembly import FUSE, TASK, Assembly, Piece, Preparation
-from kvmesh.kvcomm.capture import check_length
+from kvmesh.kvcomm.c2c.capture import check_length
+from kvmesh.kvcomm.c2c.mappers.base import KVMapper, MapperError, check_models, load_config, load_mapper
+from kvmesh.kvcomm.c2c.mappers.quality import QUALITY_THRESHOLD, MapperQualityError, MappingQuality, check_quality
+from kvmesh.kvcomm.c2c.task_fusion import fuse_task, fusing_pieces, task_rows
 from kvmesh.kvcomm.channel import Cached, ChannelNotAvailableError, Endpoint, Keep, TurnView, reply_key
-from kvmesh.kvcomm.fusion import fuse_task, fusing_pieces, task_rows
 from kvmesh.kvcomm.latent import join_contexts, latent_layout, ready
-from kvmesh.kvcomm.layer_rope import LayerRope
-from kvmesh.kvcomm.mapper import KVMapper, MapperError, check_models, load_config, load_mapper
-from kvmesh.kvcomm.quality import QUALITY_THRESHOLD, MapperQualityError, MappingQuality, check_quality
-from kvmesh.kvcomm.rope import Rope
+from kvmesh.kvcomm.rope import LayerRope, Rope
 from kvmesh.llm.base import Generation, KVModel, LanguageModel
 from kvmesh.llm.segment import KVSegment
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from kvmesh.kvcomm.align import AlignmentError, align_spans, align_tokens, cover_index, encode_with_offsets
+from kvmesh.kvcomm.c2c.align import AlignmentError, align_spans, align_tokens, cover_index, encode_with_offsets
 from kvmesh.llm.registry import resolve
 
 

@@ -12,10 +12,10 @@ y ≈ x W_l + b_l with
 where Sxx and Sxy are the centred Gram and cross matrices (the bias is not penalised) and λ (`ridge_lambda`) is
 relative to the mean eigenvalue of Sxx, so one value suits keys (k-normed in Gemma 3) and values alike. The
 statistics are summed pair by pair in float64 (`RidgeStatistics`), so memory does not grow with the data.
-Keys are mapped position-free (the mapper contract, `kvmesh.kvcomm.mapper`).
+Keys are mapped position-free (the mapper contract, `kvmesh.kvcomm.c2c.mappers.base`).
 
 Fusion (`fuse`): receiver + fuse_weight · (mapped sender - receiver), a fixed blend; a ridge mapper learns no
-gate. Measured on gemma3-270m -> smollm2-135m: see `kvmesh.kvcomm.quality.QUALITY_THRESHOLD`.
+gate. Measured on gemma3-270m -> smollm2-135m: see `kvmesh.kvcomm.c2c.mappers.quality.QUALITY_THRESHOLD`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kvmesh.kvcomm.mapper import KVMapper, MapperConfig, MapperError, flatten, unflatten
+from kvmesh.kvcomm.c2c.mappers.base import KVMapper, MapperConfig, MapperError, flatten, unflatten
 
 
 class RidgeMapper(KVMapper):

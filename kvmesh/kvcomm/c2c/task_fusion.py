@@ -22,10 +22,10 @@ from collections.abc import Sequence
 
 import torch
 
-from kvmesh.kvcomm.align import AlignmentError, align_spans, encode_with_offsets
 from kvmesh.kvcomm.assembly import FUSE, TASK, Assembly, Piece, Preparation
-from kvmesh.kvcomm.layer_rope import LayerRope
-from kvmesh.kvcomm.mapper import KVMapper
+from kvmesh.kvcomm.c2c.align import AlignmentError, align_spans, encode_with_offsets
+from kvmesh.kvcomm.c2c.mappers.base import KVMapper
+from kvmesh.kvcomm.rope import LayerRope
 from kvmesh.llm.base import GenerationRequest
 from kvmesh.llm.segment import KVSegment
 

@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from kvmesh.kvcomm.layer_rope import LayerRope
-from kvmesh.kvcomm.rope import Rope, UnsupportedModelError
+from kvmesh.kvcomm.rope import LayerRope, Rope, UnsupportedModelError
 from kvmesh.llm.cache import cache_argument, new_cache, read_columns
 
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from kvmesh.kvcomm.capture import ContextTooLongError, capture, position_free_kv, prefix_cache
-from kvmesh.kvcomm.layer_rope import LayerRope
+from kvmesh.kvcomm.c2c.capture import ContextTooLongError, capture, position_free_kv, prefix_cache
+from kvmesh.kvcomm.rope import LayerRope
 from kvmesh.llm.cache import cache_argument
 
 

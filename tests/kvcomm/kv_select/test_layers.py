@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kvmesh.kvcomm.layers import LayerChoice, choose_layers, context_attention, depth_prior
+from kvmesh.kvcomm.kv_select.layers import LayerChoice, choose_layers, context_attention, depth_prior
 
 
 def test_the_prior_peaks_at_its_centre():

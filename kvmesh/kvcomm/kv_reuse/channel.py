@@ -29,10 +29,10 @@ from collections.abc import Hashable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from kvmesh.kvcomm.anchors import AnchorFolder
 from kvmesh.kvcomm.assembly import GLUE, OWN, REPLY, Piece, Preparation
 from kvmesh.kvcomm.channel import Cached, ChannelNotAvailableError, Endpoint, Keep, TurnView, reply_key, task_key
-from kvmesh.kvcomm.reuse_engine import ReuseConfig, ReuseEngine
+from kvmesh.kvcomm.kv_reuse.anchors import AnchorFolder
+from kvmesh.kvcomm.kv_reuse.engine import ReuseConfig, ReuseEngine
 from kvmesh.llm.base import Generation, KVModel, LanguageModel
 from kvmesh.llm.segment import KVSegment
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from kvmesh.kvcomm.mapper import KVGeometry, MapperConfig, MapperError, flatten, unflatten
-from kvmesh.kvcomm.ridge import CachePair, RidgeMapper, RidgeStatistics, fit_ridge
+from kvmesh.kvcomm.c2c.mappers.base import KVGeometry, MapperConfig, MapperError, flatten, unflatten
+from kvmesh.kvcomm.c2c.mappers.ridge import CachePair, RidgeMapper, RidgeStatistics, fit_ridge
 
 SENDER, RECEIVER = KVGeometry(3, 2, 4), KVGeometry(4, 3, 2)  # W_in = 8, W_out = 6
 

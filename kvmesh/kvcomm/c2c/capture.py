@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from kvmesh.kvcomm.layer_rope import LayerRope, layer_types
+from kvmesh.kvcomm.rope import LayerRope, layer_types
 from kvmesh.llm.cache import cache_argument, new_cache, read_columns
 
 

@@ -1,4 +1,5 @@
-"""Fitting and training `c2c` mappers (`kvmesh.kvcomm.mapper`) on local data: a ridge fit and the C2C fuser loop.
+"""Fitting and training c2c's KV mappers (`kvmesh.kvcomm.c2c.mappers`) on local data: a ridge fit and the C2C
+fuser loop.
 
     mapper, quality = fit(FitConfig(sender="gemma3-270m", receiver="smollm2-135m", out="mappers/ridge"))
     fuser = train(TrainConfig(sender=..., receiver=..., out="mappers/fuser", init="mappers/ridge"))
@@ -44,13 +45,13 @@ import torch.nn.functional as F
 
 from kvmesh.config import ConfigError, check_choices
 from kvmesh.evals.benchmarks.infoqa import Difficulty, InfoQATask, generate
-from kvmesh.kvcomm.align import align_tokens, encode_with_offsets
-from kvmesh.kvcomm.capture import position_free_kv, prefix_cache
-from kvmesh.kvcomm.fuser import Fuser, temperature_at
-from kvmesh.kvcomm.layer_rope import LayerRope
-from kvmesh.kvcomm.mapper import KVGeometry, MapperConfig, check_models, load_mapper, save_mapper
-from kvmesh.kvcomm.quality import QUALITY_THRESHOLD, MappingQuality, check_quality, mapping_quality
-from kvmesh.kvcomm.ridge import CachePair, RidgeMapper, fit_ridge
+from kvmesh.kvcomm.c2c.align import align_tokens, encode_with_offsets
+from kvmesh.kvcomm.c2c.capture import position_free_kv, prefix_cache
+from kvmesh.kvcomm.c2c.mappers.base import KVGeometry, MapperConfig, check_models, load_mapper, save_mapper
+from kvmesh.kvcomm.c2c.mappers.fuser import Fuser, temperature_at
+from kvmesh.kvcomm.c2c.mappers.quality import QUALITY_THRESHOLD, MappingQuality, check_quality, mapping_quality
+from kvmesh.kvcomm.c2c.mappers.ridge import CachePair, RidgeMapper, fit_ridge
+from kvmesh.kvcomm.rope import LayerRope
 from kvmesh.llm import load_model
 from kvmesh.llm.cache import cache_argument
 from kvmesh.training.reinforce import batch_indices, save_atomic

@@ -6,8 +6,7 @@ import pytest
 import torch
 from transformers import AutoConfig
 
-from kvmesh.kvcomm.fuser import Fuser
-from kvmesh.kvcomm.mapper import (
+from kvmesh.kvcomm.c2c.mappers.base import (
     KVGeometry,
     MapperConfig,
     MapperError,
@@ -17,7 +16,8 @@ from kvmesh.kvcomm.mapper import (
     load_mapper,
     save_mapper,
 )
-from kvmesh.kvcomm.ridge import RidgeMapper
+from kvmesh.kvcomm.c2c.mappers.fuser import Fuser
+from kvmesh.kvcomm.c2c.mappers.ridge import RidgeMapper
 from kvmesh.llm.registry import resolve
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kvmesh.kvcomm.assembly import Piece, run_preparation
-from kvmesh.kvcomm.reuse_engine import ReuseConfig, ReuseEngine
+from kvmesh.kvcomm.kv_reuse.engine import ReuseConfig, ReuseEngine
 from kvmesh.kvcomm.rope import UnsupportedModelError
 from kvmesh.llm.cache import cache_argument, new_cache, read_columns
 from kvmesh.llm.segment import KVSegment

@@ -37,8 +37,8 @@ from dataclasses import dataclass
 
 import torch
 
-from kvmesh.kvcomm.anchors import AnchorPool, describe
 from kvmesh.kvcomm.assembly import Piece, Placement, Preparation, assemble
+from kvmesh.kvcomm.kv_reuse.anchors import AnchorPool, describe
 from kvmesh.kvcomm.rope import Rope
 from kvmesh.llm.base import GenerationRequest, KVModel
 from kvmesh.llm.segment import KVSegment

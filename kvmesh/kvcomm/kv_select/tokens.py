@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from kvmesh.kvcomm.layer_rope import LayerRope
+from kvmesh.kvcomm.rope import LayerRope
 from kvmesh.llm.segment import KVSegment
 
 

@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from kvmesh.kvcomm.align import encode_with_offsets
-from kvmesh.kvcomm.capture import capture, hf_model, position_free_kv
-from kvmesh.kvcomm.layer_rope import LayerRope, layer_types
+from kvmesh.kvcomm.c2c.align import encode_with_offsets
+from kvmesh.kvcomm.c2c.capture import capture, hf_model, position_free_kv
+from kvmesh.kvcomm.rope import LayerRope, layer_types
 
 if TYPE_CHECKING:
-    from kvmesh.kvcomm.mapper import KVMapper
+    from kvmesh.kvcomm.c2c.mappers.base import KVMapper
 
 # Measured on gemma3-270m -> smollm2-135m, 16 InfoQA validation texts (probe: the question): a ridge mapper fitted
 # on 30 train texts scores a mean of 0.90 (worst layer 0.68), on 200 texts (`kvmesh c2c fit`) 0.913 (worst 0.77); a

@@ -10,11 +10,12 @@ import torch
 from kvmesh import Agent, CommGraph, Task, Team
 from kvmesh.agents.prompts import plan_prompt
 from kvmesh.graph import Edge
-from kvmesh.kvcomm.capture import ContextTooLongError, position_free_kv
+from kvmesh.kvcomm.c2c.capture import ContextTooLongError, position_free_kv
+from kvmesh.kvcomm.c2c.mappers.base import KVGeometry, MapperConfig, load_mapper, save_mapper
+from kvmesh.kvcomm.c2c.mappers.quality import MapperQualityError, mapping_quality
+from kvmesh.kvcomm.c2c.mappers.ridge import CachePair, fit_ridge
 from kvmesh.kvcomm.channel import ChannelNotAvailableError
-from kvmesh.kvcomm.layer_rope import LayerRope
-from kvmesh.kvcomm.mapper import CachePair, KVGeometry, MapperConfig, fit_ridge, load_mapper, save_mapper
-from kvmesh.kvcomm.quality import MapperQualityError, mapping_quality
+from kvmesh.kvcomm.rope import LayerRope
 from kvmesh.llm.base import GenerationRequest
 
 TASK = Task("Where is the blue key?", id="t", shards={"a": "The blue key is in the attic. The red one is lost."})
@@ -137,8 +138,8 @@ def _find(ids, part):
 
 def fused_by_hand(sender, receiver, folder, sender_prompt, receiver_prompt, text, max_new_tokens):
     """The receiver's reply when its task rows are fused with the sender's, aligned by characters, by hand."""
-    from kvmesh.kvcomm.align import align_tokens
     from kvmesh.kvcomm.assembly import Assembly
+    from kvmesh.kvcomm.c2c.align import align_tokens
     from kvmesh.llm.segment import KVSegment
 
     alignment = align_tokens(text, sender.tokenizer, receiver.tokenizer, bos=False)
