@@ -15,8 +15,8 @@ import itertools
 import random
 
 from kvmesh import load_model
-from kvmesh.evals.bench.kv_reuse import synthetic_text
 from kvmesh.evals.benchmarks.humaneval import load_humaneval
+from kvmesh.evals.studies.kv_reuse import synthetic_text
 from kvmesh.kvcomm.kv_reuse.anchors import describe
 from kvmesh.llm.base import GenerationRequest
 

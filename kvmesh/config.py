@@ -34,7 +34,8 @@ class ConfigError(ValueError):
 
 def field_help(cls) -> dict[str, str]:
     """{field: help} parsed from the "Args:" sections of `cls.__doc__` and its dataclass bases' (continuation
-    lines joined; a subclass's entry overrides its base's)."""
+    lines joined; a subclass's entry overrides its base's). Plain text, `%` and all: the CLI escapes it for
+    argparse (`kvmesh.cli.flags.argparse_help`)."""
     helps: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
         if dataclasses.is_dataclass(klass):

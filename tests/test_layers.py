@@ -25,7 +25,8 @@ def lint(cwd: Path, package_dir: Path) -> subprocess.CompletedProcess:
 def test_the_layers_contract_holds_and_names_every_package():
     layers = re.search(r"layers = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(), re.DOTALL).group(1)
     packages = {p.name for p in (ROOT / "kvmesh").iterdir() if (p / "__init__.py").is_file()}
-    assert set(re.findall(r'"kvmesh\.(\w+)"', layers)) == packages | {"config"}
+    named = set(re.findall(r"kvmesh\.(\w+)", layers))  # a layer may hold siblings: "kvmesh.config | kvmesh.plugins"
+    assert named == packages | {"config", "plugins", "runs"}  # modules at the bottom
     done = lint(ROOT, ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 kept, 0 broken" in done.stdout

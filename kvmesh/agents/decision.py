@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from kvmesh.agents.agent import Agent
 from kvmesh.agents.task import AnswerExtractor
-from kvmesh.kvcomm.channel import check_channel
+from kvmesh.kvcomm.channel import DEFAULT_CHANNEL, check_channel
 
 DECISION_METHOD, MAJORITY, LAST = "decision", "majority", "last"
 METHODS = (DECISION_METHOD, MAJORITY, LAST)
@@ -41,7 +41,7 @@ DECISION_SYSTEM = (
 class Decision:
     method: str
     agent: Agent | None = None  # the decision maker, for method "decision"
-    channel: str = "text"  # how the decision maker reads the agents' replies
+    channel: str = DEFAULT_CHANNEL  # how the decision maker reads the agents' replies
 
     def __post_init__(self) -> None:
         check_channel(self.channel, "decision")
@@ -64,8 +64,8 @@ class Decision:
         if isinstance(value, dict):
             fields = dict(value)
             method = fields.pop("method", DECISION_METHOD)
-            channel = fields.pop("channel", "text")
-            if method != DECISION_METHOD and (fields or channel != "text"):
+            channel = fields.pop("channel", DEFAULT_CHANNEL)
+            if method != DECISION_METHOD and (fields or channel != DEFAULT_CHANNEL):
                 raise ValueError(f"decision {method!r} takes no agent fields or channel, got {sorted(value)}")
             if method == DECISION_METHOD:
                 fields.setdefault("name", DECISION_NAME)
@@ -91,7 +91,7 @@ class Decision:
     def to_spec(self) -> str | dict:
         if self.agent is None:
             return self.method
-        channel = {"channel": self.channel} if self.channel != "text" else {}
+        channel = {"channel": self.channel} if self.channel != DEFAULT_CHANNEL else {}
         return {"method": DECISION_METHOD, **channel, **self.agent.to_dict()}
 
 

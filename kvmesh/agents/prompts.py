@@ -18,8 +18,8 @@ Layout of the user turn (sections appear only when present):
 
 The prompt is the agent's chat frame (`ChatFormat.frame`: system prompt, examples, markup) around that turn,
 laid out as pieces (`kvmesh.kvcomm.assembly`): the head, the private notes (own text), the task, one or more
-pieces per message as the message's channel lays them out (`Channel.layout`: own text on `text` edges; glue and
-the sender's reply ids on `kv-reuse` edges that kept a cache), and the tail. Text between pre-tokenized pieces
+pieces per message as the message's channel lays them out and places them (`Channel.layout`: in the message's
+place, or in front of the whole prompt), and the tail. Text between pre-tokenized pieces
 is tokenized as one run, and a token belongs to the piece its first character is in, so a prompt whose messages
 all travel as text has exactly the ids of its rendered text, and the same text has the same ids (and so the same
 cache) in every prompt of a task. Private notes come first so that everything after them is text other agents'
@@ -43,7 +43,7 @@ from itertools import accumulate
 from langchain_core.messages import BaseMessage
 
 from kvmesh.graph.edge import DECISION, SPATIAL, TEMPORAL
-from kvmesh.kvcomm.assembly import FUSE, HEAD, LATENT, OWN, TAIL, TASK, Piece
+from kvmesh.kvcomm.assembly import HEAD, OWN, TAIL, TASK, Piece
 from kvmesh.kvcomm.channel import Cached, Channel, default_channel
 from kvmesh.llm.base import LanguageModel, encode_data
 from kvmesh.llm.chat import transcript
@@ -166,13 +166,13 @@ def plan_prompt(
         body.append(Piece(own=True, text=notes + "\n\n", kind=OWN))
     task_index = len(body)
     body.append(Piece(text=task, kind=TASK, key="task"))
-    front: list[Piece] = []  # latent pieces: caches read before the receiver's own prompt (kv-select)
+    front: list[Piece] = []  # pieces a channel placed in front of the receiver's whole prompt (latent contexts)
     laid: list[tuple[bool, int, int]] = []  # per message: (in front, start, end) of its pieces
     for message in inbound:
         channel = (channels or {}).get(message.channel) or default_channel(message.channel)
         glue, key = f"\n\n{message.header()}\n", ("reply", message.source, message.kind)
         own = channel.layout(model, glue, message.content.strip(), message.kv, key)
-        latent = bool(own) and all(piece.kind == LATENT for piece in own)
+        latent = bool(own) and all(piece.front for piece in own)
         target = front if latent else body
         laid.append((latent, len(target), len(target) + len(own)))
         target += own
@@ -194,7 +194,7 @@ def plan_prompt(
             cached = task_cache is not None and task_cache.segment.token_ids == ids
             source, channel = (task_cache.segment, task_cache.channel) if cached else (None, None)
             piece = replace(piece, own=source is None, source=source, channel=channel)
-        if not ids and piece.kind != FUSE:  # a fuse piece carries rows for the task's tokens, none of its own
+        if not ids and piece.text:  # text that tokenized to nothing; a piece without text carries only cache rows
             continue
         piece = replace(piece, token_ids=ids)
         mergeable = planned and planned[-1].own and TASK not in (piece.kind, planned[-1].kind)

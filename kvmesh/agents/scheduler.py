@@ -31,7 +31,7 @@ from kvmesh.agents.task import Task
 from kvmesh.agents.turn import DEFER, Turn, plan_turn, record
 from kvmesh.agents.usage import Usage
 from kvmesh.graph.graph import CommGraph
-from kvmesh.kvcomm.channel import ChannelNotAvailableError
+from kvmesh.kvcomm.channel import DEFAULT_CHANNEL, ChannelNotAvailableError
 from kvmesh.kvcomm.rope import UnsupportedModelError
 from kvmesh.llm.base import Generation, GenerationRequest, LanguageModel, RunningBatch
 
@@ -77,7 +77,7 @@ class Scheduler:
                 ends.setdefault(edge.channel, set()).update((edge.source, edge.target))
         if decision:
             ends.setdefault(self.plan.decision.channel, set()).update(agent.name for agent in agents)
-        adapted, kv = [a.name for a in agents if a.adapter is not None], sorted(set(ends) - {"text"})
+        adapted, kv = [a.name for a in agents if a.adapter is not None], sorted(set(ends) - {DEFAULT_CHANNEL})
         if adapted and kv:  # a task's caches are shared by every agent of a model, whatever its adapter
             raise ValueError(
                 f"agents {adapted} run with LoRA adapters and this team uses {', '.join(kv)}: KV channels share "

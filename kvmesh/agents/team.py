@@ -37,10 +37,16 @@ from kvmesh.agents.task import Task
 from kvmesh.agents.turn import check_task_fits
 from kvmesh.graph.edge import DECISION, TEMPORAL, GraphError
 from kvmesh.graph.graph import CommGraph
-from kvmesh.kvcomm.channel import Channel, channel_settings, check_channel, make_channel
-from kvmesh.kvcomm.kv_reuse.engine import ReuseConfig
+from kvmesh.kvcomm.channel import (
+    DEFAULT_CHANNEL,
+    Channel,
+    channel_for_keyword,
+    channel_settings,
+    check_channel,
+    make_channel,
+)
 
-REUSE = "kv-reuse"  # the channel `reuse=` sets up
+REUSE = channel_for_keyword("reuse")  # the channel `reuse=` sets up
 log = logging.getLogger("kvmesh")
 
 
@@ -88,7 +94,7 @@ class Team:
         decision: str | Agent | dict | Decision = DECISION_METHOD,
         token_budget: int | None = None,
         seed: int | None = None,
-        reuse: ReuseConfig | dict | None = None,
+        reuse: object | dict | None = None,
         designer: GraphDesigner | None = None,
         channels: Mapping[str, object] | None = None,
         *,
@@ -156,7 +162,7 @@ class Team:
         return graph
 
     def _channel_names(self, graph: CommGraph) -> set[str]:
-        names = graph.channels() | {"text"}
+        names = graph.channels() | {DEFAULT_CHANNEL}
         return names | ({self.decision.channel} if self.decision.maker else set())
 
     def _check_channels(self, graph: CommGraph) -> None:
@@ -180,9 +186,9 @@ class Team:
         return [a.name for a in self.agents]
 
     @property
-    def reuse(self) -> ReuseConfig:
-        """The kv-reuse settings (defaults when the team gave none)."""
-        return self._settings.get(REUSE) or ReuseConfig()
+    def reuse(self) -> object:
+        """The settings `reuse=` sets (kv-reuse's `ReuseConfig`; defaults when the team gave none)."""
+        return self._settings.get(REUSE) or channel_settings(REUSE)
 
     def channel_stats(self) -> dict[str, dict]:
         """What each channel the team uses did, by name (channels with nothing to say are left out)."""

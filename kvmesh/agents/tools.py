@@ -11,15 +11,17 @@ turn answered this way costs no tokens and its message says which tool answered 
 program with a timeout is fine; a network call is not).
 
 Tools are named so team specs can list them (`tools: [run-python]`); `tool_from_name` builds one from its name.
-Names come from the `kvmesh.tools` entry-point group, so any installed package can add tools; kvmesh's own
-live where their dependencies do (the sandbox ones in `kvmesh.evals`) and are declared in its pyproject.
+Names come from `TOOLS` (a `kvmesh.plugins.Registry`): kvmesh's own, which live where their dependencies do (the
+sandbox ones in `kvmesh.evals`, named here as strings and imported only when a spec names them), any installed
+package's `kvmesh.tools` entry points, and `TOOLS.register(name, cls)` from code.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
+
+from kvmesh.plugins import PluginNotAvailableError, Registry
 
 if TYPE_CHECKING:
     from kvmesh.agents.prompts import Inbound
@@ -52,12 +54,25 @@ class Tool:
         return f"{type(self).__name__}()"
 
 
-TOOL_GROUP = "kvmesh.tools"  # entry points: name = "module:Class"
+class ToolNotAvailableError(PluginNotAvailableError):
+    """A tool name no entry has; the message lists the tools there are and how to add one."""
+
+
+TOOL_GROUP = "kvmesh.tools"  # other packages' entry points: name = "module:Class"
+
+# name -> Tool class (built with no arguments)
+TOOLS: Registry[type[Tool]] = Registry(
+    "tool",
+    TOOL_GROUP,
+    {
+        "run-python": "kvmesh.evals.tools:RunPython",
+        "pass-tested-code": "kvmesh.evals.benchmarks.humaneval:PassTestedCode",
+    },
+    error=ToolNotAvailableError,
+    adder="kvmesh.agents.tools.TOOLS.register(name, cls)",
+)
 
 
 def tool_from_name(name: str) -> Tool:
-    found = {point.name: point for point in entry_points(group=TOOL_GROUP)}
-    if name not in found:
-        known = ", ".join(sorted(found)) or "none (is kvmesh installed? its tools are entry points)"
-        raise ValueError(f"unknown tool {name!r}; known tools: {known}")
-    return found[name].load()()
+    """A new instance of the tool named `name`; `ToolNotAvailableError` (a ValueError) when there is none."""
+    return TOOLS.get(name)()

@@ -43,7 +43,7 @@ from kvmesh.agents.tools import ToolTurn
 from kvmesh.agents.usage import Usage
 from kvmesh.graph.edge import DECISION, SPATIAL, TEMPORAL, edge_key
 from kvmesh.kvcomm.assembly import Assembly, Preparation
-from kvmesh.kvcomm.channel import TurnView, kv_bytes_moved, metadata_key, reads_caches, reply_key, task_key
+from kvmesh.kvcomm.channel import TurnView, metadata_key, plan_cache, reads_replies, reply_key, usable_task_cache
 from kvmesh.llm.base import ContextLengthError, Generation, GenerationRequest, check_context, context_length_of
 
 DEFER = object()  # planned again once the stage's reservations settle
@@ -128,11 +128,11 @@ class Turn:
 
     def _silent(self, view: TurnView) -> bool:
         """Whether nobody reads this turn's reply, only its prompt's cache (every edge out of it is on a channel
-        that does not read replies, such as kv-select): its row then prefills and generates nothing. The last
-        speaker's reply is the answer under `last`, and every reply is a vote under `majority`: those speak."""
+        that does not read replies): its row then prefills and generates nothing. The last speaker's reply is
+        the answer under `last`, and every reply is a vote under `majority`: those speak."""
         if self.round == DECISION_ROUND or not view.read_over:
             return False
-        if any(getattr(self.team.channels[name], "reads_reply", True) for name in view.read_over):
+        if reads_replies(self.team.channels, view.read_over):
             return False
         decision = self.team.decision
         speaks_before_others = any(e.source == self.agent.name for e in self.run.graph.edges(SPATIAL))
@@ -206,14 +206,6 @@ def check_task_fits(task: Task, agents: Sequence[Agent], position: Callable[[str
         check_context(tokens, limit, who, fixes="shorten the task's question, context or shards")
 
 
-def _task_cache(run: TaskRun, agent: Agent, inbound) -> object:
-    """The task's cache this agent's model made earlier, unless the turn reads other caches over another channel
-    (a turn reads caches over one channel at a time)."""
-    cached = run.store.get(task_key(agent.llm))
-    others = {m.channel for m in inbound if m.kv is not None} - ({cached.channel} if cached is not None else set())
-    return None if others else cached
-
-
 def plan_turn(team: RunPlan, run: TaskRun, agent: Agent, round_: Round, order: tuple[int, int]):
     """Plan one turn; yield its MessageSent/AgentStarted events and the `Turn`, or `DEFER`, or BudgetExhausted or
     ContextExceeded
@@ -237,7 +229,7 @@ def plan_turn(team: RunPlan, run: TaskRun, agent: Agent, round_: Round, order: t
         instruction=DECISION_INSTRUCTION if deciding else None,
         examples=agent.examples,
         channels=team.channels,
-        task_cache=_task_cache(run, agent, inbound),
+        task_cache=usable_task_cache(run.store, agent.llm, {m.channel for m in inbound if m.kv is not None}),
     )
     try:
         check_context(len(plan.token_ids), context_length_of(agent.llm), f"the prompt of {_who(agent, round_, task)}")
@@ -260,15 +252,8 @@ def plan_turn(team: RunPlan, run: TaskRun, agent: Agent, round_: Round, order: t
             return
         max_new = min(max_new, room - run.reserved)
     turn = Turn(run, agent, round_, plan, max_new, order, team)
-    reading = reads_caches(plan.pieces)
-    if len(reading) > 1:
-        raise NotImplementedError(f"a turn reads caches over one channel at a time, this one over {sorted(reading)}")
-    if reading:
-        (turn.cache_channel,) = reading
-        channel = team.channels[turn.cache_channel]
-        turn.preparation = channel.place(agent.llm, (agent.name, round_), plan.pieces)
-        if turn.preparation is not None:
-            turn.edge_kv_bytes = [kv_bytes_moved(channel, agent.llm, pieces) for pieces in plan.edge_pieces]
+    cache = plan_cache(team.channels, agent.llm, (agent.name, round_), plan.pieces, plan.edge_pieces)
+    turn.cache_channel, turn.preparation, turn.edge_kv_bytes = cache.channel, cache.preparation, cache.kv_bytes
     run.reserved += turn.reservation if team.token_budget is not None else 0
     for message, tokens, kv_bytes in zip(plan.inbound, plan.edge_tokens, turn.kv_bytes, strict=True):
         edge_round = round_ if message.kind != TEMPORAL else round_ - 1

@@ -1,5 +1,5 @@
 """`kvmesh bench kv-reuse|latent`: time to first token with KV cache reuse; latent channels against text on InfoQA
-(`kvmesh.evals.bench`)."""
+(`kvmesh.evals.studies`)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from kvmesh.agents.usage import format_rows
 from kvmesh.cli.flags import add_config_arguments, config_from_args
-from kvmesh.evals.bench import latent
-from kvmesh.evals.bench.kv_reuse import KVReuseBenchConfig, run_benchmark
+from kvmesh.evals.studies import latent
+from kvmesh.evals.studies.kv_reuse import KVReuseStudyConfig, run_study
 
 
 @dataclass
@@ -26,8 +26,8 @@ class BenchOutput:
 
 
 def bench_kv_reuse(args: argparse.Namespace) -> int:
-    config = config_from_args(KVReuseBenchConfig, args)
-    result = run_benchmark(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    config = config_from_args(KVReuseStudyConfig, args)
+    result = run_study(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
     if config_from_args(BenchOutput, args).json:
         print(json.dumps(result))
         return 0
@@ -42,8 +42,8 @@ def bench_kv_reuse(args: argparse.Namespace) -> int:
 
 
 def bench_latent(args: argparse.Namespace) -> int:
-    config = config_from_args(latent.LatentBenchConfig, args)
-    result = latent.run_benchmark(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    config = config_from_args(latent.LatentStudyConfig, args)
+    result = latent.run_study(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
     if config_from_args(BenchOutput, args).json:
         print(json.dumps(result))
         return 0
@@ -70,12 +70,12 @@ def add_parser(commands) -> None:
     bench = commands.add_parser("bench", help="benchmarks (kv-reuse: time to first token; latent: channels on InfoQA)")
     kinds = bench.add_subparsers(dest="kind", required=True)
     kv_reuse = kinds.add_parser("kv-reuse", help="dense prefill against KV cache reuse, KVCOMM's setting")
-    add_config_arguments(kv_reuse, KVReuseBenchConfig)
+    add_config_arguments(kv_reuse, KVReuseStudyConfig)
     add_config_arguments(kv_reuse, BenchOutput)
     kv_reuse.set_defaults(handler=bench_kv_reuse)
     latent_parser = kinds.add_parser(
         "latent", help="text, kv-select and c2c against no talk and the skyline, on InfoQA"
     )
-    add_config_arguments(latent_parser, latent.LatentBenchConfig)
+    add_config_arguments(latent_parser, latent.LatentStudyConfig)
     add_config_arguments(latent_parser, BenchOutput)
     latent_parser.set_defaults(handler=bench_latent)

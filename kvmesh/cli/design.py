@@ -17,19 +17,21 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from kvmesh.cli.flags import add_config_arguments, config_from_args, flag
+from kvmesh.agents.task import Task
+from kvmesh.cli.flags import add_config_arguments, argparse_help, config_from_args, flag
 from kvmesh.cli.specs import designer_folder
 from kvmesh.config import ConfigError, field_help
 from kvmesh.evals.benchmarks import BENCHMARKS, configured_team, design_splits, make_benchmark
+from kvmesh.evals.figures import Point, plot_tradeoff
 from kvmesh.evals.report import compare_table
 from kvmesh.evals.runner import EvalConfig, run_eval
-from kvmesh.evals.tradeoff import Point, plot_tradeoff
+from kvmesh.graph.pictures import write_design_pictures
 from kvmesh.graph.presets import PRESETS, TEMPORAL_MODES
-from kvmesh.kvcomm.channel import available_channels
+from kvmesh.kvcomm.channel import DEFAULT_CHANNEL, available_channels
 from kvmesh.topology import DESIGNERS, load_designer
-from kvmesh.topology.designer import DESIGNER_FILE, DesignerConfig
-from kvmesh.topology.pictures import write_design_pictures
+from kvmesh.topology.designer import DESIGNER_FILE, Designer, DesignerConfig
 from kvmesh.training.examples import example_task
+from kvmesh.training.reinforce import design_run
 
 
 @dataclass
@@ -68,7 +70,7 @@ class DesignTrainConfig:
     seed: int = 0
     data_path: str | None = None
     allow_code_execution: bool = False
-    channel: str = field(default="text", metadata={"choices": available_channels})
+    channel: str = field(default=DEFAULT_CHANNEL, metadata={"choices": available_channels})
 
 
 @dataclass
@@ -110,7 +112,7 @@ def _add_designer_settings(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(
                 flag(setting.name),
                 default=None,
-                help=f"{shared.get(setting.name) or helps.get(setting.name, '')} ({which}{default})",
+                help=argparse_help(f"{shared.get(setting.name) or helps.get(setting.name, '')} ({which}{default})"),
                 **style,
             )
 
@@ -133,19 +135,6 @@ def designer_config(kind: str, args: argparse.Namespace, seed: int):
     return config_class(**given, seed=seed)
 
 
-def _check_resume(out: Path, saved: dict, resume: bool) -> None:
-    path = out / "config.json"
-    if path.exists():
-        if not resume:
-            raise FileExistsError(f"{out} already holds a designer run; pass --resume or pick another --out")
-        previous = json.loads(path.read_text())
-        if previous != saved:
-            changed = sorted(k for k in set(previous) | set(saved) if previous.get(k) != saved.get(k))
-            raise ValueError(f"{out} holds a run with other settings (changed: {changed}); pick another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(saved, indent=2))
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     config, where = config_from_args(DesignTrainConfig, args), config_from_args(DesignTrainRun, args)
     settings = designer_config(config.designer, args, config.seed)
@@ -158,14 +147,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
     team.check_tasks([s.task for s in [*train, *val]])  # shards, and every model loaded and the context checked
     benchmark = make_benchmark(config.benchmark, config.data_path, config.seed, config.allow_code_execution)
     designer = DESIGNERS[config.designer](settings, metric=benchmark.reward)
-    _check_resume(out, {"run": asdict(config), "designer": asdict(settings)}, where.resume)
     started = time.perf_counter()
-    designer.compile(team, train, val, out=out, resume=where.resume)
+    with design_run(out, {"run": asdict(config), "designer": asdict(settings)}, where.resume):
+        designer.compile(team, train, val, out=out, resume=where.resume)
     designer.training["wall_seconds_this_process"] = time.perf_counter() - started
     designer.save(out / "designer")
-    pictures = write_design_pictures(designer, [example_task(s) for s in val], out)
+    pictures = _design_pictures(designer, [example_task(s) for s in val], out)
     print(_train_report(designer, out, pictures))
     return 0
+
+
+def _design_pictures(designer: Designer, tasks: list[Task], out: Path) -> list[Path]:
+    """The designer's before/after pictures (`kvmesh.graph.pictures`) from the graphs it chooses for `tasks`
+    (one placeholder task when there are none: a fixed-graph designer's graph needs no task)."""
+    team = designer.team
+    graphs = designer.design_batch(tasks or [Task("fixed graph")])
+    return write_design_pictures(
+        out,
+        team.agent_names,
+        team.graph,
+        designer.candidates.edges(),
+        graphs,
+        designer.kind,
+        designer.per_task,
+        example=(tasks[0].id or 0) if tasks else None,
+        **team.picture_options(),
+    )
 
 
 def _train_report(designer, out: Path, pictures) -> str:
@@ -215,7 +222,7 @@ class DesignEvalConfig:
     model: str = "smollm2-135m"
     agents: int = 3
     max_new_tokens: int = 48
-    channel: str = field(default="text", metadata={"choices": available_channels})
+    channel: str = field(default=DEFAULT_CHANNEL, metadata={"choices": available_channels})
     seed: int = 0
     batch_size: int = 16
     data_path: str | None = None

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kvmesh.cli.flags import add_config_arguments, config_from_args, refuse_team_flags
+from kvmesh.cli.flags import add_channel_arguments, add_config_arguments, config_from_args, refuse_team_flags
 from kvmesh.cli.specs import designer_folder
 from kvmesh.config import ConfigError
 from kvmesh.evals.executors import LOCAL, RayExecutor
@@ -78,6 +78,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def add_parser(commands) -> None:
     parser = commands.add_parser("eval", help="run a team on a benchmark (gsm8k, humaneval, infoqa)")
-    add_config_arguments(parser, EvalConfig, skip=("exclude_ids",), positional={"benchmark": "?"})
+    add_config_arguments(parser, EvalConfig, skip=("exclude_ids", "channels"), positional={"benchmark": "?"})
+    add_channel_arguments(parser)
     add_config_arguments(parser, EvalRun)
     parser.set_defaults(handler=evaluate)

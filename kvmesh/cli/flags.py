@@ -14,7 +14,8 @@ config = config_from_args(BenchConfig, args)
 A field's metadata may give `choices` (a sequence, or a function returning one), `short` (a one-letter flag
 beside the long one) and `const` (the value of the flag given alone); `positional={field: nargs}` makes fields
 positional (nargs None: exactly one), `skip` leaves fields out. Booleans become `--flag/--no-flag`, lists take
-one or more values, a field without a default is a required flag.
+one or more values, a field without a default is a required flag. Help text goes through `argparse_help`, so a
+`%` in a docstring or a default shows as itself.
 """
 
 from __future__ import annotations
@@ -26,11 +27,18 @@ import typing
 from collections.abc import Iterator, Mapping, Sequence
 
 from kvmesh.config import ConfigError, field_help
+from kvmesh.kvcomm.channel import available_channels, setting_key, settings_class_of
 
 
 def flag(name: str) -> str:
     """The flag of a config field: `max_new_tokens` -> `--max-new-tokens`."""
     return "--" + name.replace("_", "-")
+
+
+def argparse_help(text: str) -> str:
+    """`text` (a docstring's words, a default) as argparse help, shown as written: argparse formats help with
+    `%`, so a bare `%` ("90% of tasks") would crash `--help` and every `%` is doubled."""
+    return text.replace("%", "%%")
 
 
 def show_config_error(error: ConfigError) -> str:
@@ -43,7 +51,10 @@ def add_config_arguments(
     cls,
     skip: tuple[str, ...] = (),
     positional: Mapping[str, str | None] | None = None,
+    prefix: str = "",
 ) -> None:
+    """One flag per field of the dataclass `cls` (see the module); `prefix` goes before each field's name, in
+    its flag and its destination (a field's `alias` metadata gives a second, shorter flag)."""
     helps = field_help(cls)
     hints = typing.get_type_hints(cls)
     positional = positional or {}
@@ -58,13 +69,13 @@ def add_config_arguments(
         if field.default_factory is not dataclasses.MISSING:
             default = field.default_factory()
         text = helps.get(field.name, "")
-        options: dict = {"help": text}
+        options: dict = {"help": argparse_help(text)}
         choices = field.metadata.get("choices")
         if choices is not None:
             options["choices"] = tuple(choices() if callable(choices) else choices)
         if "const" in field.metadata:  # `--flag` alone means `const`; `--flag VALUE` gives a value
             options |= {"nargs": "?", "const": field.metadata["const"], "type": base}
-        elif typing.get_origin(base) is list:
+        elif typing.get_origin(base) in (list, tuple):
             options |= {"nargs": "+", "type": typing.get_args(base)[0]}
         elif kind is bool:
             options["action"] = argparse.BooleanOptionalAction
@@ -74,14 +85,16 @@ def add_config_arguments(
             nargs = positional[field.name]
             parser.add_argument(field.name, **(options | ({"nargs": nargs, "default": default} if nargs else {})))
             continue
-        names = [flag(field.name), *([field.metadata["short"]] if "short" in field.metadata else [])]
+        dest = prefix + field.name
+        names = [flag(dest), *([field.metadata["short"]] if "short" in field.metadata else [])]
+        names += [flag(field.metadata["alias"])] if "alias" in field.metadata else []
         if not has_default:
             options["required"] = True
         else:
             options["default"] = default
             if kind is not bool and default not in (None, ""):
-                options["help"] = f"{text} (default: {default})"
-        parser.add_argument(*names, dest=field.name, **options)
+                options["help"] = argparse_help(f"{text} (default: {default})")
+        parser.add_argument(*names, dest=dest, **options)
 
 
 def given_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
@@ -114,10 +127,12 @@ def refuse_team_flags(args: argparse.Namespace, team_fields: Sequence[str]) -> N
     """Refuse the team flags the user set beside `--spec` or `--designer`, which bring their own team: ignoring
     them would run another experiment than the one asked for."""
     spec, designer = getattr(args, "spec", None), getattr(args, "designer", None)
-    ignored = [name for name in team_fields if name in args.given]
+    channel_flags = vars(args).get(CHANNEL_FLAGS, {}) if CHANNELS in team_fields else {}
+    ignored = [name for name in (*team_fields, *channel_flags) if name in args.given]
     if not (spec or designer) or not ignored:
         return
-    names = ", ".join(f"{{{name}}}" for name in ignored)
+    # a channel flag by the one name its setting has (`setting_key`: an alias such as --anchors, if it has one)
+    names = ", ".join(f"{{{setting_key(*channel_flags[name]) if name in channel_flags else name}}}" for name in ignored)
     them = "them" if len(ignored) > 1 else "it"
     if spec:
         raise ConfigError(
@@ -130,4 +145,38 @@ def refuse_team_flags(args: argparse.Namespace, team_fields: Sequence[str]) -> N
 def config_from_args(cls, args: argparse.Namespace, **overrides):
     names = {f.name for f in dataclasses.fields(cls)}
     values = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    if CHANNELS in names and CHANNEL_FLAGS in args:
+        values[CHANNELS] = channels_from_args(args)
     return cls(**(values | overrides))
+
+
+# --- channel settings: flags generated from each channel's settings class ------------------------------------------
+
+CHANNELS, CHANNEL_FLAGS = "channels", "channel_flags"  # a config's settings-by-channel field; where flags are listed
+
+
+def add_channel_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--<channel>-<field>` for every field of every available channel's settings class (`--kv-select-fraction`,
+    `--kv-reuse-anchors-dir`, or a field's alias: `--anchors`); `config_from_args` gathers the ones given into
+    the config's `channels` field."""
+    flags: dict[str, tuple[str, str]] = {}
+    for name in available_channels():
+        settings_class = settings_class_of(name)
+        if settings_class is None:
+            continue
+        group = parser.add_argument_group(f"{name} channel settings ({settings_class.__name__})")
+        prefix = name.replace("-", "_") + "_"  # as `setting_key` names a field without an alias
+        add_config_arguments(group, settings_class, prefix=prefix)
+        flags |= {prefix + field.name: (name, field.name) for field in dataclasses.fields(settings_class)}
+    parser.set_defaults(**{CHANNEL_FLAGS: flags})
+
+
+def channels_from_args(args: argparse.Namespace) -> dict[str, dict]:
+    """The channel settings the command line set itself, by channel name (flags left at their defaults are not
+    settings anyone chose, so they are left out)."""
+    channels: dict[str, dict] = {}
+    for dest, (name, field) in getattr(args, CHANNEL_FLAGS).items():
+        if dest in args.given:
+            value = getattr(args, dest)
+            channels.setdefault(name, {})[field] = tuple(value) if isinstance(value, list) else value
+    return channels

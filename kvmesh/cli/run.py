@@ -19,14 +19,14 @@ from kvmesh.agents.decision import DECISION_METHOD, METHODS
 from kvmesh.agents.result import TeamResult
 from kvmesh.agents.task import Task
 from kvmesh.agents.team import Team
-from kvmesh.cli.flags import add_config_arguments, config_from_args, refuse_team_flags
+from kvmesh.cli.flags import add_channel_arguments, add_config_arguments, config_from_args, refuse_team_flags
 from kvmesh.cli.specs import designer_folder, load_team
 from kvmesh.config import ConfigError, check_choices
-from kvmesh.evals.runner import EvalConfig, check_anchors
+from kvmesh.evals.runner import EvalConfig, check_channel_settings
 from kvmesh.graph.draw import write_picture
 from kvmesh.graph.graph import CommGraph
 from kvmesh.graph.presets import PRESETS, TEMPORAL_MODES
-from kvmesh.kvcomm.channel import available_channels, save_channels
+from kvmesh.kvcomm.channel import DEFAULT_CHANNEL, available_channels, save_channels
 from kvmesh.topology import load_designer
 
 DEFAULT_ROLES = ("analyst", "solver", "critic", "expert")
@@ -56,8 +56,9 @@ class RunConfig:
         seed: seed for sampling.
         json: print one JSON object instead of text.
         graph_out: also write the graph with this run's edge tokens (.png, .svg, .mmd, .dot).
-        anchors: with kv-reuse, a folder that keeps its anchors across runs (loaded at the start, saved at the
-            end); without it every run starts with none, so a single run reuses nothing.
+        channels: settings of the team's channel, by channel name (`--<channel>-<field>`; `--anchors DIR`: a
+            folder that keeps kv-reuse's anchors across runs, loaded at the start and saved at the end; without
+            it every run starts with none, so a single run reuses nothing).
     """
 
     question: str
@@ -69,21 +70,21 @@ class RunConfig:
     decision: str = field(default=DECISION_METHOD, metadata={"choices": METHODS})
     spec: str | None = None
     designer: str | None = None
-    channel: str = field(default="text", metadata={"choices": available_channels})
+    channel: str = field(default=DEFAULT_CHANNEL, metadata={"choices": available_channels})
     max_new_tokens: int = 256
     temperature: float = 0.0
     token_budget: int | None = None
     seed: int = 0
     json: bool = False
     graph_out: str | None = None
-    anchors: str | None = None
+    channels: dict[str, dict] = field(default_factory=dict)
 
     # what a spec or a designer brings instead (refused beside them): eval's, and the sampling and budget flags
     team_fields: ClassVar[tuple[str, ...]] = (*EvalConfig.team_fields, "temperature", "token_budget", "seed")
 
     def __post_init__(self) -> None:
         check_choices(self)
-        check_anchors(self)
+        check_channel_settings(self)
         if self.agents < 1:
             raise ConfigError(f"{{agents}} must be at least 1, got {self.agents}", type(self).__name__)
 
@@ -115,7 +116,6 @@ def build_team(config: RunConfig) -> Team:
         "method": config.decision,
         **({"channel": config.channel} if config.decision == DECISION_METHOD else {}),
     }
-    reuse = {"anchors_dir": config.anchors} if config.anchors else None
     return Team(
         agents,
         graph,
@@ -123,7 +123,7 @@ def build_team(config: RunConfig) -> Team:
         decision=decision,
         token_budget=config.token_budget,
         seed=config.seed,
-        reuse=reuse,
+        channels=config.channels,
     )
 
 
@@ -177,5 +177,6 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(commands) -> None:
     parser = commands.add_parser("run", help="run a team on one question")
-    add_config_arguments(parser, RunConfig, positional={"question": None})
+    add_config_arguments(parser, RunConfig, skip=("channels",), positional={"question": None})
+    add_channel_arguments(parser)
     parser.set_defaults(handler=run)

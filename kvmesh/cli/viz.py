@@ -10,7 +10,8 @@ import argparse
 from dataclasses import dataclass, field
 
 from kvmesh.cli.flags import add_config_arguments, config_from_args
-from kvmesh.evals.viz import read_picture_source, write_report
+from kvmesh.evals.figures import read_picture_source
+from kvmesh.evals.report import write_report
 from kvmesh.graph.draw import write_picture
 
 

@@ -12,7 +12,8 @@ and `--resume` works across Ray and local runs (the store says what is finished,
 
 kv-reuse anchors live in the process that learnt them: each actor learns its own, and the summary merges the
 actors' channel statistics (`merge_channel_stats`: counts added, rates recomputed, how many workers learnt
-anchors). `--anchors DIR` (one folder every process would write) is refused with Ray.
+anchors). A channel setting that names a folder the channel writes (`--anchors DIR`: one folder every process
+would write) is refused with Ray.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from kvmesh.config import ConfigError
+from kvmesh.kvcomm.channel import setting_key, written_settings
 
 log = logging.getLogger("kvmesh")
 LOCAL = "local"  # `--ray` without an address: start a Ray instance on this machine
@@ -93,10 +95,12 @@ class RayExecutor:
         self.used = 0  # workers the last run had
 
     def lines(self, work: Work, samples: Sequence) -> Iterator[dict]:
-        if work.config.anchors:
+        written = written_settings(work.config.channels)
+        if written:
+            names = ", ".join(f"{{{setting_key(channel, setting)}}}" for channel, setting in written)
             raise ConfigError(
-                "{anchors} is one folder that every process would write; with --ray each worker learns its own "
-                "anchors (the summary merges their statistics): drop {anchors}, or run without --ray"
+                f"{names} is one folder that every process would write; with --ray each worker learns its own "
+                "(the summary merges their statistics): drop it, or run without --ray"
             )
         ray = _ray(self.address)
         count = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // self.threads)

@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar
 
@@ -35,14 +35,24 @@ from kvmesh.config import ConfigError, check_choices
 from kvmesh.evals.benchmarks import BENCHMARKS, SINGLE, Benchmark, Sample, configured_team, make_benchmark
 from kvmesh.evals.benchmarks.gsm8k import ENV_VAR as GSM8K_PATH_VARIABLE
 from kvmesh.evals.benchmarks.infoqa import SHARD_MODES
-from kvmesh.evals.calibrate import KV_SELECT, MIN_TASKS, calibrate_kv_select, needs_calibration
+from kvmesh.evals.calibrate import MIN_TASKS, calibrate, needs_calibration
 from kvmesh.evals.executors import LocalExecutor
 from kvmesh.evals.jsonl import read_jsonl
 from kvmesh.evals.sandbox import NOT_A_BOUNDARY
-from kvmesh.evals.store import content_hash, discard_if_empty, open_run
+from kvmesh.evals.store import discard_if_empty, open_run
 from kvmesh.evals.summary import summarize
 from kvmesh.graph.presets import PRESETS, TEMPORAL_MODES
-from kvmesh.kvcomm.channel import available_channels, check_channel, save_channels
+from kvmesh.kvcomm.channel import (
+    DEFAULT_CHANNEL,
+    available_channels,
+    check_channel,
+    lift_aliases,
+    save_channels,
+    setting_key,
+    settings_changes,
+    settings_class_of,
+)
+from kvmesh.runs import CONFIG, content_hash, write_json
 
 log = logging.getLogger("kvmesh")
 DesignerLoader = Callable[..., object]  # (folder, team=None) -> a designer with .apply() and .seen_ids
@@ -74,17 +84,17 @@ class EvalConfig:
         oracle: score gold answers instead of running a model.
         completions: a JSONL file of {"id", "completion"} to score instead of running a model.
         shards: InfoQA only: "own" (each agent its shard), "all" (everyone reads all) or "none".
-        channel: how agents read each other: text; kv-reuse (every edge and the decision maker read the
-            senders' KV caches through the reuse engine); or kv-select (receivers read the senders' prompt
-            caches in a share of their layers, calibrated on the train split).
+        channel: how agents read each other, on every edge (and the decision maker's reading): text, kv-reuse,
+            kv-select, c2c or a registered channel.
         designer: a saved topology designer (`kvmesh design train` writes one): the team it was trained
             with, each task on the graph it designs; replaces spec and the team options. Samples it
             trained or validated on are left out (also when a spec names the designer).
-        anchors: with kv-reuse, a folder that keeps its anchors across runs (loaded at the start, saved after
-            each chunk of samples, also when interrupted).
-        layer_fraction: kv-select: the share of layers that read a sender's context (KVComm: 0.3).
-        calibrate: kv-select: training-split tasks to calibrate its layer choice on (at least 16; 0: the depth
-            prior alone). A spec whose kv-select settings hold layers or scores is not calibrated again.
+        channels: settings of the team's channel, by channel name (its settings class's fields; on the command
+            line `--<channel>-<field>`, e.g. `--kv-reuse-anchors-dir DIR` or its alias `--anchors DIR`, which keeps
+            kv-reuse's anchors across runs, saved after each chunk of samples, also when interrupted).
+        calibrate: training-split tasks to calibrate channels on that ask for it before use (kv-select without
+            layers or scores: at least 16; 0: none, kv-select then chooses by the depth prior alone). A spec
+            whose kv-select settings hold layers or scores is not calibrated again.
         exclude_ids: sample ids to leave out as well (`kvmesh design eval` passes every id any compared
             designer saw, so that each team runs on the same test tasks).
     """
@@ -107,10 +117,9 @@ class EvalConfig:
     oracle: bool = False
     completions: str | None = None
     shards: str = field(default="own", metadata={"choices": SHARD_MODES})
-    channel: str = field(default="text", metadata={"choices": available_channels})
+    channel: str = field(default=DEFAULT_CHANNEL, metadata={"choices": available_channels})
     designer: str | None = None
-    anchors: str | None = None
-    layer_fraction: float = 0.3
+    channels: dict[str, dict] = field(default_factory=dict)
     calibrate: int = 16
     exclude_ids: list[str] = field(default_factory=list)
 
@@ -124,8 +133,7 @@ class EvalConfig:
         "decision",
         "channel",
         "max_new_tokens",
-        "anchors",
-        "layer_fraction",
+        "channels",
     )
 
     def __post_init__(self) -> None:
@@ -138,9 +146,7 @@ class EvalConfig:
             raise ConfigError(f"{{limit}} must be at least 1, got {self.limit}", owner)
         if self.batch_size < 1:
             raise ConfigError(f"{{batch_size}} must be at least 1, got {self.batch_size}", owner)
-        check_anchors(self)
-        if not 0 < self.layer_fraction <= 1:
-            raise ConfigError(f"{{layer_fraction}} must be in (0, 1], got {self.layer_fraction}", owner)
+        check_channel_settings(self)
         if self.calibrate and self.calibrate < MIN_TASKS:
             raise ConfigError(f"{{calibrate}} must be 0 or at least {MIN_TASKS} tasks, got {self.calibrate}", owner)
         if self.designer and self.spec:
@@ -152,11 +158,31 @@ class EvalConfig:
         return bool(self.oracle or self.completions)
 
 
-def check_anchors(config) -> None:
-    """`anchors` (a folder for kv-reuse's anchors) means nothing on another channel; a spec or designer sets its
-    own channels (and `kvmesh.cli.flags.refuse_team_flags` refuses the flag beside them)."""
-    if config.anchors and config.channel != "kv-reuse" and not (config.spec or config.designer):
-        raise ConfigError("{anchors} keeps kv-reuse's anchors: use it with {channel} kv-reuse", type(config).__name__)
+def check_channel_settings(config) -> None:
+    """Check that `channels` holds valid settings of the one channel the team's edges use (`channel`), and keep
+    only what differs from that channel's defaults. Another channel's settings would mean nothing; a spec or
+    designer sets its own channels (and `kvmesh.cli.flags.refuse_team_flags` refuses the flags beside them)."""
+    owner = type(config).__name__
+    chosen = {}
+    for name, settings in config.channels.items():
+        check_channel(name, f"{owner}.channels")
+        settings_class = settings_class_of(name)
+        known = {field.name for field in fields(settings_class)} if settings_class is not None else set()
+        try:
+            changes = settings_changes(name, settings)
+        except (TypeError, ValueError) as error:
+            given = [field for field in settings if field in known] if isinstance(settings, dict) else []
+            known_keys = ", ".join(f"{{{setting_key(name, field)}}}" for field in given)
+            raise ConfigError(f"{known_keys or '{channels}'}: {error}", owner) from error
+        if changes and name != config.channel and not (config.spec or config.designer):
+            keys = ", ".join(f"{{{setting_key(name, field)}}}" for field in changes)
+            raise ConfigError(
+                f"{keys}: {name}'s settings mean nothing on {config.channel} edges: use them with {{channel}} {name}",
+                owner,
+            )
+        chosen[name] = changes
+    # what was chosen, defaults left out, so that a run resumes whether a default was spelled out or not
+    config.channels = {name: changes for name, changes in chosen.items() if changes}
 
 
 # Settings newer than some saved runs, at the value those runs behaved with: such runs still resume.
@@ -166,11 +192,20 @@ ADDED_SETTINGS = {
     "designer": None,
     "exclude_ids": [],
     "temporal": lambda config: None if config.get("rounds", 1) == 1 else "none",
-    "anchors": None,
-    "layer_fraction": 0.3,
+    "channels": {},
     "calibrate": 16,
 }
 RECORDS = ("inputs", "team")  # what older runs lack
+
+
+def channels_field(saved: dict) -> dict:
+    """A run saved before `channels` recorded its channel's settings under their aliases (`anchors`,
+    `layer_fraction`): the same settings, in `channels` (what differs from the defaults of the channel its edges
+    used). A spec's or designer's run recorded neither."""
+    if "channels" in saved or "channel" not in saved:
+        return saved
+    upgraded, settings = lift_aliases(saved, saved["channel"])
+    return upgraded | {"channels": {saved["channel"]: settings} if settings else {}}
 
 
 # --- the team ---------------------------------------------------------------------------------------------------
@@ -191,10 +226,10 @@ def build_team(config: EvalConfig, load_designer: DesignerLoader | None = None) 
         programmer = any(agent.role == "programming expert" for agent in team.agents)
         if config.benchmark == "gsm8k" and programmer and not config.allow_code_execution:
             log.warning("the programming expert's code is not run; pass --allow-code-execution to run it")
-    if config.channel == KV_SELECT and not (config.spec or config.designer):
-        team = team.with_channels({KV_SELECT: {"fraction": config.layer_fraction}})
+    if config.channels and not (config.spec or config.designer):
+        team = team.with_channels(config.channels)
     if config.calibrate and needs_calibration(team):
-        team = calibrate_kv_select(team, calibration_tasks(config), config.batch_size)
+        team = calibrate(team, calibration_tasks(config), config.batch_size)
     running = sorted({f"{a.name}: {t.name}" for a in team.members for t in a.tools if t.runs_code})
     if running and not config.allow_code_execution:
         raise PermissionError(
@@ -205,17 +240,18 @@ def build_team(config: EvalConfig, load_designer: DesignerLoader | None = None) 
 
 
 def calibration_tasks(config: EvalConfig) -> list:
-    """The first `config.calibrate` tasks of the benchmark's training split, for kv-select's layer choice."""
+    """The first `config.calibrate` tasks of the benchmark's training split, for the channels that calibrate."""
     if config.split == "train":
         raise ConfigError(
-            "kv-select calibrates on the train split: score another {split}, or pass {calibrate} 0", "EvalConfig"
+            "the team's channels calibrate on the train split: score another {split}, or pass {calibrate} 0",
+            "EvalConfig",
         )
     benchmark = make_benchmark(config.benchmark, config.data_path, config.seed, config.allow_code_execution)
     try:
         samples = benchmark.samples("train")
     except (KeyError, ValueError) as error:
         raise ConfigError(
-            f"kv-select calibrates on the train split, which {config.benchmark} lacks: pass {{calibrate}} 0"
+            f"the team's channels calibrate on the train split, which {config.benchmark} lacks: pass {{calibrate}} 0"
             " to choose layers by the depth prior alone",
             "EvalConfig",
         ) from error
@@ -396,13 +432,13 @@ def run_eval(
     try:
         # a spec or designer run records no team fields; one saved by older code did, at their defaults
         optional = RECORDS + (EvalConfig.team_fields if config.spec or config.designer else ())
-        with open_run(out, record, resume, ADDED_SETTINGS, optional=optional) as store:
+        with open_run(out, record, resume, ADDED_SETTINGS, optional=optional, upgrade=channels_field) as store:
             by_id = {s.id: s for s in plan.samples}
             pending = [by_id[i] for i in store.pending(list(by_id))]
             # for `kvmesh viz RUN`: the graph, the decision maker, each agent's role (an oracle's: the team it
             # stands in for)
             graph = {"graph": team.graph.to_dict(), **team.picture_options()}
-            Path(out, "graph.json").write_text(json.dumps(graph, indent=2))
+            write_json(Path(out, "graph.json"), graph)
             bar = _Progress(len(plan.samples), len(plan.samples) - len(pending)) if progress else None
             try:
                 for line in executor.lines(EvalWork(config, load_designer), pending):
@@ -413,7 +449,7 @@ def run_eval(
                 if bar is not None:
                     bar.close()
     except BaseException:
-        if not resume:
+        if CONFIG not in before:  # a fresh start (with or without --resume) that failed: leave nothing behind
             discard_if_empty(folder, keep=before)
         raise
     previous = Path(out, "summary.json")
@@ -427,7 +463,7 @@ def run_eval(
         summary["models"] = team_models(running)
     if plan.seen:
         summary["excluded_seen"] = plan.excluded
-    Path(out, "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(Path(out, "summary.json"), summary)
     return summary
 
 

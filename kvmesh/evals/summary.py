@@ -2,11 +2,13 @@
 
 Everything comes from the lines in `samples.jsonl`, so a resumed run's summary covers its earlier parts too;
 only the channels' state (`engine`: anchor memory, settings, and what they did in this process) comes from the
-team that ran here.
+team that ran here. `load_summary`, `run_label` and `run_models` read a finished run's summary back (for tables
+and plots).
 """
 
 from __future__ import annotations
 
+import json
 import platform
 from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
@@ -111,3 +113,36 @@ def summarize(out: str | Path, config, seconds: float | None = None, channels: d
         "seed": config.seed,
         "versions": versions(),
     }
+
+
+def load_summary(run: str | Path) -> dict:
+    """The summary.json of a finished run folder."""
+    path = Path(run) / "summary.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; is {run} a finished `kvmesh eval` run?")
+    return json.loads(path.read_text())
+
+
+def run_label(summary: dict) -> str:
+    """A short name for a run: its team (topology and size), designer, spec, or oracle."""
+    config = summary["config"]
+    if config.get("oracle"):
+        return "oracle"
+    if config.get("completions"):
+        return "completions"
+    if config.get("designer"):
+        folder = Path(config["designer"])
+        return f"designer {folder.parent.name if folder.name == 'designer' else folder.name}"
+    if config.get("spec"):
+        return Path(config["spec"]).stem
+    if config["topology"] == "single":
+        return "single" + (f" ({config['shards']} shards)" if config.get("shards", "own") != "own" else "")
+    return f"{config['topology']} x{config['agents']}"
+
+
+def run_models(summary: dict) -> str:
+    """The models a run's team ran on (older summaries: the configured model); "-" when no model ran."""
+    config = summary["config"]
+    if config.get("oracle") or config.get("completions"):
+        return "-"
+    return ", ".join(summary.get("models") or [config.get("model", "-")])

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from kvmesh.kvcomm.channel import ChannelNotAvailableError, channel_names
+from kvmesh.kvcomm.channel import DEFAULT_CHANNEL, ChannelNotAvailableError, channel_names
 
 SPATIAL, TEMPORAL, DECISION = "spatial", "temporal", "decision"
 EDGE_KINDS = (SPATIAL, TEMPORAL)
@@ -30,7 +30,7 @@ class Edge:
     source: str
     target: str
     kind: str = SPATIAL
-    channel: str = "text"
+    channel: str = DEFAULT_CHANNEL
     weight: float | None = None
 
     def to_dict(self) -> dict:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from itertools import pairwise
 
 from kvmesh.graph.edge import SPATIAL, TEMPORAL, Edge, GraphError
+from kvmesh.kvcomm.channel import DEFAULT_CHANNEL
 
 EdgeList = list[tuple[str, str]]
 TEMPORAL_MODES = ("none", "self", "complete")
@@ -121,7 +122,7 @@ def build_preset(
     name: str,
     names: Sequence[str],
     temporal: str | None = None,
-    channel: str = "text",
+    channel: str = DEFAULT_CHANNEL,
     rounds: int = 1,
     **options,
 ) -> list[Edge]:

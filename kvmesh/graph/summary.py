@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from kvmesh.graph.dag import dag_choices
 from kvmesh.graph.edge import SPATIAL, TEMPORAL, Edge
 from kvmesh.graph.graph import CommGraph
+from kvmesh.kvcomm.channel import DEFAULT_CHANNEL
 
 
 def missing_edges(edges: Iterable[Edge], graph: CommGraph) -> list[Edge]:
@@ -25,7 +26,7 @@ def summary_graph(agents: Sequence[str], graphs: Sequence[CommGraph]) -> tuple[C
     """(the majority graph over `agents`, edge weights = share of `graphs` holding the edge; each agent's share
     of graphs it is in). Spatial edges are added by falling share while they stay acyclic."""
     names = list(agents)
-    channel = sorted({e.channel for graph in graphs for e in graph.edges()} or {"text"})[0]
+    channel = sorted({e.channel for graph in graphs for e in graph.edges()} or {DEFAULT_CHANNEL})[0]
     spatial = [(i, j) for i in range(len(names)) for j in range(len(names)) if i != j]
     several_rounds = any(graph.edges(TEMPORAL) for graph in graphs)
     temporal = [(i, j) for i in range(len(names)) for j in range(len(names))] if several_rounds else []

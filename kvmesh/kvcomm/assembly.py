@@ -7,10 +7,12 @@ and, once tokenized, its token ids, with where a cache of it may come from:
     head    system prompt, examples, the user turn's opening markup  a template (a KV channel encodes it once)
     own     the receiver's own text: private notes, text messages    nowhere: prefilled in place
     task    the task's context and question                          the first turn that encoded it, if any
-    glue    "Message from X (this round):" before a cached reply     a template, encoded once standalone
-    reply   a sender's reply, as the ids it generated                the sender's own decode cache
     tail    the instruction and the assistant turn's opening markup  prefilled by the turn's own row
-    fuse    no tokens: a sender's rows of the task, fused into it    the sender's prompt cache (c2c fusion)
+
+Those are the prompt's own kinds; a channel's layout adds kinds of its own (kv-reuse: `glue` and `reply`,
+kv-select and c2c: `latent`, c2c fusion: `fuse`), which only that channel reads. Two properties of a piece
+are what the planner sees of them: `front` (read in front of the receiver's whole prompt, as a latent context)
+and a piece with neither text nor tokens, which carries only a cache's rows (c2c fusion's sender rows).
 
 A channel that reads caches turns pieces into placements (functions that write a piece's keys and values into
 its slots of the receiver's buffer); `assemble` writes them into one buffer, in order, and prefills the own
@@ -29,15 +31,12 @@ from collections.abc import Callable, Generator, Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 
 from kvmesh.llm.base import Generation, GenerationRequest, LanguageModel, LatentSpan, run_requests
-from kvmesh.llm.cache import cache_over
+from kvmesh.llm.prefix import PrefixCache
 from kvmesh.llm.segment import KVSegment
 
-HEAD, OWN, TASK, GLUE, REPLY, TAIL = "head", "own", "task", "glue", "reply", "tail"
-LATENT = "latent"  # a sender's context cache read before the receiver's own prompt, by some layers (kv-select)
-FUSE = "fuse"  # a sender's cache of the task, aligned to the receiver's task tokens and fused into them (c2c)
+HEAD, OWN, TASK, TAIL = "head", "own", "task", "tail"  # the prompt's own kinds; channels add theirs
 
 
 @dataclass(frozen=True)
@@ -51,8 +50,9 @@ class Piece:
             pieces without a source use their own text as key.
         own: the receiver's own text, with no cache anywhere: prefilled in place over the pieces before it.
         text: the piece's text.
-        kind: head, own, task, glue, reply, tail, latent or fuse (the table above).
+        kind: head, own, task or tail (the table above), or a kind of the channel that laid the piece out.
         channel: the channel that laid the piece out or made its source; None for the receiver's own layout.
+        front: read in front of the receiver's whole prompt (a latent context), not where the message stands.
     """
 
     token_ids: tuple[int, ...] = ()
@@ -62,14 +62,13 @@ class Piece:
     text: str = ""
     kind: str = ""
     channel: str | None = None
+    front: bool = False
 
     def __post_init__(self) -> None:
-        if self.kind == FUSE:
-            if self.source is None or self.token_ids or self.text:
-                raise ValueError("a fuse piece has no tokens of its own, only the sender's rows as its source")
+        if not self.token_ids and not self.text:  # no tokens of its own: it only carries a cache's rows
+            if self.source is None:
+                raise ValueError("a piece needs at least one token (or, before tokenization, its text), or a source")
             return
-        if not self.token_ids and not self.text:
-            raise ValueError("a piece needs at least one token (or, before tokenization, its text)")
         if self.own and self.source is not None:
             raise ValueError("a piece of the receiver's own text has no source cache")
         if self.source is not None and self.token_ids and self.source.token_ids != tuple(self.token_ids):
@@ -80,47 +79,38 @@ class Piece:
 Placement = Callable[[torch.Tensor, torch.Tensor, int], None]
 
 
-@dataclass
-class Assembly:
-    """A receiver's prompt cache, built in place in buffers with room for what follows.
-
-    keys, values: (L, H, capacity, D); the first `length` positions hold the prompt's first tokens
-    (positions 0 .. length - 1), and `rest` are the prompt tokens still to prefill after them.
-    `reused_tokens` of the `length` came from caches; the others were the receiver's own text, prefilled.
-    `latent`: positions of the prefix only some layers read (a sender's context on kv-select edges).
+@dataclass(init=False)
+class Assembly(PrefixCache):
+    """A receiver's prompt cache, built in place in buffers with room for what follows: the prefix its turn's row
+    starts from (a `PrefixCache`: keys and values (L, H, capacity, D) whose first `length` positions hold the
+    prompt's first tokens, the `rest` still to prefill, and `latent`, positions only some layers read, a sender's
+    context on kv-select edges), and what building it took: `seconds`, and `reused_tokens`, how many of the
+    `length` came from caches (the others were the receiver's own text, prefilled).
     """
 
-    keys: torch.Tensor
-    values: torch.Tensor
-    length: int
-    token_ids: tuple[int, ...]
-    rest: list[int]
     seconds: float = 0.0
     reused_tokens: int = -1  # -1: all `length` tokens
-    latent: LatentSpan | None = None  # positions only some layers read (kv-select)
 
-    def __post_init__(self) -> None:
-        if self.reused_tokens < 0:
-            self.reused_tokens = self.length
-
-    @classmethod
-    def of(cls, segment: KVSegment, rest: Sequence[int], spare: int = 0) -> Assembly:
-        """A copy of `segment` (from position 0) in a buffer with room for `rest` and `spare` more positions."""
-        if segment.start != 0:
-            raise ValueError(f"a prefix starts at position 0, this segment at {segment.start}")
-        shape = (*segment.keys.shape[:2], len(segment) + len(rest) + spare, segment.keys.shape[3])
-        keys, values = segment.keys.new_empty(shape), segment.values.new_empty(shape)
-        keys[:, :, : len(segment)], values[:, :, : len(segment)] = segment.keys, segment.values
-        return cls(keys, values, len(segment), segment.token_ids, list(rest))
+    def __init__(
+        self,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        length: int,
+        token_ids: tuple[int, ...],
+        rest: list[int],
+        seconds: float = 0.0,
+        reused_tokens: int = -1,
+        latent: LatentSpan | None = None,
+    ) -> None:
+        # written out: a generated one would take the inherited `latent` before `seconds`
+        super().__init__(keys, values, length, token_ids, rest, latent)
+        self.seconds = seconds
+        self.reused_tokens = length if reused_tokens < 0 else reused_tokens
 
     @property
     def prefix(self) -> KVSegment:
         """The filled part as a segment (views, no copy)."""
         return KVSegment(self.keys[:, :, : self.length], self.values[:, :, : self.length], 0, self.token_ids)
-
-    def cache(self, config) -> DynamicCache:
-        """A one-row transformers cache over the buffers (no copy), ready to prefill `rest` into them."""
-        return cache_over(self.keys, self.values, self.length, config)
 
 
 # A cache being prepared: yields the rows it needs run, is sent their results, returns what it built.

@@ -1,46 +1,52 @@
-"""Channels: how a message travels on an edge. The `Channel` protocol, and the registry that names channels.
+"""Channels: how a message travels on an edge. The `Channel` base class, and the registry that names channels.
 
 A channel is a property of an edge (`Edge.channel`) and of the decision maker's reading (`Decision.channel`).
-The runtime never names one: it asks the team's channel objects, through these hooks, in this order:
+The runtime never names one: it asks the team's channel objects, through these hooks (all declared on `Channel`,
+each with the default of a channel that needs nothing), in this order:
 
     check(sender, receiver, where)      when the team is built: can this channel join these two agents?
     prepare(model)                      before the first call: set up per-model state, or refuse the model
-    layout(model, glue, content, ...)   planning a receiver's turn: the prompt pieces that carry one message
+    layout(model, glue, content, ...)   planning a receiver's turn: the prompt pieces that carry one message,
+                                        placed where the channel says (in place, or `Piece.front`)
     place(model, receiver, pieces)      before its row runs: a preparation that builds the turn's cache from
                                         the cached pieces (yielding the prefill-only rows it needs), or None:
                                         prefill the whole prompt
+    kv_bytes(model, pieces)             bytes of KV cache one message's pieces move into the receiver
     keeps(turn)                         which caches the turn's row must keep (its prompt's, its reply's)
     learn(turn, generation)             after its row: store what later turns read, learn from the turn
     stats()                             what the channel did, for run summaries
-    kv_bytes(model, pieces)             optional: bytes of KV cache one message's pieces move into a receiver
-                                        (default: all of their source caches)
-    reads_reply                         optional attribute (default True): False for a channel whose receivers read
-                                        the sender's prompt cache, not its reply; a sender read only over such
-                                        channels prefills and generates nothing
-    save()                              optional, called by whoever runs the team after a run
-                                        (`save_channels`): keep what the channel learned on disk
-                                        (kv-reuse: its anchors, when `anchors_dir` is set)
+    save()                              after a run (`save_channels`): keep what the channel learned on disk
+    wants_calibration(), calibrate()    before use, on training tasks (`kvmesh.evals.calibrate` runs them)
 
-Caches that later turns of a task read live in the task's store (`TurnView.store`), keyed by `task_key(model)`
-and `reply_key(agent, round)`; the scheduler drops the store when the task finishes.
+and two class attributes: `settings_class` (the settings dataclass: spec keys and CLI flags) and `reads_reply`
+(False for a channel whose receivers read the sender's prompt cache, not its reply).
 
-The registry maps names to implementations lazily (a channel's module is imported when a team first uses it);
-`register_channel` adds one. Names that are known but cannot run (none today) and unknown names
-raise one error type, `ChannelNotAvailableError`, wherever they appear: an edge, the decision, a config.
+`plan_cache` is the runtime's one entry for a turn's cache: which channel places it (a turn reads caches over
+one channel at a time) and the bytes each message moves. Caches that later turns of a task read live in the
+task's store (`TurnView.store`), keyed by `task_key(model)` and `reply_key(agent, round)`; the scheduler drops
+the store when the task finishes.
+
+The registry (a `kvmesh.plugins.Registry`) maps names to implementations lazily (a channel's module is imported
+when a team first uses it); `register_channel` adds one, and so does another package's `kvmesh.channels` entry
+point. Unknown names raise one error type, `ChannelNotAvailableError`, wherever they
+appear: an edge, the decision, a config.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from kvmesh.kvcomm.assembly import OWN, Piece, Preparation
+from kvmesh.plugins import Registry
+
 if TYPE_CHECKING:
-    from kvmesh.kvcomm.assembly import Piece, Preparation
     from kvmesh.llm.base import Generation, LanguageModel
     from kvmesh.llm.segment import KVSegment
 
+DEFAULT_CHANNEL = "text"  # what an edge carries unless it says otherwise
 TASK = "task"  # the store key of the task's cache (its context and question, as the first turn encoded them)
 
 
@@ -107,10 +113,30 @@ class Endpoint(Protocol):
     model_spec: str
 
 
-class Channel(Protocol):
-    """What the runtime asks of a channel; see the module docstring for when each hook runs."""
+class Channel:
+    """How a message travels on an edge: every hook the runtime calls, each with the default of a channel that
+    needs nothing (the text channel's behaviour). A channel subclasses this and overrides what it does; see the
+    module docstring for when each hook runs.
 
-    name: str
+    Class attributes:
+        name: the name edges carry (`Edge.channel`).
+        settings_class: the channel's settings dataclass (its fields are its spec keys and CLI flags), or None
+            when it takes none.
+        reads_reply: False when receivers read the sender's prompt cache instead of its reply (a sender read only
+            over such channels prefills and generates nothing).
+        calibrates: the channel can be calibrated on training tasks (`calibrate`); `wants_calibration` says
+            whether it needs that before use.
+    """
+
+    name: str = ""
+    settings_class: type | None = None
+    reads_reply: bool = True
+    calibrates: bool = False
+
+    def __init__(self, settings: object | None = None) -> None:
+        if settings is None and self.settings_class is not None:
+            settings = self.settings_class()
+        self.config = settings  # an instance of `settings_class`, or None
 
     def check(self, sender: Endpoint, receiver: Endpoint, where: str) -> None:
         """Refuse (`ChannelNotAvailableError`) an edge whose ends this channel cannot join; loads no model."""
@@ -122,73 +148,111 @@ class Channel(Protocol):
         self, model: LanguageModel, glue: str, content: str, cached: KVSegment | None, key: Hashable
     ) -> list[Piece]:
         """The pieces of a receiver's prompt that carry one message: `glue` (its header, after a blank line)
-        then `content`; `cached` is the sender's reply cache when one was kept, `key` names its kind."""
+        then `content`; `cached` is the sender's cache this channel kept, `key` names its kind. A channel places
+        its pieces: in the message's place, or (`Piece.front`) in front of the receiver's whole prompt.
+        Default: the message as the receiver's own text."""
+        return [Piece(own=True, text=glue + content, kind=OWN)]
 
-    def place(self, model: LanguageModel, receiver: Hashable, pieces: Sequence[Piece]) -> Preparation:
+    def place(self, model: LanguageModel, receiver: Hashable, pieces: Sequence[Piece]) -> Preparation | None:
         """Build the receiver's cache from the pieces whose cache this channel made: a preparation returning
-        the `Assembly`, or None to prefill the whole prompt."""
+        the `Assembly`, or None to prefill the whole prompt (the default: a channel that makes no caches)."""
+        return None
 
     def keeps(self, turn: TurnView) -> Keep:
-        """Which caches the turn's row must keep for this channel."""
+        """Which caches the turn's row must keep for this channel (default: none)."""
+        return Keep()
 
     def learn(self, turn: TurnView, generation: Generation) -> None:
         """After the turn's row finished: store in `turn.store` what later turns read, and learn from it."""
 
+    def kv_bytes(self, model: LanguageModel, pieces: Sequence[Piece]) -> int:
+        """Bytes of KV cache one message's `pieces` move into a receiver's cache (default: all of their caches)."""
+        return sum(piece.source.nbytes for piece in pieces if piece.source is not None)
+
     def stats(self) -> dict:
         """What the channel did (for summaries); {} when there is nothing to say."""
+        return {}
+
+    def save(self) -> list[Path]:
+        """Keep what the channel learned on disk (kv-reuse: its anchors, when `anchors_dir` is set); returns the
+        files written. Called by whoever runs the team after a run (`save_channels`); default: nothing."""
+        return []
+
+    def wants_calibration(self) -> bool:
+        """Whether this channel should be calibrated on training tasks before it is used (`calibrate`)."""
+        return False
+
+    def begin_calibration(self) -> None:
+        """Called on a probe team's instance before the calibration tasks run: start recording what `calibrate`
+        reads."""
+
+    def calibrate(self, probe: Callable[[object], Channel]) -> object:
+        """New settings measured on training tasks: `probe(settings)` runs them on a team whose instance of this
+        channel has `settings` and returns that instance, having recorded what it saw."""
+        raise NotImplementedError(f"channel {self.name!r} asks for no calibration")
+
+    def settings_dict(self) -> dict | None:
+        """The channel's settings as a dict (for specs), or None when it has none."""
+        return None if self.config is None else asdict(self.config)
 
 
-# name -> "module:class" (imported on first use), or None for a channel that is known but not available yet.
-_REGISTRY: dict[str, str | Callable[..., Channel] | None] = {
-    "text": "kvmesh.kvcomm.text:TextChannel",
-    "kv-reuse": "kvmesh.kvcomm.kv_reuse.channel:KVReuseChannel",
-    "kv-select": "kvmesh.kvcomm.kv_select.channel:KVSelectChannel",
-    "c2c": "kvmesh.kvcomm.c2c.channel:C2CChannel",
-}
+class _ChannelRegistry(Registry):
+    """The channel registry, with the messages edges, decisions and configs have always shown."""
 
+    def unknown_message(self, name: str, where: str | None) -> str:
+        return f"{where}: {name!r} is not a channel; channels: {', '.join(self.names())}. {self.how_to_add()}"
 
-def channel_names() -> tuple[str, ...]:
-    """Every channel name an edge may carry, available or not."""
-    return tuple(_REGISTRY)
-
-
-def available_channels() -> tuple[str, ...]:
-    """The channels that can run."""
-    return tuple(name for name, target in _REGISTRY.items() if target is not None)
-
-
-def register_channel(name: str, factory: Callable[..., Channel]) -> None:
-    """Make `name` a channel: `factory(settings)` (settings may be None) builds a team's instance of it."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"a channel name is a non-empty string, got {name!r}")
-    _REGISTRY[name] = factory
-
-
-def check_channel(name: str, where: str) -> None:
-    """Raise `ChannelNotAvailableError` unless `name` is a channel that can run; `where` says who names it."""
-    if name not in _REGISTRY:
-        raise ChannelNotAvailableError(f"{where}: {name!r} is not a channel; channels: {', '.join(_REGISTRY)}")
-    if _REGISTRY[name] is None:
-        available = ", ".join(available_channels())
-        raise ChannelNotAvailableError(
-            f"{where} uses channel {name!r}, which is not available yet; available: {available}. "
+    def unavailable_message(self, name: str, where: str | None) -> str:
+        return (
+            f"{where} uses channel {name!r}, which is not available yet; available: {', '.join(self.available())}. "
             "Set channel='text' there."
         )
 
 
+# kvmesh's channels, name -> "module:class" (imported on first use); other packages add theirs as
+# `kvmesh.channels` entry points (see kvmesh.plugins)
+_REGISTRY: Registry[Callable[..., Channel]] = _ChannelRegistry(
+    "channel",
+    "kvmesh.channels",
+    {
+        "text": "kvmesh.kvcomm.text:TextChannel",
+        "kv-reuse": "kvmesh.kvcomm.kv_reuse.channel:KVReuseChannel",
+        "kv-select": "kvmesh.kvcomm.kv_select.channel:KVSelectChannel",
+        "c2c": "kvmesh.kvcomm.c2c.channel:C2CChannel",
+    },
+    error=ChannelNotAvailableError,
+    adder="register_channel(name, factory)",
+)
+
+
+def channel_names() -> tuple[str, ...]:
+    """Every channel name an edge may carry, available or not."""
+    return _REGISTRY.names()
+
+
+def available_channels() -> tuple[str, ...]:
+    """The channels that can run."""
+    return _REGISTRY.available()
+
+
+def register_channel(name: str, factory: Callable[..., Channel]) -> None:
+    """Make `name` a channel: `factory(settings)` (settings may be None) builds a team's instance of it."""
+    _REGISTRY.register(name, factory)
+
+
+def check_channel(name: str, where: str) -> None:
+    """Raise `ChannelNotAvailableError` unless `name` is a channel that can run; `where` says who names it."""
+    _REGISTRY.check(name, where)
+
+
 def _implementation(name: str):
-    check_channel(name, "a team")
-    target = _REGISTRY[name]
-    if isinstance(target, str):
-        module, cls = target.split(":")
-        target = getattr(importlib.import_module(module), cls)
-    return target
+    return _REGISTRY.get(name, "a team")
 
 
 def channel_settings(name: str, settings=None, label: str | None = None):
     """`settings` for channel `name` as its settings class: an instance, a dict of its fields, or None (defaults).
     `label` names them in errors (default: the channel's name)."""
-    settings_class = getattr(_implementation(name), "settings_class", None)
+    settings_class = settings_class_of(name)
     if settings_class is None:
         if settings:
             raise ValueError(f"channel {name!r} takes no settings, got {settings!r}")
@@ -223,14 +287,13 @@ def default_channel(name: str) -> Channel:
 
 def settings_of(channel: Channel) -> dict | None:
     """A channel's settings as a dict (for specs), or None when it has none."""
-    config = getattr(channel, "config", None)
-    return None if config is None else {k: getattr(config, k) for k in config.__dataclass_fields__}
+    return channel.settings_dict()
 
 
 def save_channels(channels: Mapping[str, Channel]) -> list:
     """Let each channel that keeps state on disk save it (the optional `save` hook; kv-reuse writes its anchors
     to `anchors_dir`); returns what they wrote. Call it after a run, e.g. `save_channels(team.channels)`."""
-    return [written for channel in channels.values() for written in getattr(channel, "save", list)()]
+    return [written for channel in channels.values() for written in channel.save()]
 
 
 def metadata_key(name: str) -> str:
@@ -245,7 +308,115 @@ def reads_caches(pieces: Sequence[Piece]) -> set[str]:
 
 def kv_bytes_moved(channel: Channel, model: LanguageModel, pieces: Sequence[Piece]) -> int:
     """Bytes of KV cache that `pieces` (one message) move into a receiver's cache over `channel`."""
-    own = getattr(channel, "kv_bytes", None)
-    if own is not None:
-        return own(model, pieces)
-    return sum(piece.source.nbytes for piece in pieces if piece.source is not None)
+    return channel.kv_bytes(model, pieces)
+
+
+def reads_replies(channels: Mapping[str, Channel], names: Iterable[str]) -> bool:
+    """Whether any of the channels `names` reads a sender's reply (rather than only its prompt's cache)."""
+    return any(channels[name].reads_reply for name in names)
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    """How a turn's cache is prepared: the channel that places it (None: the turn prefills its whole prompt),
+    its preparation (None: it declined, run dense), and per inbound message the KV bytes it moves."""
+
+    channel: str | None = None
+    preparation: Preparation | None = None
+    kv_bytes: list[int] | None = None
+
+
+def plan_cache(
+    channels: Mapping[str, Channel],
+    model: LanguageModel,
+    receiver: Hashable,
+    pieces: Sequence[Piece],
+    message_pieces: Sequence[Sequence[Piece]],
+) -> CachePlan:
+    """The turn's cache: placed by the one channel whose caches its `pieces` read (a turn reads caches over one
+    channel at a time), with the bytes each message (`message_pieces`) moves once a preparation runs."""
+    reading = reads_caches(pieces)
+    if len(reading) > 1:
+        raise NotImplementedError(f"a turn reads caches over one channel at a time, this one over {sorted(reading)}")
+    if not reading:
+        return CachePlan()
+    (name,) = reading
+    channel = channels[name]
+    preparation = channel.place(model, receiver, pieces)
+    if preparation is None:
+        return CachePlan(name)
+    return CachePlan(name, preparation, [channel.kv_bytes(model, own) for own in message_pieces])
+
+
+def usable_task_cache(store: Mapping[Hashable, Cached], model: LanguageModel, reading: Iterable[str]) -> Cached | None:
+    """The task's cache `model` made earlier, for a turn whose messages bring caches over the channels `reading`;
+    None when those include another channel than the task cache's (a turn reads caches over one channel)."""
+    cached = store.get(task_key(model))
+    others = set(reading) - ({cached.channel} if cached is not None else set())
+    return None if others else cached
+
+
+# Team keywords that set one channel's settings (`Team(reuse=...)`, `reuse:` in specs), kept from before `channels=`.
+_KEYWORDS = {"reuse": "kv-reuse"}
+
+
+def channel_for_keyword(keyword: str) -> str:
+    """The channel whose settings a Team keyword sets (`reuse` -> `kv-reuse`)."""
+    return _KEYWORDS[keyword]
+
+
+def settings_class_of(name: str) -> type | None:
+    """Channel `name`'s settings dataclass, or None when it takes no settings. Its fields are the channel's keys in
+    specs and `channels=`, and its flags on the command line (`--<channel>-<field>`, or a field's `alias`)."""
+    implementation = _implementation(name)
+    # a registered factory that is not a Channel class declares no settings
+    is_channel_class = isinstance(implementation, type) and issubclass(implementation, Channel)
+    return implementation.settings_class if is_channel_class else None
+
+
+def settings_changes(name: str, settings=None) -> dict:
+    """The fields of channel `name`'s `settings` (see `channel_settings`) that differ from its defaults, as a
+    JSON-ready dict: what a run records of the settings somebody chose."""
+    chosen = channel_settings(name, settings)
+    if chosen is None:
+        return {}
+    defaults = asdict(chosen.__class__())
+    return {key: value for key, value in asdict(chosen).items() if value != defaults[key]}
+
+
+def written_settings(channels: Mapping[str, object]) -> list[tuple[str, str]]:
+    """(channel, field) of each setting in `channels` (settings by channel name) that names a place the channel
+    writes (a settings field with `writes` in its metadata, e.g. kv-reuse's `anchors_dir`) and is set."""
+    found = []
+    for name, settings in channels.items():
+        chosen = channel_settings(name, settings)
+        for spec in fields(chosen) if chosen is not None else ():
+            if spec.metadata.get("writes") and getattr(chosen, spec.name):
+                found.append((name, spec.name))
+    return found
+
+
+def setting_key(channel: str, field: str) -> str:
+    """The one name of channel `channel`'s settings field `field` outside its settings class: the field's alias
+    when it has one, else `<channel>_<field>` (`kv_select_fraction`); on the command line it is the flag
+    (`--kv-select-fraction`, `--anchors`)."""
+    settings_class = settings_class_of(channel)
+    spec = {f.name: f for f in fields(settings_class)}[field] if settings_class is not None else None
+    if spec is not None and "alias" in spec.metadata:
+        return spec.metadata["alias"]
+    return channel.replace("-", "_") + "_" + field
+
+
+def lift_aliases(record: Mapping[str, object], channel: str) -> tuple[dict, dict]:
+    """A record that holds channel settings under their aliases at its top level (as configs did before their
+    `channels` field: `anchors`, `layer_fraction`), split into the record without them and the settings of
+    `channel` (the one its edges used) that differ from that channel's defaults."""
+    aliases = {}
+    for name in available_channels():
+        settings_class = settings_class_of(name)
+        for spec in fields(settings_class) if settings_class is not None else ():
+            if "alias" in spec.metadata:
+                aliases[spec.metadata["alias"]] = (name, spec.name)
+    rest = {key: value for key, value in record.items() if key not in aliases}
+    chosen = {field: record[alias] for alias, (name, field) in aliases.items() if name == channel and alias in record}
+    return rest, settings_changes(channel, chosen) if chosen else {}

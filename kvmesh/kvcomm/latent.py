@@ -5,8 +5,8 @@ receiver's prompt, and the contexts of several senders joined into one prefix.
     joined = join_contexts(pieces, "kv-select", rope)                   # None when no piece is latent
     joined.context, joined.rest, joined.latent                          # the prefix, the receiver's own ids
 
-Contexts come first in a receiver's prompt (the prompt planner puts LATENT pieces before the head); each
-later context is moved by `rope` to start where the one before it ends, so positions run 0 .. C - 1.
+Contexts come first in a receiver's prompt (their pieces are `front`: the prompt planner puts them before the
+head); each later context is moved by `rope` to start where the one before it ends, so positions run 0 .. C - 1.
 """
 
 from __future__ import annotations
@@ -16,16 +16,18 @@ from dataclasses import dataclass
 
 import torch
 
-from kvmesh.kvcomm.assembly import LATENT, OWN, Assembly, Piece, Preparation
+from kvmesh.kvcomm.assembly import OWN, Assembly, Piece, Preparation
 from kvmesh.kvcomm.rope import Rope
 from kvmesh.llm.segment import KVSegment
+
+LATENT = "latent"  # the kind of a piece that is a sender's context, read in front of the receiver's prompt
 
 
 def latent_layout(channel: str, glue: str, content: str, cached: KVSegment | None, key: Hashable) -> list[Piece]:
     """A message as its sender's context cache (one LATENT piece), or as own text when no cache was kept."""
     if cached is None:
         return [Piece(own=True, text=glue + content, kind=OWN)]
-    return [Piece(cached.token_ids, cached, key, kind=LATENT, channel=channel)]
+    return [Piece(cached.token_ids, cached, key, kind=LATENT, channel=channel, front=True)]
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,9 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from kvmesh.llm.prefix import LatentSpan as LatentSpan  # re-exported: callers import it with the request
+from kvmesh.llm.prefix import PrefixCache
+
 if TYPE_CHECKING:
     import torch
 
@@ -79,24 +82,6 @@ def check_context(
         )
 
 
-@dataclass(frozen=True)
-class LatentSpan:
-    """Prefix positions [start, end) that only the layers in `layers` read (kv-select: a sender's context shared
-    in some layers); every other layer reads the row as if those positions were not there. Positions in
-    `dropped` (token selection) are read by no layer at all: they stay in the cache, masked like padding."""
-
-    start: int
-    end: int
-    layers: frozenset[int]
-    dropped: frozenset[int] = frozenset()
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.start < self.end:
-            raise ValueError(f"a latent span needs 0 <= start < end, got [{self.start}, {self.end})")
-        if any(not self.start <= p < self.end for p in self.dropped):
-            raise ValueError(f"dropped positions must lie in the span [{self.start}, {self.end})")
-
-
 @dataclass
 class GenerationRequest:
     """One row of a running batch.
@@ -107,9 +92,9 @@ class GenerationRequest:
             prompt (keeping its cache with `keep_kv`, or writing into its `prefix`'s buffer) and generates nothing.
         temperature: 0 is greedy; above 0 samples from softmax(logits / temperature).
         stop: strings that end generation; the text is cut before the first one found.
-        prefix: a prebuilt cache of the prompt's first tokens (anything with `length` and `cache(config)`,
-            such as `kvmesh.kvcomm.assembly.Assembly`); only the remaining prompt tokens are prefilled. Its
-            optional `latent` (a `LatentSpan`) names positions only some layers read.
+        prefix: a prebuilt cache of the prompt's first tokens (a `PrefixCache`, such as
+            `kvmesh.kvcomm.assembly.Assembly`); only the remaining prompt tokens are prefilled, into its buffers.
+            Its optional `latent` (a `LatentSpan`) names positions only some layers read.
         keep_kv: return the row's cache of its prompt and of its generated tokens (`Generation.prompt_kv`,
             `Generation.reply_kv`), for cache reuse downstream.
         keep_prompt_kv: with keep_kv, False keeps only the reply's cache (the prompt's is a copy of every
@@ -126,7 +111,7 @@ class GenerationRequest:
     max_new_tokens: int = 256
     temperature: float = 0.0
     stop: tuple[str, ...] = ()
-    prefix: object | None = None
+    prefix: PrefixCache | None = None
     keep_kv: bool = False
     keep_prompt_kv: bool = True
     min_new_tokens: int = 0

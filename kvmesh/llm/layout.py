@@ -1,7 +1,9 @@
-"""How rows lie in a batch: prefill buckets of similar lengths, left padding, and prefix columns no layer reads.
+"""How rows lie in a batch: prefill buckets of similar lengths, left padding, and a prefix's latent columns.
 
 Left padding keeps every row's last token in the last column, so one decode step appends one column for all rows;
 the mask hides the padding (and, for a prefix with `LatentSpan.dropped`, the columns token selection dropped).
+A prefix's `LatentSpan` becomes the row's latent columns and the layers that read them, which the engine turns
+into the columns each layer must skip (`kvmesh.llm.layer_mask`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from kvmesh.llm.base import LatentSpan
+from kvmesh.llm.prefix import PrefixCache
 
 MAX_PADDING = 0.10  # a prefill bucket may pad at most this share of its real tokens
 
@@ -42,7 +44,19 @@ def left_pad(rows: Sequence[list[int]], pad_id: int, device) -> tuple[torch.Tens
     return ids.to(device), mask.to(device)
 
 
-def dropped_columns(prefix) -> list[int]:
+def dropped_columns(prefix: PrefixCache) -> list[int]:
     """Prefix positions that no layer reads (`LatentSpan.dropped`), sorted."""
-    span: LatentSpan | None = getattr(prefix, "latent", None)
-    return sorted(span.dropped) if span is not None else []
+    return sorted(prefix.latent.dropped) if prefix.latent is not None else []
+
+
+def latent_columns(prefix: PrefixCache, width: int, layers: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One row's (1, width) latent columns and (1, layers) layers that read them, from its prefix's `latent`
+    (no latent columns, every layer reading, without one)."""
+    latent = torch.zeros((1, width), dtype=torch.bool, device=device)
+    reads = torch.ones((1, layers), dtype=torch.bool, device=device)
+    span = prefix.latent
+    if span is not None:
+        latent[0, span.start : span.end] = True
+        reads[0] = False
+        reads[0, sorted(span.layers)] = True
+    return latent, reads

@@ -1,7 +1,10 @@
 """LocalLM: one in-process Hugging Face causal LM that many agents share, and `load_model` to get it.
 
 `load_model(spec)` accepts an alias (see `kvmesh models`), a local model folder or a Hugging Face id, and
-returns the same `LocalLM` for the same spec for the life of the process.
+returns the same `LocalLM` for the same spec for the life of the process. A spec that starts with a backend's
+scheme (`openai:http://HOST:PORT/v1#MODEL`) goes to that backend instead (`BACKENDS`, a `kvmesh.plugins.Registry`
+of `factory(spec) -> LanguageModel`: kvmesh's `openai`, other packages' `kvmesh.backends` entry points), once
+per spec too; `device`, `dtype` and `onednn` apply to in-process models only.
 
 Everything a caller needs goes through token ids the model really reads: `render` gives the exact prompt
 text, `encode_prompt` its ids, `new_batch` a running batch (`kvmesh.llm.engine`) that every model call goes
@@ -13,15 +16,18 @@ decode at once, rows grouped by length so padding stays small) with per-row toke
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from kvmesh.llm import onednn as onednn_module
-from kvmesh.llm.base import SERVER_SCHEME
-from kvmesh.llm.engine import BatchDecoder, DecodeBatch
+from kvmesh.llm.base import SERVER_SCHEME, LanguageModel
+from kvmesh.llm.engine import LocalRunningBatch
 from kvmesh.llm.registry import ALIASES, ModelNotAvailableError, locate_model
+from kvmesh.llm.runner import ModelRunner
 from kvmesh.llm.tokenized import TokenizedModel
+from kvmesh.plugins import Registry
 
 
 class LocalLM(TokenizedModel):
@@ -43,7 +49,7 @@ class LocalLM(TokenizedModel):
         self.eos_ids = self._eos_ids()
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else min(self.eos_ids)
-        self._decoder = BatchDecoder(model, tokenizer, self.eos_ids, self.pad_id)
+        self._runner = ModelRunner(model, tokenizer, self.eos_ids, self.pad_id)
 
     def __repr__(self) -> str:
         return f"LocalLM({self.spec!r}, device={self.device}, dtype={self.model.dtype})"
@@ -51,7 +57,7 @@ class LocalLM(TokenizedModel):
     @property
     def context_length(self) -> int | None:
         """Positions the model reads, prompt and reply together (its config's `max_position_embeddings`)."""
-        return self._decoder.context_length
+        return self._runner.context_length
 
     @property
     def device(self) -> torch.device:
@@ -68,20 +74,29 @@ class LocalLM(TokenizedModel):
             raise ModelNotAvailableError(f"{self.spec}: the tokenizer and generation config name no EOS token")
         return ids
 
-    def new_batch(self, seed: int | None = None) -> DecodeBatch:
+    def new_batch(self, seed: int | None = None) -> LocalRunningBatch:
         """A running batch on this model that callers feed with `submit` and drive with `step`."""
-        return DecodeBatch(self._decoder, self.max_batch_size, seed)
+        return LocalRunningBatch(self._runner, self.max_batch_size, seed)
 
     @property
     def busy_s(self) -> float:
         """Seconds this model has spent in its generation engine (prefill, decode, cache work) so far."""
-        return self._decoder.busy_s
+        return self._runner.busy_s
 
 
 # --- loading ---------------------------------------------------------------------------------------------------
 
 _LOADED: dict[tuple, LocalLM] = {}
-_REMOTE: dict[str, TokenizedModel] = {}  # server specs: one client per spec
+_FROM_BACKENDS: dict[str, LanguageModel] = {}  # specs with a backend's scheme: one model (a client) per spec
+
+# scheme -> factory(spec) -> LanguageModel, for specs "scheme:..."; other specs load in this process
+BACKENDS: Registry[Callable[[str], LanguageModel]] = Registry(
+    "backend",
+    "kvmesh.backends",
+    {SERVER_SCHEME.removesuffix(":"): "kvmesh.llm.remote:load_remote"},  # its client's packages load only when used
+    error=ModelNotAvailableError,
+    adder="kvmesh.llm.local.BACKENDS.register(scheme, factory)",
+)
 WEIGHT_FILES = ("*.safetensors", "*.bin")
 
 
@@ -95,7 +110,7 @@ def weights_stamp(spec: str) -> tuple:
     return tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
 
 
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()  # re-entrant: a backend may load an in-process model while its own loads
 
 
 def _pick_device(device: str | None) -> torch.device:
@@ -104,24 +119,29 @@ def _pick_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
-def _load_remote(spec: str) -> TokenizedModel:
-    from kvmesh.llm.remote import load_remote  # the client's packages load only for server specs
+def backend_scheme(spec: str) -> str | None:
+    """The backend `spec` names by its scheme (`openai` for `openai:http://...`), or None: an in-process model."""
+    scheme, colon, _ = spec.partition(":")
+    return scheme if colon and scheme in BACKENDS else None
 
+
+def _load_from_backend(scheme: str, spec: str) -> LanguageModel:
     with _LOCK:
-        if spec not in _REMOTE:
-            _REMOTE[spec] = load_remote(spec)
-        return _REMOTE[spec]
+        if spec not in _FROM_BACKENDS:
+            _FROM_BACKENDS[spec] = BACKENDS.get(scheme, f"model {spec!r}")(spec)
+        return _FROM_BACKENDS[spec]
 
 
 def load_model(
     spec: str = "smollm2-135m", device: str | None = None, dtype: str | None = None, onednn: bool | None = None
-) -> LocalLM:
+) -> LanguageModel:
     """Load (once per process) the model named by `spec`: an alias, a local folder or a Hugging Face id. A folder
-    whose weight files changed since it was loaded (trained weights saved over it) is loaded again. A server
-    spec, `openai:http://HOST:PORT/v1#MODEL`, gives a client of that server (`kvmesh.llm.remote.OpenAIModel`).
+    whose weight files changed since it was loaded (trained weights saved over it) is loaded again. A spec with
+    a backend's scheme goes to that backend (`BACKENDS`): a server spec, `openai:http://HOST:PORT/v1#MODEL`,
+    gives a client of that server (`kvmesh.llm.remote.OpenAIModel`).
 
     Args:
-        spec: `smollm2-135m` (default), `gemma3-270m`, `tiny-random`, a folder, `org/name`, or a server spec.
+        spec: `smollm2-135m` (default), `gemma3-270m`, `tiny-random`, a folder, `org/name`, or `scheme:...`.
         device: `cpu`, `cuda`, `cuda:1`, ... or None/`auto` for the GPU when there is one.
         dtype: torch dtype name; default float32 on CPU and bfloat16 on GPU.
         onednn: run fp32 CPU linear layers through oneDNN (default on; see kvmesh.llm.onednn).
@@ -130,8 +150,9 @@ def load_model(
         return spec
     if not isinstance(spec, str) or not spec.strip():
         raise ModelNotAvailableError(f"a model spec must be a non-empty string, got {spec!r}")
-    if spec.startswith(SERVER_SCHEME):
-        return _load_remote(spec)
+    scheme = backend_scheme(spec)
+    if scheme is not None:
+        return _load_from_backend(scheme, spec)
     target = _pick_device(device)
     dtype = dtype or ("float32" if target.type == "cpu" else "bfloat16")
     if not isinstance(getattr(torch, dtype, None), torch.dtype):

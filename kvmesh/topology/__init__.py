@@ -4,19 +4,21 @@ Designers (`designer.compile(team, trainset, valset) -> Team`, `design(task) -> 
 - `edge-logits` (`EdgeLogitsDesigner`): a logit per candidate edge, REINFORCE, magnitude pruning; one graph.
 - `gdesigner` (`GDesigner`): a variational GNN over agents and a task node; a graph per task.
 - `agp` (`AGP`): G-Designer plus agent pruning; a pruned agent makes no model call.
+
+`DESIGNERS` (a `kvmesh.plugins.Registry`) names each kind's class: a saved designer is loaded by its kind, and
+other packages add kinds as `kvmesh.designers` entry points (or `DESIGNERS.register(kind, cls)` from code).
 """
 
 from kvmesh.topology.agp import AGP, AGPConfig
-from kvmesh.topology.designer import Designer, DesignerConfig
+from kvmesh.topology.designer import DESIGNERS, Designer, DesignerConfig, DesignerNotAvailableError
 from kvmesh.topology.edge_logits import EdgeLogitsConfig, EdgeLogitsDesigner
 from kvmesh.topology.gdesigner import GDesigner, GDesignerConfig
 
-DESIGNERS: dict[str, type[Designer]] = {cls.kind: cls for cls in (EdgeLogitsDesigner, GDesigner, AGP)}
-
 
 def load_designer(path, team=None) -> Designer:
-    """A saved designer (`designer.save(path)`), bound to `team` or to the team saved with it."""
-    return Designer.load(path, team, DESIGNERS)
+    """A saved designer (`designer.save(path)`), bound to `team` or to the team saved with it; its saved kind
+    names its class in `DESIGNERS`."""
+    return Designer.load(path, team)
 
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "AGPConfig",
     "Designer",
     "DesignerConfig",
+    "DesignerNotAvailableError",
     "EdgeLogitsConfig",
     "EdgeLogitsDesigner",
     "GDesigner",

@@ -22,6 +22,7 @@ import torch
 from kvmesh.graph.dag import dag_choices
 from kvmesh.graph.edge import SPATIAL, TEMPORAL, Edge
 from kvmesh.graph.graph import CommGraph
+from kvmesh.kvcomm.channel import DEFAULT_CHANNEL
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,10 @@ class Candidates:
     agents: tuple[str, ...]
     spatial: tuple[tuple[int, int], ...]
     temporal: tuple[tuple[int, int], ...]
-    channel: str = "text"
+    channel: str = DEFAULT_CHANNEL
 
     @classmethod
-    def build(cls, agents: Sequence[str], rounds: int = 1, channel: str = "text") -> Candidates:
+    def build(cls, agents: Sequence[str], rounds: int = 1, channel: str = DEFAULT_CHANNEL) -> Candidates:
         n = len(agents)
         spatial = tuple((i, j) for i in range(n) for j in range(n) if i != j)
         temporal = tuple((i, j) for i in range(n) for j in range(n)) if rounds > 1 else ()

@@ -32,6 +32,8 @@ from kvmesh.agents.team import Team
 from kvmesh.config import ConfigError
 from kvmesh.graph.edge import TEMPORAL
 from kvmesh.graph.graph import CommGraph
+from kvmesh.kvcomm.channel import DEFAULT_CHANNEL
+from kvmesh.plugins import PluginNotAvailableError, Registry
 from kvmesh.topology.candidates import Candidates, Sampled, sample_design, threshold_design
 from kvmesh.training.reinforce import Metric, ReinforceConfig, reinforce
 
@@ -222,17 +224,14 @@ class Designer:
         return path
 
     @staticmethod
-    def load(path: str | Path, team: Team | None = None, kinds: dict[str, type[Designer]] | None = None) -> Designer:
-        """A saved designer, bound to `team` or to the team rebuilt from its saved spec; `kinds` maps each kind
-        to its class (`kvmesh.topology.DESIGNERS`; use `kvmesh.topology.load_designer`)."""
+    def load(path: str | Path, team: Team | None = None, kinds: Registry[type[Designer]] | None = None) -> Designer:
+        """A saved designer, bound to `team` or to the team rebuilt from its saved spec; `kinds` names each kind's
+        class (default `DESIGNERS`: kvmesh's and other packages'; use `kvmesh.topology.load_designer`)."""
         path = Path(path)
         if not (path / DESIGNER_FILE).is_file():
             raise FileNotFoundError(f"{path} holds no saved designer ({DESIGNER_FILE} is missing)")
         data = json.loads((path / DESIGNER_FILE).read_text())
-        kinds = kinds or {}
-        if data.get("kind") not in kinds:
-            raise ValueError(f"{path}: unknown designer kind {data.get('kind')!r}; known: {sorted(kinds)}")
-        cls = kinds[data["kind"]]
+        cls = (DESIGNERS if kinds is None else kinds).get(data.get("kind"), where=str(path))
         known = {f.name for f in fields(cls.config_class)}
         designer = cls(cls.config_class(**{k: v for k, v in data["config"].items() if k in known}))
         saved = Team.from_spec(data["team"])  # agents name their models; nothing loads until a call
@@ -248,8 +247,26 @@ class Designer:
         return designer
 
 
+class DesignerNotAvailableError(PluginNotAvailableError):
+    """A designer kind no entry has; the message lists the kinds there are and how to add one."""
+
+
+# kind -> class; kvmesh's own in code (see kvmesh.plugins), other packages' as `kvmesh.designers` entry points
+DESIGNERS: Registry[type[Designer]] = Registry(
+    "designer",
+    "kvmesh.designers",
+    {
+        "edge-logits": "kvmesh.topology.edge_logits:EdgeLogitsDesigner",
+        "gdesigner": "kvmesh.topology.gdesigner:GDesigner",
+        "agp": "kvmesh.topology.agp:AGP",
+    },
+    error=DesignerNotAvailableError,
+    adder="kvmesh.topology.DESIGNERS.register(kind, cls)",
+)
+
+
 def _candidates_for(team: Team) -> Candidates:
-    channels = team.graph.channels() or {"text"}
+    channels = team.graph.channels() or {DEFAULT_CHANNEL}
     if len(channels) > 1:
         raise ValueError(
             f"designers put every edge on one channel; the team's graph mixes {sorted(channels)}. "

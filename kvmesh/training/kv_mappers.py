@@ -20,7 +20,9 @@ are frozen (requires_grad False); only the fuser learns. The gates anneal from s
 (`temperature_at`). Every `checkpoint_every` steps the fuser, optimiser and step go to
 `out/checkpoints/step-N/`; a run in a folder that holds a checkpoint resumes from the last one (the batch
 order and the gate noise are functions of (seed, step), so a resumed run draws what the killed one would
-have). The final fuser is saved to `out/` itself (mapper.json + mapper.safetensors).
+have), with the settings that checkpoint saved (`kvmesh.runs.check_resume`; a run that fails before its first
+checkpoint saves none, so the corrected command starts afresh). The final fuser is saved to `out/` itself
+(mapper.json + mapper.safetensors).
 
 Sliding windows: Gemma 3's sliding layers cache only the last 511 positions, so a sender context longer than
 that is refused with `ContextTooLongError` (InfoQA contexts are ~100 tokens); `full_attention_only` maps only
@@ -32,7 +34,6 @@ Caveat: gradients are accumulated one example at a time (contexts differ in leng
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -54,12 +55,16 @@ from kvmesh.kvcomm.c2c.mappers.ridge import CachePair, RidgeMapper, fit_ridge
 from kvmesh.kvcomm.rope import LayerRope
 from kvmesh.llm import load_model
 from kvmesh.llm.cache import cache_argument
+from kvmesh.runs import Comparison, Wording, check_resume, write_json
 from kvmesh.training.reinforce import batch_indices, save_atomic
 
 log = logging.getLogger("kvmesh")
 TASKS = ("infoqa",)
 CHECKPOINTS, TRAINER_STATE = "checkpoints", "trainer.pt"
 PAIRING = "each sender token with the receiver token holding its last character"
+FUSER_RUN = Wording("fuser run", resume="--resume")
+# settings a resumed fuser run may change: how it runs and saves, not what it trains
+RESUMABLE = Comparison(ignore=("resume", "threads", "checkpoint_every"))
 Progress = Callable[[str], None]
 
 
@@ -315,16 +320,10 @@ def _save_checkpoint(out: Path, fuser: Fuser, optimizers, step: int, history: li
 
 def _resume(out: Path, fuser: Fuser, optimizer, schedule, config: TrainConfig) -> tuple[int, list]:
     found = [path for path in _checkpoints(out) if (path / TRAINER_STATE).is_file()]
-    if not found or not config.resume:
-        if found:
-            raise FileExistsError(f"{out} holds checkpoints of a fuser run; resume it (--resume) or pick another --out")
+    if not found:
         return 0, []
     state = torch.load(found[-1] / TRAINER_STATE, weights_only=False)
-    saved = {k: v for k, v in state["config"].items() if k not in ("resume", "threads", "checkpoint_every")}
-    asked = {k: v for k, v in asdict(config).items() if k not in ("resume", "threads", "checkpoint_every")}
-    if saved != asked:
-        changed = sorted(k for k in asked if saved.get(k) != asked[k])
-        raise ValueError(f"{out} holds a fuser run with other settings ({', '.join(changed)}); pick another --out")
+    check_resume(out, state["config"], asdict(config), config.resume, FUSER_RUN, RESUMABLE)
     fuser.load_state_dict(load_mapper(found[-1], kind="fuser").tensors())
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
@@ -415,6 +414,6 @@ def train(config: TrainConfig, sender=None, receiver=None, progress: Progress = 
         fuser.config.quality = quality.to_dict() | {"split": "validation", "threshold": QUALITY_THRESHOLD}
         progress(f"quality (hard gates): {quality.describe()}")
         save_mapper(fuser, out)
-        (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+        write_json(out / "history.json", history, indent=1)
         progress(f"saved the fuser to {out}")
     return fuser

@@ -13,17 +13,18 @@
 The loop knows a policy only through `GraphPolicy` (the designers of `kvmesh.topology` implement it).
 
 Every finished update is in `out/checkpoint.pt` (weights, optimiser, sampler state, history), written
-atomically, so a run killed at any point resumes from its last update with `resume=True` and loses at most
-the update in flight. Each rollout runs the real team: nothing is simulated.
+atomically (`kvmesh.runs`), so a run killed at any point resumes from its last update with `resume=True` and
+loses at most the update in flight; the checkpoint also holds the settings a resume is checked against, so a
+run that fails before its first update leaves no settings behind. Each rollout runs the real team: nothing is
+simulated.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,10 +35,17 @@ from kvmesh.agents.task import Task
 from kvmesh.agents.team import Team
 from kvmesh.config import ConfigError
 from kvmesh.graph.graph import CommGraph
+from kvmesh.runs import Opened, Wording, check_resume, holds_results, open_config, start_run, write_atomic, write_json
 from kvmesh.training.examples import example_id, example_task
 from kvmesh.training.reward import utilities, utility
 
 CHECKPOINT = "checkpoint.pt"
+DESIGNER_RUN = Wording(
+    "designer run",
+    "pass resume=True, or --resume",
+    "folder",
+    "another designer, configuration, or other training or validation examples (changed: {changed})",
+)
 Metric = Callable[[Any, Any], float]  # (example, TeamResult) -> score in [0, 1]
 
 
@@ -141,12 +149,19 @@ def batch_indices(count: int, batch_size: int, step: int, seed: int) -> list[int
 
 
 def save_atomic(state: dict, path: Path) -> None:
-    partial = path.with_suffix(".partial")
-    with open(partial, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
+    """`torch.save` `state` to `path` atomically: a kill leaves the last complete checkpoint."""
+    write_atomic(path, lambda handle: torch.save(state, handle))
+
+
+def holds_updates(folder: Path) -> bool:
+    """Whether a designer's training folder holds finished work: a checkpoint (at any depth) or a log line."""
+    return any(folder.rglob(CHECKPOINT)) or holds_results(folder)
+
+
+def design_run(out: Path, record: dict, resume: bool) -> AbstractContextManager[Opened]:
+    """`kvmesh design train`'s folder around its training: config.json (`record`) checked or saved, and what a
+    fresh start wrote removed when it fails before its first update (`kvmesh.runs.start_run`)."""
+    return start_run(out, lambda: open_config(out, record, resume, Wording("designer run")), holds_updates)
 
 
 def _progress(total: int, done: int, desc: str, enabled: bool):
@@ -169,18 +184,13 @@ def measure_normaliser(policy: GraphPolicy, team: Team, trainset: Sequence, metr
 def open_checkpoint(out: Path | None, policy: GraphPolicy, resume: bool, ids: list[str]) -> dict | None:
     """The saved state of an earlier run in `out` (resume), or None; refuses to overwrite one silently, and to
     resume one with another designer, configuration (more `steps` included) or set of examples."""
-    if out is None:
+    if out is None or not (out / CHECKPOINT).exists():
         return None
-    path = out / CHECKPOINT
-    if not path.exists():
-        return None
-    if not resume:
-        raise FileExistsError(f"{out} already holds a designer run; pass resume=True (--resume) or pick another folder")
-    state = torch.load(path, weights_only=False)
-    if state["kind"] != policy.kind or state["config"] != asdict(policy.config):
-        raise ValueError(f"{out} holds a run with another designer or configuration; pick another folder")
-    if state.get("ids") != ids:
-        raise ValueError(f"{out} holds a run on other training or validation examples; pick another folder")
+    state = torch.load(out / CHECKPOINT, weights_only=False)
+    saved = {"designer": state["kind"], "configuration": state["config"]}
+    saved |= {"examples": state["ids"]} if "ids" in state else {}  # older checkpoints lack them: a change
+    current = {"designer": policy.kind, "configuration": asdict(policy.config), "examples": ids}
+    check_resume(out, saved, current, resume, DESIGNER_RUN)
     return state
 
 
@@ -273,7 +283,7 @@ def reinforce(
                 "generator": generator.get_state(),
             }
             save_atomic(state, out / CHECKPOINT)
-            (out / "history.json").write_text(json.dumps(_figures(state), indent=2))
+            write_json(out / "history.json", _figures(state))
         if bar:
             bar.set_postfix(
                 util=f"{record['utility']:.3f}", score=f"{record['score']:.2f}", tok=f"{record['tokens']:.0f}"

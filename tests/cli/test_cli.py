@@ -211,5 +211,6 @@ def test_kv_reuse_runs_say_why_nothing_was_reused_and_anchors_persist(tmp_path):
     refused = kvmesh("run", "Q?", "--anchors", str(tmp_path / "a"))
     assert (
         refused.returncode == 2
-        and "--anchors keeps kv-reuse's anchors: use it with --channel kv-reuse" in refused.stderr
+        and "--anchors: kv-reuse's settings mean nothing on text edges: use them with --channel kv-reuse"
+        in refused.stderr
     )

@@ -10,7 +10,7 @@ from kvmesh import CommGraph
 from kvmesh.cli import main
 from kvmesh.cli.specs import load_team
 from kvmesh.evals.benchmarks import design_splits, infoqa
-from kvmesh.evals.viz import read_picture_source
+from kvmesh.evals.figures import read_picture_source
 from kvmesh.topology import load_designer
 
 TINY = ["--model", "tiny-random", "--max-new-tokens", "3"]

@@ -78,7 +78,8 @@ def test_resume_works_across_ray_and_local_runs(executor, tmp_path):
 
 
 def test_anchors_are_refused_with_ray(executor, tmp_path):
-    config = EvalConfig("infoqa", channel="kv-reuse", anchors=str(tmp_path / "anchors"), **SETTINGS)
+    anchors = {"kv-reuse": {"anchors_dir": str(tmp_path / "anchors")}}
+    config = EvalConfig("infoqa", channel="kv-reuse", channels=anchors, **SETTINGS)
     with pytest.raises(ConfigError, match="every process would write"):
         run_eval(config, tmp_path / "run", progress=False, executor=executor)
 

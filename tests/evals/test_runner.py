@@ -215,7 +215,7 @@ def test_a_run_saved_before_temporal_edges_resumes_only_if_its_team_is_unchanged
     out = tmp_path / "run"
     run_eval(config, out, progress=False)
     saved = json.loads((out / "config.json").read_text())
-    for newer in ("temporal", "anchors", "team", "inputs"):  # what older code did not record
+    for newer in ("temporal", "channels", "team", "inputs"):  # what older code did not record
         saved.pop(newer)
     (out / "config.json").write_text(json.dumps(saved))
     if resumes:
@@ -242,8 +242,8 @@ def test_kv_select_calibrates_on_the_train_split_only():
 
     with pytest.raises(ConfigError, match="calibrate must be 0 or at least 16"):
         EvalConfig("infoqa", channel="kv-select", calibrate=3)
-    with pytest.raises(ConfigError, match="layer_fraction must be in"):
-        EvalConfig("infoqa", channel="kv-select", layer_fraction=0)
+    with pytest.raises(ConfigError, match=r"layer_fraction: fraction must be in \(0, 1\]"):
+        EvalConfig("infoqa", channel="kv-select", channels={"kv-select": {"fraction": 0}})
     with pytest.raises(ConfigError, match="score another split"):
         calibration_tasks(EvalConfig("infoqa", channel="kv-select", split="train"))
     with pytest.raises(ConfigError, match="humaneval lacks: pass calibrate 0"):
@@ -251,3 +251,24 @@ def test_kv_select_calibrates_on_the_train_split_only():
     tasks = calibration_tasks(EvalConfig("infoqa", channel="kv-select"))
     test_questions = {s.task.question for s in InfoQA().samples("test")}
     assert len(tasks) == 16 and not {t.question for t in tasks} & test_questions
+
+
+def test_a_run_saved_with_per_channel_fields_resumes_with_the_same_channel_settings(tmp_path):
+    """Runs saved before `channels` recorded `anchors` and `layer_fraction` at the top level: they resume when
+    today's settings are the same, and a different setting is still a change."""
+    from kvmesh.evals.runner import channels_field
+    from kvmesh.runs import Comparison
+
+    config = EvalConfig("infoqa", model="tiny-random", agents=2, max_new_tokens=2, limit=2)
+    out = tmp_path / "run"
+    run_eval(config, out, progress=False)
+    saved = json.loads((out / "config.json").read_text())
+    saved.pop("channels")
+    (out / "config.json").write_text(json.dumps(saved | {"anchors": None, "layer_fraction": 0.3}))
+    assert run_eval(config, out, resume=True, progress=False)["samples"] == 2
+
+    rules = Comparison(upgrade=channels_field)
+    old = {"channel": "kv-select", "anchors": None, "layer_fraction": 0.5, "seed": 0}
+    same = EvalConfig("infoqa", channel="kv-select", channels={"kv-select": {"fraction": 0.5}})
+    assert rules.changes(old, {"channel": "kv-select", "channels": same.channels, "seed": 0}) == []
+    assert rules.changes(old, {"channel": "kv-select", "channels": {}, "seed": 0}) == ["channels.kv-select"]

@@ -7,7 +7,8 @@ import re
 import pytest
 
 from kvmesh import CommGraph
-from kvmesh.evals.viz import read_picture_source, write_report
+from kvmesh.evals.figures import read_picture_source
+from kvmesh.evals.report import write_report
 from kvmesh.graph.draw import write_picture
 from kvmesh.graph.edge import GraphError
 

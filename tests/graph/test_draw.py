@@ -82,8 +82,8 @@ def test_unknown_picture_format_is_refused(tmp_path):
 def test_the_html_report_of_a_run_needs_no_network(tmp_path):
     import re
 
+    from kvmesh.evals.report import write_report
     from kvmesh.evals.runner import EvalConfig, run_eval
-    from kvmesh.evals.viz import write_report
 
     config = EvalConfig("infoqa", model="tiny-random", limit=3, max_new_tokens=4, agents=2)
     run_eval(config, tmp_path / "run", progress=False)

@@ -41,7 +41,7 @@ def test_an_unknown_channel_is_one_error_wherever_it_is_named(build):
 
 
 def test_a_channel_not_available_yet_is_the_same_error(monkeypatch):
-    monkeypatch.setattr(channel, "_REGISTRY", dict(channel._REGISTRY) | {"carrier": None})  # known, not built
+    monkeypatch.setattr(channel, "_REGISTRY", channel._REGISTRY.copy({"carrier": None}))  # known, not built
     for build in (
         lambda: Team([Agent("a"), Agent("b")], CommGraph(["a", "b"], [Edge("a", "b", channel="carrier")])),
         lambda: Team([Agent("a")], "chain", decision={"method": "decision", "channel": "carrier"}),
@@ -65,7 +65,7 @@ class QuotedChannel(TextChannel):
 
 
 def test_a_registered_channel_runs_in_a_team(tiny, monkeypatch):
-    monkeypatch.setattr(channel, "_REGISTRY", dict(channel._REGISTRY))  # the registration ends with the test
+    monkeypatch.setattr(channel, "_REGISTRY", channel._REGISTRY.copy())  # the registration ends with the test
     register_channel("quoted", QuotedChannel)
     agents = [Agent(n, model="tiny-random", max_new_tokens=6) for n in "ab"]
     team = Team(agents, CommGraph.preset("chain", agents).with_channel("quoted"), decision="last")

@@ -12,4 +12,4 @@ def test_a_message_is_own_text_and_nothing_is_kept(tiny):
     view = TurnView(("b", 0), tiny, [piece], (0, 1), False, frozenset({"text"}), {})
     assert channel.keeps(view) == Keep() and channel.stats() == {}
     channel.check(object(), object(), "any edge")  # any two agents can talk in text
-    assert list(channel.place(tiny, ("b", 0), [piece])) == []  # nothing to place
+    assert channel.place(tiny, ("b", 0), [piece]) is None  # nothing to place: the prompt is prefilled

@@ -159,13 +159,13 @@ def test_sliding_window_model_rows_finish_at_different_times(sliding):
 
 def test_multibyte_stop_strings_are_found(tiny):
     from kvmesh.llm.base import GenerationRequest
-    from kvmesh.llm.engine import _Row
+    from kvmesh.llm.rows import Row
 
-    decoder = tiny._decoder
+    runner = tiny._runner
     for stop in ("𝄞𝄞", "日本", "END"):
-        row = _Row(GenerationRequest([1], stop=stop), tag=0)
+        row = Row(GenerationRequest([1], stop=stop), tag=0)
         row.generated = tiny.tokenizer("some text " + stop + " more", add_special_tokens=False)["input_ids"]
-        assert decoder.stop_hit(row) and row.text == "some text "
+        assert runner.stop_hit(row) and row.text == "some text "
 
 
 def test_stop_arguments_are_normalised(tiny):
@@ -194,9 +194,9 @@ def test_a_bare_prompt_is_refused_with_advice(tiny):
 def test_engine_rows_on_a_prebuilt_cache_and_kept_caches(tiny):
     """A row that arrives with an exact prebuilt prefix decodes like a plain one, batched with others, and
     rows that ask for it return their prompt's cache and their reply's cache, equal to a dense prefill's."""
-    from kvmesh.kvcomm.assembly import Assembly
     from kvmesh.llm.base import GenerationRequest
     from kvmesh.llm.cache import cache_argument, new_cache, read_columns
+    from kvmesh.llm.prefix import PrefixCache
     from kvmesh.llm.segment import KVSegment
 
     def ids_of(text):
@@ -215,7 +215,7 @@ def test_engine_rows_on_a_prebuilt_cache_and_kept_caches(tiny):
     shape = (*exact.keys.shape[:2], len(prompt) + 16, exact.keys.shape[3])
     keys, values = exact.keys.new_zeros(shape), exact.values.new_zeros(shape)
     keys[:, :, :9], values[:, :, :9] = exact.keys, exact.values
-    prefix = Assembly(keys, values, 9, tuple(prompt[:9]), prompt[9:])
+    prefix = PrefixCache(keys, values, 9, tuple(prompt[:9]), prompt[9:])
     plain = tiny.generate_requests([GenerationRequest(prompt, 8), GenerationRequest(other, 8)])
     batch = tiny.new_batch()
     batch.submit(GenerationRequest(prompt, 8, prefix=prefix, keep_kv=True), "reused")
@@ -234,6 +234,26 @@ def test_engine_rows_on_a_prebuilt_cache_and_kept_caches(tiny):
         torch.testing.assert_close(reply.values, reference.slice(len(ids)).values, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="leave at least one token to prefill"):
         GenerationRequest(prompt[:9], 4, prefix=prefix)
+
+
+def test_prefill_only_rows_on_prefixes_fill_their_buffers_when_prefilled_together(tiny, forwards):
+    """A prefill-only row on a prefix exists to write its rest into the prefix's buffers (cache assembly's own
+    text); rows prefilled together in one pass, on a stacked copy of their prefixes, must still do so."""
+    from kvmesh.llm.prefix import PrefixCache
+
+    prompts = [tiny.encode_prompt(p) for p in _rendered(tiny)[:3]]
+    dense = [g.prompt_kv for g in tiny.generate_requests([GenerationRequest(ids, 0, keep_kv=True) for ids in prompts])]
+    pairs = enumerate(zip(prompts, dense, strict=True))
+    prefixes = [PrefixCache.of(full.slice(0, 4 + i), ids[4 + i :]) for i, (ids, full) in pairs]
+    for prefix in prefixes:  # what the rows must overwrite
+        prefix.keys[:, :, prefix.length :], prefix.values[:, :, prefix.length :] = float("nan"), float("nan")
+    forwards.clear()
+    rows = [GenerationRequest(ids, 0, prefix=prefix) for ids, prefix in zip(prompts, prefixes, strict=True)]
+    assert all(g.finish_reason == "prefill" for g in tiny.generate_requests(rows))
+    assert len(forwards) == 1  # one forward pass for the three
+    for prefix, full in zip(prefixes, dense, strict=True):
+        torch.testing.assert_close(prefix.keys, full.keys, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(prefix.values, full.values, atol=1e-4, rtol=1e-4)
 
 
 def test_prefill_only_rows_join_the_running_batch_and_leave_after_their_prefill(tiny, forwards):

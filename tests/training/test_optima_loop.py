@@ -109,3 +109,23 @@ def test_a_used_folder_with_other_settings_is_refused(tmp_path):
         loop._check_run(OptimaConfig(out=str(out), **{**SETTINGS, "threshold": 0.0}), out, lines.append)
     with pytest.raises(ConfigError, match="train split has"):
         loop.OptimaRun(OptimaConfig(out=str(tmp_path / "big"), **{**SETTINGS, "train_tasks": 10**6}))
+
+
+def test_a_failed_start_leaves_nothing_so_the_corrected_command_is_not_refused(tmp_path, capsys):
+    from kvmesh.cli import main
+
+    out = tmp_path / "run"
+    # the model is only loaded once the run folder holds its config and the first baseline's spec
+    assert main(["optima", "train", "--out", str(out), *_flags({**SETTINGS, "model": "no-such-model"})]) == 2
+    assert "unknown model 'no-such-model'" in capsys.readouterr().err
+    assert not out.exists()
+
+    class Started(Exception):
+        """Raised at the first progress line: the corrected run got past the run folder's check."""
+
+    def stop(line: str) -> None:
+        raise Started(line)
+
+    with pytest.raises(Started, match="iteration 0: scoring"):
+        loop.optima_train(OptimaConfig(out=str(out), **SETTINGS), progress=stop)
+    assert not out.exists()  # that start failed too, before any result

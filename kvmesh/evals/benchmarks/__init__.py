@@ -1,6 +1,7 @@
 """The benchmarks, one file each on the `Benchmark` protocol (`base.py`): GSM8K, HumanEval and InfoQA.
 
     benchmark = make_benchmark("infoqa")            # by name; GSM8K reads --data-path or KVMESH_GSM8K_PATH
+    BENCHMARKS.register("mine", Mine)               # or another package's `kvmesh.benchmarks` entry point
     samples = benchmark.samples("test")             # stable ids; Sample.task is a team Task
     score = benchmark.score(sample, answer)         # correct, extracted answer, per-sample metrics
     team = benchmark_team("infoqa", "smollm2-135m", "chain", agents=3)   # its default team
@@ -14,30 +15,42 @@ from __future__ import annotations
 
 from kvmesh.agents.decision import DECISION_METHOD
 from kvmesh.agents.team import Team
-from kvmesh.evals.benchmarks.base import SINGLE, Benchmark, Sample, Score, team_for
+from kvmesh.evals.benchmarks.base import SINGLE, Benchmark, BenchmarkOptions, Sample, Score, team_for
 from kvmesh.evals.benchmarks.gsm8k import GSM8K
 from kvmesh.evals.benchmarks.humaneval import HumanEval
 from kvmesh.evals.benchmarks.infoqa import InfoQA, short_answer
+from kvmesh.plugins import PluginNotAvailableError, Registry
 
-BENCHMARK_CLASSES: dict[str, type[Benchmark]] = {cls.name: cls for cls in (GSM8K, HumanEval, InfoQA)}
-BENCHMARKS = tuple(BENCHMARK_CLASSES)
+
+class BenchmarkNotAvailableError(PluginNotAvailableError):
+    """A benchmark name no entry has; the message lists the benchmarks there are and how to add one."""
+
+
+# name -> class; kvmesh's own in code (see kvmesh.plugins), other packages' as `kvmesh.benchmarks` entry points.
+# Iterating it gives the names (configs take it as their `choices`).
+BENCHMARKS: Registry[type[Benchmark]] = Registry(
+    "benchmark",
+    "kvmesh.benchmarks",
+    {
+        "gsm8k": "kvmesh.evals.benchmarks.gsm8k:GSM8K",
+        "humaneval": "kvmesh.evals.benchmarks.humaneval:HumanEval",
+        "infoqa": "kvmesh.evals.benchmarks.infoqa:InfoQA",
+    },
+    error=BenchmarkNotAvailableError,
+    adder="kvmesh.evals.benchmarks.BENCHMARKS.register(name, cls)",
+)
 
 
 def benchmark_class(name: str) -> type[Benchmark]:
-    if name not in BENCHMARK_CLASSES:
-        raise ValueError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
-    return BENCHMARK_CLASSES[name]
+    """The class of benchmark `name`; `BenchmarkNotAvailableError` when there is none."""
+    return BENCHMARKS.get(name)
 
 
 def make_benchmark(
     name: str, data_path: str | None = None, seed: int = 0, allow_code_execution: bool = False, shards: str = "own"
 ) -> Benchmark:
-    cls = benchmark_class(name)
-    if cls is GSM8K:
-        return GSM8K(data_path)
-    if cls is HumanEval:
-        return HumanEval(allow_code_execution)
-    return InfoQA(data_path, seed, shards=shards)
+    """Benchmark `name` for a run's settings; each benchmark takes the ones it uses (`Benchmark.from_options`)."""
+    return benchmark_class(name).from_options(BenchmarkOptions(data_path, seed, allow_code_execution, shards))
 
 
 def benchmark_team(name: str, *args, **options) -> Team:
@@ -60,7 +73,6 @@ def configured_team(config) -> Team:
         code_execution=config.allow_code_execution,
         channel=config.channel,
         temporal=getattr(config, "temporal", None),
-        reuse={"anchors_dir": config.anchors} if getattr(config, "anchors", None) else None,
     )
 
 
@@ -85,6 +97,8 @@ __all__ = [
     "GSM8K",
     "SINGLE",
     "Benchmark",
+    "BenchmarkNotAvailableError",
+    "BenchmarkOptions",
     "HumanEval",
     "InfoQA",
     "Sample",

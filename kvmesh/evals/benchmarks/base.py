@@ -49,12 +49,28 @@ class Score:
     metrics: dict = field(default_factory=dict)  # per-sample values that summaries average
 
 
+@dataclass(frozen=True)
+class BenchmarkOptions:
+    """A run's settings that a benchmark may take (`make_benchmark`); each takes the ones it uses."""
+
+    data_path: str | None = None
+    seed: int = 0
+    allow_code_execution: bool = False
+    shards: str = "own"
+
+
 class Benchmark:
-    """Base class: subclasses set the class attributes and implement `samples` and `score`."""
+    """Base class: subclasses set the class attributes and implement `samples` and `score`; one whose constructor
+    takes arguments overrides `from_options`. Other packages add benchmarks as `kvmesh.benchmarks` entry points."""
 
     name: ClassVar[str] = ""
     ROLES: ClassVar[tuple[tuple[str, str], ...]] = ()
     DECISION_PROMPT: ClassVar[str] = ""
+
+    @classmethod
+    def from_options(cls, options: BenchmarkOptions) -> Benchmark:
+        """The benchmark for a run's settings (default: built with no arguments, ignoring them)."""
+        return cls()
 
     def samples(self, split: str) -> list[Sample]:
         raise NotImplementedError
@@ -142,12 +158,12 @@ def team_for(
     code_execution: bool = False,
     channel: str = "text",
     temporal: str | None = None,
-    reuse: dict | None = None,
+    channels: dict | None = None,
 ) -> Team:
     """The default team for a benchmark. `topology="single"` is one agent answering alone (the baseline);
     `code_execution` attaches the roles' tools, which run generated code in the sandbox; `channel` is set on
     every edge and on the decision maker's reading; `temporal` as `CommGraph.preset` (unset: it follows `rounds`);
-    `reuse`: kv-reuse's settings (`ReuseConfig` fields)."""
+    `channels`: settings by channel name (each channel's settings class fields)."""
     if topology == SINGLE:
         members = team_agents(benchmark, 1, model, max_new_tokens, code_execution, solo=True)
         return Team(members, CommGraph([members[0].name]), rounds=1, decision=LAST, seed=seed)
@@ -165,4 +181,4 @@ def team_for(
             tools=benchmark.tools(DECISION_MAKER) if code_execution else (),
         )
         rule = Decision(DECISION_METHOD, maker, channel)
-    return Team(members, graph, rounds=rounds, decision=rule, seed=seed, reuse=reuse)
+    return Team(members, graph, rounds=rounds, decision=rule, seed=seed, channels=channels)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from kvmesh.agents.task import Task
 from kvmesh.agents.tools import Tool
-from kvmesh.evals.benchmarks.base import Benchmark, Sample, Score, check_design_sizes
+from kvmesh.evals.benchmarks.base import Benchmark, BenchmarkOptions, Sample, Score, check_design_sizes
 from kvmesh.evals.numbers import extract_flexible, extract_strict, numbers_equal
 from kvmesh.evals.tools import RunPython
 
@@ -117,6 +117,10 @@ class GSM8K(Benchmark):
 
     def __init__(self, data_path: str | None = None) -> None:
         self.data_path = data_path
+
+    @classmethod
+    def from_options(cls, options: BenchmarkOptions) -> GSM8K:
+        return cls(options.data_path)
 
     def samples(self, split: str) -> list[Sample]:
         return [

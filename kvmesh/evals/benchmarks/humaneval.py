@@ -33,7 +33,7 @@ from pathlib import Path
 
 from kvmesh.agents.task import Task
 from kvmesh.agents.tools import Tool, ToolTurn
-from kvmesh.evals.benchmarks.base import Benchmark, Sample, Score, check_design_sizes
+from kvmesh.evals.benchmarks.base import Benchmark, BenchmarkOptions, Sample, Score, check_design_sizes
 from kvmesh.evals.sandbox import NOT_A_BOUNDARY, ExecResult, Limits, run_many, run_program
 from kvmesh.evals.tools import TOOL_LIMITS
 
@@ -239,6 +239,10 @@ class HumanEval(Benchmark):
                 f"{NOT_A_BOUNDARY}."
             )
         self.limits = limits or Limits()
+
+    @classmethod
+    def from_options(cls, options: BenchmarkOptions) -> HumanEval:
+        return cls(options.allow_code_execution)
 
     def samples(self, split: str) -> list[Sample]:
         if split != "test":

@@ -42,6 +42,7 @@ from kvmesh.evals.benchmarks.base import (
     DECISION_MAKER,
     SOLO,
     Benchmark,
+    BenchmarkOptions,
     Sample,
     Score,
     answer_line,
@@ -369,6 +370,10 @@ class InfoQA(Benchmark):
             raise ValueError(f"InfoQA shards must be one of {SHARD_MODES}, got {shards!r}")
         self.data_path, self.seed, self.count, self.difficulty = data_path, seed, count, difficulty
         self.shards = shards
+
+    @classmethod
+    def from_options(cls, options: BenchmarkOptions) -> InfoQA:
+        return cls(options.data_path, options.seed, shards=options.shards)
 
     def _task(self, t: InfoQATask) -> Task:
         if self.shards == "all":

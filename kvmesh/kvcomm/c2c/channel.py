@@ -32,12 +32,12 @@ from pathlib import Path
 
 import torch
 
-from kvmesh.kvcomm.assembly import FUSE, TASK, Assembly, Piece, Preparation
+from kvmesh.kvcomm.assembly import TASK, Assembly, Piece, Preparation
 from kvmesh.kvcomm.c2c.capture import check_length
 from kvmesh.kvcomm.c2c.mappers.base import KVMapper, MapperError, check_models, load_config, load_mapper
 from kvmesh.kvcomm.c2c.mappers.quality import QUALITY_THRESHOLD, MapperQualityError, MappingQuality, check_quality
-from kvmesh.kvcomm.c2c.task_fusion import fuse_task, fusing_pieces, task_rows
-from kvmesh.kvcomm.channel import Cached, ChannelNotAvailableError, Endpoint, Keep, TurnView, reply_key
+from kvmesh.kvcomm.c2c.task_fusion import FUSE, fuse_task, fusing_pieces, task_rows
+from kvmesh.kvcomm.channel import Cached, Channel, ChannelNotAvailableError, Endpoint, Keep, TurnView, reply_key
 from kvmesh.kvcomm.latent import join_contexts, latent_layout, ready
 from kvmesh.kvcomm.rope import LayerRope, Rope
 from kvmesh.llm.base import Generation, KVModel, LanguageModel
@@ -85,7 +85,7 @@ def _same_model(spec: str, other: str) -> bool:
     return spec == other or (all(p.is_dir() for p in paths) and paths[0].resolve() == paths[1].resolve())
 
 
-class C2CChannel:
+class C2CChannel(Channel):
     """Reads a sender's prompt cache mapped into the receiver's format; see the module docstring."""
 
     name = NAME
@@ -93,7 +93,7 @@ class C2CChannel:
     reads_reply = False  # the receiver reads the sender's prompt cache, not its reply
 
     def __init__(self, settings: C2CConfig | None = None) -> None:
-        self.config = settings or C2CConfig()
+        super().__init__(settings)
         if not self.config.mapper:
             raise ChannelNotAvailableError(
                 "a c2c edge needs a mapper: Team(..., channels={'c2c': {'mapper': 'DIR'}}) or, in a team spec, "

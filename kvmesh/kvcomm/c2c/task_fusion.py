@@ -22,12 +22,14 @@ from collections.abc import Sequence
 
 import torch
 
-from kvmesh.kvcomm.assembly import FUSE, TASK, Assembly, Piece, Preparation
+from kvmesh.kvcomm.assembly import TASK, Assembly, Piece, Preparation
 from kvmesh.kvcomm.c2c.align import AlignmentError, align_spans, encode_with_offsets
 from kvmesh.kvcomm.c2c.mappers.base import KVMapper
 from kvmesh.kvcomm.rope import LayerRope
 from kvmesh.llm.base import GenerationRequest
 from kvmesh.llm.segment import KVSegment
+
+FUSE = "fuse"  # a piece with no tokens: a sender's task rows, aligned to the receiver's task tokens
 
 
 def _spans(tokenizer, text: str, ids: Sequence[int], who: str) -> list[tuple[int, int]]:

@@ -33,9 +33,9 @@ On disk (`AnchorFolder`): a pool learned in one process can be loaded by the nex
 reuses what earlier runs learned. A folder holds `manifest.json` (format version; per model: its name, the
 cache layout fingerprint and sink tokens its anchors depend on, the bounds it was saved under, its file) and
 one tensor file per model (`torch.save`, read back with `weights_only=True`, so loading runs no pickled code).
-Every file is written to a temporary file in the same folder and moved over the old one (`os.replace`), so a
-crash leaves either the old file or the new one, never a torn one; the temporary file it may leave behind
-(`.NAME.*.tmp`) is never read.
+Every file is written atomically (`kvmesh.runs.write_atomic`: a temporary file in the same folder, moved over
+the old one), so a crash leaves either the old file or the new one, never a torn one; the temporary file it may
+leave behind (`.NAME.*.tmp`) is never read.
 Caveats: a pool is refused (ValueError, saying what differs) when made for another model, layout or chat
 template; it is not checked against the team that made it, so a folder should serve one team setup (other
 roles or prompts make its offsets less apt: use another folder). Loading applies the current bounds (cutting
@@ -45,19 +45,17 @@ the last save wins.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import re
-import tempfile
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import torch
+
+from kvmesh.runs import write_atomic
 
 OLDEST = 5  # eviction looks at this many of a placeholder's oldest anchors
 FORMAT = 1  # version of the on-disk layout; folders of another version are refused
@@ -211,29 +209,6 @@ def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
     return found
 
 
-def _umask() -> int:
-    mask = os.umask(0)  # reading the umask means setting it: put it back at once
-    os.umask(mask)
-    return mask
-
-
-def write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write `path` through a temporary file in its folder, moved over it once complete: a crash midway leaves
-    the old file (and a stray `.NAME.*.tmp`), never a torn one."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; a saved file is as any other
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-
-
 def _file_name(model: str) -> str:
     """A model's pool file: readable, and unique per model name (the hash tells apart names the slug merges)."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-.")[:60]
@@ -308,12 +283,12 @@ class AnchorFolder:
         model = identity["model"]
         file = self.path / _file_name(model)
         state = {"format": FORMAT, "model": model, **pool.state()}
-        write_atomically(file, lambda out: torch.save(state, out))
+        write_atomic(file, lambda out: torch.save(state, out))
         manifest = self.manifest()
         saved = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         entry = {**identity, "file": file.name, "anchors": len(pool), "settings": settings or {}, "saved": saved}
         manifest = {**manifest, "format": FORMAT, "pools": {**manifest["pools"], model: entry}}
         text = json.dumps(manifest, indent=2).encode()
-        write_atomically(self.path / MANIFEST, lambda out: out.write(text))
+        write_atomic(self.path / MANIFEST, lambda out: out.write(text))
         self._manifest = manifest
         return file

@@ -29,28 +29,38 @@ from collections.abc import Hashable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from kvmesh.kvcomm.assembly import GLUE, OWN, REPLY, Piece, Preparation
-from kvmesh.kvcomm.channel import Cached, ChannelNotAvailableError, Endpoint, Keep, TurnView, reply_key, task_key
+from kvmesh.kvcomm.assembly import OWN, Piece, Preparation
+from kvmesh.kvcomm.channel import (
+    Cached,
+    Channel,
+    ChannelNotAvailableError,
+    Endpoint,
+    Keep,
+    TurnView,
+    reply_key,
+    task_key,
+)
 from kvmesh.kvcomm.kv_reuse.anchors import AnchorFolder
 from kvmesh.kvcomm.kv_reuse.engine import ReuseConfig, ReuseEngine
 from kvmesh.llm.base import Generation, KVModel, LanguageModel
 from kvmesh.llm.segment import KVSegment
 
 ANCHOR_SETTINGS = ("max_anchors", "max_anchor_tokens", "max_anchor_mb")  # recorded with saved pools
+GLUE, REPLY = "glue", "reply"  # a message's header (a template) and the sender's reply ids (its decode cache)
 
 
 def _same_model(a: Endpoint, b: Endpoint) -> bool:
     return a.model is b.model or a.model_spec == b.model_spec
 
 
-class KVReuseChannel:
+class KVReuseChannel(Channel):
     """A team's kv-reuse state: one `ReuseEngine` per model, created before the first call, kept across runs."""
 
     name = "kv-reuse"
     settings_class = ReuseConfig
 
     def __init__(self, settings: ReuseConfig | None = None) -> None:
-        self.config = settings or ReuseConfig()
+        super().__init__(settings)
         self.engines: dict[int, ReuseEngine] = {}
         self.folder = AnchorFolder(self.config.anchors_dir) if self.config.anchors_dir else None
         self._saved: dict[int, int] = {}  # per engine: its pool's version when last loaded or saved

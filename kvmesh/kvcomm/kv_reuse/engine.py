@@ -33,7 +33,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -80,7 +80,7 @@ class ReuseConfig:
     templates: int = 256
     correct: bool = True
     replies: bool = True
-    anchors_dir: str | None = None
+    anchors_dir: str | None = field(default=None, metadata={"alias": "anchors", "writes": True})  # --anchors DIR
 
 
 @dataclass

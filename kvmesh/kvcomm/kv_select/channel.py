@@ -33,21 +33,23 @@ cache (its sender ran dense without keeping one) is read as text.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
-from dataclasses import asdict, dataclass, replace
+import logging
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from kvmesh.kvcomm.assembly import LATENT, Assembly, Piece, Preparation
-from kvmesh.kvcomm.channel import Cached, ChannelNotAvailableError, Endpoint, Keep, TurnView, reply_key
-from kvmesh.kvcomm.kv_select.layers import LayerChoice, choose_layers
+from kvmesh.kvcomm.assembly import Assembly, Piece, Preparation
+from kvmesh.kvcomm.channel import Cached, Channel, ChannelNotAvailableError, Endpoint, Keep, TurnView, reply_key
+from kvmesh.kvcomm.kv_select.layers import LayerChoice, choose_layers, context_attention
 from kvmesh.kvcomm.kv_select.tokens import context_token_scores, tokens_to_drop
-from kvmesh.kvcomm.latent import join_contexts, latent_layout, ready
+from kvmesh.kvcomm.latent import LATENT, join_contexts, latent_layout, ready
 from kvmesh.kvcomm.rope import Rope
 from kvmesh.llm.base import Generation, KVModel, LanguageModel, LatentSpan
 from kvmesh.llm.segment import KVSegment
 
 NAME = "kv-select"
+log = logging.getLogger("kvmesh")
 
 
 @dataclass
@@ -68,7 +70,7 @@ class KVSelectConfig:
     """
 
     layers: tuple[int, ...] | None = None
-    fraction: float = 0.3
+    fraction: float = field(default=0.3, metadata={"alias": "layer_fraction"})  # --layer-fraction F
     weight: float = 0.5
     centre: float = 0.5
     width: float = 0.2
@@ -113,20 +115,21 @@ def _kv_mismatch(first: KVModel, second: KVModel) -> str | None:
     return None
 
 
-class KVSelectChannel:
+class KVSelectChannel(Channel):
     """Reads a sender's context cache in the chosen layers; see the module docstring."""
 
     name = NAME
     settings_class = KVSelectConfig
     reads_reply = False  # a receiver reads the sender's prompt cache: a sender nobody else reads generates nothing
+    calibrates = True  # layers chosen on where receivers attend (`calibrate`)
 
     def __init__(self, settings: KVSelectConfig | None = None, record: bool = False) -> None:
-        self.config = settings or KVSelectConfig()
+        super().__init__(settings)
         self.record = record
         self.pairs: list[tuple[tuple[int, ...], tuple[int, ...]]] = []  # (context ids, receiver ids), if recording
         self._layers: dict[int, frozenset[int]] = {}
         self._ropes: dict[int, Rope] = {}
-        self._specs: dict[int, str] = {}
+        self._models: dict[int, KVModel] = {}
         self._moved: dict[int, int] = {}  # id(context segment) -> bytes its last placement read
         self.calls = self.latent_tokens = self.moved_bytes = self.dropped_tokens = 0
 
@@ -155,7 +158,7 @@ class KVSelectChannel:
         if id(model) not in self._layers:
             self._layers[id(model)] = self.config.chosen(model.model.config.num_hidden_layers)
             self._ropes[id(model)] = Rope.from_model(model.model)
-            self._specs[id(model)] = model.spec
+            self._models[id(model)] = model
 
     def layers(self, model: LanguageModel) -> frozenset[int]:
         self.prepare(model)
@@ -222,7 +225,29 @@ class KVSelectChannel:
 
     def layers_by_spec(self) -> dict[str, list[int]]:
         """The chosen layers of each model this channel has prepared, by model spec."""
-        return {self._specs[key]: sorted(layers) for key, layers in self._layers.items()}
+        return {self._models[key].spec: sorted(layers) for key, layers in self._layers.items()}
+
+    def wants_calibration(self) -> bool:
+        """Layers chosen neither by hand nor by calibration scores: calibrate before use."""
+        return self.config.layers is None and self.config.scores is None
+
+    def begin_calibration(self) -> None:
+        self.record = True
+
+    def calibrate(self, probe: Callable[[object], Channel]) -> KVSelectConfig:
+        """These settings with calibration scores: the probe team reads every context in every layer (the dense
+        read, exactly) and records each (context ids, receiver ids) pair it placed; `context_attention` averages
+        the attention mass the receivers' tokens put on the contexts per layer over those pairs."""
+        recorder = probe(replace(self.config, layers=None, fraction=1.0, scores=None))
+        models = {model.spec: model for model in recorder._models.values()}
+        if len(models) != 1:
+            raise ValueError(f"kv-select calibration needs one model on its edges, the team has {sorted(models)}")
+        if not recorder.pairs:
+            raise ValueError("no turn read a kv-select context on the calibration tasks: check the team's edges")
+        (model,) = models.values()
+        scores = context_attention(model.model, recorder.pairs)
+        log.info("kv-select calibrated on %d pairs", len(recorder.pairs))
+        return replace(self.config, scores=tuple(float(s) for s in scores))
 
     def stats(self) -> dict:
         if not self.calls:

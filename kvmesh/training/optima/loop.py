@@ -10,17 +10,17 @@
                        -> the new adapter, scored on the same held-out tasks (`kvmesh eval`'s runner)
     results.json, path.png   every point (accuracy, F1, generated and prompt+completion tokens per task)
 
-Everything is written as it finishes, so a killed run resumes where it stopped (`resume`): finished
-iterations are kept; inside an iteration, finished rollout chunks, branches, the trained adapter and the
-evaluation's finished samples are kept. Rollouts and branches are seeded per chunk, so a resumed chunk draws
-what the first attempt would have. Each iteration's training tasks are a block of the train split of their
-own; evaluation uses the test split: no task is trained and scored on.
+Everything is written as it finishes (`kvmesh.runs`: JSON files atomically, rollouts and branches appended to
+fsynced JSONL logs), so a killed run resumes where it stopped (`resume`): finished iterations are kept; inside an
+iteration, finished rollout chunks, branches, the trained adapter and the evaluation's finished samples are
+kept. A fresh run that fails before its first result (a model that does not load, Ctrl-C during the first
+baseline) leaves nothing behind, so the corrected command starts afresh. Rollouts and branches are seeded per
+chunk, so a resumed chunk draws what the first attempt would have. Each iteration's training tasks are a block
+of the train split of their own; evaluation uses the test split: no task is trained and scored on.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -30,9 +30,23 @@ from pathlib import Path
 from kvmesh.agents.team import Team
 from kvmesh.config import ConfigError
 from kvmesh.evals.benchmarks import make_benchmark
+from kvmesh.evals.figures import Point, plot_tradeoff
 from kvmesh.evals.runner import run_eval
-from kvmesh.evals.tradeoff import Point, plot_tradeoff
 from kvmesh.llm.local import load_model
+from kvmesh.runs import (
+    CONFIG,
+    Comparison,
+    Opened,
+    Wording,
+    append_jsonl,
+    open_config,
+    read_json,
+    read_log,
+    repair_log,
+    rewrite_jsonl,
+    start_run,
+    write_json,
+)
 from kvmesh.training.examples import example_id
 from kvmesh.training.optima.config import OptimaConfig
 from kvmesh.training.optima.dpo_data import branch, preference_pairs
@@ -45,13 +59,6 @@ from kvmesh.training.optima.trainers import ADAPTER, LoraSettings, train_dpo, tr
 
 Progress = Callable[[str], None]
 BASELINES = ("iteration 0", "prompt-only compact")
-
-
-def write_json_atomic(path: Path, data) -> None:
-    """Write `data` as JSON to `path` through a temporary file, so a kill leaves the old file or the new one."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data, indent=2))
-    os.replace(partial, path)
 
 
 # Settings that decide only how saved rollouts are rewarded, selected and trained on: a resumed run may change
@@ -74,56 +81,28 @@ BEFORE_TRAINING = (
 )
 
 
-def _check_run(config: OptimaConfig, out: Path, progress: Progress) -> None:
-    """A fresh run needs an empty folder; a resumed one the same settings (those that decide what it trains),
-    except `BEFORE_TRAINING` ones while no iteration has trained: those changes are recorded in config.json."""
-    saved = out / "config.json"
-    wanted = {k: v for k, v in asdict(config).items() if k not in ("resume", "out")}
-    if saved.exists():
-        if not config.resume:
-            raise ConfigError(f"{out} holds a run already: pass {{resume}} to continue it, or another {{out}}")
-        record = json.loads(saved.read_text())
-        changed = sorted(k for k in wanted if record.get(k) != wanted[k])
-        trained = any(out.glob("iteration-*/train.json"))
-        refused = [k for k in changed if trained or k not in BEFORE_TRAINING]
-        if refused:
-            raise ConfigError(f"{out} was run with other settings ({', '.join(refused)}); use another {{out}}")
-        if changed:
-            history = [*record.get("changed", []), {k: [record.get(k), wanted[k]] for k in changed}]
-            write_json_atomic(saved, {**asdict(config), "changed": history})
-            progress(f"resuming with changed {', '.join(changed)} (before any training; recorded in config.json)")
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(saved, asdict(config))
+OPTIMA_RUN = Wording(resume="pass {resume}", out="{out}")  # fields: the CLI shows them as flags
+
+
+def _check_run(config: OptimaConfig, out: Path, progress: Progress) -> Opened:
+    """A fresh run starts in an empty folder; a resumed one needs the same settings (those that decide what it
+    trains), except `BEFORE_TRAINING` ones while no iteration has trained: those changes are recorded in
+    config.json."""
+    trained = any(out.glob("iteration-*/train.json"))
+    rules = Comparison(ignore=("resume", "out", "changed"), allowed=() if trained else BEFORE_TRAINING)
+    opened = open_config(out, asdict(config), config.resume, OPTIMA_RUN, rules)
+    if opened.changed:
+        record, wanted = read_json(out / CONFIG), asdict(config)
+        history = [*record.get("changed", []), {k: [record.get(k), wanted[k]] for k in opened.changed}]
+        write_json(out / CONFIG, {**wanted, "changed": history}, sort_keys=True)
+        progress(f"resuming with changed {', '.join(opened.changed)} (before any training; recorded in config.json)")
+    return opened
 
 
 def _jsonl(path: Path) -> list[dict]:
-    """The rows of a JSONL file; a last line torn by a kill mid-write is dropped (from the file too)."""
-    if not path.exists():
-        return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    rows = []
-    for number, line in enumerate(lines):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number != len(lines) - 1:
-                raise ValueError(f"{path}: line {number + 1} is not JSON; the file was edited or is corrupt") from None
-            _rewrite(path, rows)
-    return rows
-
-
-def _rewrite(path: Path, rows: Sequence[dict]) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    os.replace(partial, path)
-
-
-def _append(path: Path, rows: Sequence[dict]) -> None:
-    with open(path, "a") as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
-        handle.flush()
+    """The rows of a JSONL log; a last line torn by a kill mid-write is dropped (from the file too)."""
+    repair_log(path)
+    return read_log(path)
 
 
 class OptimaRun:
@@ -162,7 +141,7 @@ class OptimaRun:
         """Score `spec` on the held-out tasks (resumable, in `folder`); one point of the path."""
         folder.mkdir(parents=True, exist_ok=True)
         spec_path = folder / "team.json"
-        write_json_atomic(spec_path, spec)
+        write_json(spec_path, spec)
         self.progress(f"{label}: scoring on {self.config.eval_tasks} test tasks")
         settings = eval_config(self.config, spec=str(spec_path), split="test", limit=self.config.eval_tasks)
         summary = run_eval(settings, folder / "eval", resume=True, progress=False)
@@ -195,7 +174,7 @@ class OptimaRun:
         finished = {task for task, count in counts.items() if count >= config.samples}
         if len(finished) < len(counts):  # a chunk cut short by a kill: its rows go, the chunk runs again
             rows = [row for row in rows if row["task_id"] in finished]
-            _rewrite(path, rows)
+            rewrite_jsonl(path, rows)
         done = [Rollout.from_dict(row) for row in rows]
         for index, start in enumerate(range(0, len(block), config.batch_size)):
             chunk = [s.task for s in block[start : start + config.batch_size]]
@@ -221,7 +200,7 @@ class OptimaRun:
                 fresh += [reframed(replace(r, sample=r.sample + own), explorer, team, "compact") for r in extra]
             order = {example_id(task, i): i for i, task in enumerate(chunk)}
             fresh.sort(key=lambda r: (order[r.task_id], r.sample))  # task-major, as sample_rollouts orders them
-            _append(path, [r.to_dict() for r in fresh])
+            append_jsonl(path, [r.to_dict() for r in fresh])
             done += fresh
             self.progress(f"iteration {iteration}: {len({r.task_id for r in done})}/{len(block)} tasks rolled out")
         return done
@@ -257,7 +236,7 @@ class OptimaRun:
                     "turn_index": turn_index,
                     "children": [c.to_dict() for c in children],
                 }
-                _append(path, [row])
+                append_jsonl(path, [row])
             self.progress(f"iteration {iteration}: branched {number + 1}/{len(kept)} rollouts")
         return list(done.values())
 
@@ -274,7 +253,7 @@ class OptimaRun:
         explorer = Team.from_spec(compact_spec(policy, type(self.benchmark)))
         judge = load_model(config.model)  # the frozen base model: readability of each message
         rollouts = score_rollouts(self.rollouts(folder, team, explorer, iteration), self.reward, judge)
-        write_json_atomic(folder / "rewards.json", [r.to_dict() for r in rollouts])
+        write_json(folder / "rewards.json", [r.to_dict() for r in rollouts])
         kept = top_share(select_best(rollouts, config.threshold), config.top_share)
         self.progress(f"iteration {iteration}: {len(kept)} of {len(rollouts)} rollouts kept ({kind})")
         if kind == "sft":
@@ -309,14 +288,17 @@ class OptimaRun:
             "losses": losses,
             "seconds": time.perf_counter() - started,
         }
-        write_json_atomic(folder / "train.json", record)
+        write_json(folder / "train.json", record)
         self.progress(
             f"iteration {iteration}: trained on {len(data)} {kind} rows; loss {losses[0]:.3f} -> {losses[-1]:.3f}"
         )
         return str(trained)
 
     def run(self) -> dict:
-        _check_run(self.config, self.out, self.progress)
+        with start_run(self.out, lambda: _check_run(self.config, self.out, self.progress)):
+            return self._run()
+
+    def _run(self) -> dict:
         started = time.perf_counter()
         points = [
             self.evaluate(self.out / "baselines" / "iteration-0", self.base, "iteration 0"),
@@ -331,7 +313,7 @@ class OptimaRun:
             points.append(self.evaluate(folder, policy_spec(self.base, adapter), f"iteration {iteration}"))
         results = {"points": points, "config": asdict(self.config), "seconds": time.perf_counter() - started}
         results["plot"] = str(plot_path(points, self.out / "path.png"))
-        write_json_atomic(self.out / "results.json", results)
+        write_json(self.out / "results.json", results)
         return results
 
 

@@ -161,7 +161,7 @@ class Rollout:
                     raise PromptMismatchError(
                         f"task {task_id}, agent {message.name!r} round {meta['round']}: the recorded prompt "
                         f"re-encodes to {len(prompt_ids)} tokens but the model read {usage['input_tokens']}; "
-                        "rollouts need prompts that are plain text (text or kv-reuse edges, no control token "
+                        "rollouts need prompts that are plain text (edges that read text, no control token "
                         "spelled in the task)"
                     )
                 if finish != "length" and ends[id(llm)] is not None:

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from kvmesh.kvcomm.kv_reuse.anchors import FORMAT, MANIFEST, AnchorFolder, AnchorPool, describe, write_atomically
+from kvmesh.kvcomm.kv_reuse.anchors import FORMAT, MANIFEST, AnchorFolder, AnchorPool, describe
+from kvmesh.runs import write_atomic
 
 
 def offsets(value, tokens=4, layers=2):
@@ -157,7 +158,7 @@ def test_a_crash_while_saving_leaves_the_last_complete_save(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        write_atomically(tmp_path / MANIFEST, crash)
+        write_atomic(tmp_path / MANIFEST, crash)
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before  # no temporary file left
     # a hard crash (no cleanup) leaves a stray temporary file beside each complete one: loading never reads it
     for name in before:
@@ -173,9 +174,7 @@ def test_a_crash_while_saving_leaves_the_last_complete_save(tmp_path):
 def test_saved_files_have_the_permissions_any_new_file_gets(tmp_path):
     import os
 
-    from kvmesh.kvcomm.kv_reuse.anchors import write_atomically
-
-    write_atomically(tmp_path / "manifest.json", lambda file: file.write(b"{}"))
+    write_atomic(tmp_path / "manifest.json", lambda file: file.write(b"{}"))
     (tmp_path / "plain").write_bytes(b"{}")
     assert (tmp_path / "manifest.json").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
     assert set(os.listdir(tmp_path)) == {"manifest.json", "plain"}  # no temporary file left

@@ -180,11 +180,11 @@ def test_spec_round_trip_keeps_channels_and_reuse_settings():
 
 def test_every_model_call_of_a_kv_reuse_team_is_a_row_of_the_running_batch(tiny, monkeypatch):
     """Templates, own text (the notes) and turns all go through the engine: no other path reaches the model."""
-    from kvmesh.llm.engine import BatchDecoder
+    from kvmesh.llm.runner import ModelRunner
 
     engine_calls, model_calls = [], []
-    through = BatchDecoder.forward
-    monkeypatch.setattr(BatchDecoder, "forward", lambda self, *args: engine_calls.append(1) or through(self, *args))
+    through = ModelRunner.forward
+    monkeypatch.setattr(ModelRunner, "forward", lambda self, *args: engine_calls.append(1) or through(self, *args))
     hook = tiny.model.register_forward_pre_hook(lambda *args: model_calls.append(1))
     try:
         team = team_of("tiny-random", names=("a", "b", "c"))

@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from kvmesh.kvcomm.rope import layer_types
+from kvmesh.runs import write_atomic, write_json
 
 KINDS = {"ridge": "kvmesh.kvcomm.c2c.mappers.ridge:RidgeMapper", "fuser": "kvmesh.kvcomm.c2c.mappers.fuser:Fuser"}
 CONFIG_FILE, WEIGHTS_FILE = "mapper.json", "mapper.safetensors"
@@ -237,8 +238,8 @@ def save_mapper(mapper: KVMapper, path: str | Path) -> Path:
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {name: tensor.detach().cpu().clone() for name, tensor in mapper.tensors().items()}  # no sharing
-    save_file(tensors, str(folder / WEIGHTS_FILE))
-    (folder / CONFIG_FILE).write_text(json.dumps(mapper.config.to_dict(), indent=2) + "\n")
+    write_atomic(folder / WEIGHTS_FILE, lambda file: file.write(save(tensors)))  # a crash keeps the last whole file
+    write_json(folder / CONFIG_FILE, mapper.config.to_dict())
     return folder
 
 

@@ -36,7 +36,7 @@ from kvmesh.llm.segment import KVSegment
 
 
 @dataclass
-class KVReuseBenchConfig:
+class KVReuseStudyConfig:
     """Sizes and settings of the kv-reuse benchmark.
 
     Args:
@@ -103,7 +103,7 @@ def _row(lm: LocalLM, prompt: list[int], tokens: int, prefix: Assembly | None = 
     return lm.generate_requests([request])[0]
 
 
-def run_benchmark(config: KVReuseBenchConfig, progress=print) -> dict:
+def run_study(config: KVReuseStudyConfig, progress=print) -> dict:
     llm = load_model(config.model)
     tokenizer = llm.tokenizer
     rng = random.Random(config.seed)

@@ -6,24 +6,24 @@ import pytest
 
 from kvmesh.cli import main
 from kvmesh.config import ConfigError
-from kvmesh.evals.bench.latent import (
+from kvmesh.evals.benchmarks.infoqa import InfoQA
+from kvmesh.evals.studies.latent import (
     RECEIVER_PROMPT,
     SENDER,
     SENDER_PROMPT,
-    LatentBenchConfig,
+    LatentStudyConfig,
     _pair,
-    run_benchmark,
+    run_study,
     tasks_for,
 )
-from kvmesh.evals.benchmarks.infoqa import InfoQA
 
 SMALL = {"model": "tiny-random", "limit": 3, "batch_size": 3, "message_tokens": 3, "answer_tokens": 3}
 
 
 def test_every_mode_runs_the_same_tasks_and_resumes_after_what_it_finished(tiny, tmp_path):
-    config = LatentBenchConfig(**SMALL, fractions=[50, 100], out=str(tmp_path))
+    config = LatentStudyConfig(**SMALL, fractions=[50, 100], out=str(tmp_path))
     lines = []
-    result = run_benchmark(config, progress=lines.append)
+    result = run_study(config, progress=lines.append)
     names = [m["name"] for m in result["modes"]]
     assert names == ["none", "text", "kv-select@50", "kv-select@100", "skyline"]
     modes = {m["name"]: m for m in result["modes"]}
@@ -37,10 +37,10 @@ def test_every_mode_runs_the_same_tasks_and_resumes_after_what_it_finished(tiny,
     saved = [json.loads(line) for line in (tmp_path / "modes.jsonl").read_text().splitlines()]
     assert [r["name"] for r in saved] == ["calibration", *names]
     lines.clear()
-    again = run_benchmark(config, progress=lines.append)  # nothing left to run: every mode is read back
+    again = run_study(config, progress=lines.append)  # nothing left to run: every mode is read back
     assert again["modes"] == result["modes"] and not any(line.endswith(" tasks") for line in lines)
     with pytest.raises(ConfigError, match=r"other settings \(limit\)"):
-        run_benchmark(LatentBenchConfig(**{**SMALL, "limit": 2}, fractions=[50, 100], out=str(tmp_path)))
+        run_study(LatentStudyConfig(**{**SMALL, "limit": 2}, fractions=[50, 100], out=str(tmp_path)))
 
 
 def test_the_sender_alone_holds_the_shards():
@@ -52,7 +52,7 @@ def test_the_sender_alone_holds_the_shards():
 
 
 def test_each_agent_is_told_the_module_s_prompt_as_its_system_prompt():
-    team = _pair(LatentBenchConfig(), "text")
+    team = _pair(LatentStudyConfig(), "text")
     assert [agent.system_text() for agent in team.agents] == [SENDER_PROMPT, RECEIVER_PROMPT]
 
 
@@ -66,7 +66,7 @@ def test_json_names_the_modes(tiny, capsys):
 
 def test_bad_fractions_are_refused():
     with pytest.raises(ConfigError, match=r"fractions.*\[0, 120\]"):
-        LatentBenchConfig(fractions=[0, 120])
+        LatentStudyConfig(fractions=[0, 120])
 
 
 def _flags(settings: dict) -> list[str]:
@@ -74,7 +74,7 @@ def _flags(settings: dict) -> list[str]:
 
 
 def test_only_runs_the_modes_it_names(tiny):
-    result = run_benchmark(LatentBenchConfig(**SMALL, fractions=[100], only=["none", "skyline"]), progress=print)
+    result = run_study(LatentStudyConfig(**SMALL, fractions=[100], only=["none", "skyline"]), progress=print)
     assert [m["name"] for m in result["modes"]] == ["none", "skyline"] and result["calibration"] == {}
     with pytest.raises(ConfigError, match=r"names no mode \['kv-select@30'\]"):
-        run_benchmark(LatentBenchConfig(**SMALL, fractions=[100], only=["kv-select@30"]))
+        run_study(LatentStudyConfig(**SMALL, fractions=[100], only=["kv-select@30"]))

@@ -18,8 +18,9 @@ time of the whole mode over its tasks (the sender's prefill or message and the r
 calibration not: it is reported apart). Accuracy is InfoQA's exact match with a 95% Wilson interval;
 generated tokens and KV bytes moved are means per task, from the runtime's own usage.
 
-With `out`, each finished mode is written to `modes.jsonl` beside `config.json` at once, and a rerun with the
-same settings resumes after the modes it finished; `plot.png` draws accuracy against time per task.
+With `out`, each finished mode is appended to `modes.jsonl` beside `config.json` at once (fsynced, `kvmesh.runs`),
+and a rerun with the same settings resumes after the modes it finished (other settings are refused, naming them);
+`plot.png` draws accuracy against time per task.
 
 Prompts are the same in every mode: the sender holds the notes (no instruction to relay them, which made both
 the relay and the latent read worse on validation tasks) and the receiver has one worked example that reads
@@ -29,7 +30,6 @@ follows instructions; the figures are about this model.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -41,9 +41,10 @@ from kvmesh.agents.team import Team
 from kvmesh.config import ConfigError
 from kvmesh.evals.benchmarks.base import SOLO
 from kvmesh.evals.benchmarks.infoqa import EXAMPLES, InfoQA, short_answer
-from kvmesh.evals.calibrate import KV_SELECT, calibrate_kv_select
+from kvmesh.evals.calibrate import calibrate
 from kvmesh.evals.stats import proportion
 from kvmesh.graph import CommGraph, Edge
+from kvmesh.runs import append_jsonl, open_config, read_log, repair_log, start_run
 
 SENDER, RECEIVER = "sender", "receiver"
 # The sender only holds the notes: told to copy or summarise them, or shown a worked relay turn, SmolLM2-135M
@@ -52,9 +53,12 @@ SENDER, RECEIVER = "sender", "receiver"
 SENDER_PROMPT = "You hold these notes."
 RECEIVER_PROMPT = "Answer the question with a few words, from your notes or your teammate. End with: Answer: X"
 
+KV_SELECT = "kv-select"  # the channel this study compares against the text relay, by its edge name
+MODES = "modes.jsonl"
+
 
 @dataclass
-class LatentBenchConfig:
+class LatentStudyConfig:
     """What `kvmesh bench latent` runs.
 
     Args:
@@ -99,7 +103,7 @@ def _sender(model: str, max_new_tokens: int) -> Agent:
     return Agent(SENDER, SENDER, system_prompt=SENDER_PROMPT, model=model, max_new_tokens=max_new_tokens)
 
 
-def _receiver(config: LatentBenchConfig) -> Agent:
+def _receiver(config: LatentStudyConfig) -> Agent:
     return Agent(
         RECEIVER,
         RECEIVER,
@@ -110,13 +114,13 @@ def _receiver(config: LatentBenchConfig) -> Agent:
     )
 
 
-def _pair(config: LatentBenchConfig, channel: str, sender_model: str | None = None, **channels) -> Team:
+def _pair(config: LatentStudyConfig, channel: str, sender_model: str | None = None, **channels) -> Team:
     sender = _sender(sender_model or config.model, config.message_tokens)
     graph = CommGraph([SENDER, RECEIVER], [Edge(SENDER, RECEIVER, channel=channel)])
     return Team([sender, _receiver(config)], graph, decision="last", channels=channels or None)
 
 
-def _alone(config: LatentBenchConfig) -> Team:
+def _alone(config: LatentStudyConfig) -> Team:
     return Team([_receiver(config)], CommGraph([RECEIVER]), decision="last")
 
 
@@ -158,7 +162,7 @@ def run_mode(team: Team, tasks: Sequence[Task], samples, benchmark: InfoQA, batc
     }
 
 
-def _c2c_modes(config: LatentBenchConfig) -> list[tuple[str, Callable[[], Team], str]]:
+def _c2c_modes(config: LatentStudyConfig) -> list[tuple[str, Callable[[], Team], str]]:
     """c2c:<mapper> (context transfer) and c2c-fusion:<mapper> (fusion over the question) for each mapper, and the
     text relay from each distinct mapper sender."""
     from kvmesh.kvcomm.c2c.mappers.base import load_mapper  # imported on use: only c2c modes need it
@@ -177,18 +181,65 @@ def _c2c_modes(config: LatentBenchConfig) -> list[tuple[str, Callable[[], Team],
     return relays + modes
 
 
-def run_benchmark(config: LatentBenchConfig, progress: Callable[[str], None] = print) -> dict:
-    """Every mode on the same tasks; see the module docstring."""
+# a mode: its name, its team given kv-select's calibration scores (None: not calibrated), the shards' reader
+Mode = tuple[str, Callable[[tuple | None], Team], str | None]
+
+
+def _kv_select(config: LatentStudyConfig, fraction: int, scores: tuple | None) -> Team:
+    settings = _pair(config, KV_SELECT).channels[KV_SELECT].config
+    return _pair(config, KV_SELECT, **{KV_SELECT: replace(settings, fraction=fraction / 100, scores=scores)})
+
+
+def _modes(config: LatentStudyConfig) -> list[Mode]:
+    """The modes these settings run, in order (`only` applied); an `only` that names no mode is refused."""
+    modes: list[Mode] = [
+        ("none", lambda _: _alone(config), None),
+        ("text", lambda _: _pair(config, "text"), SENDER),
+    ]
+    modes += [(f"kv-select@{f}", lambda scores, f=f: _kv_select(config, f, scores), SENDER) for f in config.fractions]
+    c2c = _c2c_modes(config) if config.mappers else []
+    modes += [(name, lambda _, build=build: build(), reader) for name, build, reader in c2c]
+    modes.append(("skyline", lambda _: _alone(config), RECEIVER))
+    if config.only:
+        unknown = sorted(set(config.only) - {name for name, _, _ in modes})
+        if unknown:
+            known = ", ".join(name for name, _, _ in modes)
+            raise ConfigError(
+                f"{{only}} names no mode {unknown}; the modes of these settings: {known}", "LatentStudyConfig"
+            )
+        modes = [mode for mode in modes if mode[0] in config.only]
+    return modes
+
+
+def run_study(config: LatentStudyConfig, progress: Callable[[str], None] = print) -> dict:
+    """Every mode on the same tasks; see the module docstring. What can fail at the start (the data, the
+    mappers, `only`) fails before `out` is touched; a fresh run that fails before its first result (the
+    calibration or a mode) leaves nothing in `out` (`kvmesh.runs.start_run`)."""
     benchmark = InfoQA(config.data_path, config.seed)
     samples = benchmark.samples("test")[: config.limit]
-    done = _resume(config)
+    modes = _modes(config)
+    if not config.out:
+        return _run_modes(config, modes, benchmark, samples, {}, progress)
+    out = Path(config.out)
+    with start_run(out, lambda: open_config(out, asdict(config), resume=True)):
+        return _run_modes(config, modes, benchmark, samples, _finished(out), progress)
+
+
+def _run_modes(
+    config: LatentStudyConfig,
+    modes: list[Mode],
+    benchmark: InfoQA,
+    samples: list,
+    done: dict,
+    progress: Callable[[str], None],
+) -> dict:
+    """Run the modes not `done` (and kv-select's calibration, when a kv-select mode needs it), logging each."""
     calibration: dict = done.pop("calibration", {})
     scores = calibration.get("scores")
-    selected = [f"kv-select@{f}" for f in config.fractions if not config.only or f"kv-select@{f}" in config.only]
-    if scores is None and any(name not in done for name in selected):
+    if scores is None and any(name.startswith("kv-select@") and name not in done for name, _, _ in modes):
         started = time.perf_counter()
         train = tasks_for(InfoQA(None, config.seed).samples("train")[: config.calibrate], SENDER)
-        team = calibrate_kv_select(_pair(config, KV_SELECT), train, config.batch_size)
+        team = calibrate(_pair(config, KV_SELECT), train, config.batch_size)
         scores = team.channels[KV_SELECT].config.scores
         calibration = {
             "tasks": len(train),
@@ -197,28 +248,10 @@ def run_benchmark(config: LatentBenchConfig, progress: Callable[[str], None] = p
             "scores": scores,
         }
         _write(config, "calibration", calibration)
-    kv_select = _pair(config, KV_SELECT).channels[KV_SELECT].config
-    modes: list[tuple[str, Callable[[], Team], str | None]] = [
-        ("none", lambda: _alone(config), None),
-        ("text", lambda: _pair(config, "text"), SENDER),
-    ]
-    for fraction in config.fractions:
-        settings = replace(kv_select, fraction=fraction / 100, scores=scores)
-        modes.append((f"kv-select@{fraction}", lambda s=settings: _pair(config, KV_SELECT, **{KV_SELECT: s}), SENDER))
-    modes += _c2c_modes(config) if config.mappers else []
-    modes.append(("skyline", lambda: _alone(config), RECEIVER))
-    if config.only:
-        unknown = sorted(set(config.only) - {name for name, _, _ in modes})
-        if unknown:
-            known = ", ".join(name for name, _, _ in modes)
-            raise ConfigError(
-                f"{{only}} names no mode {unknown}; the modes of these settings: {known}", "LatentBenchConfig"
-            )
-        modes = [mode for mode in modes if mode[0] in config.only]
     results = []
     for name, build, reader in modes:
         if name not in done:
-            team = build()
+            team = build(scores)
             progress(f"{name}: {len(samples)} tasks")
             done[name] = {
                 "name": name,
@@ -238,7 +271,7 @@ def run_benchmark(config: LatentBenchConfig, progress: Callable[[str], None] = p
 
 def plot_modes(modes: Sequence[dict], path: Path) -> Path:
     """Accuracy (95% interval) against seconds per task, one point per mode."""
-    from kvmesh.evals.tradeoff import Point, plot_tradeoff
+    from kvmesh.evals.figures import Point, plot_tradeoff
 
     points = [
         Point(m["name"], m["accuracy"], *m["ci95"], m["seconds_per_task"], m["name"] == "skyline", m["tasks"])
@@ -250,29 +283,13 @@ def plot_modes(modes: Sequence[dict], path: Path) -> Path:
 # --- resuming ---------------------------------------------------------------------------------------------------
 
 
-def _resume(config: LatentBenchConfig) -> dict:
-    """Modes (and the calibration) an earlier run with these settings finished; {} without `out`."""
-    if not config.out:
-        return {}
-    out = Path(config.out)
-    saved, settings = out / "config.json", asdict(config)
-    if saved.is_file():
-        earlier = json.loads(saved.read_text())
-        if earlier != settings:
-            changed = sorted(k for k in settings if earlier.get(k) != settings[k])
-            raise ConfigError(f"{out} holds a run with other settings ({', '.join(changed)}): use another {{out}}")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps(settings, indent=2) + "\n")
-    done: dict = {}
-    lines = out / "modes.jsonl"
-    for line in lines.read_text().splitlines() if lines.is_file() else []:
-        record = json.loads(line)
-        done[record["name"] if record["kind"] == "mode" else "calibration"] = record["data"]
-    return done
+def _finished(out: Path) -> dict:
+    """Modes (and the calibration) an earlier run in `out` finished, by name; a line torn by a kill is cut."""
+    lines = out / MODES
+    repair_log(lines)
+    return {r["name"] if r["kind"] == "mode" else "calibration": r["data"] for r in read_log(lines)}
 
 
-def _write(config: LatentBenchConfig, kind: str, data: dict) -> None:
+def _write(config: LatentStudyConfig, kind: str, data: dict) -> None:
     if config.out:
-        with open(Path(config.out) / "modes.jsonl", "a") as file:
-            file.write(json.dumps({"kind": kind, "name": data.get("name", kind), "data": data}) + "\n")
+        append_jsonl(Path(config.out) / MODES, [{"kind": kind, "name": data.get("name", kind), "data": data}])

@@ -1,10 +1,10 @@
 """`kvmesh bench kv-reuse` end to end on the tiny random model: timings, reuse after warm-up, agreement."""
 
-from kvmesh.evals.bench.kv_reuse import KVReuseBenchConfig, run_benchmark
+from kvmesh.evals.studies.kv_reuse import KVReuseStudyConfig, run_study
 
 
 def test_the_benchmark_runs_end_to_end(tiny):
-    config = KVReuseBenchConfig(
+    config = KVReuseStudyConfig(
         model="tiny-random",
         agents=3,
         input_tokens=24,
@@ -17,7 +17,7 @@ def test_the_benchmark_runs_end_to_end(tiny):
         gamma=2.0,  # reuse whenever an anchor exists (random weights put unrelated texts far apart)
     )
     lines = []
-    result = run_benchmark(config, progress=lines.append)
+    result = run_study(config, progress=lines.append)
     assert len(result["ttft_dense_s"]) == len(result["ttft_reuse_s"]) == 3
     assert result["reuse_rate"] == 1.0  # after the warm-up task every later agent has an anchor per piece
     assert 0 <= result["agreement"] <= 1 and result["anchor_memory_mb"] > 0
