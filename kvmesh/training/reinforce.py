@@ -44,7 +44,7 @@ DESIGNER_RUN = Wording(
     "designer run",
     "pass resume=True, or --resume",
     "folder",
-    "another designer, configuration, or other training or validation examples (changed: {changed})",
+    "another designer or configuration, or other training or validation examples (changed: {changed})",
 )
 Metric = Callable[[Any, Any], float]  # (example, TeamResult) -> score in [0, 1]
 
