@@ -14,6 +14,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
 from kvmesh import load_model
 
 
+@pytest.fixture(autouse=True)
+def test_ledger(tmp_path_factory, monkeypatch):
+    """Each test counts its test-split scorings in a ledger of its own, never the user's."""
+    path = tmp_path_factory.mktemp("ledger") / "test-scorings.jsonl"
+    monkeypatch.setenv("KVMESH_TEST_LEDGER", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny():
     return load_model("tiny-random")

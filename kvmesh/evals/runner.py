@@ -32,12 +32,22 @@ from kvmesh.agents.decision import DECISION_METHOD, METHODS
 from kvmesh.agents.events import TeamFinished
 from kvmesh.agents.team import Team
 from kvmesh.config import ConfigError, check_choices
-from kvmesh.evals.benchmarks import BENCHMARKS, SINGLE, Benchmark, Sample, configured_team, make_benchmark
+from kvmesh.evals.benchmarks import (
+    BENCHMARKS,
+    SINGLE,
+    Benchmark,
+    Sample,
+    benchmark_class,
+    configured_team,
+    make_benchmark,
+)
 from kvmesh.evals.benchmarks.gsm8k import ENV_VAR as GSM8K_PATH_VARIABLE
 from kvmesh.evals.benchmarks.infoqa import SHARD_MODES
+from kvmesh.evals.benchmarks.splits import ALL
 from kvmesh.evals.calibrate import MIN_TASKS, calibrate, needs_calibration
 from kvmesh.evals.executors import LocalExecutor
 from kvmesh.evals.jsonl import read_jsonl
+from kvmesh.evals.ledger import TEST_SPLITS, fingerprint, record_test_scoring
 from kvmesh.evals.sandbox import NOT_A_BOUNDARY
 from kvmesh.evals.store import discard_if_empty, open_run
 from kvmesh.evals.summary import summarize
@@ -73,7 +83,9 @@ class EvalConfig:
         decision: decision, majority or last.
         spec: a team spec file; it sets the team, so the team options (model, topology, agents, rounds, temporal,
             decision, channel, max_new_tokens) are not used (the CLI refuses them beside it).
-        split: data split (gsm8k train/test; infoqa train/validation/test; humaneval test).
+        split: train, validation or test (disjoint), or all: every task of a held-out source (a user's
+            file, HumanEval); default: the benchmark's scoring split (test; all for those). Scoring test or all
+            is counted per configuration (`kvmesh.evals.ledger`) and the count recorded in summary.json.
         limit: run only the first `limit` samples of the split.
         seed: seeds sampling and InfoQA generation.
         batch_size: tasks per batched runtime pass.
@@ -107,7 +119,7 @@ class EvalConfig:
     temporal: str | None = field(default=None, metadata={"choices": TEMPORAL_MODES})
     decision: str = field(default=DECISION_METHOD, metadata={"choices": METHODS})
     spec: str | None = None
-    split: str = "test"
+    split: str | None = None
     limit: int | None = None
     seed: int = 0
     batch_size: int = 16
@@ -138,6 +150,8 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
+        if self.split is None:  # resolved here, so that config.json records the split a run scored
+            self.split = benchmark_class(self.benchmark).default_split(self.data_path)
         check_channel(self.channel, f"{owner}.channel")
         check_choices(self)
         if self.oracle and self.completions:
@@ -241,9 +255,10 @@ def build_team(config: EvalConfig, load_designer: DesignerLoader | None = None) 
 
 def calibration_tasks(config: EvalConfig) -> list:
     """The first `config.calibrate` tasks of the benchmark's training split, for the channels that calibrate."""
-    if config.split == "train":
+    if config.split in ("train", ALL):  # calibration tasks would be scored too
         raise ConfigError(
-            "the team's channels calibrate on the train split: score another {split}, or pass {calibrate} 0",
+            f"the team's channels calibrate on the train split, which {{split}} {config.split} contains: score "
+            "{split} test (or validation), or pass {calibrate} 0",
             "EvalConfig",
         )
     benchmark = make_benchmark(config.benchmark, config.data_path, config.seed, config.allow_code_execution)
@@ -280,8 +295,9 @@ class EvalPlan:
     excluded: int  # samples of the split left out for that
 
 
-def plan_eval(config: EvalConfig, team: Team | None = None) -> EvalPlan:
-    """The samples `config` runs: its split, minus what `team`'s designer saw and `exclude_ids`, cut to `limit`."""
+def plan_eval(config: EvalConfig, team: Team | None = None, load_designer: DesignerLoader | None = None) -> EvalPlan:
+    """The samples `config` runs: its split, minus what its designer saw and `exclude_ids`, cut to `limit`. A
+    designer that chose one fixed graph leaves no designer on the team, so `config.designer` is read as well."""
     benchmark = make_benchmark(
         config.benchmark, config.data_path, config.seed, config.allow_code_execution, config.shards
     )
@@ -289,6 +305,8 @@ def plan_eval(config: EvalConfig, team: Team | None = None) -> EvalPlan:
     seen = set(config.exclude_ids)
     if team is not None and team.designer is not None:  # from --designer or a spec naming one
         seen |= set(getattr(team.designer, "seen_ids", ()))
+    if config.designer and load_designer is not None:
+        seen |= set(load_designer(config.designer).seen_ids)
     excluded = sum(1 for s in samples if s.id in seen)
     if excluded:
         log.info("left out %d samples a designer trained or validated on", excluded)
@@ -412,7 +430,7 @@ def run_eval(
     still fails before its first sample (a crash, Ctrl-C) removes what it wrote."""
     executor = executor or LocalExecutor()
     team = team_of(config, load_designer, fresh=True)
-    plan = plan_eval(config, team)
+    plan = plan_eval(config, team, load_designer)
     if len(plan.samples) < (config.limit or 0):
         log.warning(
             "--limit %d but the %s split has %d samples to run; running those",
@@ -458,6 +476,14 @@ def run_eval(
         earlier = json.loads(previous.read_text()).get("seconds") or 0.0
     channels = executor.channel_stats(running)
     summary = summarize(out, config, earlier + time.perf_counter() - started, channels)
+    summary["split"] = plan.benchmark.split_rule(config.split).to_dict()
+    if config.split in TEST_SPLITS and not config.scores_given_answers:
+        # counted once per run (its first summary), however often it was resumed
+        counted = json.loads(previous.read_text()).get("test_scorings") if previous.exists() else None
+        if not counted:  # an adapter's weights are part of the team, though its spec names only the folder
+            adapters = {a.name: content_hash(Path(a.adapter)) for a in running.members if a.adapter is not None}
+            counted = record_test_scoring(fingerprint(record | {"adapters": adapters}), out)
+        summary["test_scorings"] = counted
     summary["workers"] = executor.used
     if running is not None:
         summary["models"] = team_models(running)

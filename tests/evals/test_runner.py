@@ -8,7 +8,8 @@ import time
 import pytest
 
 from kvmesh.config import ConfigError
-from kvmesh.evals.benchmarks.infoqa import InfoQA
+from kvmesh.evals.benchmarks import make_benchmark
+from kvmesh.evals.benchmarks.infoqa import InfoQA, generate
 from kvmesh.evals.report import compare_table
 from kvmesh.evals.runner import EvalConfig, run_eval
 from kvmesh.evals.store import RunDirectoryError, read_samples
@@ -244,13 +245,30 @@ def test_kv_select_calibrates_on_the_train_split_only():
         EvalConfig("infoqa", channel="kv-select", calibrate=3)
     with pytest.raises(ConfigError, match=r"layer_fraction: fraction must be in \(0, 1\]"):
         EvalConfig("infoqa", channel="kv-select", channels={"kv-select": {"fraction": 0}})
-    with pytest.raises(ConfigError, match="score another split"):
+    with pytest.raises(ConfigError, match="which split train contains: score split test"):
         calibration_tasks(EvalConfig("infoqa", channel="kv-select", split="train"))
-    with pytest.raises(ConfigError, match="humaneval lacks: pass calibrate 0"):
+    with pytest.raises(ConfigError, match="which split all contains"):  # all of HumanEval holds its train split
         calibration_tasks(EvalConfig("humaneval", channel="kv-select", allow_code_execution=True))
+    humaneval = calibration_tasks(EvalConfig("humaneval", channel="kv-select", allow_code_execution=True, split="test"))
+    scored = {s.id for s in make_benchmark("humaneval", allow_code_execution=True).samples("test")}
+    assert len(humaneval) == 16 and not {t.id for t in humaneval} & scored
     tasks = calibration_tasks(EvalConfig("infoqa", channel="kv-select"))
     test_questions = {s.task.question for s in InfoQA().samples("test")}
     assert len(tasks) == 16 and not {t.question for t in tasks} & test_questions
+
+
+def test_kv_select_calibration_on_a_file_reads_its_train_split_and_never_a_scored_task(tmp_path):
+    from kvmesh.evals.runner import calibration_tasks
+
+    data = tmp_path / "tasks.jsonl"
+    data.write_text("".join(t.to_json() + "\n" for t in generate(60, "test", seed=4)))
+    file = InfoQA(str(data))
+    with pytest.raises(ConfigError, match="which split all contains"):  # scoring a whole file: every task is test
+        calibration_tasks(EvalConfig("infoqa", channel="kv-select", data_path=str(data)))
+    for scored in ("validation", "test"):
+        tasks = calibration_tasks(EvalConfig("infoqa", channel="kv-select", data_path=str(data), split=scored))
+        assert len(tasks) == 16 and {t.id for t in tasks} <= {s.id for s in file.samples("train")}
+        assert not {t.id for t in tasks} & {s.id for s in file.samples(scored)}
 
 
 def test_a_run_saved_with_per_channel_fields_resumes_with_the_same_channel_settings(tmp_path):

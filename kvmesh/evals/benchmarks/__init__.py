@@ -1,11 +1,12 @@
-"""The benchmarks, one file each on the `Benchmark` protocol (`base.py`): GSM8K, HumanEval and InfoQA.
+"""The benchmarks, one file each on the `Benchmark` protocol (`base.py`): GSM8K, HumanEval, InfoQA and InfoQA on
+research projects (`infoqa-projects`, a domain no prompt or designer was tuned on). Splits: `splits.py`.
 
     benchmark = make_benchmark("infoqa")            # by name; GSM8K reads --data-path or KVMESH_GSM8K_PATH
     BENCHMARKS.register("mine", Mine)               # or another package's `kvmesh.benchmarks` entry point
     samples = benchmark.samples("test")             # stable ids; Sample.task is a team Task
     score = benchmark.score(sample, answer)         # correct, extracted answer, per-sample metrics
     team = benchmark_team("infoqa", "smollm2-135m", "chain", agents=3)   # its default team
-    train, val = design_splits("infoqa", 128, 48)   # disjoint samples for designers
+    train, val = design_splits("infoqa", 128, 48)   # disjoint samples for loops that learn
 
 Primary metric (`correct`, and `accuracy` in summaries): GSM8K flexible extraction (strict beside it),
 HumanEval pass@1, InfoQA exact match (token F1 beside it).
@@ -35,6 +36,7 @@ BENCHMARKS: Registry[type[Benchmark]] = Registry(
         "gsm8k": "kvmesh.evals.benchmarks.gsm8k:GSM8K",
         "humaneval": "kvmesh.evals.benchmarks.humaneval:HumanEval",
         "infoqa": "kvmesh.evals.benchmarks.infoqa:InfoQA",
+        "infoqa-projects": "kvmesh.evals.benchmarks.infoqa_projects:InfoQAProjects",
     },
     error=BenchmarkNotAvailableError,
     adder="kvmesh.evals.benchmarks.BENCHMARKS.register(name, cls)",

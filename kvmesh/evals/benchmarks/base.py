@@ -2,10 +2,13 @@
 
 A benchmark is one file (`gsm8k.py`, `humaneval.py`, `infoqa.py`) that says everything about itself:
 
-    samples(split)            its data as `Sample`s: a team `Task`, the gold answer, an oracle answer
+    samples(split)            its data as `Sample`s: a team `Task`, the gold answer, an oracle answer; split is
+                              train, validation, test (disjoint, `splits.py`) or all (every task of a held-out source)
+    default_split(data)       what scoring reads unless a split is asked for: test, or all for a held-out source
+    split_rule(split)         how the split's tasks were chosen, as run summaries record it
     score(sample, answer)     the primary metric (`correct`) and the values summaries average
     reward(sample, result)    what designers (and training loops) maximise: 1.0 when the team's answer is correct
-    design_splits(n, v, seed) disjoint training and validation samples for designers
+    design_splits(n, v, seed) the first n train and v validation samples, for loops that learn
     ROLES, DECISION_PROMPT    its roles, in order ((role, instruction) pairs), and its decision maker's instruction
     examples(role), tools(role)  few-shot turns and code-running tools a role gets
     terse_examples(role)      the same turns with the shortest replies that still do the job (compact protocols)
@@ -27,6 +30,7 @@ from kvmesh.agents.decision import DECISION_METHOD, DECISION_NAME, LAST, Decisio
 from kvmesh.agents.task import Task
 from kvmesh.agents.team import Team
 from kvmesh.agents.tools import Tool
+from kvmesh.evals.benchmarks.splits import SplitRule
 from kvmesh.graph.graph import CommGraph
 
 SINGLE = "single"  # the topology of one agent answering alone: the baseline
@@ -75,6 +79,15 @@ class Benchmark:
     def samples(self, split: str) -> list[Sample]:
         raise NotImplementedError
 
+    @classmethod
+    def default_split(cls, data_path: str | None = None) -> str:
+        """The split scoring reads unless one is asked for (given the run's data file or folder)."""
+        return "test"
+
+    def split_rule(self, split: str) -> SplitRule:
+        """How `split`'s tasks were chosen (what a run's summary records)."""
+        raise NotImplementedError
+
     def score(self, sample: Sample, answer: str) -> Score:
         raise NotImplementedError
 
@@ -83,8 +96,11 @@ class Benchmark:
         return float(self.score(sample, result.answer or "").correct)
 
     def design_splits(self, train_size: int, val_size: int, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
-        """(train, validation) samples for designing a team; they never share an id."""
-        raise NotImplementedError
+        """The first `train_size` train and `val_size` validation samples; the splits never share an id.
+        (`seed` is for benchmarks that draw them; the default reads the splits as they are.)"""
+        train, val = self.samples("train")[:train_size], self.samples("validation")[:val_size]
+        check_design_sizes(self.name, train, val, train_size, val_size)
+        return train, val
 
     @classmethod
     def agent_name(cls, index: int, role: str) -> str:

@@ -9,8 +9,10 @@ Task ids are `test/N` and `train/N`, N the 0-based line in the split file (the d
 answer is the number after `####` in the answer text, normalised like every prediction.
 
 Scoring: `correct` when the flexible extractor's number (the last number in the reply) equals the gold number;
-`strict` (the number after an explicit final-answer marker) is reported beside it. Designers train on
-train.jsonl lines [0, n) and validate on [n, n + v); test.jsonl is the test set.
+`strict` (the number after an explicit final-answer marker) is reported beside it.
+
+Splits: test is test.jsonl; train.jsonl is cut into train (90%) and validation (10%) by a hash of each task's id
+and the seed (`splits.py`), so loops that learn choose on validation lines they never trained on.
 
 Team: a math solver, an analyst, a programmer and an inspector. With code execution the programmer writes a
 program that is run, and its output is appended to its message (`RunPython`), so the agents downstream read
@@ -26,12 +28,15 @@ from pathlib import Path
 
 from kvmesh.agents.task import Task
 from kvmesh.agents.tools import Tool
-from kvmesh.evals.benchmarks.base import Benchmark, BenchmarkOptions, Sample, Score, check_design_sizes
+from kvmesh.evals.benchmarks.base import Benchmark, BenchmarkOptions, Sample, Score
+from kvmesh.evals.benchmarks.splits import SPLITS as SPLIT_NAMES
+from kvmesh.evals.benchmarks.splits import SplitRule, check_split, split_of
 from kvmesh.evals.numbers import extract_flexible, extract_strict, numbers_equal
 from kvmesh.evals.tools import RunPython
 
 ENV_VAR = "KVMESH_GSM8K_PATH"
-SPLITS = ("train", "test")
+SPLITS = ("train", "test")  # the dataset's files
+VALIDATION_SHARE = 0.1  # of train.jsonl
 
 
 @dataclass(frozen=True)
@@ -115,18 +120,26 @@ class GSM8K(Benchmark):
     )
     DECISION_PROMPT = "Read your team's solutions and give the final answer. End with: The answer is N."
 
-    def __init__(self, data_path: str | None = None) -> None:
-        self.data_path = data_path
+    def __init__(self, data_path: str | None = None, seed: int = 0) -> None:
+        self.data_path, self.seed = data_path, seed
 
     @classmethod
     def from_options(cls, options: BenchmarkOptions) -> GSM8K:
-        return cls(options.data_path)
+        return cls(options.data_path, options.seed)
 
     def samples(self, split: str) -> list[Sample]:
+        check_split(split, SPLIT_NAMES, "GSM8K")
+        problems = load_gsm8k("test" if split == "test" else "train", self.data_path)
+        if split != "test":
+            shares = (1 - VALIDATION_SHARE, VALIDATION_SHARE, 0.0)
+            problems = [p for p in problems if split_of(p.id, self.seed, shares) == split]
         return [
             Sample(p.id, Task(p.question, id=p.id, extract_answer=extract_flexible), p.gold, p.solution)
-            for p in load_gsm8k(split, self.data_path)
+            for p in problems
         ]
+
+    def split_rule(self, split: str) -> SplitRule:
+        return SplitRule("dataset", "files" if split == "test" else "hash", self.seed, split)
 
     def score(self, sample: Sample, answer: str) -> Score:
         strict, flexible = extract_strict(answer), extract_flexible(answer)
@@ -136,12 +149,6 @@ class GSM8K(Benchmark):
             {"strict": strict, "flexible": flexible},
             {"strict": float(numbers_equal(strict, sample.gold)), "flexible": float(correct)},
         )
-
-    def design_splits(self, train_size: int, val_size: int, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
-        pool = self.samples("train")
-        train, val = pool[:train_size], pool[train_size : train_size + val_size]
-        check_design_sizes(self.name, train, val, train_size, val_size)
-        return train, val
 
     @classmethod
     def tools(cls, role: str) -> tuple[Tool, ...]:

@@ -9,8 +9,9 @@ models often answer with a fenced block holding the whole function: `extract_cod
 defines the entry point (else the first block, else the raw text), and a top-level `def` simply redefines the
 prompt's stub, whose docstring alone is a valid body. `correct` is pass@1 with one sample per problem.
 
-Designers train and validate on a seeded shuffle of the 164 problems (HumanEval has only a test split), and
-evaluation leaves out every problem a designer saw.
+Splits: HumanEval ships one set of 164 problems, all of which scoring reads by default (`all`); loops that learn
+take train and validation from a hash of each id and the seed (60/20/20, `splits.py`) and are scored on the
+test part, and evaluation leaves out every problem a designer saw.
 
 Team: a project manager, an algorithm designer, a programmer, a test analyst and a bug fixer. With code
 execution every agent, the decision maker included, passes on inbound code that already passes the prompt's
@@ -24,7 +25,6 @@ import doctest
 import gzip
 import importlib.util
 import json
-import random
 import re
 from dataclasses import dataclass
 from functools import partial
@@ -33,7 +33,8 @@ from pathlib import Path
 
 from kvmesh.agents.task import Task
 from kvmesh.agents.tools import Tool, ToolTurn
-from kvmesh.evals.benchmarks.base import Benchmark, BenchmarkOptions, Sample, Score, check_design_sizes
+from kvmesh.evals.benchmarks.base import Benchmark, BenchmarkOptions, Sample, Score
+from kvmesh.evals.benchmarks.splits import ALL, SplitRule, check_split, split_of
 from kvmesh.evals.sandbox import NOT_A_BOUNDARY, ExecResult, Limits, run_many, run_program
 from kvmesh.evals.tools import TOOL_LIMITS
 
@@ -232,21 +233,28 @@ class HumanEval(Benchmark):
     )
     DECISION_PROMPT = "Read your team's messages and write the final complete function in one ```python block."
 
-    def __init__(self, allow_code_execution: bool = False, limits: Limits | None = None) -> None:
+    def __init__(self, allow_code_execution: bool = False, limits: Limits | None = None, seed: int = 0) -> None:
         if not allow_code_execution:
             raise PermissionError(
                 "HumanEval runs model-written code on this machine. Pass --allow-code-execution to accept that; "
                 f"{NOT_A_BOUNDARY}."
             )
-        self.limits = limits or Limits()
+        self.limits, self.seed = limits or Limits(), seed
 
     @classmethod
     def from_options(cls, options: BenchmarkOptions) -> HumanEval:
-        return cls(options.allow_code_execution)
+        return cls(options.allow_code_execution, seed=options.seed)
+
+    @classmethod
+    def default_split(cls, data_path: str | None = None) -> str:
+        return ALL
+
+    def split_rule(self, split: str) -> SplitRule:
+        return SplitRule("dataset", "files" if split == ALL else "hash", self.seed, split)
 
     def samples(self, split: str) -> list[Sample]:
-        if split != "test":
-            raise ValueError("HumanEval has only a test split")
+        check_split(split, source="HumanEval")
+        problems = [p for p in load_humaneval() if split == ALL or split_of(p.id, self.seed) == split]
         return [
             Sample(
                 p.id,
@@ -260,7 +268,7 @@ class HumanEval(Benchmark):
                 p.canonical_solution,
                 {"problem": p},
             )
-            for p in load_humaneval()
+            for p in problems
         ]
 
     def score(self, sample: Sample, answer: str) -> Score:
@@ -271,13 +279,6 @@ class HumanEval(Benchmark):
         if result.limit:
             details["limit"] = result.limit  # which limit stopped it: "wall-clock" or "cpu"
         return Score(result.passed, code, details)
-
-    def design_splits(self, train_size: int, val_size: int, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
-        pool = self.samples("test")
-        random.Random(f"design-humaneval-{seed}").shuffle(pool)
-        train, val = pool[:train_size], pool[train_size : train_size + val_size]
-        check_design_sizes(self.name, train, val, train_size, val_size)
-        return train, val
 
     @classmethod
     def tools(cls, role: str) -> tuple[Tool, ...]:

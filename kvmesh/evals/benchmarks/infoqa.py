@@ -13,8 +13,11 @@ Difficulty: `people` (more people, more distractors), `facts_per_agent` (longer 
 `agents` (how many shards the facts are spread over).
 
 Tasks also load from JSONL (`id`: a non-empty string or an integer, unique; `question` and `answer`: non-empty
-strings; `shards`: a list of strings, one per agent; optional `hops`: an integer >= 1), so anyone can bring
-their own; a bad line is refused with its `path:line`, the field, and what was expected.
+strings; `shards`: a list of strings, one per agent; optional `hops`: an integer >= 1; optional `split`: train,
+validation or test), so anyone can bring their own; a bad line is refused with its `path:line`, the field, and
+what was expected. A file's splits are its lines' `split` fields, or (when no line has one) a hash of each id and
+the seed (`splits.py`); scoring a file reads every task in it (`all`) unless a split is asked for, since a
+user's held-out file is all test, while loops that learn read its train and validation splits.
 
 Metrics: exact match of the short answer (after the last "Answer:", else the first line) and token F1 after
 normalisation (lowercase, no punctuation or articles), as in SQuAD.
@@ -48,10 +51,10 @@ from kvmesh.evals.benchmarks.base import (
     answer_line,
     check_design_sizes,
 )
+from kvmesh.evals.benchmarks.splits import ALL, SPLITS, SplitRule, assign_splits, check_split
 from kvmesh.evals.jsonl import field_error, read_jsonl, shown
 from kvmesh.graph.edge import DECISION
 
-SPLITS = ("train", "validation", "test")
 SYLLABLES = [
     "ka",
     "lo",
@@ -85,9 +88,13 @@ class InfoQATask:
     answer: str
     shards: list[str]
     hops: int = 1
+    split: str | None = None  # a file line's own split, when it gives one
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        row = asdict(self)
+        if row["split"] is None:
+            del row["split"]
+        return json.dumps(row)
 
 
 @dataclass(frozen=True)
@@ -224,6 +231,7 @@ FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
         "a non-empty list of strings, one per agent",
     ),
     "hops": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "split": (lambda v: v in SPLITS, f"one of {', '.join(SPLITS)}"),
 }
 REQUIRED = ("id", "question", "answer", "shards")
 
@@ -233,16 +241,17 @@ def _task_from_row(where: str, row: object) -> InfoQATask:
         raise ValueError(f"{where}: each line must be a JSON object, got {shown(row)}")
     missing = [k for k in REQUIRED if k not in row]
     if missing:
-        raise ValueError(f"{where}: missing field(s) {missing}; need {', '.join(REQUIRED)} (and optionally hops)")
+        raise ValueError(f"{where}: missing field(s) {missing}; need {', '.join(REQUIRED)} (optionally hops, split)")
     for name, (accepts, expected) in FIELDS.items():
         if name in row and not accepts(row[name]):
             raise field_error(where, name, expected, row[name])
     # an integer id is kept as its decimal string, so 7 and "7" are the same task (and a duplicate)
-    return InfoQATask(str(row["id"]), row["question"], row["answer"], row["shards"], row.get("hops", 1))
+    task_id = str(row["id"])
+    return InfoQATask(task_id, row["question"], row["answer"], row["shards"], row.get("hops", 1), row.get("split"))
 
 
 def load_jsonl(path: str | Path) -> list[InfoQATask]:
-    """Tasks from a JSONL file of {"id", "question", "answer", "shards": [str, ...], "hops" (optional)}.
+    """Tasks from a JSONL file of {"id", "question", "answer", "shards": [str, ...], "hops" and "split" (optional)}.
 
     Every bad line is a ValueError naming `path:line`, the field, what it holds and what is expected; ids must be
     unique. Other keys are ignored (a file may carry its own metadata), so a misspelt optional "hops" is not
@@ -261,6 +270,21 @@ def load_jsonl(path: str | Path) -> list[InfoQATask]:
     if not tasks:
         raise ValueError(f"{path}: no tasks in the file")
     return tasks
+
+
+def file_splits(tasks: list[InfoQATask], path: str | Path, seed: int = 0) -> tuple[list[str], str]:
+    """Each task's split (its own `split` field, else the hash of its id and `seed`) and which rule gave them."""
+    return assign_splits([t.id for t in tasks], [t.split for t in tasks], seed, str(path))
+
+
+def file_tasks(path: str | Path, split: str, seed: int = 0) -> list[InfoQATask]:
+    """The tasks of `split` in an InfoQA file (`all`: every task), in file order."""
+    check_split(split, source=f"InfoQA file {path}")
+    tasks = load_jsonl(path)
+    if split == ALL:
+        return tasks
+    splits, _ = file_splits(tasks, path, seed)
+    return [task for task, own in zip(tasks, splits, strict=True) if own == split]
 
 
 # --- scoring --------------------------------------------------------------------------------------------------
@@ -381,12 +405,27 @@ class InfoQA(Benchmark):
         shards = t.shards if self.shards == "own" else None
         return Task(t.question, id=t.id, shards=shards, extract_answer=short_answer)
 
+    def generate(self, split: str) -> list[InfoQATask]:
+        """`self.count` generated tasks of `split` (subclasses write other domains)."""
+        return generate(self.count, split, self.seed, self.difficulty)
+
     def samples(self, split: str) -> list[Sample]:
         if self.data_path:
-            tasks = load_jsonl(self.data_path)
+            tasks = file_tasks(self.data_path, split, self.seed)
         else:
-            tasks = generate(self.count, split, self.seed, self.difficulty)
+            check_split(split, SPLITS, f"the {self.name} generator (a file adds {ALL!r})")
+            tasks = self.generate(split)
         return [Sample(t.id, self._task(t), t.answer, f"Answer: {t.answer}") for t in tasks]
+
+    @classmethod
+    def default_split(cls, data_path: str | None = None) -> str:
+        return ALL if data_path else "test"
+
+    def split_rule(self, split: str) -> SplitRule:
+        if not self.data_path:
+            return SplitRule("generator", "generator", self.seed, split)
+        by = ALL if split == ALL else file_splits(load_jsonl(self.data_path), self.data_path, self.seed)[1]
+        return SplitRule("file", by, self.seed, split)
 
     def score(self, sample: Sample, answer: str) -> Score:
         extracted = short_answer(answer)
@@ -400,10 +439,10 @@ class InfoQA(Benchmark):
         )
 
     def design_splits(self, train_size: int, val_size: int, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
-        """The generator's train and validation splits, which share no person or place."""
+        """A file's train and validation splits, or the generator's (which share no entity), as many as asked."""
         if self.data_path:
-            raise ValueError("designer training on InfoQA uses the generator's splits; --data-path is for eval")
-        source = InfoQA(None, seed, count=max(train_size, val_size, 1), difficulty=self.difficulty)
+            return super().design_splits(train_size, val_size, seed)
+        source = type(self)(None, seed, count=max(train_size, val_size, 1), difficulty=self.difficulty)
         train, val = source.samples("train")[:train_size], source.samples("validation")[:val_size]
         check_design_sizes(self.name, train, val, train_size, val_size)
         return train, val
