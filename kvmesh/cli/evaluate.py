@@ -19,7 +19,7 @@ from kvmesh.cli.flags import add_channel_arguments, add_config_arguments, config
 from kvmesh.cli.specs import designer_folder
 from kvmesh.config import ConfigError
 from kvmesh.evals.executors import LOCAL, RayExecutor
-from kvmesh.evals.report import compare_table
+from kvmesh.evals.report import compare_report, compare_table
 from kvmesh.evals.runner import EvalConfig, run_eval
 from kvmesh.evals.store import read_samples
 from kvmesh.topology import load_designer
@@ -50,7 +50,7 @@ class EvalRun:
 def evaluate(args: argparse.Namespace) -> int:
     options = config_from_args(EvalRun, args)
     if options.compare:
-        print(compare_table(options.compare))
+        print(compare_report(options.compare))
         return 0
     if not args.benchmark:
         raise ConfigError("name a benchmark (gsm8k, humaneval or infoqa), or pass {compare} RUN [RUN ...]")

@@ -1,9 +1,12 @@
 """Evaluation runs as text: plain-text tables of summaries, and one self-contained HTML page about a run.
 
-kvmesh report runs/chain runs/complete       # or: kvmesh eval ... --compare runs/a runs/b
+kvmesh report runs/chain runs/complete       # compare_report; kvmesh eval --compare prints compare_table alone
 kvmesh viz runs/chain -o report.html         # write_report
 
-`compare_table` puts one run at the end of `kvmesh eval`, or several, side by side. `write_report` writes the
+`compare_table` puts one run at the end of `kvmesh eval`, or several, side by side: each run's own metrics and
+intervals. `compare_report` adds, for two or more runs, each run paired with the first on the task ids both
+hold (`kvmesh.evals.paired`): the accuracy difference with an exact McNemar p and paired bootstrap intervals
+for tokens and time, which can tell apart runs whose side-by-side intervals overlap. `write_report` writes the
 page: the graph picture (inline SVG, from `kvmesh.evals.figures`), metrics, tokens per agent and per edge, and the
 transcript of the first tasks. No scripts, fonts or images from anywhere else: it opens offline. Metrics and
 their 95% intervals show 3 decimals on the page.
@@ -17,6 +20,7 @@ from pathlib import Path
 
 from kvmesh.agents.usage import format_rows
 from kvmesh.evals.figures import inline_svg, mean_usage, read_picture_source
+from kvmesh.evals.paired import compare_runs
 from kvmesh.evals.store import read_samples
 from kvmesh.evals.summary import load_summary, run_label, run_models
 
@@ -61,6 +65,14 @@ def compare_table(runs: list[str | Path]) -> str:
         )
     rows.append(("seconds", *[f"{s['seconds']:.1f}" if s.get("seconds") is not None else "-" for s in summaries]))
     return "\n".join(format_rows(rows))
+
+
+def compare_report(runs: list[str | Path], seed: int = 0) -> str:
+    """`compare_table`, then (two or more runs) each run paired with the first; `seed`: the bootstrap's."""
+    table = compare_table(runs)
+    if len(runs) < 2:
+        return table
+    return f"{table}\n\n{compare_runs(runs, seed)}"
 
 
 def _table(headers: list[str], rows: list[list], digits: int = 1) -> str:
