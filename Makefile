@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.kvmesh-installed
 #   make setup TORCH_PIP_ARGS="--index-url <PyTorch CPU wheel index>"
 TORCH_PIP_ARGS ?=
 
-.PHONY: setup demo test lint bench clean vllm
+.PHONY: setup demo test lint bench clean vllm figures figures-check
 
 MERMAID := tests/mermaid/node_modules/.kvmesh-installed
 
@@ -55,7 +55,15 @@ export KVMESH_GSM8K_PATH
 test: setup vllm
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/ruff check kvmesh tests benchmarks
+	$(MAKE) --no-print-directory figures-check
 	$(BIN)/python -m pytest -q
+
+# The README's figure tables come only from results/ (kvmesh.evals.results): rebuild them, or check they match.
+figures: setup
+	$(BIN)/kvmesh figures
+
+figures-check: setup
+	$(BIN)/kvmesh figures --check
 
 lint: setup
 	$(BIN)/ruff check kvmesh tests benchmarks

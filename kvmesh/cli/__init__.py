@@ -3,6 +3,7 @@
 kvmesh run "What is 17 * 3?" --topology chain --agents 3 --rounds 1 --decision decision    (run.py)
 kvmesh eval infoqa --topology chain --agents 3 --limit 200 --out runs/chain                (evaluate.py)
 kvmesh report runs/single runs/chain                                                      (report.py)
+kvmesh figures --check                                                                    (figures.py)
 kvmesh viz runs/chain -o chain.svg                                                        (viz.py)
 kvmesh design train infoqa --designer agp --out runs/design/agp                           (design.py)
 kvmesh bench kv-reuse                                                                     (bench.py)
@@ -22,12 +23,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from kvmesh.cli import bench, c2c, demo, design, evaluate, models, optima, report, run, serve, viz
+from kvmesh.cli import bench, c2c, demo, design, evaluate, figures, models, optima, report, run, serve, viz
 from kvmesh.cli.flags import given_options, show_config_error
 from kvmesh.config import ConfigError
 from kvmesh.llm.registry import ModelNotAvailableError
 
-COMMANDS = (run, evaluate, viz, report, bench, design, models, demo, c2c, optima, serve)
+COMMANDS = (run, evaluate, viz, report, figures, bench, design, models, demo, c2c, optima, serve)
 
 
 def make_parser() -> argparse.ArgumentParser:
