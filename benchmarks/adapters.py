@@ -8,11 +8,13 @@ process, the same 16 chat prompts (row i on adapter i mod 4), greedy, every row 
     sequential   adapter by adapter: each adapter's 4 rows as their own batch, one adapter after another
     one adapter  the same 16 prompts all on adapter 0, in one batch (the cost of one adapter, for reference)
 
-`ratio_vs_sequential` = sequential time / mixed time (equal work); `ratio_vs_one_adapter` = mixed throughput /
-one-adapter throughput (equal tokens). `identical`: every mixed row's tokens equal that row run with its
-adapter alone (the sequential run).
+The three are timed in `--repeats` rounds, their order rotated each round, after the adapters are loaded and
+`--warmup` untimed runs of each (`kvmesh.evals.timing`). `ratio_vs_sequential` = sequential time / mixed time
+(equal work); `ratio_vs_one_adapter` = mixed throughput / one-adapter throughput (equal tokens); both are taken
+within each round, and every time and ratio is the median with the min and max over the rounds. `identical`:
+every mixed row's tokens equal that row run with its adapter alone (the sequential run).
 
-    python benchmarks/adapters.py [--model smollm2-135m] [--max-new-tokens 32] [--repeats 2] [--json]
+    python benchmarks/adapters.py [--model smollm2-135m] [--max-new-tokens 32] [--repeats 3] [--json]
 
 A mixed batch runs a few small matrix products per adapter and LoRA layer; on a machine whose cores another
 process is using, several OpenMP threads make those far slower (set OMP_NUM_THREADS=1 there).
@@ -22,13 +24,13 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from common import QUESTIONS, emit
+from common import QUESTIONS, add_timing_arguments, emit, shown, spread
 
 from kvmesh import load_model
+from kvmesh.evals.timing import time_modes
 from kvmesh.llm.base import GenerationRequest
 
 ADAPTERS = 4
@@ -54,14 +56,9 @@ def build_adapters(lm, folder: Path, rank: int, targets: list[str] | None) -> li
     return paths
 
 
-def timed(lm, requests: list[list[GenerationRequest]], repeats: int) -> tuple[float, list]:
-    """Run each group of rows as its own batch, one group after another; best time of `repeats`, last results."""
-    best, results = float("inf"), []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        results = [generation for group in requests for generation in lm.generate_requests(group)]
-        best = min(best, time.perf_counter() - start)
-    return best, results
+def batches(lm, requests: list[list[GenerationRequest]]) -> list:
+    """Each group of rows as its own batch, one group after another; the generations in order."""
+    return [generation for group in requests for generation in lm.generate_requests(group)]
 
 
 def main() -> None:
@@ -71,7 +68,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--targets", nargs="*", default=None, help="LoRA target modules (default: peft's)")
-    parser.add_argument("--repeats", type=int, default=2, help="best of this many runs per method")
+    add_timing_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
@@ -89,15 +86,23 @@ def main() -> None:
         sequential_rows = [[mixed_rows[i] for i in group] for group in by_adapter]
         one_rows = [row(i, adapters[0]) for i in range(args.rows)]
 
-        lm.generate_requests(mixed_rows[:ADAPTERS])  # warm-up: loads the adapters, first-call allocations
-        mixed_s, mixed = timed(lm, [mixed_rows], args.repeats)
-        sequential_s, sequential = timed(lm, sequential_rows, args.repeats)
-        one_s, one = timed(lm, [one_rows], args.repeats)
+        lm.generate_requests(mixed_rows[:ADAPTERS])  # loads the adapters
+        timings = time_modes(
+            {
+                "mixed": lambda: batches(lm, [mixed_rows]),
+                "sequential": lambda: batches(lm, sequential_rows),
+                "one_adapter": lambda: batches(lm, [one_rows]),
+            },
+            args.repeats,
+            args.warmup,
+        )
+        mixed, sequential, one = (timings.outputs[m] for m in ("mixed", "sequential", "one_adapter"))
         alone = dict(zip([i for group in by_adapter for i in group], sequential, strict=True))
         same = sum(mixed[i].token_ids == alone[i].token_ids for i in range(args.rows))
         others = [i for i in range(args.rows) if i % ADAPTERS != 0]  # same prompt, another adapter than in `one`
         changed = sum(mixed[i].token_ids != one[i].token_ids for i in others)
 
+    vs_sequential, vs_one = timings.ratios("sequential", "mixed"), timings.ratios("one_adapter", "mixed")
     result = {
         "benchmark": "adapters",
         "model": args.model,
@@ -106,11 +111,12 @@ def main() -> None:
         "rank": args.rank,
         "targets": args.targets or "peft default",
         "max_new_tokens": tokens,
-        "mixed_s": round(mixed_s, 3),
-        "sequential_s": round(sequential_s, 3),
-        "one_adapter_s": round(one_s, 3),
-        "ratio_vs_sequential": round(sequential_s / mixed_s, 2),
-        "ratio_vs_one_adapter": round(one_s / mixed_s, 2),  # equal tokens: throughput(mixed) / throughput(one)
+        "repeats": args.repeats,
+        "mixed_s": spread(timings.seconds("mixed")),
+        "sequential_s": spread(timings.seconds("sequential")),
+        "one_adapter_s": spread(timings.seconds("one_adapter")),
+        "ratio_vs_sequential": spread(vs_sequential, 2),
+        "ratio_vs_one_adapter": spread(vs_one, 2),  # equal tokens: throughput(mixed) / throughput(one)
         "identical": same == args.rows,
         "identical_rows": f"{same}/{args.rows}",
         "adapter_changes_output": f"{changed}/{len(others)}",  # rows whose text differs from adapter 0's
@@ -119,12 +125,13 @@ def main() -> None:
         result,
         args.json,
         [
-            f"{args.rows} rows over {ADAPTERS} LoRA adapters (rank {args.rank}) on {args.model}, {tokens} tokens each",
-            f"mixed       (1 batch, {ADAPTERS} adapters):      {mixed_s:.2f} s",
-            f"sequential  ({ADAPTERS} batches, adapter by adapter): {sequential_s:.2f} s",
-            f"one adapter (1 batch, 1 adapter):      {one_s:.2f} s",
-            f"mixed vs sequential: {sequential_s / mixed_s:.2f}x   mixed vs one adapter: {one_s / mixed_s:.2f}x of its "
-            f"throughput",
+            f"{args.rows} rows over {ADAPTERS} LoRA adapters (rank {args.rank}) on {args.model}, {tokens} tokens each; "
+            f"median (min-max) of {args.repeats} rounds",
+            f"mixed       (1 batch, {ADAPTERS} adapters):      {shown(timings.seconds('mixed'), unit=' s')}",
+            f"sequential  ({ADAPTERS} batches, adapter by adapter): {shown(timings.seconds('sequential'), unit=' s')}",
+            f"one adapter (1 batch, 1 adapter):      {shown(timings.seconds('one_adapter'), unit=' s')}",
+            f"mixed vs sequential: {shown(vs_sequential, unit='x')}   "
+            f"mixed vs one adapter: {shown(vs_one, unit='x')} of its throughput (per round)",
             f"identical to each adapter alone: {same}/{args.rows}   differ from adapter 0: {changed}/{len(others)}",
         ],
     )

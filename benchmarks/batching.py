@@ -1,18 +1,21 @@
 """Batched against sequential: the same tasks through `Team.run_batch` and through `Team.run` one by one.
 
-Both runs use the same team, model and greedy decoding in one process; the ratio is sequential time over
-batched time (equal work, so it is the throughput ratio). Outputs are compared too: batching must not change
-what the agents say.
+Both run the same team, model and greedy decoding in one process, timed in `--repeats` rounds after a warm-up
+(`kvmesh.evals.timing`: sequential warms up on one task, batched on the whole batch; the order alternates each
+round). `ratio` is sequential time over batched time within each round (equal work, so it is the throughput
+ratio), reported as the median with the min and max. Outputs are compared too: batching must not change what the
+agents say, and every round must write the same transcripts.
 
-    python benchmarks/batching.py [--tasks 16] [--agents 3] [--max-new-tokens 48] [--json]
+    python benchmarks/batching.py [--tasks 16] [--agents 3] [--max-new-tokens 48] [--repeats 3] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
-from common import emit, tasks, team
+from common import add_timing_arguments, emit, shown, spread, tasks, team, transcripts
+
+from kvmesh.evals.timing import digest, time_modes
 
 
 def main() -> None:
@@ -23,26 +26,22 @@ def main() -> None:
     parser.add_argument("--topology", default="chain")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--workload", default="math", choices=["math", "trivia"], help="task set")
+    add_timing_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
     crew = team(args.model, args.agents, args.topology, args.max_new_tokens)
     work = tasks(args.tasks, args.workload)
-    crew.run(work[0])  # warm-up: first-call allocations are not what we measure
-
-    start = time.perf_counter()
-    sequential = [crew.run(task) for task in work]
-    sequential_s = time.perf_counter() - start
-
-    start = time.perf_counter()
-    batched = crew.run_batch(work)
-    batched_s = time.perf_counter() - start
-
-    same = sum(
-        [m.content for m in a.messages] == [m.content for m in b.messages]
-        for a, b in zip(sequential, batched, strict=True)
+    timings = time_modes(
+        {"sequential": lambda: [crew.run(task) for task in work], "batched": lambda: crew.run_batch(work)},
+        args.repeats,
+        args.warmup,
+        warm={"sequential": lambda: crew.run(work[0])},  # first-call allocations are not what we measure
+        fingerprint=lambda results: digest(transcripts(results)),
     )
-    tokens = sum(r.usage.total.output_tokens for r in batched)
+    sequential, batched = timings.outputs["sequential"], timings.outputs["batched"]
+    same = sum(a == b for a, b in zip(transcripts(sequential), transcripts(batched), strict=True))
+    ratios = timings.ratios("sequential", "batched")
     result = {
         "benchmark": "batching",
         "model": args.model,
@@ -51,20 +50,24 @@ def main() -> None:
         "topology": args.topology,
         "workload": args.workload,
         "max_new_tokens": args.max_new_tokens,
-        "sequential_s": round(sequential_s, 3),
-        "batched_s": round(batched_s, 3),
-        "ratio": round(sequential_s / batched_s, 2),
-        "generated_tokens": tokens,
+        "repeats": args.repeats,
+        "sequential_s": spread(timings.seconds("sequential")),
+        "batched_s": spread(timings.seconds("batched")),
+        "ratio": spread(ratios, 2),
+        "generated_tokens": sum(r.usage.total.output_tokens for r in batched),
         "identical_transcripts": f"{same}/{args.tasks}",
+        "rounds_agree": bool(timings.agree("sequential") and timings.agree("batched")),
     }
     emit(
         result,
         args.json,
         [
-            f"{args.tasks} tasks, {args.agents} agents ({args.topology}) + decision, {args.model}",
-            f"sequential (run x{args.tasks}): {sequential_s:.2f} s",
-            f"batched    (run_batch):  {batched_s:.2f} s",
-            f"throughput ratio: {sequential_s / batched_s:.2f}x   identical transcripts: {same}/{args.tasks}",
+            f"{args.tasks} tasks, {args.agents} agents ({args.topology}) + decision, {args.model}; "
+            f"median (min-max) of {args.repeats} rounds",
+            f"sequential (run x{args.tasks}): {shown(timings.seconds('sequential'), unit=' s')}",
+            f"batched    (run_batch):  {shown(timings.seconds('batched'), unit=' s')}",
+            f"throughput ratio, per round: {shown(ratios, unit='x')}   identical transcripts: {same}/{args.tasks}   "
+            f"every round the same: {result['rounds_agree']}",
         ],
     )
 

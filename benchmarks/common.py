@@ -1,10 +1,18 @@
-"""Shared pieces of the benchmark scripts: the task sets and the team under test."""
+"""Shared pieces of the benchmark scripts: the task sets, the team under test and the timing flags and figures.
+
+Every script that reports a time or a ratio times its modes with `kvmesh.evals.timing.time_modes` (warm-up calls
+first, then `--repeats` rounds, the modes' order rotated each round) and reports the median with the min and max;
+a ratio is taken within each round, then summarised.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+from collections.abc import Sequence
 
 from kvmesh import Agent, Task, Team, load_model
+from kvmesh.evals.timing import Spread, format_spread
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -69,5 +77,47 @@ def team(model: str, agents: int, topology: str, max_new_tokens: int, rounds: in
     return Team(members, topology, rounds=rounds)  # a preset's rounds read the previous one
 
 
+def transcripts(results) -> list[list[str]]:
+    """Every reply of each team result, in order: what must not change between two ways of running them."""
+    return [[m.content for m in r.messages] for r in results]
+
+
 def emit(result: dict, as_json: bool, lines: list[str]) -> None:
     print(json.dumps(result) if as_json else "\n".join(lines))
+
+
+def _count(least: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        return value
+
+    return parse
+
+
+def add_timing_arguments(parser: argparse.ArgumentParser, repeats: int = 3, help_repeats: str | None = None) -> None:
+    """--repeats (timed rounds, at least 1) and --warmup (untimed calls of each mode first, 0 or more)."""
+    parser.add_argument(
+        "--repeats",
+        type=_count(1),
+        default=repeats,
+        help=help_repeats or "timed rounds; each runs every mode once, in an order rotated each round",
+    )
+    parser.add_argument("--warmup", type=_count(0), default=1, help="untimed calls of each mode before the rounds")
+
+
+def spread(values: Sequence[float], digits: int = 3) -> dict:
+    """Median, min and max of per-round values, with the rounds' values, rounded for a JSON result."""
+    summary = Spread.of(values)
+    return {
+        "median": round(summary.median, digits),
+        "min": round(summary.min, digits),
+        "max": round(summary.max, digits),
+        "rounds": [round(v, digits) for v in values],
+    }
+
+
+def shown(values: Sequence[float], digits: int = 2, unit: str = "") -> str:
+    """Per-round values as "median (min-max)", `unit` right after the median (" s", "x")."""
+    return format_spread(Spread.of(values), digits, unit)

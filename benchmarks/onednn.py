@@ -1,8 +1,10 @@
 """oneDNN against the default BLAS for fp32 linear layers on CPU: prefill throughput and decode-step time.
 
-Both paths run the same model weights in one process; ratios are default time over oneDNN time.
+Both paths run the same model weights in one process, timed in `--repeats` rounds after `--warmup` short untimed
+runs of each, the paths' order alternating each round (`kvmesh.evals.timing`). Ratios are default time over
+oneDNN time within each round; every figure is the median with the min and max over the rounds.
 
-    python benchmarks/onednn.py [--model smollm2-135m] [--prompt-tokens 300] [--batch 16] [--json]
+    python benchmarks/onednn.py [--model smollm2-135m] [--prompt-tokens 300] [--batch 16] [--repeats 3] [--json]
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import argparse
 import time
 
 import torch
-from common import emit
+from common import add_timing_arguments, emit, shown, spread
 
 from kvmesh import load_model
+from kvmesh.evals.timing import time_modes
 from kvmesh.llm.cache import cache_argument, new_cache
 
 
@@ -41,33 +44,53 @@ def measure(model, batch: int, prompt_tokens: int, steps: int = 8) -> tuple[floa
     return prefill, (time.perf_counter() - start) / steps
 
 
+def rounds(paths: dict, batch: int, prompt_tokens: int, repeats: int, warmup: int) -> tuple[dict, dict]:
+    """Each path's prefill and decode-step seconds in each of `repeats` rounds (after `warmup` short runs each)."""
+    prefill: dict[str, list[float]] = {name: [] for name in paths}
+    decode: dict[str, list[float]] = {name: [] for name in paths}
+
+    def keep(_, outputs: dict[str, tuple[float, float]]) -> None:
+        for name, (pre, dec) in outputs.items():
+            prefill[name].append(pre)
+            decode[name].append(dec)
+
+    time_modes(
+        {name: lambda m=model: measure(m, batch, prompt_tokens) for name, model in paths.items()},
+        repeats,
+        warmup,
+        warm={name: lambda m=model: measure(m, batch, 32, steps=2) for name, model in paths.items()},
+        on_round=keep,
+    )
+    return prefill, decode
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--prompt-tokens", type=int, default=300)
     parser.add_argument("--batch", type=int, default=16)
+    add_timing_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
     paths = {"default": load_model(args.model, onednn=False).model, "onednn": load_model(args.model, onednn=True).model}
-    result = {"benchmark": "onednn", "model": args.model, "prompt_tokens": args.prompt_tokens}
-    lines = [f"{args.model}, prompts of {args.prompt_tokens} tokens"]
+    result = {"benchmark": "onednn", "model": args.model, "prompt_tokens": args.prompt_tokens, "repeats": args.repeats}
+    lines = [f"{args.model}, prompts of {args.prompt_tokens} tokens; median (min-max) of {args.repeats} rounds"]
     for batch in (1, args.batch):
-        for model in paths.values():
-            measure(model, batch, 32, steps=2)  # warm-up
-        (pre_d, dec_d), (pre_o, dec_o) = (measure(m, batch, args.prompt_tokens) for m in paths.values())
+        prefill, decode = rounds(paths, batch, args.prompt_tokens, args.repeats, args.warmup)
+        tokens = batch * args.prompt_tokens
+        prefill_ratio = [d / o for d, o in zip(prefill["default"], prefill["onednn"], strict=True)]
+        decode_ratio = [d / o for d, o in zip(decode["default"], decode["onednn"], strict=True)]
+        decode_ms = {name: [s * 1e3 for s in decode[name]] for name in paths}
         result[f"batch_{batch}"] = {
-            "prefill_tokens_per_s": {
-                "default": round(batch * args.prompt_tokens / pre_d),
-                "onednn": round(batch * args.prompt_tokens / pre_o),
-            },
-            "decode_step_ms": {"default": round(dec_d * 1e3, 2), "onednn": round(dec_o * 1e3, 2)},
-            "prefill_ratio": round(pre_d / pre_o, 2),
-            "decode_ratio": round(dec_d / dec_o, 2),
+            "prefill_tokens_per_s": {name: spread([tokens / s for s in prefill[name]], 0) for name in paths},
+            "decode_step_ms": {name: spread(decode_ms[name], 2) for name in paths},
+            "prefill_ratio": spread(prefill_ratio, 2),
+            "decode_ratio": spread(decode_ratio, 2),
         }
         lines.append(
-            f"batch {batch:>2}: prefill {pre_d / pre_o:.2f}x faster, decode step {dec_d * 1e3:.1f} -> "
-            f"{dec_o * 1e3:.1f} ms ({dec_d / dec_o:.2f}x)"
+            f"batch {batch:>2}: prefill {shown(prefill_ratio, unit='x')} faster, decode step "
+            f"{shown(decode_ms['default'], 1)} -> {shown(decode_ms['onednn'], 1)} ms ({shown(decode_ratio, unit='x')})"
         )
     emit(result, args.json, lines)
 

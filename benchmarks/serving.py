@@ -8,9 +8,13 @@ are clients of it (`openai:http://127.0.0.1:PORT/v1#M`):
                  into its running batch (continuous batching)
 
 and finally the same team in this process, to check that every answer over HTTP is the in-process greedy answer.
-`ratio` = one-by-one time / batched time (equal work: the answers are identical, so are the tokens).
+Both ways are timed in `--repeats` rounds, their order alternating, after `--warmup` untimed calls of each (one
+task one by one; the whole batch) that warm the server's first forward passes and the client's connection
+(`kvmesh.evals.timing`). `ratio` = one-by-one time / batched time within each round (equal work: the answers are
+identical, so are the tokens); times and ratios are the median with the min and max over the rounds.
 
-    python benchmarks/serving.py [--model smollm2-135m] [--tasks 16] [--agents 2] [--max-new-tokens 32] [--json]
+    python benchmarks/serving.py [--model smollm2-135m] [--tasks 16] [--agents 2] [--max-new-tokens 32] [--repeats 3]
+        [--json]
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ import sys
 import time
 import urllib.request
 
-from common import emit, tasks, team
+from common import add_timing_arguments, emit, shown, spread, tasks, team, transcripts
+
+from kvmesh.evals.timing import digest, time_modes
 
 
 def free_port() -> int:
@@ -54,6 +60,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=16)
     parser.add_argument("--agents", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    add_timing_arguments(parser)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -62,36 +69,44 @@ def main() -> None:
     try:
         over_http = team(f"openai:http://127.0.0.1:{port}/v1#{args.model}", args.agents, "chain", args.max_new_tokens)
         work = tasks(args.tasks)
-        over_http.run(work[0])  # warm: the server's first forward passes, the client's connection
-        started = time.perf_counter()
-        one_by_one = [over_http.run(task) for task in work]
-        sequential = time.perf_counter() - started
-        started = time.perf_counter()
-        batched = over_http.run_batch(work)
-        together = time.perf_counter() - started
+        timings = time_modes(
+            {
+                "one_by_one": lambda: [over_http.run(task) for task in work],
+                "batched": lambda: over_http.run_batch(work),
+            },
+            args.repeats,
+            args.warmup,
+            warm={"one_by_one": lambda: over_http.run(work[0])},
+            fingerprint=lambda results: digest(transcripts(results)),
+        )
     finally:
         server.terminate()
         server.wait(timeout=60)
-    local = team(args.model, args.agents, "chain", args.max_new_tokens).run_batch(work)
-    answers = [[m.content for m in r.messages] for r in local]
-    identical = all([[m.content for m in r.messages] for r in runs] == answers for runs in (one_by_one, batched))
+    local = transcripts(team(args.model, args.agents, "chain", args.max_new_tokens).run_batch(work))
+    over = timings.outputs  # the last round's; every round's have the same fingerprint when `agree`
+    agree = all(timings.agree(mode) for mode in timings.modes)
+    identical = agree and all(transcripts(over[mode]) == local for mode in timings.modes)
+    ratios = timings.ratios("one_by_one", "batched")
     result = {
         "model": args.model,
         "tasks": args.tasks,
         "agents": args.agents,
-        "one_by_one_s": round(sequential, 3),
-        "batched_s": round(together, 3),
-        "ratio": round(sequential / together, 2),
+        "repeats": args.repeats,
+        "one_by_one_s": spread(timings.seconds("one_by_one")),
+        "batched_s": spread(timings.seconds("batched")),
+        "ratio": spread(ratios, 2),
         "identical": identical,
-        "tokens": sum(r.usage.total.total_tokens for r in batched),
+        "tokens": sum(r.usage.total.total_tokens for r in over["batched"]),
     }
     emit(
         result,
         args.json,
         [
-            f"{args.tasks} tasks, {args.agents}-agent chain on {args.model} over HTTP (kvmesh serve)",
-            f"one by one: {sequential:.2f} s   batched: {together:.2f} s   ratio {result['ratio']:.2f}x",
-            f"every answer equals the in-process team's: {identical}",
+            f"{args.tasks} tasks, {args.agents}-agent chain on {args.model} over HTTP (kvmesh serve); "
+            f"median (min-max) of {args.repeats} rounds",
+            f"one by one: {shown(timings.seconds('one_by_one'), unit=' s')}   "
+            f"batched: {shown(timings.seconds('batched'), unit=' s')}   ratio per round {shown(ratios, unit='x')}",
+            f"every answer, in every round, equals the in-process team's: {identical}",
         ],
     )
 

@@ -8,10 +8,9 @@ import json
 import sys
 from dataclasses import dataclass
 
-from kvmesh.agents.usage import format_rows
 from kvmesh.cli.flags import add_config_arguments, config_from_args
 from kvmesh.evals.studies import latent
-from kvmesh.evals.studies.kv_reuse import KVReuseStudyConfig, run_study
+from kvmesh.evals.studies.kv_reuse import KVReuseStudyConfig, format_table, run_study
 
 
 @dataclass
@@ -31,13 +30,7 @@ def bench_kv_reuse(args: argparse.Namespace) -> int:
     if config_from_args(BenchOutput, args).json:
         print(json.dumps(result))
         return 0
-    rows = [
-        (f"agent {k + 1}", f"{d:.3f} s", f"{r:.3f} s", f"{d / r:.1f}x")
-        for k, (d, r) in enumerate(zip(result["ttft_dense_s"], result["ttft_reuse_s"], strict=True))
-    ]
-    print("\n".join(format_rows([("", "TTFT dense", "TTFT reuse", "speedup"), *rows])))
-    for key in ("speedup_last_agent", "reuse_rate", "agreement", "anchor_memory_mb", "template_encode_s"):
-        print(f"{key:20s} {result[key]:.3f}")
+    print("\n".join(format_table(result)))
     return 0
 
 
@@ -47,22 +40,7 @@ def bench_latent(args: argparse.Namespace) -> int:
     if config_from_args(BenchOutput, args).json:
         print(json.dumps(result))
         return 0
-    rows = [("mode", "accuracy", "95% interval", "s/task", "generated", "KV bytes")]
-    for m in result["modes"]:
-        low, high = m["ci95"]
-        interval = f"[{low:.3f}, {high:.3f}]"
-        rows.append(
-            (
-                m["name"],
-                f"{m['accuracy']:.3f}",
-                interval,
-                f"{m['seconds_per_task']:.3f}",
-                f"{m['generated_tokens']:.1f}",
-                f"{m['kv_bytes']:.0f}",
-            )
-        )
-    print("\n".join(format_rows(rows)))
-    print(f"{result['tasks']} tasks" + (f"; plot: {result['plot']}" if "plot" in result else ""))
+    print("\n".join(latent.format_table(result)))
     return 0
 
 

@@ -6,6 +6,8 @@ The sender holds every shard of a task, the receiver gets the question alone and
     text            the sender writes a message (up to `message_tokens`), the receiver reads it as text
     kv-select@P     the sender only prefills; the receiver reads its prompt cache in P% of the layers,
                     chosen on calibration attention (`calibrate` training tasks) and the depth prior
+    kv-select@P:tokens@T  as kv-select@P, reading only the T% of the context tokens its own tokens attend to
+                    most (token selection; T = 100 is kv-select@P itself)
     c2c:<mapper>    the mapper's sender prefills; its cache, mapped into the receiver's format, is read in
                     front of the receiver's prompt (a folder from `kvmesh c2c fit|train`)
     c2c-fusion:<mapper>  the mapper's sender prefills; the receiver's cache of the question is fused with the
@@ -13,14 +15,22 @@ The sender holds every shard of a task, the receiver gets the question alone and
     text:<sender>   the text relay from each c2c mapper's sender model (the relay c2c is measured against)
     skyline         the receiver reads the shards itself
 
-Every mode runs the same tasks through `Team.run_batch` at the same batch size; seconds per task is the wall
-time of the whole mode over its tasks (the sender's prefill or message and the receiver's answer included,
-calibration not: it is reported apart). Accuracy is InfoQA's exact match with a 95% Wilson interval;
-generated tokens and KV bytes moved are means per task, from the runtime's own usage.
+Every mode runs the same tasks through `Team.run_batch` at the same batch size. Timing (`kvmesh.evals.timing`):
+each mode first runs its first batch `warmup` times (not timed), then `repeats` rounds run every mode over all
+the tasks once, in an order rotated each round; seconds per task is a mode's wall time over its tasks (the
+sender's prefill or message and the receiver's answer included, calibration not: it is reported apart),
+reported as the median over rounds with the min and max, and "vs text" is the mode's time over the text relay's,
+taken within each round, then summarised the same way. Greedy decoding makes every round's outputs the same:
+accuracy and token counts are the last round's, and `outputs_agree` says whether each round's transcripts had
+the same fingerprint. Accuracy is InfoQA's exact match with a 95% Wilson interval; generated tokens and KV bytes
+moved are means per task, from the runtime's own usage. Every mode run is a row of the report and its table
+(`format_table`), the layer fractions and the token-selection curve (`token_fractions`, at
+`token_layer_fraction` of the layers) included.
 
-With `out`, each finished mode is appended to `modes.jsonl` beside `config.json` at once (fsynced, `kvmesh.runs`),
-and a rerun with the same settings resumes after the modes it finished (other settings are refused, naming them);
-`plot.png` draws accuracy against time per task.
+With `out`, the calibration and each finished round (every mode's seconds, output fingerprint and figures) are
+appended to `modes.jsonl` beside `config.json` at once (fsynced, `kvmesh.runs`), and a rerun with the same settings
+resumes after the rounds it finished, continuing their rotation (other settings are refused, naming them);
+`summary.json` holds the report and `plot.png` draws accuracy against the median time per task.
 
 Prompts are the same in every mode: the sender holds the notes (no instruction to relay them, which made both
 the relay and the latent read worse on validation tasks) and the receiver has one worked example that reads
@@ -36,15 +46,18 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from kvmesh.agents.agent import Agent
+from kvmesh.agents.result import TeamResult
 from kvmesh.agents.task import Task
 from kvmesh.agents.team import Team
+from kvmesh.agents.usage import format_rows
 from kvmesh.config import ConfigError
 from kvmesh.evals.benchmarks.base import SOLO
 from kvmesh.evals.benchmarks.infoqa import EXAMPLES, InfoQA, short_answer
 from kvmesh.evals.calibrate import calibrate
 from kvmesh.evals.stats import proportion
+from kvmesh.evals.timing import Round, Spread, Timings, digest, format_spread, time_modes
 from kvmesh.graph import CommGraph, Edge
-from kvmesh.runs import append_jsonl, open_config, read_log, repair_log, start_run
+from kvmesh.runs import append_jsonl, open_config, read_log, repair_log, start_run, write_json
 
 SENDER, RECEIVER = "sender", "receiver"
 # The sender only holds the notes: told to copy or summarise them, or shown a worked relay turn, SmolLM2-135M
@@ -54,7 +67,8 @@ SENDER_PROMPT = "You hold these notes."
 RECEIVER_PROMPT = "Answer the question with a few words, from your notes or your teammate. End with: Answer: X"
 
 KV_SELECT = "kv-select"  # the channel this study compares against the text relay, by its edge name
-MODES = "modes.jsonl"
+REFERENCE = "text"  # the mode every other mode's time is divided by, round by round
+MODES, SUMMARY = "modes.jsonl", "summary.json"
 
 
 @dataclass
@@ -64,16 +78,21 @@ class LatentStudyConfig:
     Args:
         model: the receiver's model, also the sender's on text and kv-select edges.
         limit: test tasks (every mode runs the same ones).
-        data_path: an InfoQA JSONL file instead of the generator's test split (as `kvmesh eval` takes it).
+        data_path: an InfoQA JSONL file to score, every task in it, instead of the generator's test split.
         seed: seeds the InfoQA generator (calibration draws from its train split).
         fractions: kv-select's layer fractions, in percent.
+        token_fractions: kv-select's token fractions (the share of context tokens read), in percent, each run at
+            `token_layer_fraction` of the layers: the token-selection curve (100 adds no mode of its own).
+        token_layer_fraction: the layer fraction, in percent, that the token-selection curve runs at.
         mappers: c2c mapper folders (`kvmesh c2c fit|train`), one mode each.
         calibrate: training tasks kv-select calibrates its layer choice on (at least 16).
         only: run only the modes with these names (kv-select@30, c2c:ridge, ...); empty: every mode.
         batch_size: tasks per batched runtime pass, the same in every mode.
         message_tokens: cap on the text relay's message.
         answer_tokens: cap on the receiver's answer.
-        out: a folder that keeps the configuration and each finished mode (a rerun resumes).
+        repeats: timed rounds; each runs every mode over all the tasks once, in an order rotated each round.
+        warmup: untimed runs of each mode's first batch before the first round.
+        out: a folder that keeps the configuration, each finished round and the report (a rerun resumes).
     """
 
     model: str = "smollm2-135m"
@@ -81,22 +100,33 @@ class LatentStudyConfig:
     data_path: str | None = None
     seed: int = 0
     fractions: list[int] = field(default_factory=lambda: [10, 20, 30, 50, 100])
+    token_fractions: list[int] = field(default_factory=lambda: [10, 30, 50])
+    token_layer_fraction: int = 100
     mappers: list[str] = field(default_factory=list)
     calibrate: int = 16
     only: list[str] = field(default_factory=list)
     batch_size: int = 16
     message_tokens: int = 48
     answer_tokens: int = 16
+    repeats: int = 3
+    warmup: int = 1
     out: str | None = None
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
-        bad = [f for f in self.fractions if not 0 < f <= 100]
-        if bad:
-            raise ConfigError(f"{{fractions}} are percentages in (0, 100], got {bad}", owner)
-        for name in ("limit", "batch_size", "message_tokens", "answer_tokens"):
+        for name in ("fractions", "token_fractions"):
+            bad = [f for f in getattr(self, name) if not 0 < f <= 100]
+            if bad:
+                raise ConfigError(f"{{{name}}} are percentages in (0, 100], got {bad}", owner)
+        if not 0 < self.token_layer_fraction <= 100:
+            raise ConfigError(
+                f"{{token_layer_fraction}} is a percentage in (0, 100], got {self.token_layer_fraction}", owner
+            )
+        for name in ("limit", "batch_size", "message_tokens", "answer_tokens", "repeats"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{{{name}}} must be at least 1, got {getattr(self, name)}", owner)
+        if self.warmup < 0:
+            raise ConfigError(f"{{warmup}} must be 0 or more, got {self.warmup}", owner)
 
 
 def _sender(model: str, max_new_tokens: int) -> Agent:
@@ -142,24 +172,33 @@ def tasks_for(samples, reader: str | None) -> list[Task]:
     ]
 
 
-def run_mode(team: Team, tasks: Sequence[Task], samples, benchmark: InfoQA, batch_size: int) -> dict:
-    """One mode over `tasks`: accuracy, time per task, generated tokens and KV bytes moved (means per task)."""
-    started, results = time.perf_counter(), []
+def run_batches(team: Team, tasks: Sequence[Task], batch_size: int) -> list[TeamResult]:
+    """One mode's work: `tasks` through `team.run_batch`, `batch_size` at a time."""
+    results: list[TeamResult] = []
     for start in range(0, len(tasks), batch_size):
         results += team.run_batch(list(tasks[start : start + batch_size]))
-    seconds = time.perf_counter() - started
+    return results
+
+
+def score_mode(results: Sequence[TeamResult], samples, benchmark: InfoQA) -> dict:
+    """A mode's figures from its results: accuracy (95% interval), generated and input tokens, cache reads and KV
+    bytes moved (means per task)."""
     correct = sum(benchmark.score(s, r.answer or "").correct for s, r in zip(samples, results, strict=True))
-    totals = [r.usage.total for r in results]
+    totals, count = [r.usage.total for r in results], len(results)
     return {
-        "accuracy": correct / len(tasks),
-        "ci95": proportion(correct, len(tasks))["ci95"],
-        "seconds_per_task": seconds / len(tasks),
-        "generated_tokens": sum(t.output_tokens for t in totals) / len(tasks),
-        "input_tokens": sum(t.input_tokens for t in totals) / len(tasks),
-        "cache_read": sum(t.cache_read for t in totals) / len(tasks),
-        "kv_bytes": sum(t.kv_bytes for t in totals) / len(tasks),
-        "tasks": len(tasks),
+        "accuracy": correct / count,
+        "ci95": proportion(correct, count)["ci95"],
+        "generated_tokens": sum(t.output_tokens for t in totals) / count,
+        "input_tokens": sum(t.input_tokens for t in totals) / count,
+        "cache_read": sum(t.cache_read for t in totals) / count,
+        "kv_bytes": sum(t.kv_bytes for t in totals) / count,
+        "tasks": count,
     }
+
+
+def _fingerprint(results: Sequence[TeamResult]) -> str:
+    """What must not change between rounds: every reply and answer, in task order."""
+    return digest([[*(m.content for m in r.messages), r.answer] for r in results])
 
 
 def _c2c_modes(config: LatentStudyConfig) -> list[tuple[str, Callable[[], Team], str]]:
@@ -185,9 +224,23 @@ def _c2c_modes(config: LatentStudyConfig) -> list[tuple[str, Callable[[], Team],
 Mode = tuple[str, Callable[[tuple | None], Team], str | None]
 
 
-def _kv_select(config: LatentStudyConfig, fraction: int, scores: tuple | None) -> Team:
+def _kv_select(config: LatentStudyConfig, fraction: int, tokens: int, scores: tuple | None) -> Team:
     settings = _pair(config, KV_SELECT).channels[KV_SELECT].config
-    return _pair(config, KV_SELECT, **{KV_SELECT: replace(settings, fraction=fraction / 100, scores=scores)})
+    chosen = replace(settings, fraction=fraction / 100, token_fraction=tokens / 100, scores=scores)
+    return _pair(config, KV_SELECT, **{KV_SELECT: chosen})
+
+
+def _kv_select_modes(config: LatentStudyConfig) -> list[Mode]:
+    """kv-select at each layer fraction, then the token-selection curve at `token_layer_fraction` of the layers
+    (a mode both lists name runs once)."""
+    settings = {f"kv-select@{f}": (f, 100) for f in config.fractions}
+    layers = config.token_layer_fraction
+    for tokens in config.token_fractions:
+        name = f"kv-select@{layers}" + (f":tokens@{tokens}" if tokens < 100 else "")
+        settings.setdefault(name, (layers, tokens))
+    return [
+        (name, lambda scores, f=f, t=t: _kv_select(config, f, t, scores), SENDER) for name, (f, t) in settings.items()
+    ]
 
 
 def _modes(config: LatentStudyConfig) -> list[Mode]:
@@ -195,8 +248,8 @@ def _modes(config: LatentStudyConfig) -> list[Mode]:
     modes: list[Mode] = [
         ("none", lambda _: _alone(config), None),
         ("text", lambda _: _pair(config, "text"), SENDER),
+        *_kv_select_modes(config),
     ]
-    modes += [(f"kv-select@{f}", lambda scores, f=f: _kv_select(config, f, scores), SENDER) for f in config.fractions]
     c2c = _c2c_modes(config) if config.mappers else []
     modes += [(name, lambda _, build=build: build(), reader) for name, build, reader in c2c]
     modes.append(("skyline", lambda _: _alone(config), RECEIVER))
@@ -212,84 +265,169 @@ def _modes(config: LatentStudyConfig) -> list[Mode]:
 
 
 def run_study(config: LatentStudyConfig, progress: Callable[[str], None] = print) -> dict:
-    """Every mode on the same tasks; see the module docstring. What can fail at the start (the data, the
-    mappers, `only`) fails before `out` is touched; a fresh run that fails before its first result (the
-    calibration or a mode) leaves nothing in `out` (`kvmesh.runs.start_run`)."""
+    """Every mode on the same tasks, `config.repeats` timed rounds; see the module docstring. One call is one run
+    (one seed, one folder: `config.out`). What can fail at the start (the data, the mappers, `only`) fails before
+    `out` is touched; a fresh run that fails before its first result (the calibration or a round) leaves nothing
+    in `out` (`kvmesh.runs.start_run`)."""
     benchmark = InfoQA(config.data_path, config.seed)
-    samples = benchmark.samples("test")[: config.limit]
+    samples = benchmark.samples(benchmark.default_split(config.data_path))[: config.limit]  # a file: all of it
     modes = _modes(config)
     if not config.out:
-        return _run_modes(config, modes, benchmark, samples, {}, progress)
+        return _run_rounds(config, modes, benchmark, samples, {}, [], progress)
     out = Path(config.out)
     with start_run(out, lambda: open_config(out, asdict(config), resume=True)):
-        return _run_modes(config, modes, benchmark, samples, _finished(out), progress)
+        calibration, rounds = _finished(out)
+        report = _run_rounds(config, modes, benchmark, samples, calibration, rounds, progress)
+        write_json(out / SUMMARY, report)
+        return report
 
 
-def _run_modes(
+def _calibration(config: LatentStudyConfig, progress: Callable[[str], None]) -> dict:
+    """kv-select's calibration scores on training tasks (timed apart from the modes), logged."""
+    started = time.perf_counter()
+    train = tasks_for(InfoQA(None, config.seed).samples("train")[: config.calibrate], SENDER)
+    progress(f"calibrating kv-select on {len(train)} training tasks")
+    team = calibrate(_pair(config, KV_SELECT), train, config.batch_size)
+    calibration = {
+        "tasks": len(train),
+        "split": "train",
+        "seconds": time.perf_counter() - started,
+        "scores": team.channels[KV_SELECT].config.scores,
+    }
+    _write(config, "calibration", "calibration", calibration)
+    return calibration
+
+
+def _run_rounds(
     config: LatentStudyConfig,
     modes: list[Mode],
     benchmark: InfoQA,
     samples: list,
-    done: dict,
+    calibration: dict,
+    rounds: list[dict],
     progress: Callable[[str], None],
 ) -> dict:
-    """Run the modes not `done` (and kv-select's calibration, when a kv-select mode needs it), logging each."""
-    calibration: dict = done.pop("calibration", {})
-    scores = calibration.get("scores")
-    if scores is None and any(name.startswith("kv-select@") and name not in done for name, _, _ in modes):
-        started = time.perf_counter()
-        train = tasks_for(InfoQA(None, config.seed).samples("train")[: config.calibrate], SENDER)
-        team = calibrate(_pair(config, KV_SELECT), train, config.batch_size)
-        scores = team.channels[KV_SELECT].config.scores
-        calibration = {
-            "tasks": len(train),
-            "split": "train",
-            "seconds": time.perf_counter() - started,
-            "scores": scores,
-        }
-        _write(config, "calibration", calibration)
-    results = []
-    for name, build, reader in modes:
-        if name not in done:
-            team = build(scores)
-            progress(f"{name}: {len(samples)} tasks")
-            done[name] = {
-                "name": name,
-                **run_mode(team, tasks_for(samples, reader), samples, benchmark, config.batch_size),
-            }
-            if KV_SELECT in team.channels:
-                done[name]["layers"] = team.channels[KV_SELECT].layers_by_spec()
-            _write(config, "mode", done[name])
-        line = done[name]
-        progress(f"{name}: accuracy {line['accuracy']:.3f}, {line['seconds_per_task']:.3f} s/task")
-        results.append(line)
-    report = {"modes": results, "tasks": len(samples), "calibration": calibration, "config": asdict(config)}
+    """Run the rounds not among `rounds` (the records of finished ones, logged as each finishes; kv-select's
+    calibration first, when a kv-select mode needs it), then the report."""
+    names = tuple(name for name, _, _ in modes)
+    first = len(rounds)
+    if first < config.repeats:
+        if not calibration and any(name.startswith("kv-select@") for name in names):
+            calibration = _calibration(config, progress)
+        teams = {name: build(calibration.get("scores")) for name, build, _ in modes}
+        tasks = {name: tasks_for(samples, reader) for name, _, reader in modes}
+
+        def log(timed: Round, outputs: dict[str, list[TeamResult]]) -> None:
+            figures = {name: score_mode(outputs[name], samples, benchmark) for name in names}
+            for name, team in teams.items():
+                if KV_SELECT in team.channels:
+                    figures[name]["layers"] = team.channels[KV_SELECT].layers_by_spec()
+            rounds.append({**timed.to_json(), "figures": figures})
+            _write(config, "round", f"round {timed.index}", rounds[-1])
+            times = ", ".join(f"{name} {timed.seconds[name]:.2f}" for name in timed.order)
+            progress(f"round {timed.index + 1}/{config.repeats} (seconds, in the order run): {times}")
+
+        progress(f"{len(names)} modes x {len(samples)} tasks, rounds {first + 1}..{config.repeats}")
+        time_modes(
+            {name: lambda name=name: run_batches(teams[name], tasks[name], config.batch_size) for name in names},
+            repeats=config.repeats - first,
+            warmup=config.warmup,
+            warm={name: lambda name=name: teams[name].run_batch(tasks[name][: config.batch_size]) for name in names},
+            first_round=first,
+            fingerprint=_fingerprint,
+            on_round=log,
+        )
+    timings = Timings(names, [Round.from_json(r) for r in rounds])
+    report = {
+        "modes": mode_rows(timings, rounds[-1]["figures"], len(samples)),
+        "tasks": len(samples),
+        "repeats": len(rounds),
+        "warmup": config.warmup,
+        "reference": REFERENCE if REFERENCE in names else None,
+        "orders": [list(r.order) for r in timings.rounds],
+        "calibration": calibration,
+        "config": asdict(config),
+    }
     if config.out:
-        report["plot"] = str(plot_modes(results, Path(config.out) / "plot.png"))
+        report["plot"] = str(plot_modes(report["modes"], Path(config.out) / "plot.png"))
     return report
 
 
+def mode_rows(timings: Timings, figures: dict[str, dict], tasks: int) -> list[dict]:
+    """One row per mode timed: its figures (`figures`: the last round's) with seconds per task over the rounds
+    (median, min, max, and each round's whole time), the time relative to the text relay taken per round (when
+    text ran) and whether every round's outputs had the same fingerprint."""
+    summary = timings.summary(REFERENCE if REFERENCE in timings.modes else None)
+    rows = []
+    for name in timings.modes:
+        per_task = Spread(**summary[name]["seconds"]).scaled(1 / tasks)
+        row = {
+            "name": name,
+            **figures[name],
+            "seconds_per_task": per_task.median,
+            "seconds_per_task_range": [per_task.min, per_task.max],
+            "seconds_per_round": summary[name]["rounds"],
+            "outputs_agree": timings.agree(name),
+        }
+        if "ratio" in summary[name]:
+            row |= {"vs_text": summary[name]["ratio"], "vs_text_per_round": summary[name]["ratios"]}
+        rows.append(row)
+    return rows
+
+
+def format_table(report: dict) -> list[str]:
+    """The report as table lines: one row per mode (every mode run), times as median (min-max) over the rounds."""
+    header = ("mode", "accuracy", "95% interval", "s/task", f"vs {REFERENCE}", "generated", "KV bytes", "same outputs")
+    rows = [header]
+    for m in report["modes"]:
+        low, high = m["ci95"]
+        seconds = Spread(m["seconds_per_task"], *m["seconds_per_task_range"])
+        rows.append(
+            (
+                m["name"],
+                f"{m['accuracy']:.3f}",
+                f"[{low:.3f}, {high:.3f}]",
+                format_spread(seconds),
+                format_spread(m["vs_text"], digits=2) if "vs_text" in m else "-",
+                f"{m['generated_tokens']:.1f}",
+                f"{m['kv_bytes']:.0f}",
+                {True: "yes", False: "NO", None: "-"}[m["outputs_agree"]],
+            )
+        )
+    tail = f"{report['tasks']} tasks, {report['repeats']} rounds (median (min-max)); vs {REFERENCE}: per round"
+    return [*format_rows(rows), tail + (f"; plot: {report['plot']}" if "plot" in report else "")]
+
+
 def plot_modes(modes: Sequence[dict], path: Path) -> Path:
-    """Accuracy (95% interval) against seconds per task, one point per mode."""
+    """Accuracy (95% interval) against seconds per task (the median over rounds), one point per mode."""
     from kvmesh.evals.figures import Point, plot_tradeoff
 
     points = [
         Point(m["name"], m["accuracy"], *m["ci95"], m["seconds_per_task"], m["name"] == "skyline", m["tasks"])
         for m in modes
     ]
-    return plot_tradeoff(points, path, xlabel="seconds per task (batched, sender and receiver)", unit="s")
+    return plot_tradeoff(
+        points, path, xlabel="seconds per task (median of rounds; batched, sender and receiver)", unit="s"
+    )
 
 
 # --- resuming ---------------------------------------------------------------------------------------------------
 
 
-def _finished(out: Path) -> dict:
-    """Modes (and the calibration) an earlier run in `out` finished, by name; a line torn by a kill is cut."""
+def _finished(out: Path) -> tuple[dict, list[dict]]:
+    """The calibration and the rounds (in round order) an earlier run in `out` finished; a line torn by a kill
+    is cut."""
     lines = out / MODES
     repair_log(lines)
-    return {r["name"] if r["kind"] == "mode" else "calibration": r["data"] for r in read_log(lines)}
+    calibration, rounds = {}, {}
+    for record in read_log(lines):
+        if record["kind"] == "calibration":
+            calibration = record["data"]
+        elif record["kind"] == "round":
+            rounds[record["data"]["index"]] = record["data"]
+    return calibration, [rounds[i] for i in sorted(rounds)]
 
 
-def _write(config: LatentStudyConfig, kind: str, data: dict) -> None:
+def _write(config: LatentStudyConfig, kind: str, name: str, data: dict) -> None:
     if config.out:
-        append_jsonl(Path(config.out) / MODES, [{"kind": kind, "name": data.get("name", kind), "data": data}])
+        append_jsonl(Path(config.out) / MODES, [{"kind": kind, "name": name, "data": data}])

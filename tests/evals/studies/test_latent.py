@@ -1,46 +1,110 @@
-"""`kvmesh bench latent` on the tiny random model: every mode on the same tasks, resumable, one JSON object."""
+"""`kvmesh bench latent` on the tiny random model: every mode on the same tasks, timed in rotated rounds, resumable.
+
+Accuracy is checked against an independent run of the same team on a data file whose gold answers are made to
+match some of that run's answers, so a study that scored other outputs (another mode's, misaligned tasks) reports
+another accuracy; the tiny model alone answers nothing right, which no accuracy check could tell from a bug.
+"""
 
 import json
+import statistics
+from dataclasses import replace
 
 import pytest
 
 from kvmesh.cli import main
 from kvmesh.config import ConfigError
-from kvmesh.evals.benchmarks.infoqa import InfoQA
+from kvmesh.evals.benchmarks.infoqa import InfoQA, normalize_answer, short_answer
 from kvmesh.evals.studies.latent import (
     RECEIVER_PROMPT,
     SENDER,
     SENDER_PROMPT,
     LatentStudyConfig,
     _pair,
+    format_table,
     run_study,
     tasks_for,
 )
+from kvmesh.evals.timing import rotation
 
 SMALL = {"model": "tiny-random", "limit": 3, "batch_size": 3, "message_tokens": 3, "answer_tokens": 3}
+NAMES = ["none", "text", "kv-select@50", "kv-select@100", "kv-select@100:tokens@50", "skyline"]
 
 
-def test_every_mode_runs_the_same_tasks_and_resumes_after_what_it_finished(tiny, tmp_path):
-    config = LatentStudyConfig(**SMALL, fractions=[50, 100], out=str(tmp_path))
-    lines = []
-    result = run_study(config, progress=lines.append)
-    names = [m["name"] for m in result["modes"]]
-    assert names == ["none", "text", "kv-select@50", "kv-select@100", "skyline"]
+def check_timing_rows(report: dict, repeats: int) -> None:
+    """Each row holds one time per round, its median/min/max per task, and per-round ratios to the text row."""
+    modes = {m["name"]: m for m in report["modes"]}
+    text = modes["text"]["seconds_per_round"]
+    for m in modes.values():
+        rounds = m["seconds_per_round"]
+        assert len(rounds) == repeats and all(s > 0 for s in rounds)
+        per_task = sorted(s / m["tasks"] for s in rounds)
+        assert m["seconds_per_task_range"] == pytest.approx([per_task[0], per_task[-1]])
+        assert m["seconds_per_task"] == pytest.approx(statistics.median(per_task))
+        assert m["vs_text_per_round"] == pytest.approx([a / b for a, b in zip(rounds, text, strict=True)])
+        assert m["vs_text"]["median"] == pytest.approx(statistics.median(m["vs_text_per_round"]))
+        assert m["outputs_agree"] is True  # greedy: every round wrote the same transcripts
+
+
+def test_every_mode_and_fraction_is_a_row_timed_in_rotated_rounds_and_resumes(tiny, tmp_path):
+    config = LatentStudyConfig(**SMALL, fractions=[50, 100], token_fractions=[50, 100], warmup=0, out=str(tmp_path))
+    result = run_study(config, progress=lambda line: None)
+    assert [m["name"] for m in result["modes"]] == NAMES  # token fraction 100 is kv-select@100 itself
+    assert result["orders"] == [list(rotation(NAMES, i)) for i in range(3)] and result["repeats"] == 3
+    check_timing_rows(result, 3)
     modes = {m["name"]: m for m in result["modes"]}
-    assert all(m["tasks"] == 3 and 0 <= m["accuracy"] <= 1 for m in modes.values())
     assert modes["none"]["kv_bytes"] == modes["text"]["kv_bytes"] == modes["skyline"]["kv_bytes"] == 0
     assert 0 < modes["kv-select@50"]["kv_bytes"] < modes["kv-select@100"]["kv_bytes"]
+    assert 0 < modes["kv-select@100:tokens@50"]["kv_bytes"] < modes["kv-select@100"]["kv_bytes"]
     assert modes["kv-select@100"]["generated_tokens"] < modes["text"]["generated_tokens"]  # the sender is silent
     assert modes["kv-select@50"]["layers"] == {"tiny-random": [0]}  # 50% of 2 layers: layer 0 (kept first)
+    assert modes["kv-select@100:tokens@50"]["layers"] == {"tiny-random": [0, 1]}
     assert result["calibration"]["tasks"] == 16 and len(result["calibration"]["scores"]) == 2
     assert (tmp_path / "plot.png").stat().st_size > 0
-    saved = [json.loads(line) for line in (tmp_path / "modes.jsonl").read_text().splitlines()]
-    assert [r["name"] for r in saved] == ["calibration", *names]
-    lines.clear()
-    again = run_study(config, progress=lines.append)  # nothing left to run: every mode is read back
-    assert again["modes"] == result["modes"] and not any(line.endswith(" tasks") for line in lines)
-    with pytest.raises(ConfigError, match=r"other settings \(limit\)"):
-        run_study(LatentStudyConfig(**{**SMALL, "limit": 2}, fractions=[50, 100], out=str(tmp_path)))
+    assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(result))
+    table = format_table(result)
+    assert [line.split()[0] for line in table[2 : 2 + len(NAMES)]] == NAMES and len(table) == len(NAMES) + 3
+
+    log = tmp_path / "modes.jsonl"
+    saved = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["name"] for r in saved] == ["calibration", "round 0", "round 1", "round 2"]
+    lines = []
+    again = run_study(config, progress=lines.append)  # nothing left to run: every round is read back
+    assert again["modes"] == result["modes"] and lines == []
+
+    log.write_text("".join(json.dumps(r) + "\n" for r in saved[:2]))  # killed after its first round
+    resumed = run_study(config, progress=lines.append)
+    assert sum(line.startswith("round ") for line in lines) == 2 and not any("calibrating" in x for x in lines)
+    assert resumed["orders"] == result["orders"]  # the rotation went on from round 1
+    assert [m["seconds_per_round"][0] for m in resumed["modes"]] == [m["seconds_per_round"][0] for m in result["modes"]]
+    figures = ("accuracy", "generated_tokens", "input_tokens", "kv_bytes", "cache_read")
+    assert [[m[k] for k in figures] for m in resumed["modes"]] == [[m[k] for k in figures] for m in result["modes"]]
+    with pytest.raises(ConfigError, match=r"other settings \(repeats\)"):
+        run_study(replace(config, repeats=2))
+
+
+def test_the_text_row_s_accuracy_is_that_of_the_text_team_s_own_answers(tiny, tmp_path):
+    settings = {**SMALL, "limit": 4, "batch_size": 4}
+    samples = InfoQA().samples("test")[:4]
+    team = _pair(LatentStudyConfig(**settings), "text")  # run here on its own, once, outside the study
+    answers = [short_answer(r.answer or "") for r in team.run_batch(tasks_for(samples, SENDER))]
+    # gold answers: the team's own answer for tasks 0 and 2 (whatever the random model wrote), the real one else
+    golds = [answers[i] if i % 2 == 0 else s.gold for i, s in enumerate(samples)]
+    assert normalize_answer(answers[0]) and normalize_answer(answers[2])  # something to match
+    assert normalize_answer(answers[1]) != normalize_answer(golds[1])
+    assert normalize_answer(answers[3]) != normalize_answer(golds[3])
+    data = tmp_path / "tasks.jsonl"
+    rows = [
+        {"id": s.id, "question": s.task.question, "answer": g, "shards": s.task.shards}
+        for s, g in zip(samples, golds, strict=True)
+    ]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    config = LatentStudyConfig(**settings, data_path=str(data), only=["none", "text"], repeats=2, warmup=1)
+    report = run_study(config, progress=lambda line: None)
+    modes = {m["name"]: m for m in report["modes"]}
+    assert report["tasks"] == 4 and modes["text"]["accuracy"] == 0.5  # every task of the file, scored as run
+    assert modes["none"]["accuracy"] == 0.0  # the receiver alone wrote other answers than the relay's
+    check_timing_rows(report, 2)
 
 
 def test_the_sender_alone_holds_the_shards():
@@ -56,17 +120,27 @@ def test_each_agent_is_told_the_module_s_prompt_as_its_system_prompt():
     assert [agent.system_text() for agent in team.agents] == [SENDER_PROMPT, RECEIVER_PROMPT]
 
 
-def test_json_names_the_modes(tiny, capsys):
-    assert main(["bench", "latent", *_flags(SMALL), "--fractions", "100", "--calibrate", "16", "--json"]) == 0
+def test_json_names_the_modes_and_the_table_prints_every_row(tiny, capsys):
+    flags = [*_flags(SMALL), "--fractions", "100", "--token-fractions", "30", "--repeats", "1", "--warmup", "0"]
+    assert main(["bench", "latent", *flags, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert [m["name"] for m in report["modes"]] == ["none", "text", "kv-select@100", "skyline"]
-    keys = {"name", "accuracy", "seconds_per_task", "generated_tokens", "kv_bytes"}
+    names = ["none", "text", "kv-select@100", "kv-select@100:tokens@30", "skyline"]
+    assert [m["name"] for m in report["modes"]] == names and report["repeats"] == 1
+    keys = {"name", "accuracy", "seconds_per_task", "seconds_per_task_range", "vs_text", "generated_tokens"}
     assert all(keys <= set(m) for m in report["modes"])
+    printed = [line.split()[0] for line in format_table(report)]
+    assert all(name in printed for name in names)
 
 
-def test_bad_fractions_are_refused():
+def test_bad_settings_are_refused():
     with pytest.raises(ConfigError, match=r"fractions.*\[0, 120\]"):
         LatentStudyConfig(fractions=[0, 120])
+    with pytest.raises(ConfigError, match=r"token_fractions.*\[0\]"):
+        LatentStudyConfig(token_fractions=[0])
+    with pytest.raises(ConfigError, match=r"repeats.*at least 1"):
+        LatentStudyConfig(repeats=0)
+    with pytest.raises(ConfigError, match=r"warmup.*0 or more"):
+        LatentStudyConfig(warmup=-1)
 
 
 def _flags(settings: dict) -> list[str]:
@@ -74,7 +148,9 @@ def _flags(settings: dict) -> list[str]:
 
 
 def test_only_runs_the_modes_it_names(tiny):
-    result = run_study(LatentStudyConfig(**SMALL, fractions=[100], only=["none", "skyline"]), progress=print)
+    config = LatentStudyConfig(**SMALL, fractions=[100], only=["none", "skyline"], repeats=1, warmup=0)
+    result = run_study(config, progress=lambda line: None)
     assert [m["name"] for m in result["modes"]] == ["none", "skyline"] and result["calibration"] == {}
+    assert result["reference"] is None and "vs_text" not in result["modes"][0]  # no text row to divide by
     with pytest.raises(ConfigError, match=r"names no mode \['kv-select@30'\]"):
         run_study(LatentStudyConfig(**SMALL, fractions=[100], only=["kv-select@30"]))
