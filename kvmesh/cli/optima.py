@@ -3,8 +3,11 @@
 kvmesh optima train --task infoqa --model smollm2-135m --method sft --iterations 2 --out runs/optima
 
 Prints each step as it finishes and, at the end, every point of the path (iteration 0, the prompt-only compact
-baseline, each iteration) with accuracy, F1 and tokens per task; results.json and path.png are in --out. A
-killed run continues with the same command (--resume is on by default; --no-resume refuses a used folder).
+baseline, each iteration) with validation accuracy, F1 and tokens per task, and the iteration chosen on
+validation; `--test` adds the test scores of the choice and both baselines with paired comparisons, and `--seeds
+0 1 2` runs once per seed and prints every figure across seeds. results.json and path.png are in --out (per seed:
+OUT/seed-N, and OUT/seeds.json). A killed run continues with the same command (--resume is on by default;
+--no-resume refuses a used folder).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import sys
 
 from kvmesh.agents.usage import format_rows
 from kvmesh.cli.flags import add_config_arguments, config_from_args
+from kvmesh.evals.seeds import format_across
 from kvmesh.training.optima.config import OptimaConfig
 
 
@@ -21,17 +25,14 @@ def _say(line: str) -> None:
     print(f"kvmesh: {line}", file=sys.stderr, flush=True)
 
 
-def optima_train(args: argparse.Namespace) -> int:
-    from kvmesh.training.optima.loop import optima_train as run  # trl/peft load only when training
-
-    config = config_from_args(OptimaConfig, args)
-    results = run(config, progress=_say)
-    rows = [("point", "accuracy", "95% interval", "F1", "generated/task", "prompt+completion/task")]
-    for p in results["points"]:
+def _points_table(points: list[dict]) -> str:
+    rows = [("point", "split", "accuracy", "95% interval", "F1", "generated/task", "prompt+completion/task")]
+    for p in points:
         low, high = p["accuracy_ci95"]
         rows.append(
             (
                 p["label"],
+                p.get("split", "test"),
                 f"{p['accuracy']:.3f}",
                 f"[{low:.3f}, {high:.3f}]",
                 f"{p['f1']:.3f}",
@@ -39,8 +40,41 @@ def optima_train(args: argparse.Namespace) -> int:
                 f"{p['total_tokens']:.1f}",
             )
         )
-    print("\n".join(format_rows(rows)))
-    print(f"{results['points'][0]['tasks']} test tasks; {config.out}/results.json, plot: {results['plot']}")
+    return "\n".join(format_rows(rows))
+
+
+def _paired_lines(paired: dict) -> list[str]:
+    lines = []
+    for name, c in paired.items():
+        diff = c["accuracy_difference"]
+        low, high = diff["ci95"]
+        lines.append(
+            f"{name}: accuracy {diff['value']:+.3f} [{low:+.3f}, {high:+.3f}] on {c['n']} paired tasks "
+            f"({c['discordant']['only_other']} only it solved, {c['discordant']['only_reference']} only the other), "
+            f"McNemar p = {c['mcnemar_p']:.3g}"
+        )
+    return lines
+
+
+def optima_train(args: argparse.Namespace) -> int:
+    from kvmesh.training.optima.loop import optima_train as run  # trl/peft load only when training
+
+    config = config_from_args(OptimaConfig, args)
+    results = run(config, progress=_say)
+    if config.seeds:
+        rows = [("figure", "mean [95% interval across seeds] (each seed)")]
+        rows += [(name, format_across(figure)) for name, figure in results["across_seeds"].items()]
+        print("\n".join(format_rows(rows)))
+        print(f"{len(config.seeds)} seeds; {config.out}/seeds.json, each seed's run in {config.out}/seed-N")
+        return 0
+    print(_points_table(results["points"]))
+    print(f"chosen on validation: {results['chosen']}")
+    if "test" in results:
+        print(_points_table(results["test"]["points"]))
+        print("\n".join(_paired_lines(results["test"]["paired"])))
+    else:
+        print("test not scored: pass --test to score the chosen iteration and both baselines on test, once")
+    print(f"{config.out}/results.json, plot: {results['plot']}")
     return 0
 
 

@@ -13,6 +13,7 @@ from dataclasses import asdict
 import pytest
 
 from kvmesh.config import ConfigError
+from kvmesh.evals.store import read_samples
 from kvmesh.training.optima import loop
 from kvmesh.training.optima.config import OptimaConfig
 
@@ -21,7 +22,7 @@ SETTINGS = {
     "iterations": 1,
     "train_tasks": 6,
     "samples": 2,
-    "eval_tasks": 3,
+    "val_tasks": 3,
     "batch_size": 1,
     "max_new_tokens": 6,
     "threshold": -10.0,  # tiny-random never answers right: keep its rollouts anyway
@@ -74,7 +75,10 @@ def test_a_run_killed_inside_its_iteration_resumes_without_redoing_finished_roll
     assert [r for r in after if r["task_id"] in finished] == [r for r in before if r["task_id"] in finished]
     assert [p["label"] for p in results["points"]] == ["iteration 0", "prompt-only compact", "iteration 1"]
     point = results["points"][-1]
-    assert point["tasks"] == SETTINGS["eval_tasks"] and point["generated_tokens"] > 0
+    assert point["tasks"] == SETTINGS["val_tasks"] and point["split"] == "validation" and point["generated_tokens"] > 0
+    assert results["chosen"] == "iteration 1" and "test" not in results  # test is a deliberate step
+    validation = {row["id"] for row in read_samples(out / "iteration-1" / "validation")}
+    assert validation and not validation & {r["task_id"] for r in after}  # the generator: train, validation apart
     assert point["total_tokens"] > point["generated_tokens"]
     assert (out / "path.png").stat().st_size > 0
     trained = json.loads((out / "iteration-1" / "train.json").read_text())
@@ -82,7 +86,7 @@ def test_a_run_killed_inside_its_iteration_resumes_without_redoing_finished_roll
     adapter = out / "iteration-1" / "adapter" / "adapter_model.safetensors"
     assert adapter.is_file()
     spec = json.loads((out / "iteration-1" / "team.json").read_text())
-    assert {agent["adapter"] for agent in spec["agents"]} == {str(adapter.parent)}
+    assert {agent["adapter"] for agent in spec["agents"]} == {"adapter"}  # relative to team.json: the folder moves
     # a finished run resumes to the same results without training again
     again = loop.optima_train(OptimaConfig(out=str(out), **SETTINGS), progress=lambda line: None)
     assert again["points"] == results["points"]
@@ -126,6 +130,48 @@ def test_a_failed_start_leaves_nothing_so_the_corrected_command_is_not_refused(t
     def stop(line: str) -> None:
         raise Started(line)
 
-    with pytest.raises(Started, match="iteration 0: scoring"):
+    with pytest.raises(Started, match="iteration 0: scoring on 3 validation"):
         loop.optima_train(OptimaConfig(out=str(out), **SETTINGS), progress=stop)
     assert not out.exists()  # that start failed too, before any result
+
+
+def test_seeds_on_a_file_keep_train_validation_and_test_apart_and_test_runs_once(tmp_path):
+    """Two seeds of a run on a user's file (split by the hash of each id), with --test: every seed trains on
+    train ids, chooses on validation ids and is scored on test ids, three disjoint sets; the seeds share the
+    data; each tested team is scored on test once and its iteration folder's spec runs as `kvmesh eval --spec`."""
+    from kvmesh.evals.benchmarks.infoqa import generate
+    from kvmesh.evals.runner import EvalConfig, run_eval
+
+    data = tmp_path / "tasks.jsonl"
+    data.write_text("".join(task.to_json() + "\n" for task in generate(40, "test", seed=5)))
+    settings = {**SETTINGS, "train_tasks": 2, "samples": 2, "val_tasks": 2, "eval_tasks": 2, "explore": 0.0}
+    out = tmp_path / "seeds"
+    config = OptimaConfig(out=str(out), data_path=str(data), seeds=[0, 1], test=True, **settings)
+    summary = loop.optima_train(config, progress=lambda line: None)
+    assert summary["seeds"] == [0, 1] and (out / "seeds.json").is_file()
+    figure = summary["across_seeds"]["test/chosen/generated_tokens"]
+    assert figure["n"] == 2 and len(figure["per_seed"]) == 2
+    assert "test/chosen vs iteration 0/accuracy_difference" in summary["across_seeds"]
+    seen = {}
+    for seed in (0, 1):
+        run = out / f"seed-{seed}"
+        train = {
+            json.loads(line)["task_id"] for line in (run / "iteration-1" / "rollouts.jsonl").read_text().splitlines()
+        }
+        validation = {row["id"] for row in read_samples(run / "iteration-1" / "validation")}
+        test = {row["id"] for row in read_samples(run / "iteration-1" / "test")}
+        assert train and validation and test
+        assert train.isdisjoint(validation) and train.isdisjoint(test) and validation.isdisjoint(test)
+        seen[seed] = (validation, test)
+        results = summary["runs"][seed]
+        assert [p["test_scorings"] for p in results["test"]["points"]] == [1, 1, 1]  # baselines: shared, once
+        assert set(results["test"]["paired"]) == {"iteration 1 vs iteration 0", "iteration 1 vs prompt-only compact"}
+    assert seen[0] == seen[1]  # the seed trains; the data stays
+    moved = tmp_path / "moved"
+    (out / "seed-0").rename(moved)  # its spec's adapter path is relative: the folder moves with it
+    rerun = run_eval(
+        EvalConfig("infoqa", spec=str(moved / "iteration-1" / "team.json"), data_path=str(data), split="test", limit=2),
+        tmp_path / "rerun",
+        progress=False,
+    )
+    assert rerun["samples"] == 2 and rerun["test_scorings"] == 2  # the same team on the same tasks: a second look

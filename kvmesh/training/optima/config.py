@@ -1,8 +1,9 @@
 """What `kvmesh optima train` runs: one dataclass, whose field docs are the command's help.
 
 The defaults are the demonstration run: the InfoQA team (3 agents on a complete graph and a decision maker) on
-`smollm2-135m`, two SFT iterations of 64 training tasks × 4 samples each, every iteration scored on the first 200
-test tasks; it finishes within an hour on a 2-core CPU.
+`smollm2-135m`, two SFT iterations of 64 training tasks × 4 samples each, every iteration scored on the first 100
+validation tasks; with `--test`, the iteration chosen on validation, iteration 0 and the prompt-only baseline are
+then scored once on the first 200 test tasks and compared pairwise. `--seeds 0 1 2` runs it once per seed.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from kvmesh.graph.presets import PRESETS
 from kvmesh.training.optima.scoring import COUNTS
 
 METHODS = ("sft", "dpo", "sft-dpo")
-TASKS = ("infoqa",)
+TASKS = ("infoqa", "infoqa-projects")
 # The prompt-only baseline: the same team told to be terse and structured, without training.
 COMPACT_PROTOCOL = (
     "Be terse: write only the facts that answer the question, as short as 'Name: fact.', or write "
@@ -36,9 +37,12 @@ class OptimaConfig:
         resume: continue the run in `out`: finished iterations, rollouts, branches and evaluations are kept.
         topology: the team's graph (a preset); a decision maker reads every agent.
         agents: agents in the team, besides the decision maker.
-        data_path: an InfoQA JSONL file instead of the generator (its train and test splits as `kvmesh eval`
-            reads them).
-        seed: seeds sampling, the InfoQA generator and training.
+        data_path: an InfoQA JSONL file instead of the generator: training reads its train split, choices its
+            validation split, `--test` its test split (each line's `split`, else a hash of the id and data_seed).
+        seed: seeds sampling and training (rollouts, branches, LoRA initialisation and data order).
+        seeds: run once per seed, each in OUT/seed-N (resumable), and write OUT/seeds.json: every figure's mean with
+            a 95% interval across seeds beside each seed's; the data (data_seed) is the same for every seed.
+        data_seed: seeds the InfoQA generator (or a file's hash split): the tasks, the same whatever the seed.
         train_tasks: training-split tasks per iteration (iteration k takes the k-th block: no task twice).
         samples: sampled conversations per training task.
         temperature: sampling temperature of rollouts (SmolLM2-135M: 1.0 solved 2% of 32 training tasks, 0.3
@@ -47,7 +51,12 @@ class OptimaConfig:
             (Optima's format-diverse exploration); their prompts are re-rendered with the policy's own system
             prompts and examples, so rewards count what the policy would read and SFT teaches the compact form
             under the policy's prompts.
-        eval_tasks: held-out test tasks every iteration and baseline is scored on.
+        val_tasks: validation tasks every iteration and baseline is scored on; the iteration with the best
+            validation accuracy (fewer generated tokens on a tie) is the run's choice.
+        test: score the chosen iteration, iteration 0 and the prompt-only baseline on `eval_tasks` test tasks,
+            once (a later run with --test reads those scores; each summary counts the configuration's test
+            scorings), with paired comparisons (McNemar, paired bootstrap) of the chosen iteration against both.
+        eval_tasks: test tasks `--test` scores.
         batch_size: tasks per batched runtime pass (rollouts and evaluation).
         max_new_tokens: cap on each agent turn.
         token_weight: λ_tokens: the reward loses token_weight at the most tokens any rollout of a task spent.
@@ -80,10 +89,14 @@ class OptimaConfig:
     agents: int = 3
     data_path: str | None = None
     seed: int = 0
+    seeds: list[int] = field(default_factory=list)
+    data_seed: int = 0
     train_tasks: int = 64
     samples: int = 4
     temperature: float = 0.5
     explore: float = 0.5
+    val_tasks: int = 100
+    test: bool = False
     eval_tasks: int = 200
     batch_size: int = 32
     max_new_tokens: int = 48
@@ -108,7 +121,16 @@ class OptimaConfig:
         owner = type(self).__name__
         if self.method not in METHODS:
             raise ConfigError(f"{{method}} must be one of {', '.join(METHODS)}, got {self.method!r}", owner)
-        for name in ("iterations", "agents", "train_tasks", "samples", "eval_tasks", "batch_size", "max_new_tokens"):
+        for name in (
+            "iterations",
+            "agents",
+            "train_tasks",
+            "samples",
+            "val_tasks",
+            "eval_tasks",
+            "batch_size",
+            "max_new_tokens",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{{{name}}} must be at least 1, got {getattr(self, name)}", owner)
         if self.temperature <= 0:

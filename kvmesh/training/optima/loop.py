@@ -1,13 +1,16 @@
 """The Optima loop: sample the team's conversations, reward them, train a LoRA adapter on the best, repeat.
 
-    iteration 0        the team as it is, and the prompt-only compact baseline, scored on the held-out tasks
+    iteration 0        the team as it is, and the prompt-only compact baseline, scored on validation tasks
     iteration k        rollouts of the k-th block of training tasks by the current policy (sampled, seeded)
                        -> rewards (score, tokens against the task's most, readability, penalties; `scoring`)
                        -> SFT: the best rollout per task above the threshold, the top share of those
                           (`selection`, `sft_data`, `trainers.train_sft`)
                        -> DPO: the best rollouts branched at their first turns, best against worst child
                           (`dpo_data`, `trainers.train_dpo`)
-                       -> the new adapter, scored on the same held-out tasks (`kvmesh eval`'s runner)
+                       -> the new adapter, scored on the same validation tasks (`kvmesh eval`'s runner)
+    choice             the trained iteration with the best validation accuracy (fewer generated tokens on a tie)
+    --test             the choice, iteration 0 and the compact baseline scored once on test tasks, and the
+                       choice compared with each on the same tasks (McNemar p, paired bootstrap intervals)
     results.json, path.png   every point (accuracy, F1, generated and prompt+completion tokens per task)
 
 Everything is written as it finishes (`kvmesh.runs`: JSON files atomically, rollouts and branches appended to
@@ -16,11 +19,15 @@ iteration, finished rollout chunks, branches, the trained adapter and the evalua
 kept. A fresh run that fails before its first result (a model that does not load, Ctrl-C during the first
 baseline) leaves nothing behind, so the corrected command starts afresh. Rollouts and branches are seeded per
 chunk, so a resumed chunk draws what the first attempt would have. Each iteration's training tasks are a block
-of the train split of their own; evaluation uses the test split: no task is trained and scored on.
+of the train split of their own, choices read the validation split, and only `--test` reads the test split: no
+task is trained on and scored, and no choice is made on test. Each point's folder holds `team.json` (with its
+adapter, relative to the file) that `kvmesh eval --spec` runs as is, on any data.
 """
 
 from __future__ import annotations
 
+import copy
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -31,7 +38,10 @@ from kvmesh.agents.team import Team
 from kvmesh.config import ConfigError
 from kvmesh.evals.benchmarks import make_benchmark
 from kvmesh.evals.figures import Point, plot_tradeoff
+from kvmesh.evals.paired import paired_comparison
 from kvmesh.evals.runner import run_eval
+from kvmesh.evals.seeds import check_seeds, seed_folder, write_seed_summary
+from kvmesh.evals.store import read_samples
 from kvmesh.llm.local import load_model
 from kvmesh.runs import (
     CONFIG,
@@ -54,11 +64,12 @@ from kvmesh.training.optima.rollout import Rollout, reframed, sample_rollouts
 from kvmesh.training.optima.scoring import RewardConfig, score_rollouts
 from kvmesh.training.optima.selection import select_best, top_share
 from kvmesh.training.optima.sft_data import sft_examples
-from kvmesh.training.optima.teams import base_spec, compact_spec, eval_config, policy_spec
+from kvmesh.training.optima.teams import base_spec, compact_spec, eval_config, policy_spec, spec_members
 from kvmesh.training.optima.trainers import ADAPTER, LoraSettings, train_dpo, train_sft
 
 Progress = Callable[[str], None]
 BASELINES = ("iteration 0", "prompt-only compact")
+POINT_FIGURES = ("accuracy", "f1", "generated_tokens", "total_tokens")
 
 
 # Settings that decide only how saved rollouts are rewarded, selected and trained on: a resumed run may change
@@ -89,7 +100,9 @@ def _check_run(config: OptimaConfig, out: Path, progress: Progress) -> Opened:
     trains), except `BEFORE_TRAINING` ones while no iteration has trained: those changes are recorded in
     config.json."""
     trained = any(out.glob("iteration-*/train.json"))
-    rules = Comparison(ignore=("resume", "out", "changed"), allowed=() if trained else BEFORE_TRAINING)
+    # `test` and `eval_tasks` decide only the final, separate step; `seeds` is the loop over runs like this one
+    ignore = ("resume", "out", "changed", "seeds", "test", "eval_tasks")
+    rules = Comparison(ignore=ignore, allowed=() if trained else BEFORE_TRAINING)
     opened = open_config(out, asdict(config), config.resume, OPTIMA_RUN, rules)
     if opened.changed:
         record, wanted = read_json(out / CONFIG), asdict(config)
@@ -108,9 +121,12 @@ def _jsonl(path: Path) -> list[dict]:
 class OptimaRun:
     """One run of the loop in `config.out`; `run()` does what is left and returns the results."""
 
-    def __init__(self, config: OptimaConfig, progress: Progress = print) -> None:
+    def __init__(self, config: OptimaConfig, progress: Progress = print, baselines: Path | None = None) -> None:
+        """`baselines`: where the untrained baselines are scored (default OUT/baselines); seeds of one run share
+        them, since they are greedy and the data is the same: scored once, not once per seed."""
         self.config, self.progress, self.out = config, progress, Path(config.out)
-        self.benchmark = make_benchmark(config.task, config.data_path, config.seed)
+        self.baselines = baselines or self.out / "baselines"
+        self.benchmark = make_benchmark(config.task, config.data_path, config.data_seed)
         self.train = self.benchmark.samples("train")
         self.by_id = {sample.id: sample for sample in self.train}
         needed = config.iterations * config.train_tasks
@@ -137,29 +153,51 @@ class OptimaRun:
 
     # --- evaluation ------------------------------------------------------------------------------------------
 
-    def evaluate(self, folder: Path, spec: dict, label: str) -> dict:
-        """Score `spec` on the held-out tasks (resumable, in `folder`); one point of the path."""
+    def evaluate(self, folder: Path, spec: dict, label: str, split: str = "validation") -> dict:
+        """Score `spec` on `split` (validation: `val_tasks`; test: `eval_tasks`), resumable in `folder/split`; one
+        point of the path. `folder/team.json` is the spec, runnable as is by `kvmesh eval --spec`."""
         folder.mkdir(parents=True, exist_ok=True)
         spec_path = folder / "team.json"
-        write_json(spec_path, spec)
-        self.progress(f"{label}: scoring on {self.config.eval_tasks} test tasks")
-        settings = eval_config(self.config, spec=str(spec_path), split="test", limit=self.config.eval_tasks)
-        summary = run_eval(settings, folder / "eval", resume=True, progress=False)
+        write_json(spec_path, _relative_adapters(spec, folder))
+        tasks = self.config.val_tasks if split == "validation" else self.config.eval_tasks
+        self.progress(f"{label}: scoring on {tasks} {split} tasks")
+        settings = eval_config(self.config, spec=str(spec_path), split=split, limit=tasks)
+        summary = run_eval(settings, folder / split, resume=True, progress=False)
         metrics, tokens = summary["metrics"], summary["tokens_per_task"]
         point = {
             "label": label,
+            "split": split,
             "accuracy": metrics["accuracy"]["value"],
             "accuracy_ci95": metrics["accuracy"]["ci95"],
             "f1": metrics["f1"]["value"],
             "generated_tokens": tokens["output_tokens"]["value"],
             "total_tokens": tokens["input_tokens"]["value"] + tokens["output_tokens"]["value"],
             "tasks": summary["samples"],
+            "folder": str(folder / split),
         }
+        if "test_scorings" in summary:
+            point["test_scorings"] = summary["test_scorings"]
         self.progress(
-            f"{label}: accuracy {point['accuracy']:.3f}, F1 {point['f1']:.3f}, {point['generated_tokens']:.1f} "
-            f"generated and {point['total_tokens']:.1f} prompt+completion tokens per task"
+            f"{label} ({split}): accuracy {point['accuracy']:.3f}, F1 {point['f1']:.3f}, "
+            f"{point['generated_tokens']:.1f} generated and {point['total_tokens']:.1f} prompt+completion tokens/task"
         )
         return point
+
+    def test(self, specs: dict[str, tuple[Path, dict]], chosen: str) -> dict:
+        """Score the chosen iteration and both baselines on test, once, and pair the choice with each."""
+        points = {label: self.evaluate(folder, spec, label, "test") for label, (folder, spec) in specs.items()}
+        runs = {label: read_samples(point["folder"]) for label, point in points.items()}
+        paired = {
+            f"{chosen} vs {label}": paired_comparison(runs[label], runs[chosen], names=(label, chosen))
+            for label in BASELINES
+        }
+        for name, comparison in paired.items():
+            self.progress(
+                f"test, {name}: accuracy {comparison['accuracy']['other']:.3f} against "
+                f"{comparison['accuracy']['reference']:.3f} on {comparison['n']} tasks, McNemar p = "
+                f"{comparison['mcnemar_p']:.3g}"
+            )
+        return {"points": list(points.values()), "paired": paired}
 
     # --- one iteration ---------------------------------------------------------------------------------------
 
@@ -300,21 +338,44 @@ class OptimaRun:
 
     def _run(self) -> dict:
         started = time.perf_counter()
-        points = [
-            self.evaluate(self.out / "baselines" / "iteration-0", self.base, "iteration 0"),
-            self.evaluate(
-                self.out / "baselines" / "compact", compact_spec(self.base, type(self.benchmark)), "prompt-only compact"
-            ),
-        ]
+        compact = compact_spec(self.base, type(self.benchmark))
+        specs = {
+            "iteration 0": (self.baselines / "iteration-0", self.base),
+            "prompt-only compact": (self.baselines / "compact", compact),
+        }
+        points = [self.evaluate(folder, spec, label) for label, (folder, spec) in specs.items()]
         adapter = None
         for iteration in range(1, self.config.iterations + 1):
             adapter = self.iterate(iteration, adapter)
-            folder = self.out / f"iteration-{iteration}"
-            points.append(self.evaluate(folder, policy_spec(self.base, adapter), f"iteration {iteration}"))
-        results = {"points": points, "config": asdict(self.config), "seconds": time.perf_counter() - started}
+            label, folder = f"iteration {iteration}", self.out / f"iteration-{iteration}"
+            specs[label] = (folder, policy_spec(self.base, adapter))
+            points.append(self.evaluate(folder, specs[label][1], label))
+        chosen = choose_iteration(points)
+        self.progress(f"chosen on validation: {chosen}")
+        results = {"points": points, "chosen": chosen, "config": asdict(self.config)}
+        if self.config.test:
+            results["test"] = self.test({label: specs[label] for label in (*BASELINES, chosen)}, chosen)
+        results["seconds"] = time.perf_counter() - started
         results["plot"] = str(plot_path(points, self.out / "path.png"))
         write_json(self.out / "results.json", results)
         return results
+
+
+def _relative_adapters(spec: dict, folder: Path) -> dict:
+    """`spec` with each member's adapter path relative to `folder`, where the spec is written (specs read a
+    relative adapter from their own folder), so the run folder can move and `kvmesh eval --spec` still runs it."""
+    spec = copy.deepcopy(spec)
+    for member in spec_members(spec):
+        if member.get("adapter"):
+            member["adapter"] = os.path.relpath(Path(member["adapter"]).resolve(), folder.resolve())
+    return spec
+
+
+def choose_iteration(points: Sequence[dict]) -> str:
+    """The trained iteration with the best validation accuracy; fewer generated tokens break a tie, then the
+    earlier iteration."""
+    trained = [p for p in points if p["label"] not in BASELINES]
+    return min(trained, key=lambda p: (-p["accuracy"], p["generated_tokens"], points.index(p)))["label"]
 
 
 def plot_path(points: Sequence[dict], path: Path) -> Path:
@@ -334,5 +395,35 @@ def plot_path(points: Sequence[dict], path: Path) -> Path:
 
 
 def optima_train(config: OptimaConfig, progress: Progress = print) -> dict:
-    """Run (or resume) the loop `config` describes; returns what results.json holds."""
-    return OptimaRun(config, progress).run()
+    """Run (or resume) the loop `config` describes; returns what results.json holds. With `seeds`, one run per
+    seed in OUT/seed-N, then OUT/seeds.json with every point's figures across seeds (validation, and test with
+    `--test`); returns that summary with each seed's results under "runs"."""
+    if not config.seeds:
+        return OptimaRun(config, progress).run()
+    runs = {}
+    for seed in check_seeds(config.seeds):
+        progress(f"seed {seed}: {seed_folder(config.out, seed)}")
+        one = replace(config, seed=seed, seeds=[], out=str(seed_folder(config.out, seed)))
+        say = lambda line, seed=seed: progress(f"seed {seed}: {line}")  # noqa: E731
+        runs[seed] = OptimaRun(one, say, baselines=Path(config.out) / "baselines").run()
+    figures = {seed: seed_figures(results) for seed, results in runs.items()}
+    summary = write_seed_summary(config.out, figures, config=asdict(config))
+    return summary | {"runs": runs}
+
+
+def seed_figures(results: dict) -> dict[str, float]:
+    """One seed's figures, flat: each validation point's, the choice's on validation, and with --test each
+    tested point's and the paired accuracy differences."""
+    figures = {}
+    for point in results["points"]:
+        figures |= {f"validation/{point['label']}/{k}": point[k] for k in POINT_FIGURES}
+    chosen = next(p for p in results["points"] if p["label"] == results["chosen"])
+    figures |= {f"validation/chosen/{k}": chosen[k] for k in POINT_FIGURES}
+    for point in results.get("test", {}).get("points", []):
+        label = "chosen" if point["label"] == results["chosen"] else point["label"]
+        figures |= {f"test/{label}/{k}": point[k] for k in POINT_FIGURES}
+    for name, comparison in results.get("test", {}).get("paired", {}).items():
+        figures[f"test/{name.replace(results['chosen'], 'chosen')}/accuracy_difference"] = comparison[
+            "accuracy_difference"
+        ]["value"]
+    return figures

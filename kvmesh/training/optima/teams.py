@@ -16,11 +16,11 @@ from kvmesh.training.optima.config import COMPACT_PROTOCOL, OptimaConfig
 
 
 def eval_config(config: OptimaConfig, **settings) -> EvalConfig:
-    """The `kvmesh eval` settings an Optima run shares: its benchmark, data, seed and batch size."""
+    """The `kvmesh eval` settings an Optima run shares: its benchmark, data (and data seed) and batch size."""
     return EvalConfig(
         benchmark=config.task,
         data_path=config.data_path,
-        seed=config.seed,
+        seed=config.data_seed,
         batch_size=config.batch_size,
         **settings,
     )
@@ -40,7 +40,7 @@ def base_spec(config: OptimaConfig) -> dict:
     return team.to_spec()
 
 
-def _members(spec: dict) -> list[dict]:
+def spec_members(spec: dict) -> list[dict]:
     """The agent entries of a spec: its agents and, when it has one, its decision maker."""
     decision = spec.get("decision")
     return [*spec["agents"], *([decision] if isinstance(decision, dict) and "name" in decision else [])]
@@ -52,7 +52,7 @@ def compact_spec(spec: dict, benchmark: type[Benchmark]) -> dict:
     Each member's examples become the benchmark's terse ones for its role (`Benchmark.terse_examples`; kept as
     they are where it has none): SmolLM2-135M copies its examples' format and ignores an instruction alone."""
     compact = copy.deepcopy(spec)
-    for member in _members(compact):
+    for member in spec_members(compact):
         member["system_prompt"] = (member.get("system_prompt") or "").rstrip() + "\n" + COMPACT_PROTOCOL
         terse = benchmark.terse_examples(member.get("role", ""))
         if terse:
@@ -63,7 +63,7 @@ def compact_spec(spec: dict, benchmark: type[Benchmark]) -> dict:
 def policy_spec(spec: dict, adapter: str | None, temperature: float = 0.0) -> dict:
     """The team with `adapter` on every agent and the decision maker (None: the base model), at `temperature`."""
     policy = copy.deepcopy(spec)
-    for member in _members(policy):
+    for member in spec_members(policy):
         member["temperature"] = temperature
         if adapter is not None:
             member["adapter"] = adapter
