@@ -1,37 +1,45 @@
 """`kvmesh design train|eval|plot`: learn a team's topology on a benchmark, then compare it on held-out tasks.
 
 kvmesh design train infoqa --designer agp --out runs/design/agp             # train + validation splits
-kvmesh design eval infoqa --designers runs/design/agp --baselines single,chain,complete --limit 200 \\
-    --out runs/design/test                                                   # test split, trade-off plot
+kvmesh design train infoqa --designer agp --seeds 0 1 2 --out runs/design/agp-seeds     # one designer per seed
+kvmesh design eval infoqa --designers runs/design/agp-seeds --baselines complete,single --limit 200 \\
+    --out runs/design/test                                                   # test split, paired, trade-off plot
 kvmesh design plot runs/design/test/* -o tradeoff.png
 
-A training folder holds `config.json`, the saved designer (`designer/`), its checkpoints (`checkpoint.pt`,
-or `mining/` for AGP), `history.json`, and the before/after pictures. `--resume` continues a killed run.
+A training folder holds `config.json`, the saved designer (`designer/`, written last: a folder that has it is
+finished), its checkpoints (`checkpoint.pt`, or `mining/` for AGP), `history.json`, `splits.json` (the ids it
+trained and validated on, and how they were split) and the before/after pictures. `--resume` continues a killed
+run and loads a finished one as it is. With `--seeds`, OUT/seed-N is one such folder per seed and OUT/seeds.json
+holds the validation figures across seeds; `seed` changes graph sampling and initial weights, `data_seed` the
+tasks, so the seeds differ only in what training drew. `design eval` lives in `design_eval.py`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from kvmesh.agents.task import Task
+from kvmesh.agents.usage import format_rows
+from kvmesh.cli.design_eval import DesignEvalConfig, design_eval
 from kvmesh.cli.flags import add_config_arguments, argparse_help, config_from_args, flag
-from kvmesh.cli.specs import designer_folder
-from kvmesh.config import ConfigError, field_help
-from kvmesh.evals.benchmarks import BENCHMARKS, configured_team, design_splits, make_benchmark
+from kvmesh.config import field_help
+from kvmesh.evals.benchmarks import BENCHMARKS, Sample, configured_team, design_splits, make_benchmark
 from kvmesh.evals.figures import Point, plot_tradeoff
-from kvmesh.evals.report import compare_table
-from kvmesh.evals.runner import EvalConfig, run_eval
+from kvmesh.evals.seeds import SEEDS_FILE, check_seeds, format_across, seed_folder, write_seed_summary
 from kvmesh.graph.pictures import write_design_pictures
 from kvmesh.graph.presets import PRESETS, TEMPORAL_MODES
 from kvmesh.kvcomm.channel import DEFAULT_CHANNEL, available_channels
+from kvmesh.runs import CONFIG, write_json
 from kvmesh.topology import DESIGNERS, load_designer
 from kvmesh.topology.designer import DESIGNER_FILE, Designer, DesignerConfig
 from kvmesh.training.examples import example_task
 from kvmesh.training.reinforce import design_run
+
+SPLITS_FILE = "splits.json"  # in a training folder: the ids it trained and validated on, and how they were split
+VALIDATION_FIGURES = ("score", "tokens", "calls", "utility")  # of the chosen weights, per task
 
 
 @dataclass
@@ -39,7 +47,7 @@ class DesignTrainConfig:
     """What `kvmesh design train` runs; saved as config.json in the output folder.
 
     Args:
-        benchmark: infoqa, gsm8k or humaneval.
+        benchmark: infoqa, infoqa-projects, gsm8k or humaneval.
         designer: edge-logits, gdesigner or agp.
         model: alias, local folder or Hugging Face id for every agent.
         topology: the team's graph before design: the designer's anchor and its "before" picture.
@@ -50,8 +58,14 @@ class DesignTrainConfig:
         max_new_tokens: cap on tokens per agent turn.
         train_size: training tasks.
         val_size: validation tasks, disjoint from the training tasks.
-        seed: seeds the data, graph sampling and initial weights.
-        data_path: GSM8K folder (else KVMESH_GSM8K_PATH).
+        seed: seeds graph sampling and the designer's initial weights (the tasks are data_seed's).
+        seeds: train one designer per seed, each in OUT/seed-N (resumable with --resume; a finished seed is
+            loaded, not trained again), then write OUT/seeds.json: the validation figures of each seed's chosen
+            weights, with their mean and 95% interval across seeds. Every seed trains on the same tasks.
+        data_seed: chooses the tasks: the InfoQA generator's, or the hash split of a file or of GSM8K's train
+            file into train and validation; the same for every seed. Pass it to `design eval` as --seed.
+        data_path: an InfoQA JSONL file (its train and validation splits; its test split is left for `design
+            eval`) or the GSM8K folder (else KVMESH_GSM8K_PATH).
         allow_code_execution: lets the roles' tools and HumanEval run generated code in the sandbox (not a
             security boundary).
         channel: text or kv-reuse, on every edge the designer chooses.
@@ -68,6 +82,8 @@ class DesignTrainConfig:
     train_size: int = 128
     val_size: int = 48
     seed: int = 0
+    seeds: list[int] = field(default_factory=list)
+    data_seed: int = 0
     data_path: str | None = None
     allow_code_execution: bool = False
     channel: str = field(default=DEFAULT_CHANNEL, metadata={"choices": available_channels})
@@ -137,24 +153,105 @@ def designer_config(kind: str, args: argparse.Namespace, seed: int):
 
 def _cmd_train(args: argparse.Namespace) -> int:
     config, where = config_from_args(DesignTrainConfig, args), config_from_args(DesignTrainRun, args)
-    settings = designer_config(config.designer, args, config.seed)
     out = Path(where.out or f"runs/design/{config.benchmark}-{config.designer}")
     # everything that can fail at the start fails before `out` is written, so the corrected command can run
+    seeds = _check_seeds(config, args, out)
+    settings = {seed: designer_config(config.designer, args, seed) for seed in seeds}
     train, val = design_splits(
-        config.benchmark, config.train_size, config.val_size, config.seed, config.data_path, config.allow_code_execution
+        config.benchmark,
+        config.train_size,
+        config.val_size,
+        config.data_seed,
+        config.data_path,
+        config.allow_code_execution,
     )
-    team = configured_team(config)
-    team.check_tasks([s.task for s in [*train, *val]])  # shards, and every model loaded and the context checked
-    benchmark = make_benchmark(config.benchmark, config.data_path, config.seed, config.allow_code_execution)
-    designer = DESIGNERS[config.designer](settings, metric=benchmark.reward)
-    started = time.perf_counter()
-    with design_run(out, {"run": asdict(config), "designer": asdict(settings)}, where.resume):
-        designer.compile(team, train, val, out=out, resume=where.resume)
-    designer.training["wall_seconds_this_process"] = time.perf_counter() - started
-    designer.save(out / "designer")
-    pictures = _design_pictures(designer, [example_task(s) for s in val], out)
-    print(_train_report(designer, out, pictures))
+    # shards, and every model loaded and the context checked
+    configured_team(config).check_tasks([s.task for s in [*train, *val]])
+    if not config.seeds:
+        print(train_designer(config, settings[config.seed], out, where.resume, train, val)[1])
+        return 0
+    figures = {}
+    for seed in seeds:
+        print(f"== seed {seed}: {seed_folder(out, seed)}")
+        one = replace(config, seed=seed, seeds=[])
+        designer, report = train_designer(one, settings[seed], seed_folder(out, seed), where.resume, train, val)
+        print(report)
+        figures[seed] = {f"validation/{name}": value for name, value in validation_figures(designer.training).items()}
+    shared = {name: value for name, value in asdict(settings[seeds[0]]).items() if name != "seed"}
+    summary = write_seed_summary(out, figures, config=asdict(config), designer=shared)
+    rows = [("chosen weights", "mean [95% interval across seeds] (each seed)")]
+    rows += [(name, format_across(figure)) for name, figure in summary["across_seeds"].items()]
+    print("\n".join(["", *format_rows(rows)]))
+    print(f"{len(seeds)} seeds: {out / SEEDS_FILE}; each seed's training folder is {out}/seed-N")
     return 0
+
+
+def _check_seeds(config: DesignTrainConfig, args: argparse.Namespace, out: Path) -> list[int]:
+    """The seeds to train (`seed` alone without `seeds`); refuses both flags at once, and a folder that holds
+    the other kind of run (a single run's config.json, or a seeds run's seeds.json)."""
+    if not config.seeds:
+        if (out / SEEDS_FILE).is_file():
+            raise ValueError(f"{out} holds a --seeds run ({SEEDS_FILE}); pass --seeds, or pick another --out")
+        return [config.seed]
+    if "seed" in getattr(args, "given", ()):
+        raise ValueError("--seed and --seeds both given: --seeds lists every seed to train; drop --seed")
+    if (out / CONFIG).is_file():
+        raise ValueError(f"{out} holds a single training run ({CONFIG}); pick another --out for --seeds")
+    return check_seeds(config.seeds)
+
+
+def train_designer(
+    config: DesignTrainConfig,
+    settings: DesignerConfig,
+    out: Path,
+    resume: bool,
+    train: list[Sample],
+    val: list[Sample],
+) -> tuple[Designer, str]:
+    """Train one designer on `train` (choosing its weights on `val`) into `out` and save it; resumes a killed
+    run, and loads a finished one (its designer saved) as it is instead of training it again. Returns the
+    designer and the report to print."""
+    saved = out / "designer"
+    record = {"run": {name: value for name, value in asdict(config).items() if name != "seeds"}}
+    with design_run(out, record | {"designer": asdict(settings)}, resume) as opened:
+        if opened.resumed and (saved / DESIGNER_FILE).is_file():
+            designer = load_designer(saved)
+            _check_seen(designer, train, val, out)
+            return designer, _train_report(designer, out, None)
+        benchmark = make_benchmark(config.benchmark, config.data_path, config.data_seed, config.allow_code_execution)
+        write_json(out / SPLITS_FILE, _splits_record(config, benchmark, train, val))
+        designer = DESIGNERS[config.designer](settings, metric=benchmark.reward)
+        started = time.perf_counter()
+        designer.compile(configured_team(config), train, val, out=out, resume=resume)
+    designer.training["wall_seconds_this_process"] = time.perf_counter() - started
+    pictures = _design_pictures(designer, [example_task(s) for s in val], out)
+    designer.save(saved)  # last: a folder with a saved designer holds a finished run
+    return designer, _train_report(designer, out, pictures)
+
+
+def _splits_record(config: DesignTrainConfig, benchmark, train: list[Sample], val: list[Sample]) -> dict:
+    """What splits.json holds: the ids trained and validated on, and how each split was chosen."""
+
+    def rule(split: str) -> dict | None:
+        try:
+            return benchmark.split_rule(split).to_dict()
+        except NotImplementedError:  # another package's benchmark may not say
+            return None
+
+    record = {"benchmark": config.benchmark, "data_path": config.data_path, "data_seed": config.data_seed}
+    return record | {
+        "train": {"rule": rule("train"), "ids": [s.id for s in train]},
+        "validation": {"rule": rule("validation"), "ids": [s.id for s in val]},
+    }
+
+
+def _check_seen(designer: Designer, train: list[Sample], val: list[Sample], out: Path) -> None:
+    """Refuse a finished run whose designer saw other tasks than the settings choose now (an edited file)."""
+    if designer.seen_ids and set(designer.seen_ids) != {s.id for s in [*train, *val]}:
+        raise ValueError(
+            f"{out} holds a designer trained on other tasks than these settings choose (was the data file "
+            "edited?); train into a new --out"
+        )
 
 
 def _design_pictures(designer: Designer, tasks: list[Task], out: Path) -> list[Path]:
@@ -175,108 +272,32 @@ def _design_pictures(designer: Designer, tasks: list[Task], out: Path) -> list[P
     )
 
 
-def _train_report(designer, out: Path, pictures) -> str:
+def validation_figures(training: dict) -> dict[str, float]:
+    """What the saved weights (the ones chosen on validation) scored there, per task: score, tokens, calls and
+    utility; {} when the designer had no validation tasks."""
+    trained = training.get("tune") or training.get("reinforce") or {}
+    chosen = trained.get("chosen") or training.get("validation")
+    return {name: chosen[name] for name in VALIDATION_FIGURES} if chosen else {}
+
+
+def _train_report(designer: Designer, out: Path, pictures: list[Path] | None) -> str:
+    """What `design train` prints about one designer; `pictures` None: a finished run, loaded as it was."""
     figures = designer.training
     phases = {k: v for k, v in figures.items() if isinstance(v, dict) and "seconds" in v}
     seconds = sum(v["seconds"] for v in phases.values())
-    trained = figures.get("tune") or figures.get("reinforce") or {}
-    chosen = trained.get("chosen") or figures.get("validation")  # what the saved weights scored on validation
     parts = ", ".join(f"{name} {phase['seconds']:.0f} s" for name, phase in phases.items())
-    lines = [f"{designer.kind}: trained in {seconds:.0f} s ({parts})"]
+    done = "finished earlier, not trained again: " if pictures is None else ""
+    lines = [f"{designer.kind}: {done}trained in {seconds:.0f} s ({parts})"]
+    chosen = validation_figures(figures)
     if chosen:
         lines.append(
             f"validation: score {chosen['score']:.3f}, {chosen['tokens']:.0f} tokens/task, "
             f"{chosen['calls']:.2f} calls/task, utility {chosen['utility']:.3f}"
         )
     lines.append(f"designer: {out / 'designer'}")
-    lines.append("pictures: " + ", ".join(str(p) for p in pictures))
+    if pictures is not None:
+        lines.append("pictures: " + ", ".join(str(p) for p in pictures))
     return "\n".join(lines)
-
-
-@dataclass
-class DesignEvalConfig:
-    """What `kvmesh design eval` compares on the test split.
-
-    Args:
-        benchmark: infoqa, gsm8k or humaneval.
-        designers: trained designers (training folders).
-        baselines: comma-separated topologies, e.g. single,chain,star,complete,random.
-        out: folder for one run per designer and baseline, and the plot.
-        limit: only the first N test tasks (after leaving out seen ones).
-        model: model of the baseline teams.
-        agents: agents in the baseline teams.
-        max_new_tokens: cap per turn in the baseline teams.
-        channel: channel of the baseline teams.
-        seed: seed for sampling and InfoQA generation.
-        batch_size: tasks per batched pass.
-        data_path: GSM8K folder (else KVMESH_GSM8K_PATH).
-        allow_code_execution: run generated code (sandboxed).
-        resume: continue interrupted runs in --out.
-    """
-
-    benchmark: str = field(metadata={"choices": BENCHMARKS})
-    out: str
-    designers: list[str] | None = None
-    baselines: str = ""
-    limit: int | None = None
-    model: str = "smollm2-135m"
-    agents: int = 3
-    max_new_tokens: int = 48
-    channel: str = field(default=DEFAULT_CHANNEL, metadata={"choices": available_channels})
-    seed: int = 0
-    batch_size: int = 16
-    data_path: str | None = None
-    allow_code_execution: bool = False
-    resume: bool = False
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    config = config_from_args(DesignEvalConfig, args)
-    out = Path(config.out)
-    shared = {
-        "benchmark": config.benchmark,
-        "split": "test",
-        "limit": config.limit,
-        "seed": config.seed,
-        "batch_size": config.batch_size,
-        "data_path": config.data_path,
-        "allow_code_execution": config.allow_code_execution,
-    }
-    folders = [designer_folder(path) for path in config.designers or []]
-    shared["exclude_ids"] = _seen_test_ids(config, folders)
-    runs: list[tuple[str, EvalConfig]] = []
-    team = {"model": config.model, "agents": config.agents, "max_new_tokens": config.max_new_tokens}
-    for baseline in [b for b in config.baselines.split(",") if b]:
-        # one agent alone cannot hold every InfoQA shard as its own: it reads them all (the no-communication ceiling)
-        shards = "all" if baseline == "single" and config.benchmark == "infoqa" else "own"
-        runs.append((baseline, EvalConfig(**shared, **team, topology=baseline, channel=config.channel, shards=shards)))
-    for folder in folders:
-        name = folder.parent.name if folder.name == "designer" else folder.name
-        runs.append((name, EvalConfig(**shared, designer=str(folder))))
-    if not runs:
-        raise ConfigError("name {baselines}, {designers} or both")
-    for name, run in runs:
-        print(f"== {name}")
-        run_eval(run, out / name, resume=config.resume, load_designer=load_designer)
-    folders = [out / name for name, _ in runs]
-    print(compare_table([str(f) for f in folders]))
-    points = [Point.from_run(f, name) for f, (name, _) in zip(folders, runs, strict=True)]
-    plot = plot_tradeoff(points, out / "tradeoff.png", title=f"{config.benchmark} test: accuracy against tokens")
-    (out / "tradeoff.json").write_text(json.dumps([asdict(p) for p in points], indent=2))
-    print(f"\ntrade-off plot: {plot}")
-    return 0
-
-
-def _seen_test_ids(config: DesignEvalConfig, folders: list[Path]) -> list[str]:
-    """Test ids any of the designers trained or validated on: every run leaves them out, so all of them,
-    baselines included, are scored on the same tasks (none on InfoQA or GSM8K, whose splits are disjoint)."""
-    seen = set()
-    for folder in folders:
-        seen |= set(json.loads((folder / DESIGNER_FILE).read_text()).get("seen_ids", []))
-    if not seen:
-        return []
-    benchmark = make_benchmark(config.benchmark, config.data_path, config.seed, config.allow_code_execution)
-    return sorted(seen & {sample.id for sample in benchmark.samples("test")})
 
 
 @dataclass
@@ -311,7 +332,7 @@ def add_parser(commands) -> None:
 
     evaluate = kinds.add_parser("eval", help="run designers and fixed topologies on the test split; trade-off plot")
     add_config_arguments(evaluate, DesignEvalConfig, positional={"benchmark": None})
-    evaluate.set_defaults(handler=_cmd_eval)
+    evaluate.set_defaults(handler=design_eval)
 
     plot = kinds.add_parser("plot", help="the trade-off plot of finished runs")
     add_config_arguments(plot, DesignPlotConfig, positional={"runs": "+"})

@@ -2,9 +2,11 @@
 
 import json
 import os
+from pathlib import Path
 
 import matplotlib.image
 import pytest
+import torch
 
 from kvmesh import CommGraph
 from kvmesh.cli import main
@@ -12,8 +14,27 @@ from kvmesh.cli.specs import load_team
 from kvmesh.evals.benchmarks import design_splits, infoqa
 from kvmesh.evals.figures import read_picture_source
 from kvmesh.topology import load_designer
+from kvmesh.topology.designer import DESIGNER_FILE, WEIGHTS_FILE
 
 TINY = ["--model", "tiny-random", "--max-new-tokens", "3"]
+SMALL = ["--train-size", "4", "--val-size", "2", "--steps", "1", "--batch-size", "2"]
+
+
+def scored_ids(run: Path) -> list[str]:
+    return [json.loads(line)["id"] for line in (run / "samples.jsonl").read_text().splitlines()]
+
+
+def check_apart(training: Path, test_ids: list[str]) -> tuple[list[str], list[str]]:
+    """From the files a training run and an eval wrote: the ids trained on, validated on and scored on test are
+    pairwise disjoint; returns the train and validation ids."""
+    splits = json.loads((training / "splits.json").read_text())
+    train, val = splits["train"]["ids"], splits["validation"]["ids"]
+    assert len(train) == 4 and len(val) == 2 and len(test_ids) == 3
+    # what the training loop itself iterated over and what the saved designer says it saw
+    assert torch.load(training / "checkpoint.pt", weights_only=False)["ids"] == train + val
+    assert sorted(json.loads((training / "designer" / DESIGNER_FILE).read_text())["seen_ids"]) == sorted(train + val)
+    assert not set(train) & set(val) and not set(train) & set(test_ids) and not set(val) & set(test_ids)
+    return train, val
 
 
 def test_training_and_validation_splits_never_share_an_id_or_an_entity():
@@ -35,8 +56,8 @@ def test_gsm8k_design_splits_are_disjoint_lines_of_the_training_file():
     if not path or not os.path.isfile(os.path.join(path, "train.jsonl")):  # as every GSM8K test: CI sets it
         pytest.skip("GSM8K data not found: set KVMESH_GSM8K_PATH to a folder with train.jsonl and test.jsonl")
     train, val = design_splits("gsm8k", 50, 20, data_path=path)
-    assert [s.id for s in train] == [f"train/{i}" for i in range(50)]
-    assert [s.id for s in val] == [f"train/{i}" for i in range(50, 70)]
+    assert all(s.id.startswith("train/") for s in train + val) and not {s.id for s in train} & {s.id for s in val}
+    assert [s.id for s in train] == sorted((s.id for s in train), key=lambda i: int(i.split("/")[1]))
 
 
 def test_design_train_then_eval_against_baselines(tiny, tmp_path, capsys):
@@ -113,21 +134,22 @@ def test_eval_leaves_out_what_the_designer_saw(tiny, tmp_path):
 
 
 def test_design_eval_scores_baselines_and_designers_on_the_same_test_tasks(tiny, tmp_path):
-    from kvmesh.evals.benchmarks import benchmark_team
+    from kvmesh.evals.benchmarks import benchmark_team, make_benchmark
     from kvmesh.topology import EdgeLogitsDesigner
 
     team = benchmark_team("humaneval", "tiny-random", "chain", 2, max_new_tokens=3, code_execution=True)
+    test = [s.id for s in make_benchmark("humaneval", allow_code_execution=True).samples("test")][:4]
+    train = make_benchmark("humaneval", allow_code_execution=True).samples("train")[0].id
     designer = EdgeLogitsDesigner()
     designer.bind(team)
-    designer.seen_ids = ["HumanEval/0", "HumanEval/2"]  # HumanEval's only split is the test split
+    designer.seen_ids = [test[0], test[2], train]  # as if it had seen two test problems
     designer.save(tmp_path / "d")
     command = ["design", "eval", "humaneval", "--designers", str(tmp_path / "d"), "--baselines", "single"]
     assert main([*command, *TINY, "--limit", "2", "--allow-code-execution", "--out", str(tmp_path / "t")]) == 0
     for run in ("single", "d"):
         config = json.loads((tmp_path / "t" / run / "config.json").read_text())
-        assert config["exclude_ids"] == ["HumanEval/0", "HumanEval/2"]
-        ids = [json.loads(line)["id"] for line in (tmp_path / "t" / run / "samples.jsonl").read_text().splitlines()]
-        assert sorted(ids) == ["HumanEval/1", "HumanEval/3"]
+        assert config["exclude_ids"] == sorted([test[0], test[2]]) and config["split"] == "test"
+        assert sorted(scored_ids(tmp_path / "t" / run)) == sorted([test[1], test[3]])
 
 
 def test_a_multi_round_designer_whose_graph_keeps_no_temporal_edge_still_trains_and_applies(tiny, tmp_path, capsys):
@@ -146,3 +168,82 @@ def test_a_failed_design_start_leaves_nothing_behind(tmp_path, capsys):
     args = ["design", "train", "infoqa", "--designer", "agp", "--model", str(empty), "--out", str(out)]
     assert main([*args, "--train-size", "2", "--val-size", "1"]) == 2
     assert "emptydir" in capsys.readouterr().err and not out.exists()
+
+
+def test_design_on_an_infoqa_file_trains_validates_and_tests_on_disjoint_tasks(tiny, tmp_path, capsys):
+    data = tmp_path / "tasks.jsonl"  # no split field: the hash of each id and the data seed splits it
+    data.write_text("".join(task.to_json() + "\n" for task in infoqa.generate(60, "test", seed=3)))
+    out, test = tmp_path / "el", tmp_path / "test"
+    files = ["--data-path", str(data), "--agents", "2"]  # the generated tasks have two shards
+    train = ["design", "train", "infoqa", "--designer", "edge-logits", *TINY, *files, *SMALL, "--out", str(out)]
+    assert main(train) == 0, capsys.readouterr().err
+    assert json.loads((out / "splits.json").read_text())["train"]["rule"]["by"] == "hash"
+
+    evaluate = ["design", "eval", "infoqa", "--designers", str(out), "--baselines", "chain", *TINY, *files]
+    assert main([*evaluate, "--limit", "3", "--seed", "1", "--out", str(test)]) == 2  # another hash split
+    assert "pass --seed 0" in capsys.readouterr().err and not test.exists()
+    assert main([*evaluate, "--limit", "3", "--out", str(test)]) == 0, capsys.readouterr().err
+    ids = scored_ids(test / "el")
+    check_apart(out, ids)
+    assert sorted(scored_ids(test / "chain")) == sorted(ids)
+    summary = json.loads((test / "el" / "summary.json").read_text())
+    # the file's test split, not every line of it: nothing the designer saw had to be left out
+    assert summary["split"] == {"source": "file", "by": "hash", "seed": 0, "split": "test"}
+    assert summary["test_scorings"] == 1
+    assert json.loads((test / "el" / "config.json").read_text())["exclude_ids"] == []
+    # `kvmesh eval --designer` on the whole file (split all) leaves out what this fixed-graph designer saw
+    whole = tmp_path / "whole"
+    assert main(["eval", "infoqa", "--designer", str(out), *files[:2], "--out", str(whole)]) == 0
+    seen = json.loads((out / "designer" / DESIGNER_FILE).read_text())["seen_ids"]
+    assert len(seen) == 6 and not set(seen) & set(scored_ids(whole)) and len(scored_ids(whole)) == 60 - 6
+
+
+def test_design_seeds_train_apart_resume_and_are_compared_paired_on_test(tiny, tmp_path, capsys):
+    out, test = tmp_path / "gd", tmp_path / "test"
+    train = ["design", "train", "infoqa", "--designer", "gdesigner", *TINY, *SMALL, "--hidden", "8", "--latent", "4"]
+    train += ["--out", str(out)]
+    assert main([*train, "--seeds", "0", "0"]) == 2 and "more than once" in capsys.readouterr().err
+    assert main([*train, "--seeds", "0", "1", "--seed", "2"]) == 2 and "drop --seed" in capsys.readouterr().err
+    assert not out.exists()
+    train += ["--seeds", "0", "1"]
+    assert main(train) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "validation/utility" in printed and "seeds.json" in printed
+
+    folders = [out / f"seed-{seed}" for seed in (0, 1)]
+    configs = [json.loads((f / "config.json").read_text())["run"] for f in folders]
+    assert [c["seed"] for c in configs] == [0, 1] and [c["data_seed"] for c in configs] == [0, 0]
+    weights = [torch.load(f / "designer" / WEIGHTS_FILE) for f in folders]
+    assert any(not torch.equal(weights[0][name], weights[1][name]) for name in weights[0])  # the seed matters
+    splits = [json.loads((f / "splits.json").read_text()) for f in folders]
+    assert splits[0]["train"] == splits[1]["train"] and splits[0]["validation"] == splits[1]["validation"]
+    seeds = json.loads((out / "seeds.json").read_text())
+    assert seeds["seeds"] == [0, 1] and set(seeds["across_seeds"]) == {
+        f"validation/{name}" for name in ("score", "tokens", "calls", "utility")
+    }
+    assert all(figure["n"] == 2 for figure in seeds["across_seeds"].values())
+
+    written = {path: path.stat().st_mtime_ns for f in folders for path in f.rglob("*") if path.is_file()}
+    assert main([*train, "--resume"]) == 0  # both seeds finished: loaded, nothing trained or written again
+    assert capsys.readouterr().out.count("not trained again") == 2
+    assert {path: path.stat().st_mtime_ns for path in written} == written
+    assert not {path for f in folders for path in f.rglob("*") if path.is_file()} - set(written)
+
+    evaluate = ["design", "eval", "infoqa", "--designers", str(out), "--baselines", "chain", *TINY, "--limit", "3"]
+    assert main([*evaluate, "--out", str(test)]) == 0, capsys.readouterr().err
+    assert "McNemar exact p" in capsys.readouterr().out  # compare_report: each run paired with the first
+    runs = ["chain", "gd-seed-0", "gd-seed-1"]
+    ids = [sorted(scored_ids(test / run)) for run in runs]
+    assert ids[0] == ids[1] == ids[2]
+    assert check_apart(folders[0], ids[0]) == check_apart(folders[1], ids[0])  # the same data for both seeds
+    paired = json.loads((test / "paired.json").read_text())["paired"]
+    assert set(paired) == {"gd-seed-0", "gd-seed-1"}
+    for run in ("gd-seed-0", "gd-seed-1"):
+        comparison = paired[run]["chain"]
+        assert comparison["n"] == 3 and 0 <= comparison["mcnemar_p"] <= 1
+        own = {json.loads(line)["id"]: json.loads(line)["correct"] for line in (test / run / "samples.jsonl").open()}
+        assert comparison["accuracy"]["other"] == pytest.approx(sum(own.values()) / 3)
+    across = json.loads((test / "seeds-gd.json").read_text())
+    assert across["runs"] == {"0": "gd-seed-0", "1": "gd-seed-1"}
+    assert set(across["across_seeds"]) == {"test/accuracy", "test/total_tokens", "test/accuracy_difference/chain"}
+    assert all(figure["n"] == 2 for figure in across["across_seeds"].values())
