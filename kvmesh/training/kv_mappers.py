@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from kvmesh.config import ConfigError, check_choices
-from kvmesh.evals.benchmarks.infoqa import Difficulty, InfoQATask, generate
+from kvmesh.evals.benchmarks.infoqa import Difficulty, InfoQATask, file_tasks, generate
 from kvmesh.kvcomm.c2c.align import align_tokens, encode_with_offsets
 from kvmesh.kvcomm.c2c.capture import position_free_kv, prefix_cache
 from kvmesh.kvcomm.c2c.mappers.base import KVGeometry, MapperConfig, check_models, load_mapper, save_mapper
@@ -77,6 +77,8 @@ class C2CData:
         sender: the sender model: alias, local folder or Hugging Face id.
         receiver: the receiver model.
         task: where the texts come from (the InfoQA generator's train split; validation for quality).
+        data_path: an InfoQA JSONL file instead of the generator: its train split trains, its validation split
+            measures quality (each line's `split`, else a hash of the id and `seed`); its test split is never read.
         texts: training texts.
         validation: held-out texts for quality (fit) or validation loss (train).
         seed: seeds the generated texts (and, for training, the batch order and gate noise).
@@ -90,6 +92,7 @@ class C2CData:
     task: str = field(default="infoqa", metadata={"choices": TASKS})
     texts: int = 200
     validation: int = 16
+    data_path: str | None = None
     seed: int = 0
     full_attention_only: bool = False
     threads: int | None = None
@@ -166,8 +169,18 @@ def receiver_prompt(receiver, task: InfoQATask) -> str:
 
 
 def tasks(config: C2CData, split: str) -> list[InfoQATask]:
+    """The first `texts` (train) or `validation` tasks of `split`, from the file or the generator."""
     count = config.texts if split == "train" else config.validation
-    return generate(count, split, config.seed, Difficulty())
+    if config.data_path is None:
+        return generate(count, split, config.seed, Difficulty())
+    found = file_tasks(config.data_path, split, config.seed)
+    if len(found) < count:
+        raise ConfigError(
+            f"{config.data_path} has {len(found)} {split} tasks; {{{'texts' if split == 'train' else 'validation'}}} "
+            f"asks for {count}: ask for fewer or bring a longer file",
+            type(config).__name__,
+        )
+    return found[:count]
 
 
 def aligned_pairs(sender, receiver, texts: Sequence[str], layers: Sequence[int] | None = None) -> Iterator[CachePair]:
@@ -198,9 +211,13 @@ def _models(config: C2CData, sender, receiver):
 def _mapper_config(config: C2CData, kind: str, sender, receiver, **settings) -> MapperConfig:
     data = {
         "task": config.task,
+        "data_path": config.data_path,
         "split": "train",
         "seed": config.seed,
         "texts": config.texts,
+        # what it learned from and what it was checked on: disjoint, and neither a test task
+        "train_ids": [t.id for t in tasks(config, "train")],
+        "validation_ids": [t.id for t in tasks(config, "validation")],
         "difficulty": asdict(Difficulty()),
         "sender_text": "notes (every shard) then the question (sender_context)",
     }

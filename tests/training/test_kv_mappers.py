@@ -6,6 +6,7 @@ import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 from kvmesh import LocalLM
+from kvmesh.config import ConfigError
 from kvmesh.kvcomm.c2c.capture import ContextTooLongError
 from kvmesh.kvcomm.c2c.mappers.base import load_mapper
 from kvmesh.kvcomm.c2c.mappers.fuser import Fuser
@@ -41,10 +42,32 @@ def test_fit_saves_a_ridge_mapper_with_its_quality_and_data(gemma, tiny, tmp_pat
     assert loaded.config.quality["per_layer"] == list(quality.per_layer) and len(quality.per_layer) == 2
     data = loaded.config.data
     assert (data["task"], data["split"], data["texts"]) == ("infoqa", "train", 6) and data["tokens"] > 100
+    assert not set(data["train_ids"]) & set(data["validation_ids"])
+    assert all("-train-" in i for i in data["train_ids"]) and all("-validation-" in i for i in data["validation_ids"])
     assert any(line.startswith("quality: mean") for line in lines)
     with pytest.raises(MapperQualityError, match=r"threshold 1\.500"):
         fit(FitConfig(out=str(tmp_path / "refused"), texts=6, validation=2, threshold=1.5), gemma, tiny, print)
     assert not (tmp_path / "refused").exists()  # a refused mapper is not saved
+
+
+def test_a_mapper_fitted_on_a_file_learns_from_its_train_split_and_is_checked_on_its_validation_split(
+    gemma, tiny, tmp_path
+):
+    from kvmesh.evals.benchmarks import InfoQA
+    from kvmesh.evals.benchmarks.infoqa import generate
+
+    data = tmp_path / "tasks.jsonl"
+    data.write_text("".join(task.to_json() + "\n" for task in generate(40, "test", seed=2)))
+    config = FitConfig(out=str(tmp_path / "ridge"), data_path=str(data), texts=6, validation=2, threshold=-1.0)
+    fit(config, gemma, tiny, progress=lambda line: None)
+    recorded = load_mapper(tmp_path / "ridge").config.data
+    train, validation = set(recorded["train_ids"]), set(recorded["validation_ids"])
+    assert len(train) == 6 and len(validation) == 2 and not train & validation
+    split = {name: {s.id for s in InfoQA(str(data)).samples(name)} for name in ("train", "validation", "test")}
+    assert train <= split["train"] and validation <= split["validation"]
+    assert not (train | validation) & split["test"]
+    with pytest.raises(ConfigError, match=r"validation tasks; .*asks for 99"):
+        fit(FitConfig(out=str(tmp_path / "more"), data_path=str(data), texts=6, validation=99), gemma, tiny, print)
 
 
 def test_a_context_longer_than_the_senders_window_is_refused(tiny, tmp_path):
