@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
+from kvmesh.agents.usage import format_rows
 from kvmesh.cli.flags import add_config_arguments, config_from_args
+from kvmesh.evals.seeds import check_seeds, format_across, seed_folder, write_seed_summary
 from kvmesh.evals.studies import latent
 from kvmesh.evals.studies.kv_reuse import KVReuseStudyConfig, format_table, run_study
 
@@ -26,7 +28,7 @@ class BenchOutput:
 
 def bench_kv_reuse(args: argparse.Namespace) -> int:
     config = config_from_args(KVReuseStudyConfig, args)
-    result = run_study(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    result = run_study(config, progress=_say)
     if config_from_args(BenchOutput, args).json:
         print(json.dumps(result))
         return 0
@@ -34,9 +36,29 @@ def bench_kv_reuse(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def bench_latent_seeds(config: latent.LatentStudyConfig) -> dict:
+    """One study per seed in OUT/seed-N (each resumable), then OUT/seeds.json across them."""
+    reports = {}
+    for seed in check_seeds(config.seeds):
+        one = replace(config, seed=seed, seeds=[], out=str(seed_folder(config.out, seed)))
+        reports[seed] = latent.run_study(one, progress=lambda line, seed=seed: _say(f"seed {seed}: {line}"))
+    figures = {seed: latent.seed_figures(report) for seed, report in reports.items()}
+    return write_seed_summary(config.out, figures, config=asdict(config))
+
+
 def bench_latent(args: argparse.Namespace) -> int:
     config = config_from_args(latent.LatentStudyConfig, args)
-    result = latent.run_study(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    if config.seeds:
+        summary = bench_latent_seeds(config)
+        rows = [("figure", "mean [95% interval across seeds] (each seed)")]
+        rows += [(name, format_across(figure)) for name, figure in summary["across_seeds"].items()]
+        print("\n".join(format_rows(rows)))
+        return 0
+    result = latent.run_study(config, progress=_say)
     if config_from_args(BenchOutput, args).json:
         print(json.dumps(result))
         return 0

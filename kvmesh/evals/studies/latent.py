@@ -51,9 +51,11 @@ from kvmesh.agents.task import Task
 from kvmesh.agents.team import Team
 from kvmesh.agents.usage import format_rows
 from kvmesh.config import ConfigError
+from kvmesh.evals.benchmarks import benchmark_class
 from kvmesh.evals.benchmarks.base import SOLO
 from kvmesh.evals.benchmarks.infoqa import EXAMPLES, InfoQA, short_answer
 from kvmesh.evals.calibrate import calibrate
+from kvmesh.evals.paired import paired_comparison
 from kvmesh.evals.stats import proportion
 from kvmesh.evals.timing import Round, Spread, Timings, digest, format_spread, time_modes
 from kvmesh.graph import CommGraph, Edge
@@ -77,9 +79,13 @@ class LatentStudyConfig:
 
     Args:
         model: the receiver's model, also the sender's on text and kv-select edges.
+        task: infoqa, or infoqa-projects (a domain no prompt was tuned on).
         limit: test tasks (every mode runs the same ones).
         data_path: an InfoQA JSONL file to score, every task in it, instead of the generator's test split.
-        seed: seeds the InfoQA generator (calibration draws from its train split).
+        data_seed: seeds the generator's test tasks (the same for every seed).
+        seed: chooses kv-select's calibration tasks (from the task's train split, never a scored task).
+        seeds: run once per seed (each in OUT/seed-N, resumable) and write OUT/seeds.json: each mode's accuracy,
+            time and paired difference from text, with a 95% interval across seeds.
         fractions: kv-select's layer fractions, in percent.
         token_fractions: kv-select's token fractions (the share of context tokens read), in percent, each run at
             `token_layer_fraction` of the layers: the token-selection curve (100 adds no mode of its own).
@@ -96,9 +102,12 @@ class LatentStudyConfig:
     """
 
     model: str = "smollm2-135m"
+    task: str = field(default="infoqa", metadata={"choices": ("infoqa", "infoqa-projects")})
     limit: int = 200
     data_path: str | None = None
+    data_seed: int = 0
     seed: int = 0
+    seeds: list[int] = field(default_factory=list)
     fractions: list[int] = field(default_factory=lambda: [10, 20, 30, 50, 100])
     token_fractions: list[int] = field(default_factory=lambda: [10, 30, 50])
     token_layer_fraction: int = 100
@@ -127,6 +136,8 @@ class LatentStudyConfig:
                 raise ConfigError(f"{{{name}}} must be at least 1, got {getattr(self, name)}", owner)
         if self.warmup < 0:
             raise ConfigError(f"{{warmup}} must be 0 or more, got {self.warmup}", owner)
+        if self.seeds and not self.out:
+            raise ConfigError("{seeds} runs one study per seed in OUT/seed-N: pass {out}", owner)
 
 
 def _sender(model: str, max_new_tokens: int) -> Agent:
@@ -183,9 +194,10 @@ def run_batches(team: Team, tasks: Sequence[Task], batch_size: int) -> list[Team
 def score_mode(results: Sequence[TeamResult], samples, benchmark: InfoQA) -> dict:
     """A mode's figures from its results: accuracy (95% interval), generated and input tokens, cache reads and KV
     bytes moved (means per task)."""
-    correct = sum(benchmark.score(s, r.answer or "").correct for s, r in zip(samples, results, strict=True))
-    totals, count = [r.usage.total for r in results], len(results)
+    each = [benchmark.score(s, r.answer or "").correct for s, r in zip(samples, results, strict=True)]
+    correct, totals, count = sum(each), [r.usage.total for r in results], len(results)
     return {
+        "correct": [bool(c) for c in each],  # per task, in sample order: what paired comparisons read
         "accuracy": correct / count,
         "ci95": proportion(correct, count)["ci95"],
         "generated_tokens": sum(t.output_tokens for t in totals) / count,
@@ -269,7 +281,7 @@ def run_study(config: LatentStudyConfig, progress: Callable[[str], None] = print
     (one seed, one folder: `config.out`). What can fail at the start (the data, the mappers, `only`) fails before
     `out` is touched; a fresh run that fails before its first result (the calibration or a round) leaves nothing
     in `out` (`kvmesh.runs.start_run`)."""
-    benchmark = InfoQA(config.data_path, config.seed)
+    benchmark = benchmark_class(config.task)(config.data_path, config.data_seed)
     samples = benchmark.samples(benchmark.default_split(config.data_path))[: config.limit]  # a file: all of it
     modes = _modes(config)
     if not config.out:
@@ -285,11 +297,12 @@ def run_study(config: LatentStudyConfig, progress: Callable[[str], None] = print
 def _calibration(config: LatentStudyConfig, progress: Callable[[str], None]) -> dict:
     """kv-select's calibration scores on training tasks (timed apart from the modes), logged."""
     started = time.perf_counter()
-    train = tasks_for(InfoQA(None, config.seed).samples("train")[: config.calibrate], SENDER)
+    train = tasks_for(benchmark_class(config.task)(None, config.seed).samples("train")[: config.calibrate], SENDER)
     progress(f"calibrating kv-select on {len(train)} training tasks")
     team = calibrate(_pair(config, KV_SELECT), train, config.batch_size)
     calibration = {
         "tasks": len(train),
+        "ids": [task.id for task in train],
         "split": "train",
         "seconds": time.perf_counter() - started,
         "scores": team.channels[KV_SELECT].config.scores,
@@ -339,7 +352,7 @@ def _run_rounds(
         )
     timings = Timings(names, [Round.from_json(r) for r in rounds])
     report = {
-        "modes": mode_rows(timings, rounds[-1]["figures"], len(samples)),
+        "modes": mode_rows(timings, rounds[-1]["figures"], [sample.id for sample in samples]),
         "tasks": len(samples),
         "repeats": len(rounds),
         "warmup": config.warmup,
@@ -353,17 +366,42 @@ def _run_rounds(
     return report
 
 
-def mode_rows(timings: Timings, figures: dict[str, dict], tasks: int) -> list[dict]:
+def paired_with_text(figures: dict[str, dict], ids: Sequence[str]) -> dict[str, dict]:
+    """Each mode's accuracy against the text relay's on the same tasks: the paired difference (mode - text) with
+    its bootstrap interval, the tasks only one of them solved and the exact McNemar p."""
+    if REFERENCE not in figures or "correct" not in figures[REFERENCE]:
+        return {}
+    lines = {
+        name: [{"id": i, "correct": c} for i, c in zip(ids, f["correct"], strict=True)] for name, f in figures.items()
+    }
+    paired = {}
+    for name in figures:
+        if name == REFERENCE:
+            continue
+        c = paired_comparison(lines[REFERENCE], lines[name], names=(REFERENCE, name))
+        paired[name] = {
+            "difference": c["accuracy_difference"]["value"],
+            "ci95": c["accuracy_difference"]["ci95"],
+            "only_text": c["discordant"]["only_reference"],
+            "only_mode": c["discordant"]["only_other"],
+            "mcnemar_p": c["mcnemar_p"],
+        }
+    return paired
+
+
+def mode_rows(timings: Timings, figures: dict[str, dict], ids: Sequence[str]) -> list[dict]:
     """One row per mode timed: its figures (`figures`: the last round's) with seconds per task over the rounds
     (median, min, max, and each round's whole time), the time relative to the text relay taken per round (when
-    text ran) and whether every round's outputs had the same fingerprint."""
+    text ran), its accuracy paired with text's on the same tasks (`ids`), and whether every round's outputs had
+    the same fingerprint."""
     summary = timings.summary(REFERENCE if REFERENCE in timings.modes else None)
+    paired, tasks = paired_with_text(figures, ids), len(ids)
     rows = []
     for name in timings.modes:
         per_task = Spread(**summary[name]["seconds"]).scaled(1 / tasks)
         row = {
             "name": name,
-            **figures[name],
+            **{key: value for key, value in figures[name].items() if key != "correct"},
             "seconds_per_task": per_task.median,
             "seconds_per_task_range": [per_task.min, per_task.max],
             "seconds_per_round": summary[name]["rounds"],
@@ -371,13 +409,16 @@ def mode_rows(timings: Timings, figures: dict[str, dict], tasks: int) -> list[di
         }
         if "ratio" in summary[name]:
             row |= {"vs_text": summary[name]["ratio"], "vs_text_per_round": summary[name]["ratios"]}
+        if name in paired:
+            row["paired_vs_text"] = paired[name]
         rows.append(row)
     return rows
 
 
 def format_table(report: dict) -> list[str]:
     """The report as table lines: one row per mode (every mode run), times as median (min-max) over the rounds."""
-    header = ("mode", "accuracy", "95% interval", "s/task", f"vs {REFERENCE}", "generated", "KV bytes", "same outputs")
+    header = ("mode", "accuracy", "95% interval", f"- {REFERENCE} (McNemar p)", "s/task", f"vs {REFERENCE}")
+    header += ("generated", "KV bytes", "same outputs")
     rows = [header]
     for m in report["modes"]:
         low, high = m["ci95"]
@@ -387,6 +428,7 @@ def format_table(report: dict) -> list[str]:
                 m["name"],
                 f"{m['accuracy']:.3f}",
                 f"[{low:.3f}, {high:.3f}]",
+                _paired_cell(m.get("paired_vs_text")),
                 format_spread(seconds),
                 format_spread(m["vs_text"], digits=2) if "vs_text" in m else "-",
                 f"{m['generated_tokens']:.1f}",
@@ -396,6 +438,24 @@ def format_table(report: dict) -> list[str]:
         )
     tail = f"{report['tasks']} tasks, {report['repeats']} rounds (median (min-max)); vs {REFERENCE}: per round"
     return [*format_rows(rows), tail + (f"; plot: {report['plot']}" if "plot" in report else "")]
+
+
+def seed_figures(report: dict) -> dict[str, float]:
+    """One seed's figures, flat, for `kvmesh.evals.seeds`: each mode's accuracy, median seconds per task, median
+    time against text and paired accuracy difference from text."""
+    figures = {}
+    for m in report["modes"]:
+        figures[f"{m['name']}/accuracy"] = m["accuracy"]
+        figures[f"{m['name']}/seconds_per_task"] = m["seconds_per_task"]
+        if "vs_text" in m:
+            figures[f"{m['name']}/vs_text"] = m["vs_text"]["median"]
+        if "paired_vs_text" in m:
+            figures[f"{m['name']}/accuracy_minus_text"] = m["paired_vs_text"]["difference"]
+    return figures
+
+
+def _paired_cell(paired: dict | None) -> str:
+    return "-" if paired is None else f"{paired['difference']:+.3f} (p={paired['mcnemar_p']:.2g})"
 
 
 def plot_modes(modes: Sequence[dict], path: Path) -> Path:

@@ -105,6 +105,25 @@ def test_the_text_row_s_accuracy_is_that_of_the_text_team_s_own_answers(tiny, tm
     assert report["tasks"] == 4 and modes["text"]["accuracy"] == 0.5  # every task of the file, scored as run
     assert modes["none"]["accuracy"] == 0.0  # the receiver alone wrote other answers than the relay's
     check_timing_rows(report, 2)
+    paired = modes["none"]["paired_vs_text"]  # on the same 4 tasks: text alone solved 0 and 2
+    assert (paired["difference"], paired["only_text"], paired["only_mode"], paired["mcnemar_p"]) == (-0.5, 2, 0, 0.5)
+    assert "paired_vs_text" not in modes["text"]
+
+
+def test_seeds_calibrate_on_other_training_tasks_and_score_the_same_test_tasks(tiny, tmp_path, capsys):
+    out = tmp_path / "seeds"
+    flags = ["--model", "tiny-random", "--limit", "3", "--batch-size", "3", "--message-tokens", "2"]
+    flags += ["--answer-tokens", "2", "--repeats", "1", "--warmup", "0", "--only", "text", "kv-select@100"]
+    assert main(["bench", "latent", *flags, "--seeds", "0", "1", "--out", str(out)]) == 0
+    summary = json.loads((out / "seeds.json").read_text())
+    assert summary["seeds"] == [0, 1] and summary["across_seeds"]["kv-select@100/accuracy"]["n"] == 2
+    assert "kv-select@100/accuracy_minus_text" in summary["across_seeds"]
+    runs = [json.loads((out / f"seed-{seed}" / "summary.json").read_text()) for seed in (0, 1)]
+    calibrated = [set(run["calibration"]["ids"]) for run in runs]
+    assert len(calibrated[0]) == 16 and calibrated[0] != calibrated[1]  # the seed draws the calibration tasks
+    scored = {s.id for s in InfoQA().samples("test")[:3]}  # data_seed 0 for both seeds
+    assert all(not ids & scored and all("-train-" in i for i in ids) for ids in calibrated)
+    assert "kv-select@100/accuracy" in capsys.readouterr().out
 
 
 def test_the_sender_alone_holds_the_shards():
