@@ -18,6 +18,7 @@ from pathlib import Path
 from kvmesh.cli.flags import add_channel_arguments, add_config_arguments, config_from_args, refuse_team_flags
 from kvmesh.cli.specs import designer_folder
 from kvmesh.config import ConfigError
+from kvmesh.evals.benchmarks import BENCHMARKS
 from kvmesh.evals.executors import LOCAL, RayExecutor
 from kvmesh.evals.report import compare_report, compare_table
 from kvmesh.evals.runner import EvalConfig, run_eval
@@ -53,7 +54,7 @@ def evaluate(args: argparse.Namespace) -> int:
         print(compare_report(options.compare))
         return 0
     if not args.benchmark:
-        raise ConfigError("name a benchmark (gsm8k, humaneval or infoqa), or pass {compare} RUN [RUN ...]")
+        raise ConfigError(f"name a benchmark ({', '.join(BENCHMARKS)}), or pass {{compare}} RUN [RUN ...]")
     refuse_team_flags(args, EvalConfig.team_fields)
     designer = str(designer_folder(args.designer)) if args.designer else None
     config = config_from_args(EvalConfig, args, designer=designer)
@@ -61,7 +62,7 @@ def evaluate(args: argparse.Namespace) -> int:
     try:
         executor = RayExecutor(options.ray, options.workers, options.threads) if options.ray else None
         try:
-            run_eval(config, out, resume=options.resume, load_designer=load_designer, executor=executor)
+            summary = run_eval(config, out, resume=options.resume, load_designer=load_designer, executor=executor)
         finally:
             if executor is not None:
                 executor.close()
@@ -73,11 +74,17 @@ def evaluate(args: argparse.Namespace) -> int:
         return 130
     print(compare_table([out]))
     print(f"\nresults: {out}/samples.jsonl and {out}/summary.json")
+    if summary.get("test_scorings", 0) > 1:  # choices made on test make its figures optimistic: say so
+        print(
+            f"kvmesh: this team and these {config.split} tasks have now been scored {summary['test_scorings']} times "
+            "on this machine (summary.json: test_scorings); choose on --split validation and report the count",
+            file=sys.stderr,
+        )
     return 0
 
 
 def add_parser(commands) -> None:
-    parser = commands.add_parser("eval", help="run a team on a benchmark (gsm8k, humaneval, infoqa)")
+    parser = commands.add_parser("eval", help="run a team on a benchmark (gsm8k, humaneval, infoqa, infoqa-projects)")
     add_config_arguments(parser, EvalConfig, skip=("exclude_ids", "channels"), positional={"benchmark": "?"})
     add_channel_arguments(parser)
     add_config_arguments(parser, EvalRun)

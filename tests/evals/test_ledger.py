@@ -45,3 +45,16 @@ def test_the_fingerprint_ignores_speed_settings_only():
     assert fingerprint({"a": 1, "batch_size": 8}) == fingerprint({"a": 1, "batch_size": 2})
     assert fingerprint({"a": 1}) != fingerprint({"a": 2})
     assert scorings("never-seen") == 0
+
+
+def test_kvmesh_eval_says_when_a_configuration_was_scored_on_test_before(tmp_path, tiny, capsys):
+    from kvmesh.cli import main
+
+    flags = ["eval", "infoqa", "--model", "tiny-random", "--topology", "single", "--shards", "all", "--limit", "2"]
+    flags += ["--max-new-tokens", "2"]
+    assert main([*flags, "--out", str(tmp_path / "a")]) == 0
+    assert "scored" not in capsys.readouterr().err
+    assert main([*flags, "--out", str(tmp_path / "b")]) == 0
+    assert "scored 2 times on this machine" in capsys.readouterr().err
+    assert main([*flags, "--split", "validation", "--out", str(tmp_path / "v")]) == 0
+    assert "scored" not in capsys.readouterr().err
