@@ -64,13 +64,15 @@ def example(tmp_path_factory):
 
 def test_entry_points_add_names_after_the_built_ins(example):
     assert channel_names()[:5] == ("text", "kv-reuse", "kv-select", "c2c", "marked")
-    assert tuple(BENCHMARKS) == ("gsm8k", "humaneval", "infoqa", "capitals")
+    assert tuple(BENCHMARKS) == ("gsm8k", "humaneval", "infoqa", "infoqa-projects", "capitals")
     assert "fixed-logits" in DESIGNERS and "echo" in BACKENDS and "openai" in BACKENDS
     assert isinstance(make_benchmark("capitals"), example.Capitals)
 
 
 def test_an_unknown_name_lists_what_exists_and_how_to_add_one(example):
-    with pytest.raises(BenchmarkNotAvailableError, match=r"known benchmarks: capitals, gsm8k, humaneval, infoqa\. "):
+    with pytest.raises(
+        BenchmarkNotAvailableError, match=r"known benchmarks: capitals, gsm8k, humaneval, infoqa, infoqa-projects\. "
+    ):
         make_benchmark("pigeon")
     with pytest.raises(DesignerNotAvailableError, match=r"'kvmesh\.designers' entry point"):
         DESIGNERS.get("pigeon")

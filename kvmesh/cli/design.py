@@ -193,7 +193,7 @@ def _check_seeds(config: DesignTrainConfig, args: argparse.Namespace, out: Path)
         if (out / SEEDS_FILE).is_file():
             raise ValueError(f"{out} holds a --seeds run ({SEEDS_FILE}); pass --seeds, or pick another --out")
         return [config.seed]
-    if "seed" in getattr(args, "given", ()):
+    if "seed" in args.given:
         raise ValueError("--seed and --seeds both given: --seeds lists every seed to train; drop --seed")
     if (out / CONFIG).is_file():
         raise ValueError(f"{out} holds a single training run ({CONFIG}); pick another --out for --seeds")
@@ -232,16 +232,10 @@ def train_designer(
 def _splits_record(config: DesignTrainConfig, benchmark, train: list[Sample], val: list[Sample]) -> dict:
     """What splits.json holds: the ids trained and validated on, and how each split was chosen."""
 
-    def rule(split: str) -> dict | None:
-        try:
-            return benchmark.split_rule(split).to_dict()
-        except NotImplementedError:  # another package's benchmark may not say
-            return None
-
     record = {"benchmark": config.benchmark, "data_path": config.data_path, "data_seed": config.data_seed}
     return record | {
-        "train": {"rule": rule("train"), "ids": [s.id for s in train]},
-        "validation": {"rule": rule("validation"), "ids": [s.id for s in val]},
+        "train": {"rule": benchmark.split_rule("train").to_dict(), "ids": [s.id for s in train]},
+        "validation": {"rule": benchmark.split_rule("validation").to_dict(), "ids": [s.id for s in val]},
     }
 
 

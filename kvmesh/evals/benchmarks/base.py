@@ -85,8 +85,9 @@ class Benchmark:
         return "test"
 
     def split_rule(self, split: str) -> SplitRule:
-        """How `split`'s tasks were chosen (what a run's summary records)."""
-        raise NotImplementedError
+        """How `split`'s tasks were chosen (what a run's summary records); a benchmark that does not say is
+        recorded as such."""
+        return SplitRule(self.name or type(self).__name__, "unknown", 0, split)
 
     def score(self, sample: Sample, answer: str) -> Score:
         raise NotImplementedError

@@ -250,7 +250,7 @@ class HumanEval(Benchmark):
         return ALL
 
     def split_rule(self, split: str) -> SplitRule:
-        return SplitRule("dataset", "files" if split == ALL else "hash", self.seed, split)
+        return SplitRule("dataset", ALL if split == ALL else "hash", self.seed, split)
 
     def samples(self, split: str) -> list[Sample]:
         check_split(split, source="HumanEval")

@@ -147,10 +147,11 @@ def one_task(rng: random.Random, task_id: str, projects_pool: list[str], leads_p
         }
         needed, answer, hops = [(subject, "lead"), (lead, relation)], people[lead][relation], 2
     rng.shuffle(facts)
+    holders = rng.sample(range(2), len(needed))  # needed facts with different agents, neither always the first
     shards = ["", ""]
     for position, (who, what, sentence) in enumerate(facts):
         needs = (who, what) in needed
-        side = needed.index((who, what)) % 2 if needs else position % 2  # two needed facts on different sides
+        side = holders[needed.index((who, what))] if needs else position % 2
         shards[side] = (shards[side] + " " + sentence).strip()
     return InfoQATask(task_id, questions[relation], answer, shards, hops)
 
