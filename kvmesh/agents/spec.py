@@ -15,6 +15,8 @@
     designer: runs/design/agp/designer   # optional: a saved topology designer chooses each task's graph
                                          # (relative paths, here and in `adapter`, are relative to the spec
                                          # file; written specs hold absolute ones)
+    seen_ids: [infoqa-train-0-3, ...]    # optional: task ids the team was trained or chosen on (a training
+                                         # loop writes them); `kvmesh eval --spec` leaves those tasks out
 
 Written specs always list explicit edges, so a round trip reproduces the exact graph. A designer lives above
 this package (`kvmesh.topology`), so reading a spec that names one takes a `designer_loader`
@@ -45,6 +47,7 @@ TOP_LEVEL_FIELDS = {
     "reuse",
     "channels",
     "designer",
+    "seen_ids",
 }
 
 
@@ -94,6 +97,15 @@ def _relative_to(entry, source):
     return entry
 
 
+def spec_seen_ids(source: str | Path | dict) -> list[str]:
+    """The task ids a spec says its team was trained or chosen on (`seen_ids`; none when it says nothing)."""
+    data = source if isinstance(source, dict) else _read(Path(source))
+    seen = data.get("seen_ids", [])
+    if not isinstance(seen, list) or not all(isinstance(i, str) for i in seen):
+        raise SpecError(f"team spec {source}: 'seen_ids' must be a list of task id strings")
+    return seen
+
+
 def team_from_spec(team_class: type, source: str | Path | dict, designer_loader: Callable | None = None):
     """A `team_class` (`Team`) from a spec file or dict; `designer_loader(folder, team)` loads a named designer."""
     where = "team spec" if isinstance(source, dict) else f"team spec {source}"
@@ -101,6 +113,7 @@ def team_from_spec(team_class: type, source: str | Path | dict, designer_loader:
     unknown = set(data) - TOP_LEVEL_FIELDS
     if unknown:
         raise SpecError(f"{where}: unknown fields {sorted(unknown)}; known: {sorted(TOP_LEVEL_FIELDS)}")
+    spec_seen_ids(data)
     entries = data.get("agents")
     if not isinstance(entries, list) or not entries:
         raise SpecError(f"{where}: 'agents' must be a non-empty list")

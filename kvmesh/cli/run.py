@@ -22,7 +22,8 @@ from kvmesh.agents.team import Team
 from kvmesh.cli.flags import add_channel_arguments, add_config_arguments, config_from_args, refuse_team_flags
 from kvmesh.cli.specs import designer_folder, load_team
 from kvmesh.config import ConfigError, check_choices
-from kvmesh.evals.runner import EvalConfig, check_channel_settings
+from kvmesh.evals.channel_settings import check_channel_settings
+from kvmesh.evals.runner import EvalConfig
 from kvmesh.graph.draw import write_picture
 from kvmesh.graph.graph import CommGraph
 from kvmesh.graph.presets import PRESETS, TEMPORAL_MODES

@@ -1,12 +1,13 @@
-"""Two evaluation runs compared on the same tasks: paired accuracy difference, McNemar p, paired bootstrap.
+"""Two evaluation runs compared on the same tasks: paired accuracy difference, McNemar p, paired intervals.
 
 kvmesh report runs/complete runs/agp runs/optima     # the first run is the reference; compare_runs
 
 Two systems scored on the same task ids differ task by task; comparing their two accuracies as if they were
 independent samples throws that pairing away and needs far more tasks to see the same gap. Here samples are
 matched by id: the accuracy difference (other - reference) gets an exact McNemar p-value (from the tasks only
-one run got right) and a paired bootstrap interval, and so do the per-task differences of total tokens,
-generated tokens and seconds, where both runs record them (oracle and given-completion runs ran no model, so
+one run got right) and Newcombe's paired score interval (a bootstrap collapses when few tasks are
+discordant), and the per-task differences of total tokens, generated tokens and seconds get paired bootstrap
+intervals, where both runs record them (oracle and given-completion runs ran no model, so
 they have none; the result says what was left out and why).
 
 Caveats:
@@ -25,7 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kvmesh.agents.usage import format_rows
-from kvmesh.evals.stats import mcnemar_exact, paired_bootstrap
+from kvmesh.evals.stats import mcnemar_exact, paired_bootstrap, paired_difference
 from kvmesh.evals.store import read_samples
 from kvmesh.evals.summary import load_summary
 
@@ -84,10 +85,11 @@ def paired_comparison(
     """Compare the sample lines of two runs on the task ids they share; differences are other - reference.
 
     Returns n (paired tasks), only_in_reference and only_in_other (ids one run lacks), accuracy of each on the
-    paired tasks, accuracy_difference (mean, 95% paired bootstrap interval, n), discordant (tasks only one run
-    got right) with mcnemar_p, per_task (for each of `QUANTITIES` both runs record: each run's mean and the
-    difference with its interval), and skipped (quantity -> why it was left out). `names` name the runs in
-    errors and reasons. Refuses runs that share no id, repeat an id, or hold different gold answers for one id.
+    paired tasks, accuracy_difference (other - reference, Newcombe's paired score interval, n), discordant
+    (tasks only one run got right) with mcnemar_p, per_task (for each of `QUANTITIES` both runs record: each
+    run's mean and the difference with its paired bootstrap interval), and skipped (quantity -> why it was left
+    out). `names` name the runs in errors and reasons. Refuses runs that share no id, repeat an id, or hold
+    different gold answers for one id.
     """
     ref_name, other_name = names
     ref_by_id, other_by_id = _by_id(reference, ref_name), _by_id(other, other_name)
@@ -114,8 +116,11 @@ def paired_comparison(
         "only_in_reference": len(ref_by_id) - n,
         "only_in_other": len(other_by_id) - n,
         "accuracy": {"reference": sum(ref_right) / n, "other": sum(other_right) / n},
-        "accuracy_difference": paired_bootstrap(
-            [float(o) - float(r) for r, o in zip(ref_right, other_right, strict=True)], seed=seed
+        "accuracy_difference": paired_difference(
+            sum(r and o for r, o in zip(ref_right, other_right, strict=True)),
+            only_other,
+            only_reference,
+            sum(not r and not o for r, o in zip(ref_right, other_right, strict=True)),
         ),
         "discordant": {"only_reference": only_reference, "only_other": only_other},
         "mcnemar_p": mcnemar_exact(only_reference, only_other),
@@ -183,7 +188,7 @@ def compare_runs(folders: Sequence[str | Path], seed: int = 0) -> str:
         "tasks paired",
         "tasks only in reference / only in this run",
         "accuracy: reference -> this run",
-        "  difference [95% paired bootstrap]",
+        "  difference [95% Newcombe paired]",
         "right only in reference / only in this run",
         "McNemar exact p",
     ]

@@ -24,12 +24,13 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 from kvmesh.agents.decision import DECISION_METHOD, METHODS
 from kvmesh.agents.events import TeamFinished
+from kvmesh.agents.spec import spec_seen_ids
 from kvmesh.agents.team import Team
 from kvmesh.config import ConfigError, check_choices
 from kvmesh.evals.benchmarks import (
@@ -45,9 +46,10 @@ from kvmesh.evals.benchmarks.gsm8k import ENV_VAR as GSM8K_PATH_VARIABLE
 from kvmesh.evals.benchmarks.infoqa import SHARD_MODES
 from kvmesh.evals.benchmarks.splits import ALL
 from kvmesh.evals.calibrate import MIN_TASKS, calibrate, needs_calibration
+from kvmesh.evals.channel_settings import channels_field, check_channel_settings
 from kvmesh.evals.executors import LocalExecutor
 from kvmesh.evals.jsonl import read_jsonl
-from kvmesh.evals.ledger import TEST_SPLITS, fingerprint, record_test_scoring
+from kvmesh.evals.ledger import TEST_SPLITS, ScoringKeys, count_run, run_id
 from kvmesh.evals.sandbox import NOT_A_BOUNDARY
 from kvmesh.evals.store import discard_if_empty, open_run
 from kvmesh.evals.summary import summarize
@@ -56,11 +58,7 @@ from kvmesh.kvcomm.channel import (
     DEFAULT_CHANNEL,
     available_channels,
     check_channel,
-    lift_aliases,
     save_channels,
-    setting_key,
-    settings_changes,
-    settings_class_of,
 )
 from kvmesh.runs import CONFIG, content_hash, write_json
 
@@ -172,33 +170,6 @@ class EvalConfig:
         return bool(self.oracle or self.completions)
 
 
-def check_channel_settings(config) -> None:
-    """Check that `channels` holds valid settings of the one channel the team's edges use (`channel`), and keep
-    only what differs from that channel's defaults. Another channel's settings would mean nothing; a spec or
-    designer sets its own channels (and `kvmesh.cli.flags.refuse_team_flags` refuses the flags beside them)."""
-    owner = type(config).__name__
-    chosen = {}
-    for name, settings in config.channels.items():
-        check_channel(name, f"{owner}.channels")
-        settings_class = settings_class_of(name)
-        known = {field.name for field in fields(settings_class)} if settings_class is not None else set()
-        try:
-            changes = settings_changes(name, settings)
-        except (TypeError, ValueError) as error:
-            given = [field for field in settings if field in known] if isinstance(settings, dict) else []
-            known_keys = ", ".join(f"{{{setting_key(name, field)}}}" for field in given)
-            raise ConfigError(f"{known_keys or '{channels}'}: {error}", owner) from error
-        if changes and name != config.channel and not (config.spec or config.designer):
-            keys = ", ".join(f"{{{setting_key(name, field)}}}" for field in changes)
-            raise ConfigError(
-                f"{keys}: {name}'s settings mean nothing on {config.channel} edges: use them with {{channel}} {name}",
-                owner,
-            )
-        chosen[name] = changes
-    # what was chosen, defaults left out, so that a run resumes whether a default was spelled out or not
-    config.channels = {name: changes for name, changes in chosen.items() if changes}
-
-
 # Settings newer than some saved runs, at the value those runs behaved with: such runs still resume.
 # A value, or a function of the new configuration giving the value older runs behaved with: before `temporal`
 # existed, no preset had temporal edges, which the new default (None) gives only for one round.
@@ -210,16 +181,6 @@ ADDED_SETTINGS = {
     "calibrate": 16,
 }
 RECORDS = ("inputs", "team")  # what older runs lack
-
-
-def channels_field(saved: dict) -> dict:
-    """A run saved before `channels` recorded its channel's settings under their aliases (`anchors`,
-    `layer_fraction`): the same settings, in `channels` (what differs from the defaults of the channel its edges
-    used). A spec's or designer's run recorded neither."""
-    if "channels" in saved or "channel" not in saved:
-        return saved
-    upgraded, settings = lift_aliases(saved, saved["channel"])
-    return upgraded | {"channels": {saved["channel"]: settings} if settings else {}}
 
 
 # --- the team ---------------------------------------------------------------------------------------------------
@@ -307,9 +268,11 @@ def plan_eval(config: EvalConfig, team: Team | None = None, load_designer: Desig
         seen |= set(getattr(team.designer, "seen_ids", ()))
     if config.designer and load_designer is not None:
         seen |= set(load_designer(config.designer).seen_ids)
+    if config.spec:  # a trained team's spec names the tasks its training saw (an Optima iteration's)
+        seen |= set(spec_seen_ids(config.spec))
     excluded = sum(1 for s in samples if s.id in seen)
     if excluded:
-        log.info("left out %d samples a designer trained or validated on", excluded)
+        log.info("left out %d samples the team's training saw", excluded)
     return EvalPlan(benchmark, [s for s in samples if s.id not in seen][: config.limit], len(seen), excluded)
 
 
@@ -409,6 +372,15 @@ def run_record(config: EvalConfig, team: Team | None) -> dict:
     return record
 
 
+def test_keys(config: EvalConfig, record: dict, team: Team | None) -> ScoringKeys | None:
+    """What a run on test is counted under (`kvmesh.evals.ledger`); None when it scores no test split, or no team
+    ran (an oracle or given completions check the scorer, not a system)."""
+    if config.split not in TEST_SPLITS or team is None:
+        return None
+    adapters = {a.name: content_hash(Path(a.adapter)) for a in team.members if a.adapter is not None}
+    return ScoringKeys.of(record, adapters)
+
+
 def team_models(team: Team) -> list[str]:
     return sorted({agent.model_spec for agent in team.members})
 
@@ -458,8 +430,12 @@ def run_eval(
             graph = {"graph": team.graph.to_dict(), **team.picture_options()}
             write_json(Path(out, "graph.json"), graph)
             bar = _Progress(len(plan.samples), len(plan.samples) - len(pending)) if progress else None
+            keys = test_keys(config, record, running)
             try:
                 for line in executor.lines(EvalWork(config, load_designer), pending):
+                    if keys is not None:  # a look at test from its first scored task; a resume is the same look
+                        count_run(keys, run_id(out), out)
+                        keys = None
                     store.add(line)
                     if bar:
                         bar.tick(line)
@@ -477,13 +453,10 @@ def run_eval(
     channels = executor.channel_stats(running)
     summary = summarize(out, config, earlier + time.perf_counter() - started, channels)
     summary["split"] = plan.benchmark.split_rule(config.split).to_dict()
-    if config.split in TEST_SPLITS and not config.scores_given_answers:
-        # counted once per run (its first summary), however often it was resumed
-        counted = json.loads(previous.read_text()).get("test_scorings") if previous.exists() else None
-        if not counted:  # an adapter's weights are part of the team, though its spec names only the folder
-            adapters = {a.name: content_hash(Path(a.adapter)) for a in running.members if a.adapter is not None}
-            counted = record_test_scoring(fingerprint(record | {"adapters": adapters}), out)
-        summary["test_scorings"] = counted
+    keys = test_keys(config, record, running)
+    if keys is not None:  # a run that scored nothing new here (all resumed) was counted when it first scored
+        summary["test_scorings"] = count_run(keys, run_id(out), out)
+        summary["test_set_scorings"] = keys.test_set_scorings()
     summary["workers"] = executor.used
     if running is not None:
         summary["models"] = team_models(running)

@@ -45,7 +45,7 @@ def test_report_prints_the_table_then_each_run_paired_with_the_first(runs, capsy
     assert row(out, "accuracy: reference -> this run") == ["1.000 -> 0.500"]
     assert row(out, "right only in reference / only in this run") == ["3 / 0"]
     assert row(out, "McNemar exact p") == ["0.25"]  # 2 * (1/2)^3
-    assert row(out, "  difference [95% paired bootstrap]")[0].startswith("-0.500 [")
+    assert row(out, "  difference [95% Newcombe paired]")[0].startswith("-0.500 [")
     assert f"{given}: total tokens, generated tokens, seconds not compared: not recorded by {oracle}" in out
 
 
@@ -55,7 +55,7 @@ def test_report_swapped_reverses_the_comparison(runs, capsys):
     out = capsys.readouterr().out
     assert row(out, "accuracy: reference -> this run") == ["0.500 -> 1.000"]
     assert row(out, "right only in reference / only in this run") == ["0 / 3"]
-    assert row(out, "  difference [95% paired bootstrap]")[0].startswith("+0.500 [")
+    assert row(out, "  difference [95% Newcombe paired]")[0].startswith("+0.500 [")
 
 
 def test_one_run_prints_no_paired_section(runs, capsys):

@@ -73,7 +73,9 @@ def test_tasks_only_one_run_holds_change_nothing():
     assert result["n"] == 12 and result["only_in_reference"] == 0 and result["only_in_other"] == 8
     assert result["accuracy"]["reference"] == result["accuracy"]["other"] == pytest.approx(4 / 12)
     assert result["mcnemar_p"] == 1.0 and result["discordant"] == {"only_reference": 0, "only_other": 0}
-    assert result["accuracy_difference"] == {"value": 0.0, "ci95": [0.0, 0.0], "n": 12}
+    difference = result["accuracy_difference"]
+    assert difference["value"] == 0.0 and difference["n"] == 12
+    assert difference["ci95"][0] < 0 < difference["ci95"][1]  # no discordant task: no evidence either way
     for key in ("total_tokens", "output_tokens", "seconds"):
         assert result["per_task"][key]["value"] == 0.0 and result["per_task"][key]["ci95"] == [0.0, 0.0]
 
@@ -183,3 +185,18 @@ def test_compare_runs_notes_batch_sizes_and_needs_two_runs(tmp_path):
         compare_runs([a])
     with pytest.raises(FileNotFoundError, match="finished `kvmesh eval` run"):
         compare_runs([a, tmp_path / "missing"])
+
+
+def test_the_accuracy_interval_agrees_with_mcnemar_when_few_tasks_are_discordant():
+    """4 of 200 tasks discordant, all one way: McNemar p = 0.125, so the interval must include 0 (a percentile
+    bootstrap of the per-task differences excludes it); 30 against 10 must exclude it (p = 0.002)."""
+    reference = [sample(i, i < 50) for i in range(200)]
+    other = [sample(i, i < 46) for i in range(200)]
+    result = paired_comparison(reference, other)
+    assert result["mcnemar_p"] == pytest.approx(0.125)
+    low, high = result["accuracy_difference"]["ci95"]
+    assert low < -0.02 < 0 < high
+    reference = [sample(i, i < 60) for i in range(200)]  # 30 only here (30-59), 10 only in the other (60-69)
+    other = [sample(i, i < 30 or 60 <= i < 70) for i in range(200)]
+    result = paired_comparison(reference, other)
+    assert result["mcnemar_p"] < 0.01 and result["accuracy_difference"]["ci95"][1] < 0

@@ -274,7 +274,7 @@ def test_kv_select_calibration_on_a_file_reads_its_train_split_and_never_a_score
 def test_a_run_saved_with_per_channel_fields_resumes_with_the_same_channel_settings(tmp_path):
     """Runs saved before `channels` recorded `anchors` and `layer_fraction` at the top level: they resume when
     today's settings are the same, and a different setting is still a change."""
-    from kvmesh.evals.runner import channels_field
+    from kvmesh.evals.channel_settings import channels_field
     from kvmesh.runs import Comparison
 
     config = EvalConfig("infoqa", model="tiny-random", agents=2, max_new_tokens=2, limit=2)

@@ -124,3 +124,17 @@ def test_across_seeds_uses_a_t_interval_on_n_minus_one_degrees():
     assert across_seeds([0.4]) == {"mean": 0.4, "ci95": [0.4, 0.4], "per_seed": [0.4], "n": 1}
     with pytest.raises(ValueError, match="non-empty"):
         across_seeds([])
+
+
+def test_the_paired_difference_interval_flips_with_the_runs_and_narrows_with_n():
+    from kvmesh.evals.stats import paired_difference
+
+    ahead, behind = paired_difference(40, 12, 4, 44), paired_difference(40, 4, 12, 44)
+    assert ahead["value"] == pytest.approx(0.08) and behind["value"] == pytest.approx(-0.08)
+    assert behind["ci95"] == pytest.approx([-ahead["ci95"][1], -ahead["ci95"][0]])
+    wide, narrow = paired_difference(4, 3, 1, 2), paired_difference(400, 300, 100, 200)
+    assert wide["value"] == pytest.approx(narrow["value"])
+    assert narrow["ci95"][1] - narrow["ci95"][0] < (wide["ci95"][1] - wide["ci95"][0]) / 5
+    assert paired_difference(0, 5, 0, 0)["ci95"][0] >= -1 and paired_difference(0, 5, 0, 0)["ci95"][1] <= 1
+    with pytest.raises(ValueError, match="at least one pair"):
+        paired_difference(0, 0, 0, 0)

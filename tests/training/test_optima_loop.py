@@ -175,3 +175,15 @@ def test_seeds_on_a_file_keep_train_validation_and_test_apart_and_test_runs_once
         progress=False,
     )
     assert rerun["samples"] == 2 and rerun["test_scorings"] == 2  # the same team on the same tasks: a second look
+    # on the whole file, the spec leaves out the tasks its adapter trained on
+    spec = json.loads((moved / "iteration-1" / "team.json").read_text())
+    trained = set(spec["seen_ids"])
+    assert trained == {
+        json.loads(line)["task_id"] for line in (moved / "iteration-1" / "rollouts.jsonl").read_text().splitlines()
+    }
+    whole = run_eval(
+        EvalConfig("infoqa", spec=str(moved / "iteration-1" / "team.json"), data_path=str(data)),
+        tmp_path / "whole",
+        progress=False,
+    )
+    assert whole["samples"] == 40 - len(trained) and whole["excluded_seen"] == len(trained)

@@ -21,7 +21,8 @@ baseline) leaves nothing behind, so the corrected command starts afresh. Rollout
 chunk, so a resumed chunk draws what the first attempt would have. Each iteration's training tasks are a block
 of the train split of their own, choices read the validation split, and only `--test` reads the test split: no
 task is trained on and scored, and no choice is made on test. Each point's folder holds `team.json` (with its
-adapter, relative to the file) that `kvmesh eval --spec` runs as is, on any data.
+adapter, relative to the file, and the ids of the tasks it trained on) that `kvmesh eval --spec` runs as is, on
+any data, leaving those tasks out.
 """
 
 from __future__ import annotations
@@ -348,7 +349,9 @@ class OptimaRun:
         for iteration in range(1, self.config.iterations + 1):
             adapter = self.iterate(iteration, adapter)
             label, folder = f"iteration {iteration}", self.out / f"iteration-{iteration}"
-            specs[label] = (folder, policy_spec(self.base, adapter))
+            # the tasks its adapters trained on, so that `kvmesh eval --spec` on any data leaves them out
+            trained_on = [s.id for s in self.train[: iteration * self.config.train_tasks]]
+            specs[label] = (folder, policy_spec(self.base, adapter) | {"seen_ids": trained_on})
             points.append(self.evaluate(folder, specs[label][1], label))
         chosen = choose_iteration(points)
         self.progress(f"chosen on validation: {chosen}")
