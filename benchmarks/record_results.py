@@ -37,8 +37,8 @@ from kvmesh.cli.design_eval import PAIRED_FILE
 from kvmesh.cli.flags import add_config_arguments, config_from_args
 from kvmesh.evals.results import FiguresError, record_result
 from kvmesh.evals.seeds import SEEDS_FILE, seed_folder
-from kvmesh.evals.studies.latent import REFERENCE
 from kvmesh.evals.studies.latent import SUMMARY as LATENT_SUMMARY
+from kvmesh.evals.studies.latent_report import REFERENCE
 from kvmesh.training.optima.loop import BASELINES
 
 ACROSS = "mean [95% across seeds]"

@@ -24,6 +24,7 @@ from kvmesh.evals.results import load_result, render_table
 from kvmesh.evals.seeds import write_seed_summary
 from kvmesh.evals.stats import across_seeds, mean_interval, proportion
 from kvmesh.evals.studies import latent
+from kvmesh.evals.studies import latent_report as study_report
 from kvmesh.evals.timing import Round, Timings
 from kvmesh.runs import write_json
 from kvmesh.training.optima.config import OptimaConfig
@@ -261,7 +262,7 @@ def latent_report(seed: int) -> dict:
         right = RIGHT_BY_MODE[mode][seed]
         correct = [i in right for i in range(TASKS)]
         figures[mode] = {"correct": correct, "accuracy": accuracy(right), "ci95": [0.0, 1.0], "tasks": TASKS}
-    rows = latent.mode_rows(Timings(MODES, rounds), figures, [f"t{i}" for i in range(TASKS)])
+    rows = study_report.mode_rows(Timings(MODES, rounds), figures, [f"t{i}" for i in range(TASKS)])
     return {"modes": rows, "tasks": TASKS, "repeats": len(rounds), "warmup": 1, "reference": "text"}
 
 
@@ -271,7 +272,7 @@ def latent_run(out: Path) -> Path:
     for seed, report in reports.items():
         save(out / f"seed-{seed}" / "summary.json", report)
     config = asdict(latent.LatentStudyConfig(seeds=SEEDS, out=str(out)))
-    write_seed_summary(out, {seed: latent.seed_figures(r) for seed, r in reports.items()}, config=config)
+    write_seed_summary(out, {seed: study_report.seed_figures(r) for seed, r in reports.items()}, config=config)
     return out
 
 

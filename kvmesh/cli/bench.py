@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, replace
 from kvmesh.agents.usage import format_rows
 from kvmesh.cli.flags import add_config_arguments, config_from_args
 from kvmesh.evals.seeds import check_seeds, format_across, seed_folder, write_seed_summary
-from kvmesh.evals.studies import latent
+from kvmesh.evals.studies import latent, latent_report
 from kvmesh.evals.studies.kv_reuse import KVReuseStudyConfig, format_table, run_study
 
 
@@ -46,7 +46,7 @@ def bench_latent_seeds(config: latent.LatentStudyConfig) -> dict:
     for seed in check_seeds(config.seeds):
         one = replace(config, seed=seed, seeds=[], out=str(seed_folder(config.out, seed)))
         reports[seed] = latent.run_study(one, progress=lambda line, seed=seed: _say(f"seed {seed}: {line}"))
-    figures = {seed: latent.seed_figures(report) for seed, report in reports.items()}
+    figures = {seed: latent_report.seed_figures(report) for seed, report in reports.items()}
     return write_seed_summary(config.out, figures, config=asdict(config))
 
 
@@ -62,7 +62,7 @@ def bench_latent(args: argparse.Namespace) -> int:
     if config_from_args(BenchOutput, args).json:
         print(json.dumps(result))
         return 0
-    print("\n".join(latent.format_table(result)))
+    print("\n".join(latent_report.format_table(result)))
     return 0
 
 

@@ -41,6 +41,7 @@ follows instructions; the figures are about this model.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -49,17 +50,17 @@ from kvmesh.agents.agent import Agent
 from kvmesh.agents.result import TeamResult
 from kvmesh.agents.task import Task
 from kvmesh.agents.team import Team
-from kvmesh.agents.usage import format_rows
 from kvmesh.config import ConfigError
 from kvmesh.evals.benchmarks import benchmark_class
 from kvmesh.evals.benchmarks.base import SOLO
 from kvmesh.evals.benchmarks.infoqa import EXAMPLES, InfoQA, short_answer
 from kvmesh.evals.calibrate import calibrate
-from kvmesh.evals.paired import paired_comparison
+from kvmesh.evals.ledger import TEST_SPLITS, ScoringKeys, count_run, run_id
 from kvmesh.evals.stats import proportion
-from kvmesh.evals.timing import Round, Spread, Timings, digest, format_spread, time_modes
+from kvmesh.evals.studies.latent_report import REFERENCE, mode_rows, plot_modes
+from kvmesh.evals.timing import Round, Timings, digest, time_modes
 from kvmesh.graph import CommGraph, Edge
-from kvmesh.runs import append_jsonl, open_config, read_log, repair_log, start_run, write_json
+from kvmesh.runs import append_jsonl, content_hash, open_config, read_log, repair_log, start_run, write_json
 
 SENDER, RECEIVER = "sender", "receiver"
 # The sender only holds the notes: told to copy or summarise them, or shown a worked relay turn, SmolLM2-135M
@@ -69,7 +70,6 @@ SENDER_PROMPT = "You hold these notes."
 RECEIVER_PROMPT = "Answer the question with a few words, from your notes or your teammate. End with: Answer: X"
 
 KV_SELECT = "kv-select"  # the channel this study compares against the text relay, by its edge name
-REFERENCE = "text"  # the mode every other mode's time is divided by, round by round
 MODES, SUMMARY = "modes.jsonl", "summary.json"
 
 
@@ -81,7 +81,10 @@ class LatentStudyConfig:
         model: the receiver's model, also the sender's on text and kv-select edges.
         task: infoqa, or infoqa-projects (a domain no prompt was tuned on).
         limit: test tasks (every mode runs the same ones).
-        data_path: an InfoQA JSONL file to score, every task in it, instead of the generator's test split.
+        data_path: an InfoQA JSONL file to score, every task in it (unless `split` asks for one), instead of the
+            generator's test split; tasks a mapper was fitted or checked on, or kv-select calibrated on, are left
+            out (the report says how many).
+        split: the split to score: default test (a file: all of it).
         data_seed: seeds the generator's test tasks (the same for every seed).
         seed: chooses kv-select's calibration tasks (from the task's train split, never a scored task).
         seeds: run once per seed (each in OUT/seed-N, resumable) and write OUT/seeds.json: each mode's accuracy,
@@ -105,6 +108,7 @@ class LatentStudyConfig:
     task: str = field(default="infoqa", metadata={"choices": ("infoqa", "infoqa-projects")})
     limit: int = 200
     data_path: str | None = None
+    split: str | None = None
     data_seed: int = 0
     seed: int = 0
     seeds: list[int] = field(default_factory=list)
@@ -282,22 +286,71 @@ def run_study(config: LatentStudyConfig, progress: Callable[[str], None] = print
     `out` is touched; a fresh run that fails before its first result (the calibration or a round) leaves nothing
     in `out` (`kvmesh.runs.start_run`)."""
     benchmark = benchmark_class(config.task)(config.data_path, config.data_seed)
-    samples = benchmark.samples(benchmark.default_split(config.data_path))[: config.limit]  # a file: all of it
+    split = config.split or benchmark.default_split(config.data_path)  # a file: all of it
+    seen, every = learned_from(config), benchmark.samples(split)
+    samples = [s for s in every if s.id not in seen][: config.limit]
+    if not samples:
+        raise ConfigError(
+            f"no task of split {split!r} left to score: {len(every)} in it, {len(every) - len(samples)} of them learned "
+            "from (calibration or a mapper); score another {split} or bring more tasks",
+            "LatentStudyConfig",
+        )
     modes = _modes(config)
     if not config.out:
-        return _run_rounds(config, modes, benchmark, samples, {}, [], progress)
+        report = _run_rounds(config, modes, benchmark, samples, {}, [], progress)
+        return report | _provenance(config, benchmark, split, every, seen, f"unsaved:{uuid.uuid4()}", None)
     out = Path(config.out)
     with start_run(out, lambda: open_config(out, asdict(config), resume=True)):
         calibration, rounds = _finished(out)
         report = _run_rounds(config, modes, benchmark, samples, calibration, rounds, progress)
+        report |= _provenance(config, benchmark, split, every, seen, run_id(out), out)
         write_json(out / SUMMARY, report)
         return report
+
+
+def _provenance(config: LatentStudyConfig, benchmark, split: str, every, seen, run: str, out) -> dict:
+    """Where the scored tasks came from, how many the channels had learned from (left out), and, on test, this
+    study's looks at it (`kvmesh.evals.ledger`)."""
+    record = {"excluded_seen": sum(1 for s in every if s.id in seen), "split": benchmark.split_rule(split).to_dict()}
+    if split in TEST_SPLITS:
+        settings = {k: v for k, v in asdict(config).items() if k not in ("out", "repeats", "warmup", "seeds")}
+        data = content_hash(Path(config.data_path)) if config.data_path else None
+        keys = ScoringKeys.of(
+            {"benchmark": config.task, "split": split, "seed": config.data_seed, "inputs": {"data": data}}
+            | {"study": "latent", "settings": settings}
+        )
+        record |= {"test_scorings": count_run(keys, run, out or "."), "test_set_scorings": keys.test_set_scorings()}
+    return record
+
+
+def _calibration_samples(config: LatentStudyConfig) -> list:
+    return benchmark_class(config.task)(None, config.seed).samples("train")[: config.calibrate]
+
+
+def learned_from(config: LatentStudyConfig) -> set[str]:
+    """Ids of the tasks the study's channels learned from: each mapper's fitting and checking tasks (recorded in
+    its folder) and kv-select's calibration tasks; none of them is scored."""
+    from kvmesh.kvcomm.c2c.mappers.base import load_config  # imported on use: only c2c modes need it
+
+    seen = (
+        {s.id for s in _calibration_samples(config)}
+        if any(m.startswith("kv-select") for m in _names(config))
+        else set()
+    )
+    for folder in config.mappers:
+        data = load_config(folder).data
+        seen |= set(data.get("train_ids", ())) | set(data.get("validation_ids", ()))
+    return seen
+
+
+def _names(config: LatentStudyConfig) -> list[str]:
+    return [name for name, _, _ in _modes(config)]
 
 
 def _calibration(config: LatentStudyConfig, progress: Callable[[str], None]) -> dict:
     """kv-select's calibration scores on training tasks (timed apart from the modes), logged."""
     started = time.perf_counter()
-    train = tasks_for(benchmark_class(config.task)(None, config.seed).samples("train")[: config.calibrate], SENDER)
+    train = tasks_for(_calibration_samples(config), SENDER)
     progress(f"calibrating kv-select on {len(train)} training tasks")
     team = calibrate(_pair(config, KV_SELECT), train, config.batch_size)
     calibration = {
@@ -364,114 +417,6 @@ def _run_rounds(
     if config.out:
         report["plot"] = str(plot_modes(report["modes"], Path(config.out) / "plot.png"))
     return report
-
-
-def paired_with_text(figures: dict[str, dict], ids: Sequence[str]) -> dict[str, dict]:
-    """Each mode's accuracy against the text relay's on the same tasks: the paired difference (mode - text) with
-    its bootstrap interval, the tasks only one of them solved and the exact McNemar p."""
-    if REFERENCE not in figures or "correct" not in figures[REFERENCE]:
-        return {}
-    lines = {
-        name: [{"id": i, "correct": c} for i, c in zip(ids, f["correct"], strict=True)] for name, f in figures.items()
-    }
-    paired = {}
-    for name in figures:
-        if name == REFERENCE:
-            continue
-        c = paired_comparison(lines[REFERENCE], lines[name], names=(REFERENCE, name))
-        paired[name] = {
-            "difference": c["accuracy_difference"]["value"],
-            "ci95": c["accuracy_difference"]["ci95"],
-            "only_text": c["discordant"]["only_reference"],
-            "only_mode": c["discordant"]["only_other"],
-            "mcnemar_p": c["mcnemar_p"],
-        }
-    return paired
-
-
-def mode_rows(timings: Timings, figures: dict[str, dict], ids: Sequence[str]) -> list[dict]:
-    """One row per mode timed: its figures (`figures`: the last round's) with seconds per task over the rounds
-    (median, min, max, and each round's whole time), the time relative to the text relay taken per round (when
-    text ran), its accuracy paired with text's on the same tasks (`ids`), and whether every round's outputs had
-    the same fingerprint."""
-    summary = timings.summary(REFERENCE if REFERENCE in timings.modes else None)
-    paired, tasks = paired_with_text(figures, ids), len(ids)
-    rows = []
-    for name in timings.modes:
-        per_task = Spread(**summary[name]["seconds"]).scaled(1 / tasks)
-        row = {
-            "name": name,
-            **{key: value for key, value in figures[name].items() if key != "correct"},
-            "seconds_per_task": per_task.median,
-            "seconds_per_task_range": [per_task.min, per_task.max],
-            "seconds_per_round": summary[name]["rounds"],
-            "outputs_agree": timings.agree(name),
-        }
-        if "ratio" in summary[name]:
-            row |= {"vs_text": summary[name]["ratio"], "vs_text_per_round": summary[name]["ratios"]}
-        if name in paired:
-            row["paired_vs_text"] = paired[name]
-        rows.append(row)
-    return rows
-
-
-def format_table(report: dict) -> list[str]:
-    """The report as table lines: one row per mode (every mode run), times as median (min-max) over the rounds."""
-    header = ("mode", "accuracy", "95% interval", f"- {REFERENCE} (McNemar p)", "s/task", f"vs {REFERENCE}")
-    header += ("generated", "KV bytes", "same outputs")
-    rows = [header]
-    for m in report["modes"]:
-        low, high = m["ci95"]
-        seconds = Spread(m["seconds_per_task"], *m["seconds_per_task_range"])
-        rows.append(
-            (
-                m["name"],
-                f"{m['accuracy']:.3f}",
-                f"[{low:.3f}, {high:.3f}]",
-                _paired_cell(m.get("paired_vs_text")),
-                format_spread(seconds),
-                format_spread(m["vs_text"], digits=2) if "vs_text" in m else "-",
-                f"{m['generated_tokens']:.1f}",
-                f"{m['kv_bytes']:.0f}",
-                {True: "yes", False: "NO", None: "-"}[m["outputs_agree"]],
-            )
-        )
-    tail = f"{report['tasks']} tasks, {report['repeats']} rounds (median (min-max)); vs {REFERENCE}: per round"
-    return [*format_rows(rows), tail + (f"; plot: {report['plot']}" if "plot" in report else "")]
-
-
-def seed_figures(report: dict) -> dict[str, float]:
-    """One seed's figures, flat, for `kvmesh.evals.seeds`: each mode's accuracy, median seconds per task, median
-    time against text and paired accuracy difference from text."""
-    figures = {}
-    for m in report["modes"]:
-        figures[f"{m['name']}/accuracy"] = m["accuracy"]
-        figures[f"{m['name']}/seconds_per_task"] = m["seconds_per_task"]
-        if "vs_text" in m:
-            figures[f"{m['name']}/vs_text"] = m["vs_text"]["median"]
-        if "paired_vs_text" in m:
-            figures[f"{m['name']}/accuracy_minus_text"] = m["paired_vs_text"]["difference"]
-    return figures
-
-
-def _paired_cell(paired: dict | None) -> str:
-    return "-" if paired is None else f"{paired['difference']:+.3f} (p={paired['mcnemar_p']:.2g})"
-
-
-def plot_modes(modes: Sequence[dict], path: Path) -> Path:
-    """Accuracy (95% interval) against seconds per task (the median over rounds), one point per mode."""
-    from kvmesh.evals.figures import Point, plot_tradeoff
-
-    points = [
-        Point(m["name"], m["accuracy"], *m["ci95"], m["seconds_per_task"], m["name"] == "skyline", m["tasks"])
-        for m in modes
-    ]
-    return plot_tradeoff(
-        points, path, xlabel="seconds per task (median of rounds; batched, sender and receiver)", unit="s"
-    )
-
-
-# --- resuming ---------------------------------------------------------------------------------------------------
 
 
 def _finished(out: Path) -> tuple[dict, list[dict]]:

@@ -20,10 +20,10 @@ from kvmesh.evals.studies.latent import (
     SENDER_PROMPT,
     LatentStudyConfig,
     _pair,
-    format_table,
     run_study,
     tasks_for,
 )
+from kvmesh.evals.studies.latent_report import format_table
 from kvmesh.evals.timing import rotation
 
 SMALL = {"model": "tiny-random", "limit": 3, "batch_size": 3, "message_tokens": 3, "answer_tokens": 3}
@@ -173,3 +173,33 @@ def test_only_runs_the_modes_it_names(tiny):
     assert result["reference"] is None and "vs_text" not in result["modes"][0]  # no text row to divide by
     with pytest.raises(ConfigError, match=r"names no mode \['kv-select@30'\]"):
         run_study(LatentStudyConfig(**SMALL, fractions=[100], only=["kv-select@30"]))
+
+
+def test_tasks_kv_select_calibrated_on_are_never_scored_and_test_looks_are_counted(tiny, tmp_path):
+    """A file holding the very training tasks calibration draws: those are left out of the scored tasks and
+    counted; scoring the file twice is two looks at it; a validation split is not a look."""
+    from kvmesh.evals.benchmarks.infoqa import generate
+
+    data = tmp_path / "tasks.jsonl"
+    train = generate(20, "train")  # calibration takes the first 16 of these (seed 0)
+    data.write_text("".join(t.to_json() + "\n" for t in train + generate(30, "test")))
+    settings = {
+        **SMALL,
+        "data_path": str(data),
+        "only": ["text", "kv-select@100"],
+        "repeats": 1,
+        "warmup": 0,
+        "limit": 50,
+    }
+    report = run_study(LatentStudyConfig(**settings, out=str(tmp_path / "a")), progress=lambda line: None)
+    assert report["excluded_seen"] == 16 and report["tasks"] == 50 - 16
+    assert set(report["calibration"]["ids"]) == {t.id for t in train[:16]}
+    assert report["split"]["split"] == "all" and report["test_scorings"] == 1
+    again = run_study(LatentStudyConfig(**settings, out=str(tmp_path / "b")), progress=lambda line: None)
+    assert again["test_scorings"] == 2 and again["test_set_scorings"] == 2
+    validation = LatentStudyConfig(**settings, split="validation", out=str(tmp_path / "v"))
+    assert "test_scorings" not in run_study(validation, progress=lambda line: None)
+    only_train = tmp_path / "train.jsonl"  # every task in it calibrated
+    only_train.write_text("".join(t.to_json() + "\n" for t in train[:16]))
+    with pytest.raises(ConfigError, match="no task of split 'all' left to score"):
+        run_study(LatentStudyConfig(**{**settings, "data_path": str(only_train)}))
