@@ -291,8 +291,8 @@ def run_study(config: LatentStudyConfig, progress: Callable[[str], None] = print
     samples = [s for s in every if s.id not in seen][: config.limit]
     if not samples:
         raise ConfigError(
-            f"no task of split {split!r} left to score: {len(every)} in it, {len(every) - len(samples)} of them learned "
-            "from (calibration or a mapper); score another {split} or bring more tasks",
+            f"no task of split {split!r} left to score: {len(every)} in it, {len(every) - len(samples)} of them "
+            "learned from (calibration or a mapper); score another {split} or bring more tasks",
             "LatentStudyConfig",
         )
     modes = _modes(config)
