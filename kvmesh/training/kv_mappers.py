@@ -78,7 +78,9 @@ class C2CData:
         receiver: the receiver model.
         task: where the texts come from (the InfoQA generator's train split; validation for quality).
         data_path: an InfoQA JSONL file instead of the generator: its train split trains, its validation split
-            measures quality (each line's `split`, else a hash of the id and `seed`); its test split is never read.
+            measures quality (each line's `split`, else a hash of the id and `data_seed`); its test split is never
+            read, and the ids of both are recorded in the mapper (`bench latent` leaves them out).
+        data_seed: the file's hash split (keep it as the runs that score the file use it).
         texts: training texts.
         validation: held-out texts for quality (fit) or validation loss (train).
         seed: seeds the generated texts (and, for training, the batch order and gate noise).
@@ -93,6 +95,7 @@ class C2CData:
     texts: int = 200
     validation: int = 16
     data_path: str | None = None
+    data_seed: int = 0
     seed: int = 0
     full_attention_only: bool = False
     threads: int | None = None
@@ -173,7 +176,7 @@ def tasks(config: C2CData, split: str) -> list[InfoQATask]:
     count = config.texts if split == "train" else config.validation
     if config.data_path is None:
         return generate(count, split, config.seed, Difficulty())
-    found = file_tasks(config.data_path, split, config.seed)
+    found = file_tasks(config.data_path, split, config.data_seed)
     if len(found) < count:
         raise ConfigError(
             f"{config.data_path} has {len(found)} {split} tasks; {{{'texts' if split == 'train' else 'validation'}}} "
@@ -208,7 +211,16 @@ def _models(config: C2CData, sender, receiver):
     return sender, receiver
 
 
-def _mapper_config(config: C2CData, kind: str, sender, receiver, **settings) -> MapperConfig:
+def _mapper_config(
+    config: C2CData,
+    kind: str,
+    sender,
+    receiver,
+    learned: Sequence[InfoQATask],
+    checked: Sequence[InfoQATask],
+    **settings,
+) -> MapperConfig:
+    """The mapper's config; `learned` and `checked` are the tasks it is fitted on and checked on, as used."""
     data = {
         "task": config.task,
         "data_path": config.data_path,
@@ -216,8 +228,8 @@ def _mapper_config(config: C2CData, kind: str, sender, receiver, **settings) -> 
         "seed": config.seed,
         "texts": config.texts,
         # what it learned from and what it was checked on: disjoint, and neither a test task
-        "train_ids": [t.id for t in tasks(config, "train")],
-        "validation_ids": [t.id for t in tasks(config, "validation")],
+        "train_ids": [t.id for t in learned],
+        "validation_ids": [t.id for t in checked],
         "difficulty": asdict(Difficulty()),
         "sender_text": "notes (every shard) then the question (sender_context)",
     }
@@ -245,9 +257,12 @@ def fit(
     Raises `MapperQualityError` (and saves nothing) when the mean cosine is below `config.threshold`.
     """
     sender, receiver = _models(config, sender, receiver)
-    mapper_config = _mapper_config(config, "ridge", sender, receiver, ridge_lambda=config.ridge_lambda)
+    learned, checked = tasks(config, "train"), tasks(config, "validation")
+    mapper_config = _mapper_config(
+        config, "ridge", sender, receiver, learned, checked, ridge_lambda=config.ridge_lambda
+    )
     mapper_config.data |= {"pairing": PAIRING}
-    texts = [f"{sender_context(t)}\nAnswer: {t.answer}" for t in tasks(config, "train")]
+    texts = [f"{sender_context(t)}\nAnswer: {t.answer}" for t in learned]
     started, counted = time.monotonic(), {"tokens": 0}
 
     def pairs() -> Iterator[CachePair]:
@@ -259,7 +274,7 @@ def fit(
 
     mapper = fit_ridge(pairs(), mapper_config)
     mapper.config.data["tokens"] = counted["tokens"]
-    probes = [(sender_context(t), probe_text(t)) for t in tasks(config, "validation")]
+    probes = [(sender_context(t), probe_text(t)) for t in checked]
     quality = mapping_quality(mapper, sender, receiver, probes)
     mapper.config.quality = quality.to_dict() | {"split": "validation", "threshold": config.threshold}
     progress(f"quality: {quality.describe()}")
@@ -359,9 +374,10 @@ def train(config: TrainConfig, sender=None, receiver=None, progress: Progress = 
     """Train the C2C fuser (see the module docstring); resumes from the last checkpoint in `config.out`."""
     sender, receiver = _models(config, sender, receiver)
     out = Path(config.out)
+    learned, checked = tasks(config, "train"), tasks(config, "validation")
     with torch.random.fork_rng():  # the fuser's initial weights, from the seed, leaving torch's own RNG alone
         torch.manual_seed(config.seed)
-        fuser = Fuser(_mapper_config(config, "fuser", sender, receiver, hidden=config.hidden))
+        fuser = Fuser(_mapper_config(config, "fuser", sender, receiver, learned, checked, hidden=config.hidden))
     if config.init:
         ridge = load_mapper(config.init, kind="ridge")
         check_models(ridge, sender, receiver)
@@ -375,8 +391,8 @@ def train(config: TrainConfig, sender=None, receiver=None, progress: Progress = 
     )
     start, history = _resume(out, fuser, optimizer, schedule, config)
     layers, ropes = sorted(set(fuser.config.layer_map)), (LayerRope.from_model(sender), LayerRope.from_model(receiver))
-    train_set = examples(sender, receiver, tasks(config, "train"))
-    held_out = examples(sender, receiver, tasks(config, "validation"))
+    train_set = examples(sender, receiver, learned)
+    held_out = examples(sender, receiver, checked)
     progress(
         f"fuser {fuser.config.direction}: {fuser.parameter_count():,} parameters, {len(train_set)} texts, "
         f"steps {start}/{config.steps}" + (" (resumed)" if start else "")
@@ -426,7 +442,7 @@ def train(config: TrainConfig, sender=None, receiver=None, progress: Progress = 
     fuser.eval()
     if start < config.steps or not (out / "mapper.json").is_file():
         fuser.config.data["history"] = [h for h in history if "validation" in h]
-        probes = [(sender_context(t), probe_text(t)) for t in tasks(config, "validation")]
+        probes = [(sender_context(t), probe_text(t)) for t in checked]
         quality = mapping_quality(fuser, sender, receiver, probes)
         fuser.config.quality = quality.to_dict() | {"split": "validation", "threshold": QUALITY_THRESHOLD}
         progress(f"quality (hard gates): {quality.describe()}")

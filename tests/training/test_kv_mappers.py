@@ -1,6 +1,8 @@
 """Fitting and training c2c mappers on tiny random models: the ridge fit, a fuser run that lowers the receiver's
 loss, and a killed run that resumes from its checkpoint to the same weights."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
@@ -70,6 +72,20 @@ def test_a_mapper_fitted_on_a_file_learns_from_its_train_split_and_is_checked_on
         fit(FitConfig(out=str(tmp_path / "more"), data_path=str(data), texts=6, validation=99), gemma, tiny, print)
 
 
+def test_a_fuser_trained_on_a_file_records_the_train_and_validation_tasks_it_used(gemma, tiny, tmp_path):
+    from kvmesh.evals.benchmarks import InfoQA
+    from kvmesh.evals.benchmarks.infoqa import generate
+
+    data = tmp_path / "tasks.jsonl"
+    data.write_text("".join(task.to_json() + "\n" for task in generate(40, "test", seed=2)))
+    config = replace(_settings(tmp_path / "fuser"), data_path=str(data), data_seed=1, steps=1, checkpoint_every=1)
+    fuser = train(config, gemma, tiny, progress=lambda line: None)
+    learned, checked = set(fuser.config.data["train_ids"]), set(fuser.config.data["validation_ids"])
+    split = {name: {s.id for s in InfoQA(str(data), seed=1).samples(name)} for name in ("train", "validation", "test")}
+    assert learned and checked and learned <= split["train"] and checked <= split["validation"]
+    assert not (learned | checked) & split["test"]
+
+
 def test_a_context_longer_than_the_senders_window_is_refused(tiny, tmp_path):
     small = LocalLM(
         Gemma3ForCausalLM(
@@ -122,7 +138,8 @@ def _fresh(config, gemma, tiny) -> Fuser:
     """The fuser `train(config)` starts from (its weights come from the seed)."""
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
-        return Fuser(_mapper_config(config, "fuser", gemma, tiny, hidden=config.hidden))
+        learned, checked = tasks(config, "train"), tasks(config, "validation")
+        return Fuser(_mapper_config(config, "fuser", gemma, tiny, learned, checked, hidden=config.hidden))
 
 
 def test_training_lowers_the_receivers_answer_loss_and_a_killed_run_resumes(gemma, tiny, tmp_path):
