@@ -122,9 +122,11 @@ def _data_seed(folder: Path) -> int | None:
 
 
 def _check_data_seed(config: DesignEvalConfig, designers: list[DesignerRun]) -> None:
-    """Refuse designers whose data seed splits the file otherwise than `--seed`: their train and validation
-    tasks would be scattered over this test split, which would shrink to what they happened to leave."""
-    if not config.data_path:  # the generators' splits share no task whatever the seed
+    """Refuse designers whose data seed splits the data otherwise than `--seed` (a file's or HumanEval's hash
+    split): their train and validation tasks would be scattered over this test split, which would shrink to what
+    they happened to leave. Generators and GSM8K's files split the same way whatever the seed."""
+    benchmark = make_benchmark(config.benchmark, config.data_path, config.seed, config.allow_code_execution)
+    if benchmark.split_rule("test").by in ("generator", "files"):
         return
 
     def test_ids(seed: int) -> set[str]:

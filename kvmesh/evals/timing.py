@@ -8,7 +8,9 @@
 
 The protocol: every mode is called `warmup` times first (not recorded: first-call allocations, lazy loading,
 caches), then `repeats` rounds in which every mode runs once, in an order rotated by one each round, so that no
-mode always runs first or always right after the same other mode. A ratio between two modes is taken within each
+mode always runs first (over as many rounds as modes, each mode takes each position once). A cyclic rotation
+keeps each mode's neighbour: a mode always runs right after the same other mode, so a mode that leaves the machine
+hot or its caches cold affects the same follower every round. A ratio between two modes is taken within each
 round (the two times were measured back to back, under the same load) and only then summarised; a ratio of
 medians would pair times from different rounds.
 
