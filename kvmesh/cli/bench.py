@@ -8,9 +8,8 @@ import json
 import sys
 from dataclasses import asdict, dataclass, replace
 
-from kvmesh.agents.usage import format_rows
 from kvmesh.cli.flags import add_config_arguments, config_from_args
-from kvmesh.evals.seeds import check_seeds, format_across, seed_folder, write_seed_summary
+from kvmesh.evals.seeds import check_seeds, seed_folder, seeds_table, write_seed_summary
 from kvmesh.evals.studies import latent, latent_report
 from kvmesh.evals.studies.kv_reuse import KVReuseStudyConfig, format_table, run_study
 
@@ -54,9 +53,7 @@ def bench_latent(args: argparse.Namespace) -> int:
     config = config_from_args(latent.LatentStudyConfig, args)
     if config.seeds:
         summary = bench_latent_seeds(config)
-        rows = [("figure", "mean [95% interval across seeds] (each seed)")]
-        rows += [(name, format_across(figure)) for name, figure in summary["across_seeds"].items()]
-        print("\n".join(format_rows(rows)))
+        print("\n".join(seeds_table(summary)))
         return 0
     result = latent.run_study(config, progress=_say)
     if config_from_args(BenchOutput, args).json:

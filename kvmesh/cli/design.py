@@ -22,13 +22,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from kvmesh.agents.task import Task
-from kvmesh.agents.usage import format_rows
 from kvmesh.cli.design_eval import DesignEvalConfig, design_eval
 from kvmesh.cli.flags import add_config_arguments, argparse_help, config_from_args, flag
 from kvmesh.config import field_help
 from kvmesh.evals.benchmarks import BENCHMARKS, Sample, configured_team, design_splits, make_benchmark
 from kvmesh.evals.figures import Point, plot_tradeoff
-from kvmesh.evals.seeds import SEEDS_FILE, check_seeds, format_across, seed_folder, write_seed_summary
+from kvmesh.evals.seeds import SEEDS_FILE, check_seeds, seed_folder, seeds_table, write_seed_summary
 from kvmesh.graph.pictures import write_design_pictures
 from kvmesh.graph.presets import PRESETS, TEMPORAL_MODES
 from kvmesh.kvcomm.channel import DEFAULT_CHANNEL, available_channels
@@ -179,9 +178,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         figures[seed] = {f"validation/{name}": value for name, value in validation_figures(designer.training).items()}
     shared = {name: value for name, value in asdict(settings[seeds[0]]).items() if name != "seed"}
     summary = write_seed_summary(out, figures, config=asdict(config), designer=shared)
-    rows = [("chosen weights", "mean [95% interval across seeds] (each seed)")]
-    rows += [(name, format_across(figure)) for name, figure in summary["across_seeds"].items()]
-    print("\n".join(["", *format_rows(rows)]))
+    print("\n".join(["", *seeds_table(summary, "chosen weights")]))
     print(f"{len(seeds)} seeds: {out / SEEDS_FILE}; each seed's training folder is {out}/seed-N")
     return 0
 

@@ -26,7 +26,6 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from kvmesh.agents.usage import format_rows
 from kvmesh.cli.flags import config_from_args
 from kvmesh.cli.specs import designer_folder, seed_designer_folders
 from kvmesh.config import ConfigError
@@ -35,7 +34,7 @@ from kvmesh.evals.figures import Point, plot_tradeoff
 from kvmesh.evals.paired import paired_comparison
 from kvmesh.evals.report import compare_report
 from kvmesh.evals.runner import EvalConfig, run_eval
-from kvmesh.evals.seeds import format_across, write_seed_summary
+from kvmesh.evals.seeds import seeds_table, write_seed_summary
 from kvmesh.evals.store import read_samples
 from kvmesh.evals.summary import load_summary
 from kvmesh.kvcomm.channel import DEFAULT_CHANNEL, available_channels
@@ -248,6 +247,4 @@ def _seed_summary(
         "designers": {str(run.seed): str(run.folder) for run in members},
     }
     summary = write_seed_summary(out, per_seed, _seeds_file(group), **extra)
-    rows = [("figure", "mean [95% interval across seeds] (each seed)")]
-    rows += [(name, format_across(figure)) for name, figure in summary["across_seeds"].items()]
-    return "\n".join(format_rows(rows))
+    return "\n".join(seeds_table(summary))

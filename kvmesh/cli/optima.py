@@ -17,7 +17,7 @@ import sys
 
 from kvmesh.agents.usage import format_rows
 from kvmesh.cli.flags import add_config_arguments, config_from_args
-from kvmesh.evals.seeds import format_across
+from kvmesh.evals.seeds import seeds_table
 from kvmesh.training.optima.config import OptimaConfig
 
 
@@ -62,9 +62,7 @@ def optima_train(args: argparse.Namespace) -> int:
     config = config_from_args(OptimaConfig, args)
     results = run(config, progress=_say)
     if config.seeds:
-        rows = [("figure", "mean [95% interval across seeds] (each seed)")]
-        rows += [(name, format_across(figure)) for name, figure in results["across_seeds"].items()]
-        print("\n".join(format_rows(rows)))
+        print("\n".join(seeds_table(results)))
         print(f"{len(config.seeds)} seeds; {config.out}/seeds.json, each seed's run in {config.out}/seed-N")
         return 0
     print(_points_table(results["points"]))

@@ -260,6 +260,8 @@ def load_result(path: Path) -> dict:
     check_result(result, str(path))
     if result["name"] != path.stem:
         raise FiguresError(f"{path} holds the result named {result['name']!r}; a file is named after its result")
+    if not isinstance(result.get("provenance"), dict):  # where the figure came from is part of the figure
+        raise FiguresError(f"{path} has no provenance (commit, date, machine, versions); remake it with record_result")
     return result
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from kvmesh.agents.usage import format_rows
 from kvmesh.evals.stats import across_seeds
 from kvmesh.runs import write_json
 
@@ -41,8 +42,13 @@ def seed_folder(out: str | Path, seed: int) -> Path:
 
 
 def figures_across_seeds(per_seed: Mapping[int, Mapping[str, float]]) -> dict[str, dict]:
-    """{figure: across_seeds(its value under each seed)} for the figures every seed has, in first-seen order."""
-    names = [name for name in next(iter(per_seed.values()), {}) if all(name in f for f in per_seed.values())]
+    """{figure: across_seeds(its value under each seed)}, in first-seen order; every seed must have every figure
+    (a seed scored on test beside one that was not is two different runs, not one figure's spread)."""
+    names = list(dict.fromkeys(name for figures in per_seed.values() for name in figures))
+    for seed, figures in per_seed.items():
+        missing = [name for name in names if name not in figures]
+        if missing:
+            raise ValueError(f"seed {seed} lacks {', '.join(missing[:3])}: run every seed with the same settings")
     return {
         name: across_seeds([figures[name] for figures in per_seed.values()]) | {"seeds": list(per_seed)}
         for name in names
@@ -58,6 +64,13 @@ def write_seed_summary(
     summary |= extra
     write_json(Path(out) / filename, {**summary, "per_seed": {str(k): v for k, v in per_seed.items()}})
     return summary
+
+
+def seeds_table(summary: dict, title: str = "figure") -> list[str]:
+    """The lines of a table of every figure across seeds (`write_seed_summary`'s result)."""
+    rows = [(title, "mean [95% interval across seeds] (each seed)")]
+    rows += [(name, format_across(figure)) for name, figure in summary["across_seeds"].items()]
+    return format_rows(rows)
 
 
 def format_across(figure: dict, digits: int = 3) -> str:

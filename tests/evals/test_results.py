@@ -188,6 +188,10 @@ def test_a_hand_made_file_is_checked_when_the_readme_is_built(tmp_path):
     (results / "renamed.json").write_text(json.dumps(data))
     with pytest.raises(FiguresError, match=re.escape("renamed.json holds the result named 'optima'")):
         render_readme(readme_with("renamed"), results)
+    del data["provenance"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(FiguresError, match=re.escape("optima.json has no provenance")):
+        render_readme(readme_with("optima"), results)
     del data["seeds"]
     path.write_text(json.dumps(data))
     with pytest.raises(FiguresError, match=re.escape("optima.json: lacks seeds")):

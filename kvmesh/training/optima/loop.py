@@ -358,6 +358,8 @@ class OptimaRun:
         results = {"points": points, "chosen": chosen, "config": asdict(self.config)}
         if self.config.test:
             results["test"] = self.test({label: specs[label] for label in (*BASELINES, chosen)}, chosen)
+        elif (self.out / "results.json").is_file() and "test" in read_json(self.out / "results.json"):
+            results["test"] = read_json(self.out / "results.json")["test"]  # scored before: kept, not redone
         results["seconds"] = time.perf_counter() - started
         results["plot"] = str(plot_path(points, self.out / "path.png"))
         write_json(self.out / "results.json", results)
