@@ -20,8 +20,8 @@ Means and intervals across seeds are the ones the producer wrote (Student t over
 per seed, in the order of the run's seeds. A folder that is not a finished seeded run of the kind asked for is
 refused, naming the file and what it lacks.
 
-Caveats: `--command` is recorded as given, so give the exact command that made the run. `bench latent` does not
-count its test scorings (it does not go through `kvmesh eval`), so its files record `test_scorings` as null.
+Caveats: `--command` is recorded as given, so give the exact command that made the run. A file records the
+largest test-scoring count among the runs it covers (`kvmesh.evals.ledger`).
 """
 
 from __future__ import annotations
@@ -336,7 +336,8 @@ def latent_table(run: str | Path) -> Table:
         "same tasks; McNemar p exact, one per seed in seed order. Times: the median over rounds, the ratio to "
         "text taken within each round."
     )
-    return Table(columns, rows, seeds, config, None, notes)
+    scorings = max_scorings([report.get("test_scorings") for report in reports.values()])
+    return Table(columns, rows, seeds, config, scorings, notes)
 
 
 # --- the command -------------------------------------------------------------------------------------------------
