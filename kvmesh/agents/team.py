@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import networkx as nx
 
@@ -50,8 +50,15 @@ REUSE = channel_for_keyword("reuse")  # the channel `reuse=` sets up
 log = logging.getLogger("kvmesh")
 
 
+@runtime_checkable
 class GraphDesigner(Protocol):
-    """Anything that chooses each task's graph: `kvmesh.topology` designers implement it."""
+    """Anything that chooses each task's graph: `kvmesh.topology` designers implement it.
+
+    `seen_ids` lists the task ids it learned from (training and validation; empty for one that learned nothing):
+    an evaluation leaves them out, so a designer is never scored on what it saw.
+    """
+
+    seen_ids: Sequence[str]
 
     def design_batch(self, tasks: Sequence[Task]) -> list[CommGraph]: ...
 
@@ -125,8 +132,11 @@ class Team:
         for name in sorted(self._channel_names(self.graph)):
             self.channels[name] = make_channel(name, settings.get(name))
         self._check_channels(self.graph)
-        if designer is not None and not callable(getattr(designer, "design_batch", None)):
-            raise TypeError(f"designer must have a design_batch(tasks) method, got {type(designer).__name__}")
+        if designer is not None and not isinstance(designer, GraphDesigner):
+            raise TypeError(
+                "designer must have a design_batch(tasks) method and a seen_ids list (the task ids it learned from, "
+                f"empty if none), got {type(designer).__name__}"
+            )
         self.designer = designer
 
     def _rounds_that_repeat(self, accepted: bool) -> None:

@@ -186,10 +186,12 @@ RECORDS = ("inputs", "team")  # what older runs lack
 # --- the team ---------------------------------------------------------------------------------------------------
 
 _TEAM: dict[str, Team] = {}  # the team of the last config this process ran (one: a worker runs one config)
+_CALIBRATED_ON: dict[str, list[str]] = {}  # the ids of the training tasks that team's channels calibrated on
 
 
-def build_team(config: EvalConfig, load_designer: DesignerLoader | None = None) -> Team:
-    """The team `config` describes: a designer's, a spec's, or the benchmark's default team."""
+def build_team(config: EvalConfig, load_designer: DesignerLoader | None = None) -> tuple[Team, list[str]]:
+    """The team `config` describes (a designer's, a spec's, or the benchmark's default team), and the ids of the
+    training tasks its channels were calibrated on here (none when nothing asked for it)."""
     if config.designer:
         if load_designer is None:
             raise ConfigError("{designer} needs a designer loader: pass load_designer=kvmesh.topology.load_designer")
@@ -203,15 +205,17 @@ def build_team(config: EvalConfig, load_designer: DesignerLoader | None = None) 
             log.warning("the programming expert's code is not run; pass --allow-code-execution to run it")
     if config.channels and not (config.spec or config.designer):
         team = team.with_channels(config.channels)
+    calibrated_on = []
     if config.calibrate and needs_calibration(team):
-        team = calibrate(team, calibration_tasks(config), config.batch_size)
+        tasks = calibration_tasks(config)
+        team, calibrated_on = calibrate(team, tasks, config.batch_size), [task.id for task in tasks]
     running = sorted({f"{a.name}: {t.name}" for a in team.members for t in a.tools if t.runs_code})
     if running and not config.allow_code_execution:
         raise PermissionError(
             f"the team's tools run generated code ({', '.join(running)}); pass --allow-code-execution to accept "
             f"that ({NOT_A_BOUNDARY})"
         )
-    return team
+    return team, calibrated_on
 
 
 def calibration_tasks(config: EvalConfig) -> list:
@@ -241,8 +245,14 @@ def team_of(config: EvalConfig, load_designer: DesignerLoader | None = None, fre
     key = json.dumps(asdict(config), sort_keys=True)
     if fresh or key not in _TEAM:
         _TEAM.clear()
-        _TEAM[key] = build_team(config, load_designer)
+        _CALIBRATED_ON.clear()
+        _TEAM[key], _CALIBRATED_ON[key] = build_team(config, load_designer)
     return _TEAM[key]
+
+
+def calibrated_on(config: EvalConfig) -> list[str]:
+    """The training task ids the channels of this process's team for `config` were calibrated on."""
+    return _CALIBRATED_ON.get(json.dumps(asdict(config), sort_keys=True), [])
 
 
 # --- plan, chunks, store, summary ------------------------------------------------------------------------------
@@ -265,7 +275,7 @@ def plan_eval(config: EvalConfig, team: Team | None = None, load_designer: Desig
     samples = benchmark.samples(config.split)
     seen = set(config.exclude_ids)
     if team is not None and team.designer is not None:  # from --designer or a spec naming one
-        seen |= set(getattr(team.designer, "seen_ids", ()))
+        seen |= set(team.designer.seen_ids)
     if config.designer and load_designer is not None:
         seen |= set(load_designer(config.designer).seen_ids)
     if config.spec:  # a trained team's spec names the tasks its training saw (an Optima iteration's)
@@ -462,6 +472,8 @@ def run_eval(
         summary["models"] = team_models(running)
     if plan.seen:
         summary["excluded_seen"] = plan.excluded
+    if calibrated_on(config):  # training tasks, never among those scored (calibration_tasks refuses that)
+        summary["calibrated_on"] = calibrated_on(config)
     write_json(Path(out, "summary.json"), summary)
     return summary
 

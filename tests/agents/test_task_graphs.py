@@ -10,10 +10,11 @@ def make_agents(names, max_new_tokens=4):
 
 
 class FixedDesigner:
-    """Chooses a graph by the task's id: the smallest thing with `design_batch`."""
+    """Chooses a graph by the task's id: the smallest thing with `design_batch` and `seen_ids`."""
 
     def __init__(self, graphs):
         self.graphs = graphs
+        self.seen_ids = []
 
     def design_batch(self, tasks):
         return [self.graphs[task.id] for task in tasks]
@@ -73,6 +74,13 @@ def test_one_graph_per_task():
         team.run_batch(["Q?"], graphs=[team.graph, team.graph])
     with pytest.raises(TypeError, match="design_batch"):
         Team(make_agents("ab"), "chain", designer=object())
+
+    class Unaccountable:  # designs graphs but cannot say which tasks it learned from, so could be scored on them
+        def design_batch(self, tasks):
+            return [CommGraph(["a"]) for _ in tasks]
+
+    with pytest.raises(TypeError, match="seen_ids"):
+        Team(make_agents("ab"), "chain", designer=Unaccountable())
 
 
 def test_with_graph_keeps_agents_and_settings():

@@ -271,6 +271,21 @@ def test_kv_select_calibration_on_a_file_reads_its_train_split_and_never_a_score
         assert not {t.id for t in tasks} & {s.id for s in file.samples(scored)}
 
 
+def test_a_calibrated_run_records_its_calibration_tasks_which_it_never_scores(tmp_path):
+    config = EvalConfig("infoqa", model="tiny-random", agents=2, max_new_tokens=2, limit=3, channel="kv-select")
+    summary = run_eval(config, tmp_path / "run", progress=False)
+    scored = {line["id"] for line in read_samples(tmp_path / "run")}
+    train = {s.id for s in InfoQA().samples("train")}
+    assert len(summary["calibrated_on"]) == 16 and set(summary["calibrated_on"]) <= train
+    assert len(scored) == 3 and not scored & set(summary["calibrated_on"])
+    uncalibrated = run_eval(
+        EvalConfig("infoqa", model="tiny-random", agents=2, max_new_tokens=2, limit=1),
+        tmp_path / "text",
+        progress=False,
+    )
+    assert "calibrated_on" not in uncalibrated  # a text team calibrates nothing
+
+
 def test_a_run_saved_with_per_channel_fields_resumes_with_the_same_channel_settings(tmp_path):
     """Runs saved before `channels` recorded `anchors` and `layer_fraction` at the top level: they resume when
     today's settings are the same, and a different setting is still a change."""
