@@ -7,9 +7,10 @@ import argparse
 import json
 import sys
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 from kvmesh.cli.flags import add_config_arguments, config_from_args
-from kvmesh.evals.seeds import check_seeds, seed_folder, seeds_table, write_seed_summary
+from kvmesh.evals.seeds import run_seeds, seeds_table
 from kvmesh.evals.studies import latent, latent_report
 from kvmesh.evals.studies.kv_reuse import KVReuseStudyConfig, format_table, run_study
 
@@ -41,12 +42,13 @@ def _say(line: str) -> None:
 
 def bench_latent_seeds(config: latent.LatentStudyConfig) -> dict:
     """One study per seed in OUT/seed-N (each resumable), then OUT/seeds.json across them."""
-    reports = {}
-    for seed in check_seeds(config.seeds):
-        one = replace(config, seed=seed, seeds=[], out=str(seed_folder(config.out, seed)))
-        reports[seed] = latent.run_study(one, progress=lambda line, seed=seed: _say(f"seed {seed}: {line}"))
-    figures = {seed: latent_report.seed_figures(report) for seed, report in reports.items()}
-    return write_seed_summary(config.out, figures, config=asdict(config))
+
+    def run_one(seed: int, folder: Path) -> dict:
+        one = replace(config, seed=seed, seeds=[], out=str(folder))
+        return latent.run_study(one, progress=lambda line: _say(f"seed {seed}: {line}"))
+
+    summary, _reports = run_seeds(config.seeds, config.out, run_one, latent_report.seed_figures, config=asdict(config))
+    return summary
 
 
 def bench_latent(args: argparse.Namespace) -> int:

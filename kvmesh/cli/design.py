@@ -27,7 +27,7 @@ from kvmesh.cli.flags import add_config_arguments, argparse_help, config_from_ar
 from kvmesh.config import field_help
 from kvmesh.evals.benchmarks import BENCHMARKS, Sample, configured_team, design_splits, make_benchmark
 from kvmesh.evals.figures import Point, plot_tradeoff
-from kvmesh.evals.seeds import SEEDS_FILE, check_seeds, seed_folder, seeds_table, write_seed_summary
+from kvmesh.evals.seeds import SEEDS_FILE, check_seeds, run_seeds, seeds_table
 from kvmesh.graph.pictures import write_design_pictures
 from kvmesh.graph.presets import PRESETS, TEMPORAL_MODES
 from kvmesh.kvcomm.channel import DEFAULT_CHANNEL, available_channels
@@ -169,15 +169,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not config.seeds:
         print(train_designer(config, settings[config.seed], out, where.resume, train, val)[1])
         return 0
-    figures = {}
-    for seed in seeds:
-        print(f"== seed {seed}: {seed_folder(out, seed)}")
+
+    def run_one(seed: int, folder: Path):
+        print(f"== seed {seed}: {folder}")
         one = replace(config, seed=seed, seeds=[])
-        designer, report = train_designer(one, settings[seed], seed_folder(out, seed), where.resume, train, val)
+        designer, report = train_designer(one, settings[seed], folder, where.resume, train, val)
         print(report)
-        figures[seed] = {f"validation/{name}": value for name, value in validation_figures(designer.training).items()}
+        return designer
+
+    def figures_of(designer) -> dict[str, float]:
+        return {f"validation/{name}": value for name, value in validation_figures(designer.training).items()}
+
     shared = {name: value for name, value in asdict(settings[seeds[0]]).items() if name != "seed"}
-    summary = write_seed_summary(out, figures, config=asdict(config), designer=shared)
+    summary, _designers = run_seeds(seeds, out, run_one, figures_of, config=asdict(config), designer=shared)
     print("\n".join(["", *seeds_table(summary, "chosen weights")]))
     print(f"{len(seeds)} seeds: {out / SEEDS_FILE}; each seed's training folder is {out}/seed-N")
     return 0

@@ -1,8 +1,7 @@
 """Several seeds of one run: each seed a resumable run of its own in `OUT/seed-N`, and its figures across seeds.
 
-    for seed in check_seeds([0, 1, 2]):
-        figures[seed] = run_one(replace(config, seed=seed, out=seed_folder(out, seed)))   # {name: number}
-    summary = write_seed_summary(out, figures, config=asdict(config))               # OUT/seeds.json
+    summary, runs = run_seeds([0, 1, 2], out, run_one, figures_of, config=asdict(config))   # OUT/seeds.json
+    # run_one(seed, OUT/seed-N) -> a seed's result; figures_of(result) -> {name: number}
 
 Each seed runs to the end before the next starts and is resumable on its own, so a killed three-seed run keeps
 every finished seed and the finished part of the one it was in; running the command again continues. The
@@ -13,14 +12,16 @@ which one run cannot show.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from kvmesh.agents.usage import format_rows
 from kvmesh.evals.stats import across_seeds
 from kvmesh.runs import write_json
 
 SEEDS_FILE = "seeds.json"
+R = TypeVar("R")
 
 
 def check_seeds(seeds: Sequence[int]) -> list[int]:
@@ -64,6 +65,20 @@ def write_seed_summary(
     summary |= extra
     write_json(Path(out) / filename, {**summary, "per_seed": {str(k): v for k, v in per_seed.items()}})
     return summary
+
+
+def run_seeds(
+    seeds: Sequence[int],
+    out: str | Path,
+    run_one: Callable[[int, Path], R],
+    figures_of: Callable[[R], Mapping[str, float]],
+    **extra,
+) -> tuple[dict, dict[int, R]]:
+    """Run `run_one(seed, OUT/seed-N)` for each seed in turn, then write OUT/seeds.json from each result's
+    `figures_of` (and `extra`); returns that summary and each seed's result."""
+    runs = {seed: run_one(seed, seed_folder(out, seed)) for seed in check_seeds(seeds)}
+    summary = write_seed_summary(out, {seed: figures_of(result) for seed, result in runs.items()}, **extra)
+    return summary, runs
 
 
 def seeds_table(summary: dict, title: str = "figure") -> list[str]:

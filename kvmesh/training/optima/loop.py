@@ -41,7 +41,7 @@ from kvmesh.evals.benchmarks import make_benchmark
 from kvmesh.evals.figures import Point, plot_tradeoff
 from kvmesh.evals.paired import paired_comparison
 from kvmesh.evals.runner import run_eval
-from kvmesh.evals.seeds import check_seeds, seed_folder, write_seed_summary
+from kvmesh.evals.seeds import run_seeds
 from kvmesh.evals.store import read_samples
 from kvmesh.llm.local import load_model
 from kvmesh.runs import (
@@ -405,14 +405,14 @@ def optima_train(config: OptimaConfig, progress: Progress = print) -> dict:
     `--test`); returns that summary with each seed's results under "runs"."""
     if not config.seeds:
         return OptimaRun(config, progress).run()
-    runs = {}
-    for seed in check_seeds(config.seeds):
-        progress(f"seed {seed}: {seed_folder(config.out, seed)}")
-        one = replace(config, seed=seed, seeds=[], out=str(seed_folder(config.out, seed)))
-        say = lambda line, seed=seed: progress(f"seed {seed}: {line}")  # noqa: E731
-        runs[seed] = OptimaRun(one, say, baselines=Path(config.out) / "baselines").run()
-    figures = {seed: seed_figures(results) for seed, results in runs.items()}
-    summary = write_seed_summary(config.out, figures, config=asdict(config))
+
+    def run_one(seed: int, folder: Path) -> dict:
+        progress(f"seed {seed}: {folder}")
+        one = replace(config, seed=seed, seeds=[], out=str(folder))
+        say = lambda line: progress(f"seed {seed}: {line}")  # noqa: E731
+        return OptimaRun(one, say, baselines=Path(config.out) / "baselines").run()
+
+    summary, runs = run_seeds(config.seeds, config.out, run_one, seed_figures, config=asdict(config))
     return summary | {"runs": runs}
 
 
