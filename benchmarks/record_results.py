@@ -1,4 +1,4 @@
-"""Record a finished, seeded kvmesh run as a `results/` file, from which `make figures` builds the README's tables.
+"""Record a finished kvmesh run or benchmark as a `results/` file, from which `make figures` builds the README's tables.
 
     python benchmarks/record_results.py optima runs/optima --name optima-infoqa --title "Optima, 3 seeds" \\
         --command "kvmesh optima train --seeds 0 1 2 --test --out runs/optima"
@@ -15,6 +15,7 @@ Each subcommand reads only what its producer wrote and turns it into a small tab
     design   OUT/paired.json and OUT/seeds-NAME.json (`kvmesh design eval` with a seeds folder of designers) and
              each run's summary.json: a row per baseline and per designer seeds group (and per lone designer).
     latent   OUT/seeds.json (`kvmesh bench latent --seeds`) and each seed's OUT/seed-N/summary.json: a row per mode.
+    timing   a file holding a benchmark's --json output (`benchmarks/*.py --json > F`): a row per timed figure.
 
 Means and intervals across seeds are the ones the producer wrote (Student t over the seeds); p-values are listed
 per seed, in the order of the run's seeds. A folder that is not a finished seeded run of the kind asked for is
@@ -53,7 +54,7 @@ class RecordConfig:
     """Record one finished, seeded run as results/NAME.json.
 
     Args:
-        run: the run's output folder (its --out).
+        run: the run's output folder (its --out); for `timing`, the file its --json output was saved to.
         name: the results file's stem, also the README block's name (letters, digits, '-' and '_').
         title: what the figure shows, in a few words.
         command: the command that produced the run, recorded as given.
@@ -75,7 +76,7 @@ class Table:
 
     columns: list[dict]
     rows: list[dict]
-    seeds: list[int]
+    seeds: list[int] | None
     config: dict
     test_scorings: int | None
     notes: str = ""
@@ -340,12 +341,57 @@ def latent_table(run: str | Path) -> Table:
     return Table(columns, rows, seeds, config, scorings, notes)
 
 
+# --- timings -----------------------------------------------------------------------------------------------------
+
+TIMING = "the --json output of a benchmark script or `kvmesh bench kv-reuse --json`"
+SPREAD_KEYS = ("median", "min", "max")  # a timed figure, as `kvmesh.evals.timing.Spread` and its callers write it
+
+
+def spreads(data: dict | list, prefix: str = "", rounds: int | None = None) -> tuple[list[dict], dict]:
+    """Every timed figure in a benchmark's JSON (a {median, min, max} object at any depth, in lists too), as a
+    row named by its path with its count of rounds (its own `rounds` list, else the nearest enclosing `rounds`
+    count), and every other top-level scalar or scalar of a nested object as configuration."""
+    rows, config = [], {}
+    if isinstance(data, dict) and isinstance(data.get("rounds"), int):
+        rounds = data["rounds"]
+    items = data.items() if isinstance(data, dict) else enumerate(data)
+    for key, value in items:
+        name = f"{prefix}{key if isinstance(key, str) else key + 1}"
+        if isinstance(value, dict) and all(k in value for k in SPREAD_KEYS):
+            counted = len(value["rounds"]) if isinstance(value.get("rounds"), list) else rounds
+            rows.append({"figure": name, **{k: value[k] for k in SPREAD_KEYS}, "rounds": counted})
+        elif isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, dict) for v in value)):
+            more_rows, more_config = spreads(value, f"{name} / ", rounds)
+            rows, config = rows + more_rows, config | more_config
+        elif not isinstance(value, list) and key != "rounds":
+            config[name] = value
+    return rows, config
+
+
+def timing_table(path: str | Path) -> Table:
+    """The timed figures of one benchmark's --json output (a file), medians with the min and max over rounds."""
+    folder = RunFolder(Path(path).parent, TIMING)
+    data = folder.read(Path(path).name)
+    rows, config = spreads(data)
+    if not rows:
+        raise folder.refuse(Path(path), "holds no timed figure (no {median, min, max} object)")
+    columns = [column("figure", "figure"), column("median", "median", ".3f"), column("min", "min", ".3f")]
+    columns += [column("max", "max", ".3f"), column("rounds", "rounds")]
+    notes = (
+        "Each figure: the median over the timed rounds with their min and max (seconds unless the name says "
+        "otherwise; a ratio is taken within each round), after a warm-up, the modes interleaved in an order "
+        "rotated each round (kvmesh.evals.timing)."
+    )
+    return Table(columns, rows, None, config, None, notes)
+
+
 # --- the command -------------------------------------------------------------------------------------------------
 
 KINDS: dict[str, tuple[Callable[[str | Path], Table], str]] = {
     "optima": (optima_table, "an Optima run: kvmesh optima train --seeds ... --test"),
     "design": (design_table, "designers against baselines: kvmesh design eval --designers SEEDS_FOLDER"),
     "latent": (latent_table, "latent channels: kvmesh bench latent --seeds ..."),
+    "timing": (timing_table, "a benchmark's timings: the file its --json output was saved to"),
 }
 
 

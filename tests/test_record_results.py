@@ -11,6 +11,7 @@ import importlib.util
 import json
 import re
 import statistics
+import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -318,3 +319,51 @@ def test_latent_refuses_an_unseeded_run_and_another_kind_of_run(tmp_path, capsys
         record_results.latent_table(optima)
     with pytest.raises(record_results.RunError, match="not an Optima run"):
         record_results.optima_table(latent_run(tmp_path / "latent"))
+
+
+# --- timings -----------------------------------------------------------------------------------------------------
+
+
+def test_timing_records_every_timed_figure_of_a_real_benchmark_run(tiny, tmp_path):
+    script = SCRIPT.parent / "batching.py"
+    argv = ["--model", "tiny-random", "--tasks", "2", "--max-new-tokens", "2", "--repeats", "2", "--json"]
+    output = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, check=True)
+    measured = tmp_path / "batching.json"
+    measured.write_text(output.stdout)
+    data = json.loads(output.stdout)
+    assert record("timing", measured, tmp_path) == 0
+    table = rendered(tmp_path / "results" / "figure.json")
+    assert set(table) == {"sequential_s", "batched_s", "ratio"}  # every timed figure, nothing else
+    for name, row in table.items():
+        assert [row["median"], row["min"], row["max"]] == [f"{data[name][k]:.3f}" for k in ("median", "min", "max")]
+        assert row["rounds"] == "2"
+    saved = load_result(tmp_path / "results" / "figure.json")
+    assert saved["config"]["tasks"] == 2 and saved["config"]["identical_transcripts"] == "2/2"
+    assert saved["seeds"] is None
+
+
+def test_timing_reads_nested_and_per_agent_figures_and_refuses_a_file_without_one(tmp_path, capsys):
+    kv_reuse = {  # `kvmesh bench kv-reuse --json`'s shape: spreads per agent in a list, rounds counted beside them
+        "config": {"agents": 2},
+        "ttft": [
+            {
+                "dense": {"median": 0.2, "min": 0.1, "max": 0.3},
+                "speedup": {"median": 2, "min": 1, "max": 3},
+                "rounds": 4,
+            }
+        ],
+        "onednn": {"decode_ms": {"dense": {"median": 5.0, "min": 4.0, "max": 6.0, "rounds": [4.0, 5.0, 6.0]}}},
+        "reuse_rate": 0.5,
+    }
+    measured = tmp_path / "kv.json"
+    measured.write_text(json.dumps(kv_reuse))
+    assert record("timing", measured, tmp_path) == 0
+    saved = load_result(tmp_path / "results" / "figure.json")
+    rows = {row["figure"]: row for row in saved["rows"]}
+    assert set(rows) == {"ttft / 1 / dense", "ttft / 1 / speedup", "onednn / decode_ms / dense"}
+    assert rows["ttft / 1 / speedup"]["rounds"] == 4 and rows["onednn / decode_ms / dense"]["rounds"] == 3
+    assert saved["config"] == {"config / agents": 2, "reuse_rate": 0.5}
+    untimed = tmp_path / "untimed.json"
+    untimed.write_text(json.dumps({"accuracy": 0.5}))
+    assert record("timing", untimed, tmp_path) == 2
+    assert "holds no timed figure" in capsys.readouterr().err
