@@ -155,7 +155,7 @@ SHOWN_STATS = ("calls", "reused_calls", "reused_tokens", "anchors_loaded")
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(RunConfig, args)
     refuse_team_flags(args, RunConfig.team_fields)
-    team, _calibrated_on = build_team(config)
+    team = build_team(config)
     result = team.run(Task(config.question))
     save_channels(team.channels)  # kv-reuse's anchors, when a folder keeps them
     if config.graph_out:
