@@ -185,8 +185,9 @@ RECORDS = ("inputs", "team")  # what older runs lack
 
 # --- the team ---------------------------------------------------------------------------------------------------
 
-_TEAM: dict[str, Team] = {}  # the team of the last config this process ran (one: a worker runs one config)
-_CALIBRATED_ON: dict[str, list[str]] = {}  # the ids of the training tasks that team's channels calibrated on
+# The team of the last config this process ran (one: a worker runs one config), with the ids of the training
+# tasks its channels calibrated on.
+_BUILT: dict[str, tuple[Team, list[str]]] = {}
 
 
 def build_team(config: EvalConfig, load_designer: DesignerLoader | None = None) -> tuple[Team, list[str]]:
@@ -242,17 +243,21 @@ def calibration_tasks(config: EvalConfig) -> list:
 
 def team_of(config: EvalConfig, load_designer: DesignerLoader | None = None, fresh: bool = False) -> Team:
     """This process's team for `config`, built on first use (or anew with `fresh`)."""
-    key = json.dumps(asdict(config), sort_keys=True)
-    if fresh or key not in _TEAM:
-        _TEAM.clear()
-        _CALIBRATED_ON.clear()
-        _TEAM[key], _CALIBRATED_ON[key] = build_team(config, load_designer)
-    return _TEAM[key]
+    key = _config_key(config)
+    if fresh or key not in _BUILT:
+        _BUILT.clear()
+        _BUILT[key] = build_team(config, load_designer)
+    return _BUILT[key][0]
 
 
 def calibrated_on(config: EvalConfig) -> list[str]:
     """The training task ids the channels of this process's team for `config` were calibrated on."""
-    return _CALIBRATED_ON.get(json.dumps(asdict(config), sort_keys=True), [])
+    built = _BUILT.get(_config_key(config))
+    return built[1] if built else []
+
+
+def _config_key(config: EvalConfig) -> str:
+    return json.dumps(asdict(config), sort_keys=True)
 
 
 # --- plan, chunks, store, summary ------------------------------------------------------------------------------
