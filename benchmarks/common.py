@@ -11,6 +11,8 @@ import argparse
 import json
 from collections.abc import Sequence
 
+import torch
+
 from kvmesh import Agent, Task, Team, load_model
 from kvmesh.evals.timing import Spread, format_spread
 
@@ -83,7 +85,9 @@ def transcripts(results) -> list[list[str]]:
 
 
 def emit(result: dict, as_json: bool, lines: list[str]) -> None:
-    print(json.dumps(result) if as_json else "\n".join(lines))
+    """Print the figures: one JSON object (with the torch threads they ran on, since times depend on them), or
+    the human lines."""
+    print(json.dumps(result | {"torch_threads": torch.get_num_threads()}) if as_json else "\n".join(lines))
 
 
 def _count(least: int):

@@ -339,6 +339,7 @@ def test_timing_records_every_timed_figure_of_a_real_benchmark_run(tiny, tmp_pat
         assert row["rounds"] == "2"
     saved = load_result(tmp_path / "results" / "figure.json")
     assert saved["config"]["tasks"] == 2 and saved["config"]["identical_transcripts"] == "2/2"
+    assert saved["config"]["torch_threads"] == data["torch_threads"] >= 1  # times depend on it: kept beside them
     assert saved["seeds"] is None
 
 

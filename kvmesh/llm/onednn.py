@@ -1,9 +1,10 @@
-"""Fast CPU inference for linear layers: route `nn.Linear` through oneDNN instead of the default BLAS.
+"""An alternative CPU path for linear layers: route `nn.Linear` through oneDNN instead of the default BLAS.
 
-On this project's CPUs (AMD EPYC, Zen 4) PyTorch's fp32 `F.linear` goes to MKL, which is 2-3x slower than
-oneDNN for the same fp32 math at every batch size we run (1 row in sequential decode, 16 in batched decode,
-hundreds in prefill). Measured on SmolLM2-135M: prefill 741 -> 1013 tokens/s, a batch-16 decode step
-78.6 -> 51.5 ms, greedy outputs unchanged. (`benchmarks/onednn.py` prints the ratio.)
+Whether it pays depends on the CPU, torch's build and the batch shape, so it is measured, not assumed:
+`benchmarks/onednn.py` prints prefill throughput and decode-step time both ways, and `results/perf-onednn.json`
+holds the figures for this project's 2-core CPU (torch 2.13): there oneDNN is slower for prefill (0.94-0.96x)
+and single-row decoding (0.83x) and faster for 16-row decoding (1.10x). An earlier single-pass measurement that
+showed it 2-3x faster everywhere did not hold up under repeated, interleaved timing.
 
 How: each `nn.Linear` of the model gets an instance-level `forward` that, when no gradient is being recorded
 and the input is fp32 on CPU, multiplies by a oneDNN copy of the weight; otherwise it runs the ordinary
