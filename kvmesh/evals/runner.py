@@ -185,8 +185,7 @@ RECORDS = ("inputs", "team")  # what older runs lack
 
 # --- the team ---------------------------------------------------------------------------------------------------
 
-# The team of the last config this process ran (one: a worker runs one config), with the ids of the training
-# tasks its channels calibrated on.
+# The last config's team (a worker runs one config) and the training task ids its channels calibrated on.
 _BUILT: dict[str, tuple[Team, list[str]]] = {}
 
 
@@ -243,7 +242,7 @@ def calibration_tasks(config: EvalConfig) -> list:
 
 def team_of(config: EvalConfig, load_designer: DesignerLoader | None = None, fresh: bool = False) -> Team:
     """This process's team for `config`, built on first use (or anew with `fresh`)."""
-    key = _config_key(config)
+    key = json.dumps(asdict(config), sort_keys=True)
     if fresh or key not in _BUILT:
         _BUILT.clear()
         _BUILT[key] = build_team(config, load_designer)
@@ -252,12 +251,7 @@ def team_of(config: EvalConfig, load_designer: DesignerLoader | None = None, fre
 
 def calibrated_on(config: EvalConfig) -> list[str]:
     """The training task ids the channels of this process's team for `config` were calibrated on."""
-    built = _BUILT.get(_config_key(config))
-    return built[1] if built else []
-
-
-def _config_key(config: EvalConfig) -> str:
-    return json.dumps(asdict(config), sort_keys=True)
+    return _BUILT.get(json.dumps(asdict(config), sort_keys=True), (None, []))[1]
 
 
 # --- plan, chunks, store, summary ------------------------------------------------------------------------------
@@ -477,8 +471,8 @@ def run_eval(
         summary["models"] = team_models(running)
     if plan.seen:
         summary["excluded_seen"] = plan.excluded
-    if calibrated_on(config):  # training tasks, never among those scored (calibration_tasks refuses that)
-        summary["calibrated_on"] = calibrated_on(config)
+    if calibration := calibrated_on(config):  # train ids, never scored (calibration_tasks refuses that)
+        summary["calibrated_on"] = calibration
     write_json(Path(out, "summary.json"), summary)
     return summary
 
