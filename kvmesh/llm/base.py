@@ -105,6 +105,10 @@ class GenerationRequest:
             weights. Rows with different adapters on one model share its forward passes (`kvmesh.llm.adapters`).
         on_text: called with each new piece of the reply's text as it is decoded; the pieces join into
             `Generation.text` (`kvmesh.llm.streaming`: a stop string's beginning is held back until settled).
+        latent_steps: latent thoughts to run after the prompt, before any token (LatentMAS): each feeds the row's
+            last hidden state back as its next input (`kvmesh.llm.thoughts`) and adds one position to its cache;
+            `Generation.prompt_kv` then covers the prompt and those positions. A prefill-only row with latent
+            steps runs them and then finishes.
     """
 
     prompt_ids: list[int]
@@ -117,6 +121,7 @@ class GenerationRequest:
     min_new_tokens: int = 0
     adapter: str | None = None
     on_text: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
+    latent_steps: int = 0
 
     def __post_init__(self) -> None:
         self.stop = normalize_stop(self.stop)
@@ -126,6 +131,8 @@ class GenerationRequest:
             raise ValueError(f"max_new_tokens must be >= 0 (0: prefill only), got {self.max_new_tokens}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not isinstance(self.latent_steps, int) or self.latent_steps < 0:
+            raise ValueError(f"latent_steps must be an integer >= 0, got {self.latent_steps!r}")
         if not 0 <= self.min_new_tokens <= max(self.max_new_tokens, 0):
             raise ValueError(f"min_new_tokens must be in [0, max_new_tokens], got {self.min_new_tokens}")
         if self.adapter is not None and not isinstance(self.adapter, str):
@@ -164,6 +171,7 @@ class Generation:
     prefill_s: float = 0.0
     cached_tokens: int | None = 0  # prompt tokens a server served from its own cache; None: it did not say
     reported_completion_tokens: int | None = None  # a server's own count, when its ids are not returned
+    latent_steps: int = 0  # latent thoughts run after the prompt (their positions end `prompt_kv`)
 
     @property
     def completion_tokens(self) -> int:

@@ -26,6 +26,12 @@ Latent columns: a row's prefix may say that some of its positions are read only 
 `reads`: which layers of each row read them) and hands each forward pass the columns every layer must skip
 (`kvmesh.llm.layer_mask`), through joins, retirements and trims like the mask itself.
 
+Latent thoughts: a row with `latent_steps` feeds its last final hidden state back as its next input that many
+times before it chooses a token (`kvmesh.llm.thoughts`). It decodes with the others: a step where some rows think
+hands the model input embeddings for every row (the token rows' own embeddings, the thinking rows' thoughts), so
+thinking rows cost one batched forward pass per thought like any decoding row. A prefill-only row with thoughts
+stays for them and leaves after the last one, with its cache of the prompt and the thoughts.
+
 Adapters: a row may name a LoRA adapter (`GenerationRequest.adapter`, loaded by `kvmesh.llm.adapters`) and keeps
 that version from submission to its end; every forward pass hands the LoRA layers one adapter name per row, so
 rows with different adapters share it. Rows that name none pass nothing (the plain path).
@@ -51,6 +57,7 @@ from kvmesh.llm.runner import ModelRunner
 from kvmesh.llm.sampling import choose_tokens
 from kvmesh.llm.segment import KVSegment
 from kvmesh.llm.streaming import TextStream
+from kvmesh.llm.thoughts import THOUGHT
 
 
 class LocalRunningBatch:
@@ -80,7 +87,13 @@ class LocalRunningBatch:
     def submit(self, request: GenerationRequest, tag: Hashable) -> None:
         prompt = len(request.prompt_ids)
         limit = self.runner.context_length
-        check_context(prompt - 1 if request.prefill_only else prompt, limit)  # a prefill-only row may fill it
+        # a prefill-only row may fill the context; thoughts take positions like tokens
+        check_context(prompt + request.latent_steps - (1 if request.prefill_only else 0), limit)
+        if request.latent_steps and not self.runner.mergeable:
+            raise ValueError(
+                "latent thoughts need a model whose cache keeps every position; this one has sliding-window layers "
+                "(run latent_steps=0 on it)"
+            )
         row = Row(request, tag, stream=TextStream(request.on_text, request.stop) if request.on_text else None)
         if request.adapter is not None:  # a bad adapter fails here; the row keeps this version to its end
             (row.adapter,) = adapters_of(self.runner.model).acquire([request.adapter])
@@ -90,13 +103,13 @@ class LocalRunningBatch:
         if row.adapter is not None:  # a superseded adapter version goes once its last row has left
             adapters_of(self.runner.model).release(row.adapter)
 
-    def _prefilled(self, row: Row, now: float) -> tuple[Hashable, Generation]:
-        """A prefill-only row's result: its cache (if kept), no tokens."""
+    def _prefilled(self, row: Row, now: float, prompt_kv: KVSegment | None = None) -> tuple[Hashable, Generation]:
+        """A prefill-only row's result: its cache (if kept; a thinking row's is read at its end), no tokens."""
         self._release(row)
         seconds = now - row.started_at
-        prompt = len(row.request.prompt_ids)
-        generation = Generation("", [], prompt, "prefill", seconds, seconds, row.started_at, row.prompt_kv)
-        generation.prefill_s = row.prefill_s
+        prompt, prompt_kv = len(row.request.prompt_ids), prompt_kv or row.prompt_kv
+        generation = Generation("", [], prompt, "prefill", seconds, seconds, row.started_at, prompt_kv)
+        generation.prefill_s, generation.latent_steps = row.prefill_s, row.thoughts
         return row.tag, generation
 
     def _prefill(self, rows: list[Row]) -> tuple[list[StackedRows], list[tuple[Hashable, Generation]]]:
@@ -106,8 +119,8 @@ class LocalRunningBatch:
         finished: list[tuple[Hashable, Generation]] = []
         for part in prefill_parts(self.runner, rows):
             now = time.perf_counter()
-            finished += [self._prefilled(row, now) for row in part.rows if row.request.prefill_only]
-            decoding = [b for b, row in enumerate(part.rows) if not row.request.prefill_only]
+            finished += [self._prefilled(row, now) for row in part.rows if row.leaves_after_prefill]
+            decoding = [b for b, row in enumerate(part.rows) if not row.leaves_after_prefill]
             if decoding:
                 going.append(part.select(decoding))
         return going, finished
@@ -138,25 +151,26 @@ class LocalRunningBatch:
         if len(row.generated) >= row.request.max_new_tokens:
             return "length"
         limit = self.runner.context_length
-        if limit is not None and len(row.request.prompt_ids) + len(row.generated) >= limit:
+        if limit is not None and len(row.request.prompt_ids) + row.thoughts + len(row.generated) >= limit:
             return "length"  # the next token would have no position
         return None
 
     def _prompt_kv(self, index: int, row: Row) -> KVSegment | None:
-        """The row's prompt cache at its end: the columns before its fed-back tokens (a row's real tokens end at
-        the right edge of the cache, and padding is trimmed from the left only)."""
+        """The row's prompt cache at its end, its thoughts' positions included: the columns before its fed-back
+        tokens (a row's real tokens end at the right edge of the cache, and padding is trimmed from the left
+        only)."""
         if row.prompt_kv is not None or not (row.request.keep_kv and row.request.keep_prompt_kv):
             return row.prompt_kv
-        end = self.running.mask.shape[1] - (len(row.generated) - 1)
-        prompt = row.request.prompt_ids
-        return KVSegment(*read_columns(self.running.cache, index, end - len(prompt), end), 0, tuple(prompt))
+        end = self.running.mask.shape[1] - max(len(row.generated) - 1, 0)
+        ids = (*row.request.prompt_ids, *(THOUGHT,) * row.thoughts)
+        return KVSegment(*read_columns(self.running.cache, index, end - len(ids), end), 0, ids)
 
     def _reply_kv(self, index: int, row: Row) -> KVSegment:
         """The cache of the row's generated tokens that were fed back (all but the last): the row's newest
         columns, since every row's real tokens end at the right edge of the cache."""
         fed = row.generated[:-1]
         width = self.running.mask.shape[1]
-        start = len(row.request.prompt_ids)
+        start = len(row.request.prompt_ids) + row.thoughts
         return KVSegment(*read_columns(self.running.cache, index, width - len(fed), width), start, tuple(fed))
 
     def _retire(self, keep: list[int]) -> None:
@@ -193,18 +207,34 @@ class LocalRunningBatch:
             prompt_kv=self._prompt_kv(index, row),
             reply_kv=self._reply_kv(index, row) if row.request.keep_kv else None,
             prefill_s=row.prefill_s,
+            latent_steps=row.thoughts,
         )
 
     def _decode(self, tokens: torch.Tensor) -> None:
-        """Feed each remaining row its chosen token (B,): one forward pass over the shared cache."""
+        """Feed each remaining row its chosen token (B,), or its next latent thought: one forward pass over the
+        shared cache."""
         running = self.running
         running.mask = torch.cat([running.mask, running.mask.new_ones((len(running.rows), 1))], dim=-1)
         running.latent = torch.cat([running.latent, running.latent.new_zeros((len(running.rows), 1))], dim=-1)
         adapters = names_per_row([row.adapter for row in running.rows])
-        running.logits = self.runner.forward(
-            tokens[:, None], running.mask, running.positions, running.cache, running.latent, running.reads, adapters
+        thinking = [i for i, row in enumerate(running.rows) if row.thinking]
+        embeds = None
+        if thinking:  # every row reads embeddings then: the token rows' own, the thinking rows' thoughts
+            embeds = self.runner.embed(tokens[:, None])
+            embeds[thinking] = self.runner.thought_inputs(running.hidden[thinking])
+        running.logits, running.hidden = self.runner.forward(
+            tokens[:, None],
+            running.mask,
+            running.positions,
+            running.cache,
+            running.latent,
+            running.reads,
+            adapters,
+            embeds,
         )
         running.positions = running.positions + 1
+        for i in thinking:
+            running.rows[i].thoughts += 1
 
     @torch.inference_mode()
     def step(self) -> list[tuple[Hashable, Generation]]:
@@ -219,6 +249,12 @@ class LocalRunningBatch:
         now = time.perf_counter()
         keep: list[int] = []
         for i, (row, token) in enumerate(zip(self.rows, tokens.tolist(), strict=True)):
+            if row.thinking:  # its next input is a thought: the token chosen for it is not used
+                keep.append(i)
+                continue
+            if row.request.prefill_only:  # its thoughts are done, and it generates nothing
+                done.append(self._prefilled(row, now, self._prompt_kv(i, row)))
+                continue
             if not row.generated:
                 row.first_token_at = now
             reason = self._finished(row, token)

@@ -70,14 +70,14 @@ def prefill_plain(runner: ModelRunner, rows: list[Row]) -> StackedRows:
     ids, mask = left_pad([row.request.prompt_ids for row in rows], runner.pad_id, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache, adapters = new_cache(runner.model.config), names_per_row([row.adapter for row in rows])
-    logits = runner.forward(ids, mask, positions, cache, None, None, adapters)
+    logits, hidden = runner.forward(ids, mask, positions, cache, None, None, adapters)
     _share_time(rows, lengths, time.perf_counter() - began)
     width = mask.shape[1]
     for b, (row, length) in enumerate(zip(rows, lengths, strict=True)):
         keep_prompt(runner, row, cache, b, width - length, width)
     latent = torch.zeros(mask.shape, dtype=torch.bool, device=device)
     reads = torch.ones((len(rows), runner.layers), dtype=torch.bool, device=device)
-    return StackedRows(cache, mask, logits, positions[:, -1:] + 1, latent, reads, rows)
+    return StackedRows(cache, mask, logits, hidden, positions[:, -1:] + 1, latent, reads, rows)
 
 
 def prefill_on_prefixes(runner: ModelRunner, rows: list[Row]) -> StackedRows:
@@ -106,14 +106,14 @@ def prefill_on_prefixes(runner: ModelRunner, rows: list[Row]) -> StackedRows:
         positions[b, ids.shape[1] - len(rest) :] = torch.arange(prefix.length, prefix.length + len(rest))
     mask[:, front:] = rest_mask
     adapters = names_per_row([row.adapter for row in rows])
-    logits = runner.forward(ids, mask, positions, cache, latent, reads, adapters)
+    logits, hidden = runner.forward(ids, mask, positions, cache, latent, reads, adapters)
     for b, (row, prefix, rest) in enumerate(zip(rows, prefixes, rests, strict=True)):
         if row.request.prefill_only:  # its product is its prefix filled in place, and the stack is a copy
             keys, values = read_columns(cache, b, width - len(rest), width)
             end = prefix.length + len(rest)
             prefix.keys[:, :, prefix.length : end], prefix.values[:, :, prefix.length : end] = keys, values
     _share_time(rows, [len(rest) for rest in rests], time.perf_counter() - began)
-    return StackedRows(cache, mask, logits, positions[:, -1:] + 1, latent, reads, rows)
+    return StackedRows(cache, mask, logits, hidden, positions[:, -1:] + 1, latent, reads, rows)
 
 
 def prefill_on_prefix(runner: ModelRunner, row: Row) -> StackedRows:
@@ -128,10 +128,10 @@ def prefill_on_prefix(runner: ModelRunner, row: Row) -> StackedRows:
     mask[0, dropped_columns(prefix)] = 0
     positions = torch.arange(prefix.length, len(prompt), device=device)[None]
     latent, reads = latent_columns(prefix, len(prompt), runner.layers, device)
-    logits = runner.forward(ids, mask, positions, cache, latent, reads, names_per_row([row.adapter]))
+    logits, hidden = runner.forward(ids, mask, positions, cache, latent, reads, names_per_row([row.adapter]))
     row.prefill_s = time.perf_counter() - began
     keep_prompt(runner, row, cache, 0, 0, len(prompt))
-    return StackedRows(cache, mask, logits, positions[:, -1:] + 1, latent, reads, [row])
+    return StackedRows(cache, mask, logits, hidden, positions[:, -1:] + 1, latent, reads, [row])
 
 
 def _share_time(rows: Sequence[Row], tokens: Sequence[int], seconds: float) -> None:
@@ -147,9 +147,9 @@ def _keeps_prompt(row: Row) -> bool:
 
 
 def keep_prompt(runner: ModelRunner, row: Row, cache: DynamicCache, batch_row: int, start: int, end: int) -> None:
-    """A row's prompt cache, read right after its prefill: for prefill-only rows, which leave now, and on models
+    """A row's prompt cache, read right after its prefill: for prefill-only rows that leave now, and on models
     whose caches keep only a window (a decoding row's prompt is read when it finishes, so the copy is not part of
     its time to first token)."""
-    if _keeps_prompt(row) and (row.request.prefill_only or not runner.mergeable):
+    if _keeps_prompt(row) and (row.leaves_after_prefill or not runner.mergeable):
         columns = read_columns(cache, batch_row, start, end)
         row.prompt_kv = KVSegment(*columns, 0, tuple(row.request.prompt_ids))

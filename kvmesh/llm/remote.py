@@ -237,10 +237,11 @@ class RemoteBatch:
         return bool(self.flights)
 
     def submit(self, request: GenerationRequest, tag: Hashable) -> None:
-        if request.prefill_only or request.prefix is not None or request.keep_kv:
+        if request.prefill_only or request.prefix is not None or request.keep_kv or request.latent_steps:
             raise RemoteModelError(
-                f"{self.model.spec}: a row that builds or reads a KV cache cannot go over HTTP (the server keeps its "
-                "cache to itself); use channel='text' edges for agents on a served model"
+                f"{self.model.spec}: a row that builds or reads a KV cache, or thinks in latent steps, cannot go over "
+                "HTTP (the server keeps its cache and hidden states to itself); use channel='text' edges for agents "
+                "on a served model"
             )
         if request.adapter is not None:
             raise RemoteModelError(

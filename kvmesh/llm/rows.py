@@ -8,7 +8,8 @@ Left padding keeps every row's last token in the last column, so one decode step
 the mask hides the padding. Caveat: `trim_padding` drops cache columns, which only full-attention caches allow
 (`kvmesh.llm.cache.trim_left`; sliding-window layers track positions themselves).
 
-Shapes: B = rows, W = cache width (longest row incl. its left padding), V = vocabulary, L = layers.
+Shapes: B = rows, W = cache width (longest row incl. its left padding), V = vocabulary, L = layers, d = hidden
+width.
 """
 
 from __future__ import annotations
@@ -40,6 +41,17 @@ class Row:
     prompt_kv: KVSegment | None = None
     adapter: str | None = None  # the name of the row's adapter version inside the model (None: base)
     stream: TextStream | None = None  # with `on_text`: the reply's pieces handed out so far
+    thoughts: int = 0  # latent thoughts fed back so far (`GenerationRequest.latent_steps`)
+
+    @property
+    def thinking(self) -> bool:
+        """Whether the row's next input is a latent thought rather than a token."""
+        return self.thoughts < self.request.latent_steps
+
+    @property
+    def leaves_after_prefill(self) -> bool:
+        """A prefill-only row with no thoughts to run: it leaves the batch right after its prefill."""
+        return self.request.prefill_only and not self.request.latent_steps
 
 
 @dataclass
@@ -49,6 +61,7 @@ class StackedRows:
     cache: DynamicCache
     mask: torch.Tensor  # (B, W) 1 where the row reads the column, 0 for padding and dropped columns
     logits: torch.Tensor  # (B, V) of each row's last position: its next token comes from them
+    hidden: torch.Tensor  # (B, d) each row's last final hidden state: its next latent thought comes from it
     positions: torch.Tensor  # (B, 1) each row's next position (counting its real tokens only)
     latent: torch.Tensor  # (B, W) bool: columns only some layers read
     reads: torch.Tensor  # (B, L) bool: the layers of each row that read them
@@ -64,7 +77,7 @@ class StackedRows:
             return self
         index = torch.tensor(keep, device=self.mask.device)
         select_rows(self.cache, index)
-        tensors = (self.mask, self.logits, self.positions, self.latent, self.reads)
+        tensors = (self.mask, self.logits, self.hidden, self.positions, self.latent, self.reads)
         return StackedRows(self.cache, *(tensor[index] for tensor in tensors), [self.rows[i] for i in keep])
 
     @staticmethod
@@ -81,6 +94,7 @@ class StackedRows:
             stack_left_padded([part.cache for part in parts], width, config),
             padded([part.mask for part in parts]),
             torch.cat([part.logits for part in parts]),
+            torch.cat([part.hidden for part in parts]),
             torch.cat([part.positions for part in parts]),
             padded([part.latent for part in parts]),
             torch.cat([part.reads for part in parts]),

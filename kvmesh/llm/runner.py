@@ -1,12 +1,14 @@
 """The model runner: what the engine knows about one model, and its one forward pass over a batch of rows.
 
 `ModelRunner` holds one model's weights, tokenizer and special tokens, runs a forward pass (with per-layer hidden
-columns and per-row adapters when asked) and finds stop strings in a row's text. It keeps no rows: the running
+columns, per-row adapters and input embeddings in place of tokens when asked) and finds stop strings in a row's
+text. Each pass returns the last position's logits and its final hidden state (after the model's last norm, what
+the LM head reads): latent thoughts feed that state back (`kvmesh.llm.thoughts`). It keeps no rows: the running
 batch (`kvmesh.llm.engine.LocalRunningBatch`) admits, prefills, steps and retires them, and every running batch
 of a model shares its one runner, so `busy_s` adds up the engine time of all of them.
 
 Shapes: B = rows in the batch, W = cache width (longest row incl. its left padding), V = vocabulary,
-L = layers.
+L = layers, d = hidden width.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from kvmesh.llm.adapters import adapters_of
 from kvmesh.llm.cache import cache_argument, can_merge
 from kvmesh.llm.layer_mask import use_layer_masks
 from kvmesh.llm.rows import Row
+from kvmesh.llm.thoughts import Realignment
 
 
 class ModelRunner:
@@ -39,6 +42,23 @@ class ModelRunner:
         self.layer_masks = use_layer_masks(model)  # False: an attention kernel without a dense mask
         self.eos_index = torch.tensor(sorted(eos_ids), dtype=torch.long)
         self.busy_s = 0.0
+        self._realignment: Realignment | None = None  # built on the first latent thought
+        self._last_hidden: torch.Tensor | None = None
+        model.get_decoder().register_forward_hook(self._keep_last_hidden)
+
+    def _keep_last_hidden(self, module, args, output) -> None:
+        """Keep the decoder's output at each row's last position: (B, d), a copy (the rest is freed)."""
+        self._last_hidden = output.last_hidden_state[:, -1].clone()
+
+    def thought_inputs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, d) final hidden states -> (B, 1, d) input embeddings: the rows' next latent thoughts."""
+        if self._realignment is None:
+            self._realignment = Realignment.of(self.model)
+        return self._realignment(hidden)[:, None].to(self.model.dtype)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, d) input embeddings, as the model's input layer makes them."""
+        return self.model.get_input_embeddings()(ids)
 
     def text(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
@@ -59,14 +79,18 @@ class ModelRunner:
         row.text = text[: min(cuts)]
         return True
 
-    def forward(self, ids, mask, positions, cache, latent=None, reads=None, adapters=None) -> torch.Tensor:
-        """One forward pass; returns the last position's logits (B, V). `latent` (B, W) and `reads` (B, L): the
-        columns only some layers read, and which layers of each row read them; `adapters`: B adapter names."""
+    def forward(
+        self, ids, mask, positions, cache, latent=None, reads=None, adapters=None, embeds=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward pass; returns the last position's logits (B, V) and final hidden state (B, d). `latent`
+        (B, W) and `reads` (B, L): the columns only some layers read, and which layers of each row read them;
+        `adapters`: B adapter names; `embeds` (B, T, d): input embeddings to read instead of `ids`."""
         hidden = self.hidden(latent, reads) if latent is not None else {}
         selection = adapters_of(self.model).selecting(adapters) if adapters else contextlib.nullcontext()
+        inputs = {"input_ids": ids} if embeds is None else {"inputs_embeds": embeds}
         with selection:
             out = self.model(
-                input_ids=ids,
+                **inputs,
                 attention_mask=mask,
                 position_ids=positions,
                 use_cache=True,
@@ -74,7 +98,7 @@ class ModelRunner:
                 logits_to_keep=1,
                 **({"hidden": hidden} if hidden else {}),
             )
-        return out.logits[:, -1, :]
+        return out.logits[:, -1, :], self._last_hidden
 
     def hidden(self, latent: torch.Tensor, reads: torch.Tensor) -> dict[int, torch.Tensor]:
         """{layer: (B, W) columns it must skip} for the layers that skip any."""
