@@ -96,6 +96,46 @@ def gemma_tokenized(tiny_gemma3, gemma_tokenizer):
     return LocalLM(model, gemma_tokenizer, "tiny-gemma3-tokenizer")
 
 
+@pytest.fixture(scope="session")
+def latent_loop():
+    """A plain transformers loop, the reference for latent thoughts: `latent_loop(lm, ids, steps, then=(),
+    tokens=0)` prefills `ids`, feeds `steps` realigned hidden states back, prefills `then` after them and decodes
+    `tokens` greedy tokens. Returns the cache's keys and values (L, H, S, D) after the thoughts and the ids."""
+    from transformers import DynamicCache
+
+    from kvmesh.llm.cache import cache_argument
+    from kvmesh.llm.thoughts import Realignment
+
+    @torch.no_grad()
+    def run(lm, ids, steps, then=(), tokens=0):
+        model, realign = lm.model, Realignment.of(lm.model)
+        cache = DynamicCache(config=model.config)
+
+        def forward(position, **inputs):
+            length = next(iter(inputs.values())).shape[1]
+            positions = torch.arange(position, position + length)[None]
+            return model(**inputs, **cache_argument(model, cache), position_ids=positions, output_hidden_states=True)
+
+        out = forward(0, input_ids=torch.tensor([list(ids)]))
+        position = len(ids)
+        for _ in range(steps):
+            out = forward(position, inputs_embeds=realign(out.hidden_states[-1][:, -1])[:, None])
+            position += 1
+        keys = torch.stack([layer.keys[0] for layer in cache.layers]).clone()
+        values = torch.stack([layer.values[0] for layer in cache.layers]).clone()
+        if then:
+            out = forward(position, input_ids=torch.tensor([list(then)]))
+            position += len(then)
+        generated = []
+        for _ in range(tokens):
+            generated.append(int(out.logits[0, -1].argmax()))
+            out = forward(position, input_ids=torch.tensor([[generated[-1]]]))
+            position += 1
+        return keys, values, generated
+
+    return run
+
+
 @pytest.fixture
 def forwards(tiny):
     """Record (rows, tokens per row) of every forward pass of the tiny model: prefill has tokens > 1."""

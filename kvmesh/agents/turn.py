@@ -123,6 +123,7 @@ class Turn:
             keep_kv=keep_prompt or keep_reply,
             keep_prompt_kv=keep_prompt,
             adapter=self.agent.adapter,
+            latent_steps=max(k.thoughts for k in keeps) if keeps else 0,
         )
         return [self.own]
 
@@ -288,7 +289,7 @@ def record(turn: Turn, gen: Generation, started: float) -> Event:
     reused = assembly.reused_tokens if assembly is not None else 0
     timing = (gen.latency_s + prepared, gen.ttft_s + prepared)
     cached = None if gen.cached_tokens is None else reused + gen.cached_tokens  # a server's own cache counts too
-    usage = Usage(gen.prompt_tokens, gen.completion_tokens, cached, 1, *timing, kv_bytes=sum(turn.kv_bytes))
+    usage = Usage(gen.prompt_tokens, gen.completion_tokens, cached, 1, *timing, sum(turn.kv_bytes), gen.latent_steps)
     view = turn.view(assembly is not None)
     for channel in turn.team.channels.values():
         channel.learn(view, gen)

@@ -4,7 +4,10 @@ Every number comes from real token ids: prompt tokens are the ids the model read
 generated (an end-of-sequence token included), `cache_read` the prompt tokens served from a reused KV cache
 instead of being prefilled (always 0 on `text` edges of an in-process model; a server's own prefix cache counts
 too, and a server that does not report it makes `cache_read` None: unknown, left out of `input_token_details`),
-`kv_bytes` the bytes of other agents' KV caches a call read (what a latent channel moved; 0 on `text` edges).
+`kv_bytes` the bytes of other agents' KV caches a call read (what a latent channel moved; 0 on `text` edges),
+`latent_steps` the latent thoughts a call ran after its prompt (forward passes that read a hidden state, not a
+token: they are neither input nor output tokens; a receiver that reads them counts their positions as input, in
+`cache_read`).
 
 Edge usage counts the receiver's prompt tokens that carry the sender's message, located by character offsets
 in the real prompt, so per-edge numbers add up to part of the receiver's own input tokens.
@@ -33,6 +36,7 @@ class Usage:
     call_time_s: float = 0.0
     min_call_ttft_s: float | None = None
     kv_bytes: int = 0
+    latent_steps: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -48,6 +52,7 @@ class Usage:
             call_time_s=self.call_time_s + other.call_time_s,
             min_call_ttft_s=min(firsts) if firsts else None,
             kv_bytes=self.kv_bytes + other.kv_bytes,
+            latent_steps=self.latent_steps + other.latent_steps,
         )
 
     def to_metadata(self) -> UsageMetadata:
@@ -61,6 +66,8 @@ class Usage:
     def to_dict(self) -> dict:
         data = dict(self.to_metadata())
         data |= {"calls": self.calls, "call_time_s": round(self.call_time_s, 6), "kv_bytes": self.kv_bytes}
+        if self.latent_steps:
+            data["latent_steps"] = self.latent_steps
         if self.min_call_ttft_s is not None:
             data["min_call_ttft_s"] = round(self.min_call_ttft_s, 6)
         return data

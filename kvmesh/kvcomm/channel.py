@@ -76,10 +76,12 @@ class Cached:
 
 @dataclass(frozen=True)
 class Keep:
-    """Which caches a turn's row must keep: its prompt's and its reply's."""
+    """Which caches a turn's row must keep: its prompt's and its reply's; `thoughts`: latent steps the row runs
+    after its prompt, whose positions its prompt cache then ends with (`GenerationRequest.latent_steps`)."""
 
     prompt: bool = False
     reply: bool = False
+    thoughts: int = 0
 
 
 @dataclass

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from kvmesh import LocalLM
 from kvmesh.llm.base import GenerationRequest, run_requests
-from kvmesh.llm.cache import cache_argument
 from kvmesh.llm.thoughts import THOUGHT, Realignment
 
 
@@ -14,40 +13,10 @@ def _prompt(lm, text: str) -> list[int]:
     return lm.encode_prompt(lm.render([("user", text)]))
 
 
-@torch.no_grad()
-def _reference(lm, prompt_ids: list[int], steps: int, tokens: int = 0):
-    """A plain transformers loop: prefill, `steps` realigned hidden states fed back, then greedy tokens. Returns
-    the cache's keys and values (L, H, S, D) and the generated ids."""
-    model, realign = lm.model, Realignment.of(lm.model)
-    cache = DynamicCache(config=model.config)
-    out = model(input_ids=torch.tensor([prompt_ids]), **cache_argument(model, cache), output_hidden_states=True)
-    position = len(prompt_ids)
-    for _ in range(steps):
-        thought = realign(out.hidden_states[-1][:, -1])[:, None]
-        out = model(
-            inputs_embeds=thought,
-            **cache_argument(model, cache),
-            position_ids=torch.tensor([[position]]),
-            output_hidden_states=True,
-        )
-        position += 1
-    keys = torch.stack([layer.keys[0] for layer in cache.layers])
-    values = torch.stack([layer.values[0] for layer in cache.layers])
-    generated = []
-    for _ in range(tokens):
-        token = int(out.logits[0, -1].argmax())
-        generated.append(token)
-        out = model(
-            input_ids=torch.tensor([[token]]), **cache_argument(model, cache), position_ids=torch.tensor([[position]])
-        )
-        position += 1
-    return keys, values, generated
-
-
-def test_a_thinking_row_caches_what_a_plain_loop_computes(tiny):
+def test_a_thinking_row_caches_what_a_plain_loop_computes(tiny, latent_loop):
     ids = _prompt(tiny, "Bo works as a judge. What is Bo's job?")
     (row,) = run_requests(tiny, [GenerationRequest(ids, 0, keep_kv=True, latent_steps=3)])
-    keys, values, _ = _reference(tiny, ids, 3)
+    keys, values, _ = latent_loop(tiny, ids, 3)
     assert row.finish_reason == "prefill" and row.token_ids == [] and row.latent_steps == 3
     assert row.prompt_kv.token_ids == (*ids, THOUGHT, THOUGHT, THOUGHT)
     assert torch.allclose(row.prompt_kv.keys, keys, atol=1e-5)
@@ -57,10 +26,10 @@ def test_a_thinking_row_caches_what_a_plain_loop_computes(tiny):
     assert torch.equal(row.prompt_kv.keys[:, :, : len(ids)], plain.keys)
 
 
-def test_tokens_after_thoughts_follow_them(tiny):
+def test_tokens_after_thoughts_follow_them(tiny, latent_loop):
     ids = _prompt(tiny, "List three colours.")
     (row,) = run_requests(tiny, [GenerationRequest(ids, 6, keep_kv=True, latent_steps=2)])
-    _, _, generated = _reference(tiny, ids, 2, tokens=6)
+    _, _, generated = latent_loop(tiny, ids, 2, tokens=6)
     assert row.token_ids == generated
     assert row.latent_steps == 2 and len(row.prompt_kv) == len(ids) + 2
     assert row.reply_kv.start == len(ids) + 2  # the reply's cache starts after the thoughts

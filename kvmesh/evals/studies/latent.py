@@ -8,6 +8,8 @@ The sender holds every shard of a task, the receiver gets the question alone and
                     chosen on calibration attention (`calibrate` training tasks) and the depth prior
     kv-select@P:tokens@T  as kv-select@P, reading only the T% of the context tokens its own tokens attend to
                     most (token selection; T = 100 is kv-select@P itself)
+    kv-select@100+tN  the sender runs N latent thoughts after its prompt (LatentMAS), the receiver reads the
+                    prompt's cache and the thoughts in every layer
     c2c:<mapper>    the mapper's sender prefills; its cache, mapped into the receiver's format, is read in
                     front of the receiver's prompt (a folder from `kvmesh c2c fit|train`)
     c2c-fusion:<mapper>  the mapper's sender prefills; the receiver's cache of the question is fused with the
@@ -93,6 +95,7 @@ class LatentStudyConfig:
         token_fractions: kv-select's token fractions (the share of context tokens read), in percent, each run at
             `token_layer_fraction` of the layers: the token-selection curve (100 adds no mode of its own).
         token_layer_fraction: the layer fraction, in percent, that the token-selection curve runs at.
+        thoughts: latent thoughts the sender runs after its prompt, one kv-select@100+tN mode each.
         mappers: c2c mapper folders (`kvmesh c2c fit|train`), one mode each.
         calibrate: training tasks kv-select calibrates its layer choice on (at least 16).
         only: run only the modes with these names (kv-select@30, c2c:ridge, ...); empty: every mode.
@@ -115,6 +118,7 @@ class LatentStudyConfig:
     fractions: list[int] = field(default_factory=lambda: [10, 20, 30, 50, 100])
     token_fractions: list[int] = field(default_factory=lambda: [10, 30, 50])
     token_layer_fraction: int = 100
+    thoughts: list[int] = field(default_factory=lambda: [1, 5, 20])
     mappers: list[str] = field(default_factory=list)
     calibrate: int = 16
     only: list[str] = field(default_factory=list)
@@ -131,6 +135,8 @@ class LatentStudyConfig:
             bad = [f for f in getattr(self, name) if not 0 < f <= 100]
             if bad:
                 raise ConfigError(f"{{{name}}} are percentages in (0, 100], got {bad}", owner)
+        if any(n < 1 for n in self.thoughts):
+            raise ConfigError(f"{{thoughts}} are latent steps, at least 1 each, got {self.thoughts}", owner)
         if not 0 < self.token_layer_fraction <= 100:
             raise ConfigError(
                 f"{{token_layer_fraction}} is a percentage in (0, 100], got {self.token_layer_fraction}", owner
@@ -196,8 +202,8 @@ def run_batches(team: Team, tasks: Sequence[Task], batch_size: int) -> list[Team
 
 
 def score_mode(results: Sequence[TeamResult], samples, benchmark: InfoQA) -> dict:
-    """A mode's figures from its results: accuracy (95% interval), generated and input tokens, cache reads and KV
-    bytes moved (means per task)."""
+    """A mode's figures from its results: accuracy (95% interval), generated and input tokens, cache reads, KV
+    bytes moved and latent thoughts run (means per task)."""
     each = [benchmark.score(s, r.answer or "").correct for s, r in zip(samples, results, strict=True)]
     correct, totals, count = sum(each), [r.usage.total for r in results], len(results)
     return {
@@ -208,6 +214,7 @@ def score_mode(results: Sequence[TeamResult], samples, benchmark: InfoQA) -> dic
         "input_tokens": sum(t.input_tokens for t in totals) / count,
         "cache_read": sum(t.cache_read for t in totals) / count,
         "kv_bytes": sum(t.kv_bytes for t in totals) / count,
+        "latent_steps": sum(t.latent_steps for t in totals) / count,
         "tasks": count,
     }
 
@@ -240,22 +247,24 @@ def _c2c_modes(config: LatentStudyConfig) -> list[tuple[str, Callable[[], Team],
 Mode = tuple[str, Callable[[tuple | None], Team], str | None]
 
 
-def _kv_select(config: LatentStudyConfig, fraction: int, tokens: int, scores: tuple | None) -> Team:
+def _kv_select(config: LatentStudyConfig, fraction: int, tokens: int, thoughts: int, scores: tuple | None) -> Team:
     settings = _pair(config, KV_SELECT).channels[KV_SELECT].config
-    chosen = replace(settings, fraction=fraction / 100, token_fraction=tokens / 100, scores=scores)
+    chosen = replace(settings, fraction=fraction / 100, token_fraction=tokens / 100, thoughts=thoughts, scores=scores)
     return _pair(config, KV_SELECT, **{KV_SELECT: chosen})
 
 
 def _kv_select_modes(config: LatentStudyConfig) -> list[Mode]:
     """kv-select at each layer fraction, then the token-selection curve at `token_layer_fraction` of the layers
-    (a mode both lists name runs once)."""
-    settings = {f"kv-select@{f}": (f, 100) for f in config.fractions}
+    (a mode both lists name runs once), then latent thoughts at every layer."""
+    settings = {f"kv-select@{f}": (f, 100, 0) for f in config.fractions}
     layers = config.token_layer_fraction
     for tokens in config.token_fractions:
         name = f"kv-select@{layers}" + (f":tokens@{tokens}" if tokens < 100 else "")
-        settings.setdefault(name, (layers, tokens))
+        settings.setdefault(name, (layers, tokens, 0))
+    settings |= {f"kv-select@100+t{n}": (100, 100, n) for n in config.thoughts}
     return [
-        (name, lambda scores, f=f, t=t: _kv_select(config, f, t, scores), SENDER) for name, (f, t) in settings.items()
+        (name, lambda scores, f=f, t=t, n=n: _kv_select(config, f, t, n, scores), SENDER)
+        for name, (f, t, n) in settings.items()
     ]
 
 

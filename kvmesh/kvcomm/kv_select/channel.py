@@ -13,6 +13,11 @@ With every layer chosen, the receiver reads exactly what a dense prefill of [sen
 would give (tests check greedy equality). Layers come from `KVSelectConfig.layers`, or are chosen by
 `kvmesh.kvcomm.kv_select.layers.choose_layers` from calibration scores (`calibrate`) or the depth prior alone.
 
+Latent thoughts (`thoughts` N > 0, LatentMAS): the sender runs N latent steps after its prompt (its last hidden
+state fed back as its next input, `kvmesh.llm.thoughts`), batched with every other row, and keeps them in its
+prompt's cache: receivers read the prompt's positions and the N thought positions after them, and count them
+in `cache_read`; the sender's usage counts its `latent_steps`. Calibration reads prompts without thoughts.
+
 Token selection (`token_fraction` < 1): the receiver reads only the context tokens its own tokens attend to
 most in the first layer (`kvmesh.kvcomm.kv_select.tokens`); the rest stay in its cache, masked in every layer, so
 positions do not move.
@@ -67,6 +72,8 @@ class KVSelectConfig:
         scores: calibration scores per layer (`kvmesh.kvcomm.kv_select.layers.context_attention`), saved with the team.
         token_fraction: token selection: the share of context tokens a receiver reads at all (the most attended
             by its own tokens, `kvmesh.kvcomm.kv_select.tokens`); 1 reads every token.
+        thoughts: latent thoughts a sender runs after its prompt, read by its receivers after the prompt's
+            positions (LatentMAS); 0: none.
     """
 
     layers: tuple[int, ...] | None = None
@@ -77,6 +84,7 @@ class KVSelectConfig:
     keep_first: bool = True
     scores: tuple[float, ...] | None = None
     token_fraction: float = 1.0
+    thoughts: int = 0
 
     def __post_init__(self) -> None:
         if self.layers is not None:  # specs load lists
@@ -86,6 +94,8 @@ class KVSelectConfig:
         self.choice()  # refuses bad fractions, weights, centres and widths now
         if not 0 < self.token_fraction <= 1:
             raise ValueError(f"kv-select token_fraction must be in (0, 1], got {self.token_fraction}")
+        if not isinstance(self.thoughts, int) or self.thoughts < 0:
+            raise ValueError(f"kv-select thoughts must be an integer >= 0 (latent steps), got {self.thoughts!r}")
 
     def choice(self) -> LayerChoice:
         return LayerChoice(self.fraction, self.weight, self.centre, self.width, self.keep_first)
@@ -210,8 +220,10 @@ class KVSelectChannel(Channel):
         return sum(self._moved.get(id(p.source), 0) for p in pieces if p.kind == LATENT and p.channel == self.name)
 
     def keeps(self, turn: TurnView) -> Keep:
-        """A turn read over kv-select keeps its prompt's cache: that is the context its receivers read."""
-        return Keep(prompt=self.name in turn.read_over)
+        """A turn read over kv-select keeps its prompt's cache, after its thoughts: the context its receivers
+        read."""
+        read = self.name in turn.read_over
+        return Keep(prompt=read, thoughts=self.config.thoughts if read else 0)
 
     def learn(self, turn: TurnView, generation: Generation) -> None:
         """Keep the turn's prompt cache for its receivers: its own part, without the contexts it read."""
@@ -236,9 +248,10 @@ class KVSelectChannel(Channel):
 
     def calibrate(self, probe: Callable[[object], Channel]) -> KVSelectConfig:
         """These settings with calibration scores: the probe team reads every context in every layer (the dense
-        read, exactly) and records each (context ids, receiver ids) pair it placed; `context_attention` averages
-        the attention mass the receivers' tokens put on the contexts per layer over those pairs."""
-        recorder = probe(replace(self.config, layers=None, fraction=1.0, scores=None))
+        read, exactly; senders run no thoughts, whose positions have no tokens to score) and records each
+        (context ids, receiver ids) pair it placed; `context_attention` averages the attention mass the
+        receivers' tokens put on the contexts per layer over those pairs."""
+        recorder = probe(replace(self.config, layers=None, fraction=1.0, scores=None, thoughts=0))
         models = {model.spec: model for model in recorder._models.values()}
         if len(models) != 1:
             raise ValueError(f"kv-select calibration needs one model on its edges, the team has {sorted(models)}")

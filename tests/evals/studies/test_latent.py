@@ -27,7 +27,7 @@ from kvmesh.evals.studies.latent_report import format_table
 from kvmesh.evals.timing import rotation
 
 SMALL = {"model": "tiny-random", "limit": 3, "batch_size": 3, "message_tokens": 3, "answer_tokens": 3}
-NAMES = ["none", "text", "kv-select@50", "kv-select@100", "kv-select@100:tokens@50", "skyline"]
+NAMES = ["none", "text", "kv-select@50", "kv-select@100", "kv-select@100:tokens@50", "kv-select@100+t2", "skyline"]
 
 
 def check_timing_rows(report: dict, repeats: int) -> None:
@@ -46,7 +46,9 @@ def check_timing_rows(report: dict, repeats: int) -> None:
 
 
 def test_every_mode_and_fraction_is_a_row_timed_in_rotated_rounds_and_resumes(tiny, tmp_path):
-    config = LatentStudyConfig(**SMALL, fractions=[50, 100], token_fractions=[50, 100], warmup=0, out=str(tmp_path))
+    config = LatentStudyConfig(
+        **SMALL, fractions=[50, 100], token_fractions=[50, 100], thoughts=[2], warmup=0, out=str(tmp_path)
+    )
     result = run_study(config, progress=lambda line: None)
     assert [m["name"] for m in result["modes"]] == NAMES  # token fraction 100 is kv-select@100 itself
     assert result["orders"] == [list(rotation(NAMES, i)) for i in range(3)] and result["repeats"] == 3
@@ -58,6 +60,9 @@ def test_every_mode_and_fraction_is_a_row_timed_in_rotated_rounds_and_resumes(ti
     assert modes["kv-select@100"]["generated_tokens"] < modes["text"]["generated_tokens"]  # the sender is silent
     assert modes["kv-select@50"]["layers"] == {"tiny-random": [0]}  # 50% of 2 layers: layer 0 (kept first)
     assert modes["kv-select@100:tokens@50"]["layers"] == {"tiny-random": [0, 1]}
+    thinking, plain = modes["kv-select@100+t2"], modes["kv-select@100"]
+    assert thinking["latent_steps"] == 2 and plain["latent_steps"] == 0  # per task: the sender's two thoughts
+    assert thinking["cache_read"] == plain["cache_read"] + 2 and thinking["kv_bytes"] > plain["kv_bytes"]
     assert result["calibration"]["tasks"] == 16 and len(result["calibration"]["scores"]) == 2
     assert (tmp_path / "plot.png").stat().st_size > 0
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(result))
@@ -140,10 +145,11 @@ def test_each_agent_is_told_the_module_s_prompt_as_its_system_prompt():
 
 
 def test_json_names_the_modes_and_the_table_prints_every_row(tiny, capsys):
-    flags = [*_flags(SMALL), "--fractions", "100", "--token-fractions", "30", "--repeats", "1", "--warmup", "0"]
-    assert main(["bench", "latent", *flags, "--json"]) == 0
+    flags = [*_flags(SMALL), "--fractions", "100", "--token-fractions", "30", "--thoughts", "1", "3"]
+    assert main(["bench", "latent", *flags, "--repeats", "1", "--warmup", "0", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    names = ["none", "text", "kv-select@100", "kv-select@100:tokens@30", "skyline"]
+    names = ["none", "text", "kv-select@100", "kv-select@100:tokens@30", "kv-select@100+t1", "kv-select@100+t3"]
+    names.append("skyline")
     assert [m["name"] for m in report["modes"]] == names and report["repeats"] == 1
     keys = {"name", "accuracy", "seconds_per_task", "seconds_per_task_range", "vs_text", "generated_tokens"}
     assert all(keys <= set(m) for m in report["modes"])
@@ -160,6 +166,8 @@ def test_bad_settings_are_refused():
         LatentStudyConfig(repeats=0)
     with pytest.raises(ConfigError, match=r"warmup.*0 or more"):
         LatentStudyConfig(warmup=-1)
+    with pytest.raises(ConfigError, match=r"thoughts.*\[0\]"):
+        LatentStudyConfig(thoughts=[0])
 
 
 def _flags(settings: dict) -> list[str]:
