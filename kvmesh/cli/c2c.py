@@ -41,7 +41,7 @@ def c2c_train(args: argparse.Namespace) -> int:
     fuser = train(config, progress=_say)
     print(
         f"fuser {fuser.config.direction}: {fuser.parameter_count():,} parameters, open gates "
-        f"{fuser.open_gates()}; saved to {config.out}"
+        f"{fuser.open_layers()}; saved to {config.out}"
     )
     return 0
 

@@ -49,7 +49,8 @@ from kvmesh.evals.benchmarks.infoqa import Difficulty, InfoQATask, file_tasks, g
 from kvmesh.kvcomm.c2c.align import align_tokens, encode_with_offsets
 from kvmesh.kvcomm.c2c.capture import position_free_kv, prefix_cache
 from kvmesh.kvcomm.c2c.mappers.base import KVGeometry, MapperConfig, check_models, load_mapper, save_mapper
-from kvmesh.kvcomm.c2c.mappers.fuser import Fuser, temperature_at
+from kvmesh.kvcomm.c2c.mappers.fuser import Fuser
+from kvmesh.kvcomm.c2c.mappers.gates import temperature_at
 from kvmesh.kvcomm.c2c.mappers.quality import QUALITY_THRESHOLD, MappingQuality, check_quality, mapping_quality
 from kvmesh.kvcomm.c2c.mappers.ridge import CachePair, RidgeMapper, fit_ridge
 from kvmesh.kvcomm.rope import LayerRope
@@ -427,7 +428,7 @@ def train(config: TrainConfig, sender=None, receiver=None, progress: Progress = 
             rate = (time.monotonic() - started) / (done - start)
             progress(
                 f"step {done}/{config.steps} loss {total:.3f} temperature {fuser.temperature:.4f} "
-                f"open gates {len(fuser.open_gates())}/{len(fuser.gate_logits)} "
+                f"open gates {len(fuser.open_layers())}/{len(fuser.gate_logits)} "
                 f"{rate:.2f} s/step, ETA {rate * (config.steps - done) / 60:.1f} min"
             )
         if done % config.checkpoint_every == 0 or done == config.steps:

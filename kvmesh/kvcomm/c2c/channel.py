@@ -6,9 +6,11 @@ the receiver's KV format by a fitted mapper (`kvmesh c2c fit|train`).
     mapping           keys lose the sender's rotary embedding (`LayerRope.strip`), the mapper turns the sender's
                       position-free keys and values into the receiver's format (`KVMapper.transfer`), and the
                       keys get the receiver's rotation at positions 0 .. C - 1: nothing is added to rotated keys
-    receiver's turn   its cache starts with the mapped context, every layer reads it; its own prompt is
-                      prefilled after it (context transfer: the receiver never read that text itself, and the
-                      two models share no tokenizer)
+    receiver's turn   its cache starts with the mapped context, which the layers the mapper feeds read
+                      (`KVMapper.open_layers`; a trained mapper's closed gates hide it from the others, as a
+                      `LatentSpan`, so those read the receiver's own prompt alone); its own prompt is prefilled
+                      after it (context transfer: the receiver never read that text itself, and the two models
+                      share no tokenizer)
 
 Gemma 3's sliding-window layers keep at most 511 positions: a sender prompt longer than that is refused with
 `ContextTooLongError` unless the mapper reads only the sender's full-attention layers (`full_attention_only`).
@@ -18,7 +20,9 @@ Usage: the sender's prefill is its own input; the receiver's input tokens includ
 reports the bytes of mapped KV it moved.
 
 `mode="fusion"` is C2C's own mode instead (`kvmesh.kvcomm.c2c.task_fusion`): no context is read; the receiver's cache of
-the task is fused with the sender's cache of the same text, aligned by character offsets.
+the task is fused with the sender's cache of the same text, aligned by character offsets, in the layers the mapper
+feeds (the others keep the receiver's rows bit for bit). A mapper serves only the modes it was made for
+(`KVMapper.modes`): a fuser trained for transfer is refused in fusion and the other way round.
 
 Before use, the mapper's held-out quality (attention-output cosine, measured when it was fitted) must reach
 `threshold`, or the channel refuses it with `MapperQualityError`.
@@ -34,13 +38,21 @@ import torch
 
 from kvmesh.kvcomm.assembly import TASK, Assembly, Piece, Preparation
 from kvmesh.kvcomm.c2c.capture import check_length
-from kvmesh.kvcomm.c2c.mappers.base import KVMapper, MapperError, check_models, load_config, load_mapper
+from kvmesh.kvcomm.c2c.mappers.base import (
+    FUSION,
+    TRANSFER,
+    KVMapper,
+    MapperError,
+    check_models,
+    load_config,
+    load_mapper,
+)
 from kvmesh.kvcomm.c2c.mappers.quality import QUALITY_THRESHOLD, MapperQualityError, MappingQuality, check_quality
 from kvmesh.kvcomm.c2c.task_fusion import FUSE, fuse_task, fusing_pieces, task_rows
 from kvmesh.kvcomm.channel import Cached, Channel, ChannelNotAvailableError, Endpoint, Keep, TurnView, reply_key
 from kvmesh.kvcomm.latent import join_contexts, latent_layout, ready
 from kvmesh.kvcomm.rope import LayerRope, Rope
-from kvmesh.llm.base import Generation, KVModel, LanguageModel
+from kvmesh.llm.base import Generation, KVModel, LanguageModel, LatentSpan
 from kvmesh.llm.segment import KVSegment
 
 NAME = "c2c"
@@ -48,7 +60,6 @@ NAME = "c2c"
 # 0.00; the ridge mapper 0.913. A trained fuser moves away from the receiver's own caches while it learns to
 # answer (0.36, with the gold answer's loss down from 7.83 without context to 1.00), so it has its own bar.
 THRESHOLDS = {"ridge": QUALITY_THRESHOLD, "fuser": 0.3}
-TRANSFER, FUSION = "transfer", "fusion"
 
 
 @dataclass
@@ -101,6 +112,9 @@ class C2CChannel(Channel):
                 "--sender S --receiver R --out DIR"
             )
         self.mapper: KVMapper = load_mapper(self.config.mapper)
+        if self.config.mode not in self.mapper.modes:
+            raise ChannelNotAvailableError(f"c2c mode {self.config.mode!r}: {self.mapper.wrong_mode(self.config.mode)}")
+        self._open = self.mapper.open_layers()
         self._check_quality()
         self._ropes: dict[int, LayerRope] = {}
         self._moves: dict[int, Rope] = {}
@@ -147,19 +161,26 @@ class C2CChannel(Channel):
         (fusion: its prompt up to the task's end, the task's rows fused with the senders')."""
         if self.config.mode == FUSION:
             senders = fusing_pieces(pieces, self.name)
-            if not senders:
+            if not senders or not self._open:  # nothing to fuse into: the receiver's cache as it is
                 return None
             self.calls += 1
             self.mapped_tokens += sum(len(piece.source) for piece in senders)
-            self.moved_bytes += sum(piece.source.nbytes for piece in senders)
-            return fuse_task(pieces, senders, self._ropes[id(model)], self.mapper)
+            self.moved_bytes += self.kv_bytes(model, senders)
+            return fuse_task(pieces, senders, self._ropes[id(model)], self.mapper, self._open)
         joined = join_contexts(pieces, self.name, self._moves[id(model)])
         if joined is None:
             return None
         self.calls += 1
         self.mapped_tokens += len(joined.context)
-        self.moved_bytes += joined.context.nbytes
-        return ready(Assembly.of(joined.context, joined.rest))
+        self.moved_bytes += self.kv_bytes(model, joined.latent)
+        assembly = Assembly.of(joined.context, joined.rest)
+        if len(self._open) < self.mapper.config.receiver_geometry.layers:  # closed layers never see the context
+            assembly.latent = LatentSpan(0, len(joined.context), frozenset(self._open))
+        return ready(assembly)
+
+    def kv_bytes(self, model: LanguageModel, pieces: Sequence[Piece]) -> int:
+        """Bytes of the sender's cache one message brings, in the share of receiver layers the mapper feeds."""
+        return super().kv_bytes(model, pieces) * len(self._open) // self.mapper.config.receiver_geometry.layers
 
     def keeps(self, turn: TurnView) -> Keep:
         """A turn read over c2c keeps its prompt's cache: that is the context its receivers read, mapped."""

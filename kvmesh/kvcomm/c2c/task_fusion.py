@@ -4,8 +4,9 @@ the same text, the two tokenizations aligned by character offsets.
     sender's turn     keeps its prompt's cache; the task's rows lose the sender's RoPE and are laid out on the
                       receiver's tokens of the task text (`task_rows`: one sender row per receiver token)
     receiver's turn   one prefill-only row reads its prompt up to the task's end; the task's rows lose the
-                      receiver's RoPE, are fused with each sender's (`KVMapper.fuse`) and rotated back; the rest of
-                      the prompt is prefilled after them by the turn's own row (`fuse_task`)
+                      receiver's RoPE, are fused with each sender's (`KVMapper.fuse`) and rotated back, in the
+                      layers the mapper feeds (the others keep their rows bit for bit); the rest of the prompt is
+                      prefilled after them by the turn's own row (`fuse_task`)
 
 The receiver reads no extra positions, so what the sender knows (its notes, read before the task) reaches it
 only through how the sender read the task. Usage: the receiver's prompt is all its own input (nothing is
@@ -66,9 +67,12 @@ def fusing_pieces(pieces: Sequence[Piece], channel: str) -> list[Piece]:
     return [piece for piece in pieces if piece.kind == FUSE and piece.channel == channel]
 
 
-def fuse_task(pieces: Sequence[Piece], senders: Sequence[Piece], rope: LayerRope, mapper: KVMapper) -> Preparation:
-    """The receiver's cache up to its task's end, the task's rows fused with each sender's (in order); the rest
-    of the prompt is left to prefill after it."""
+def fuse_task(
+    pieces: Sequence[Piece], senders: Sequence[Piece], rope: LayerRope, mapper: KVMapper, layers: Sequence[int]
+) -> Preparation:
+    """The receiver's cache up to its task's end, the task's rows fused with each sender's (in order) in `layers`
+    (the mapper's open layers; the others keep the receiver's own rows); the rest of the prompt is left to prefill
+    after it."""
     started = time.perf_counter()
     ids = [t for piece in pieces for t in piece.token_ids]
     where = [i for i, piece in enumerate(pieces) if piece.kind == TASK]
@@ -90,13 +94,11 @@ def fuse_task(pieces: Sequence[Piece], senders: Sequence[Piece], rope: LayerRope
     values = kv.values[:, :, start:end].float()
     for sender in senders:
         keys, values = mapper.fuse(keys, values, sender.source.keys.float(), sender.source.values.float())
-    keys = rope.apply(keys, positions).to(kv.keys.dtype)
-    fused = KVSegment(
-        torch.cat([kv.keys[:, :, :start], keys], dim=2),
-        torch.cat([kv.values[:, :, :start], values.to(kv.values.dtype)], dim=2),
-        0,
-        tuple(ids[:end]),
-    )
+    fed = list(layers)
+    fused_keys, fused_values = kv.keys[:, :, :end].clone(), kv.values[:, :, :end].clone()
+    fused_keys[fed, :, start:end] = rope.apply(keys, positions)[fed].to(kv.keys.dtype)
+    fused_values[fed, :, start:end] = values[fed].to(kv.values.dtype)
+    fused = KVSegment(fused_keys, fused_values, 0, tuple(ids[:end]))
     assembly = Assembly.of(fused, ids[end:])
     assembly.seconds, assembly.reused_tokens = time.perf_counter() - started, 0  # its own prompt, prefilled
     return assembly

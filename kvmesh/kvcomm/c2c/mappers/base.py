@@ -13,10 +13,17 @@ nothing is ever added to rotated keys. Each receiver layer l reads sender layer 
 terminal-aligned as in C2C: round(l · (Ls - 1) / (Lr - 1)), so first reads first and last reads last
 (`full_attention_only` reads only the sender's full-attention layers, which keep every position).
 
+A mapper serves the c2c modes in `modes` (`transfer`: the sender's context, mapped, read in front of the
+receiver's prompt; `fusion`: the receiver's rows of a shared text fused with the sender's), and only those: a
+mapper trained in one mode is refused in the other. `open_layers` are the receiver layers it feeds (a trained
+mapper's gates close some); the channel hides the mapped context from the others (transfer) or leaves their rows
+as they were (fusion).
+
 `RidgeMapper` is the training-free mapper: per receiver layer, a closed-form ridge regression with bias from
 the sender's keys (values), flattened over heads, to the receiver's keys (values), fitted on aligned rows of
 both models' caches of the same texts (`fit_ridge`, in `kvmesh.kvcomm.c2c.mappers.ridge`).
-`kvmesh.kvcomm.c2c.mappers.fuser.Fuser` is the trained one (C2C's fuser). Both save to one folder format whose
+`kvmesh.kvcomm.c2c.mappers.fuser.Fuser` (transfer) and `kvmesh.kvcomm.c2c.mappers.residual.ResidualFuser`
+(fusion: C2C's gated residual over both models' rows) are the trained ones. Both save to one folder format whose
 `mapper.json` says the kind, the two models, the direction and what it was fitted on (`MapperConfig.data`),
 because a mapper is only good for the pair, direction and kind of data it was fitted on.
 
@@ -40,7 +47,12 @@ from safetensors.torch import load_file, save
 from kvmesh.kvcomm.rope import layer_types
 from kvmesh.runs import write_atomic, write_json
 
-KINDS = {"ridge": "kvmesh.kvcomm.c2c.mappers.ridge:RidgeMapper", "fuser": "kvmesh.kvcomm.c2c.mappers.fuser:Fuser"}
+KINDS = {
+    "ridge": "kvmesh.kvcomm.c2c.mappers.ridge:RidgeMapper",
+    "fuser": "kvmesh.kvcomm.c2c.mappers.fuser:Fuser",
+    "residual": "kvmesh.kvcomm.c2c.mappers.residual:ResidualFuser",
+}
+TRANSFER, FUSION = "transfer", "fusion"  # the c2c modes a mapper may serve
 CONFIG_FILE, WEIGHTS_FILE = "mapper.json", "mapper.safetensors"
 FORMAT_VERSION = 1
 
@@ -109,7 +121,8 @@ class MapperConfig:
     """What a mapper connects, how it was fitted, and on what.
 
     Args:
-        kind: "ridge" (closed-form, training-free) or "fuser" (trained, C2C).
+        kind: "ridge" (closed-form, training-free), "fuser" (trained for transfer) or "residual" (trained for
+            fusion, C2C's).
         sender: the sender model's spec (alias, folder or Hugging Face id).
         receiver: the receiver model's spec.
         sender_geometry: the sender's KV geometry.
@@ -185,16 +198,17 @@ def unflatten(rows: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 class KVMapper(ABC):
-    """Maps a sender model's position-free cache into a receiver's format (see the module docstring)."""
+    """Maps a sender model's position-free cache into a receiver's format (see the module docstring). A mapper
+    implements the hook of each mode in `modes`; the others refuse."""
 
     kind: ClassVar[str]
+    modes: ClassVar[tuple[str, ...]]
     config: MapperConfig
 
-    @abstractmethod
     def transfer(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Context transfer: sender keys, values (Ls, Hs, S, Ds), position-free -> (Lr, Hr, S, Dr), position-free."""
+        raise self.wrong_mode(TRANSFER)
 
-    @abstractmethod
     def fuse(
         self,
         receiver_keys: torch.Tensor,
@@ -204,6 +218,18 @@ class KVMapper(ABC):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Fusion over a text both read: receiver (Lr, Hr, S, Dr) and sender (Ls, Hs, S, Ds) rows of the same S
         receiver tokens (sender rows aligned to them), position-free -> fused (Lr, Hr, S, Dr), position-free."""
+        raise self.wrong_mode(FUSION)
+
+    def open_layers(self) -> list[int]:
+        """The receiver layers this mapper feeds (default: every one)."""
+        return list(range(self.config.receiver_geometry.layers))
+
+    def wrong_mode(self, mode: str) -> MapperError:
+        """The error for a mode this mapper was not made for."""
+        return MapperError(
+            f"this {self.config.kind} mapper ({self.config.direction}) serves c2c {' and '.join(self.modes)}, not "
+            f"{mode}: train one for {mode} (kvmesh c2c train --mode {mode})"
+        )
 
     @abstractmethod
     def tensors(self) -> dict[str, torch.Tensor]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kvmesh.kvcomm.c2c.mappers.base import KVMapper, MapperConfig, MapperError, flatten, unflatten
+from kvmesh.kvcomm.c2c.mappers.base import FUSION, TRANSFER, KVMapper, MapperConfig, MapperError, flatten, unflatten
 
 
 class RidgeMapper(KVMapper):
@@ -33,6 +33,7 @@ class RidgeMapper(KVMapper):
     for values. key_weight, value_weight: (Lr, Hs · Ds, Hr · Dr); key_bias, value_bias: (Lr, Hr · Dr)."""
 
     kind = "ridge"
+    modes = (TRANSFER, FUSION)  # fusion is a fixed blend, needing no training of its own
 
     def __init__(self, config: MapperConfig, key_weight, key_bias, value_weight, value_bias) -> None:
         if config.kind != self.kind:

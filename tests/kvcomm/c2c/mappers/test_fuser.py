@@ -1,4 +1,5 @@
-"""The C2C fuser: gates that anneal from soft to hard, its size for the real pair, saving and loading."""
+"""The transfer fuser: gates that anneal from soft to hard, its size for the real pair, saving and loading, and
+no fusion (it was not trained for it)."""
 
 import math
 
@@ -7,7 +8,8 @@ import torch
 from transformers import AutoConfig
 
 from kvmesh.kvcomm.c2c.mappers.base import KVGeometry, MapperConfig, MapperError, load_mapper
-from kvmesh.kvcomm.c2c.mappers.fuser import Fuser, parameter_count, temperature_at
+from kvmesh.kvcomm.c2c.mappers.fuser import Fuser, parameter_count
+from kvmesh.kvcomm.c2c.mappers.gates import temperature_at
 from kvmesh.kvcomm.c2c.mappers.ridge import RidgeMapper
 from kvmesh.llm.registry import resolve
 
@@ -32,7 +34,7 @@ def test_the_gates_go_from_soft_to_hard_as_the_temperature_anneals():
     assert bool(((soft[0] > 0.01) & (soft[0] < 0.99)).all())  # soft: strictly between, noisy
     assert bool(((hard[0] < 1e-6) | (hard[0] > 1 - 1e-6)).all())  # annealed: 0 or 1
     fuser.eval()  # inference: the sign of the logit, no noise
-    assert fuser.gates().tolist() == [1.0, 0.0, 1.0, 0.0] and fuser.open_gates() == [0, 2]
+    assert fuser.gates().tolist() == [1.0, 0.0, 1.0, 0.0] and fuser.open_layers() == [0, 2]
     keys = torch.randn(3, 1, 5, 8)
     mapped, _ = fuser.transfer(keys, keys)
     assert bool((mapped[1] == 0).all()) and bool((mapped[0] != 0).any())  # a closed layer sends nothing
@@ -51,8 +53,8 @@ def test_a_fuser_started_from_ridge_maps_like_it():
         for got, want in zip(fuser.transfer(keys, values), expected, strict=True):
             torch.testing.assert_close(got, want / (1 + math.exp(-4.0)))  # the per-head weights start at sigmoid(4)
         receiver = torch.ones(4, 2, 6, 4)
-        fused, _ = fuser.fuse(receiver, receiver, keys, values)
-        torch.testing.assert_close(fused, receiver + expected[0] / (1 + math.exp(-4.0)))
+        with pytest.raises(MapperError, match="serves c2c transfer, not fusion"):
+            fuser.fuse(receiver, receiver, keys, values)  # it writes whole caches: added to the receiver's, doubled
     other = RidgeMapper(
         MapperConfig("ridge", "a", "b", SENDER, RECEIVER, layer_map=[0, 0, 0, 0]), *ridge.tensors().values()
     )
