@@ -51,7 +51,13 @@ from kvmesh.kvcomm.c2c.capture import position_free_kv, prefix_cache
 from kvmesh.kvcomm.c2c.mappers.base import KVGeometry, MapperConfig, check_models, load_mapper, save_mapper
 from kvmesh.kvcomm.c2c.mappers.fuser import Fuser
 from kvmesh.kvcomm.c2c.mappers.gates import temperature_at
-from kvmesh.kvcomm.c2c.mappers.quality import QUALITY_THRESHOLD, MappingQuality, check_quality, mapping_quality
+from kvmesh.kvcomm.c2c.mappers.quality import (
+    QUALITY_MARGIN,
+    QUALITY_THRESHOLD,
+    MappingQuality,
+    check_quality,
+    mapping_quality,
+)
 from kvmesh.kvcomm.c2c.mappers.ridge import CachePair, RidgeMapper, fit_ridge
 from kvmesh.kvcomm.rope import LayerRope
 from kvmesh.llm import load_model
@@ -114,10 +120,13 @@ class FitConfig(C2CData):
     Args:
         ridge_lambda: ridge penalty, relative to the mean eigenvalue of the sender's centred Gram matrix.
         threshold: least mean attention-output cosine on the validation texts; a worse mapper is refused.
+        margin: how far that cosine must exceed both controls' (the receiver's own cache of another task's text,
+            the mapper on another task's text); a mapper that carries too little of its context is refused.
     """
 
     ridge_lambda: float = 1e-2
     threshold: float = QUALITY_THRESHOLD
+    margin: float = QUALITY_MARGIN
 
 
 @dataclass
@@ -277,9 +286,13 @@ def fit(
     mapper.config.data["tokens"] = counted["tokens"]
     probes = [(sender_context(t), probe_text(t)) for t in checked]
     quality = mapping_quality(mapper, sender, receiver, probes)
-    mapper.config.quality = quality.to_dict() | {"split": "validation", "threshold": config.threshold}
+    mapper.config.quality = quality.to_dict() | {
+        "split": "validation",
+        "threshold": config.threshold,
+        "margin": config.margin,
+    }
     progress(f"quality: {quality.describe()}")
-    check_quality(mapper, sender, receiver, probes, config.threshold, quality)
+    check_quality(mapper, sender, receiver, probes, config.threshold, quality, config.margin)
     save_mapper(mapper, config.out)
     progress(f"saved the ridge mapper {mapper.config.direction} to {config.out}")
     return mapper, quality

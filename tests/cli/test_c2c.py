@@ -20,7 +20,7 @@ def gemma_folder(tmp_path_factory, tiny_gemma3, gemma_tokenizer):
 def test_fit_then_train_from_the_command_line(gemma_folder, tmp_path, capsys):
     ridge, fuser = tmp_path / "ridge", tmp_path / "fuser"
     pair = ["--sender", str(gemma_folder), "--receiver", "tiny-random", "--texts", "4", "--validation", "2"]
-    assert main(["c2c", "fit", *pair, "--out", str(ridge), "--threshold", "-1"]) == 0
+    assert main(["c2c", "fit", *pair, "--out", str(ridge), "--threshold", "-1", "--margin", "-2"]) == 0
     printed = capsys.readouterr().out
     assert "receiver layer" in printed and "attention cosine" in printed and f"saved to {ridge}" in printed
     mapper = load_mapper(ridge)

@@ -36,7 +36,7 @@ def gemma(tiny_gemma3, gemma_tokenizer):
 
 
 def test_fit_saves_a_ridge_mapper_with_its_quality_and_data(gemma, tiny, tmp_path):
-    config = FitConfig(out=str(tmp_path / "ridge"), texts=6, validation=2, threshold=-1.0)
+    config = FitConfig(out=str(tmp_path / "ridge"), texts=6, validation=2, threshold=-1.0, margin=-2.0)
     lines = []
     _, quality = fit(config, gemma, tiny, progress=lines.append)
     loaded = load_mapper(tmp_path / "ridge")
@@ -60,7 +60,9 @@ def test_a_mapper_fitted_on_a_file_learns_from_its_train_split_and_is_checked_on
 
     data = tmp_path / "tasks.jsonl"
     data.write_text("".join(task.to_json() + "\n" for task in generate(40, "test", seed=2)))
-    config = FitConfig(out=str(tmp_path / "ridge"), data_path=str(data), texts=6, validation=2, threshold=-1.0)
+    config = FitConfig(
+        out=str(tmp_path / "ridge"), data_path=str(data), texts=6, validation=2, threshold=-1.0, margin=-2.0
+    )
     fit(config, gemma, tiny, progress=lambda line: None)
     recorded = load_mapper(tmp_path / "ridge").config.data
     train, validation = set(recorded["train_ids"]), set(recorded["validation_ids"])
@@ -105,7 +107,7 @@ def test_a_context_longer_than_the_senders_window_is_refused(tiny, tmp_path):
         "tiny-gemma3-window-16",
     )
     with pytest.raises(ContextTooLongError, match="at most 15 tokens"):
-        fit(FitConfig(out=str(tmp_path / "x"), texts=2, validation=1, threshold=-1.0), small, tiny, print)
+        fit(FitConfig(out=str(tmp_path / "x"), texts=2, validation=1, threshold=-1.0, margin=-2.0), small, tiny, print)
 
 
 def _settings(out, **changes) -> TrainConfig:

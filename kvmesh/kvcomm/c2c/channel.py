@@ -24,8 +24,9 @@ the task is fused with the sender's cache of the same text, aligned by character
 feeds (the others keep the receiver's rows bit for bit). A mapper serves only the modes it was made for
 (`KVMapper.modes`): a fuser trained for transfer is refused in fusion and the other way round.
 
-Before use, the mapper's held-out quality (attention-output cosine, measured when it was fitted) must reach
-`threshold`, or the channel refuses it with `MapperQualityError`.
+Before use, the mapper's recorded held-out quality must pass `check_recorded` (a fitted mapper: attention-output
+cosine at least `threshold` and `margin` above a wrong context and a shuffled mapping; a trained one: validation
+loss `margin` below reading nothing), or the channel refuses it with `MapperQualityError`.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from kvmesh.kvcomm.c2c.mappers.base import (
     load_config,
     load_mapper,
 )
-from kvmesh.kvcomm.c2c.mappers.quality import QUALITY_THRESHOLD, MapperQualityError, MappingQuality, check_quality
+from kvmesh.kvcomm.c2c.mappers.quality import MapperQualityError, check_recorded
 from kvmesh.kvcomm.c2c.task_fusion import FUSE, fuse_task, fusing_pieces, task_rows
 from kvmesh.kvcomm.channel import Cached, Channel, ChannelNotAvailableError, Endpoint, Keep, TurnView, reply_key
 from kvmesh.kvcomm.latent import join_contexts, latent_layout, ready
@@ -56,10 +57,6 @@ from kvmesh.llm.base import Generation, KVModel, LanguageModel, LatentSpan
 from kvmesh.llm.segment import KVSegment
 
 NAME = "c2c"
-# gemma3-270m -> smollm2-135m, 16 InfoQA validation texts: a random linear map scores -0.01 and all-zero caches
-# 0.00; the ridge mapper 0.913. A trained fuser moves away from the receiver's own caches while it learns to
-# answer (0.36, with the gold answer's loss down from 7.83 without context to 1.00), so it has its own bar.
-THRESHOLDS = {"ridge": QUALITY_THRESHOLD, "fuser": 0.3}
 
 
 @dataclass
@@ -68,14 +65,17 @@ class C2CConfig:
 
     Args:
         mapper: a mapper folder (`mapper.json` + `mapper.safetensors`, from `kvmesh c2c fit|train`).
-        threshold: the least held-out attention-output cosine the mapper must have measured to be used;
-            None: its kind's default (ridge 0.6, fuser 0.3).
+        threshold: a fitted mapper's least held-out attention-output cosine (None: QUALITY_THRESHOLD, 0.6).
+        margin: how far the mapper must beat its controls (`kvmesh.kvcomm.c2c.mappers.quality.check_recorded`):
+            in attention-output cosine for a fitted mapper, in validation loss (nats) for a trained one; None:
+            the default of its measure.
         mode: "transfer" (the sender's context, mapped, read in front of the receiver's prompt) or "fusion"
             (the receiver's cache of the task fused with the sender's cache of it).
     """
 
     mapper: str | None = None
     threshold: float | None = None
+    margin: float | None = None
     mode: str = TRANSFER
 
     def __post_init__(self) -> None:
@@ -84,10 +84,6 @@ class C2CConfig:
                 f"c2c mode must be {TRANSFER!r} (context transfer) or {FUSION!r} (fusion over the task's text), "
                 f"got {self.mode!r}"
             )
-
-    def least_quality(self, kind: str) -> float:
-        """The threshold for a mapper of `kind`: the set one, else that kind's default (`THRESHOLDS`)."""
-        return self.threshold if self.threshold is not None else THRESHOLDS[kind]
 
 
 def _same_model(spec: str, other: str) -> bool:
@@ -122,15 +118,10 @@ class C2CChannel(Channel):
         self.calls = self.mapped_tokens = self.moved_bytes = 0
 
     def _check_quality(self) -> None:
-        recorded = self.mapper.config.quality
-        if not recorded or "per_layer" not in recorded:
-            raise MapperQualityError(
-                f"{self.config.mapper}: the mapper records no held-out quality check; fit it with kvmesh c2c fit "
-                "(which measures it on validation texts) before using it"
-            )
-        quality = MappingQuality(tuple(recorded["per_layer"]), recorded["texts"], recorded["probe_tokens"])
-        threshold = self.config.least_quality(self.mapper.config.kind)
-        check_quality(self.mapper, None, None, (), threshold, quality=quality)
+        try:
+            check_recorded(self.mapper, self.config.threshold, self.config.margin)
+        except MapperQualityError as error:
+            raise MapperQualityError(f"{self.config.mapper}: {error}") from error
 
     def check(self, sender: Endpoint, receiver: Endpoint, where: str) -> None:
         try:

@@ -52,7 +52,7 @@ def fit(sender, receiver, folder, full_attention_only=True, quality=True):
 def pair(sender, folder, threshold=-1.0, mode="transfer"):
     agents = [Agent("a", model=sender, max_new_tokens=6), Agent("b", model="tiny-random", max_new_tokens=8)]
     graph = CommGraph(["a", "b"], [Edge("a", "b", channel="c2c")])
-    settings = {"mapper": str(folder), "threshold": threshold, "mode": mode}
+    settings = {"mapper": str(folder), "threshold": threshold, "margin": -2.0, "mode": mode}
     return Team(agents, graph, decision="last", channels={"c2c": settings})
 
 
@@ -198,7 +198,7 @@ def test_one_team_mixes_every_channel(tiny, sliding, tmp_path):
         agents,
         CommGraph(list("abcde"), edges),
         decision="last",
-        channels={"c2c": {"mapper": str(folder), "threshold": -1.0}},
+        channels={"c2c": {"mapper": str(folder), "threshold": -1.0, "margin": -2.0}},
     )
     events = list(team.stream(TASK))
     sent = {(e.source, e.target): e.channel for e in events if type(e).__name__ == "MessageSent"}

@@ -24,7 +24,7 @@ PROBES = [(f"Key {i} lies in room {i * 3}.", " Where?") for i in range(3)]
 
 def gated(kind, sender, receiver, folder, gates):
     """A trained-like mapper (random weights) with the given gate logits, its quality recorded as the channel
-    asks (the gate's verdict is not what these tests are about: they pass threshold -1)."""
+    asks (the gate's verdict is not what these tests are about: they pass threshold -1 and margin -2)."""
     geometry = KVGeometry.of(sender), KVGeometry.of(receiver)
     config = MapperConfig(kind, sender.spec, receiver.spec, *geometry, full_attention_only=True, hidden=8)
     torch.manual_seed(0)
@@ -41,7 +41,7 @@ def gated(kind, sender, receiver, folder, gates):
 
 def pair(sender, folder, mode="transfer"):
     agents = [Agent("a", model=sender, max_new_tokens=6), Agent("b", model="tiny-random", max_new_tokens=8)]
-    channels = {"c2c": {"mapper": str(folder), "threshold": -1.0, "mode": mode}}
+    channels = {"c2c": {"mapper": str(folder), "threshold": -1.0, "margin": -2.0, "mode": mode}}
     return Team(agents, CommGraph(["a", "b"], [Edge("a", "b", channel="c2c")]), decision="last", channels=channels)
 
 

@@ -1,10 +1,12 @@
-"""Mapping quality: the receiver's attention outputs over mapped against real caches, per layer."""
+"""Mapping quality: the receiver's attention outputs over mapped against real caches, per layer, against two
+controls (the receiver's own cache of another text, the mapper on another text)."""
 
 import pytest
 import torch
 
 from kvmesh.evals.benchmarks.infoqa import generate
-from kvmesh.kvcomm.c2c.mappers.base import KVGeometry, MapperConfig
+from kvmesh.kvcomm.c2c.capture import position_free_kv
+from kvmesh.kvcomm.c2c.mappers.base import KVGeometry, KVMapper, MapperConfig
 from kvmesh.kvcomm.c2c.mappers.quality import (
     QUALITY_THRESHOLD,
     MapperQualityError,
@@ -40,11 +42,49 @@ def _identity(model) -> RidgeMapper:
     return RidgeMapper(config, eye, zero, eye, zero)
 
 
-def test_a_model_mapped_onto_itself_reads_exactly_its_own_cache(tiny):
-    texts = [("Mira's brother is Tavo. Tavo lives in Orvik.", "\nQuestion: Where does Tavo live?\nAnswer:")]
-    quality = mapping_quality(_identity(tiny), tiny, tiny, [*texts, "Notes: 12 apples."])
-    assert quality.texts == 2 and quality.probe_tokens > 10
+class FixedContext(KVMapper):
+    """A mapper that carries nothing of what the sender read: whatever it is given, it returns the receiver's own
+    real cache of one fixed text (plausible rows, the wrong content)."""
+
+    kind, modes = "ridge", ("transfer",)
+
+    def __init__(self, model, text: str) -> None:
+        self.config = _identity(model).config
+        self.rows = position_free_kv(model, model.tokenizer(text)["input_ids"])
+
+    def transfer(self, keys, values):
+        return self.rows
+
+    def tensors(self):
+        return {}
+
+    @classmethod
+    def from_tensors(cls, config, tensors):
+        raise NotImplementedError
+
+
+TEXTS = [
+    ("Mira's brother is Tavo. Tavo lives in Orvik.", "\nQuestion: Where does Tavo live?\nAnswer:"),
+    ("Notes: 12 apples and a pear are in the blue crate.", "\nQuestion: What is in the crate?\nAnswer:"),
+    ("Lin works as a judge in Oslo. Bo is her brother.", "\nQuestion: What is Lin's job?\nAnswer:"),
+]
+
+
+def test_a_model_mapped_onto_itself_reads_exactly_its_own_cache_and_beats_both_controls(tiny):
+    quality = mapping_quality(_identity(tiny), tiny, tiny, TEXTS)
+    assert quality.texts == 3 and quality.probe_tokens > 20
     assert all(c == pytest.approx(1.0, abs=1e-5) for c in quality.per_layer)
+    assert all(c < 0.99 for c in quality.wrong_context) and quality.shuffled == pytest.approx(quality.wrong_context)
+    assert check_quality(_identity(tiny), tiny, tiny, TEXTS, threshold=0.9, quality=quality) is quality
+
+
+def test_a_mapper_that_carries_nothing_of_its_context_is_refused_by_the_controls(tiny):
+    fixed = FixedContext(tiny, "Ana has a dog. Ana lives in Rome and works as a cook.")
+    quality = mapping_quality(fixed, tiny, tiny, TEXTS)
+    assert quality.per_layer == pytest.approx(quality.shuffled)  # its output ignores the context it is given
+    check_quality(fixed, tiny, tiny, TEXTS, threshold=min(quality.per_layer), quality=quality, margin=None)
+    with pytest.raises(MapperQualityError, match="carries too little of its context"):
+        check_quality(fixed, tiny, tiny, TEXTS, threshold=min(quality.per_layer), quality=quality)
 
 
 @pytest.fixture
@@ -72,3 +112,10 @@ def test_ridge_passes_on_the_real_pair_and_a_random_map_is_refused(one_thread):
     random = RidgeMapper(config, weights[0], weights[1], weights[2].clone(), weights[3].clone())
     with pytest.raises(MapperQualityError, match=r"mean cosine -?0\.\d+ < threshold .* per layer 0: "):
         check_quality(random, sender, receiver, probes)
+    # the receiver's own real cache of another task's notes: above the threshold, refused by the controls
+    fixed = FixedContext(receiver, sender_context(generate(1, "train", 1)[0]))
+    fixed.config = config
+    fixed_quality = mapping_quality(fixed, sender, receiver, probes)
+    assert fixed_quality.mean > QUALITY_THRESHOLD
+    with pytest.raises(MapperQualityError, match="carries too little of its context"):
+        check_quality(fixed, sender, receiver, probes, quality=fixed_quality)
