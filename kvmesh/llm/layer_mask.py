@@ -10,6 +10,10 @@ column}), fold it into the mask they receive and call transformers' own SDPA or 
 Causality holds in every layer: hiding columns only removes keys from what a query may read, and a mask the
 model left out (SDPA's `is_causal` fast path) is rebuilt as the causal mask first.
 
+A float entry in `hidden` is a soft version of the same: an additive bias on the layer's logits for those
+columns (log g scales the attention a column gets by g before the softmax renormalises; -inf hides it). c2c's
+training reads its per-layer gates through it, so the gate it learns is the mask the channel applies.
+
 Caveat: flash-attention and other kernels that take no dense mask are not wrapped; `use_layer_masks` leaves such
 models as they are and says so when a hidden column is asked for.
 """
@@ -36,13 +40,20 @@ def _eager(module, query, key, value, attention_mask, **kwargs):
 
 
 def hide_columns(attention_mask: torch.Tensor | None, hidden: torch.Tensor, query_length: int) -> torch.Tensor:
-    """`attention_mask` (B, 1, Q, K) bool or additive float, or None for causal) with `hidden` (B, K) removed."""
+    """`attention_mask` (B, 1, Q, K) bool or additive float, or None for causal) with `hidden` (B, K) removed
+    (bool), or added to the logits (float: an additive bias per column, differentiable)."""
     rows, keys = hidden.shape[0], hidden.shape[1]
     if attention_mask is None:
         query_positions = torch.arange(keys - query_length, keys, device=hidden.device)[:, None]
         causal = torch.arange(keys, device=hidden.device)[None, :] <= query_positions
         attention_mask = causal[None, None].expand(rows, 1, query_length, keys)
     hide = hidden[:, None, None, : attention_mask.shape[-1]]
+    if hide.is_floating_point():
+        if attention_mask.dtype == torch.bool:
+            attention_mask = torch.zeros(attention_mask.shape, dtype=hide.dtype, device=hide.device).masked_fill(
+                ~attention_mask, torch.finfo(hide.dtype).min
+            )
+        return attention_mask + hide
     if attention_mask.dtype == torch.bool:
         return attention_mask & ~hide
     return attention_mask.masked_fill(hide, torch.finfo(attention_mask.dtype).min)

@@ -85,7 +85,7 @@ def _string_constants(path: Path) -> set[str]:
 
 # Where a channel may be named in code: kvcomm (the channels), the studies that compare channels by name, and
 # the c2c mapper trainer and its command (they train and fit one channel's mappers).
-NAMED_BY = ("kvcomm/", "evals/studies/", "training/kv_mappers.py", "cli/")
+NAMED_BY = ("kvcomm/", "evals/studies/", "training/kv_mappers/", "cli/")
 
 
 def test_the_runtime_names_no_channel():

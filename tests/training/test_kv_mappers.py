@@ -1,5 +1,6 @@
-"""Fitting and training c2c mappers on tiny random models: the ridge fit, a fuser run that lowers the receiver's
-loss, and a killed run that resumes from its checkpoint to the same weights."""
+"""Fitting and training c2c mappers on tiny random models: the ridge fit, fuser runs (transfer and fusion) that
+lower the receiver's loss and keep the checkpoint best on validation, and a killed run that resumes from its
+checkpoint to the same weights."""
 
 from dataclasses import replace
 
@@ -9,23 +10,17 @@ from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 from kvmesh import LocalLM
 from kvmesh.config import ConfigError
+from kvmesh.evals.studies.latent import LatentStudyConfig, study_agents
 from kvmesh.kvcomm.c2c.capture import ContextTooLongError
 from kvmesh.kvcomm.c2c.mappers.base import load_mapper
 from kvmesh.kvcomm.c2c.mappers.fuser import Fuser
 from kvmesh.kvcomm.c2c.mappers.quality import MapperQualityError
+from kvmesh.kvcomm.c2c.mappers.residual import ResidualFuser
 from kvmesh.kvcomm.c2c.mappers.ridge import RidgeMapper
-from kvmesh.kvcomm.rope import LayerRope
-from kvmesh.training.kv_mappers import (
-    FitConfig,
-    TrainConfig,
-    _mapper_config,
-    answer_loss,
-    examples,
-    fit,
-    sender_context,
-    tasks,
-    train,
-)
+from kvmesh.training.kv_mappers import FitConfig, TrainConfig, fit, sender_context, tasks, train
+from kvmesh.training.kv_mappers.examples import build_examples
+from kvmesh.training.kv_mappers.fit import mapper_config
+from kvmesh.training.kv_mappers.train import MAPPERS, Losses
 
 
 @pytest.fixture(scope="module")
@@ -126,22 +121,21 @@ def _settings(out, **changes) -> TrainConfig:
 
 
 def _training_loss(fuser, gemma, tiny, config) -> float:
-    """Mean answer loss over the training examples, gates hard."""
-    fuser.eval()
-    layers, ropes = sorted(set(fuser.config.layer_map)), (LayerRope.from_model(gemma), LayerRope.from_model(tiny))
-    with torch.no_grad():
-        found = [
-            answer_loss(fuser, gemma, tiny, e, layers, ropes) for e in examples(gemma, tiny, tasks(config, "train"))
-        ]
-    return float(sum(found) / len(found))
+    """Mean reply loss over the training examples, gates hard."""
+    agents = study_agents(LatentStudyConfig(model=tiny.spec), gemma.spec)
+    for agent, model in zip(agents, (gemma, tiny), strict=True):
+        agent.model = model
+    losses = Losses(config.mode, gemma, tiny, sorted(set(fuser.config.layer_map)))
+    return losses.mean(fuser, build_examples(*agents, tasks(config, "train")))
 
 
-def _fresh(config, gemma, tiny) -> Fuser:
+def _fresh(config, gemma, tiny):
     """The fuser `train(config)` starts from (its weights come from the seed)."""
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
         learned, checked = tasks(config, "train"), tasks(config, "validation")
-        return Fuser(_mapper_config(config, "fuser", gemma, tiny, learned, checked, hidden=config.hidden))
+        kind = MAPPERS[config.mode].kind
+        return MAPPERS[config.mode](mapper_config(config, kind, gemma, tiny, learned, checked, hidden=config.hidden))
 
 
 def test_training_lowers_the_receivers_answer_loss_and_a_killed_run_resumes(gemma, tiny, tmp_path):
@@ -151,9 +145,16 @@ def test_training_lowers_the_receivers_answer_loss_and_a_killed_run_resumes(gemm
     fuser = train(config, gemma, tiny, progress=lines.append)
     after = _training_loss(fuser, gemma, tiny, config)
     assert after < before - 0.1, (before, after)
-    assert isinstance(load_mapper(tmp_path / "full"), Fuser)
-    assert "per_layer" in load_mapper(tmp_path / "full").config.quality
-    assert any("validation answer loss: no context" in line for line in lines)
+    saved = load_mapper(tmp_path / "full")
+    assert isinstance(saved, Fuser)
+    quality = saved.config.quality
+    assert {"validation_loss", "no_context_loss", "shuffled_loss", "chosen_step", "open_layers"} <= set(quality)
+    curve = [h for h in saved.config.data["history"] if "validation" in h and h["step"] > 0]
+    assert [h["step"] for h in curve] == [4, 8]
+    assert quality["chosen_step"] == min(curve, key=lambda h: h["validation"])["step"]  # chosen on validation
+    assert quality["validation_loss"] == pytest.approx(min(h["validation"] for h in curve), abs=1e-5)
+    assert any("validation reply loss: no context" in line for line in lines)
+    assert any("open layers" in line for line in lines if line.startswith("checkpoint"))
 
     def kill_after_the_first_checkpoint(line: str) -> None:
         if line.startswith("checkpoint: step 4"):
@@ -172,6 +173,15 @@ def test_training_lowers_the_receivers_answer_loss_and_a_killed_run_resumes(gemm
         train(_settings(tmp_path / "killed", lr=1e-3), gemma, tiny, print)
     with pytest.raises(FileExistsError, match="--resume"):
         train(_settings(tmp_path / "killed", resume=False), gemma, tiny, print)
+
+
+def test_fusion_training_lowers_the_receivers_loss_with_a_residual_fuser(gemma, tiny, tmp_path):
+    config = _settings(tmp_path / "fusion", mode="fusion")
+    before = _training_loss(_fresh(config, gemma, tiny), gemma, tiny, config)
+    fuser = train(config, gemma, tiny, progress=lambda line: None)
+    assert isinstance(fuser, ResidualFuser) and isinstance(load_mapper(tmp_path / "fusion"), ResidualFuser)
+    assert _training_loss(fuser, gemma, tiny, config) < before - 0.1
+    assert "shuffled_loss" not in fuser.config.quality and fuser.config.data["mode"] == "fusion"
 
 
 def test_sender_contexts_hold_every_shard_and_the_question():

@@ -165,10 +165,16 @@ def _receiver(config: LatentStudyConfig) -> Agent:
     )
 
 
+def study_agents(config: LatentStudyConfig, sender_model: str | None = None) -> tuple[Agent, Agent]:
+    """The study's sender (on `sender_model`, default the receiver's model) and receiver, as every mode runs
+    them: what `kvmesh c2c train` builds its examples from, so a mapper learns on the prompts it is used with."""
+    return _sender(sender_model or config.model, config.message_tokens), _receiver(config)
+
+
 def _pair(config: LatentStudyConfig, channel: str, sender_model: str | None = None, **channels) -> Team:
-    sender = _sender(sender_model or config.model, config.message_tokens)
+    sender, receiver = study_agents(config, sender_model)
     graph = CommGraph([SENDER, RECEIVER], [Edge(SENDER, RECEIVER, channel=channel)])
-    return Team([sender, _receiver(config)], graph, decision="last", channels=channels or None)
+    return Team([sender, receiver], graph, decision="last", channels=channels or None)
 
 
 def _alone(config: LatentStudyConfig) -> Team:

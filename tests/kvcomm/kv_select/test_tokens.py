@@ -20,12 +20,13 @@ def test_scores_are_the_first_layers_attention_of_the_receiver(tiny):
     context, question = tiny.encode_prompt(CONTEXT), tiny.encode_prompt(QUESTION)
     scores = context_token_scores(tiny.model, sender_cache(tiny, context), question)
     # the same mass read off the model's own eager attention over the whole prompt, layer 0
+    current = tiny.model.config._attn_implementation  # the runtime's, put back for the tests after this one
     tiny.model.set_attn_implementation("eager")
     try:
         with torch.no_grad():
             weights = tiny.model(input_ids=torch.tensor([context + question]), output_attentions=True).attentions[0]
     finally:
-        tiny.model.set_attn_implementation("sdpa")
+        tiny.model.set_attn_implementation(current)
     over_context = weights[0, :, len(context) :, : len(context)]
     expected = (over_context / over_context.sum(-1, keepdim=True)).mean(dim=(0, 1))
     assert torch.allclose(scores, expected, atol=1e-4)

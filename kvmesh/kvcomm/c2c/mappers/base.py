@@ -224,6 +224,11 @@ class KVMapper(ABC):
         """The receiver layers this mapper feeds (default: every one)."""
         return list(range(self.config.receiver_geometry.layers))
 
+    def layer_gates(self) -> torch.Tensor | None:
+        """(Lr,) how much of its attention each receiver layer may pay the mapped context, in [0, 1] (soft while
+        a gated mapper trains); None: all of it in every layer (a mapper without gates)."""
+        return None
+
     def wrong_mode(self, mode: str) -> MapperError:
         """The error for a mode this mapper was not made for."""
         return MapperError(

@@ -11,12 +11,14 @@ position-free rows of layer s flattened over heads (S, Hs · Ds):
     h = GELU(x A_l + a_l)                               hidden (S, hidden)
     projection(x) = x M_l + m_l + h B_l + b_l           (S, Hr · Dr): a linear map plus a small MLP
     w = sigmoid(h C_l + c_l)                            (S, Hr): a weight per token and receiver head
-    out = g_l · w · projection(x)                       g_l: the layer's gate (`kvmesh.kvcomm.c2c.mappers.gates`)
+    out = w · projection(x)
 
-A closed gate's layer gets zeros here, and the channel hides the mapped context from that layer altogether
-(`open_layers`), so it reads the receiver's own prompt alone. `M_l` can start from a ridge fit (`init_from`),
-`B_l` starts at zero and `w` near 1, so a fresh fuser built from a ridge mapper maps like it. Everything is
-position-free: RoPE is stripped before and applied after by the caller (the mapper contract,
+The layer's gate g_l (`kvmesh.kvcomm.c2c.mappers.gates`) does not scale these rows: it scales the attention the
+layer pays them (a log g_l bias on their logits while training, `kvmesh.llm.layer_mask`), so a closed gate is
+the channel's mask: that layer does not attend to the mapped context at all (`open_layers`) and reads the
+receiver's own prompt alone. Zeroed rows instead would still take softmax mass. `M_l` can start from a ridge fit
+(`init_from`), `B_l` starts at zero and `w` near 1, so a fresh fuser built from a ridge mapper maps like it.
+Everything is position-free: RoPE is stripped before and applied after by the caller (the mapper contract,
 `kvmesh.kvcomm.c2c.mappers.base`).
 
 Size for gemma3-270m -> smollm2-135m (30 receiver layers, 256 -> 192 per token) at hidden 256: 9,915,090
@@ -68,9 +70,8 @@ class Fuser(GatedMapper):
         self.values = nn.ModuleList(Projection(*shape) for _ in range(receiver.layers))
 
     def transfer(self, keys, values):
-        """g · w · projection, per receiver layer: (Lr, Hr, S, Dr) keys and values."""
+        """w · projection, per receiver layer: (Lr, Hr, S, Dr) keys and values (the gates act on attention)."""
         self.check_sender(keys, values)
-        gates = self.gates()
         dtype = self.gate_logits.dtype
         sender = {"k": flatten(keys.to(dtype)), "v": flatten(values.to(dtype))}  # (Ls, S, W_in)
         out = {}
@@ -78,7 +79,7 @@ class Fuser(GatedMapper):
             layers = []
             for layer, projection in enumerate(projections):
                 mapped, weight = projection(sender[side][self.config.layer_map[layer]])  # (S, W_out), (S, Hr)
-                layers.append(gates[layer] * per_head(weight, mapped.shape[-1]) * mapped)
+                layers.append(per_head(weight, mapped.shape[-1]) * mapped)
             out[side] = unflatten(torch.stack(layers), self.config.receiver_geometry.kv_heads)
         return out["k"], out["v"]
 

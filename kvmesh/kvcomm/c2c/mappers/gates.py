@@ -79,6 +79,9 @@ class GatedMapper(nn.Module, KVMapper):
         noise = (uniform.log() - (-uniform).log1p()).to(self.gate_logits.device)  # logistic: Gumbel difference
         return torch.sigmoid((self.gate_logits + noise) / max(self.temperature, 1e-8))
 
+    def layer_gates(self) -> torch.Tensor:
+        return self.gates()
+
     def open_layers(self) -> list[int]:
         """Receiver layers whose hard gate is open (logit > 0)."""
         return [i for i, logit in enumerate(self.gate_logits.tolist()) if logit > 0]

@@ -1,0 +1,187 @@
+"""Training examples for c2c's trained mappers, built from the prompts the mapper will be used with, and the
+receiver's loss over its reply in each c2c mode.
+
+    sender, receiver = study_agents(LatentStudyConfig(model=R), sender_model=S)   # `kvmesh bench latent`'s pair
+    examples = build_examples(sender, receiver, infoqa_tasks)
+    loss = transfer_loss(fuser, receiver_lm, example, rope)    # the mapped sender prompt in front of the receiver's
+    loss = fusion_loss(fuser, receiver_lm, example, rope)      # the receiver's task rows fused with the sender's
+
+An example holds what each agent's turn really reads (`kvmesh.agents.prompts.plan_prompt` with the agent's system
+prompt, worked examples and the task as the team lays it out: the sender holds the notes, the receiver the
+question alone) and the receiver's target reply in its worked example's format: the notes' sentences that hold
+the answer, then "Answer: <gold>", then the end of its turn (`target_reply`). The loss is the receiver's next-token
+cross-entropy over that whole reply.
+
+Both models are frozen: what does not depend on the mapper (the sender's position-free cache, the receiver's rows
+of its prompt before the task) is computed once per example, without gradients, and kept on it.
+
+Caveat: the reply's sentences are picked from the notes by the answer's words; for a two-hop task that is the
+second hop's sentence, as the worked example's format has one sentence before the answer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from kvmesh.agents.agent import Agent
+from kvmesh.agents.prompts import plan_prompt
+from kvmesh.agents.task import Task
+from kvmesh.evals.benchmarks.infoqa import InfoQATask
+from kvmesh.kvcomm.assembly import TASK
+from kvmesh.kvcomm.c2c.capture import position_free_kv, prefix_cache
+from kvmesh.kvcomm.c2c.mappers.base import KVMapper
+from kvmesh.kvcomm.c2c.task_fusion import task_rows
+from kvmesh.kvcomm.rope import LayerRope
+from kvmesh.llm.cache import cache_argument
+
+
+@dataclass
+class Example:
+    """One training example, tokenized as the two turns read it.
+
+    Args:
+        sender_ids: the sender's whole prompt.
+        sender_task: [start, end) of the task in it.
+        prompt_ids: the receiver's own prompt (what follows a mapped context in transfer; all it reads in fusion).
+        task_span: [start, end) of the task in it.
+        task_text: the task's text (both prompts hold it; fusion aligns the two tokenizations over it).
+        reply_ids: the receiver's target reply, its end of turn included.
+        cached: tensors of the frozen models, computed on first use.
+    """
+
+    sender_ids: list[int]
+    sender_task: tuple[int, int]
+    prompt_ids: list[int]
+    task_span: tuple[int, int]
+    task_text: str
+    reply_ids: list[int]
+    cached: dict = field(default_factory=dict, repr=False)
+
+
+def target_reply(task: InfoQATask) -> str:
+    """The reply in the receiver's worked example's format: the notes' sentences that name the answer, then
+    "Answer: <gold>"."""
+    sentences = [s.strip() for shard in task.shards for s in re.split(r"(?<=\.)\s+", shard) if s.strip()]
+    answer = re.compile(rf"(?:^|\W){re.escape(task.answer)}(?:\W|$)", re.IGNORECASE)
+    evidence = [s for s in sentences if answer.search(s)]
+    return "\n".join([*evidence[:1], f"Answer: {task.answer}"])
+
+
+def end_of_turn(model) -> list[int]:
+    """The ids a model's chat layout writes after an assistant's reply, up to its first end-of-sequence token."""
+    marker = "\x00reply\x00"
+    text = model.chat.render([("user", "x"), ("assistant", marker)], add_generation_prompt=False)
+    ids = model.encode_prompt(text[text.index(marker) + len(marker) :])
+    ends = [i for i, token in enumerate(ids) if token in model.eos_ids]
+    return ids[: ends[0] + 1] if ends else []
+
+
+def _plan(agent: Agent, task: Task):
+    plan = plan_prompt(
+        agent.llm, agent.system_text(), task.question, context=task.context, shard=task.shard_for(agent.name, 0),
+        examples=agent.examples,
+    )  # fmt: skip
+    (task_piece,) = [piece for piece in plan.pieces if piece.kind == TASK]
+    return plan, task_piece.text
+
+
+def build_examples(sender: Agent, receiver: Agent, infoqa: Sequence[InfoQATask]) -> list[Example]:
+    """Examples for `infoqa` tasks: the sender holds every shard, the receiver the question alone."""
+    built = []
+    for item in infoqa:
+        notes = "\n".join(shard.strip() for shard in item.shards)
+        sent, _ = _plan(sender, Task(item.question, id=item.id, shards={sender.name: notes}))
+        read, task_text = _plan(receiver, Task(item.question, id=item.id))
+        reply = receiver.llm.tokenizer(target_reply(item), add_special_tokens=False)["input_ids"]
+        built.append(
+            Example(
+                sent.token_ids,
+                sent.task_span,
+                read.token_ids,
+                read.task_span,
+                task_text,
+                reply + end_of_turn(receiver.llm),
+            )
+        )
+    return built
+
+
+def reply_loss(
+    receiver, ids: Sequence[int], reply: int, cache: tuple[torch.Tensor, torch.Tensor] | None = None, hidden=None
+) -> torch.Tensor:
+    """The receiver's cross-entropy over the last `reply` tokens of `ids`, read after `cache` (rotated keys and
+    values (L, H, C, D) at positions 0 .. C - 1; None: nothing); `hidden`: per-layer column masks or biases
+    (`kvmesh.llm.layer_mask`)."""
+    model, offset = receiver.model, 0 if cache is None else cache[0].shape[2]
+    kwargs = {} if cache is None else cache_argument(model, prefix_cache(*cache, model.config))
+    logits = model(
+        input_ids=torch.tensor([list(ids)]),
+        position_ids=torch.arange(offset, offset + len(ids))[None],
+        attention_mask=torch.ones(1, offset + len(ids), dtype=torch.long),
+        logits_to_keep=reply + 1,
+        use_cache=True,
+        **kwargs,
+        **({"hidden": hidden} if hidden else {}),
+    ).logits[0, :-1]
+    return F.cross_entropy(logits.float(), torch.tensor(list(ids[-reply:])))
+
+
+def sender_cache(sender, example: Example, layers: Sequence[int], rope: LayerRope):
+    """The sender's position-free cache of its prompt (the layers a mapper reads), kept on the example."""
+    if "sender" not in example.cached:
+        example.cached["sender"] = position_free_kv(sender, example.sender_ids, layers, rope)
+    return example.cached["sender"]
+
+
+def transfer_loss(mapper: KVMapper | None, receiver, example: Example, context, rope: LayerRope) -> torch.Tensor:
+    """The receiver's reply loss reading `context` (a sender's position-free cache) mapped by `mapper` in front of
+    its own prompt; `mapper` None reads nothing (the no-communication baseline). A gated mapper's gate g scales
+    the attention its layer pays the mapped context (a log g bias on those columns): a closed gate hides it, as
+    the channel does."""
+    ids, reply = example.prompt_ids + example.reply_ids, len(example.reply_ids)
+    if mapper is None:
+        return reply_loss(receiver, ids, reply)
+    keys, values = mapper.transfer(*context)
+    gates, hidden = mapper.layer_gates(), None
+    if gates is not None:  # log g on the mapped columns, nothing on the receiver's own
+        own = torch.zeros(1, len(ids))
+        hidden = {
+            layer: torch.cat([gate.log().expand(1, keys.shape[2]), own], dim=1) for layer, gate in enumerate(gates)
+        }
+    return reply_loss(receiver, ids, reply, (rope.apply(keys), values), hidden)
+
+
+def fusion_rows(sender, receiver, example: Example, layers: Sequence[int], ropes: tuple[LayerRope, LayerRope]):
+    """What fusion reads, kept on the example: the receiver's rotated cache before its task, its position-free
+    rows of the task, and the sender's position-free rows of the task laid out on the receiver's task tokens."""
+    if "fusion" not in example.cached:
+        start, end = example.task_span
+        keys, values = position_free_kv(receiver, example.prompt_ids[:end], rope=ropes[1])
+        lo, hi = example.sender_task
+        sender_keys, sender_values = position_free_kv(sender, example.sender_ids, layers, ropes[0])
+        ids = example.sender_ids[lo:hi]
+        rows = task_rows(
+            example.task_text, ids, sender_keys[:, :, lo:hi], sender_values[:, :, lo:hi], sender.tokenizer,
+            receiver.tokenizer,
+        )  # fmt: skip
+        before = (ropes[1].apply(keys[:, :, :start]), values[:, :, :start])
+        example.cached["fusion"] = (before, (keys[:, :, start:end], values[:, :, start:end]), (rows.keys, rows.values))
+    return example.cached["fusion"]
+
+
+def fusion_loss(mapper: KVMapper | None, receiver, example: Example, rows, rope: LayerRope) -> torch.Tensor:
+    """The receiver's reply loss when its task rows are fused with the sender's by `mapper` (None: its own rows,
+    the no-communication baseline); `rows` from `fusion_rows`."""
+    (before_keys, before_values), (own_keys, own_values), sender_rows = rows
+    start, end = example.task_span
+    if mapper is not None:
+        own_keys, own_values = mapper.fuse(own_keys, own_values, *sender_rows)
+    keys = torch.cat([before_keys, rope.apply(own_keys, torch.arange(start, end))], dim=2)
+    values = torch.cat([before_values, own_values], dim=2)
+    ids = example.prompt_ids[end:] + example.reply_ids
+    return reply_loss(receiver, ids, len(example.reply_ids), (keys, values))
