@@ -16,6 +16,9 @@ The sender holds every shard of a task, the receiver gets the question alone and
                     sender's cache of it (C2C's own mode: no context is read)
     text:<sender>   the text relay from each c2c mapper's sender model (the relay c2c is measured against)
     skyline         the receiver reads the shards itself
+    avp:<mode>      with `peers` = ["avp"]: AVP run on the same tasks and prompts (`kvmesh.evals.peers.avp`):
+                    avp:direct, avp:text, avp:latent@N (N latent steps), avp:cross@N:<sender> (its cross-model
+                    projection from each mapper's sender)
 
 Every mode runs the same tasks through `Team.run_batch` at the same batch size. Timing (`kvmesh.evals.timing`):
 each mode first runs its first batch `warmup` times (not timed), then `repeats` rounds run every mode over all
@@ -97,6 +100,8 @@ class LatentStudyConfig:
         token_layer_fraction: the layer fraction, in percent, that the token-selection curve runs at.
         thoughts: latent thoughts the sender runs after its prompt, one kv-select@100+tN mode each.
         mappers: c2c mapper folders (`kvmesh c2c fit|train`), one mode each.
+        peers: peer systems to run beside kvmesh's modes ("avp", from the `peers` extra).
+        avp_steps: AVP's latent steps, one avp:latent@N mode each (and its cross-model modes at the first).
         calibrate: training tasks kv-select calibrates its layer choice on (at least 16).
         only: run only the modes with these names (kv-select@30, c2c:ridge, ...); empty: every mode.
         batch_size: tasks per batched runtime pass, the same in every mode.
@@ -120,6 +125,8 @@ class LatentStudyConfig:
     token_layer_fraction: int = 100
     thoughts: list[int] = field(default_factory=lambda: [1, 5, 20])
     mappers: list[str] = field(default_factory=list)
+    peers: list[str] = field(default_factory=list, metadata={"choices": ("avp",)})
+    avp_steps: list[int] = field(default_factory=lambda: [5, 20])
     calibrate: int = 16
     only: list[str] = field(default_factory=list)
     batch_size: int = 16
@@ -131,10 +138,14 @@ class LatentStudyConfig:
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
+        if set(self.peers) - {"avp"}:
+            raise ConfigError(f"{{peers}} may name avp, got {self.peers}", owner)
         for name in ("fractions", "token_fractions"):
             bad = [f for f in getattr(self, name) if not 0 < f <= 100]
             if bad:
                 raise ConfigError(f"{{{name}}} are percentages in (0, 100], got {bad}", owner)
+        if not self.avp_steps or any(n < 0 for n in self.avp_steps):
+            raise ConfigError(f"{{avp_steps}} are AVP's latent steps, 0 or more each, got {self.avp_steps}", owner)
         if any(n < 1 for n in self.thoughts):
             raise ConfigError(f"{{thoughts}} are latent steps, at least 1 each, got {self.thoughts}", owner)
         if not 0 < self.token_layer_fraction <= 100:
@@ -230,23 +241,44 @@ def _fingerprint(results: Sequence[TeamResult]) -> str:
     return digest([[*(m.content for m in r.messages), r.answer] for r in results])
 
 
+def _mapper_senders(config: LatentStudyConfig) -> list[str]:
+    """The distinct sender models of the study's c2c mappers (other than the receiver's)."""
+    from kvmesh.kvcomm.c2c.mappers.base import load_config  # imported on use: only c2c modes need it
+
+    return list(dict.fromkeys(s for s in (load_config(f).sender for f in config.mappers) if s != config.model))
+
+
 def _c2c_modes(config: LatentStudyConfig) -> list[tuple[str, Callable[[], Team], str]]:
-    """c2c:<mapper> (context transfer) and c2c-fusion:<mapper> (fusion over the question) for each mapper, and the
-    text relay from each distinct mapper sender."""
+    """c2c:<mapper> (context transfer) and c2c-fusion:<mapper> (fusion over the question) for each mode a mapper
+    serves, and the text relay from each distinct mapper sender."""
     from kvmesh.kvcomm.c2c.mappers.base import load_mapper  # imported on use: only c2c modes need it
 
-    modes, senders = [], []
+    modes = []
     for folder in config.mappers:
         mapper = load_mapper(folder)
-        sender = mapper.config.sender
-        if sender not in senders and sender != config.model:
-            senders.append(sender)
         for prefix, mode in (("c2c", "transfer"), ("c2c-fusion", "fusion")):
-            settings = {"mapper": folder, "mode": mode}
-            build = lambda c=settings, s=sender: _pair(config, "c2c", s, c2c=c)  # noqa: E731
-            modes.append((f"{prefix}:{Path(folder).name}", build, SENDER))
-    relays = [(f"text:{s}", lambda s=s: _pair(config, "text", s), SENDER) for s in senders]
+            if mode in mapper.modes:
+                settings, sender = {"mapper": folder, "mode": mode}, mapper.config.sender
+                build = lambda c=settings, s=sender: _pair(config, "c2c", s, c2c=c)  # noqa: E731
+                modes.append((f"{prefix}:{Path(folder).name}", build, SENDER))
+    relays = [(f"text:{s}", lambda s=s: _pair(config, "text", s), SENDER) for s in _mapper_senders(config)]
     return relays + modes
+
+
+def _peer_modes(config: LatentStudyConfig) -> list[tuple[str, Callable[[], object], str | None]]:
+    """AVP's modes on the study's own agents and tasks (`peers`); see the module docstring."""
+    if "avp" not in config.peers:
+        return []
+    from kvmesh.evals.peers.avp import AVPPair  # imported on use: the `peers` extra
+
+    first = config.avp_steps[0]
+    settings = [("direct", "direct", 0, None, None), ("text", "text", 0, None, SENDER)]
+    settings += [(f"latent@{n}", "latent", n, None, SENDER) for n in config.avp_steps]
+    settings += [(f"cross@{first}:{s}", "cross", first, s, SENDER) for s in _mapper_senders(config)]
+    return [
+        (f"avp:{name}", lambda m=mode, n=n, s=s: AVPPair(m, *study_agents(config, s), steps=n), reader)
+        for name, mode, n, s, reader in settings
+    ]
 
 
 # a mode: its name, its team given kv-select's calibration scores (None: not calibrated), the shards' reader
@@ -282,7 +314,7 @@ def _modes(config: LatentStudyConfig) -> list[Mode]:
         *_kv_select_modes(config),
     ]
     c2c = _c2c_modes(config) if config.mappers else []
-    modes += [(name, lambda _, build=build: build(), reader) for name, build, reader in c2c]
+    modes += [(name, lambda _, build=build: build(), reader) for name, build, reader in c2c + _peer_modes(config)]
     modes.append(("skyline", lambda _: _alone(config), RECEIVER))
     if config.only:
         unknown = sorted(set(config.only) - {name for name, _, _ in modes})
