@@ -34,22 +34,14 @@ import torch
 from torch import nn
 
 from kvmesh.kvcomm.c2c.mappers.base import TRANSFER, MapperConfig, flatten, unflatten
-from kvmesh.kvcomm.c2c.mappers.gates import WEIGHT_INIT, GatedMapper, per_head
+from kvmesh.kvcomm.c2c.mappers.gates import GatedMapper, LayerProjection, per_head
 
 
-class Projection(nn.Module):
+class Projection(LayerProjection):
     """One receiver layer's keys (or values): x (S, W_in) -> (projection (S, W_out), weight (S, H_out))."""
 
     def __init__(self, width_in: int, width_out: int, heads_out: int, hidden: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(width_in, width_out)
-        self.hidden = nn.Linear(width_in, hidden)
-        self.out = nn.Linear(hidden, width_out)
-        self.weight = nn.Linear(hidden, heads_out)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-        nn.init.zeros_(self.weight.weight)
-        nn.init.constant_(self.weight.bias, WEIGHT_INIT)
+        super().__init__(width_in, width_out, heads_out, hidden, hidden_in=width_in)
 
     def forward(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = nn.functional.gelu(self.hidden(rows))
@@ -61,13 +53,7 @@ class Fuser(GatedMapper):
 
     kind = "fuser"
     modes = (TRANSFER,)
-
-    def __init__(self, config: MapperConfig) -> None:
-        super().__init__(config)
-        sender, receiver = config.sender_geometry, config.receiver_geometry
-        shape = (sender.width, receiver.width, receiver.kv_heads, config.hidden)
-        self.keys = nn.ModuleList(Projection(*shape) for _ in range(receiver.layers))
-        self.values = nn.ModuleList(Projection(*shape) for _ in range(receiver.layers))
+    projection = Projection
 
     def transfer(self, keys, values):
         """w · projection, per receiver layer: (Lr, Hr, S, Dr) keys and values (the gates act on attention)."""

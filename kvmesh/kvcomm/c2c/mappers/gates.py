@@ -31,18 +31,40 @@ def temperature_at(step: int, steps: int, start: float = 1.0, end: float = 1e-3)
     return start * (end / start) ** fraction
 
 
-class GatedMapper(nn.Module, KVMapper):
-    """A trained mapper with a gate per receiver layer. `temperature`: the gates' Gumbel temperature; `generator`:
-    where their noise comes from in training mode. Subclasses build `keys` and `values` (`nn.ModuleList`s)."""
+class LayerProjection(nn.Module):
+    """One receiver layer's keys (or values): `linear` maps the sender's rows (S, W_in) into the receiver's format
+    (S, W_out); a hidden layer of `hidden` units reads `hidden_in` features per row (what, is the subclass's
+    `forward`), `out` writes (S, W_out) from it (zero at start) and `weight` a weight per receiver head
+    (S, H_out), sigmoid(WEIGHT_INIT) at start."""
 
-    keys: nn.ModuleList
-    values: nn.ModuleList
+    def __init__(self, width_in: int, width_out: int, heads_out: int, hidden: int, hidden_in: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(width_in, width_out)
+        self.hidden = nn.Linear(hidden_in, hidden)
+        self.out = nn.Linear(hidden, width_out)
+        self.weight = nn.Linear(hidden, heads_out)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        nn.init.zeros_(self.weight.weight)
+        nn.init.constant_(self.weight.bias, WEIGHT_INIT)
+
+
+class GatedMapper(nn.Module, KVMapper):
+    """A trained mapper with a gate per receiver layer and a `projection` per receiver layer for keys and one for
+    values. `temperature`: the gates' Gumbel temperature; `generator`: where their noise comes from in training
+    mode."""
+
+    projection: type[LayerProjection]  # built as projection(W_in, W_out, H_out, hidden)
 
     def __init__(self, config: MapperConfig) -> None:
         super().__init__()
         if config.kind != self.kind:
             raise MapperError(f"a {type(self).__name__} needs a config of kind {self.kind!r}, got {config.kind!r}")
         self.config = config
+        sender, receiver = config.sender_geometry, config.receiver_geometry
+        shape = (sender.width, receiver.width, receiver.kv_heads, config.hidden)
+        self.keys = nn.ModuleList(self.projection(*shape) for _ in range(receiver.layers))
+        self.values = nn.ModuleList(self.projection(*shape) for _ in range(receiver.layers))
         self.gate_logits = nn.Parameter(torch.full((config.receiver_geometry.layers,), GATE_INIT))
         self.temperature = 1.0
         self.generator: torch.Generator | None = None  # the gate noise's source in training mode (None: torch's)

@@ -29,23 +29,15 @@ import torch
 from torch import nn
 
 from kvmesh.kvcomm.c2c.mappers.base import FUSION, MapperConfig, MapperError, flatten, unflatten
-from kvmesh.kvcomm.c2c.mappers.gates import WEIGHT_INIT, GatedMapper, per_head
+from kvmesh.kvcomm.c2c.mappers.gates import GatedMapper, LayerProjection, per_head
 
 
-class ResidualProjection(nn.Module):
+class ResidualProjection(LayerProjection):
     """One receiver layer's keys (or values): sender rows x (S, W_in) and receiver rows r (S, W_out) ->
     (residual (S, W_out), weight (S, H_out))."""
 
     def __init__(self, width_in: int, width_out: int, heads_out: int, hidden: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(width_in, width_out)
-        self.hidden = nn.Linear(2 * width_out, hidden)
-        self.out = nn.Linear(hidden, width_out)
-        self.weight = nn.Linear(hidden, heads_out)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-        nn.init.zeros_(self.weight.weight)
-        nn.init.constant_(self.weight.bias, WEIGHT_INIT)
+        super().__init__(width_in, width_out, heads_out, hidden, hidden_in=2 * width_out)
 
     def forward(self, sender: torch.Tensor, receiver: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = nn.functional.gelu(self.hidden(torch.cat([self.linear(sender), receiver], dim=-1)))
@@ -57,13 +49,7 @@ class ResidualFuser(GatedMapper):
 
     kind = "residual"
     modes = (FUSION,)
-
-    def __init__(self, config: MapperConfig) -> None:
-        super().__init__(config)
-        sender, receiver = config.sender_geometry, config.receiver_geometry
-        shape = (sender.width, receiver.width, receiver.kv_heads, config.hidden)
-        self.keys = nn.ModuleList(ResidualProjection(*shape) for _ in range(receiver.layers))
-        self.values = nn.ModuleList(ResidualProjection(*shape) for _ in range(receiver.layers))
+    projection = ResidualProjection
 
     def fuse(self, receiver_keys, receiver_values, sender_keys, sender_values):
         """r + g · w · residual, per receiver layer: (Lr, Hr, S, Dr) keys and values."""
