@@ -47,6 +47,7 @@ from kvmesh.agents.task import Task
 from kvmesh.agents.usage import Usage, UsageReport
 from kvmesh.graph import CommGraph, Edge
 from kvmesh.graph.edge import SPATIAL
+from kvmesh.llm import load_model
 from kvmesh.llm.registry import cache_dir
 
 MODES = ("direct", "text", "latent", "cross")
@@ -103,6 +104,13 @@ def _generated(model) -> Iterator[list[int]]:
 def _nbytes(cache) -> int:
     """Bytes of keys and values a transformers cache holds (what AVP hands the receiver)."""
     return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+
+
+def describe(pairs: Sequence[tuple[str, str]]) -> dict:
+    """AVP's version and what its handshake answers for each (sender, receiver) pair of model specs."""
+    avp = _avp()
+    answers = {f"{s} -> {r}": handshake(load_model(s), load_model(r)) for s, r in pairs}
+    return {"version": avp.__version__, "handshakes": answers}
 
 
 class AVPPair:

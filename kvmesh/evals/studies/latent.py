@@ -461,6 +461,10 @@ def _run_rounds(
         "calibration": calibration,
         "config": asdict(config),
     }
+    if "avp" in config.peers:  # what AVP's handshake answers for each cross-model pair it ran
+        from kvmesh.evals.peers.avp import describe
+
+        report["peers"] = {"avp": describe([(s, config.model) for s in _mapper_senders(config)])}
     if config.out:
         report["plot"] = str(plot_modes(report["modes"], Path(config.out) / "plot.png"))
     return report

@@ -66,6 +66,7 @@ def test_the_study_runs_avp_beside_kvmeshs_modes_on_the_same_tasks(tiny):
         assert modes[avp]["accuracy"] == modes[kvmesh]["accuracy"]
         assert modes[avp]["generated_tokens"] == pytest.approx(modes[kvmesh]["generated_tokens"])  # same replies
     assert modes["avp:latent@2"]["latent_steps"] == 2 and modes["avp:latent@2"]["seconds_per_task"] > 0
+    assert report["peers"]["avp"] == {"version": "0.6.2", "handshakes": {}}  # no mapper: no cross-model pair
 
 
 def test_avps_cross_model_projection_runs_from_another_model_and_reads_one_position(tiny, gemma_tokenized, samples):
@@ -76,4 +77,4 @@ def test_avps_cross_model_projection_runs_from_another_model_and_reads_one_posit
     results = AVPPair("cross", sender, receiver, steps=2).run_batch(tasks_for(samples[:1], SENDER))
     total = results[0].usage.total
     assert total.cache_read == 1 and total.latent_steps == 2  # AVP hands over one projected vector
-    assert handshake(gemma_tokenized, tiny).startswith("mode=")
+    assert handshake(gemma_tokenized, tiny).startswith("mode=LATENT")  # AVP accepts the pair (shared vocabulary)
