@@ -62,3 +62,16 @@ def test_a_fresh_residual_fuser_leaves_the_fusion_loss_as_reading_nothing(tiny):
     fuser = ResidualFuser(MapperConfig("residual", "tiny-random", "tiny-random", geometry, geometry, hidden=8))
     losses = Losses("fusion", tiny, tiny, list(range(geometry.layers)))
     assert float(losses(fuser.eval(), examples[0])) == float(losses(None, examples[0]))
+
+
+def test_a_gate_annealed_shut_keeps_the_training_gradient_finite(tiny):
+    _, examples = _examples(tiny, 1)
+    geometry = KVGeometry.of(tiny)
+    fuser = Fuser(MapperConfig("fuser", "tiny-random", "tiny-random", geometry, geometry, hidden=8)).train()
+    losses = Losses("transfer", tiny, tiny, list(range(geometry.layers)))
+    with torch.no_grad():
+        fuser.gate_logits.copy_(torch.tensor([-30.0, 30.0]))
+    fuser.temperature = 1e-3  # the end of the anneal: the first gate is 0 to float precision
+    loss = losses(fuser, examples[0])
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in fuser.parameters() if p.grad is not None)

@@ -39,6 +39,8 @@ from kvmesh.kvcomm.c2c.task_fusion import task_rows
 from kvmesh.kvcomm.rope import LayerRope
 from kvmesh.llm.cache import cache_argument
 
+GATE_FLOOR = 1e-6  # a soft gate's least value in the training bias: log 1e-6 ≈ -13.8 leaves almost no attention
+
 
 @dataclass
 class Example:
@@ -147,13 +149,22 @@ def transfer_loss(mapper: KVMapper | None, receiver, example: Example, context, 
     if mapper is None:
         return reply_loss(receiver, ids, reply)
     keys, values = mapper.transfer(*context)
-    gates, hidden = mapper.layer_gates(), None
-    if gates is not None:  # log g on the mapped columns, nothing on the receiver's own
-        own = torch.zeros(1, len(ids))
-        hidden = {
-            layer: torch.cat([gate.log().expand(1, keys.shape[2]), own], dim=1) for layer, gate in enumerate(gates)
-        }
-    return reply_loss(receiver, ids, reply, (rope.apply(keys), values), hidden)
+    return reply_loss(receiver, ids, reply, (rope.apply(keys), values), gate_columns(mapper, keys.shape[2], len(ids)))
+
+
+def gate_columns(mapper: KVMapper, context: int, own: int) -> dict[int, torch.Tensor] | None:
+    """Per receiver layer, how its gate acts on the `context` mapped columns (and not on the `own` ones after
+    them): hard gates (all 0 or 1: eval mode, or saturated) hide a closed layer's columns exactly, as the channel
+    does; soft ones add log g to their logits, g floored at GATE_FLOOR (log 0 would make the loss's gradient NaN)."""
+    gates = mapper.layer_gates()
+    if gates is None:
+        return None
+    if bool(((gates == 0) | (gates == 1)).all()):  # hard: a mask, no bias
+        closed = (gates <= 0).tolist()
+        hide = torch.cat([torch.ones(1, context, dtype=torch.bool), torch.zeros(1, own, dtype=torch.bool)], dim=1)
+        return {layer: hide for layer, shut in enumerate(closed) if shut} or None
+    bias = gates.clamp_min(GATE_FLOOR).log()
+    return {layer: torch.cat([g.expand(1, context), torch.zeros(1, own)], dim=1) for layer, g in enumerate(bias)}
 
 
 def fusion_rows(sender, receiver, example: Example, layers: Sequence[int], ropes: tuple[LayerRope, LayerRope]):
