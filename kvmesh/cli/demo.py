@@ -3,10 +3,11 @@
 1. Three agents, each holding part of the facts; only by relaying them can the team answer (a text chain, its
    transcript and usage).
 2. The same two-agent team (`kvmesh bench latent`'s: a sender holding the notes, a receiver asking) over text and
-   over its best latent channel, kv-select at every layer with 5 latent thoughts (best of the latent modes on
-   InfoQA validation tasks), on a few validation tasks: each task's answers side by side, then accuracy, seconds
-   per task and tokens per task for each channel, measured in this run (after one untimed warm-up batch each).
-   A handful of tasks shows the mechanism, not a result: the measured tables are `kvmesh bench latent`'s.
+   over a latent channel, kv-select at every layer with 5 latent thoughts (the best of 1, 5 and 20 thoughts in
+   one 48-task InfoQA validation round, its interval overlapping the others'), on a few validation tasks: each
+   task's answers side by side, then accuracy, seconds per task and tokens per task for each channel, measured in
+   this run (after one untimed warm-up batch each). A handful of tasks shows the mechanism, not a result: the
+   measured tables are `kvmesh bench latent`'s.
 """
 
 from __future__ import annotations

@@ -245,7 +245,10 @@ class LocalRunningBatch:
             self.runner.busy_s += time.perf_counter() - begin
             return done
         self._suppress_eos()
-        tokens = choose_tokens(self.running.logits, self.running.temperatures, self.generator)
+        # a row that thinks, or has thought and generates nothing, uses no token: greedy draws none from the generator
+        unused = [row.thinking or row.request.prefill_only for row in self.rows]
+        temperatures = self.running.temperatures.masked_fill(torch.tensor(unused, device=self.running.logits.device), 0)
+        tokens = choose_tokens(self.running.logits, temperatures, self.generator)
         now = time.perf_counter()
         keep: list[int] = []
         for i, (row, token) in enumerate(zip(self.rows, tokens.tolist(), strict=True)):

@@ -39,9 +39,12 @@ def _eager(module, query, key, value, attention_mask, **kwargs):
     )
 
 
-def hide_columns(attention_mask: torch.Tensor | None, hidden: torch.Tensor, query_length: int) -> torch.Tensor:
+def hide_columns(
+    attention_mask: torch.Tensor | None, hidden: torch.Tensor, query_length: int, dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """`attention_mask` (B, 1, Q, K) bool or additive float, or None for causal) with `hidden` (B, K) removed
-    (bool), or added to the logits (float: an additive bias per column, differentiable)."""
+    (bool), or added to the logits (float: an additive bias per column, differentiable, in `dtype`: the
+    queries', which SDPA requires of a float mask)."""
     rows, keys = hidden.shape[0], hidden.shape[1]
     if attention_mask is None:
         query_positions = torch.arange(keys - query_length, keys, device=hidden.device)[:, None]
@@ -49,11 +52,12 @@ def hide_columns(attention_mask: torch.Tensor | None, hidden: torch.Tensor, quer
         attention_mask = causal[None, None].expand(rows, 1, query_length, keys)
     hide = hidden[:, None, None, : attention_mask.shape[-1]]
     if hide.is_floating_point():
+        dtype = dtype or hide.dtype
         if attention_mask.dtype == torch.bool:
-            attention_mask = torch.zeros(attention_mask.shape, dtype=hide.dtype, device=hide.device).masked_fill(
-                ~attention_mask, torch.finfo(hide.dtype).min
+            attention_mask = torch.zeros(attention_mask.shape, dtype=dtype, device=hide.device).masked_fill(
+                ~attention_mask, torch.finfo(dtype).min
             )
-        return attention_mask + hide
+        return attention_mask.to(dtype) + hide.to(dtype)
     if attention_mask.dtype == torch.bool:
         return attention_mask & ~hide
     return attention_mask.masked_fill(hide, torch.finfo(attention_mask.dtype).min)
@@ -62,7 +66,7 @@ def hide_columns(attention_mask: torch.Tensor | None, hidden: torch.Tensor, quer
 def _masked(attention: Callable) -> Callable:
     def forward(module, query, key, value, attention_mask, hidden=None, **kwargs):
         if hidden is not None and (columns := hidden.get(module.layer_idx)) is not None:
-            attention_mask = hide_columns(attention_mask, columns, query.shape[2])
+            attention_mask = hide_columns(attention_mask, columns, query.shape[2], query.dtype)
         return attention(module, query, key, value, attention_mask, **kwargs)
 
     return forward

@@ -21,7 +21,7 @@ from kvmesh.llm.adapters import adapters_of
 from kvmesh.llm.cache import cache_argument, can_merge
 from kvmesh.llm.layer_mask import use_layer_masks
 from kvmesh.llm.rows import Row
-from kvmesh.llm.thoughts import Realignment
+from kvmesh.llm.thoughts import LastHidden, Realignment
 
 
 class ModelRunner:
@@ -43,12 +43,7 @@ class ModelRunner:
         self.eos_index = torch.tensor(sorted(eos_ids), dtype=torch.long)
         self.busy_s = 0.0
         self._realignment: Realignment | None = None  # built on the first latent thought
-        self._last_hidden: torch.Tensor | None = None
-        model.get_decoder().register_forward_hook(self._keep_last_hidden)
-
-    def _keep_last_hidden(self, module, args, output) -> None:
-        """Keep the decoder's output at each row's last position: (B, d), a copy (the rest is freed)."""
-        self._last_hidden = output.last_hidden_state[:, -1].clone()
+        self._last_hidden = LastHidden.of(model)
 
     def thought_inputs(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, d) final hidden states -> (B, 1, d) input embeddings: the rows' next latent thoughts."""
@@ -98,7 +93,7 @@ class ModelRunner:
                 logits_to_keep=1,
                 **({"hidden": hidden} if hidden else {}),
             )
-        return out.logits[:, -1, :], self._last_hidden
+        return out.logits[:, -1, :], self._last_hidden.value
 
     def hidden(self, latent: torch.Tensor, reads: torch.Tensor) -> dict[int, torch.Tensor]:
         """{layer: (B, W) columns it must skip} for the layers that skip any."""

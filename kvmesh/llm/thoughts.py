@@ -21,7 +21,9 @@ whose embeddings have unit-scale rows); float64 solves keep M exact to rounding 
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -60,3 +62,23 @@ class Realignment:
         """(..., d) final hidden states -> (..., d) input embeddings of the input embeddings' mean norm."""
         mapped = hidden.to(self.matrix.dtype) @ self.matrix
         return mapped * (self.norm / mapped.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+
+
+class LastHidden:
+    """The decoder's output at each row's last position after the model's latest forward pass, (B, d), detached.
+    One per model (`of`): a forward hook on its decoder, registered once however many runners share the model."""
+
+    _by_model: ClassVar[weakref.WeakKeyDictionary] = weakref.WeakKeyDictionary()
+
+    def __init__(self, model) -> None:
+        self.value: torch.Tensor | None = None
+        self.handle = model.get_decoder().register_forward_hook(self._keep)
+
+    def _keep(self, module, args, output) -> None:
+        self.value = output.last_hidden_state[:, -1].detach().clone()  # the rest of the output is freed
+
+    @classmethod
+    def of(cls, model) -> LastHidden:
+        if model not in cls._by_model:
+            cls._by_model[model] = cls(model)
+        return cls._by_model[model]

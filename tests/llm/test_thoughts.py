@@ -92,3 +92,12 @@ def test_a_model_built_here_thinks_too(tiny):
     ids = _prompt(lm, "Hi.")
     (row,) = run_requests(lm, [GenerationRequest(ids, 0, keep_kv=True, latent_steps=1)])
     assert len(row.prompt_kv) == len(ids) + 1
+
+
+def test_a_thinking_row_draws_nothing_from_the_batchs_sampling(tiny):
+    """A sampled row's tokens depend on the batch's seed alone, not on a thinking row beside it."""
+    sampled = GenerationRequest(_prompt(tiny, "Write one short sentence about the sea."), 8, temperature=1.0)
+    thinking = GenerationRequest(_prompt(tiny, "Hi."), 0, 1.0, keep_kv=True, latent_steps=4)
+    alone = run_requests(tiny, [sampled], seed=3)[0].token_ids
+    beside = run_requests(tiny, [sampled, thinking], seed=3)[0].token_ids
+    assert beside == alone

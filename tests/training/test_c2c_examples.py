@@ -70,8 +70,39 @@ def test_a_gate_annealed_shut_keeps_the_training_gradient_finite(tiny):
     fuser = Fuser(MapperConfig("fuser", "tiny-random", "tiny-random", geometry, geometry, hidden=8)).train()
     losses = Losses("transfer", tiny, tiny, list(range(geometry.layers)))
     with torch.no_grad():
-        fuser.gate_logits.copy_(torch.tensor([-30.0, 30.0]))
-    fuser.temperature = 1e-3  # the end of the anneal: the first gate is 0 to float precision
+        fuser.gate_logits.copy_(torch.tensor([-200.0, 0.0]))
+    fuser.generator = torch.Generator().manual_seed(0)  # the first gate underflows to exactly 0, the second is soft
     loss = losses(fuser, examples[0])
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in fuser.parameters() if p.grad is not None)
+
+
+def test_gates_learn_fast_enough_to_cross_zero_in_a_run(tiny):
+    """Gate logits start at 2 (open) and must be able to cross 0 within a run: with their own learning rate they
+    move by units in a short run (and the loss falls), while at the projections' rate they could not move by 0.1."""
+    from kvmesh.training.kv_mappers.train import TrainConfig, optimizer_for
+
+    _, examples = _examples(tiny, 1)
+    geometry = KVGeometry.of(tiny)
+    torch.manual_seed(0)
+    fuser = Fuser(MapperConfig("fuser", "tiny-random", "tiny-random", geometry, geometry, hidden=8))
+    losses = Losses("transfer", tiny, tiny, list(range(geometry.layers)))
+    moved = {}
+    for gate_lr in (1e-3, 0.5):
+        trained = Fuser(fuser.config)
+        trained.load_state_dict(fuser.state_dict())
+        config = TrainConfig(out="unused", steps=30, lr=1e-9, gate_lr=gate_lr, validation=2)
+        optimizer, schedule = optimizer_for(trained, config)
+        trained.train()
+        trained.generator = torch.Generator().manual_seed(0)
+        first = last = None
+        for _ in range(config.steps):
+            optimizer.zero_grad()
+            loss = losses(trained, examples[0])
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            first, last = first if first is not None else float(loss), float(loss)
+        moved[gate_lr] = float((trained.gate_logits - fuser.gate_logits).abs().max())
+        assert gate_lr < 0.1 or last < first  # the gates alone lower the loss
+    assert moved[1e-3] < 0.1 < 1.0 < moved[0.5], moved

@@ -111,6 +111,11 @@ class C2CChannel(Channel):
         if self.config.mode not in self.mapper.modes:
             raise ChannelNotAvailableError(f"c2c mode {self.config.mode!r}: {self.mapper.wrong_mode(self.config.mode)}")
         self._open = self.mapper.open_layers()
+        if not self._open:
+            raise MapperQualityError(
+                f"{self.config.mapper}: every gate of this {self.mapper.config.kind} mapper is closed, so it feeds no "
+                "receiver layer and carries nothing; train it again (or use channel='text')"
+            )
         self._check_quality()
         self._ropes: dict[int, LayerRope] = {}
         self._moves: dict[int, Rope] = {}
@@ -183,6 +188,7 @@ class C2CChannel(Channel):
         if self.name not in turn.read_over or generation.prompt_kv is None:
             return
         config, kv = self.mapper.config, generation.prompt_kv
+        kv = kv.slice(0, generation.prompt_tokens)  # the prompt's rows: latent thoughts (kv-select's) are not mapped
         check_length(turn.model.model.config, len(kv), sorted(set(config.layer_map)))
         sender_rope = self._ropes[id(turn.model)]
         keys = sender_rope.strip(kv.keys.float(), torch.arange(kv.start, kv.end))

@@ -47,8 +47,9 @@ class Example:
     """One training example, tokenized as the two turns read it.
 
     Args:
-        sender_ids: the sender's whole prompt.
-        sender_task: [start, end) of the task in it.
+        senders: the sender's whole prompt and [start, end) of the task in it: [0] holding the task's own notes,
+            [1] holding another task's notes with this task's question (the content control: what the receiver
+            gets from a sender that read the wrong notes).
         prompt_ids: the receiver's own prompt (what follows a mapped context in transfer; all it reads in fusion).
         task_span: [start, end) of the task in it.
         task_text: the task's text (both prompts hold it; fusion aligns the two tokenizations over it).
@@ -56,13 +57,20 @@ class Example:
         cached: tensors of the frozen models, computed on first use.
     """
 
-    sender_ids: list[int]
-    sender_task: tuple[int, int]
+    senders: tuple[tuple[list[int], tuple[int, int]], tuple[list[int], tuple[int, int]]]
     prompt_ids: list[int]
     task_span: tuple[int, int]
     task_text: str
     reply_ids: list[int]
     cached: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def sender_ids(self) -> list[int]:
+        return self.senders[0][0]
+
+    @property
+    def sender_task(self) -> tuple[int, int]:
+        return self.senders[0][1]
 
 
 def target_reply(task: InfoQATask) -> str:
@@ -93,22 +101,19 @@ def _plan(agent: Agent, task: Task):
 
 
 def build_examples(sender: Agent, receiver: Agent, infoqa: Sequence[InfoQATask]) -> list[Example]:
-    """Examples for `infoqa` tasks: the sender holds every shard, the receiver the question alone."""
+    """Examples for `infoqa` tasks: the sender holds every shard, the receiver the question alone; each also holds
+    the sender's prompt with the next task's notes (the content control)."""
     built = []
-    for item in infoqa:
-        notes = "\n".join(shard.strip() for shard in item.shards)
-        sent, _ = _plan(sender, Task(item.question, id=item.id, shards={sender.name: notes}))
+    for index, item in enumerate(infoqa):
+        senders = []
+        for source in (item, infoqa[(index + 1) % len(infoqa)]):
+            notes = "\n".join(shard.strip() for shard in source.shards)
+            sent, _ = _plan(sender, Task(item.question, id=item.id, shards={sender.name: notes}))
+            senders.append((sent.token_ids, sent.task_span))
         read, task_text = _plan(receiver, Task(item.question, id=item.id))
         reply = receiver.llm.tokenizer(target_reply(item), add_special_tokens=False)["input_ids"]
         built.append(
-            Example(
-                sent.token_ids,
-                sent.task_span,
-                read.token_ids,
-                read.task_span,
-                task_text,
-                reply + end_of_turn(receiver.llm),
-            )
+            Example(tuple(senders), read.token_ids, read.task_span, task_text, reply + end_of_turn(receiver.llm))
         )
     return built
 
@@ -133,11 +138,13 @@ def reply_loss(
     return F.cross_entropy(logits.float(), torch.tensor(list(ids[-reply:])))
 
 
-def sender_cache(sender, example: Example, layers: Sequence[int], rope: LayerRope):
-    """The sender's position-free cache of its prompt (the layers a mapper reads), kept on the example."""
-    if "sender" not in example.cached:
-        example.cached["sender"] = position_free_kv(sender, example.sender_ids, layers, rope)
-    return example.cached["sender"]
+def sender_cache(sender, example: Example, layers: Sequence[int], rope: LayerRope, which: int = 0):
+    """The sender's position-free cache of its prompt `which` (0: its own notes, 1: the control's), in the layers
+    a mapper reads, kept on the example."""
+    key = ("sender", which)
+    if key not in example.cached:
+        example.cached[key] = position_free_kv(sender, example.senders[which][0], layers, rope)
+    return example.cached[key]
 
 
 def transfer_loss(mapper: KVMapper | None, receiver, example: Example, context, rope: LayerRope) -> torch.Tensor:
@@ -167,22 +174,27 @@ def gate_columns(mapper: KVMapper, context: int, own: int) -> dict[int, torch.Te
     return {layer: torch.cat([g.expand(1, context), torch.zeros(1, own)], dim=1) for layer, g in enumerate(bias)}
 
 
-def fusion_rows(sender, receiver, example: Example, layers: Sequence[int], ropes: tuple[LayerRope, LayerRope]):
+def fusion_rows(
+    sender, receiver, example: Example, layers: Sequence[int], ropes: tuple[LayerRope, LayerRope], which: int = 0
+):
     """What fusion reads, kept on the example: the receiver's rotated cache before its task, its position-free
-    rows of the task, and the sender's position-free rows of the task laid out on the receiver's task tokens."""
-    if "fusion" not in example.cached:
+    rows of the task, and the sender's (prompt `which`: 0 its own notes, 1 the control's) position-free rows of
+    the task laid out on the receiver's task tokens."""
+    if "receiver" not in example.cached:
         start, end = example.task_span
         keys, values = position_free_kv(receiver, example.prompt_ids[:end], rope=ropes[1])
-        lo, hi = example.sender_task
-        sender_keys, sender_values = position_free_kv(sender, example.sender_ids, layers, ropes[0])
-        ids = example.sender_ids[lo:hi]
+        before = (ropes[1].apply(keys[:, :, :start]), values[:, :, :start])
+        example.cached["receiver"] = (before, (keys[:, :, start:end], values[:, :, start:end]))
+    key = ("fusion", which)
+    if key not in example.cached:
+        ids, (lo, hi) = example.senders[which]
+        sender_keys, sender_values = sender_cache(sender, example, layers, ropes[0], which)
         rows = task_rows(
-            example.task_text, ids, sender_keys[:, :, lo:hi], sender_values[:, :, lo:hi], sender.tokenizer,
+            example.task_text, ids[lo:hi], sender_keys[:, :, lo:hi], sender_values[:, :, lo:hi], sender.tokenizer,
             receiver.tokenizer,
         )  # fmt: skip
-        before = (ropes[1].apply(keys[:, :, :start]), values[:, :, :start])
-        example.cached["fusion"] = (before, (keys[:, :, start:end], values[:, :, start:end]), (rows.keys, rows.values))
-    return example.cached["fusion"]
+        example.cached[key] = (rows.keys, rows.values)
+    return (*example.cached["receiver"], example.cached[key])
 
 
 def fusion_loss(mapper: KVMapper | None, receiver, example: Example, rows, rope: LayerRope) -> torch.Tensor:

@@ -27,10 +27,11 @@ Caveat: gradients are accumulated one example at a time (prompts differ in lengt
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -69,9 +70,12 @@ class TrainConfig(C2CData):
     Args:
         mode: "transfer" (the sender's prompt, mapped, read in front of the receiver's: a `Fuser`) or "fusion"
             (the receiver's rows of the question fused with the sender's: a `ResidualFuser`).
+        validation: validation texts: the first half chooses the checkpoint, the second measures the chosen one.
         steps: optimiser steps.
         batch: examples per step (gradients accumulated one example at a time).
         lr: AdamW learning rate (linear warm-up over the first 10% of steps, then linear decay).
+        gate_lr: the gate logits' learning rate (same schedule): they start at 2 (open) and must be able to cross
+            0 within a run, which `lr` alone (about 0.3 in all over 600 steps) would not let them.
         hidden: the fuser's hidden width per projection.
         init: a ridge mapper folder to start the fuser's linear maps from ("" starts from random).
         checkpoint_every: measure the validation loss and save a checkpoint every this many steps (and after the
@@ -83,9 +87,11 @@ class TrainConfig(C2CData):
 
     mode: str = field(default=TRANSFER, metadata={"choices": (TRANSFER, FUSION)})
     texts: int = 400
+    validation: int = 32
     steps: int = 600
     batch: int = 4
     lr: float = 1e-3
+    gate_lr: float = 5e-2
     hidden: int = 256
     init: str = ""
     checkpoint_every: int = 50
@@ -95,8 +101,14 @@ class TrainConfig(C2CData):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.steps < 1 or self.batch < 1 or self.checkpoint_every < 1 or self.lr <= 0:
-            raise ConfigError("{steps}, {batch} and {checkpoint_every} must be at least 1 and {lr} > 0", "TrainConfig")
+        if self.steps < 1 or self.batch < 1 or self.checkpoint_every < 1 or self.lr <= 0 or self.gate_lr <= 0:
+            raise ConfigError(
+                "{steps}, {batch} and {checkpoint_every} must be at least 1, {lr} and {gate_lr} > 0", "TrainConfig"
+            )
+        if self.validation < 2:
+            raise ConfigError(
+                "{validation} needs at least 2 texts: half choose the checkpoint, half check it", "TrainConfig"
+            )
 
 
 class Losses:
@@ -111,25 +123,21 @@ class Losses:
                 "load it with attn_implementation='sdpa' or 'eager'"
             )
 
-    def __call__(self, mapper: GatedMapper | None, example: Example, context_of: Example | None = None):
-        """`example`'s loss through `mapper` (None: reading nothing); in transfer, reading `context_of`'s sender
-        prompt instead of its own when given (the shuffled control)."""
+    def __call__(self, mapper: GatedMapper | None, example: Example, which: int = 0):
+        """`example`'s loss through `mapper` (None: reading nothing), from the sender's prompt `which` (0: its own
+        notes; 1: another task's notes, the content control)."""
         if self.mode == FUSION:
-            rows = fusion_rows(self.sender, self.receiver, example, self.layers, self.ropes)
+            rows = fusion_rows(self.sender, self.receiver, example, self.layers, self.ropes, which)
             return fusion_loss(mapper, self.receiver, example, rows, self.ropes[1])
-        context = sender_cache(self.sender, context_of or example, self.layers, self.ropes[0])
+        context = sender_cache(self.sender, example, self.layers, self.ropes[0], which)
         return transfer_loss(mapper, self.receiver, example, context, self.ropes[1])
 
     @torch.no_grad()
-    def mean(self, mapper: GatedMapper | None, examples: Sequence[Example], shuffled: bool = False) -> float:
-        """Mean loss over `examples`, gates hard; `shuffled`: each reads the next example's sender prompt."""
+    def mean(self, mapper: GatedMapper | None, examples: Sequence[Example], which: int = 0) -> float:
+        """Mean loss over `examples`, gates hard (see `__call__` for `which`)."""
         if mapper is not None:
             mapper.eval()
-        total = 0.0
-        for index, example in enumerate(examples):
-            other = examples[(index + 1) % len(examples)] if shuffled else None
-            total += float(self(mapper, example, other))
-        return total / len(examples)
+        return sum(float(self(mapper, example, which)) for example in examples) / len(examples)
 
 
 def _checkpoints(out: Path) -> list[Path]:
@@ -175,6 +183,19 @@ def _build(config: TrainConfig, sender, receiver, learned, checked) -> GatedMapp
     return fuser
 
 
+def optimizer_for(fuser: GatedMapper, config: TrainConfig):
+    """AdamW with the gate logits in a group of their own (`gate_lr`), and the warm-up then linear decay schedule."""
+    gates = [fuser.gate_logits]
+    rest = [p for p in fuser.parameters() if p is not fuser.gate_logits]
+    groups = [{"params": rest, "lr": config.lr}, {"params": gates, "lr": config.gate_lr}]
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+    warmup = max(1, config.steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (config.steps - s) / max(1, config.steps - warmup)))
+    )
+    return optimizer, schedule
+
+
 def _gates(fuser: GatedMapper) -> str:
     return f"open layers {fuser.open_layers()} of {len(fuser.gate_logits)}"
 
@@ -185,25 +206,23 @@ def train(config: TrainConfig, sender=None, receiver=None, progress: Progress = 
     out = Path(config.out)
     learned, checked = tasks(config, "train"), tasks(config, "validation")
     fuser = _build(config, sender, receiver, learned, checked)
-    optimizer = torch.optim.AdamW(fuser.parameters(), lr=config.lr, weight_decay=0.0)
-    warmup = max(1, config.steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (config.steps - s) / max(1, config.steps - warmup)))
-    )
+    optimizer, schedule = optimizer_for(fuser, config)
     start, history = _resume(out, fuser, optimizer, schedule, config)
     agents = study_agents(LatentStudyConfig(model=receiver.spec), sender.spec)
     for agent, model in zip(agents, (sender, receiver), strict=True):
         agent.model = model  # the loaded models, not their specs loaded again
     train_set, held_out = build_examples(*agents, learned), build_examples(*agents, checked)
+    half = len(held_out) // 2  # the first half chooses the checkpoint, the second checks the chosen one
+    choose, check = held_out[:half], held_out[half:]
     losses = Losses(config.mode, sender, receiver, sorted(set(fuser.config.layer_map)))
     progress(
         f"{fuser.kind} {fuser.config.direction} ({config.mode}): {fuser.parameter_count():,} parameters, "
-        f"{len(train_set)} train and {len(held_out)} validation texts, steps {start}/{config.steps}"
-        + (" (resumed)" if start else "")
+        f"{len(train_set)} train texts, {len(choose)} + {len(check)} validation texts (choosing + checking), "
+        f"steps {start}/{config.steps}" + (" (resumed)" if start else "")
     )
     if start == 0:
-        history.append({"step": 0, "validation_no_context": losses.mean(None, held_out)})
-        history.append({"step": 0, "validation": losses.mean(fuser, held_out), "open": fuser.open_layers()})
+        history.append({"step": 0, "validation_no_context": losses.mean(None, choose)})
+        _validate(fuser, 0, losses, choose, history, out)
         progress(
             f"validation reply loss: no context {history[0]['validation_no_context']:.3f}, "
             f"untrained {history[1]['validation']:.3f}"
@@ -231,34 +250,51 @@ def train(config: TrainConfig, sender=None, receiver=None, progress: Progress = 
                 f"{rate:.2f} s/step, ETA {rate * (config.steps - done) / 60:.1f} min"
             )
         if done % config.checkpoint_every == 0 or done == config.steps:
-            validation = losses.mean(fuser, held_out)
-            history.append({"step": done, "validation": validation, "open": fuser.open_layers()})
+            validation = _validate(fuser, done, losses, choose, history, out)
             _save_checkpoint(out, fuser, (optimizer, schedule), done, history, config)
-            if validation <= min(h["validation"] for h in history if "validation" in h and h["step"] > 0):
-                save_mapper(fuser, out / BEST)
             progress(f"checkpoint: step {done}, validation reply loss {validation:.3f}, {_gates(fuser)}")
-    return _finish(config, fuser, history, losses, held_out, progress)
+    return _finish(config, fuser, history, losses, check, progress)
 
 
-def _finish(config: TrainConfig, fuser: GatedMapper, history: list, losses: Losses, held_out, progress) -> GatedMapper:
-    """Save the checkpoint best on validation to `out`, with what it was chosen on and its controls."""
+def _validate(fuser: GatedMapper, step: int, losses: Losses, choose, history: list, out: Path) -> float:
+    """The validation loss at `step` on the choosing half, appended to `history`; the fuser becomes BEST (its step
+    and loss recorded in it) when it is strictly the lowest so far, the untrained one (step 0) included. BEST is
+    written before the step's checkpoint, so a run killed between the two redoes the step and writes the same."""
+    validation = losses.mean(fuser, choose)
+    earlier = [h["validation"] for h in history if "validation" in h]
+    history.append({"step": step, "validation": validation, "open": fuser.open_layers()})
+    if math.isfinite(validation) and all(validation < loss for loss in earlier if math.isfinite(loss)):
+        live = fuser.config
+        fuser.config = replace(live, data=dict(live.data) | {"chosen_step": step, "chosen_validation": validation})
+        try:
+            save_mapper(fuser, out / BEST)
+        finally:
+            fuser.config = live
+    return validation
+
+
+def _finish(config: TrainConfig, fuser: GatedMapper, history: list, losses: Losses, check, progress) -> GatedMapper:
+    """Save BEST (the fuser lowest on the choosing half of validation) to `out`, its quality measured on the
+    checking half, which chose nothing: its loss, reading nothing, and reading a sender that read another task's
+    notes."""
     out = Path(config.out)
-    curve = [h for h in history if "validation" in h and h["step"] > 0]
-    best = min(curve, key=lambda h: (h["validation"], h["step"]))
-    chosen = load_mapper(out / BEST, kind=fuser.kind) if (out / BEST).is_dir() else fuser.eval()
+    if not (out / BEST).is_dir():
+        raise ValueError(
+            f"no checkpoint of {out} had a finite validation loss: the run diverged; lower --lr or --gate-lr"
+        )
+    chosen = load_mapper(out / BEST, kind=fuser.kind)
     quality = {
-        "split": "validation",
-        "validation_loss": losses.mean(chosen, held_out),
-        "no_context_loss": history[0]["validation_no_context"],
-        "chosen_step": best["step"],
+        "split": "validation (checking half)",
+        "validation_loss": losses.mean(chosen, check),
+        "no_context_loss": losses.mean(None, check),
+        "shuffled_loss": losses.mean(chosen, check, which=1),
+        "chosen_step": chosen.config.data["chosen_step"],
         "open_layers": chosen.open_layers(),
     }
-    if config.mode == TRANSFER:
-        quality["shuffled_loss"] = losses.mean(chosen, held_out, shuffled=True)
     chosen.config.quality = quality
     chosen.config.data["history"] = [h for h in history if "validation" in h or "validation_no_context" in h]
     save_mapper(chosen, out)
     write_json(out / "history.json", history, indent=1)
     shown = {key: round(value, 3) if isinstance(value, float) else value for key, value in quality.items()}
-    progress(f"chosen on validation: step {best['step']}; {shown}; saved to {out}")
+    progress(f"chosen on validation: step {quality['chosen_step']}; {shown}; saved to {out}")
     return chosen
