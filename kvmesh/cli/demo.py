@@ -23,7 +23,8 @@ from kvmesh.agents.team import Team
 from kvmesh.cli.flags import add_config_arguments, config_from_args
 from kvmesh.cli.run import print_result
 from kvmesh.evals.benchmarks.infoqa import InfoQA, short_answer
-from kvmesh.evals.studies.latent import SENDER, LatentStudyConfig, _kv_select, _pair, run_batches, score_mode, tasks_for
+from kvmesh.evals.studies.latent import LatentStudyConfig, run_batches, score_mode
+from kvmesh.evals.studies.latent_teams import SENDER, kv_select_team, pair_team, tasks_for
 
 DEMO_TASK = Task(
     id="demo",
@@ -73,7 +74,7 @@ def side_by_side(model: str, count: int) -> list[str]:
     benchmark = InfoQA(None, 0)
     samples = benchmark.samples("validation")[:count]
     tasks = tasks_for(samples, SENDER)
-    teams = {"text": _pair(config, "text"), LATENT: _kv_select(config, 100, 100, 5, None)}
+    teams = {"text": pair_team(config, "text"), LATENT: kv_select_team(config, 100, thoughts=5)}
     results, seconds = {}, {}
     for name, team in teams.items():
         team.run_batch(tasks[:2])  # untimed warm-up

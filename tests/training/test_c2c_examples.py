@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from kvmesh.evals.benchmarks.infoqa import InfoQA, InfoQATask, generate
-from kvmesh.evals.studies.latent import SENDER, LatentStudyConfig, _pair, study_agents, tasks_for
+from kvmesh.evals.studies.latent import LatentStudyConfig
+from kvmesh.evals.studies.latent_teams import SENDER, pair_team, study_agents, tasks_for
 from kvmesh.kvcomm.c2c.mappers.base import KVGeometry, MapperConfig
 from kvmesh.kvcomm.c2c.mappers.fuser import Fuser
 from kvmesh.kvcomm.c2c.mappers.residual import ResidualFuser
@@ -23,7 +24,7 @@ def _examples(tiny, count=2):
 
 def test_examples_hold_the_very_prompts_the_bench_turns_read(tiny):
     samples, examples = _examples(tiny)
-    results = _pair(SMALL, "kv-select").run_batch(tasks_for(samples, SENDER))
+    results = pair_team(SMALL, "kv-select").run_batch(tasks_for(samples, SENDER))
     for example, result in zip(examples, results, strict=True):
         sender, receiver = result.messages
         assert example.sender_ids == tiny.encode_prompt(sender.response_metadata["prompt"])

@@ -10,7 +10,8 @@ from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 from kvmesh import LocalLM
 from kvmesh.config import ConfigError
-from kvmesh.evals.studies.latent import LatentStudyConfig, study_agents
+from kvmesh.evals.studies.latent import LatentStudyConfig
+from kvmesh.evals.studies.latent_teams import study_agents
 from kvmesh.kvcomm.c2c.capture import ContextTooLongError
 from kvmesh.kvcomm.c2c.mappers.base import load_mapper
 from kvmesh.kvcomm.c2c.mappers.fuser import Fuser

@@ -48,33 +48,32 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from kvmesh.agents.agent import Agent
 from kvmesh.agents.result import TeamResult
 from kvmesh.agents.task import Task
 from kvmesh.agents.team import Team
 from kvmesh.config import ConfigError
 from kvmesh.evals.benchmarks import benchmark_class
-from kvmesh.evals.benchmarks.base import SOLO
-from kvmesh.evals.benchmarks.infoqa import EXAMPLES, InfoQA, short_answer
+from kvmesh.evals.benchmarks.infoqa import InfoQA
 from kvmesh.evals.calibrate import calibrate
 from kvmesh.evals.ledger import TEST_SPLITS, ScoringKeys, count_run, run_id
 from kvmesh.evals.stats import proportion
 from kvmesh.evals.studies.latent_report import REFERENCE, mode_rows, plot_modes
+from kvmesh.evals.studies.latent_teams import (
+    KV_SELECT,
+    RECEIVER,
+    SENDER,
+    alone_team,
+    kv_select_team,
+    pair_team,
+    study_agents,
+    tasks_for,
+)
 from kvmesh.evals.timing import Round, Timings, digest, time_modes
-from kvmesh.graph import CommGraph, Edge
 from kvmesh.runs import append_jsonl, content_hash, open_config, read_log, repair_log, start_run, write_json
 
-SENDER, RECEIVER = "sender", "receiver"
-# The sender only holds the notes: told to copy or summarise them, or shown a worked relay turn, SmolLM2-135M
-# relayed worse (InfoQA validation, 64 tasks: 0.312 against 0.344 for this prompt) and kv-select read worse
-# (at every layer: 0.234 against 0.375), since the receiver then reads a whole instructed exchange first.
-SENDER_PROMPT = "You hold these notes."
-RECEIVER_PROMPT = "Answer the question with a few words, from your notes or your teammate. End with: Answer: X"
-
-KV_SELECT = "kv-select"  # the channel this study compares against the text relay, by its edge name
 MODES, SUMMARY = "modes.jsonl", "summary.json"
 
 
@@ -161,55 +160,6 @@ class LatentStudyConfig:
             raise ConfigError("{seeds} runs one study per seed in OUT/seed-N: pass {out}", owner)
 
 
-def _sender(model: str, max_new_tokens: int) -> Agent:
-    return Agent(SENDER, SENDER, system_prompt=SENDER_PROMPT, model=model, max_new_tokens=max_new_tokens)
-
-
-def _receiver(config: LatentStudyConfig) -> Agent:
-    return Agent(
-        RECEIVER,
-        RECEIVER,
-        system_prompt=RECEIVER_PROMPT,
-        model=config.model,
-        max_new_tokens=config.answer_tokens,
-        examples=EXAMPLES[SOLO],
-    )
-
-
-def study_agents(config: LatentStudyConfig, sender_model: str | None = None) -> tuple[Agent, Agent]:
-    """The study's sender (on `sender_model`, default the receiver's model) and receiver, as every mode runs
-    them: what `kvmesh c2c train` builds its examples from, so a mapper learns on the prompts it is used with."""
-    return _sender(sender_model or config.model, config.message_tokens), _receiver(config)
-
-
-def _pair(config: LatentStudyConfig, channel: str, sender_model: str | None = None, **channels) -> Team:
-    sender, receiver = study_agents(config, sender_model)
-    graph = CommGraph([SENDER, RECEIVER], [Edge(SENDER, RECEIVER, channel=channel)])
-    return Team([sender, receiver], graph, decision="last", channels=channels or None)
-
-
-def _alone(config: LatentStudyConfig) -> Team:
-    return Team([_receiver(config)], CommGraph([RECEIVER]), decision="last")
-
-
-def _shards(task: Task) -> list[str]:
-    shards = task.shards or []
-    return list(shards.values()) if isinstance(shards, dict) else list(shards)
-
-
-def tasks_for(samples, reader: str | None) -> list[Task]:
-    """Each sample's question; its shards, joined, go to `reader` (None: nobody reads them)."""
-    return [
-        Task(
-            s.task.question,
-            id=s.id,
-            shards={reader: "\n".join(_shards(s.task))} if reader else None,
-            extract_answer=short_answer,
-        )
-        for s in samples
-    ]
-
-
 def run_batches(team: Team, tasks: Sequence[Task], batch_size: int) -> list[TeamResult]:
     """One mode's work: `tasks` through `team.run_batch`, `batch_size` at a time."""
     results: list[TeamResult] = []
@@ -259,9 +209,9 @@ def _c2c_modes(config: LatentStudyConfig) -> list[tuple[str, Callable[[], Team],
         for prefix, mode in (("c2c", "transfer"), ("c2c-fusion", "fusion")):
             if mode in mapper.modes:
                 settings, sender = {"mapper": folder, "mode": mode}, mapper.config.sender
-                build = lambda c=settings, s=sender: _pair(config, "c2c", s, c2c=c)  # noqa: E731
+                build = lambda c=settings, s=sender: pair_team(config, "c2c", s, c2c=c)  # noqa: E731
                 modes.append((f"{prefix}:{Path(folder).name}", build, SENDER))
-    relays = [(f"text:{s}", lambda s=s: _pair(config, "text", s), SENDER) for s in _mapper_senders(config)]
+    relays = [(f"text:{s}", lambda s=s: pair_team(config, "text", s), SENDER) for s in _mapper_senders(config)]
     return relays + modes
 
 
@@ -285,12 +235,6 @@ def _peer_modes(config: LatentStudyConfig) -> list[tuple[str, Callable[[], objec
 Mode = tuple[str, Callable[[tuple | None], Team], str | None]
 
 
-def _kv_select(config: LatentStudyConfig, fraction: int, tokens: int, thoughts: int, scores: tuple | None) -> Team:
-    settings = _pair(config, KV_SELECT).channels[KV_SELECT].config
-    chosen = replace(settings, fraction=fraction / 100, token_fraction=tokens / 100, thoughts=thoughts, scores=scores)
-    return _pair(config, KV_SELECT, **{KV_SELECT: chosen})
-
-
 def _kv_select_modes(config: LatentStudyConfig) -> list[Mode]:
     """kv-select at each layer fraction, then the token-selection curve at `token_layer_fraction` of the layers
     (a mode both lists name runs once), then latent thoughts at every layer."""
@@ -301,7 +245,7 @@ def _kv_select_modes(config: LatentStudyConfig) -> list[Mode]:
         settings.setdefault(name, (layers, tokens, 0))
     settings |= {f"kv-select@100+t{n}": (100, 100, n) for n in config.thoughts}
     return [
-        (name, lambda scores, f=f, t=t, n=n: _kv_select(config, f, t, n, scores), SENDER)
+        (name, lambda scores, f=f, t=t, n=n: kv_select_team(config, f, t, n, scores), SENDER)
         for name, (f, t, n) in settings.items()
     ]
 
@@ -309,13 +253,13 @@ def _kv_select_modes(config: LatentStudyConfig) -> list[Mode]:
 def _modes(config: LatentStudyConfig) -> list[Mode]:
     """The modes these settings run, in order (`only` applied); an `only` that names no mode is refused."""
     modes: list[Mode] = [
-        ("none", lambda _: _alone(config), None),
-        ("text", lambda _: _pair(config, "text"), SENDER),
+        ("none", lambda _: alone_team(config), None),
+        ("text", lambda _: pair_team(config, "text"), SENDER),
         *_kv_select_modes(config),
     ]
     c2c = _c2c_modes(config) if config.mappers else []
     modes += [(name, lambda _, build=build: build(), reader) for name, build, reader in c2c + _peer_modes(config)]
-    modes.append(("skyline", lambda _: _alone(config), RECEIVER))
+    modes.append(("skyline", lambda _: alone_team(config), RECEIVER))
     if config.only:
         unknown = sorted(set(config.only) - {name for name, _, _ in modes})
         if unknown:
@@ -399,7 +343,7 @@ def _calibration(config: LatentStudyConfig, progress: Callable[[str], None]) -> 
     started = time.perf_counter()
     train = tasks_for(_calibration_samples(config), SENDER)
     progress(f"calibrating kv-select on {len(train)} training tasks")
-    team = calibrate(_pair(config, KV_SELECT), train, config.batch_size)
+    team = calibrate(pair_team(config, KV_SELECT), train, config.batch_size)
     calibration = {
         "tasks": len(train),
         "ids": [task.id for task in train],

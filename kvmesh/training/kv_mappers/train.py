@@ -37,7 +37,8 @@ from pathlib import Path
 import torch
 
 from kvmesh.config import ConfigError
-from kvmesh.evals.studies.latent import LatentStudyConfig, study_agents
+from kvmesh.evals.studies.latent import LatentStudyConfig
+from kvmesh.evals.studies.latent_teams import study_agents
 from kvmesh.kvcomm.c2c.mappers.base import FUSION, TRANSFER, check_models, load_mapper, save_mapper
 from kvmesh.kvcomm.c2c.mappers.fuser import Fuser
 from kvmesh.kvcomm.c2c.mappers.gates import GatedMapper, temperature_at

@@ -5,7 +5,8 @@ import pytest
 
 from kvmesh.evals.benchmarks.infoqa import InfoQA
 from kvmesh.evals.peers.avp import AVPPair
-from kvmesh.evals.studies.latent import SENDER, LatentStudyConfig, _alone, _kv_select, _pair, study_agents, tasks_for
+from kvmesh.evals.studies.latent import LatentStudyConfig
+from kvmesh.evals.studies.latent_teams import SENDER, alone_team, kv_select_team, pair_team, study_agents, tasks_for
 
 SMALL = LatentStudyConfig(model="tiny-random", message_tokens=4, answer_tokens=6)
 
@@ -20,10 +21,10 @@ def _replies(results):
 
 
 def test_avp_direct_and_text_answer_as_kvmeshs_none_and_text_modes(tiny, samples):
-    alone = _alone(SMALL).run_batch(tasks_for(samples, None))
+    alone = alone_team(SMALL).run_batch(tasks_for(samples, None))
     direct = AVPPair("direct", *study_agents(SMALL)).run_batch(tasks_for(samples, None))
     assert _replies(direct) == _replies(alone)
-    relayed = _pair(SMALL, "text").run_batch(tasks_for(samples, SENDER))
+    relayed = pair_team(SMALL, "text").run_batch(tasks_for(samples, SENDER))
     avp_text = AVPPair("text", *study_agents(SMALL)).run_batch(tasks_for(samples, SENDER))
     assert [r.messages[0].content for r in avp_text] == [r.messages[0].content for r in relayed]  # the messages
     assert _replies(avp_text) == _replies(relayed)
@@ -32,7 +33,7 @@ def test_avp_direct_and_text_answer_as_kvmeshs_none_and_text_modes(tiny, samples
 
 def test_avp_with_no_latent_step_reads_what_kv_select_reads_at_every_layer(tiny, samples):
     tasks = tasks_for(samples, SENDER)
-    kv_select = _kv_select(SMALL, 100, 100, 0, None).run_batch(tasks)
+    kv_select = kv_select_team(SMALL, 100).run_batch(tasks)
     handed = AVPPair("latent", *study_agents(SMALL), steps=0).run_batch(tasks)
     assert _replies(handed) == _replies(kv_select)
     thinking = AVPPair("latent", *study_agents(SMALL), steps=3).run_batch(tasks)

@@ -14,16 +14,9 @@ import pytest
 from kvmesh.cli import main
 from kvmesh.config import ConfigError
 from kvmesh.evals.benchmarks.infoqa import InfoQA, normalize_answer, short_answer
-from kvmesh.evals.studies.latent import (
-    RECEIVER_PROMPT,
-    SENDER,
-    SENDER_PROMPT,
-    LatentStudyConfig,
-    _pair,
-    run_study,
-    tasks_for,
-)
+from kvmesh.evals.studies.latent import LatentStudyConfig, run_study
 from kvmesh.evals.studies.latent_report import format_table
+from kvmesh.evals.studies.latent_teams import RECEIVER_PROMPT, SENDER, SENDER_PROMPT, pair_team, tasks_for
 from kvmesh.evals.timing import rotation
 
 SMALL = {"model": "tiny-random", "limit": 3, "batch_size": 3, "message_tokens": 3, "answer_tokens": 3}
@@ -90,7 +83,7 @@ def test_every_mode_and_fraction_is_a_row_timed_in_rotated_rounds_and_resumes(ti
 def test_the_text_row_s_accuracy_is_that_of_the_text_team_s_own_answers(tiny, tmp_path):
     settings = {**SMALL, "limit": 4, "batch_size": 4}
     samples = InfoQA().samples("test")[:4]
-    team = _pair(LatentStudyConfig(**settings), "text")  # run here on its own, once, outside the study
+    team = pair_team(LatentStudyConfig(**settings), "text")  # run here on its own, once, outside the study
     answers = [short_answer(r.answer or "") for r in team.run_batch(tasks_for(samples, SENDER))]
     # gold answers: the team's own answer for tasks 0 and 2 (whatever the random model wrote), the real one else
     golds = [answers[i] if i % 2 == 0 else s.gold for i, s in enumerate(samples)]
@@ -140,7 +133,7 @@ def test_the_sender_alone_holds_the_shards():
 
 
 def test_each_agent_is_told_the_module_s_prompt_as_its_system_prompt():
-    team = _pair(LatentStudyConfig(), "text")
+    team = pair_team(LatentStudyConfig(), "text")
     assert [agent.system_text() for agent in team.agents] == [SENDER_PROMPT, RECEIVER_PROMPT]
 
 
