@@ -26,7 +26,8 @@ feeds (the others keep the receiver's rows bit for bit). A mapper serves only th
 
 Before use, the mapper's recorded held-out quality must pass `check_recorded` (a fitted mapper: attention-output
 cosine at least `threshold` and `margin` above a wrong context and a shuffled mapping; a trained one: validation
-loss `margin` below reading nothing), or the channel refuses it with `MapperQualityError`.
+loss `loss_margin` below reading nothing and below a sender that read another task's notes), or the channel
+refuses it with `MapperQualityError`.
 """
 
 from __future__ import annotations
@@ -66,9 +67,10 @@ class C2CConfig:
     Args:
         mapper: a mapper folder (`mapper.json` + `mapper.safetensors`, from `kvmesh c2c fit|train`).
         threshold: a fitted mapper's least held-out attention-output cosine (None: QUALITY_THRESHOLD, 0.6).
-        margin: how far the mapper must beat its controls (`kvmesh.kvcomm.c2c.mappers.quality.check_recorded`):
-            in attention-output cosine for a fitted mapper, in validation loss (nats) for a trained one; None:
-            the default of its measure.
+        margin: how far a fitted mapper's attention-output cosine must exceed its better control's (a wrong
+            context, a shuffled mapping; None: QUALITY_MARGIN, 0.02).
+        loss_margin: how far, in nats, a trained mapper's validation loss must sit below the receiver reading
+            nothing and below a sender that read another task's notes (None: LOSS_MARGIN, 0.05).
         mode: "transfer" (the sender's context, mapped, read in front of the receiver's prompt) or "fusion"
             (the receiver's cache of the task fused with the sender's cache of it).
     """
@@ -76,6 +78,7 @@ class C2CConfig:
     mapper: str | None = None
     threshold: float | None = None
     margin: float | None = None
+    loss_margin: float | None = None
     mode: str = TRANSFER
 
     def __post_init__(self) -> None:
@@ -124,7 +127,7 @@ class C2CChannel(Channel):
 
     def _check_quality(self) -> None:
         try:
-            check_recorded(self.mapper, self.config.threshold, self.config.margin)
+            check_recorded(self.mapper, self.config.threshold, self.config.margin, self.config.loss_margin)
         except MapperQualityError as error:
             raise MapperQualityError(f"{self.config.mapper}: {error}") from error
 

@@ -275,17 +275,23 @@ def check_quality(
     return quality
 
 
-def check_recorded(mapper: KVMapper, threshold: float | None = None, margin: float | None = None) -> None:
+def check_recorded(
+    mapper: KVMapper,
+    threshold: float | None = None,
+    margin: float | None = None,
+    loss_margin: float | None = None,
+) -> None:
     """Judge a mapper by the quality its folder records, raising `MapperQualityError` when it falls short.
 
     A trained mapper records its validation losses (`validation_loss`, `no_context_loss`, and `shuffled_loss`:
-    the sender having read another task's notes): it must beat each alternative by `margin` nats
+    the sender having read another task's notes): it must beat each alternative by `loss_margin` nats
     (default LOSS_MARGIN). A fitted one records its attention-output quality with controls (`mapping_quality`):
-    it must reach `threshold` and beat its controls by `margin` (defaults QUALITY_THRESHOLD, QUALITY_MARGIN).
+    it must reach `threshold` and beat its controls by `margin` in cosine (defaults QUALITY_THRESHOLD,
+    QUALITY_MARGIN). Each margin is in its own measure's units, so neither setting is read for the other kind.
     """
     record, name = mapper.config.quality, f"the {mapper.config.kind} mapper {mapper.config.direction}"
     if "validation_loss" in record:
-        least = LOSS_MARGIN if margin is None else margin
+        least = LOSS_MARGIN if loss_margin is None else loss_margin
         loss = record["validation_loss"]
         losses = [record[key] for key in ("validation_loss", "no_context_loss", "shuffled_loss") if key in record]
         if not all(math.isfinite(value) for value in losses):

@@ -12,6 +12,7 @@ from kvmesh.kvcomm.c2c.mappers.quality import (
     MapperQualityError,
     attention_outputs,
     check_quality,
+    check_recorded,
     mapping_quality,
 )
 from kvmesh.kvcomm.c2c.mappers.ridge import RidgeMapper, fit_ridge
@@ -85,6 +86,23 @@ def test_a_mapper_that_carries_nothing_of_its_context_is_refused_by_the_controls
     check_quality(fixed, tiny, tiny, TEXTS, threshold=min(quality.per_layer), quality=quality, margin=None)
     with pytest.raises(MapperQualityError, match="carries too little of its context"):
         check_quality(fixed, tiny, tiny, TEXTS, threshold=min(quality.per_layer), quality=quality)
+
+
+def test_each_margin_judges_only_its_own_measure(tiny):
+    """A trained mapper is judged in nats of validation loss (`loss_margin`), a fitted one in attention-output
+    cosine (`margin`): loosening one never lets the other kind through."""
+    trained = _identity(tiny)
+    trained.config.quality = {"validation_loss": 1.00, "no_context_loss": 1.03, "shuffled_loss": 1.50}
+    with pytest.raises(MapperQualityError, match=r"validation loss 1\.000 against 1\.030 when reading nothing"):
+        check_recorded(trained)  # 0.03 nats below reading nothing, the default asks 0.05
+    with pytest.raises(MapperQualityError, match=r"needs 0\.050 less"):
+        check_recorded(trained, margin=-2.0)  # a cosine margin says nothing about losses
+    check_recorded(trained, loss_margin=0.02)
+    fixed = FixedContext(tiny, "Ana has a dog. Ana lives in Rome and works as a cook.")
+    fixed.config.quality = mapping_quality(fixed, tiny, tiny, TEXTS).to_dict()
+    with pytest.raises(MapperQualityError, match="carries too little of its context"):
+        check_recorded(fixed, threshold=-1.0, loss_margin=-5.0)  # nor a loss margin about cosines
+    check_recorded(fixed, threshold=-1.0, margin=-2.0)
 
 
 @pytest.fixture
