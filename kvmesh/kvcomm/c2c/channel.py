@@ -178,8 +178,13 @@ class C2CChannel(Channel):
         return ready(assembly)
 
     def kv_bytes(self, model: LanguageModel, pieces: Sequence[Piece]) -> int:
-        """Bytes of the sender's cache one message brings, in the share of receiver layers the mapper feeds."""
-        return super().kv_bytes(model, pieces) * len(self._open) // self.mapper.config.receiver_geometry.layers
+        """Bytes one message writes into the receiver's cache, in the receiver's own format: each piece's tokens in
+        the layers the mapper feeds, keys and values, at the receiver's dtype. The same unit in both modes:
+        transfer's pieces are receiver-format already, fusion's hold the sender's rows (another shape), which
+        the receiver never stores as they are."""
+        tokens = sum(len(piece.source) for piece in pieces if piece.source is not None)
+        itemsize = next(model.model.parameters()).dtype.itemsize  # a KVModel: `prepare` refuses any other
+        return tokens * len(self._open) * 2 * self.mapper.config.receiver_geometry.width * itemsize
 
     def keeps(self, turn: TurnView) -> Keep:
         """A turn read over c2c keeps its prompt's cache: that is the context its receivers read, mapped."""

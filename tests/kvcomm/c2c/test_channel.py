@@ -254,7 +254,7 @@ def test_fusion_fuses_the_receivers_task_rows_with_the_senders_aligned_by_charac
     usage = receiver.usage_metadata
     assert usage["input_tokens"] == len(receiver_prompt)  # reads no extra positions: all its own prompt
     assert usage["input_token_details"].get("cache_read", 0) == 0
-    config = gemma_tokenized.model.config
+    config = tiny.model.config  # bytes in the receiver's format: the rows it fuses, not the sender's
     per_row = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4
     assert result.usage.per_edge["a->b"].kv_bytes == per_row * len(alignment.receiver_ids)
     unfused = Team([Agent("b", model="tiny-random", max_new_tokens=8)], CommGraph(["b"]), decision="last")
@@ -271,3 +271,19 @@ def test_fusion_batched_equals_alone_and_bad_modes_are_refused(tiny, gemma_token
     assert team.channel_stats()["c2c"]["mode"] == "fusion"
     with pytest.raises(ValueError, match=r"'transfer' .* or 'fusion'"):
         pair(gemma_tokenized, tmp_path / "ridge", mode="merge")
+
+
+def test_kv_bytes_count_the_rows_written_into_the_receivers_cache_in_its_format(tiny, sliding, tmp_path):
+    """Fusion's pieces hold the sender's rows (its layers, heads and dtype); the bytes reported are the rows the
+    receiver's cache takes: its layers the mapper feeds, its heads, its dtype, for each aligned token."""
+    from kvmesh.kvcomm.assembly import Piece
+    from kvmesh.kvcomm.c2c.channel import C2CChannel, C2CConfig
+    from kvmesh.kvcomm.c2c.task_fusion import FUSE
+    from kvmesh.llm.segment import KVSegment
+
+    folder = fit(sliding, tiny, tmp_path / "ridge")
+    channel = C2CChannel(C2CConfig(mapper=str(folder), threshold=-1.0, margin=-2.0, mode="fusion"))
+    rows = torch.zeros(3, 1, 5, 8, dtype=torch.float64)  # a sender format unlike the receiver's (2, 2, S, 16)
+    piece = Piece(source=KVSegment(rows, rows.clone(), 0, tuple(range(5))), kind=FUSE, channel="c2c")
+    config = tiny.model.config
+    assert channel.kv_bytes(tiny, [piece]) == 5 * config.num_hidden_layers * 2 * config.num_key_value_heads * 16 * 4
