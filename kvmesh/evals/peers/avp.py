@@ -16,9 +16,11 @@ Modes, each through AVP's own calls (`HuggingFaceConnector.think` / `generate`),
 Fairness: both connectors wrap the very models kvmesh loaded (same weights, dtype and attention), with a copy of
 each tokenizer whose chat template passes text through, so AVP reads exactly the prompt text kvmesh's planner
 renders for that turn (system prompt, worked example, notes); decoding is greedy with the agents' token caps and
-stop strings. AVP's context cache grows in place when read, so each receiver reads a copy. Token counts: input
-tokens from the model's tokenizer; output tokens are the ids AVP's `generate` call produced (AVP returns text
-only, so the model's `generate` is wrapped for the call to read the length of what it returned).
+stop strings. Token counts are what AVP itself fed and produced, read without tokenizing anything again inside the
+timed call: the model's `generate` is wrapped for each call to record the prompt ids AVP passed and the ids it
+returned (AVP returns text only); a thinking sender's prompt is its context's length less its latent steps.
+AVP's context cache grows in place when read; each context is read once, its length and bytes taken first, so
+no copy is made. Connectors live with their `AVPPair` (a pair's models are freed with it).
 
 Usage: the receiver's input counts the positions of AVP's context it read (`cache_read`: the sender's prompt and
 thoughts; 1 for the cross-model projection's single primed position), `kv_bytes` the cache it was handed.
@@ -36,7 +38,6 @@ import os
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from functools import cache
 
 from langchain_core.messages import AIMessage
 
@@ -65,7 +66,6 @@ def _avp():
     return avp
 
 
-@cache
 def connector(model):
     """An AVP connector around a loaded kvmesh model (a LocalLM), with a pass-through chat template."""
     tokenizer = copy.deepcopy(model.tokenizer)  # AVP sets a pad token on it; kvmesh's own stays as it is
@@ -83,15 +83,18 @@ def handshake(sender, receiver) -> str:
 
 
 @contextmanager
-def _generated(model) -> Iterator[list[int]]:
-    """Within the block, each `model.generate` call appends the number of tokens it generated to the yielded list."""
-    counted: list[int] = []
+def _generated(model) -> Iterator[list[tuple[int, int]]]:
+    """Within the block, each `model.generate` call appends (prompt tokens, generated tokens) to the yielded list:
+    the ids AVP passed in (not the cache it reads) and the ones it made."""
+    counted: list[tuple[int, int]] = []
     original = model.generate
 
     def generate(*args, **kwargs):
         out = original(*args, **kwargs)
-        prompt = kwargs["input_ids"].shape[1] if "input_ids" in kwargs else 0  # from embeddings: new tokens only
-        counted.append(out.sequences.shape[1] - prompt)
+        ids, embeds = kwargs.get("input_ids"), kwargs.get("inputs_embeds")
+        echoed = 0 if ids is None else ids.shape[1]  # sequences repeat input ids; from embeddings, new tokens only
+        fed = echoed or (0 if embeds is None else embeds.shape[1])
+        counted.append((fed, out.sequences.shape[1] - echoed))
         return out
 
     model.generate = generate  # an instance attribute: the class's method is left alone
@@ -125,6 +128,13 @@ class AVPPair:
         self.mode, self.sender, self.receiver, self.steps = mode, sender, receiver, steps
         self.channels: dict = {}  # no kvmesh channel is involved
         self.graph = CommGraph([sender.name, receiver.name], [Edge(sender.name, receiver.name)])
+        self._connectors: dict[int, object] = {}
+
+    def _connector(self, agent: Agent):
+        llm = agent.llm
+        if id(llm) not in self._connectors:
+            self._connectors[id(llm)] = connector(llm)
+        return self._connectors[id(llm)]
 
     def _prompt(self, agent: Agent, task: Task, inbound: Sequence[Inbound] = ()) -> str:
         shard = task.shard_for(agent.name, 0)
@@ -132,48 +142,44 @@ class AVPPair:
             agent.llm, agent.system_text(), task.question, shard=shard, inbound=inbound, examples=agent.examples
         ).text
 
-    def _generate(self, agent: Agent, prompt: str, **kwargs) -> tuple[str, int]:
-        """AVP's reply to `prompt` on the agent's model, and the number of tokens it generated."""
-        llm = agent.llm
+    def _generate(self, agent: Agent, prompt: str, **kwargs) -> tuple[str, int, int]:
+        """AVP's reply to `prompt` on the agent's model, the prompt tokens it fed and the tokens it generated."""
+        llm, avp = agent.llm, self._connector(agent)
         stops = [*agent.stop, *llm.chat.stop]
-        options = {"stop_strings": stops, "tokenizer": connector(llm).tokenizer} if stops else {}
+        options = {"stop_strings": stops, "tokenizer": avp.tokenizer} if stops else {}
         with _generated(llm.model) as counted:
-            reply = connector(llm).generate(
-                prompt, max_new_tokens=agent.max_new_tokens, do_sample=False, **options, **kwargs
-            )
+            reply = avp.generate(prompt, max_new_tokens=agent.max_new_tokens, do_sample=False, **options, **kwargs)
         for stop in stops:  # HF stops after a stop string; kvmesh cuts before it
             reply = reply.split(stop)[0]
-        return reply.strip(), sum(counted)
-
-    def _tokens(self, agent: Agent, text: str) -> int:
-        return len(agent.llm.encode_prompt(text))
+        (prompt_tokens, generated), *more = counted
+        if more:
+            raise RuntimeError(f"AVP's generate called the model's generate {len(counted)} times; expected once")
+        return reply.strip(), prompt_tokens, generated
 
     def _one(self, task: Task) -> TeamResult:
         sender, receiver, usage = self.sender, self.receiver, UsageReport()
-        own = self._prompt(receiver, task)
-        message, read, context, sender_usage = "", own, None, None
+        read, message, extra, sender_usage = self._prompt(receiver, task), "", {}, None
+        cached = moved = 0
         if self.mode == "text":
-            sent = self._prompt(sender, task)
-            message, generated = self._generate(sender, sent)
-            sender_usage = Usage(self._tokens(sender, sent), generated, 0, 1)
+            message, prompt_tokens, generated = self._generate(sender, self._prompt(sender, task))
+            sender_usage = Usage(prompt_tokens, generated, 0, 1)
             read = self._prompt(receiver, task, [Inbound(sender.name, SPATIAL, "text", message)])
         elif self.mode in ("latent", "cross"):
-            sent = self._prompt(sender, task)
-            context = connector(sender.llm).think(sent, steps=self.steps)
-            sender_usage = Usage(self._tokens(sender, sent), 0, 0, 1, latent_steps=self.steps)
-        extra = {}
-        if context is not None:
-            extra = {"context": copy.deepcopy(context)}  # AVP's generate grows the cache it reads in place
-            if self.mode == "cross":
-                extra |= {"source": connector(sender.llm), "cross_model": True}
-        reply, generated = self._generate(receiver, read, **extra)
-        cached = 0 if context is None else (1 if self.mode == "cross" else context.seq_len)
-        moved = 0 if context is None or self.mode == "cross" else _nbytes(context.past_key_values)
+            context = self._connector(sender).think(self._prompt(sender, task), steps=self.steps)
+            # taken before the receiver reads it: AVP's generate grows the context's cache in place
+            sender_usage = Usage(context.seq_len - self.steps, 0, 0, 1, latent_steps=self.steps)
+            extra = {"context": context}
+            if self.mode == "cross":  # one projected vector primes the receiver, not the sender's cache
+                extra |= {"source": self._connector(sender), "cross_model": True}
+                cached = 1
+            else:
+                cached, moved = context.seq_len, _nbytes(context.past_key_values)
+        reply, prompt_tokens, generated = self._generate(receiver, read, **extra)
         messages = []
         if sender_usage is not None:
             usage.add_call(sender.name, "0", sender_usage)
             messages.append(AIMessage(content=message, name=sender.name, usage_metadata=sender_usage.to_metadata()))
-        receiver_usage = Usage(self._tokens(receiver, read) + cached, generated, cached, 1, kv_bytes=moved)
+        receiver_usage = Usage(prompt_tokens + cached, generated, cached, 1, kv_bytes=moved)
         usage.add_call(receiver.name, "0", receiver_usage)
         messages.append(AIMessage(content=reply, name=receiver.name, usage_metadata=receiver_usage.to_metadata()))
         return TeamResult(task, reply, messages, usage, self.graph)  # the last speaker's reply, as decision="last"

@@ -38,6 +38,9 @@ def test_avp_with_no_latent_step_reads_what_kv_select_reads_at_every_layer(tiny,
     assert _replies(handed) == _replies(kv_select)
     thinking = AVPPair("latent", *study_agents(SMALL), steps=3).run_batch(tasks)
     assert _replies(thinking) != _replies(handed)  # its steps change what is read: the equality above can fail
+    for ours, theirs in zip(kv_select, handed, strict=True):  # AVP's own counts: the same prompt and cache read
+        assert theirs.usage.total.input_tokens == ours.usage.total.input_tokens
+        assert theirs.usage.total.cache_read == ours.usage.total.cache_read > 0
     for zero, three in zip(handed, thinking, strict=True):
         assert three.usage.total.cache_read == zero.usage.total.cache_read + 3
         assert three.usage.total.latent_steps == 3 and three.usage.total.kv_bytes > zero.usage.total.kv_bytes > 0
@@ -78,4 +81,6 @@ def test_avps_cross_model_projection_runs_from_another_model_and_reads_one_posit
     results = AVPPair("cross", sender, receiver, steps=2).run_batch(tasks_for(samples[:1], SENDER))
     total = results[0].usage.total
     assert total.cache_read == 1 and total.latent_steps == 2  # AVP hands over one projected vector
+    alone = alone_team(SMALL).run_batch(tasks_for(samples[:1], None))[0]  # the receiver's same prompt, by kvmesh
+    assert results[0].usage.per_agent["receiver"].input_tokens == alone.usage.total.input_tokens + 1
     assert handshake(gemma_tokenized, tiny).startswith("mode=LATENT")  # AVP accepts the pair (shared vocabulary)
