@@ -50,7 +50,9 @@ def test_a_mapper_with_every_gate_closed_is_refused_as_carrying_nothing(tiny, sl
     with pytest.raises(MapperQualityError, match="every gate of this fuser mapper is closed"):
         pair(sliding, folder)
     opened = gated("fuser", sliding, tiny, tmp_path / "open", [1.0, -1.0])
-    assert pair(sliding, opened).run(QUESTION).messages[1].content is not None  # one open layer: it is used
+    result = pair(sliding, opened).run(QUESTION)  # one open layer: accepted, and its context is read
+    assert result.messages[1].usage_metadata["input_token_details"]["cache_read"] > 0
+    assert result.usage.per_edge["a->b"].kv_bytes > 0
 
 
 def test_a_closed_layer_puts_no_attention_on_the_mapped_context(tiny, sliding, tmp_path):
