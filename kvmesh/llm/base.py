@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -82,6 +83,10 @@ def check_context(
         )
 
 
+class RowError(RuntimeError):
+    """One row of a running batch could not go on (its logits were not numbers); the other rows were not touched."""
+
+
 @dataclass
 class GenerationRequest:
     """One row of a running batch.
@@ -91,6 +96,10 @@ class GenerationRequest:
         max_new_tokens: upper bound on generated tokens for this row; 0 makes a prefill-only row, which reads its
             prompt (keeping its cache with `keep_kv`, or writing into its `prefix`'s buffer) and generates nothing.
         temperature: 0 is greedy; above 0 samples from softmax(logits / temperature).
+        top_p: nucleus sampling: a sampled row draws from its most likely tokens whose mass reaches top_p (1: all;
+            0: the most likely one). Greedy rows ignore it.
+        logprobs: record the log-probability of each chosen token under the model's distribution
+            (`Generation.logprobs`).
         stop: strings that end generation; the text is cut before the first one found.
         prefix: a prebuilt cache of the prompt's first tokens (a `PrefixCache`, such as
             `kvmesh.kvcomm.assembly.Assembly`); only the remaining prompt tokens are prefilled, into its buffers.
@@ -122,6 +131,8 @@ class GenerationRequest:
     adapter: str | None = None
     on_text: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
     latent_steps: int = 0
+    top_p: float = 1.0
+    logprobs: bool = False
 
     def __post_init__(self) -> None:
         self.stop = normalize_stop(self.stop)
@@ -129,8 +140,10 @@ class GenerationRequest:
             raise ValueError("a generation request needs a non-empty prompt")
         if self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0 (0: prefill only), got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if not 0 <= self.top_p <= 1:
+            raise ValueError(f"top_p must be in [0, 1], got {self.top_p}")
         if not isinstance(self.latent_steps, int) or self.latent_steps < 0:
             raise ValueError(f"latent_steps must be an integer >= 0, got {self.latent_steps!r}")
         if not 0 <= self.min_new_tokens <= max(self.max_new_tokens, 0):
@@ -151,18 +164,19 @@ class Generation:
 
     `token_ids` are every token the model generated for this row, including a final end-of-sequence token or
     the tokens that completed a stop string; `text` is their decoded text with special tokens removed and cut
-    before any stop string. `completion_tokens == len(token_ids)`. Times count from `started_at` (a
-    `time.perf_counter()` value), when the row was admitted to the batch. A prefill-only row finishes with
-    reason "prefill" and no tokens. `prefill_s` is the compute its prefill cost: its share (by tokens) of the
-    batched forward pass it was prefilled in. A server backend (`kvmesh.llm.remote`) reports the prompt tokens
-    its own prefix cache served as `cached_tokens` (None when the server does not say: unknown, never 0) and its
-    own completion count when it does not return the ids.
+    before any stop string. A row that could not go on (its logits not numbers) finishes alone with reason
+    "error" and the reason in `error`; `check()` raises it as a `RowError` for callers that need a reply.
+    `completion_tokens == len(token_ids)`. Times count from `started_at` (a `time.perf_counter()` value), when the
+    row was admitted to the batch. A prefill-only row finishes with reason "prefill" and no tokens. `prefill_s` is
+    the compute its prefill cost: its share (by tokens) of the batched forward pass it was prefilled in. A server
+    backend (`kvmesh.llm.remote`) reports the prompt tokens its own prefix cache served as `cached_tokens` (None
+    when the server does not say: unknown, never 0) and its own completion count when it does not return the ids.
     """
 
     text: str
     token_ids: list[int]
     prompt_tokens: int
-    finish_reason: str  # "eos", "stop", "length" or "prefill"
+    finish_reason: str  # "eos", "stop", "length", "prefill" or "error"
     ttft_s: float
     latency_s: float
     started_at: float = 0.0
@@ -172,6 +186,14 @@ class Generation:
     cached_tokens: int | None = 0  # prompt tokens a server served from its own cache; None: it did not say
     reported_completion_tokens: int | None = None  # a server's own count, when its ids are not returned
     latent_steps: int = 0  # latent thoughts run after the prompt (their positions end `prompt_kv`)
+    logprobs: list[float] | None = None  # with `GenerationRequest.logprobs`: one per token id
+    error: str | None = None  # why the row failed (finish_reason "error")
+
+    def check(self) -> Generation:
+        """This generation, or `RowError` if its row failed."""
+        if self.error is not None:
+            raise RowError(self.error)
+        return self
 
     @property
     def completion_tokens(self) -> int:
@@ -193,7 +215,12 @@ class RunningBatch(Protocol):
         the context's last position."""
 
     def step(self) -> list[tuple[Hashable, Generation]]:
-        """Admit waiting rows, advance every row by one token (one batched forward pass); return finished rows."""
+        """Admit waiting rows, advance every row by one token (one batched forward pass); return finished rows
+        (a row that failed alone among them: finish_reason "error")."""
+
+    def cancel(self, tag: Hashable) -> None:
+        """Drop the row submitted under `tag`: waiting, it never starts; running, it leaves at the next `step`
+        without a result. An unknown or finished tag is ignored."""
 
 
 @runtime_checkable
@@ -254,7 +281,7 @@ def run_requests(
     results: list[Generation | None] = [None] * len(requests)
     while batch.has_work:
         for index, generation in batch.step():
-            results[index] = generation
+            results[index] = generation.check()
     return results  # type: ignore[return-value]
 
 
@@ -272,4 +299,4 @@ def stream_request(
         yield from pieces
         pieces.clear()
         for _, generation in finished:
-            yield generation
+            yield generation.check()

@@ -54,7 +54,7 @@ from kvmesh.llm.cache import read_columns
 from kvmesh.llm.prefill import prefill_parts
 from kvmesh.llm.rows import Row, StackedRows
 from kvmesh.llm.runner import ModelRunner
-from kvmesh.llm.sampling import choose_tokens
+from kvmesh.llm.sampling import choose_tokens, chosen_logprobs, unusable_rows
 from kvmesh.llm.segment import KVSegment
 from kvmesh.llm.streaming import TextStream
 from kvmesh.llm.thoughts import THOUGHT
@@ -75,6 +75,7 @@ class LocalRunningBatch:
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self.waiting: deque[Row] = deque()
         self.running: StackedRows | None = None  # the rows decoding, in batch order
+        self.cancelled: set[Hashable] = set()  # tags of running rows to drop at the next step
 
     @property
     def rows(self) -> list[Row]:
@@ -98,6 +99,17 @@ class LocalRunningBatch:
         if request.adapter is not None:  # a bad adapter fails here; the row keeps this version to its end
             (row.adapter,) = adapters_of(self.runner.model).acquire([request.adapter])
         self.waiting.append(row)
+
+    def cancel(self, tag: Hashable) -> None:
+        """Drop the row submitted under `tag`: waiting, it never starts; running, it leaves at the next `step`
+        without a result (its cache row and adapter freed). An unknown or finished tag is ignored."""
+        for row in self.waiting:
+            if row.tag == tag:
+                self.waiting.remove(row)
+                self._release(row)
+                return
+        if any(row.tag == tag for row in self.rows):
+            self.cancelled.add(tag)
 
     def _release(self, row: Row) -> None:
         if row.adapter is not None:  # a superseded adapter version goes once its last row has left
@@ -208,7 +220,15 @@ class LocalRunningBatch:
             reply_kv=self._reply_kv(index, row) if row.request.keep_kv else None,
             prefill_s=row.prefill_s,
             latent_steps=row.thoughts,
+            logprobs=list(row.logprobs) if row.request.logprobs else None,
         )
+
+    def _failed(self, row: Row, now: float, why: str) -> Generation:
+        """A row that cannot go on: its result says why; the batch goes on without it."""
+        self._release(row)
+        generation = Generation("", row.generated, len(row.request.prompt_ids), "error", 0.0, now - row.started_at)
+        generation.started_at, generation.error = row.started_at, why
+        return generation
 
     def _decode(self, tokens: torch.Tensor) -> None:
         """Feed each remaining row its chosen token (B,), or its next latent thought: one forward pass over the
@@ -245,13 +265,26 @@ class LocalRunningBatch:
             self.runner.busy_s += time.perf_counter() - begin
             return done
         self._suppress_eos()
+        logits, device = self.running.logits, self.running.logits.device
+        broken = unusable_rows(logits)  # such a row fails alone; its logits must not reach the sampler
         # a row that thinks, or has thought and generates nothing, uses no token: greedy draws none from the generator
-        unused = [row.thinking or row.request.prefill_only for row in self.rows]
-        temperatures = self.running.temperatures.masked_fill(torch.tensor(unused, device=self.running.logits.device), 0)
-        tokens = choose_tokens(self.running.logits, temperatures, self.generator)
-        now = time.perf_counter()
+        unused = torch.tensor([row.thinking or row.request.prefill_only for row in self.rows], device=device)
+        temperatures = self.running.temperatures.masked_fill(unused | broken, 0)
+        logits = logits.masked_fill(broken[:, None], 0.0) if bool(broken.any()) else logits
+        tokens = choose_tokens(logits, temperatures, self.generator, self.running.top_ps)
+        wanted = [row.request.logprobs for row in self.rows]
+        logprobs = chosen_logprobs(logits, tokens).tolist() if any(wanted) else None
+        broken_rows, now = broken.tolist(), time.perf_counter()
         keep: list[int] = []
         for i, (row, token) in enumerate(zip(self.rows, tokens.tolist(), strict=True)):
+            if row.tag in self.cancelled:  # its client went away: it leaves without a result
+                self.cancelled.discard(row.tag)
+                self._release(row)
+                continue
+            if broken_rows[i]:
+                why = "the model's logits for this row are not numbers (NaN or infinite); it cannot be continued"
+                done.append((row.tag, self._failed(row, now, why)))
+                continue
             if row.thinking:  # its next input is a thought: the token chosen for it is not used
                 keep.append(i)
                 continue
@@ -260,6 +293,8 @@ class LocalRunningBatch:
                 continue
             if not row.generated:
                 row.first_token_at = now
+            if logprobs is not None and wanted[i]:
+                row.logprobs.append(logprobs[i])
             reason = self._finished(row, token)
             if reason is None:
                 keep.append(i)

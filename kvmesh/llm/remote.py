@@ -25,8 +25,13 @@ still fails raises `RemoteModelError` saying what went wrong and how to fix it: 
 name it does not serve (checked once, before the first request), an HTTP error, a malformed response, a timeout.
 
 Caveats: KV channels read and write a model's cache, so they refuse an `OpenAIModel` before any request (it is
-not a `KVModel`); LoRA adapters are the server's business (serve the adapter as a model and name it); sampled
-rows pass `seed` through, and whether the server honours it per request is up to the server.
+not a `KVModel`); LoRA adapters are the server's business (serve the adapter as a model and name it).
+
+Rows as the in-process engine runs them: a sampled row sends a seed of its own (`row_seed`: from the batch's seed
+and the row's submission index, so rows of one prompt differ and a rerun repeats them; whether the server honours
+a per-request seed is up to the server); a reply is clipped to the served context (prompt + `max_tokens` at most
+the context, where the engine stops the row with "length"); `cancel` drops a row's request (the connection is
+closed, and `kvmesh serve` then drops the row).
 """
 
 from __future__ import annotations
@@ -168,16 +173,23 @@ class OpenAIModel(TokenizedModel):
     # --- one row ---------------------------------------------------------------------------------------------
 
     async def complete(self, request: GenerationRequest, seed: int | None, pieces: queue.SimpleQueue) -> Generation:
-        """One row as one completion request (streamed when the row has `on_text`)."""
+        """One row as one completion request (streamed when the row has `on_text`); `seed`: the row's own."""
+        limit = request.max_new_tokens
+        if self.context_length is not None:  # as in process: the reply stops at the context's last position
+            limit = min(limit, self.context_length - len(request.prompt_ids))
         settings = {
             "model": self.remote.served,
             "prompt": list(request.prompt_ids),
-            "max_tokens": request.max_new_tokens,
+            "max_tokens": limit,
             "temperature": request.temperature,
             "stop": list(request.stop) or None,
             "seed": seed if request.temperature > 0 else None,
-            "extra_body": {"return_token_ids": True, **_min_tokens(request)},
+            "extra_body": {"return_token_ids": True, **_min_tokens(request, limit)},
         }
+        if request.top_p < 1:
+            settings["top_p"] = request.top_p
+        if request.logprobs:
+            settings["logprobs"] = 0  # the chosen tokens' log-probabilities, no alternatives
         async with self._limit:
             started = time.perf_counter()
             if request.on_text is None:
@@ -185,11 +197,12 @@ class OpenAIModel(TokenizedModel):
                 first = time.perf_counter()
                 choice, usage = _only_choice(response), response.usage
                 text, ids, reason = choice.text, _extra(choice, "token_ids"), choice.finish_reason
+                logprobs = _logprobs(choice)
             else:
                 stream = await self._client.completions.create(
                     **settings, stream=True, stream_options={"include_usage": True}
                 )
-                parts, ids, reason, usage, first = [], [], None, None, None
+                parts, ids, logprobs, reason, usage, first = [], [], [], None, None, None
                 async for chunk in stream:
                     usage = chunk.usage or usage
                     for choice in chunk.choices:
@@ -198,6 +211,7 @@ class OpenAIModel(TokenizedModel):
                             parts.append(choice.text)
                             pieces.put(choice.text)
                         ids += _extra(choice, "token_ids") or []
+                        logprobs += _logprobs(choice) or []
                         reason = choice.finish_reason or reason
                 text = "".join(parts)
             done = time.perf_counter()
@@ -219,6 +233,7 @@ class OpenAIModel(TokenizedModel):
             started_at=started,
             cached_tokens=cached,
             reported_completion_tokens=usage.completion_tokens,
+            logprobs=logprobs if request.logprobs else None,
         )
 
     def new_batch(self, seed: int | None = None) -> RemoteBatch:
@@ -231,6 +246,7 @@ class RemoteBatch:
     def __init__(self, model: OpenAIModel, seed: int | None = None) -> None:
         self.model, self.seed = model, seed
         self.flights: dict[Hashable, _Flight] = {}
+        self.submitted = 0  # rows submitted so far: a sampled row's seed comes from its index
 
     @property
     def has_work(self) -> bool:
@@ -251,8 +267,16 @@ class RemoteBatch:
         self.model.check()
         check_context(len(request.prompt_ids), self.model.context_length)
         pieces: queue.SimpleQueue = queue.SimpleQueue()
-        future = self.model.call(self.model.complete(request, self.seed, pieces))
+        seed = row_seed(self.seed, self.submitted)
+        self.submitted += 1
+        future = self.model.call(self.model.complete(request, seed, pieces))
         self.flights[tag] = _Flight(request, future, pieces)
+
+    def cancel(self, tag: Hashable) -> None:
+        """Drop a row: its request is cancelled (the connection closes) and it returns no result."""
+        flight = self.flights.pop(tag, None)
+        if flight is not None:
+            flight.future.cancel()
 
     def step(self) -> list[tuple[Hashable, Generation]]:
         """Wait until a row finishes (at most `POLL_S`); hand out streamed pieces; return the finished rows."""
@@ -270,8 +294,19 @@ class RemoteBatch:
         return finished
 
 
-def _min_tokens(request: GenerationRequest) -> dict:
-    return {"min_tokens": request.min_new_tokens} if request.min_new_tokens else {}
+def row_seed(seed: int | None, index: int) -> int | None:
+    """The seed of a batch's `index`-th row: distinct per row, the same on a rerun (None: the server's own)."""
+    return None if seed is None else (seed * 1_000_003 + index) % 2**31
+
+
+def _min_tokens(request: GenerationRequest, limit: int) -> dict:
+    return {"min_tokens": min(request.min_new_tokens, limit)} if request.min_new_tokens else {}
+
+
+def _logprobs(choice) -> list[float] | None:
+    """The chosen tokens' log-probabilities of a completion choice (OpenAI's `logprobs.token_logprobs`)."""
+    logprobs = getattr(choice, "logprobs", None)
+    return list(logprobs.token_logprobs or []) if logprobs is not None else None
 
 
 def _only_choice(response):

@@ -42,6 +42,7 @@ class Row:
     adapter: str | None = None  # the name of the row's adapter version inside the model (None: base)
     stream: TextStream | None = None  # with `on_text`: the reply's pieces handed out so far
     thoughts: int = 0  # latent thoughts fed back so far (`GenerationRequest.latent_steps`)
+    logprobs: list[float] = field(default_factory=list)  # with `GenerationRequest.logprobs`: one per token
 
     @property
     def thinking(self) -> bool:
@@ -67,9 +68,11 @@ class StackedRows:
     reads: torch.Tensor  # (B, L) bool: the layers of each row that read them
     rows: list[Row]
     temperatures: torch.Tensor = field(init=False)  # (B,) each row's, from its request
+    top_ps: torch.Tensor = field(init=False)  # (B,) each row's nucleus mass, from its request
 
     def __post_init__(self) -> None:
         self.temperatures = torch.tensor([row.request.temperature for row in self.rows], device=self.logits.device)
+        self.top_ps = torch.tensor([row.request.top_p for row in self.rows], device=self.logits.device)
 
     def select(self, keep: list[int]) -> StackedRows:
         """Only the rows at batch indices `keep` (increasing), their cache rows selected in place."""

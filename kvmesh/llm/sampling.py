@@ -1,7 +1,12 @@
-"""Choosing each row's next token from its logits: greedy at temperature 0, sampled above it.
+"""Choosing each row's next token from its logits: greedy at temperature 0, sampled above it (nucleus `top_p`).
 
 Sampling draws on the CPU from one `torch.Generator` per running batch, so a seeded batch draws the same tokens
 on every device; greedy rows never touch the generator.
+
+Numerics: logits are shifted so each row's largest is 0 before dividing by the temperature, so no accepted
+temperature overflows (a tiny one makes the row one-hot on its best tokens, not inf/inf = NaN). Rows whose logits
+are not numbers at all (NaN, +inf, or every token -inf) cannot be sampled or argmaxed honestly: `unusable_rows`
+names them so the engine fails those rows alone.
 """
 
 from __future__ import annotations
@@ -9,12 +14,44 @@ from __future__ import annotations
 import torch
 
 
-def choose_tokens(logits: torch.Tensor, temperatures: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Pick the next token per row. logits: (B, V); temperatures: (B,). Returns (B,) long."""
+def unusable_rows(logits: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: rows of `logits` (B, V) with a NaN or +inf, or with no finite value (nothing to choose)."""
+    return logits.isnan().any(-1) | logits.isposinf().any(-1) | ~logits.isfinite().any(-1)
+
+
+def _nucleus(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """`probs` (R, V) restricted to each row's smallest most-likely set whose mass reaches `top_p` (R,); the most
+    likely token always stays (top_p 0 is greedy), then renormalised."""
+    ordered, order = probs.sort(dim=-1, descending=True)
+    before = ordered.cumsum(-1) - ordered  # mass of the tokens ranked above each one
+    ordered = ordered.masked_fill(before >= top_p[:, None], 0.0)
+    ordered[:, 0] = ordered[:, 0].clamp_min(torch.finfo(ordered.dtype).tiny)
+    kept = torch.zeros_like(probs).scatter_(-1, order, ordered)
+    return kept / kept.sum(-1, keepdim=True)
+
+
+def choose_tokens(
+    logits: torch.Tensor,
+    temperatures: torch.Tensor,
+    generator: torch.Generator | None,
+    top_p: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Pick the next token per row. logits: (B, V) of usable rows (see `unusable_rows`); temperatures: (B,);
+    top_p: (B,) nucleus mass per row (None: 1, the whole distribution). Returns (B,) long."""
     tokens = logits.argmax(dim=-1)
     sampled = temperatures > 0
     if bool(sampled.any()):
-        probs = torch.softmax(logits[sampled].float() / temperatures[sampled, None], dim=-1)
+        chosen = logits[sampled].float()
+        shifted = chosen - chosen.max(dim=-1, keepdim=True).values  # each row's best at 0: no overflow below
+        probs = torch.softmax(shifted / temperatures[sampled, None].float(), dim=-1)
+        if top_p is not None and bool((top_p[sampled] < 1).any()):
+            probs = _nucleus(probs, top_p[sampled].float())
         draws = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1)
         tokens[sampled] = draws.to(tokens.device)
     return tokens
+
+
+def chosen_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """(B,) log-probability of each row's chosen token under the model's own distribution (temperature 1, no
+    nucleus), as OpenAI's `logprobs` reports it. logits: (B, V); tokens: (B,)."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
