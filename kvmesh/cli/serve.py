@@ -4,11 +4,15 @@ kvmesh serve --model smollm2-135m --host 127.0.0.1 --port 8000
 
 Other processes then use it as any OpenAI-compatible server, kvmesh teams included:
 `load_model("openai:http://127.0.0.1:8000/v1#smollm2-135m")`, or `--model openai:...` on `kvmesh run|eval`.
+
+The port is bound before the model loads, so a busy port fails at once with what to do. SIGTERM or Ctrl-C stop
+admitting requests, let running ones finish for `--grace` seconds, drop the rest and exit.
 """
 
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from dataclasses import dataclass
 
@@ -26,6 +30,12 @@ class ServeConfig:
         port: the port to listen on.
         max_batch_size: rows that decode together; more requests wait for a slot.
         max_tokens: the reply cap of a request that names none.
+        max_tokens_limit: the most a request may ask for (more is refused); default: up to the model's context.
+        max_body_bytes: request bodies over this many bytes are refused (413) before they are read.
+        max_waiting: requests admitted at once, decoding or waiting; more get 503 with Retry-After.
+        api_key: require `Authorization: Bearer KEY` on every route but /health (default: no key).
+        openapi: serve the API schema at /openapi.json.
+        grace: seconds running requests get to finish on SIGTERM or Ctrl-C before they are dropped.
         seed: seeds the sampler sampled requests share (greedy ones ignore it).
     """
 
@@ -34,13 +44,48 @@ class ServeConfig:
     port: int = 8000
     max_batch_size: int = 32
     max_tokens: int = 256
+    max_tokens_limit: int | None = None
+    max_body_bytes: int = 4 * 2**20
+    max_waiting: int = 256
+    api_key: str | None = None
+    openapi: bool = False
+    grace: float = 10.0
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        owner = type(self).__name__
         if not 0 < self.port < 65536:
-            raise ConfigError(f"{{port}} must be in 1..65535, got {self.port}", type(self).__name__)
-        if self.max_batch_size < 1 or self.max_tokens < 1:
-            raise ConfigError("{max_batch_size} and {max_tokens} must be at least 1", type(self).__name__)
+            raise ConfigError(f"{{port}} must be in 1..65535, got {self.port}", owner)
+        for name in ("max_batch_size", "max_tokens", "max_body_bytes", "max_waiting"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{{{name}}} must be at least 1, got {getattr(self, name)}", owner)
+        if self.max_tokens_limit is not None and self.max_tokens_limit < self.max_tokens:
+            raise ConfigError(
+                f"{{max_tokens_limit}} ({self.max_tokens_limit}) is below {{max_tokens}} ({self.max_tokens}), the "
+                "cap of a request that names none; raise it or lower {max_tokens}",
+                owner,
+            )
+        if self.grace < 0:
+            raise ConfigError(f"{{grace}} is seconds, 0 or more, got {self.grace}", owner)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on (host, port); a port in use or an address not on this machine raises ConfigError."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {error.strerror}; another server may hold the port: pick another "
+            "with {port}, or stop that one",
+            "ServeConfig",
+        ) from error
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -48,14 +93,22 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from kvmesh.llm.local import load_model
-    from kvmesh.llm.serve import create_app
+    from kvmesh.llm.serve import ServerLimits, create_app
 
+    sock = bind(config.host, config.port)
     model = load_model(config.model)
     model.max_batch_size = config.max_batch_size
-    app = create_app(model, seed=config.seed, max_tokens=config.max_tokens)
+    limits = ServerLimits(
+        config.max_tokens, config.max_tokens_limit, config.max_body_bytes, config.max_waiting, config.api_key,
+        config.openapi,
+    )  # fmt: skip
+    app = create_app(model, seed=config.seed, limits=limits)
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=config.grace, lifespan="on")
+    )
     url = f"http://{config.host}:{config.port}/v1"
     print(f"kvmesh: serving {model.spec} at {url} (clients: openai:{url}#{model.spec})", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
+    server.run(sockets=[sock])
     return 0
 
 

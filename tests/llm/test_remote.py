@@ -7,14 +7,14 @@ import time
 
 import pytest
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from kvmesh import Agent, CommGraph, Edge, Team
 from kvmesh.agents.events import AgentFinished, TokenGenerated
 from kvmesh.kvcomm import ChannelNotAvailableError
 from kvmesh.llm import load_model
-from kvmesh.llm.base import ContextLengthError
+from kvmesh.llm.base import ContextLengthError, GenerationRequest
 from kvmesh.llm.remote import OpenAIModel, RemoteModelError, RemoteSpec
 
 TASKS = ["What is 2 + 2?", "Name a colour.", "Say hi."]
@@ -94,17 +94,19 @@ def test_a_prompt_past_the_served_context_is_refused_before_the_request(tiny_ser
 class Misbehaving:
     """A loopback OpenAI-shaped server whose /v1/completions answers as `reply(hit)` says (uvicorn, in a thread)."""
 
-    def __init__(self, reply, port: int) -> None:
-        self.hits = 0
+    def __init__(self, reply, port: int, context: int | None = None) -> None:
+        self.hits, self.bodies = 0, []  # the request bodies it was sent, in order
         app = FastAPI()
 
         @app.get("/v1/models")
         async def models():
-            return {"object": "list", "data": [{"id": "tiny-random", "object": "model", "owned_by": "test"}]}
+            card = {"id": "tiny-random", "object": "model", "owned_by": "test"}
+            return {"object": "list", "data": [card | ({"max_model_len": context} if context else {})]}
 
         @app.post("/v1/completions")
-        async def completions():
+        async def completions(request: Request):
             self.hits += 1
+            self.bodies.append(await request.json())
             return await reply(self.hits)
 
         self.port = port
@@ -192,3 +194,53 @@ def test_a_server_that_does_not_answer_in_time_times_out(tiny, unused_port):
     slow = pytest.raises(RemoteModelError, match=r"did not answer within 0.5 s")
     with Misbehaving(reply, unused_port) as url, slow:
         team_on(remote(url, tiny, timeout=0.5, max_retries=0)).run(TASKS[0])
+
+
+def test_sampled_rows_each_send_their_own_seed_and_a_rerun_the_same(tiny, ports):
+    async def reply(hit):
+        return _completion(USAGE)
+
+    ids = tiny.encode_prompt("Once upon a time")
+    rows = [GenerationRequest(ids, 4, temperature=1.0) for _ in range(3)] + [GenerationRequest(ids, 4)]
+    seeds = []
+    for _ in range(2):  # a run, then a rerun with the same seed
+        server = Misbehaving(reply, ports())
+        with server as url:
+            remote(url, tiny).generate_requests(rows, seed=7)
+        sampled = sorted(body["seed"] for body in server.bodies if body["temperature"] > 0)
+        assert [body.get("seed") for body in server.bodies if body["temperature"] == 0] == [None]  # greedy: none
+        seeds.append(sampled)
+    assert len(set(seeds[0])) == 3  # one seed per sampled row: one seed for all gave one distinct output on vLLM
+    assert seeds[1] == seeds[0]  # reproducible
+
+
+def test_a_reply_is_clipped_to_the_served_context_as_in_process(tiny, unused_port):
+    async def reply(hit):
+        return _completion(USAGE)
+
+    ids = tiny.encode_prompt("Once upon a time")
+    server = Misbehaving(reply, unused_port, context=len(ids) + 3)
+    with server as url:
+        remote(url, tiny).generate_requests([GenerationRequest(ids, 20, min_new_tokens=10)])
+    assert server.bodies[0]["max_tokens"] == 3 and server.bodies[0]["min_tokens"] == 3  # a server 400 otherwise
+
+
+def test_a_cancelled_row_is_dropped_by_kvmesh_serve(tiny_server, tiny):
+    import json
+    import urllib.request
+
+    def rows_in_batch() -> int:
+        health = tiny_server.removesuffix("/v1") + "/health"
+        return json.loads(urllib.request.urlopen(health, timeout=10).read())["rows"]
+
+    batch = remote(tiny_server, tiny).new_batch()
+    batch.submit(GenerationRequest(tiny.encode_prompt("Once"), 100000, min_new_tokens=100000), "endless")
+    deadline = time.monotonic() + 60
+    while rows_in_batch() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rows_in_batch() == 1
+    batch.cancel("endless")
+    assert not batch.has_work and batch.step() == []
+    while rows_in_batch() and time.monotonic() < deadline + 60:
+        time.sleep(0.1)
+    assert rows_in_batch() == 0  # the closed connection cancelled the row; it would decode 100000 tokens

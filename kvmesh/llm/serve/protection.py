@@ -1,0 +1,111 @@
+"""What keeps one client from hurting the others, and errors in the shape OpenAI's clients read.
+
+`Guard` is plain ASGI middleware around the whole app: it checks the API key (`Authorization: Bearer KEY`, every
+route but `/health`) and refuses a body over `max_body_bytes` with 413, from its Content-Length before reading it,
+or while reading it when the client sends none (chunked); it reads the body itself, so nothing larger is ever
+buffered, and hands it on.
+
+`openai_error` builds OpenAI's error body, `{"error": {"message", "type", "param", "code"}}`, which the official
+client shows as the exception's message (FastAPI's own `{"detail": ...}` shows only the status code there);
+`install_error_handlers` makes every refusal of the app use it, validation errors included (400, naming the field,
+as OpenAI and vLLM answer them).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from kvmesh.llm.serve.bodies import UnsupportedField
+
+KINDS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "service_unavailable",
+}
+OPEN = ("/health",)  # routes that need no key: a load balancer's probe
+
+
+def openai_error(status: int, message: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
+    """A JSON response with OpenAI's error body."""
+    kind = KINDS.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every refusal of `app` in OpenAI's error body."""
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        return openai_error(error.status_code, str(error.detail), headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+        message = first.get("msg", "invalid request")
+        return openai_error(400, f"{where}: {message}" if where else message, param=where or None)
+
+    @app.exception_handler(UnsupportedField)
+    async def unsupported(request: Request, error: UnsupportedField) -> JSONResponse:
+        return openai_error(400, str(error), param=error.param)
+
+
+class Guard:
+    """ASGI middleware: API key and body size (see the module docstring)."""
+
+    def __init__(self, app, api_key: str | None, max_body_bytes: int) -> None:
+        self.app, self.api_key, self.max_body_bytes = app, api_key, max_body_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        if self.api_key is not None and scope["path"] not in OPEN:
+            given = headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
+                await _send(send, 401, "a valid API key is needed: send 'Authorization: Bearer KEY' (serve --api-key)")
+                return
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            await _send(send, 413, self._too_large())
+            return
+        body, more = b"", True
+        while more:  # read here, up to the limit, so nothing larger is ever buffered
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_body_bytes:
+                await _send(send, 413, self._too_large())
+                return
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # then the connection's own messages: a disconnect
+
+        await self.app(scope, replay, send)
+
+    def _too_large(self) -> str:
+        return f"the request body is over {self.max_body_bytes:,} bytes (kvmesh serve --max-body-bytes)"
+
+
+async def _send(send, status: int, message: str) -> None:
+    body = json.dumps({"error": {"message": message, "type": KINDS[status], "param": None, "code": status}})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body.encode()})
