@@ -4,7 +4,7 @@ kvmesh eval infoqa --topology chain --agents 3 --limit 200 --out runs/infoqa-cha
 kvmesh eval humaneval --oracle --allow-code-execution --out runs/oracle
 kvmesh eval infoqa --designer runs/design/infoqa-agp --limit 50
 kvmesh eval --compare runs/a runs/b
-kvmesh eval infoqa --limit 32 --ray --workers 2 --out runs/infoqa-ray        (a local Ray instance; or --ray ADDRESS)
+kvmesh eval infoqa --limit 32 --ray --workers 2 --out runs/infoqa-ray   (a local Ray instance; --ray-address ADDR)
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from kvmesh.cli.flags import add_channel_arguments, add_config_arguments, config_from_args, refuse_team_flags
@@ -34,8 +34,9 @@ class EvalRun:
         out: run folder (default runs/<benchmark>-<topology>).
         resume: continue an interrupted run in --out.
         compare: print finished runs side by side instead of running one.
-        ray: spread the samples over Ray actors: a cluster's address, or alone to start Ray on this machine
-            (this process still writes every result; --resume works across Ray and local runs).
+        ray: spread the samples over Ray actors, on a Ray instance started on this machine (or on the cluster
+            at --ray-address); this process still writes every result; --resume works across Ray and local runs.
+        ray_address: a Ray cluster's address to spread the samples over (implies --ray).
         workers: Ray actors (default: one per CPU of the cluster, --threads each).
         threads: torch threads per Ray actor.
     """
@@ -43,7 +44,8 @@ class EvalRun:
     out: str | None = None
     resume: bool = False
     compare: list[str] | None = None
-    ray: str | None = field(default=None, metadata={"const": LOCAL})
+    ray: bool = False
+    ray_address: str | None = None
     workers: int | None = None
     threads: int = 1
 
@@ -60,7 +62,10 @@ def evaluate(args: argparse.Namespace) -> int:
     config = config_from_args(EvalConfig, args, designer=designer)
     out = options.out or f"runs/{config.benchmark}-{'oracle' if config.oracle else config.topology}"
     try:
-        executor = RayExecutor(options.ray, options.workers, options.threads) if options.ray else None
+        address = options.ray_address or LOCAL
+        executor = (
+            RayExecutor(address, options.workers, options.threads) if options.ray or options.ray_address else None
+        )
         try:
             summary = run_eval(config, out, resume=options.resume, load_designer=load_designer, executor=executor)
         finally:

@@ -214,3 +214,16 @@ def test_kv_reuse_runs_say_why_nothing_was_reused_and_anchors_persist(tmp_path):
         and "--anchors: kv-reuse's settings mean nothing on text edges: use them with --channel kv-reuse"
         in refused.stderr
     )
+
+
+def test_ray_is_a_flag_and_its_address_is_named_explicitly():
+    """`kvmesh eval --ray infoqa` read infoqa as the Ray address; now --ray takes no value."""
+    from kvmesh.cli import make_parser
+    from kvmesh.cli.evaluate import EvalRun
+    from kvmesh.cli.flags import config_from_args
+
+    args = make_parser().parse_args(["eval", "--ray", "infoqa"])
+    options = config_from_args(EvalRun, args)
+    assert args.benchmark == "infoqa" and options.ray is True and options.ray_address is None
+    args = make_parser().parse_args(["eval", "infoqa", "--ray-address", "10.0.0.1:6379"])
+    assert config_from_args(EvalRun, args).ray_address == "10.0.0.1:6379"
