@@ -161,9 +161,8 @@ class Comparison:
 
     def changes(self, saved: dict, current: dict) -> list[str]:
         """Dotted names of the settings that differ, after the declared exceptions."""
-        saved = self.upgrade(_plain(saved)) if self.upgrade is not None else saved
-        saved = {k: v for k, v in _plain(saved).items() if k not in self.ignore}
-        current = {k: v for k, v in _plain(current).items() if k not in self.ignore}
+        saved = _plain(self.upgrade(_plain(saved)) if self.upgrade is not None else saved)
+        current = _plain(current)
         for key, value in self.defaults.items():
             value = _plain(value(current) if callable(value) else value)
             if key not in saved and current.get(key) == value:
@@ -172,6 +171,8 @@ class Comparison:
             if (key in saved) != (key in current):
                 saved.pop(key, None)
                 current.pop(key, None)
+        saved = {k: v for k, v in saved.items() if k not in self.ignore}  # last: nothing above puts them back
+        current = {k: v for k, v in current.items() if k not in self.ignore}
         return _differences(saved, current)
 
 

@@ -362,6 +362,11 @@ class EvalWork:
         return {} if self.config.scores_given_answers else team_of(self.config, self.load_designer).channel_stats()
 
 
+# where input files are: not compared on resume (a relative and an absolute path name one file; a moved folder is
+# the same input), since `inputs` records each one's content hash, which is
+LOCATIONS = ("spec", "completions", "designer", "data_path")
+
+
 def run_record(config: EvalConfig, team: Team | None) -> dict:
     """What config.json records: the settings in effect (a spec's or designer's run leaves out the team options
     they replace), the team resolved (`Team.to_spec`, when one runs) and a content hash of every input file."""
@@ -431,7 +436,9 @@ def run_eval(
     try:
         # a spec or designer run records no team fields; one saved by older code did, at their defaults
         optional = RECORDS + (EvalConfig.team_fields if config.spec or config.designer else ())
-        with open_run(out, record, resume, ADDED_SETTINGS, optional=optional, upgrade=channels_field) as store:
+        with open_run(
+            out, record, resume, ADDED_SETTINGS, optional=optional, upgrade=channels_field, ignore=LOCATIONS
+        ) as store:
             by_id = {s.id: s for s in plan.samples}
             pending = [by_id[i] for i in store.pending(list(by_id))]
             # for `kvmesh viz RUN`: the graph, the decision maker, each agent's role (an oracle's: the team it

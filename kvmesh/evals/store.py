@@ -97,6 +97,7 @@ def open_run(
     defaults: dict[str, Any | Callable[[dict], Any]] | None = None,
     optional: tuple[str, ...] = (),
     upgrade: Callable[[dict], dict] | None = None,
+    ignore: tuple[str, ...] = (),
 ) -> ResultStore:
     """Create `folder` for a new run, or reopen it with `resume=True` (same configuration required).
 
@@ -104,12 +105,13 @@ def open_run(
     resumes when the new value is its default (the run behaved that way). A default may be a function of the
     new configuration, for a setting whose old behaviour depends on others. `optional`: records that only one
     side may have (older runs lack them; a run records some only when they apply); compared when both do.
-    `upgrade`: turns a saved configuration into today's form (settings older code recorded otherwise)."""
+    `upgrade`: turns a saved configuration into today's form (settings older code recorded otherwise).
+    `ignore`: settings never compared (file locations whose content the configuration records otherwise)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lock = hold_lock(folder, EVAL_RUN)
     try:
-        rules = Comparison(defaults=defaults or {}, optional=optional, upgrade=upgrade)
+        rules = Comparison(defaults=defaults or {}, optional=optional, upgrade=upgrade, ignore=ignore)
         if open_config(folder, config, resume, EVAL_RUN, rules).resumed:
             repair_log(folder / SAMPLES)
     except BaseException:

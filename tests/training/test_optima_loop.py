@@ -187,3 +187,17 @@ def test_seeds_on_a_file_keep_train_validation_and_test_apart_and_test_runs_once
         progress=False,
     )
     assert whole["samples"] == 40 - len(trained) and whole["excluded_seen"] == len(trained)
+
+
+def test_the_readmes_relative_out_finishes_and_resumes_under_its_absolute_path(tmp_path, monkeypatch):
+    """`kvmesh optima train --out runs/optima` (the README's form): the iteration's spec finds its adapter, and a
+    rerun naming the same folder absolutely resumes it instead of refusing a changed spec path."""
+    monkeypatch.chdir(tmp_path)
+    results = loop.optima_train(OptimaConfig(out="runs/optima", **SETTINGS), progress=lambda line: None)
+    assert results["chosen"] == "iteration 1"
+    again = loop.optima_train(OptimaConfig(out=str(tmp_path / "runs" / "optima"), **SETTINGS), progress=lambda _: None)
+
+    def figures(points):  # each point's folder is named as that run was given it
+        return [{k: v for k, v in point.items() if k != "folder"} for point in points]
+
+    assert figures(again["points"]) == figures(results["points"])
