@@ -201,3 +201,12 @@ def test_the_readmes_relative_out_finishes_and_resumes_under_its_absolute_path(t
         return [{k: v for k, v in point.items() if k != "folder"} for point in points]
 
     assert figures(again["points"]) == figures(results["points"])
+
+
+def test_a_failed_start_leaves_nothing_that_refuses_the_corrected_command(tmp_path):
+    out = tmp_path / "optima"
+    with pytest.raises(Exception, match="no-such-model"):
+        loop.optima_train(OptimaConfig(out=str(out), **{**SETTINGS, "model": "no-such-model"}), progress=lambda _: None)
+    assert not (out / "config.json").exists()
+    results = loop.optima_train(OptimaConfig(out=str(out), **SETTINGS), progress=lambda line: None)
+    assert results["chosen"] == "iteration 1"
