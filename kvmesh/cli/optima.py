@@ -13,6 +13,7 @@ OUT/seed-N, and OUT/seeds.json). A killed run continues with the same command (-
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from kvmesh.agents.usage import format_rows
@@ -60,7 +61,12 @@ def optima_train(args: argparse.Namespace) -> int:
     from kvmesh.training.optima.loop import optima_train as run  # trl/peft load only when training
 
     config = config_from_args(OptimaConfig, args)
-    results = run(config, progress=_say)
+    try:
+        results = run(config, progress=_say)
+    except KeyboardInterrupt:  # finished rollouts, adapters and scores are on disk: say how to go on
+        again = shlex.join(["kvmesh", *(word for word in args.argv if word != "--no-resume")])
+        print(f"\nkvmesh: interrupted: what finished is saved in {config.out}; continue with: {again}", file=sys.stderr)
+        return 130
     if config.seeds:
         print("\n".join(seeds_table(results)))
         print(f"{len(config.seeds)} seeds; {config.out}/seeds.json, each seed's run in {config.out}/seed-N")

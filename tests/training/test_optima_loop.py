@@ -210,3 +210,23 @@ def test_a_failed_start_leaves_nothing_that_refuses_the_corrected_command(tmp_pa
     assert not (out / "config.json").exists()
     results = loop.optima_train(OptimaConfig(out=str(out), **SETTINGS), progress=lambda line: None)
     assert results["chosen"] == "iteration 1"
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--rank", "0"), ("--epochs", "0"), ("--learning-rate", "-1")])
+def test_a_bad_training_number_names_its_flag(flag, value, tmp_path, capsys):
+    from kvmesh.cli import main
+
+    assert main(["optima", "train", "--out", str(tmp_path / "run"), flag, value]) == 2
+    assert flag in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_in_optima_train_says_how_to_continue(tmp_path, capsys, monkeypatch):
+    from kvmesh.cli import main
+
+    def interrupted(config, progress):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "optima_train", interrupted)  # the loop's own resume is tested above
+    out = str(tmp_path / "run")
+    assert main(["optima", "train", "--out", out, "--no-resume"]) == 130
+    assert f"continue with: kvmesh optima train --out {out}\n" in capsys.readouterr().err

@@ -130,9 +130,13 @@ class OptimaConfig:
             "eval_tasks",
             "batch_size",
             "max_new_tokens",
+            "rank",
+            "epochs",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{{{name}}} must be at least 1, got {getattr(self, name)}", owner)
+        if not self.learning_rate > 0:
+            raise ConfigError(f"{{learning_rate}} must be above 0, got {self.learning_rate}", owner)
         if self.temperature <= 0:
             raise ConfigError(
                 f"{{temperature}} must be above 0 to sample different rollouts, got {self.temperature}", owner

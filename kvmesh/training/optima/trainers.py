@@ -65,8 +65,11 @@ class LoraSettings:
     def __post_init__(self) -> None:
         if self.reference not in REFERENCES:
             raise ValueError(f"reference must be one of {REFERENCES}, got {self.reference!r}")
-        if self.rank < 1 or self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
-            raise ValueError("rank, epochs and batch_size must be at least 1 and learning_rate positive")
+        for name in ("rank", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be above 0, got {self.learning_rate}")
 
 
 def _require_training_stack():

@@ -308,7 +308,14 @@ def load_mapper(path: str | Path, kind: str | None = None) -> KVMapper:
     weights = Path(path) / WEIGHTS_FILE
     if not weights.is_file():
         raise MapperError(f"{path} has {CONFIG_FILE} but no {WEIGHTS_FILE}; fit or train the mapper again")
-    return mapper_class(config.kind).from_tensors(config, load_file(str(weights)))
+    try:
+        tensors = load_file(str(weights))
+    except Exception as error:  # safetensors' own error names no file: a truncated or foreign file
+        raise MapperError(
+            f"{weights} cannot be read ({type(error).__name__}: {error}); it may be truncated or not a safetensors "
+            "file: fit or train the mapper again"
+        ) from error
+    return mapper_class(config.kind).from_tensors(config, tensors)
 
 
 def _name(model) -> str:

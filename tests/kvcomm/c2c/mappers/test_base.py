@@ -69,7 +69,11 @@ def test_bad_folders_say_what_is_wrong(tmp_path):
     folder = save_mapper(_ridge(), tmp_path / "ridge")
     with pytest.raises(MapperError, match="holds a 'ridge' mapper, not a 'fuser'"):
         load_mapper(folder, kind="fuser")
-    (folder / "mapper.safetensors").unlink()
+    weights = folder / "mapper.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-40])  # a copy cut short
+    with pytest.raises(MapperError, match=r"ridge/mapper\.safetensors cannot be read .* truncated"):
+        load_mapper(folder)
+    weights.unlink()
     with pytest.raises(MapperError, match=r"no mapper\.safetensors"):
         load_mapper(folder)
     data = json.loads((folder / "mapper.json").read_text())
