@@ -53,7 +53,10 @@ class TeamResult:
         for m in self.messages:
             r = m.response_metadata["round"]
             label = "decision" if r == DECISION_ROUND else f"round {r}"
-            lines.append(f"[{m.name} · {label}] {m.content}")
+            content = m.content
+            if not content and m.response_metadata.get("finish_reason") == "prefill":  # a latent channel's sender
+                content = "(prefilled only: its receivers read its prompt's KV cache, so it writes no text)"
+            lines.append(f"[{m.name} · {label}] {content}")
         return "\n\n".join(lines)
 
     def to_dict(self) -> dict:

@@ -27,7 +27,7 @@ import typing
 from collections.abc import Iterator, Mapping, Sequence
 
 from kvmesh.config import ConfigError, field_help
-from kvmesh.kvcomm.channel import available_channels, setting_key, settings_class_of
+from kvmesh.kvcomm.channel import available_channels, channel_summaries, setting_key, settings_class_of
 
 
 def flag(name: str) -> str:
@@ -158,7 +158,11 @@ CHANNELS, CHANNEL_FLAGS = "channels", "channel_flags"  # a config's settings-by-
 def add_channel_arguments(parser: argparse.ArgumentParser) -> None:
     """`--<channel>-<field>` for every field of every available channel's settings class (`--kv-select-fraction`,
     `--kv-reuse-anchors-dir`, or a field's alias: `--anchors`); `config_from_args` gathers the ones given into
-    the config's `channels` field."""
+    the config's `channels` field. The parser's own `--channel` help gains each channel's summary."""
+    for action in parser._actions:  # argparse keeps no public lookup of an added option
+        if action.dest == "channel" and action.help:
+            listed = "; ".join(f"{name}: {text}" if text else name for name, text in channel_summaries().items())
+            action.help = f"{action.help.rstrip('.')}. Channels: {listed}."
     flags: dict[str, tuple[str, str]] = {}
     for name in available_channels():
         settings_class = settings_class_of(name)

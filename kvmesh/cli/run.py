@@ -50,7 +50,7 @@ class RunConfig:
             temporal, decision, channel, max_new_tokens, temperature, token_budget, seed) are refused beside it.
         designer: a trained designer (kvmesh design train): its team, on the graph it designs (the team options
             are refused beside it, as with spec).
-        channel: how agents read each other: text, or kv-reuse (the senders' KV caches, reused).
+        channel: how agents read each other, on every edge.
         max_new_tokens: cap on tokens per agent turn.
         temperature: 0 for greedy decoding.
         token_budget: cap on tokens for the whole run.
@@ -128,7 +128,8 @@ def build_team(config: RunConfig) -> Team:
     )
 
 
-def print_result(result: TeamResult, out=sys.stdout) -> None:
+def print_result(result: TeamResult, out=None) -> None:
+    out = out or sys.stdout  # looked up when called: a default bound at import would miss a redirected stdout
     print(result.transcript(), file=out)
     if result.answer is not None:
         print(f"\nANSWER: {result.answer}", file=out)

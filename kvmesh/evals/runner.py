@@ -94,8 +94,7 @@ class EvalConfig:
         oracle: score gold answers instead of running a model.
         completions: a JSONL file of {"id", "completion"} to score instead of running a model.
         shards: InfoQA only: "own" (each agent its shard), "all" (everyone reads all) or "none".
-        channel: how agents read each other, on every edge (and the decision maker's reading): text, kv-reuse,
-            kv-select, c2c or a registered channel.
+        channel: how agents read each other, on every edge (and the decision maker's reading).
         designer: a saved topology designer (`kvmesh design train` writes one): the team it was trained
             with, each task on the graph it designs; replaces spec and the team options. Samples it
             trained or validated on are left out (also when a spec names the designer).

@@ -122,6 +122,7 @@ class Channel:
 
     Class attributes:
         name: the name edges carry (`Edge.channel`).
+        summary: one line for users choosing a channel (`kvmesh run --channel`'s help), with what it needs.
         settings_class: the channel's settings dataclass (its fields are its spec keys and CLI flags), or None
             when it takes none.
         reads_reply: False when receivers read the sender's prompt cache instead of its reply (a sender read only
@@ -131,6 +132,7 @@ class Channel:
     """
 
     name: str = ""
+    summary: str = ""
     settings_class: type | None = None
     reads_reply: bool = True
     calibrates: bool = False
@@ -235,6 +237,11 @@ def channel_names() -> tuple[str, ...]:
 def available_channels() -> tuple[str, ...]:
     """The channels that can run."""
     return _REGISTRY.available()
+
+
+def channel_summaries() -> dict[str, str]:
+    """Each channel that can run, with its one-line summary (empty for a factory that gives none)."""
+    return {name: getattr(_REGISTRY.get(name), "summary", "") for name in available_channels()}
 
 
 def register_channel(name: str, factory: Callable[..., Channel]) -> None:

@@ -12,3 +12,4 @@ from kvmesh.kvcomm.channel import Channel
 
 class TextChannel(Channel):
     name = "text"
+    summary = "the sender's reply, read as text"

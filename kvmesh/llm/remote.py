@@ -41,6 +41,7 @@ import concurrent.futures
 import queue
 import threading
 import time
+import urllib.parse
 from collections.abc import Hashable
 from dataclasses import dataclass
 
@@ -336,7 +337,7 @@ async def _explained(model: OpenAIModel, coroutine):
     except openai.APIConnectionError as error:
         raise RemoteModelError(
             f"cannot reach {where}: {error.__cause__ or error} (after {model.max_retries} retries). Is the server "
-            "running and is the URL right? Start one with: kvmesh serve --model smollm2-135m --port 8000"
+            f"running and is the URL right? Start one with: {_serve_hint(model)}"
         ) from error
     except openai.NotFoundError as error:
         raise RemoteModelError(f"{where}: not found (HTTP 404: {_detail(error)}); check the URL ends in /v1") from error
@@ -344,6 +345,14 @@ async def _explained(model: OpenAIModel, coroutine):
         raise RemoteModelError(f"{where} refused the request: HTTP {error.status_code}: {_detail(error)}") from error
     except openai.APIResponseValidationError as error:
         raise RemoteModelError(f"{where} sent a malformed response: {error}") from error
+
+
+def _serve_hint(model: OpenAIModel) -> str:
+    """The `kvmesh serve` command that would answer this model's URL and name."""
+    url = urllib.parse.urlsplit(model.remote.base_url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    host = "" if url.hostname in ("127.0.0.1", "localhost") else f" --host {url.hostname}"
+    return f"kvmesh serve --model {model.remote.served}{host} --port {port}"
 
 
 def _detail(error) -> str:

@@ -227,3 +227,19 @@ def test_ray_is_a_flag_and_its_address_is_named_explicitly():
     assert args.benchmark == "infoqa" and options.ray is True and options.ray_address is None
     args = make_parser().parse_args(["eval", "infoqa", "--ray-address", "10.0.0.1:6379"])
     assert config_from_args(EvalRun, args).ray_address == "10.0.0.1:6379"
+
+
+def test_run_explains_what_each_channel_needs_and_what_a_silent_sender_did(capsys):
+    from kvmesh.cli import main
+    from kvmesh.kvcomm.channel import available_channels
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert all(f"{name}: " in help_text for name in available_channels())  # every channel, not text and kv-reuse
+    assert "needs a mapper: --c2c-mapper DIR" in help_text
+    assert main(["run", "Where is the key?", "--model", "tiny-random", "--channel", "c2c"]) == 2
+    assert "--c2c-mapper DIR" in capsys.readouterr().err
+    main(["run", "Where is the key?", "--model", "tiny-random", "--channel", "kv-select", "--agents", "2",
+          "--max-new-tokens", "3"])  # fmt: skip
+    assert "[agent_1 · round 0] (prefilled only: its receivers read its prompt's KV cache" in capsys.readouterr().out

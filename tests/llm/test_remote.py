@@ -72,7 +72,8 @@ def test_kv_channels_refuse_a_served_model_before_any_request(tiny, unused_port)
 
 def test_an_unreachable_server_says_so_and_how_to_start_one(tiny, unused_port):
     url = f"http://127.0.0.1:{unused_port}/v1"
-    with pytest.raises(RemoteModelError, match=r"cannot reach .* kvmesh serve --model"):
+    hint = rf"cannot reach .* Start one with: kvmesh serve --model tiny-random --port {unused_port}$"
+    with pytest.raises(RemoteModelError, match=hint):  # the URL's own port and served name, not a fixed example
         team_on(remote(url, tiny, max_retries=0)).run(TASKS[0])
 
 

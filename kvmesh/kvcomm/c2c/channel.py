@@ -99,6 +99,7 @@ class C2CChannel(Channel):
     """Reads a sender's prompt cache mapped into the receiver's format; see the module docstring."""
 
     name = NAME
+    summary = "a sender on another model, its cache mapped into the receiver's; needs a mapper: --c2c-mapper DIR"
     settings_class = C2CConfig
     reads_reply = False  # the receiver reads the sender's prompt cache, not its reply
 
@@ -106,9 +107,9 @@ class C2CChannel(Channel):
         super().__init__(settings)
         if not self.config.mapper:
             raise ChannelNotAvailableError(
-                "a c2c edge needs a mapper: Team(..., channels={'c2c': {'mapper': 'DIR'}}) or, in a team spec, "
-                "channels: {c2c: {mapper: DIR}} (with each agent's model:), DIR from kvmesh c2c fit|train "
-                "--sender S --receiver R --out DIR"
+                "a c2c edge needs a mapper: --c2c-mapper DIR on the command line, Team(..., channels={'c2c': "
+                "{'mapper': 'DIR'}}) or, in a team spec, channels: {c2c: {mapper: DIR}} (with each agent's model:), "
+                "DIR from kvmesh c2c fit|train --sender S --receiver R --out DIR"
             )
         self.mapper: KVMapper = load_mapper(self.config.mapper)
         if self.config.mode not in self.mapper.modes:

@@ -57,6 +57,7 @@ class KVReuseChannel(Channel):
     """A team's kv-reuse state: one `ReuseEngine` per model, created before the first call, kept across runs."""
 
     name = "kv-reuse"
+    summary = "the sender's reply as text, its KV cache reused instead of prefilled again"
     settings_class = ReuseConfig
 
     def __init__(self, settings: ReuseConfig | None = None) -> None:

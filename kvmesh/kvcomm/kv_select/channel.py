@@ -129,6 +129,7 @@ class KVSelectChannel(Channel):
     """Reads a sender's context cache in the chosen layers; see the module docstring."""
 
     name = NAME
+    summary = "senders only prefill (their transcripts stay empty); receivers read their prompt caches in chosen layers"
     settings_class = KVSelectConfig
     reads_reply = False  # a receiver reads the sender's prompt cache: a sender nobody else reads generates nothing
     calibrates = True  # layers chosen on where receivers attend (`calibrate`)
