@@ -1,0 +1,278 @@
+"""`kvmesh serve` (or vLLM's CPU server) under a bounded load with hostile clients mixed in, loopback only.
+
+Starts the server on a free loopback port, then `--clients` threads send requests for `--seconds`: 90% well-formed
+completions (short, medium and long prompts, 8 to 48 reply tokens, greedy or sampled, a third streamed), 10%
+hostile, in turn: a NaN-prone temperature (1e-40), a body over the server's limit, a stream closed after three
+events, a client that hangs up before its answer (both on requests that would decode `--long-tokens` tokens), a
+field the server does not implement, and an out-of-range temperature. Then the clients leave and it reports:
+
+    served / errors by kind and HTTP status    latency p50 / p99 of well-formed requests (seconds)
+    peak and after-run memory (RSS of the server's process tree) against before the load
+    seconds until the server's CPU is idle again (< 10% of a core over 0.5 s) after the last client left
+    seconds SIGTERM takes to stop it while a long row is decoding (the server's grace period: --grace)
+
+Bars (issue 24): no well-formed request fails; CPU idle within 2 s of the clients leaving; memory after within
+10% of before; SIGTERM exits within the grace period. Every client is bounded in count and time; nothing
+listens beyond 127.0.0.1.
+
+    python benchmarks/serve_load.py [--server kvmesh|vllm] [--model smollm2-135m] [--clients 8] [--seconds 60]
+        [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import psutil
+
+from kvmesh.llm.registry import resolve
+
+VLLM_PYTHON = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
+HOSTILE = ("nan-prone", "huge-body", "stream-closed", "hung-up", "unsupported-field", "bad-temperature")
+WORDS = tuple("the quick brown fox jumps over a lazy dog near the river bank while children play".split(" "))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start(server: str, model: str, port: int, grace: float) -> subprocess.Popen:
+    if server == "kvmesh":
+        command = [sys.executable, "-m", "kvmesh.cli", "serve", "--model", model, "--port", str(port)]
+        command += ["--grace", str(grace), "--max-body-bytes", str(2**20)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(os.cpu_count())}
+    else:
+        command = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(resolve(model))]
+        command += ["--served-model-name", model, "--dtype", "float32", "--host", "127.0.0.1", "--port", str(port)]
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2).read()
+            return process
+        except OSError:
+            if process.poll() is not None:
+                raise SystemExit(f"{server} exited with {process.returncode}") from None
+            time.sleep(0.5)
+    process.kill()
+    raise SystemExit(f"{server} did not start within 600 s")
+
+
+def tree(process: subprocess.Popen) -> list[psutil.Process]:
+    root = psutil.Process(process.pid)
+    return [root, *root.children(recursive=True)]
+
+
+def rss(process: subprocess.Popen) -> int:
+    return sum(p.memory_info().rss for p in tree(process) if p.is_running())
+
+
+def cpu_share(process: subprocess.Popen, window: float = 0.5) -> float:
+    """The server's CPU use over `window` seconds, in cores."""
+    procs = tree(process)
+    before = sum(sum(p.cpu_times()[:2]) for p in procs)
+    time.sleep(window)
+    return (sum(sum(p.cpu_times()[:2]) for p in procs if p.is_running()) - before) / window
+
+
+def prompt(rng: random.Random) -> str:
+    words = rng.choice((8, 120, 500))
+    return " ".join(rng.choice(WORDS) for _ in range(words))
+
+
+class Client:
+    """One client's requests to the server at `port` (model `model`); each returns (kind, status, seconds)."""
+
+    def __init__(self, port: int, model: str, long_tokens: int) -> None:
+        self.port, self.model, self.long_tokens = port, model, long_tokens
+
+    def _send(self, body: dict | bytes, timeout: float = 300.0) -> http.client.HTTPConnection:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        connection.request("POST", "/v1/completions", data, {"Content-Type": "application/json"})
+        return connection
+
+    def well_formed(self, rng: random.Random) -> tuple[str, int, float]:
+        body = {"model": self.model, "prompt": prompt(rng), "max_tokens": rng.randint(8, 48)}
+        body["temperature"] = rng.choice((0.0, 0.8))
+        body["stream"] = rng.random() < 1 / 3
+        started = time.perf_counter()
+        connection = self._send(body)
+        response = connection.getresponse()
+        text = response.read().decode(errors="replace")
+        connection.close()
+        ok = response.status == 200 and (not body["stream"] or "[DONE]" in text)
+        return "well-formed", response.status if ok or response.status != 200 else 599, time.perf_counter() - started
+
+    def long(self) -> dict:
+        return {"model": self.model, "prompt": "Once upon a time", "max_tokens": self.long_tokens,
+                "min_tokens": self.long_tokens}  # fmt: skip
+
+    def hostile(self, kind: str) -> tuple[str, int, float]:
+        started = time.perf_counter()
+        status = 0
+        if kind == "nan-prone":
+            body = {"model": self.model, "prompt": "Hello", "max_tokens": 16, "temperature": 1e-40}
+        elif kind == "huge-body":
+            body = {"model": self.model, "prompt": "x" * (8 * 2**20)}
+        elif kind == "unsupported-field":
+            body = {"model": self.model, "prompt": "Hello", "max_tokens": 4, "tools": [{"type": "function"}]}
+        elif kind == "bad-temperature":
+            body = {"model": self.model, "prompt": "Hello", "max_tokens": 4, "temperature": 1e308}
+        elif kind == "stream-closed":
+            connection = self._send(self.long() | {"stream": True})
+            response = connection.getresponse()
+            for _ in range(3):
+                response.fp.readline()
+            connection.close()  # after three events
+            return kind, response.status, time.perf_counter() - started
+        else:  # hung-up: no answer read, the connection closed after half a second
+            connection = self._send(self.long(), timeout=0.5)
+            try:
+                status = connection.getresponse().status
+            except (TimeoutError, OSError):
+                status = 0
+            connection.close()
+            return kind, status, time.perf_counter() - started
+        try:
+            connection = self._send(body, timeout=120)
+            response = connection.getresponse()
+            response.read()
+            status = response.status
+            connection.close()
+        except OSError:  # a server may close on a body it refuses before reading it all
+            status = -1
+        return kind, status, time.perf_counter() - started
+
+
+def load(port: int, model: str, clients: int, seconds: float, long_tokens: int, seed: int) -> list[tuple]:
+    records: list[tuple] = []
+    lock, deadline = threading.Lock(), time.monotonic() + seconds
+
+    def run(index: int) -> None:
+        rng, client, turn = random.Random(seed * 1000 + index), Client(port, model, long_tokens), index
+        while time.monotonic() < deadline:
+            if rng.random() < 0.1:
+                record = client.hostile(HOSTILE[turn % len(HOSTILE)])
+                turn += 1
+            else:
+                record = client.well_formed(rng)
+            with lock:
+                records.append(record)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return records
+
+
+def seconds_to_idle(process: subprocess.Popen, limit: float = 120.0) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        if cpu_share(process) < 0.1:
+            return time.monotonic() - started
+    return float("inf")
+
+
+def sigterm_seconds(port: int, model: str, process: subprocess.Popen, long_tokens: int) -> float:
+    connection = Client(port, model, long_tokens)._send(Client(port, model, long_tokens).long() | {"stream": True})
+    response = connection.getresponse()
+    response.fp.readline()  # its row is decoding
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return float("inf")
+    connection.close()
+    return time.monotonic() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--server", choices=("kvmesh", "vllm"), default="kvmesh")
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--long-tokens", type=int, default=1500, help="reply length of the abandoned requests")
+    parser.add_argument("--grace", type=float, default=5.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    port = free_port()
+    process = start(args.server, args.model, port, args.grace)
+    try:
+        Client(port, args.model, args.long_tokens).well_formed(random.Random(0))  # warm-up
+        before, peak, sampling = rss(process), [0], True
+
+        def sample() -> None:
+            while sampling:
+                peak[0] = max(peak[0], rss(process))
+                time.sleep(0.2)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        records = load(port, args.model, args.clients, args.seconds, args.long_tokens, args.seed)
+        idle = seconds_to_idle(process)
+        sampling = False
+        sampler.join()
+        after = rss(process)
+        stop = sigterm_seconds(port, args.model, process, args.long_tokens)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    good = [s for kind, status, s in records if kind == "well-formed" and status == 200]
+    statuses = {
+        kind: dict(Counter(status for k, status, _ in records if k == kind)) for kind in ("well-formed", *HOSTILE)
+    }
+    failed = sum(1 for kind, status, _ in records if kind == "well-formed" and status != 200)
+    quantile = statistics.quantiles(good, n=100) if len(good) > 1 else [float("nan")] * 99
+    result = {
+        "server": args.server, "model": args.model, "clients": args.clients, "seconds": args.seconds,
+        "seed": args.seed, "long_tokens": args.long_tokens, "grace": args.grace, "requests": len(records),
+        "statuses": statuses, "well_formed_failed": failed, "latency_p50": quantile[49], "latency_p99": quantile[98],
+        "rss_before_mb": before / 2**20, "rss_peak_mb": peak[0] / 2**20, "rss_after_mb": after / 2**20,
+        "memory_after_vs_before": after / before, "seconds_to_idle": idle, "sigterm_seconds": stop,
+    }  # fmt: skip
+    result["bars"] = {
+        "no well-formed request failed": failed == 0,
+        "CPU idle within 2 s": idle <= 2.0,
+        "memory after within 10% of before": after <= 1.1 * before,
+        "SIGTERM within the grace period": stop <= args.grace + 1.0,  # + the process's own exit
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{args.server} serving {args.model}: {args.clients} clients for {args.seconds:g} s, {len(records)} requests")
+    for kind, counts in statuses.items():
+        print(f"  {kind:<18} {sum(counts.values()):>5}  statuses {counts}")
+    print(f"well-formed latency p50 {result['latency_p50']:.2f} s, p99 {result['latency_p99']:.2f} s; failed {failed}")
+    print(f"memory (RSS, process tree): before {result['rss_before_mb']:.0f} MB, peak {result['rss_peak_mb']:.0f} MB, "
+          f"after {result['rss_after_mb']:.0f} MB ({result['memory_after_vs_before']:.3f}x)")  # fmt: skip
+    print(f"CPU idle {idle:.2f} s after the clients left; SIGTERM stopped it in {stop:.2f} s (grace {args.grace:g} s)")
+    for bar, held in result["bars"].items():
+        print(f"  {'PASS' if held else 'FAIL'}  {bar}")
+
+
+if __name__ == "__main__":
+    main()
