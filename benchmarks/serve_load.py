@@ -43,7 +43,7 @@ from kvmesh.llm.registry import resolve
 
 VLLM_PYTHON = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
 HOSTILE = ("nan-prone", "huge-body", "stream-closed", "hung-up", "unsupported-field", "bad-temperature")
-WORDS = tuple("the quick brown fox jumps over a lazy dog near the river bank while children play".split(" "))
+WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "near", "river", "bank", "while", "play")
 
 
 def free_port() -> int:
