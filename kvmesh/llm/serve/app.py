@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from kvmesh.llm.base import ContextLengthError, Generation, GenerationRequest, RowError, normalize_stop
 from kvmesh.llm.local import LocalLM
-from kvmesh.llm.serve.bodies import ChatBody, CompletionBody, _Sampling
+from kvmesh.llm.serve.bodies import ChatBody, CompletionBody, SamplingBody
 from kvmesh.llm.serve.engine_thread import EngineThread, ServerBusy, ServerClosing
 from kvmesh.llm.serve.protection import Guard, install_error_handlers
 from kvmesh.llm.serve.replies import choice_logprobs, chunk_choice, sse
@@ -99,7 +99,7 @@ def create_app(model: LocalLM, seed: int | None = None, limits: ServerLimits | N
         if name != model.spec:
             raise HTTPException(404, f"this server serves {model.spec!r}, not {name!r}")
 
-    def row(ids: list[int], body: _Sampling) -> GenerationRequest:
+    def row(ids: list[int], body: SamplingBody) -> GenerationRequest:
         body.unsupported()
         logprobs = body.wants_logprobs()  # refuses what it cannot return, naming the field
         asked = body.asked_tokens or limits.max_tokens
@@ -123,7 +123,7 @@ def create_app(model: LocalLM, seed: int | None = None, limits: ServerLimits | N
         except ServerClosing as error:
             raise HTTPException(503, str(error)) from error
 
-    async def answer(http: Request, request: GenerationRequest, body: _Sampling, kind: str, echo: str = ""):
+    async def answer(http: Request, request: GenerationRequest, body: SamplingBody, kind: str, echo: str = ""):
         ident = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
         head = {"id": ident, "created": int(time.time()), "model": model.spec}
         if body.stream:
@@ -147,7 +147,7 @@ def create_app(model: LocalLM, seed: int | None = None, limits: ServerLimits | N
         obj = "chat.completion" if kind == "chat" else "text_completion"
         return head | {"object": obj, "choices": [choice], "usage": _usage(generation)}
 
-    def _stream(request: GenerationRequest, body: _Sampling, kind: str, head: dict, echo: str) -> EventStream:
+    def _stream(request: GenerationRequest, body: SamplingBody, kind: str, head: dict, echo: str) -> EventStream:
         pieces: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
         request.on_text = lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, piece)

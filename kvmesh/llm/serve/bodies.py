@@ -28,7 +28,7 @@ class UnsupportedField(ValueError):
         self.param = param
 
 
-class _Sampling(BaseModel):
+class SamplingBody(BaseModel):
     """What both endpoints take besides the prompt."""
 
     model_config = ConfigDict(extra="allow")  # kept, to be refused by name (`unsupported`)
@@ -69,7 +69,7 @@ class _Sampling(BaseModel):
         raise NotImplementedError
 
 
-class CompletionBody(_Sampling):
+class CompletionBody(SamplingBody):
     prompt: str | list[int] | list[str] | list[list[int]]
     logprobs: int | None = Field(default=None, ge=0)
     echo: StrictBool = False
@@ -92,7 +92,7 @@ class ChatMessage(BaseModel):
     name: str | None = None
 
 
-class ChatBody(_Sampling):
+class ChatBody(SamplingBody):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: StrictBool = False
     top_logprobs: int | None = Field(default=None, ge=0)
