@@ -15,8 +15,8 @@ Bars (issue 24): no well-formed request fails; CPU idle within 2 s of the client
 10% of before; SIGTERM exits within the grace period. Every client is bounded in count and time; nothing
 listens beyond 127.0.0.1.
 
-    python benchmarks/serve_load.py [--server kvmesh|vllm] [--model smollm2-135m] [--clients 8] [--seconds 60]
-        [--json]
+    python benchmarks/serve_load.py [--servers kvmesh vllm] [--model smollm2-135m] [--clients 8] [--seconds 60]
+        [--record NAME] [--json]
 """
 
 from __future__ import annotations
@@ -208,19 +208,10 @@ def sigterm_seconds(port: int, model: str, process: subprocess.Popen, long_token
     return time.monotonic() - started
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--server", choices=("kvmesh", "vllm"), default="kvmesh")
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--long-tokens", type=int, default=1500, help="reply length of the abandoned requests")
-    parser.add_argument("--grace", type=float, default=5.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+def measure(server: str, args: argparse.Namespace) -> dict:
+    """One server under the load, then idle, then SIGTERM: its figures and bars."""
     port = free_port()
-    process = start(args.server, args.model, port, args.grace)
+    process = start(server, args.model, port, args.grace)
     try:
         Client(port, args.model, args.long_tokens).well_formed(random.Random(0))  # warm-up
         before, peak, sampling = rss(process), [0], True
@@ -242,17 +233,15 @@ def main() -> None:
         if process.poll() is None:
             process.kill()
     good = [s for kind, status, s in records if kind == "well-formed" and status == 200]
-    statuses = {
-        kind: dict(Counter(status for k, status, _ in records if k == kind)) for kind in ("well-formed", *HOSTILE)
-    }
+    kinds = ("well-formed", *HOSTILE)
+    statuses = {kind: dict(Counter(status for k, status, _ in records if k == kind)) for kind in kinds}
     failed = sum(1 for kind, status, _ in records if kind == "well-formed" and status != 200)
     quantile = statistics.quantiles(good, n=100) if len(good) > 1 else [float("nan")] * 99
     result = {
-        "server": args.server, "model": args.model, "clients": args.clients, "seconds": args.seconds,
-        "seed": args.seed, "long_tokens": args.long_tokens, "grace": args.grace, "requests": len(records),
-        "statuses": statuses, "well_formed_failed": failed, "latency_p50": quantile[49], "latency_p99": quantile[98],
-        "rss_before_mb": before / 2**20, "rss_peak_mb": peak[0] / 2**20, "rss_after_mb": after / 2**20,
-        "memory_after_vs_before": after / before, "seconds_to_idle": idle, "sigterm_seconds": stop,
+        "server": server, "requests": len(records), "statuses": statuses, "well_formed_failed": failed,
+        "latency_p50": quantile[49], "latency_p99": quantile[98], "rss_before_mb": before / 2**20,
+        "rss_peak_mb": peak[0] / 2**20, "rss_after_mb": after / 2**20, "memory_after_vs_before": after / before,
+        "seconds_to_idle": idle, "sigterm_seconds": stop,
     }  # fmt: skip
     result["bars"] = {
         "no well-formed request failed": failed == 0,
@@ -260,18 +249,78 @@ def main() -> None:
         "memory after within 10% of before": after <= 1.1 * before,
         "SIGTERM within the grace period": stop <= args.grace + 1.0,  # + the process's own exit
     }
+    return result
+
+
+def show(result: dict, args: argparse.Namespace) -> list[str]:
+    lines = [f"{result['server']}: {args.clients} clients for {args.seconds:g} s, {result['requests']} requests"]
+    lines += [f"  {kind:<18} {sum(c.values()):>5}  statuses {c}" for kind, c in result["statuses"].items()]
+    lines.append(
+        f"  well-formed latency p50 {result['latency_p50']:.2f} s, p99 {result['latency_p99']:.2f} s; failed "
+        f"{result['well_formed_failed']}; memory before {result['rss_before_mb']:.0f} MB, peak "
+        f"{result['rss_peak_mb']:.0f} MB, after {result['rss_after_mb']:.0f} MB "
+        f"({result['memory_after_vs_before']:.3f}x); CPU idle {result['seconds_to_idle']:.2f} s after the clients "
+        f"left; SIGTERM stopped it in {result['sigterm_seconds']:.2f} s (grace {args.grace:g} s)"
+    )
+    lines += [f"  {'PASS' if held else 'FAIL'}  {bar}" for bar, held in result["bars"].items()]
+    return lines
+
+
+def record(results: list[dict], args: argparse.Namespace) -> Path:
+    """The runs as results/NAME.json: one row per server."""
+    from kvmesh.evals.results import record_result
+
+    def hostile(result: dict) -> str:  # what each hostile kind got back, e.g. "huge-body 413 x3"
+        return "; ".join(
+            f"{kind} " + ", ".join(f"{status} x{count}" for status, count in counts.items())
+            for kind, counts in result["statuses"].items() if kind != "well-formed" and counts
+        )  # fmt: skip
+
+    columns = [
+        {"key": "server", "header": "server", "format": ""},
+        {"key": "requests", "header": "requests", "format": ""},
+        {"key": "well_formed_failed", "header": "well-formed failed", "format": ""},
+        {"key": "latency_p50", "header": "p50 s", "format": ".2f"},
+        {"key": "latency_p99", "header": "p99 s", "format": ".2f"},
+        {"key": "memory_after_vs_before", "header": "memory after / before", "format": ".3f"},
+        {"key": "seconds_to_idle", "header": "s to idle", "format": ".2f"},
+        {"key": "sigterm_seconds", "header": "SIGTERM s", "format": ".2f"},
+        {"key": "hostile", "header": "hostile requests: status x count", "format": ""},
+    ]
+    rows = [r | {"hostile": hostile(r), "sigterm_seconds": None if r["sigterm_seconds"] == float("inf") else
+                 r["sigterm_seconds"]} for r in results]  # fmt: skip
+    config = {k: getattr(args, k) for k in ("model", "clients", "seconds", "long_tokens", "grace", "seed")}
+    notes = (
+        "Status 0: the client hung up before any answer (its point); SIGTERM '-': still running 120 s after the "
+        "signal, then killed. p50/p99: well-formed requests, whole response. Memory: RSS of the server's process "
+        "tree after one warm-up request, and once the clients left."
+    )
+    command = "python benchmarks/serve_load.py " + " ".join(sys.argv[1:])
+    title = "Serving under a bounded load with 10% hostile clients (loopback)"
+    return record_result(args.record, title=title, command=command, columns=columns, rows=rows, seeds=[args.seed],
+                         config=config, notes=notes)  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--servers", nargs="+", choices=("kvmesh", "vllm"), default=["kvmesh"])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--long-tokens", type=int, default=1500, help="reply length of the abandoned requests")
+    parser.add_argument("--grace", type=float, default=5.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--record", metavar="NAME", help="also write results/NAME.json (a README figure)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    results = [measure(server, args) for server in args.servers]
+    if args.record:
+        print(f"wrote {record(results, args)}", file=sys.stderr)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps({"config": vars(args), "runs": results}, indent=2))
         return
-    print(f"{args.server} serving {args.model}: {args.clients} clients for {args.seconds:g} s, {len(records)} requests")
-    for kind, counts in statuses.items():
-        print(f"  {kind:<18} {sum(counts.values()):>5}  statuses {counts}")
-    print(f"well-formed latency p50 {result['latency_p50']:.2f} s, p99 {result['latency_p99']:.2f} s; failed {failed}")
-    print(f"memory (RSS, process tree): before {result['rss_before_mb']:.0f} MB, peak {result['rss_peak_mb']:.0f} MB, "
-          f"after {result['rss_after_mb']:.0f} MB ({result['memory_after_vs_before']:.3f}x)")  # fmt: skip
-    print(f"CPU idle {idle:.2f} s after the clients left; SIGTERM stopped it in {stop:.2f} s (grace {args.grace:g} s)")
-    for bar, held in result["bars"].items():
-        print(f"  {'PASS' if held else 'FAIL'}  {bar}")
+    for result in results:
+        print("\n".join(show(result, args)))
 
 
 if __name__ == "__main__":
