@@ -118,7 +118,7 @@ class Scheduler:
         self.pieces = []
         # 4. record what finished: results go back to the turns waiting for them
         for key, generation in finished:
-            events += self._deliver(key, generation.check())  # a row that failed alone fails its task's run
+            events += self._deliver(key, generation.check())  # a failed row (a broken cache: NaN) stops the run
         return events
 
     def _submit(self, turn: Turn) -> None:

@@ -27,7 +27,7 @@ import typing
 from collections.abc import Iterator, Mapping, Sequence
 
 from kvmesh.config import ConfigError, field_help
-from kvmesh.kvcomm.channel import available_channels, channel_summaries, setting_key, settings_class_of
+from kvmesh.kvcomm.channel import available_channels, setting_key, settings_class_of
 
 
 def flag(name: str) -> str:
@@ -69,6 +69,9 @@ def add_config_arguments(
         if field.default_factory is not dataclasses.MISSING:
             default = field.default_factory()
         text = helps.get(field.name, "")
+        more = field.metadata.get("more_help")  # help known only at run time (the channels registered)
+        if more is not None:
+            text = f"{text.rstrip('.')}. {more()}"
         options: dict = {"help": argparse_help(text)}
         choices = field.metadata.get("choices")
         if choices is not None:
@@ -158,11 +161,7 @@ CHANNELS, CHANNEL_FLAGS = "channels", "channel_flags"  # a config's settings-by-
 def add_channel_arguments(parser: argparse.ArgumentParser) -> None:
     """`--<channel>-<field>` for every field of every available channel's settings class (`--kv-select-fraction`,
     `--kv-reuse-anchors-dir`, or a field's alias: `--anchors`); `config_from_args` gathers the ones given into
-    the config's `channels` field. The parser's own `--channel` help gains each channel's summary."""
-    for action in parser._actions:  # argparse keeps no public lookup of an added option
-        if action.dest == "channel" and action.help:
-            listed = "; ".join(f"{name}: {text}" if text else name for name, text in channel_summaries().items())
-            action.help = f"{action.help.rstrip('.')}. Channels: {listed}."
+    the config's `channels` field."""
     flags: dict[str, tuple[str, str]] = {}
     for name in available_channels():
         settings_class = settings_class_of(name)

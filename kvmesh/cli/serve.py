@@ -12,12 +12,15 @@ admitting requests, let running ones finish for `--grace` seconds, drop the rest
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import sys
 from dataclasses import dataclass
 
 from kvmesh.cli.flags import add_config_arguments, config_from_args
 from kvmesh.config import ConfigError
+
+API_KEY_VARIABLE = "KVMESH_API_KEY"
 
 
 @dataclass
@@ -32,8 +35,11 @@ class ServeConfig:
         max_tokens: the reply cap of a request that names none.
         max_tokens_limit: the most a request may ask for (more is refused); default: up to the model's context.
         max_body_bytes: request bodies over this many bytes are refused (413) before they are read.
+        body_timeout: seconds a client may take to send its body (more: 408).
         max_waiting: requests admitted at once, decoding or waiting; more get 503 with Retry-After.
-        api_key: require `Authorization: Bearer KEY` on every route but /health (default: no key).
+        max_connections: open connections at once; more get 503 before anything is read.
+        api_key: require `Authorization: Bearer KEY` on every route but /health (default: the KVMESH_API_KEY
+            environment variable, which keeps the key out of the process list; unset: no key).
         openapi: serve the API schema at /openapi.json.
         grace: seconds running requests get to finish on SIGTERM or Ctrl-C before they are dropped.
         seed: seeds the sampler sampled requests share (greedy ones ignore it).
@@ -45,8 +51,10 @@ class ServeConfig:
     max_batch_size: int = 32
     max_tokens: int = 256
     max_tokens_limit: int | None = None
-    max_body_bytes: int = 4 * 2**20
+    max_body_bytes: int = 2**20
+    body_timeout: float = 30.0
     max_waiting: int = 256
+    max_connections: int = 1024
     api_key: str | None = None
     openapi: bool = False
     grace: float = 10.0
@@ -56,7 +64,7 @@ class ServeConfig:
         owner = type(self).__name__
         if not 0 < self.port < 65536:
             raise ConfigError(f"{{port}} must be in 1..65535, got {self.port}", owner)
-        for name in ("max_batch_size", "max_tokens", "max_body_bytes", "max_waiting"):
+        for name in ("max_batch_size", "max_tokens", "max_body_bytes", "max_waiting", "max_connections"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{{{name}}} must be at least 1, got {getattr(self, name)}", owner)
         if self.max_tokens_limit is not None and self.max_tokens_limit < self.max_tokens:
@@ -65,8 +73,10 @@ class ServeConfig:
                 "cap of a request that names none; raise it or lower {max_tokens}",
                 owner,
             )
-        if self.grace < 0:
-            raise ConfigError(f"{{grace}} is seconds, 0 or more, got {self.grace}", owner)
+        if self.grace < 0 or self.body_timeout <= 0:
+            raise ConfigError("{grace} (0 or more) and {body_timeout} (above 0) are seconds", owner)
+        if self.api_key is None:
+            self.api_key = os.environ.get(API_KEY_VARIABLE) or None
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -99,12 +109,23 @@ def serve(args: argparse.Namespace) -> int:
     model = load_model(config.model)
     model.max_batch_size = config.max_batch_size
     limits = ServerLimits(
-        config.max_tokens, config.max_tokens_limit, config.max_body_bytes, config.max_waiting, config.api_key,
-        config.openapi,
-    )  # fmt: skip
+        max_tokens=config.max_tokens,
+        max_tokens_limit=config.max_tokens_limit,
+        max_body_bytes=config.max_body_bytes,
+        body_timeout=config.body_timeout,
+        max_open=config.max_waiting,
+        api_key=config.api_key,
+        openapi=config.openapi,
+    )
     app = create_app(model, seed=config.seed, limits=limits)
     server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=config.grace, lifespan="on")
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            timeout_graceful_shutdown=config.grace,
+            lifespan="on",
+            limit_concurrency=config.max_connections,
+        )
     )
     url = f"http://{config.host}:{config.port}/v1"
     print(f"kvmesh: serving {model.spec} at {url} (clients: openai:{url}#{model.spec})", file=sys.stderr, flush=True)

@@ -30,6 +30,7 @@ from kvmesh.kvcomm.channel import setting_key, written_settings
 
 log = logging.getLogger("kvmesh")
 LOCAL = "local"  # `--ray` without an address: start a Ray instance on this machine
+AUTH_MODE = "RAY_AUTH_MODE"  # Ray's switch for its token authentication
 NAMESPACE = "kvmesh"
 
 
@@ -159,6 +160,14 @@ def _ray(address: str):
         raise ConfigError("{ray} needs Ray: pip install 'kvmesh[ray]'") from error
     if not ray.is_initialized():
         if address == LOCAL:  # sized to the machine
+            # Ray's servers listen on every interface (it maps a loopback node address to the machine's own), so
+            # the local instance must require a token: Ray >= 2.60 makes and requires one unless this says not to
+            if os.environ.get(AUTH_MODE) == "disabled":
+                log.warning(
+                    "%s=disabled: the local Ray instance accepts anyone who reaches this machine's ports and can run "
+                    "code as this user; unset it to require Ray's token",
+                    AUTH_MODE,
+                )
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, namespace=NAMESPACE)
         else:
             ray.init(address=address, log_to_driver=False, namespace=NAMESPACE)

@@ -244,6 +244,12 @@ def channel_summaries() -> dict[str, str]:
     return {name: getattr(_REGISTRY.get(name), "summary", "") for name in available_channels()}
 
 
+def channels_help() -> str:
+    """Every channel that can run with its summary, for a `channel` setting's help."""
+    listed = "; ".join(f"{name}: {text}" if text else name for name, text in channel_summaries().items())
+    return f"Channels: {listed}."
+
+
 def register_channel(name: str, factory: Callable[..., Channel]) -> None:
     """Make `name` a channel: `factory(settings)` (settings may be None) builds a team's instance of it."""
     _REGISTRY.register(name, factory)

@@ -98,8 +98,10 @@ class GenerationRequest:
         temperature: 0 is greedy; above 0 samples from softmax(logits / temperature).
         top_p: nucleus sampling: a sampled row draws from its most likely tokens whose mass reaches top_p (1: all;
             0: the most likely one). Greedy rows ignore it.
-        logprobs: record the log-probability of each chosen token under the model's distribution
-            (`Generation.logprobs`).
+        logprobs: record the log-probability of each chosen token under the model's distribution as the row
+            sees it (after `min_new_tokens` has held back its end-of-sequence tokens) (`Generation.logprobs`).
+        seed: the row's own sampling seed: its draws then depend on it alone, not on what it is batched with or
+            when it joined (None: the running batch's shared generator).
         stop: strings that end generation; the text is cut before the first one found.
         prefix: a prebuilt cache of the prompt's first tokens (a `PrefixCache`, such as
             `kvmesh.kvcomm.assembly.Assembly`); only the remaining prompt tokens are prefilled, into its buffers.
@@ -133,6 +135,7 @@ class GenerationRequest:
     latent_steps: int = 0
     top_p: float = 1.0
     logprobs: bool = False
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         self.stop = normalize_stop(self.stop)

@@ -96,6 +96,8 @@ class LocalRunningBatch:
                 "(run latent_steps=0 on it)"
             )
         row = Row(request, tag, stream=TextStream(request.on_text, request.stop) if request.on_text else None)
+        if request.seed is not None:
+            row.generator = torch.Generator().manual_seed(request.seed)
         if request.adapter is not None:  # a bad adapter fails here; the row keeps this version to its end
             (row.adapter,) = adapters_of(self.runner.model).acquire([request.adapter])
         self.waiting.append(row)
@@ -271,7 +273,8 @@ class LocalRunningBatch:
         unused = torch.tensor([row.thinking or row.request.prefill_only for row in self.rows], device=device)
         temperatures = self.running.temperatures.masked_fill(unused | broken, 0)
         logits = logits.masked_fill(broken[:, None], 0.0) if bool(broken.any()) else logits
-        tokens = choose_tokens(logits, temperatures, self.generator, self.running.top_ps)
+        own = [row.generator for row in self.rows]
+        tokens = choose_tokens(logits, temperatures, self.generator, self.running.top_ps, own if any(own) else None)
         wanted = [row.request.logprobs for row in self.rows]
         logprobs = chosen_logprobs(logits, tokens).tolist() if any(wanted) else None
         broken_rows, now = broken.tolist(), time.perf_counter()

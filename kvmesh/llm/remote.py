@@ -27,21 +27,23 @@ name it does not serve (checked once, before the first request), an HTTP error, 
 Caveats: KV channels read and write a model's cache, so they refuse an `OpenAIModel` before any request (it is
 not a `KVModel`); LoRA adapters are the server's business (serve the adapter as a model and name it).
 
-Rows as the in-process engine runs them: a sampled row sends a seed of its own (`row_seed`: from the batch's seed
-and the row's submission index, so rows of one prompt differ and a rerun repeats them; whether the server honours
-a per-request seed is up to the server); a reply is clipped to the served context (prompt + `max_tokens` at most
-the context, where the engine stops the row with "length"); `cancel` drops a row's request (the connection is
-closed, and `kvmesh serve` then drops the row).
+Rows as the in-process engine runs them: a sampled row sends a seed of its own (its request's `seed`, else
+`row_seed`: from the batch's seed, its prompt and the prompt's repeat count, so rows of one prompt differ and a
+rerun repeats them in any submission order; `kvmesh serve` and vLLM honour a per-request seed); a reply is
+clipped to the served context (prompt + `max_tokens` at most the context, where the engine stops the row with
+"length"); `cancel` drops a row's request (the connection is closed, and `kvmesh serve` then drops the row).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
 import queue
 import threading
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Hashable
 from dataclasses import dataclass
 
@@ -247,7 +249,7 @@ class RemoteBatch:
     def __init__(self, model: OpenAIModel, seed: int | None = None) -> None:
         self.model, self.seed = model, seed
         self.flights: dict[Hashable, _Flight] = {}
-        self.submitted = 0  # rows submitted so far: a sampled row's seed comes from its index
+        self.asked: Counter[tuple[int, ...]] = Counter()  # rows submitted per prompt: a row's seed comes from both
 
     @property
     def has_work(self) -> bool:
@@ -268,8 +270,10 @@ class RemoteBatch:
         self.model.check()
         check_context(len(request.prompt_ids), self.model.context_length)
         pieces: queue.SimpleQueue = queue.SimpleQueue()
-        seed = row_seed(self.seed, self.submitted)
-        self.submitted += 1
+        prompt, seed = tuple(request.prompt_ids), request.seed
+        if seed is None and request.temperature > 0:  # greedy rows draw nothing: they take no seed and no count
+            seed = row_seed(self.seed, prompt, self.asked[prompt])
+            self.asked[prompt] += 1
         future = self.model.call(self.model.complete(request, seed, pieces))
         self.flights[tag] = _Flight(request, future, pieces)
 
@@ -295,9 +299,14 @@ class RemoteBatch:
         return finished
 
 
-def row_seed(seed: int | None, index: int) -> int | None:
-    """The seed of a batch's `index`-th row: distinct per row, the same on a rerun (None: the server's own)."""
-    return None if seed is None else (seed * 1_000_003 + index) % 2**31
+def row_seed(seed: int | None, prompt: tuple[int, ...], repeat: int) -> int | None:
+    """The seed of a row: from the batch's seed, the row's prompt and how many rows of that prompt came before it,
+    so rows differ (the same prompt sampled again too) and a rerun gives each row its seed again, whatever order
+    the rows were submitted in (the scheduler submits in the order earlier rows finished). None: the server's."""
+    if seed is None:
+        return None
+    digest = hashlib.blake2b(f"{seed}:{repeat}:{','.join(map(str, prompt))}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") & 0x7FFFFFFF
 
 
 def _min_tokens(request: GenerationRequest, limit: int) -> dict:

@@ -43,6 +43,7 @@ class Row:
     stream: TextStream | None = None  # with `on_text`: the reply's pieces handed out so far
     thoughts: int = 0  # latent thoughts fed back so far (`GenerationRequest.latent_steps`)
     logprobs: list[float] = field(default_factory=list)  # with `GenerationRequest.logprobs`: one per token
+    generator: torch.Generator | None = None  # with `GenerationRequest.seed`: the row's own draws
 
     @property
     def thinking(self) -> bool:

@@ -1,7 +1,8 @@
 """Choosing each row's next token from its logits: greedy at temperature 0, sampled above it (nucleus `top_p`).
 
 Sampling draws on the CPU from one `torch.Generator` per running batch, so a seeded batch draws the same tokens
-on every device; greedy rows never touch the generator.
+on every device; greedy rows never touch the generator. A row with a seed of its own draws from its own generator
+instead, so its reply does not depend on what it is batched with (a server's per-request `seed`).
 
 Numerics: logits are shifted so each row's largest is 0 before dividing by the temperature, so no accepted
 temperature overflows (a tiny one makes the row one-hot on its best tokens, not inf/inf = NaN). Rows whose logits
@@ -10,6 +11,8 @@ names them so the engine fails those rows alone.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -35,9 +38,11 @@ def choose_tokens(
     temperatures: torch.Tensor,
     generator: torch.Generator | None,
     top_p: torch.Tensor | None = None,
+    own: Sequence[torch.Generator | None] | None = None,
 ) -> torch.Tensor:
     """Pick the next token per row. logits: (B, V) of usable rows (see `unusable_rows`); temperatures: (B,);
-    top_p: (B,) nucleus mass per row (None: 1, the whole distribution). Returns (B,) long."""
+    top_p: (B,) nucleus mass per row (None: 1, the whole distribution); own: per row, its own generator (a seeded
+    row draws from it alone) or None (it draws from the batch's `generator`, with the others). Returns (B,) long."""
     tokens = logits.argmax(dim=-1)
     sampled = temperatures > 0
     if bool(sampled.any()):
@@ -46,7 +51,14 @@ def choose_tokens(
         probs = torch.softmax(shifted / temperatures[sampled, None].float(), dim=-1)
         if top_p is not None and bool((top_p[sampled] < 1).any()):
             probs = _nucleus(probs, top_p[sampled].float())
-        draws = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1)
+        probs, rows = probs.cpu(), sampled.nonzero().squeeze(-1).tolist()
+        seeded = [i for i, row in enumerate(rows) if own is not None and own[row] is not None]
+        shared = [i for i in range(len(rows)) if i not in set(seeded)]
+        draws = torch.empty(len(rows), dtype=torch.long)
+        if shared:
+            draws[shared] = torch.multinomial(probs[shared], 1, generator=generator).squeeze(-1)
+        for i in seeded:
+            draws[i] = torch.multinomial(probs[i], 1, generator=own[rows[i]]).squeeze(-1)
         tokens[sampled] = draws.to(tokens.device)
     return tokens
 

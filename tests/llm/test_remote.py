@@ -197,22 +197,28 @@ def test_a_server_that_does_not_answer_in_time_times_out(tiny, unused_port):
         team_on(remote(url, tiny, timeout=0.5, max_retries=0)).run(TASKS[0])
 
 
-def test_sampled_rows_each_send_their_own_seed_and_a_rerun_the_same(tiny, ports):
+def test_sampled_rows_each_send_their_own_seed_and_a_rerun_the_same_in_any_order(tiny, ports):
     async def reply(hit):
         return _completion(USAGE)
 
-    ids = tiny.encode_prompt("Once upon a time")
-    rows = [GenerationRequest(ids, 4, temperature=1.0) for _ in range(3)] + [GenerationRequest(ids, 4)]
+    prompts = [tiny.encode_prompt("Once upon a time"), tiny.encode_prompt("Name a colour")]
+    rows = [GenerationRequest(ids, 4, temperature=1.0) for ids in prompts for _ in range(2)]
+    rows.append(GenerationRequest(prompts[0], 4))  # greedy: no seed
     seeds = []
-    for _ in range(2):  # a run, then a rerun with the same seed
+    for order in (rows, rows[::-1]):  # a rerun whose rows are submitted in another order (as finishing times vary)
         server = Misbehaving(reply, ports())
         with server as url:
-            remote(url, tiny).generate_requests(rows, seed=7)
-        sampled = sorted(body["seed"] for body in server.bodies if body["temperature"] > 0)
-        assert [body.get("seed") for body in server.bodies if body["temperature"] == 0] == [None]  # greedy: none
-        seeds.append(sampled)
-    assert len(set(seeds[0])) == 3  # one seed per sampled row: one seed for all gave one distinct output on vLLM
-    assert seeds[1] == seeds[0]  # reproducible
+            remote(url, tiny).generate_requests(order, seed=7)
+        sampled = [body for body in server.bodies if body["temperature"] > 0]
+        assert [body.get("seed") for body in server.bodies if body["temperature"] == 0] == [None]
+        seeds.append({tuple(ids): sorted(b["seed"] for b in sampled if b["prompt"] == ids) for ids in prompts})
+    assert len({seed for pair in seeds[0].values() for seed in pair}) == 4  # every sampled row its own seed
+    assert seeds[1] == seeds[0]  # reproducible whatever the submission order (was: the submission index)
+    (pinned,) = [GenerationRequest(prompts[0], 4, temperature=1.0, seed=123)]
+    server = Misbehaving(reply, ports())
+    with server as url:
+        remote(url, tiny).generate_requests([pinned], seed=7)
+    assert server.bodies[0]["seed"] == 123  # a row's own seed goes as it is
 
 
 def test_a_reply_is_clipped_to_the_served_context_as_in_process(tiny, unused_port):

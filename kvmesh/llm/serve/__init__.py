@@ -19,9 +19,9 @@ request only). Streamed replies are the engine's own pieces, as server-sent even
 `stream_options.include_usage`) and always carries `prompt_tokens_details.cached_tokens`: this engine keeps no
 prefix cache across requests, so it is a true 0.
 
-Caveats: one model per server; a request's `seed` is not per request (rows share the batch's sampler, seeded with
-`--seed`), so sampled replies are reproducible only for the same requests in the same order; greedy replies do
-not depend on what they are batched with.
+Caveats: one model per server; a sampled request without a `seed` draws from the batch's shared sampler (seeded
+with `--seed`), so its reply depends on what it is batched with; with a `seed` it draws from its own. Greedy
+replies never depend on what they are batched with.
 """
 
 from kvmesh.llm.serve.app import ServerLimits, create_app

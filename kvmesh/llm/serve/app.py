@@ -19,13 +19,13 @@ from dataclasses import dataclass
 
 import anyio
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from kvmesh.llm.base import ContextLengthError, Generation, GenerationRequest, RowError, normalize_stop
 from kvmesh.llm.local import LocalLM
 from kvmesh.llm.serve.bodies import ChatBody, CompletionBody, SamplingBody
-from kvmesh.llm.serve.engine_thread import EngineThread, ServerBusy, ServerClosing
+from kvmesh.llm.serve.engine_thread import EngineFailed, EngineThread, ServerBusy, ServerClosing
 from kvmesh.llm.serve.protection import Guard, install_error_handlers
 from kvmesh.llm.serve.replies import choice_logprobs, chunk_choice, sse
 
@@ -40,7 +40,8 @@ class ServerLimits:
         max_tokens: the reply cap of a request that names none.
         max_tokens_limit: the most a request may ask for (more: 400); None: up to the model's context, where the
             engine stops a reply anyway.
-        max_body_bytes: request bodies over this get 413 before they are read.
+        max_body_bytes: request bodies over this get 413 before they are read (1 MiB: about 200k tokens of text).
+        body_timeout: seconds a client may take to send its body (more: 408), so a slow sender holds nothing.
         max_open: requests admitted at once, decoding or waiting (more: 503 with Retry-After).
         api_key: clients must send `Authorization: Bearer KEY` (None: no key).
         openapi: serve the machine-readable schema at /openapi.json (the HTML docs pages need a CDN: not served).
@@ -48,7 +49,8 @@ class ServerLimits:
 
     max_tokens: int = 256
     max_tokens_limit: int | None = None
-    max_body_bytes: int = 4 * 2**20
+    max_body_bytes: int = 2**20
+    body_timeout: float = 30.0
     max_open: int = 256
     api_key: str | None = None
     openapi: bool = False
@@ -103,6 +105,9 @@ def create_app(model: LocalLM, seed: int | None = None, limits: ServerLimits | N
         body.unsupported()
         logprobs = body.wants_logprobs()  # refuses what it cannot return, naming the field
         asked = body.asked_tokens or limits.max_tokens
+        if body.min_tokens > asked:  # with max_tokens given, the body's own validation said so already
+            raise HTTPException(400, f"min_tokens ({body.min_tokens}) is more than the reply cap ({asked}, the "
+                                     "server's default max_tokens); lower min_tokens or send max_tokens")  # fmt: skip
         if limits.max_tokens_limit is not None and asked > limits.max_tokens_limit:
             raise HTTPException(
                 400, f"max_tokens {asked} is over this server's limit of {limits.max_tokens_limit} (--max-tokens-limit)"
@@ -110,18 +115,23 @@ def create_app(model: LocalLM, seed: int | None = None, limits: ServerLimits | N
         try:
             return GenerationRequest(
                 ids, asked, body.temperature, normalize_stop(body.stop) + model.chat.stop,
-                min_new_tokens=min(body.min_tokens, asked), top_p=body.top_p, logprobs=logprobs,
+                min_new_tokens=body.min_tokens, top_p=body.top_p, logprobs=logprobs, seed=body.seed,
             )  # fmt: skip
         except ValueError as error:
             raise HTTPException(400, str(error)) from error
 
-    def submit(request: GenerationRequest) -> tuple[int, asyncio.Future]:
+    def room() -> None:
+        """Refuse a request the engine cannot take now, before any work is spent on it."""
         try:
-            return engine.submit(request)
+            engine.check_room()
         except ServerBusy as error:
             raise HTTPException(503, f"{error}; retry shortly", headers={"Retry-After": "1"}) from error
-        except ServerClosing as error:
+        except (ServerClosing, EngineFailed) as error:
             raise HTTPException(503, str(error)) from error
+
+    def submit(request: GenerationRequest) -> tuple[int, asyncio.Future]:
+        room()  # again: others may have been admitted while this one was tokenized
+        return engine.submit(request)
 
     async def answer(http: Request, request: GenerationRequest, body: SamplingBody, kind: str, echo: str = ""):
         ident = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
@@ -196,8 +206,12 @@ def create_app(model: LocalLM, seed: int | None = None, limits: ServerLimits | N
 
     @app.get("/health")
     async def health() -> dict:
-        """Liveness, and the load: requests admitted (`requests`) and rows in the running batch (`rows`)."""
-        return {"status": "ok", "requests": engine.open_rows, "rows": engine.batch_rows}
+        """Liveness (503 once the engine has failed), and the load: requests admitted (`requests`), rows in the
+        running batch (`rows`), rows dropped because their client went away (`cancelled`)."""
+        load = {"requests": engine.open_rows, "rows": engine.batch_rows, "cancelled": engine.cancelled}
+        if engine.failure is not None:
+            return JSONResponse({"status": "failed", "error": str(engine.failure), **load}, status_code=503)
+        return {"status": "ok", **load}
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -209,6 +223,7 @@ def create_app(model: LocalLM, seed: int | None = None, limits: ServerLimits | N
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionBody, http: Request):
         check_model(body.model)
+        room()
         prompt = body.prompt
         if isinstance(prompt, list) and (len(prompt) != 1 and not all(isinstance(t, int) for t in prompt)):
             raise HTTPException(400, "send one prompt per request (text, or a list of token ids)")
@@ -217,19 +232,25 @@ def create_app(model: LocalLM, seed: int | None = None, limits: ServerLimits | N
         ids = await run_in_threadpool(model.encode_prompt, prompt) if isinstance(prompt, str) else list(prompt)
         if not ids:
             raise HTTPException(400, "the prompt is empty")
+        if model.context_length is not None and len(ids) >= model.context_length:  # before looking at each id
+            raise HTTPException(400, f"the prompt is {len(ids):,} tokens; {model.spec} reads at most "
+                                     f"{model.context_length:,} positions (and needs one for its reply)")  # fmt: skip
         if max(ids) >= len(model.tokenizer) or min(ids) < 0:
             raise HTTPException(400, f"token ids must lie in [0, {len(model.tokenizer)}) for {model.spec}")
-        echo = "" if not body.echo else prompt if isinstance(prompt, str) else model.tokenizer.decode(ids)
+        echo = prompt if body.echo and isinstance(prompt, str) else ""
+        if body.echo and not echo:  # token ids: their text, as the model reads it
+            echo = await run_in_threadpool(model.tokenizer.decode, ids)
         return await answer(http, row(ids, body), body, "text", echo)
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatBody, http: Request):
         check_model(body.model)
+        room()
         transcript = [(m.role, m.content) for m in body.messages]
         _, ids = await run_in_threadpool(model.encode_transcript, transcript)
         return await answer(http, row(ids, body), body, "chat")
 
-    return Guard(app, limits.api_key, limits.max_body_bytes)
+    return Guard(app, limits.api_key, limits.max_body_bytes, limits.body_timeout)
 
 
 def _choice(kind: str, text: str) -> dict:

@@ -1,8 +1,8 @@
 """The request bodies `kvmesh serve` accepts, validated before any work: what it cannot do is refused by name.
 
 Accepted as OpenAI and vLLM define them: `model`, `max_tokens` / `max_completion_tokens`, `temperature` (0..2),
-`top_p` (0..1), `stop`, `stream` (a JSON boolean), `stream_options`, `seed` (accepted; sampled rows share the
-server's sampler, see the package docstring), `min_tokens` (at most the reply cap), `return_token_ids`, `n` = 1,
+`top_p` (0..1), `stop`, `stream` (a JSON boolean), `stream_options`, `seed` (the row's own sampler: its reply
+does not depend on what it is batched with), `min_tokens` (at most the reply cap), `return_token_ids`, `n` = 1,
 `logprobs` (the chosen tokens' own: completions `logprobs: 0`, chat `logprobs: true` with no `top_logprobs`),
 `echo` (completions: the prompt's text before the reply; not with `logprobs`), `user` (ignored, as it is
 metadata). Penalties and `logit_bias` are accepted at their neutral values. Anything else (`tools`,

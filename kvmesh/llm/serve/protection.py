@@ -3,7 +3,7 @@
 `Guard` is plain ASGI middleware around the whole app: it checks the API key (`Authorization: Bearer KEY`, every
 route but `/health`) and refuses a body over `max_body_bytes` with 413, from its Content-Length before reading it,
 or while reading it when the client sends none (chunked); it reads the body itself, so nothing larger is ever
-buffered, and hands it on.
+buffered, and hands it on. A body that takes over `body_timeout` seconds to arrive gets 408.
 
 `openai_error` builds OpenAI's error body, `{"error": {"message", "type", "param", "code"}}`, which the official
 client shows as the exception's message (FastAPI's own `{"detail": ...}` shows only the status code there);
@@ -16,9 +16,11 @@ from __future__ import annotations
 import hmac
 import json
 
-from fastapi import FastAPI, HTTPException, Request
+import anyio
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kvmesh.llm.serve.bodies import UnsupportedField
 
@@ -26,25 +28,32 @@ KINDS = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "not_found_error",
-    413: "request_too_large",
+    408: "invalid_request_error",
+    413: "invalid_request_error",
     429: "rate_limit_error",
     503: "service_unavailable",
 }
+CODES = {401: "invalid_api_key", 404: "not_found", 408: "request_timeout", 413: "request_too_large"}
 OPEN = ("/health",)  # routes that need no key: a load balancer's probe
+
+
+def error_body(status: int, message: str, param: str | None = None) -> dict:
+    """OpenAI's error body: `code` a string (or null), `type` one of its kinds."""
+    kind = KINDS.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": CODES.get(status)}}
 
 
 def openai_error(status: int, message: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
     """A JSON response with OpenAI's error body."""
-    kind = KINDS.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Every refusal of `app` in OpenAI's error body."""
+    """Every refusal of `app` in OpenAI's error body: its own, the router's (404, 405), validation (400) and any
+    error nothing else caught (500)."""
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         return openai_error(error.status_code, str(error.detail), headers=error.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -58,12 +67,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def unsupported(request: Request, error: UnsupportedField) -> JSONResponse:
         return openai_error(400, str(error), param=error.param)
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        return openai_error(500, f"the server failed on this request ({type(error).__name__}: {error})")
+
 
 class Guard:
     """ASGI middleware: API key and body size (see the module docstring)."""
 
-    def __init__(self, app, api_key: str | None, max_body_bytes: int) -> None:
-        self.app, self.api_key, self.max_body_bytes = app, api_key, max_body_bytes
+    def __init__(self, app, api_key: str | None, max_body_bytes: int, body_timeout: float = 30.0) -> None:
+        self.app, self.api_key, self.max_body_bytes, self.body_timeout = app, api_key, max_body_bytes, body_timeout
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -79,16 +92,24 @@ class Guard:
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             await _send(send, 413, self._too_large())
             return
-        body, more = b"", True
-        while more:  # read here, up to the limit, so nothing larger is ever buffered
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > self.max_body_bytes:
-                await _send(send, 413, self._too_large())
-                return
-            more = message.get("more_body", False)
+        chunks, size = [], 0
+        try:
+            with anyio.fail_after(self.body_timeout):  # a client that drips its body holds nothing for long
+                while True:  # read here, up to the limit, so nothing larger is ever buffered
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    chunks.append(message.get("body", b""))
+                    size += len(chunks[-1])
+                    if size > self.max_body_bytes:
+                        await _send(send, 413, self._too_large())
+                        return
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            await _send(send, 408, f"the request body took over {self.body_timeout:g} s to arrive")
+            return
+        body = b"".join(chunks)
         replayed = False
 
         async def replay():
@@ -105,7 +126,7 @@ class Guard:
 
 
 async def _send(send, status: int, message: str) -> None:
-    body = json.dumps({"error": {"message": message, "type": KINDS[status], "param": None, "code": status}})
+    body = json.dumps(error_body(status, message)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body.encode()})
+    await send({"type": "http.response.body", "body": body})

@@ -114,7 +114,7 @@ def test_no_docs_pages_that_need_a_cdn(tiny_server):
 
 
 def test_an_api_key_guards_every_route_but_health(serve):
-    url, _ = serve("--api-key", "sesame")
+    url, _, _ = serve("--api-key", "sesame")
     assert json.loads(urllib.request.urlopen(f"{url}/health", timeout=10).read())["status"] == "ok"
     with pytest.raises(openai.AuthenticationError) as caught:
         openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
@@ -124,9 +124,33 @@ def test_an_api_key_guards_every_route_but_health(serve):
 
 
 def test_a_busy_port_is_refused_before_anything_is_announced(serve):
-    url, _ = serve()
+    url, _, _ = serve()
     port = url.rsplit(":", 1)[1]
     command = [sys.executable, "-m", "kvmesh.cli", "serve", "--model", "tiny-random", "--port", port]
     second = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert second.returncode != 0 and "cannot listen on 127.0.0.1:" + port in second.stderr
     assert "serving" not in second.stderr
+
+
+def test_the_routers_own_refusals_use_openais_body_too(tiny_server):
+    root = tiny_server.removesuffix("/v1")
+    for path, method, status in (("/v1/nothing", "GET", 404), ("/v1/completions", "GET", 405)):
+        request = urllib.request.Request(root + path, method=method)
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=10)
+        body = json.loads(caught.value.read())
+        assert caught.value.code == status and set(body["error"]) == {"message", "type", "param", "code"}
+
+
+def test_min_tokens_over_the_default_cap_is_refused_not_clamped(client):
+    with pytest.raises(openai.BadRequestError) as caught:  # no max_tokens: the server's default cap, 256
+        client.completions.create(model="tiny-random", prompt="hi", extra_body={"min_tokens": 300})
+    assert "min_tokens (300) is more than the reply cap (256" in str(caught.value)
+
+
+def test_a_requests_seed_gives_its_own_draws_whatever_runs_beside_it(client):
+    settings = {"model": "tiny-random", "prompt": PROMPT, "max_tokens": 12, "temperature": 1.0}
+    first = client.completions.create(**settings, seed=3).choices[0].text
+    client.completions.create(**settings)  # an unseeded draw from the shared sampler in between
+    assert client.completions.create(**settings, seed=3).choices[0].text == first
+    assert client.completions.create(**settings, seed=4).choices[0].text != first
