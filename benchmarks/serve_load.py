@@ -2,7 +2,8 @@
 
 Starts the server on a free loopback port, then `--clients` threads send requests for `--seconds`: 90% well-formed
 completions (short, medium and long prompts, 8 to 48 reply tokens, greedy or sampled, a third streamed), 10%
-hostile, in turn: a NaN-prone temperature (1e-40), a body over the server's limit, a stream closed after three
+hostile, in turn: a NaN-prone temperature (1e-40), a body over kvmesh's limit, one just under it (read and
+tokenized, then too long), a long list of token ids (some outside the vocabulary), a stream closed after three
 events, a client that hangs up before its answer (both on requests that would decode `--long-tokens` tokens), a
 field the server does not implement, and an out-of-range temperature. Then the clients leave and it reports:
 
@@ -42,7 +43,10 @@ import psutil
 from kvmesh.llm.registry import resolve
 
 VLLM_PYTHON = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
-HOSTILE = ("nan-prone", "huge-body", "stream-closed", "hung-up", "unsupported-field", "bad-temperature")
+HOSTILE = (
+    "nan-prone", "huge-body", "near-limit-body", "token-ids", "stream-closed", "hung-up", "unsupported-field",
+    "bad-temperature",
+)  # fmt: skip
 WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "near", "river", "bank", "while", "play")
 
 
@@ -132,6 +136,10 @@ class Client:
             body = {"model": self.model, "prompt": "Hello", "max_tokens": 16, "temperature": 1e-40}
         elif kind == "huge-body":
             body = {"model": self.model, "prompt": "x" * (8 * 2**20)}
+        elif kind == "near-limit-body":  # just under kvmesh's 1 MiB limit: read and tokenized, then too long
+            body = {"model": self.model, "prompt": "word " * (2**20 // 5 - 40), "max_tokens": 4}
+        elif kind == "token-ids":  # a long list of token ids, some outside the vocabulary
+            body = {"model": self.model, "prompt": list(range(0, 10**7, 97)), "max_tokens": 4}
         elif kind == "unsupported-field":
             body = {"model": self.model, "prompt": "Hello", "max_tokens": 4, "tools": [{"type": "function"}]}
         elif kind == "bad-temperature":

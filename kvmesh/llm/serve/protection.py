@@ -3,7 +3,9 @@
 `Guard` is plain ASGI middleware around the whole app: it checks the API key (`Authorization: Bearer KEY`, every
 route but `/health`) and refuses a body over `max_body_bytes` with 413, from its Content-Length before reading it,
 or while reading it when the client sends none (chunked); it reads the body itself, so nothing larger is ever
-buffered, and hands it on. A body that takes over `body_timeout` seconds to arrive gets 408.
+buffered, and hands it on. A body that takes over `body_timeout` seconds to arrive gets 408. After a large body's
+request (parsed, tokenized, answered or refused) the allocator's freed memory goes back to the system, so a flood
+of near-limit bodies leaves the server's memory where it was.
 
 `openai_error` builds OpenAI's error body, `{"error": {"message", "type", "param", "code"}}`, which the official
 client shows as the exception's message (FastAPI's own `{"detail": ...}` shows only the status code there);
@@ -23,6 +25,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kvmesh.llm.serve.bodies import UnsupportedField
+from kvmesh.llm.serve.engine_thread import release_memory
 
 KINDS = {
     400: "invalid_request_error",
@@ -35,6 +38,7 @@ KINDS = {
 }
 CODES = {401: "invalid_api_key", 404: "not_found", 408: "request_timeout", 413: "request_too_large"}
 OPEN = ("/health",)  # routes that need no key: a load balancer's probe
+LARGE_BODY = 2**16  # bytes: after a request this large, freed memory goes back to the system
 
 
 def error_body(status: int, message: str, param: str | None = None) -> dict:
@@ -119,7 +123,11 @@ class Guard:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()  # then the connection's own messages: a disconnect
 
-        await self.app(scope, replay, send)
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            if size > LARGE_BODY:  # its parse and tokenization freed tens of MB the allocator would keep
+                await anyio.to_thread.run_sync(release_memory)
 
     def _too_large(self) -> str:
         return f"the request body is over {self.max_body_bytes:,} bytes (kvmesh serve --max-body-bytes)"
