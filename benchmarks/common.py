@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
+import subprocess
+import time
+import urllib.request
 from collections.abc import Sequence
 
 import torch
@@ -125,3 +129,25 @@ def spread(values: Sequence[float], digits: int = 3) -> dict:
 def shown(values: Sequence[float], digits: int = 2, unit: str = "") -> str:
     """Per-round values as "median (min-max)", `unit` right after the median (" s", "x")."""
     return format_spread(Spread.of(values), digits, unit)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_up(process: subprocess.Popen, url: str, name: str, deadline_s: float) -> subprocess.Popen:
+    """`process` once `url` answers; exits naming `name` if it dies or does not answer within `deadline_s`."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return process
+        except OSError:
+            if process.poll() is not None:
+                raise SystemExit(f"{name} exited with {process.returncode}") from None
+            time.sleep(0.5)
+    process.kill()
+    raise SystemExit(f"{name} did not start within {deadline_s:g} s")

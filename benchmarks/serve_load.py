@@ -28,17 +28,16 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import psutil
+from common import free_port, wait_until_up
 
 from kvmesh.llm.registry import resolve
 
@@ -48,12 +47,6 @@ HOSTILE = (
     "bad-temperature",
 )  # fmt: skip
 WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "near", "river", "bank", "while", "play")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start(server: str, model: str, port: int, grace: float) -> subprocess.Popen:
@@ -66,17 +59,7 @@ def start(server: str, model: str, port: int, grace: float) -> subprocess.Popen:
         command += ["--served-model-name", model, "--dtype", "float32", "--host", "127.0.0.1", "--port", str(port)]
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2).read()
-            return process
-        except OSError:
-            if process.poll() is not None:
-                raise SystemExit(f"{server} exited with {process.returncode}") from None
-            time.sleep(0.5)
-    process.kill()
-    raise SystemExit(f"{server} did not start within 600 s")
+    return wait_until_up(process, f"http://127.0.0.1:{port}/v1/models", server, 600)
 
 
 def tree(process: subprocess.Popen) -> list[psutil.Process]:

@@ -21,37 +21,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
-from common import add_timing_arguments, emit, shown, spread, tasks, team, transcripts
+from common import add_timing_arguments, emit, free_port, shown, spread, tasks, team, transcripts, wait_until_up
 
 from kvmesh.evals.timing import digest, time_modes
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start(model: str, port: int) -> subprocess.Popen:
     command = [sys.executable, "-m", "kvmesh.cli", "serve", "--model", model, "--port", str(port)]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1).read()
-            return server
-        except OSError:
-            if server.poll() is not None:
-                raise SystemExit(f"kvmesh serve exited with {server.returncode}") from None
-            time.sleep(0.5)
-    server.kill()
-    raise SystemExit("kvmesh serve did not start within 300 s")
+    return wait_until_up(server, f"http://127.0.0.1:{port}/v1/models", "kvmesh serve", 300)
 
 
 def main() -> None:
