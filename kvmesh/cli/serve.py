@@ -7,6 +7,9 @@ Other processes then use it as any OpenAI-compatible server, kvmesh teams includ
 
 The port is bound before the model loads, so a busy port fails at once with what to do. SIGTERM or Ctrl-C stop
 admitting requests, let running ones finish for `--grace` seconds, drop the rest and exit.
+
+Caveat: uvicorn times nothing before a request's headers are complete, so connections that never send them hold
+`--max-connections` slots; facing untrusted clients, put a reverse proxy with a header timeout in front.
 """
 
 from __future__ import annotations

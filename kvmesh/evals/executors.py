@@ -162,11 +162,12 @@ def _ray(address: str):
         if address == LOCAL:  # sized to the machine
             # Ray's servers listen on every interface (it maps a loopback node address to the machine's own), so
             # the local instance must require a token: Ray >= 2.60 makes and requires one unless this says not to
-            if os.environ.get(AUTH_MODE) == "disabled":
+            if os.environ.get(AUTH_MODE, "token").strip().lower() != "token":  # Ray: anything else is off
                 log.warning(
-                    "%s=disabled: the local Ray instance accepts anyone who reaches this machine's ports and can run "
+                    "%s=%s: the local Ray instance accepts anyone who reaches this machine's ports and can run "
                     "code as this user; unset it to require Ray's token",
                     AUTH_MODE,
+                    os.environ[AUTH_MODE],
                 )
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, namespace=NAMESPACE)
         else:

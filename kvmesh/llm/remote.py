@@ -249,7 +249,7 @@ class RemoteBatch:
     def __init__(self, model: OpenAIModel, seed: int | None = None) -> None:
         self.model, self.seed = model, seed
         self.flights: dict[Hashable, _Flight] = {}
-        self.asked: Counter[tuple[int, ...]] = Counter()  # rows submitted per prompt: a row's seed comes from both
+        self.asked: Counter[tuple] = Counter()  # sampled rows submitted per prompt and settings: a row's seed
 
     @property
     def has_work(self) -> bool:
@@ -272,8 +272,9 @@ class RemoteBatch:
         pieces: queue.SimpleQueue = queue.SimpleQueue()
         prompt, seed = tuple(request.prompt_ids), request.seed
         if seed is None and request.temperature > 0:  # greedy rows draw nothing: they take no seed and no count
-            seed = row_seed(self.seed, prompt, self.asked[prompt])
-            self.asked[prompt] += 1
+            key = (prompt, request.temperature, request.top_p)  # rows alike in all but their turn share a count
+            seed = row_seed(self.seed, prompt, self.asked[key])
+            self.asked[key] += 1
         future = self.model.call(self.model.complete(request, seed, pieces))
         self.flights[tag] = _Flight(request, future, pieces)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -26,9 +27,10 @@ from kvmesh.llm.base import ContextLengthError, Generation, GenerationRequest, R
 from kvmesh.llm.local import LocalLM
 from kvmesh.llm.serve.bodies import ChatBody, CompletionBody, SamplingBody
 from kvmesh.llm.serve.engine_thread import EngineFailed, EngineThread, ServerBusy, ServerClosing
-from kvmesh.llm.serve.protection import Guard, install_error_handlers
+from kvmesh.llm.serve.protection import Guard, error_body, install_error_handlers
 from kvmesh.llm.serve.replies import choice_logprobs, chunk_choice, sse
 
+log = logging.getLogger("kvmesh")
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}  # the engine's reasons in OpenAI's words
 
 
@@ -185,8 +187,8 @@ def create_app(model: LocalLM, seed: int | None = None, limits: ServerLimits | N
                     first = False
                 try:
                     generation = await _finish(done)
-                except HTTPException as error:
-                    yield sse({"error": {"message": error.detail, "type": "server_error", "code": error.status_code}})
+                except HTTPException as error:  # headers are sent: the error goes as the stream's last event
+                    yield sse(error_body(error.status_code, str(error.detail)))
                     return
                 last = {"index": 0, "finish_reason": FINISH[generation.finish_reason]}
                 if body.return_token_ids:
@@ -209,8 +211,8 @@ def create_app(model: LocalLM, seed: int | None = None, limits: ServerLimits | N
         """Liveness (503 once the engine has failed), and the load: requests admitted (`requests`), rows in the
         running batch (`rows`), rows dropped because their client went away (`cancelled`)."""
         load = {"requests": engine.open_rows, "rows": engine.batch_rows, "cancelled": engine.cancelled}
-        if engine.failure is not None:
-            return JSONResponse({"status": "failed", "error": str(engine.failure), **load}, status_code=503)
+        if engine.failure is not None:  # what failed is in the server's log, not shown to whoever asks
+            return JSONResponse({"status": "failed", **load}, status_code=503)
         return {"status": "ok", **load}
 
     @app.get("/v1/models")
@@ -273,5 +275,8 @@ async def _finish(future: asyncio.Future) -> Generation:
         raise HTTPException(400, str(error)) from error
     except RowError as error:
         raise HTTPException(500, f"this request's row failed alone (the others went on): {error}") from error
-    except ServerClosing as error:
+    except (ServerClosing, EngineFailed) as error:
         raise HTTPException(503, str(error)) from error
+    except Exception as error:  # the engine's step failed for every row in it (logged by the engine thread)
+        log.error("a request failed in the engine: %s: %s", type(error).__name__, error)
+        raise HTTPException(500, "the engine failed on this request's batch; see the server log") from error

@@ -41,7 +41,7 @@ class SamplingBody(BaseModel):
     stop: str | list[str] | None = None
     stream: StrictBool = False
     stream_options: dict | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     min_tokens: int = Field(default=0, ge=0)
     return_token_ids: StrictBool = False
     n: int = Field(default=1, ge=1, le=1)

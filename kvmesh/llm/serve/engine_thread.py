@@ -18,6 +18,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from collections.abc import Hashable
 
 from kvmesh.llm.base import GenerationRequest, RowError
@@ -80,6 +81,8 @@ class EngineThread:
         future, tag = loop.create_future(), next(self._tags)
         self.open_rows += 1
         self.inbox.put(("submit", tag, request, future, loop))
+        if not self.thread.is_alive():  # it ended between the check and the put: nobody will read the message
+            self._drain(EngineFailed("the engine is not running; restart the server"))
         return tag, future
 
     def _gone(self) -> None:  # on the event loop: the engine let go of one admitted row
@@ -105,9 +108,20 @@ class EngineThread:
             self._run(futures)
         except BaseException as error:  # a bug in the loop itself: fail every request now, refuse new ones
             self.failure = error
+            log.exception("the engine thread stopped")
             for tag in list(futures):
-                self._leave(futures, tag, error=EngineFailed(f"the engine stopped: {error}"))
-            raise
+                self._leave(futures, tag, error=EngineFailed("the engine stopped; see the server log"))
+        finally:  # requests still queued when the thread ends get an answer too
+            self._drain(EngineFailed("the engine is not running") if self.failure else ServerClosing("shut down"))
+
+    def _drain(self, error: BaseException) -> None:
+        """Fail every submit still in the inbox (the thread has ended, or is ending)."""
+        while not self.inbox.empty():
+            message = self.inbox.get()
+            if message[0] == "submit":
+                _, _, _, future, loop = message
+                loop.call_soon_threadsafe(_settle, future, None, error)
+                loop.call_soon_threadsafe(self._gone)
 
     def _leave(self, futures: dict, tag: Hashable, generation=None, error: BaseException | None = None) -> None:
         """Settle `tag`'s future (if its client still waits) and count the row as gone."""
@@ -151,9 +165,10 @@ class EngineThread:
             try:
                 finished = self.batch.step()
             except Exception as error:  # the engine itself failed: every row in it fails, the server lives on
+                log.error("the engine's step failed for %d rows: %s: %s", len(futures), type(error).__name__, error)
                 for tag in list(futures):
                     self._leave(futures, tag, error=error)
-                self.batch = self.model.new_batch(self.seed)
+                self.batch, self.batch_rows = self.model.new_batch(self.seed), 0
                 continue
             self.batch_rows = len(self.batch.rows) + len(self.batch.waiting)
             for tag, generation in finished:
@@ -162,12 +177,25 @@ class EngineThread:
                     self._leave(futures, tag, generation, failure)
 
 
+_TRIM = threading.Lock()
+_TRIM_EVERY_S = 2.0  # the trim takes the allocator's locks: not more often than this
+_trimmed_at = [0.0]
+
+
 def release_memory() -> None:
     """Return the C allocator's free memory to the system (glibc's `malloc_trim`; elsewhere nothing): a batch of
     long prompts leaves hundreds of MB of freed activations cached in the process, which an idle server keeps
-    otherwise."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    otherwise. One trim at a time, at most every `_TRIM_EVERY_S` seconds; a call meanwhile does nothing."""
+    if not _TRIM.acquire(blocking=False):
+        return
+    try:
+        if time.monotonic() - _trimmed_at[0] < _TRIM_EVERY_S:
+            return
+        with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        _trimmed_at[0] = time.monotonic()
+    finally:
+        _TRIM.release()
 
 
 def _settle(future: asyncio.Future, result, error) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 
 import anyio
 from fastapi import FastAPI, Request
@@ -27,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from kvmesh.llm.serve.bodies import UnsupportedField
 from kvmesh.llm.serve.engine_thread import release_memory
 
+log = logging.getLogger("kvmesh")
 KINDS = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -73,7 +75,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
-        return openai_error(500, f"the server failed on this request ({type(error).__name__}: {error})")
+        log.error("request to %s failed: %s: %s", request.url.path, type(error).__name__, error)
+        return openai_error(500, "the server failed on this request; see the server log")
 
 
 class Guard:
@@ -96,7 +99,7 @@ class Guard:
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             await _send(send, 413, self._too_large())
             return
-        chunks, size = [], 0
+        chunks, size, refused = [], 0, None
         try:
             with anyio.fail_after(self.body_timeout):  # a client that drips its body holds nothing for long
                 while True:  # read here, up to the limit, so nothing larger is ever buffered
@@ -106,12 +109,14 @@ class Guard:
                     chunks.append(message.get("body", b""))
                     size += len(chunks[-1])
                     if size > self.max_body_bytes:
-                        await _send(send, 413, self._too_large())
-                        return
+                        refused = (413, self._too_large())
+                        break
                     if not message.get("more_body", False):
                         break
         except TimeoutError:
-            await _send(send, 408, f"the request body took over {self.body_timeout:g} s to arrive")
+            refused = (408, f"the request body took over {self.body_timeout:g} s to arrive")
+        if refused is not None:  # sent outside the deadline's scope: one answer, whatever the clock does
+            await _send(send, *refused)
             return
         body = b"".join(chunks)
         replayed = False

@@ -57,6 +57,7 @@ def test_fields_it_cannot_honour_are_refused_by_name(client, settings, param):
         ({"top_p": 1.5}, "top_p"),
         ({"max_tokens": 2, "extra_body": {"min_tokens": 5}}, "min_tokens"),
         ({"max_tokens": 0}, "max_tokens"),
+        ({"seed": 2**64}, "seed"),
     ],
 )
 def test_values_out_of_range_are_refused_not_clamped(client, settings, param):
