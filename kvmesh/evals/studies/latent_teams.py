@@ -8,7 +8,7 @@ compare kvmesh's modes with a peer's. The study's settings (`LatentStudyConfig`)
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from kvmesh.agents.agent import Agent
 from kvmesh.agents.task import Task
@@ -17,8 +17,14 @@ from kvmesh.evals.benchmarks.base import SOLO
 from kvmesh.evals.benchmarks.infoqa import EXAMPLES, short_answer
 from kvmesh.graph import CommGraph, Edge
 
-if TYPE_CHECKING:  # the study's config names these builders' settings; only its type is needed here
-    from kvmesh.evals.studies.latent import LatentStudyConfig
+
+class StudySettings(Protocol):
+    """What the builders read of the study's settings (`LatentStudyConfig` has them)."""
+
+    model: str  # the receiver's model, also the sender's by default
+    message_tokens: int  # cap on a text relay's message
+    answer_tokens: int  # cap on the receiver's answer
+
 
 SENDER, RECEIVER = "sender", "receiver"
 # The sender only holds the notes: told to copy or summarise them, or shown a worked relay turn, SmolLM2-135M
@@ -29,7 +35,7 @@ RECEIVER_PROMPT = "Answer the question with a few words, from your notes or your
 KV_SELECT = "kv-select"  # the channel the study compares against the text relay, by its edge name
 
 
-def study_agents(config: LatentStudyConfig, sender_model: str | None = None) -> tuple[Agent, Agent]:
+def study_agents(config: StudySettings, sender_model: str | None = None) -> tuple[Agent, Agent]:
     """The study's sender (on `sender_model`, default the receiver's model; it holds the notes and writes up to
     `message_tokens` on a text edge) and receiver (one worked example, answers in up to `answer_tokens`)."""
     sender = Agent(
@@ -42,7 +48,7 @@ def study_agents(config: LatentStudyConfig, sender_model: str | None = None) -> 
     return sender, _receiver(config)
 
 
-def _receiver(config: LatentStudyConfig) -> Agent:
+def _receiver(config: StudySettings) -> Agent:
     return Agent(
         RECEIVER,
         RECEIVER,
@@ -53,20 +59,20 @@ def _receiver(config: LatentStudyConfig) -> Agent:
     )
 
 
-def pair_team(config: LatentStudyConfig, channel: str, sender_model: str | None = None, **channels) -> Team:
+def pair_team(config: StudySettings, channel: str, sender_model: str | None = None, **channels) -> Team:
     """Sender -> receiver over one `channel` edge; `channels` are the channels' settings by edge name."""
     sender, receiver = study_agents(config, sender_model)
     graph = CommGraph([SENDER, RECEIVER], [Edge(SENDER, RECEIVER, channel=channel)])
     return Team([sender, receiver], graph, decision="last", channels=channels or None)
 
 
-def alone_team(config: LatentStudyConfig) -> Team:
+def alone_team(config: StudySettings) -> Team:
     """The receiver alone: the floor without shards, the skyline when it reads them itself."""
     return Team([_receiver(config)], CommGraph([RECEIVER]), decision="last")
 
 
 def kv_select_team(
-    config: LatentStudyConfig, fraction: int, tokens: int = 100, thoughts: int = 0, scores: tuple | None = None
+    config: StudySettings, fraction: int, tokens: int = 100, thoughts: int = 0, scores: tuple | None = None
 ) -> Team:
     """A kv-select pair reading `fraction`% of the layers and `tokens`% of the context tokens, after `thoughts`
     latent steps of the sender; `scores` are calibration scores (None: the depth prior alone)."""
