@@ -53,7 +53,8 @@ def choose_tokens(
             probs = _nucleus(probs, top_p[sampled].float())
         probs, rows = probs.cpu(), sampled.nonzero().squeeze(-1).tolist()
         seeded = [i for i, row in enumerate(rows) if own is not None and own[row] is not None]
-        shared = [i for i in range(len(rows)) if i not in set(seeded)]
+        own_rows = set(seeded)
+        shared = [i for i in range(len(rows)) if i not in own_rows]
         draws = torch.empty(len(rows), dtype=torch.long)
         if shared:
             draws[shared] = torch.multinomial(probs[shared], 1, generator=generator).squeeze(-1)
