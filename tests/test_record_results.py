@@ -10,6 +10,7 @@ McNemar p-values are known; the latent bench also runs for real on the tiny rand
 import importlib.util
 import json
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -36,6 +37,11 @@ spec = importlib.util.spec_from_file_location("record_results", SCRIPT)
 record_results = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = record_results  # dataclasses and type hints look their module up by name
 spec.loader.exec_module(record_results)
+KEEP = SCRIPT.with_name("keep_seeds.py")
+spec = importlib.util.spec_from_file_location("keep_seeds", KEEP)
+keep_seeds = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = keep_seeds
+spec.loader.exec_module(keep_seeds)
 
 TASKS = 10
 SEEDS = [0, 1, 2]
@@ -179,6 +185,44 @@ def test_optima_refuses_folders_that_are_not_a_finished_seeded_tested_run(tmp_pa
     save(run / "seeds.json", seeds)
     with pytest.raises(record_results.RunError, match="no figure 'test/chosen/accuracy'"):
         record_results.optima_table(run)
+
+
+def single_seed_run(out: Path, seed: int, **settings) -> Path:
+    """A finished `optima train --seeds SEED --test` folder: one seed per command, as a session that has time for
+    one seed runs it."""
+    save(out / f"seed-{seed}" / "results.json", optima_seed(seed))
+    config = OptimaConfig(out=str(out), seeds=[seed], test=True, **settings)
+    write_seed_summary(out, {seed: seed_figures(optima_seed(seed))}, config=asdict(config))
+    return out
+
+
+def test_seeds_kept_one_session_at_a_time_record_the_same_table_as_one_three_seed_run(tmp_path, capsys):
+    into = tmp_path / "kept"
+    for seed in (2, 0, 1):  # each seed in a run folder of its own, kept in any order
+        run = single_seed_run(tmp_path / f"session-{seed}", seed)
+        assert keep_seeds.main(["optima", str(run), "--seed", str(seed), "--into", str(into)]) == 0
+        shutil.rmtree(run)  # the machine that ran it is gone
+        remaining = sorted({0, 1, 2} - set(keep_seeds.kept_seeds(into, "optima")))
+        capsys.readouterr()
+        assert keep_seeds.main(["missing", str(into), "--kind", "optima", "--seeds", "0", "1", "2"]) == 0
+        assert capsys.readouterr().out.split() == [str(s) for s in remaining]
+    assert record("optima", into, tmp_path, "kept") == 0
+    assert record("optima", optima_run(tmp_path / "whole"), tmp_path, "whole") == 0
+    kept, whole = load_result(tmp_path / "results" / "kept.json"), load_result(tmp_path / "results" / "whole.json")
+    assert kept["rows"] == whole["rows"] and kept["seeds"] == SEEDS
+    assert kept["notes"] == whole["notes"] and kept["test_scorings"] == whole["test_scorings"] == 2
+
+
+def test_keeping_refuses_an_unfinished_seed_and_a_seed_run_with_other_settings(tmp_path, capsys):
+    into = tmp_path / "kept"
+    run = single_seed_run(tmp_path / "a", 0)
+    assert keep_seeds.main(["optima", str(run), "--seed", "1", "--into", str(into)]) == 2
+    assert f"{run / 'seed-1' / 'results.json'} does not exist" in capsys.readouterr().err
+    assert keep_seeds.main(["optima", str(run), "--seed", "0", "--into", str(into)]) == 0
+    other = single_seed_run(tmp_path / "b", 1, iterations=3, train_tasks=32)
+    assert keep_seeds.main(["optima", str(other), "--seed", "1", "--into", str(into)]) == 2
+    assert "(iterations, train_tasks)" in capsys.readouterr().err
+    assert keep_seeds.kept_seeds(into, "optima") == [0]  # the refused seed left nothing behind
 
 
 # --- designers ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,117 @@
+"""Keep each finished seed of a seeded run in `results/seeds/NAME`, so that the seeds can be run in different sessions
+(on machines that do not keep run folders) and still be recorded as one figure.
+
+    python benchmarks/keep_seeds.py optima runs/headlines/optima-infoqa --seed 0 --into results/seeds/optima-infoqa
+    python benchmarks/keep_seeds.py latent runs/headlines/latent-infoqa --seed 1 --into results/seeds/latent-infoqa
+    python benchmarks/keep_seeds.py missing results/seeds/optima-infoqa --seeds 0 1 2     # prints "1 2"
+
+A kept folder is laid out like the run it came from, less everything heavy: each seed's result file
+(`seed-N/results.json` for Optima, `seed-N/summary.json` for `bench latent`) and a `seeds.json` rebuilt from every
+kept seed with the producer's own figures function, so `record_results.py optima|latent FOLDER` reads it as it
+reads a finished run. Nothing is recomputed: a seed is kept only once its run has written its result, and keeping a
+seed again replaces it. The run's configuration must match the kept seeds' (the seed aside): a seed of another
+configuration is refused, naming the settings that differ.
+
+Caveats: transcripts, adapters and per-task samples stay in the run folder; the kept files hold figures and the
+paired comparisons the run already computed (its test-scoring counts too, which count scorings on the machine that
+ran the seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from kvmesh.evals.seeds import SEEDS_FILE, check_seeds, seed_folder, write_seed_summary
+from kvmesh.evals.studies.latent import SUMMARY as LATENT_SUMMARY
+from kvmesh.evals.studies.latent_report import seed_figures as latent_figures
+from kvmesh.runs import read_json
+from kvmesh.training.optima.loop import seed_figures as optima_figures
+
+# kind -> (each seed's result file, its figures function)
+KINDS: dict[str, tuple[str, Callable[[dict], dict[str, float]]]] = {
+    "optima": ("results.json", optima_figures),
+    "latent": (LATENT_SUMMARY, latent_figures),
+}
+PER_SEED = ("seed", "seeds", "out")  # settings that differ between the seeds of one run by design
+
+
+class KeepError(ValueError):
+    """A seed that cannot be kept; the message says which file or setting and what to do."""
+
+
+def kept_seeds(into: Path, kind: str) -> list[int]:
+    """The seeds kept in `into` for `kind`, in ascending order."""
+    result = KINDS[kind][0]
+    return sorted(int(p.parent.name.removeprefix("seed-")) for p in into.glob(f"seed-*/{result}"))
+
+
+def _comparable(config: dict) -> dict:
+    return {key: value for key, value in config.items() if key not in PER_SEED}
+
+
+def _config(path: Path) -> dict:
+    summary = read_json(path)
+    if not isinstance(summary, dict) or not isinstance(summary.get("config"), dict):
+        raise KeepError(f"{path} records no configuration: it is not a seeds summary of kvmesh.evals.seeds")
+    return summary["config"]
+
+
+def keep(kind: str, run: Path, seed: int, into: Path) -> dict:
+    """Copy seed `seed`'s result from `run` into `into` and rebuild `into`/seeds.json; returns that summary."""
+    result_name, figures_of = KINDS[kind]
+    source = seed_folder(run, seed) / result_name
+    if not source.is_file():
+        raise KeepError(f"{source} does not exist: seed {seed} of {run} has not finished (run it to the end first)")
+    if not (run / SEEDS_FILE).is_file():
+        raise KeepError(f"{run / SEEDS_FILE} does not exist: {run} is not a seeded run (pass --seeds to its command)")
+    config = _config(run / SEEDS_FILE)
+    if (into / SEEDS_FILE).is_file():
+        before = _config(into / SEEDS_FILE)
+        names = _comparable(before).keys() | _comparable(config).keys()
+        differ = sorted(name for name in names if before.get(name) != config.get(name))
+        if differ:
+            raise KeepError(
+                f"seed {seed} of {run} was run with other settings than the seeds kept in {into} "
+                f"({', '.join(differ)}): keep it in another folder, or rerun it with the kept seeds' settings"
+            )
+    target = seed_folder(into, seed) / result_name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    seeds = kept_seeds(into, kind)
+    per_seed = {s: figures_of(read_json(seed_folder(into, s) / result_name)) for s in seeds}
+    return write_seed_summary(into, per_seed, config=config | {"seeds": seeds})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = parser.add_subparsers(dest="action", required=True)
+    for kind in KINDS:
+        one = actions.add_parser(kind, help=f"keep a finished seed of a seeded {kind} run")
+        one.add_argument("run", help="the run's --out folder")
+        one.add_argument("--seed", type=int, required=True, help="the finished seed to keep")
+        one.add_argument("--into", required=True, help="the kept folder, e.g. results/seeds/NAME")
+    missing = actions.add_parser("missing", help="print the seeds of --seeds not yet kept in FOLDER")
+    missing.add_argument("into", help="the kept folder")
+    missing.add_argument("--kind", choices=list(KINDS), required=True)
+    missing.add_argument("--seeds", type=int, nargs="+", required=True)
+    args = parser.parse_args(argv)
+    if args.action == "missing":
+        have = set(kept_seeds(Path(args.into), args.kind))
+        print(" ".join(str(s) for s in check_seeds(args.seeds) if s not in have))
+        return 0
+    try:
+        summary = keep(args.action, Path(args.run), args.seed, Path(args.into))
+    except (KeepError, json.JSONDecodeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"kept seed {args.seed} in {args.into}; kept seeds: {summary['seeds']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
