@@ -18,6 +18,8 @@ would write) is refused with Ray.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import logging
 import os
 from collections import deque
@@ -31,6 +33,9 @@ from kvmesh.kvcomm.channel import setting_key, written_settings
 log = logging.getLogger("kvmesh")
 LOCAL = "local"  # `--ray` without an address: start a Ray instance on this machine
 AUTH_MODE = "RAY_AUTH_MODE"  # Ray's switch for its token authentication
+# Ray's switch for a node that joins clusters: "0" gives the local instance a loopback node address, so every
+# server it starts (GCS, raylet, workers) listens on 127.0.0.1 only. Ray reads it when `ray` is first imported.
+CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 NAMESPACE = "kvmesh"
 
 
@@ -103,7 +108,7 @@ class RayExecutor:
                 f"{names} is one folder that every process would write; with --ray each worker learns its own "
                 "(the summary merges their statistics): drop it, or run without --ray"
             )
-        ray = _ray(self.address)
+        ray = start_ray(self.address)
         count = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // self.threads)
         while len(self.pool) < min(count, max(1, len(samples))):
             self.pool.append(self._spawn(ray))
@@ -153,26 +158,59 @@ class RayExecutor:
         self.pool.clear()
 
 
-def _ray(address: str):
+def start_ray(address: str = LOCAL):
+    """Ray, initialised: `LOCAL` starts an instance sized to this machine whose servers listen on loopback only;
+    any other address joins that cluster. Returns the `ray` module."""
+    if address != LOCAL:
+        ray = _import_ray()
+        if not ray.is_initialized():
+            ray.init(address=address, log_to_driver=False, namespace=NAMESPACE)
+        return ray
+    if os.environ.get(AUTH_MODE, "token").strip().lower() != "token":  # Ray: anything else is off
+        log.warning(
+            "%s=%s: the local Ray instance accepts any process on this machine that reaches its ports; unset it to "
+            "require Ray's token",
+            AUTH_MODE,
+            os.environ[AUTH_MODE],
+        )
+    # a user's own setting wins; Ray reads it at import, so the import is inside too
+    with _environment(CLUSTER_SWITCH, os.environ.get(CLUSTER_SWITCH, "0")):
+        ray = _import_ray()
+        if ray.is_initialized():
+            return ray
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, namespace=NAMESPACE)
+    node = ray.util.get_node_ip_address()
+    if not ipaddress.ip_address(node).is_loopback:
+        log.warning(
+            "ray: the local instance listens on %s, which other machines can reach (Ray was imported before kvmesh "
+            "could ask for loopback, or %s=%s); it still requires Ray's token",
+            node,
+            CLUSTER_SWITCH,
+            os.environ.get(CLUSTER_SWITCH),
+        )
+    return ray
+
+
+def _import_ray():
     try:
         import ray
     except ImportError as error:
         raise ConfigError("{ray} needs Ray: pip install 'kvmesh[ray]'") from error
-    if not ray.is_initialized():
-        if address == LOCAL:  # sized to the machine
-            # Ray's servers listen on every interface (it maps a loopback node address to the machine's own), so
-            # the local instance must require a token: Ray >= 2.60 makes and requires one unless this says not to
-            if os.environ.get(AUTH_MODE, "token").strip().lower() != "token":  # Ray: anything else is off
-                log.warning(
-                    "%s=%s: the local Ray instance accepts anyone who reaches this machine's ports and can run "
-                    "code as this user; unset it to require Ray's token",
-                    AUTH_MODE,
-                    os.environ[AUTH_MODE],
-                )
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, namespace=NAMESPACE)
-        else:
-            ray.init(address=address, log_to_driver=False, namespace=NAMESPACE)
     return ray
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """`name`=`value` in this process's environment for the block (the Ray processes started in it inherit it)."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
 
 
 def merge_channel_stats(per_worker: Sequence[dict]) -> dict:

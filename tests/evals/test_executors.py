@@ -1,7 +1,11 @@
 """Evaluation on Ray: the same samples and scores as a local run, one writer, and an actor killed mid-run loses
 nothing and duplicates nothing; `--resume` works across Ray and local runs."""
 
+import ipaddress
 import json
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -90,3 +94,46 @@ def test_worker_statistics_merge_into_one():
     merged = merge_channel_stats([first, second])["kv-reuse"]
     assert merged["calls"] == 10 and merged["reused_calls"] == 6 and merged["reuse_rate"] == 0.6
     assert merged["workers"] == 2 and merged["workers_with_anchors"] == 1 and merged["config"] == {"a": 1}
+
+
+# Starts kvmesh's local Ray instance in a fresh interpreter (Ray reads its node address setting at import) with a
+# worker running, and prints every address a process of that instance listens on.
+LISTENERS = textwrap.dedent(
+    """
+    import json, sys, time, psutil
+    if sys.argv[1] == "early":
+        import ray  # before kvmesh could ask for loopback
+    from kvmesh.evals.executors import start_ray
+
+    ray = start_ray()
+    busy = ray.remote(lambda: time.sleep(3)).remote()  # a worker process too, not only GCS and raylet
+    time.sleep(2)
+    processes = psutil.Process().children(recursive=True)
+    addresses = sorted({c.laddr.ip for p in processes for c in p.net_connections("inet") if c.status == "LISTEN"})
+    ray.get(busy)
+    print(json.dumps(addresses))
+    """
+)
+
+
+def _listeners(when: str) -> tuple[list[str], str]:
+    """The non-loopback addresses the local instance listens on, and the log."""
+    done = subprocess.run([sys.executable, "-c", LISTENERS, when], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    addresses = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(addresses) >= 1  # GCS, raylet and the worker listen somewhere
+    return [a for a in addresses if not ipaddress.ip_address(a.removeprefix("::ffff:")).is_loopback], done.stderr
+
+
+def test_the_local_ray_instance_listens_on_loopback_only():
+    wide, log = _listeners("first")
+    assert not wide, f"Ray listens on {wide}, reachable from other machines"
+    assert "other machines can reach" not in log
+
+
+def test_a_ray_imported_too_early_to_stay_on_loopback_is_reported():
+    # Ray chose its node address at import, before start_ray could ask: on a machine with a network interface it
+    # listens there (this machine and CI's), and the log must say so exactly then
+    wide, log = _listeners("early")
+    assert bool(wide) == ("other machines can reach" in log)
+    assert not wide or "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" in log
