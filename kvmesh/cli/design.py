@@ -285,9 +285,10 @@ def _train_report(designer: Designer, out: Path, pictures: list[Path] | None) ->
     lines = [f"{designer.kind}: {done}trained in {seconds:.0f} s ({parts})"]
     chosen = validation_figures(figures)
     if chosen:
+        seconds = f", {chosen['call_seconds']:.2f} s/task" if "call_seconds" in chosen else ""  # older lack it
         lines.append(
-            f"validation: score {chosen['score']:.3f}, {chosen['tokens']:.0f} tokens/task, "
-            f"{chosen['calls']:.2f} calls/task, utility {chosen['utility']:.3f}"
+            f"validation: score {chosen['score']:.3f}, {chosen['tokens']:.0f} tokens/task{seconds}, "
+            f"{chosen['calls']:.2f} calls/task, utility {chosen['utility']:.3f} (cost: {designer.config.cost})"
         )
     lines.append(f"designer: {out / 'designer'}")
     if pictures is not None:

@@ -15,8 +15,9 @@ At evaluation an agent whose keep probability is below the threshold is left out
 has no turn at all: no model call, no tokens, nothing for the decision maker to read (AGP's released code
 still runs such agents). Mining and validation use the training and validation sets only.
 
-Caveat: in stage I a task's utility uses the team's own graph on that task as the token normaliser, so
-"half the tokens of the full team" means the same on short and long tasks.
+Caveat: in stage I a task's utility uses the team's own graph on that task as the cost normaliser, so "half
+the cost of the full team" means the same on short and long tasks. Costs are in `cost`'s unit (tokens by
+default; `kvmesh.training.reward`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from kvmesh.graph.graph import CommGraph
 from kvmesh.topology.candidates import sample_design
 from kvmesh.topology.gdesigner import GDesigner, GDesignerConfig
 from kvmesh.training.examples import example_id, example_task
-from kvmesh.training.reinforce import Metric, copy_weights, reinforce, rollouts, validate
+from kvmesh.training.reinforce import Metric, copy_weights, cost_scale, reinforce, rollouts, validate
 from kvmesh.training.reward import utilities
 
 
@@ -114,7 +115,7 @@ class AGP(GDesigner):
         return graphs
 
     def mine(self, team: Team, trainset: Sequence, metric: Metric, out: Path | None, resume: bool, progress: bool):
-        """Stage I: one line per training example {id, graphs, scores, tokens, best}; durable under `out`."""
+        """Stage I: one line per training example {id, graphs, scores, costs, best}; durable under `out`."""
         config: AGPConfig = self.config
         ids = [example_id(e, i) for i, e in enumerate(trainset)]
         lines: dict[str, dict] = {}
@@ -132,7 +133,7 @@ class AGP(GDesigner):
             for start in range(0, len(pending), config.batch_size):
                 chunk = pending[start : start + config.batch_size]
                 runs = [(i, g) for i in chunk for g in self.mining_graphs(trainset[i], i)]
-                scored = rollouts(team, [trainset[i] for i, _ in runs], [g for _, g in runs], metric)
+                scored = rollouts(team, [trainset[i] for i, _ in runs], [g for _, g in runs], metric, config.cost)
                 for i in chunk:
                     rows = [(g, s, t) for (j, g), (s, t, _) in zip(runs, scored, strict=True) if j == i]
                     line = _mined_line(ids[i], rows, config.token_weight, config.token_normalizer)
@@ -237,8 +238,7 @@ class AGP(GDesigner):
         mined_at = time.perf_counter()
         fitted = self.fit(trainset, mined)
         fitted_at = time.perf_counter()
-        full_tokens = [line["tokens"][0] for line in mined]
-        normaliser = self.config.token_normalizer or sum(full_tokens) / len(full_tokens)
+        normaliser = self.config.token_normalizer or cost_scale([line["costs"][0] for line in mined], self.config.cost)
         self.training |= {
             "normaliser": normaliser,
             "mining": {"seconds": mined_at - began, "solved": fitted["solved"], "tasks": len(mined)},
@@ -274,15 +274,15 @@ def _masked_bce(probs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -
 
 def _mined_line(task_id: str, rows, token_weight: float, normaliser: float) -> dict:
     """The mined record of one task: every graph run, and the best one that solved it (None if none did)."""
-    full_tokens = rows[0][2]  # the team's own graph comes first
-    scale = normaliser or max(full_tokens, 1)
-    values = utilities([(score, tokens) for _, score, tokens in rows], token_weight, scale)
+    own_cost = rows[0][2]  # the team's own graph comes first
+    scale = normaliser or (own_cost if own_cost > 0 else 1.0)  # a graph that spent nothing: costs count as they are
+    values = utilities([(score, cost) for _, score, cost in rows], token_weight, scale)
     solved = [k for k, (_, score, _) in enumerate(rows) if score > 0]
     best = max(solved, key=lambda k: values[k]) if solved else None
     return {
         "id": task_id,
         "graphs": [graph.to_dict() for graph, _, _ in rows],
         "scores": [score for _, score, _ in rows],
-        "tokens": [tokens for _, _, tokens in rows],
+        "costs": [cost for _, _, cost in rows],
         "best": best,
     }

@@ -10,8 +10,9 @@ A designer binds to a team: its agents (in order), its rounds and its channel fi
 Examples in `trainset`/`valset` are `Task`s or objects with a `.task` (benchmark samples); the metric gets
 the example back with the team's result.
 
-Training maximises utility = score − λ·tokens / normaliser (`kvmesh.training.reward`), where tokens are the
-team's prompt and completion tokens for that task, counted by the model's tokenizer; REINFORCE designers train
+Training maximises utility = score − λ·cost / normaliser (`kvmesh.training.reward`), where the cost is what the
+task's run spent in the unit `cost` names: prompt and completion tokens (counted by the model's tokenizer, the
+default), generated tokens, seconds of its model calls, or KV bytes moved; REINFORCE designers train
 in `kvmesh.training.reinforce`, which sees a designer as a `GraphPolicy`. A saved designer is a
 folder: `designer.json` (kind, config, the team spec, the ids it trained and validated on, training figures)
 and `weights.pt`.

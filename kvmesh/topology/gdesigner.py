@@ -3,7 +3,7 @@
 Node features come from the packaged MiniLM (`kvmesh.topology.features`: role profile, private notes, task,
 relevance); a task virtual node joins every agent; two torch-geometric GCN layers and MLPs give a latent per
 node; edge logits are decoded from pairs of latents (`kvmesh.topology.gnn`). Training is REINFORCE with a
-batch-mean baseline on utility = score − λ·tokens / normaliser, plus
+batch-mean baseline on utility = score − λ·cost / normaliser, plus
 
     sparsity   w_s · mean edge probability                      (fewer messages)
     KL         w_kl · KL(q(z | x) || N(0, I))                    (the variational encoder's prior)

@@ -1,11 +1,11 @@
 """REINFORCE over sampled graphs: training a graph policy (a topology designer), validation, checkpoints, resume.
 
-    normaliser = mean tokens of the team's own graph on the first batch     (unless configured)
+    normaliser = mean cost of the team's own graph on the first batch       (unless configured)
     for each update:
         tasks   = the next batch of the (seeded, per-epoch shuffled) training set
         graphs  = policy.sample_batch(tasks)                     one DAG per task, with log p(G)
         results = team.run_batch(tasks, graphs=graphs)           ONE batched pass through the runtime
-        u       = utility(metric(example, result), tokens)       `kvmesh.training.reward`
+        u       = utility(metric(example, result), cost)         `kvmesh.training.reward`, cost in --cost's unit
         loss    = −mean((u − baseline)·log p(G)) + the policy's regularisers
         every `eval_every` updates and after the last: the deterministic graphs on the validation set;
         the best validation utility is what the policy keeps
@@ -25,7 +25,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,7 +37,7 @@ from kvmesh.config import ConfigError
 from kvmesh.graph.graph import CommGraph
 from kvmesh.runs import Opened, Wording, check_resume, holds_results, open_config, start_run, write_atomic, write_json
 from kvmesh.training.examples import example_id, example_task
-from kvmesh.training.reward import utilities, utility
+from kvmesh.training.reward import COST_UNITS, COSTS, task_cost, utilities, utility
 
 CHECKPOINT = "checkpoint.pt"
 DESIGNER_RUN = Wording(
@@ -58,9 +58,12 @@ class ReinforceConfig:
             batched pass.
         batch_size: training tasks per update.
         lr: Adam learning rate.
-        token_weight: λ in utility = score − λ·tokens / token_normalizer.
-        token_normalizer: tokens per task that cost λ; 0 measures it as the mean tokens of the team's own
-            graph on the first training batch.
+        cost: what a task's run costs, in the unit you pay: tokens (prompt and completion), generated (completion
+            tokens), time (seconds of the task's model calls, as the runtime measured them) or kv-bytes (KV cache
+            moved by latent channels).
+        token_weight: λ in utility = score − λ·cost / token_normalizer (named for the first cost, tokens).
+        token_normalizer: the cost per task that costs λ, in the cost's unit; 0 measures it as the mean cost of
+            the team's own graph on the first training batch.
         eval_every: validate the evaluation graph every this many updates and after the last; the best
             validation utility is kept.
         seed: seeds graph sampling and the order of training tasks.
@@ -69,6 +72,7 @@ class ReinforceConfig:
     steps: int = 24
     batch_size: int = 16
     lr: float = 0.01
+    cost: str = field(default="tokens", metadata={"choices": COSTS})
     token_weight: float = 0.5
     token_normalizer: float = 0.0
     eval_every: int = 8
@@ -81,6 +85,8 @@ class ReinforceConfig:
                 raise ConfigError(f"{{{name}}} must be at least {minimum}, got {getattr(self, name)}")
         if self.token_weight < 0 or self.token_normalizer < 0:
             raise ConfigError("{token_weight} and {token_normalizer} must be >= 0")
+        if self.cost not in COSTS:
+            raise ConfigError(f"{{cost}} must be one of {', '.join(COSTS)}, got {self.cost!r}")
 
 
 class GraphPolicy(Protocol):
@@ -111,29 +117,36 @@ class GraphPolicy(Protocol):
     def load_extra_state(self, state: dict) -> None: ...
 
 
-def rollouts(team: Team, examples: Sequence, graphs: Sequence[CommGraph] | None, metric: Metric):
-    """(score, tokens, result) per example, all run in one batched pass; graphs None: the team's own."""
+def rollouts(
+    team: Team, examples: Sequence, graphs: Sequence[CommGraph] | None, metric: Metric, cost: str = "tokens"
+) -> list[tuple[float, float, Any]]:
+    """(score, cost, result) per example, all run in one batched pass; graphs None: the team's own; cost in the
+    unit `cost` names (`kvmesh.training.reward.task_cost`)."""
     results = team.run_batch([example_task(e) for e in examples], graphs=graphs)
-    return [(float(metric(e, r)), r.usage.total.total_tokens, r) for e, r in zip(examples, results, strict=True)]
+    return [(float(metric(e, r)), task_cost(r.usage.total, cost), r) for e, r in zip(examples, results, strict=True)]
 
 
 def summarize(scored, token_weight: float, normaliser: float) -> dict:
-    """Mean score, tokens, model calls and utility of `rollouts` output."""
+    """Mean score, cost, tokens, generated tokens, seconds of model calls, calls and utility of `rollouts` output."""
     n = max(len(scored), 1)
     score = sum(s for s, _, _ in scored) / n
-    tokens = sum(t for _, t, _ in scored) / n
-    calls = sum(r.usage.total.calls for _, _, r in scored) / n
+    cost = sum(c for _, c, _ in scored) / n
+    totals = [r.usage.total for _, _, r in scored]
     return {
         "score": score,
-        "tokens": tokens,
-        "calls": calls,
-        "utility": utility(score, tokens, token_weight, normaliser),
+        "cost": cost,
+        "tokens": sum(u.total_tokens for u in totals) / n,
+        "generated": sum(u.output_tokens for u in totals) / n,
+        "call_seconds": sum(u.call_time_s for u in totals) / n,
+        "calls": sum(u.calls for u in totals) / n,
+        "utility": utility(score, cost, token_weight, normaliser),
     }
 
 
 def validate(policy: GraphPolicy, team: Team, valset: Sequence, metric: Metric, normaliser: float) -> dict:
     graphs = policy.design_batch([example_task(e) for e in valset])
-    summary = summarize(rollouts(team, valset, graphs, metric), policy.config.token_weight, normaliser)
+    config = policy.config
+    summary = summarize(rollouts(team, valset, graphs, metric, config.cost), config.token_weight, normaliser)
     summary["edges"] = sum(len(g.edges()) for g in graphs) / max(len(graphs), 1)
     summary["agents"] = sum(len(g.agents) for g in graphs) / max(len(graphs), 1)
     return summary
@@ -173,12 +186,26 @@ def _progress(total: int, done: int, desc: str, enabled: bool):
 
 
 def measure_normaliser(policy: GraphPolicy, team: Team, trainset: Sequence, metric: Metric) -> float:
-    """Mean tokens per task of the team's own graph on the first training batch: what costs λ."""
-    if policy.config.token_normalizer > 0:
-        return policy.config.token_normalizer
-    first = [trainset[i] for i in batch_indices(len(trainset), policy.config.batch_size, 0, policy.config.seed)]
-    scored = rollouts(team, first, None, metric)
-    return max(1.0, sum(t for _, t, _ in scored) / len(scored))
+    """Mean cost per task of the team's own graph on the first training batch: what costs λ."""
+    config = policy.config
+    if config.token_normalizer > 0:
+        return config.token_normalizer
+    first = [trainset[i] for i in batch_indices(len(trainset), config.batch_size, 0, config.seed)]
+    scored = rollouts(team, first, None, metric, config.cost)
+    return cost_scale([c for _, c, _ in scored], config.cost)
+
+
+def cost_scale(costs: Sequence[float], cost: str) -> float:
+    """The normaliser measured from the team's own graph's `costs`: their mean (tokens: at least one token). A
+    graph that spent none of it (a text team moves no KV bytes) cannot set the scale, so that is refused."""
+    mean = sum(costs) / max(len(costs), 1)
+    if mean <= 0:
+        raise ConfigError(
+            f"the team's own graph spent no {COST_UNITS[cost]} on its first training batch, so it cannot set the "
+            f"scale of a {cost} cost: give {{token_normalizer}} (the {COST_UNITS[cost]} per task that cost "
+            "{token_weight}), or choose another {cost}"
+        )
+    return max(1.0, mean) if cost in ("tokens", "generated") else mean
 
 
 def open_checkpoint(out: Path | None, policy: GraphPolicy, resume: bool, ids: list[str]) -> dict | None:
@@ -256,8 +283,8 @@ def reinforce(
         began = time.perf_counter()
         batch = [trainset[i] for i in batch_indices(len(trainset), config.batch_size, step, config.seed)]
         samples, probs = policy.sample_batch([example_task(e) for e in batch], generator)
-        scored = rollouts(team, batch, [s.graph for s in samples], metric)
-        values = utilities([(score, tokens) for score, tokens, _ in scored], config.token_weight, normaliser)
+        scored = rollouts(team, batch, [s.graph for s in samples], metric, config.cost)
+        values = utilities([(score, cost) for score, cost, _ in scored], config.token_weight, normaliser)
         loss, terms = policy_loss(policy, samples, probs, torch.tensor(values, dtype=torch.float32))
         optimizer.zero_grad()
         loss.backward()
@@ -286,7 +313,7 @@ def reinforce(
             write_json(out / "history.json", _figures(state))
         if bar:
             bar.set_postfix(
-                util=f"{record['utility']:.3f}", score=f"{record['score']:.2f}", tok=f"{record['tokens']:.0f}"
+                util=f"{record['utility']:.3f}", score=f"{record['score']:.2f}", cost=f"{record['cost']:.4g}"
             )
             bar.update(1)
     if bar:

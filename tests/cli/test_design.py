@@ -170,6 +170,16 @@ def test_a_failed_design_start_leaves_nothing_behind(tmp_path, capsys):
     assert "emptydir" in capsys.readouterr().err and not out.exists()
 
 
+def test_a_kv_bytes_cost_on_a_text_team_names_the_flag_that_sets_its_scale(tiny, tmp_path, capsys):
+    args = ["design", "train", "infoqa", "--designer", "gdesigner", *TINY, "--cost", "kv-bytes", "--steps", "1"]
+    assert main([*args, "--train-size", "2", "--val-size", "1", "--out", str(tmp_path / "kv")]) == 2
+    error = capsys.readouterr().err
+    assert "spent no KV bytes" in error and "--token-normalizer" in error
+    assert not (tmp_path / "kv").exists()  # a failed start leaves nothing behind
+    assert main([*args, "--cost", "dollars", "--out", str(tmp_path / "d")]) == 2
+    assert "dollars" in capsys.readouterr().err
+
+
 def test_design_on_an_infoqa_file_trains_validates_and_tests_on_disjoint_tasks(tiny, tmp_path, capsys):
     data = tmp_path / "tasks.jsonl"  # no split field: the hash of each id and the data seed splits it
     data.write_text("".join(task.to_json() + "\n" for task in infoqa.generate(60, "test", seed=3)))

@@ -169,7 +169,8 @@ def test_reinforce_resumes_exactly_where_it_stopped(tiny, tmp_path):
 
     history = resumed.training["reinforce"]["history"]
     assert [h["step"] for h in history] == [1, 2, 3, 4]
-    untimed = lambda records: [{k: v for k, v in r.items() if k != "seconds"} for r in records]  # noqa: E731
+    timed = ("seconds", "call_seconds")
+    untimed = lambda records: [{k: v for k, v in r.items() if k not in timed} for r in records]  # noqa: E731
     assert untimed(history) == untimed(whole.training["reinforce"]["history"])
     for a, b in zip(whole.module.state_dict().values(), resumed.module.state_dict().values(), strict=True):
         assert torch.equal(a, b)
@@ -196,6 +197,31 @@ def test_agp_mining_survives_a_kill_and_fits_the_mined_graphs(tiny, tmp_path):
     # graphs of at most two calls (one agent and the decision) score 1, so the best mined graphs keep one agent
     assert all(len(row["graphs"][row["best"]]["agents"]) == 1 for row in mined.values() if row["best"] is not None)
     assert resumed.training["fit"]["solved"] == whole.training["fit"]["solved"] > 0
+
+
+@pytest.mark.parametrize("cost", ["generated", "time"])
+def test_designers_train_on_the_cost_chosen(tiny, cost):
+    team, train, val = make_team(), tasks("train", 4), tasks("validation", 2)
+    for _, spent, result in rollouts(team, train, None, fewer_calls, cost):  # each task's own usage, in that unit
+        total = result.usage.total
+        assert spent == (total.output_tokens if cost == "generated" else total.call_time_s) > 0
+    designer = GDesigner(replace(SMALL["gdesigner"], cost=cost), metric=fewer_calls)
+    designer.compile(team, train, val, progress=False)
+    figures = designer.training["reinforce"]
+    unit = "generated" if cost == "generated" else "call_seconds"
+    for record in [*figures["history"], *figures["validation"]]:
+        assert record["cost"] == pytest.approx(record[unit])
+        expected = record["score"] - designer.config.token_weight * record["cost"] / figures["normaliser"]
+        assert record["utility"] == pytest.approx(expected)
+    assert figures["normaliser"] < figures["history"][0]["tokens"]  # measured in the unit, not in tokens
+
+
+def test_a_cost_the_teams_own_graph_never_spends_is_refused(tiny):
+    designer = GDesigner(replace(SMALL["gdesigner"], cost="kv-bytes"), metric=fewer_calls)
+    with pytest.raises(ValueError, match=r"spent no KV bytes.*give token_normalizer"):  # a text team moves none
+        designer.compile(make_team(), tasks("train", 2), progress=False)
+    with pytest.raises(ValueError, match="cost must be one of"):
+        GDesignerConfig(cost="dollars")
 
 
 def test_bad_settings_and_misuse_get_clear_errors(tiny):
