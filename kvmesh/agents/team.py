@@ -40,6 +40,7 @@ from kvmesh.graph.graph import CommGraph
 from kvmesh.kvcomm.channel import (
     DEFAULT_CHANNEL,
     Channel,
+    base_channel,
     channel_for_keyword,
     channel_settings,
     check_channel,
@@ -130,7 +131,7 @@ class Team:
             check_channel(edge.channel, f"edge {edge.source} -> {edge.target} ({edge.kind})")
         self.channels: dict[str, Channel] = {}
         for name in sorted(self._channel_names(self.graph)):
-            self.channels[name] = make_channel(name, settings.get(name))
+            self.channels[name] = make_channel(name, settings.get(name), settings.get(base_channel(name)))
         self._check_channels(self.graph)
         if designer is not None and not isinstance(designer, GraphDesigner):
             raise TypeError(
@@ -176,11 +177,22 @@ class Team:
         return names | ({self.decision.channel} if self.decision.maker else set())
 
     def _check_channels(self, graph: CommGraph) -> None:
-        """Every edge's channel (and the decision's) must run here and accept the two agents it joins."""
+        """Every edge's channel (and the decision's) must run here and accept the two agents it joins, and no
+        agent may read caches over two channels (a turn's cache is placed by one)."""
         agents = {a.name: a for a in self.agents}
+        caches: dict[str, set[str]] = {}
         for edge in graph.edges():
             where = f"edge {edge.source} -> {edge.target} ({edge.kind})"
             self.channels[edge.channel].check(agents[edge.source], agents[edge.target], where)
+            if self.channels[edge.channel].carries_caches:
+                caches.setdefault(edge.target, set()).add(edge.channel)
+        mixed = {name: sorted(channels) for name, channels in caches.items() if len(channels) > 1}
+        if mixed:
+            name, channels = next(iter(mixed.items()))
+            raise GraphError(
+                f"agent {name} reads caches over {' and '.join(channels)}, but a turn's cache is placed from one "
+                "channel's caches: give its incoming edges one cache channel (text edges may join it)"
+            )
         if self.decision.maker:
             maker, channel = self.decision.agent, self.decision.channel
             for agent in self.agents:

@@ -11,7 +11,8 @@ class BenchConfig:
 add_config_arguments(parser, BenchConfig)      # --agents N  (help: "agents in the fully ...")
 config = config_from_args(BenchConfig, args)
 
-A field's metadata may give `choices` (a sequence, or a function returning one), `short` (a one-letter flag
+A field's metadata may give `choices` (a sequence, or a function returning one), `check` (a function that
+returns the value or raises ValueError saying what is wrong: for values no list holds), `short` (a one-letter flag
 beside the long one) and `const` (the value of the flag given alone); `positional={field: nargs}` makes fields
 positional (nargs None: exactly one), `skip` leaves fields out. Booleans become `--flag/--no-flag`, lists take
 one or more values, a field without a default is a required flag. Help text goes through `argparse_help`, so a
@@ -83,7 +84,7 @@ def add_config_arguments(
         elif kind is bool:
             options["action"] = argparse.BooleanOptionalAction
         else:
-            options["type"] = base
+            options["type"] = _checked(base, field.metadata["check"]) if "check" in field.metadata else base
         if field.name in positional:
             nargs = positional[field.name]
             parser.add_argument(field.name, **(options | ({"nargs": nargs, "default": default} if nargs else {})))
@@ -183,3 +184,16 @@ def channels_from_args(args: argparse.Namespace) -> dict[str, dict]:
             value = getattr(args, dest)
             channels.setdefault(name, {})[field] = tuple(value) if isinstance(value, list) else value
     return channels
+
+
+def _checked(kind: type, check) -> typing.Callable[[str], object]:
+    """An argparse type: `kind(text)` through `check`, whose ValueError becomes the flag's error message."""
+
+    def parse(text: str):
+        try:
+            return check(kind(text))
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    parse.__name__ = kind.__name__
+    return parse

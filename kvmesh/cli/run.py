@@ -27,7 +27,7 @@ from kvmesh.evals.runner import EvalConfig
 from kvmesh.graph.draw import write_picture
 from kvmesh.graph.graph import CommGraph
 from kvmesh.graph.presets import PRESETS, TEMPORAL_MODES
-from kvmesh.kvcomm.channel import DEFAULT_CHANNEL, available_channels, channels_help, save_channels
+from kvmesh.kvcomm.channel import DEFAULT_CHANNEL, channel_name, channels_help, save_channels
 from kvmesh.topology import load_designer
 
 DEFAULT_ROLES = ("analyst", "solver", "critic", "expert")
@@ -71,7 +71,7 @@ class RunConfig:
     decision: str = field(default=DECISION_METHOD, metadata={"choices": METHODS})
     spec: str | None = None
     designer: str | None = None
-    channel: str = field(default=DEFAULT_CHANNEL, metadata={"choices": available_channels, "more_help": channels_help})
+    channel: str = field(default=DEFAULT_CHANNEL, metadata={"check": channel_name, "more_help": channels_help})
     max_new_tokens: int = 256
     temperature: float = 0.0
     token_budget: int | None = None

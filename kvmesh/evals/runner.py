@@ -54,7 +54,7 @@ from kvmesh.evals.sandbox import NOT_A_BOUNDARY
 from kvmesh.evals.store import discard_if_empty, open_run
 from kvmesh.evals.summary import summarize
 from kvmesh.graph.presets import PRESETS, TEMPORAL_MODES
-from kvmesh.kvcomm.channel import DEFAULT_CHANNEL, available_channels, channels_help, check_channel, save_channels
+from kvmesh.kvcomm.channel import DEFAULT_CHANNEL, channel_name, channels_help, check_channel, save_channels
 from kvmesh.runs import CONFIG, content_hash, write_json
 
 log = logging.getLogger("kvmesh")
@@ -121,7 +121,7 @@ class EvalConfig:
     oracle: bool = False
     completions: str | None = None
     shards: str = field(default="own", metadata={"choices": SHARD_MODES})
-    channel: str = field(default=DEFAULT_CHANNEL, metadata={"choices": available_channels, "more_help": channels_help})
+    channel: str = field(default=DEFAULT_CHANNEL, metadata={"check": channel_name, "more_help": channels_help})
     designer: str | None = None
     channels: dict[str, dict] = field(default_factory=dict)
     calibrate: int = 16

@@ -18,8 +18,14 @@ each with the default of a channel that needs nothing), in this order:
     save()                              after a run (`save_channels`): keep what the channel learned on disk
     wants_calibration(), calibrate()    before use, on training tasks (`kvmesh.evals.calibrate` runs them)
 
-and two class attributes: `settings_class` (the settings dataclass: spec keys and CLI flags) and `reads_reply`
+and class attributes: `settings_class` (the settings dataclass: spec keys and CLI flags) and `reads_reply`
 (False for a channel whose receivers read the sender's prompt cache, not its reply).
+
+Variants: an edge may name `NAME@LABEL` (`kv-select@30`, `kv-select@100+t5`): channel NAME with the settings its
+`variant` hook derives from LABEL, as an instance of its own (its own state and statistics, its own name on pieces
+and stored caches), so one graph can carry a channel at several settings. A team gives a variant settings of its
+own under its full name, or it derives them from the team's settings of NAME. Channels without variants refuse
+any LABEL.
 
 `plan_cache` is the runtime's one entry for a turn's cache: which channel places it (a turn reads caches over
 one channel at a time) and the bytes each message moves. Caches that later turns of a task read live in the
@@ -47,6 +53,7 @@ if TYPE_CHECKING:
     from kvmesh.llm.segment import KVSegment
 
 DEFAULT_CHANNEL = "text"  # what an edge carries unless it says otherwise
+VARIANT = "@"  # NAME@LABEL: variant LABEL of channel NAME (see the module docstring)
 TASK = "task"  # the store key of the task's cache (its context and question, as the first turn encoded them)
 
 
@@ -127,6 +134,8 @@ class Channel:
             when it takes none.
         reads_reply: False when receivers read the sender's prompt cache instead of its reply (a sender read only
             over such channels prefills and generates nothing).
+        carries_caches: messages arrive as KV caches (the receiver's cache is placed from them); a turn reads
+            caches over one such channel at a time, so a team refuses an agent reading over two.
         calibrates: the channel can be calibrated on training tasks (`calibrate`); `wants_calibration` says
             whether it needs that before use.
     """
@@ -135,6 +144,7 @@ class Channel:
     summary: str = ""
     settings_class: type | None = None
     reads_reply: bool = True
+    carries_caches: bool = False
     calibrates: bool = False
 
     def __init__(self, settings: object | None = None) -> None:
@@ -199,6 +209,13 @@ class Channel:
         """The channel's settings as a dict (for specs), or None when it has none."""
         return None if self.config is None else asdict(self.config)
 
+    @classmethod
+    def variant(cls, label: str, settings: object | None) -> object | None:
+        """The settings of this channel's variant `label` (edges name it `NAME@LABEL`), derived from `settings`
+        (the team's settings of the channel, or its defaults); raise ValueError, saying which labels exist, for a
+        label that names none. Default: a channel without variants."""
+        raise ValueError(f"channel {cls.name!r} has no variants; name it {cls.name!r} alone")
+
 
 class _ChannelRegistry(Registry):
     """The channel registry, with the messages edges, decisions and configs have always shown."""
@@ -256,12 +273,41 @@ def register_channel(name: str, factory: Callable[..., Channel]) -> None:
 
 
 def check_channel(name: str, where: str) -> None:
-    """Raise `ChannelNotAvailableError` unless `name` is a channel that can run; `where` says who names it."""
-    _REGISTRY.check(name, where)
+    """Raise `ChannelNotAvailableError` unless `name` is a channel (or a variant of one) that can run; `where`
+    says who names it."""
+    _REGISTRY.check(base_channel(name), where)
+    if VARIANT in name:
+        variant_settings(name, where=where)
+
+
+def channel_name(value: str) -> str:
+    """`value`, if it names a channel or a variant of one that can run (a `channel` setting's check); else
+    `ChannelNotAvailableError`, saying which channels there are."""
+    check_channel(value, "channel")
+    return value
+
+
+def base_channel(name: str) -> str:
+    """The channel a name runs: itself, or for a variant the channel it varies (`kv-select@30` -> `kv-select`)."""
+    return name.split(VARIANT, 1)[0]
+
+
+def variant_settings(name: str, base: object | None = None, where: str | None = None):
+    """The settings of variant `name` (`NAME@LABEL`), derived from `base`, the settings of NAME (see
+    `channel_settings`; None: its defaults). Refuses, with `ChannelNotAvailableError`, a label the channel does not
+    know, saying where it was named."""
+    channel, label = name.split(VARIANT, 1)
+    implementation = _implementation(channel)
+    try:
+        if not (isinstance(implementation, type) and issubclass(implementation, Channel)):
+            raise ValueError(f"channel {channel!r} has no variants; name it {channel!r} alone")
+        return implementation.variant(label, channel_settings(channel, base))
+    except ValueError as error:
+        raise ChannelNotAvailableError(f"{where or 'a team'}: {name!r}: {error}") from None
 
 
 def _implementation(name: str):
-    return _REGISTRY.get(name, "a team")
+    return _REGISTRY.get(base_channel(name), "a team")
 
 
 def channel_settings(name: str, settings=None, label: str | None = None):
@@ -284,10 +330,16 @@ def channel_settings(name: str, settings=None, label: str | None = None):
     return settings_class(**settings)
 
 
-def make_channel(name: str, settings=None) -> Channel:
+def make_channel(name: str, settings=None, base=None) -> Channel:
     """A new instance of channel `name`, with its own state (engines, anchors) and `settings` (see
-    `channel_settings`)."""
-    return _implementation(name)(channel_settings(name, settings))
+    `channel_settings`). A variant (`NAME@LABEL`) without settings of its own takes those its label derives from
+    `base`, the settings of NAME; its instance carries the variant's name."""
+    if VARIANT in name and settings is None:
+        settings = variant_settings(name, base)
+    channel = _implementation(name)(channel_settings(name, settings))
+    if name != base_channel(name):
+        channel.name = name  # what its pieces, stored caches and statistics are keyed by
+    return channel
 
 
 _DEFAULTS: dict[str, Channel] = {}
@@ -312,8 +364,9 @@ def save_channels(channels: Mapping[str, Channel]) -> list:
 
 
 def metadata_key(name: str) -> str:
-    """The key under which a message says how a channel served it (`kv-reuse` -> `kv_reuse`)."""
-    return name.replace("-", "_")
+    """The key under which a message says how a channel served it (`kv-reuse` -> `kv_reuse`; variants under
+    their channel's key)."""
+    return base_channel(name).replace("-", "_")
 
 
 def reads_caches(pieces: Sequence[Piece]) -> set[str]:

@@ -243,3 +243,22 @@ def test_run_explains_what_each_channel_needs_and_what_a_silent_sender_did(capsy
     main(["run", "Where is the key?", "--model", "tiny-random", "--channel", "kv-select", "--agents", "2",
           "--max-new-tokens", "3"])  # fmt: skip
     assert "[agent_1 · round 0] (prefilled only: its receivers read its prompt's KV cache" in capsys.readouterr().out
+
+
+def test_run_and_eval_take_a_channel_variant_and_refuse_one_that_names_nothing(tiny, capsys, tmp_path):
+    from kvmesh.cli import main
+
+    question = ["Where is the key?", "--model", "tiny-random", "--agents", "2", "--max-new-tokens", "3"]
+    assert main(["run", *question, "--channel", "kv-select@100+t2"]) == 0
+    out = capsys.readouterr().out
+    assert "kv-select@100+t2: calls 2" in out  # the variant's own statistics
+    with pytest.raises(SystemExit):
+        main(["run", *question, "--channel", "text@3"])
+    assert "channel 'text' has no variants" in capsys.readouterr().err
+    args = ["eval", "infoqa", "--model", "tiny-random", "--limit", "2", "--max-new-tokens", "3"]
+    assert main([*args, "--channel", "kv-select@50", "--out", str(tmp_path / "e")]) == 0
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert summary["config"]["channel"] == "kv-select@50"
+    with pytest.raises(SystemExit):
+        main([*args, "--channel", "kv-select@half", "--out", str(tmp_path / "bad")])
+    assert "not a kv-select variant" in capsys.readouterr().err

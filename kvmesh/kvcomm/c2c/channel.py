@@ -102,6 +102,7 @@ class C2CChannel(Channel):
     summary = "a sender on another model, its cache mapped into the receiver's; needs a mapper: --c2c-mapper DIR"
     settings_class = C2CConfig
     reads_reply = False  # the receiver reads the sender's prompt cache, not its reply
+    carries_caches = True
 
     def __init__(self, settings: C2CConfig | None = None) -> None:
         super().__init__(settings)

@@ -59,6 +59,7 @@ class KVReuseChannel(Channel):
     name = "kv-reuse"
     summary = "the sender's reply as text, its KV cache reused instead of prefilled again"
     settings_class = ReuseConfig
+    carries_caches = True
 
     def __init__(self, settings: ReuseConfig | None = None) -> None:
         super().__init__(settings)

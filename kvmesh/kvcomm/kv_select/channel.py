@@ -22,6 +22,11 @@ Token selection (`token_fraction` < 1): the receiver reads only the context toke
 most in the first layer (`kvmesh.kvcomm.kv_select.tokens`); the rest stay in its cache, masked in every layer, so
 positions do not move.
 
+Variants (`kvmesh.kvcomm.channel`): `kv-select@P` reads P% of the layers, `kv-select@P:tokens@T` also only T% of
+the context tokens, `kv-select@P+tN` after N latent thoughts (the names `kvmesh bench latent` gives its modes),
+each derived from the team's kv-select settings. A sender read over variants with different thoughts runs the
+most of them once; each variant keeps its prompt cache with its own number of thought positions.
+
 Usage stays exact: the receiver's input tokens include the C positions it read and `cache_read` counts them;
 the sender's prefill is its own input.
 
@@ -39,6 +44,7 @@ cache (its sender ran dense without keeping one) is read as text.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
@@ -55,6 +61,8 @@ from kvmesh.llm.segment import KVSegment
 
 NAME = "kv-select"
 log = logging.getLogger("kvmesh")
+# a variant's label: P% of the layers, optionally T% of the context tokens and N latent thoughts
+LABEL = re.compile(r"(?P<layers>\d+)(?::tokens@(?P<tokens>\d+))?(?:\+t(?P<thoughts>\d+))?")
 
 
 @dataclass
@@ -129,9 +137,13 @@ class KVSelectChannel(Channel):
     """Reads a sender's context cache in the chosen layers; see the module docstring."""
 
     name = NAME
-    summary = "senders only prefill (their transcripts stay empty); receivers read their prompt caches in chosen layers"
+    summary = (
+        "senders only prefill (their transcripts stay empty); receivers read their prompt caches in chosen layers; "
+        "variants kv-select@P (P% of the layers), kv-select@P:tokens@T, kv-select@P+tN (after N latent thoughts)"
+    )
     settings_class = KVSelectConfig
     reads_reply = False  # a receiver reads the sender's prompt cache: a sender nobody else reads generates nothing
+    carries_caches = True
     calibrates = True  # layers chosen on where receivers attend (`calibrate`)
 
     def __init__(self, settings: KVSelectConfig | None = None, record: bool = False) -> None:
@@ -143,6 +155,33 @@ class KVSelectChannel(Channel):
         self._models: dict[int, KVModel] = {}
         self._moved: dict[int, int] = {}  # id(context segment) -> bytes its last placement read
         self.calls = self.latent_tokens = self.moved_bytes = self.dropped_tokens = 0
+
+    @classmethod
+    def variant(cls, label: str, settings: KVSelectConfig) -> KVSelectConfig:
+        """`P[:tokens@T][+tN]`: P% of the layers (chosen as `fraction` chooses them), T% of the context tokens,
+        N latent thoughts; the rest of `settings` as they are."""
+        found = LABEL.fullmatch(label)
+        if found is None:
+            raise ValueError(
+                f"{label!r} is not a kv-select variant; name one kv-select@P (P% of the layers), "
+                "kv-select@P:tokens@T (and T% of the context tokens) or kv-select@P+tN (after N latent thoughts), "
+                "e.g. kv-select@30, kv-select@100:tokens@50, kv-select@100+t5"
+            )
+        if settings.layers is not None:
+            raise ValueError(
+                f"kv-select's settings fix its layers ({list(settings.layers)}), so a variant's share of the "
+                "layers would not apply: drop the fixed layers or name the channel kv-select alone"
+            )
+        layers, tokens, thoughts = (found.group(key) for key in ("layers", "tokens", "thoughts"))
+        for share, what in ((layers, "layers"), (tokens, "context tokens")):
+            if share is not None and not 1 <= int(share) <= 100:
+                raise ValueError(f"a kv-select variant reads 1 to 100% of the {what}, got {share}")
+        return replace(
+            settings,
+            fraction=int(layers) / 100,
+            token_fraction=int(tokens) / 100 if tokens is not None else settings.token_fraction,
+            thoughts=int(thoughts) if thoughts is not None else settings.thoughts,
+        )
 
     def check(self, sender: Endpoint, receiver: Endpoint, where: str) -> None:
         """Both ends on one model, or on two loaded models with one KV geometry and one tokenizer (a fine-tuned
@@ -232,6 +271,9 @@ class KVSelectChannel(Channel):
             return
         read = sum(len(p.token_ids) for p in turn.pieces if p.kind == LATENT and p.channel == self.name)
         own = generation.prompt_kv
+        extra = generation.latent_steps - self.config.thoughts  # thoughts the row ran for another variant
+        if extra > 0:
+            own = own.slice(0, len(own) - extra)
         if read:
             own = self._ropes[id(turn.model)].move(own.slice(read), 0)
         turn.store[reply_key(*turn.receiver, self.name)] = Cached(self.name, own)
