@@ -56,10 +56,12 @@ class GraphDesigner(Protocol):
     """Anything that chooses each task's graph: `kvmesh.topology` designers implement it.
 
     `seen_ids` lists the task ids it learned from (training and validation; empty for one that learned nothing):
-    an evaluation leaves them out, so a designer is never scored on what it saw.
+    an evaluation leaves them out, so a designer is never scored on what it saw. `channels` names every channel its
+    graphs may put an edge on beyond the team's own graph's (empty when none): the team sets each up.
     """
 
     seen_ids: Sequence[str]
+    channels: Sequence[str]
 
     def design_batch(self, tasks: Sequence[Task]) -> list[CommGraph]: ...
 
@@ -129,16 +131,20 @@ class Team:
         self._settings = settings
         for edge in self.graph.edges():
             check_channel(edge.channel, f"edge {edge.source} -> {edge.target} ({edge.kind})")
-        self.channels: dict[str, Channel] = {}
-        for name in sorted(self._channel_names(self.graph)):
-            self.channels[name] = make_channel(name, settings.get(name), settings.get(base_channel(name)))
-        self._check_channels(self.graph)
         if designer is not None and not isinstance(designer, GraphDesigner):
             raise TypeError(
-                "designer must have a design_batch(tasks) method and a seen_ids list (the task ids it learned from, "
-                f"empty if none), got {type(designer).__name__}"
+                "designer must have a design_batch(tasks) method, a seen_ids list (the task ids it learned from, "
+                "empty if none) and a channels list (those its graphs may use beyond the team's own, empty if "
+                f"none), got {type(designer).__name__}"
             )
         self.designer = designer
+        designed = set(designer.channels) if designer is not None else set()
+        for name in designed:
+            check_channel(name, f"{type(designer).__name__}.channels")
+        self.channels: dict[str, Channel] = {}
+        for name in sorted(self._channel_names(self.graph) | designed):
+            self.channels[name] = make_channel(name, settings.get(name), settings.get(base_channel(name)))
+        self._check_channels(self.graph)
 
     def _rounds_that_repeat(self, accepted: bool) -> None:
         """A multi-round graph without temporal edges: no round reads another, so greedy rounds repeat the first."""
@@ -263,7 +269,7 @@ class Team:
 
     def check_graph(self, graph: CommGraph) -> None:
         """A per-task graph must use some of this team's agents, and only channels the team set up (those of
-        its own graph and decision), each on agents it can join."""
+        its own graph, its decision and its designer's), each on agents it can join."""
         if graph is self.graph:
             return
         if not isinstance(graph, CommGraph):
@@ -277,7 +283,8 @@ class Team:
         if extra:
             raise GraphError(
                 f"a task's graph has {', '.join(extra)} edges but the team's own graph has none; put the team on "
-                f"them (graph.with_channel({extra[0]!r})) so their state exists"
+                f"them (graph.with_channel({extra[0]!r})), or give it a designer whose channels name them, so "
+                "their state exists"
             )
         self._check_channels(graph)
 

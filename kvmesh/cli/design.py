@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from kvmesh.agents.task import Task
@@ -113,23 +113,30 @@ def _add_designer_settings(parser: argparse.ArgumentParser) -> None:
                 continue
             seen.add(setting.name)
             defaults = {
-                kind: other.config_class.__dataclass_fields__[setting.name].default
+                kind: repr_default(other.config_class.__dataclass_fields__[setting.name])
                 for kind, other in designers.items()
                 if setting.name in other.config_class.__dataclass_fields__
             }
             if len(set(defaults.values())) == 1:
-                default = f"default {setting.default}"
+                default = f"default {defaults[next(iter(defaults))]}"
             else:
                 default = "default " + ", ".join(f"{kind} {value}" for kind, value in defaults.items())
             which = "" if len(defaults) == len(designers) else f"{', '.join(defaults)} only; "
-            kind = type(setting.default)
-            style = {"action": argparse.BooleanOptionalAction} if kind is bool else {"type": kind}
-            parser.add_argument(
-                flag(setting.name),
-                default=None,
-                help=argparse_help(f"{shared.get(setting.name) or helps.get(setting.name, '')} ({which}{default})"),
-                **style,
-            )
+            value = setting.default_factory() if setting.default is MISSING else setting.default
+            if isinstance(value, bool):
+                style = {"action": argparse.BooleanOptionalAction}
+            elif isinstance(value, list):
+                style = {"nargs": "+", "type": str}
+            else:
+                style = {"type": type(value)}
+            suffix = f" ({which}{default})" if value not in ("", []) or which else ""
+            text = shared.get(setting.name) or helps.get(setting.name, "")
+            parser.add_argument(flag(setting.name), default=None, help=argparse_help(text + suffix), **style)
+
+
+def repr_default(setting: Field) -> str:
+    """A setting's default as help shows it."""
+    return str(setting.default_factory() if setting.default is MISSING else setting.default)
 
 
 def designer_config(kind: str, args: argparse.Namespace, seed: int):

@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     if config.graph_out:
         team_picture(team, result, config.graph_out)
     if team.designer is not None and not config.json:
-        edges = ", ".join(f"{e.source}->{e.target}" for e in result.graph.edges()) or "none"
+        edges = ", ".join(f"{e.key} [{e.channel}]" for e in result.graph.edges()) or "none"
         print(f"designed graph: agents {', '.join(result.graph.agents)}; edges {edges}", file=sys.stderr)
     channels = team.channel_stats()
     if config.json:

@@ -4,6 +4,9 @@ Conventions shared by every format:
     spatial edges     solid arrows, left to right along the graph's levels (agents that read only earlier levels)
     temporal edges    dashed, curved arrows (round r -> round r + 1); a self-edge (an agent reading its own last
                       answer) is a small dashed loop above its node
+    channels          an edge on another channel than text is drawn in that channel's colour (one per channel
+                      name, variants apart, in sorted order; the legend names each) and, in Mermaid and DOT,
+                      labelled with it
     decision node     a distinct shape at the right; every agent feeds it (drawn only when `decision` is named)
     pruned edges      candidate edges a designer removed: dotted and faint, so before/after reads at a glance;
                       `faint_label` renames them (a "before" picture shows unused candidates this way), and one
@@ -46,6 +49,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from kvmesh.graph.edge import SPATIAL, TEMPORAL, Edge, GraphError, GraphView
+from kvmesh.kvcomm.channel import DEFAULT_CHANNEL
 
 FORMATS = (".png", ".svg")
 MAX_COLUMNS = 7  # columns 2.2 in apart: 7 fit in about 2,300 px at 150 dpi
@@ -136,6 +140,8 @@ def to_mermaid(
     for edge in graph.edges():
         arrow = "-->" if edge.kind == SPATIAL else "-.->"
         label = _label(edge, counts, tokens_mean) or ("next round" if edge.kind == TEMPORAL else "")
+        if edge.channel != DEFAULT_CHANNEL:
+            label = f"{edge.channel}, {label}" if label else edge.channel
         link = f'{arrow}|"{label}"|' if label else arrow
         lines.append(f"    {_node_id(edge.source)} {link} {_node_id(edge.target)}")
     for edge in pruned:
@@ -172,7 +178,10 @@ def to_dot(
     if decision:
         lines.append(f'    {_node_id(decision)} [label="{_text(decision)}", shape=doubleoctagon];')
     for edge in graph.edges():
-        attributes = [f'label="{_label(edge, counts, tokens_mean)}"']
+        label = _label(edge, counts, tokens_mean)
+        if edge.channel != DEFAULT_CHANNEL:
+            label = f"{edge.channel}, {label}" if label else edge.channel
+        attributes = [f'label="{_text(label)}"']
         if edge.kind == TEMPORAL:
             attributes += ["style=dashed", "constraint=false"]
         if edge.weight is not None:
@@ -339,12 +348,15 @@ def draw(
             rad = 0.3 if aside else bend(edge.source, edge.target, -0.45)
             style = {"color": "0.6", "alpha": 0.45, "linestyle": ":", "linewidth": 1.0}
             connect(edge.source, edge.target, rad, f"{faint_label}-{edge.kind}", **style)
+        channel_colour = _channel_colours(graph)
         for edge in graph.edges():
             weight = 1.0 if edge.weight is None else edge.weight
             rad = 0.35 if edge.kind == TEMPORAL else bend(edge.source, edge.target, -0.45)
             style = {"color": "0.15", "linewidth": 0.6 + 2.6 * weight}
             if edge.kind == TEMPORAL:
                 style |= {"color": "tab:purple", "linestyle": "--"}
+            if edge.channel in channel_colour:
+                style["color"] = channel_colour[edge.channel]
             connect(edge.source, edge.target, rad, edge.kind, **style)
             if not (label := _label(edge, counts, tokens_mean)):
                 continue
@@ -383,6 +395,15 @@ def draw(
     return path
 
 
+CHANNEL_COLOURS = ("tab:blue", "tab:green", "tab:red", "tab:orange", "tab:cyan", "tab:brown", "tab:pink", "tab:olive")
+
+
+def _channel_colours(graph: GraphView) -> dict[str, str]:
+    """A colour for each channel other than text that the graph's edges use, in sorted order (cycling)."""
+    names = sorted({edge.channel for edge in graph.edges()} - {DEFAULT_CHANNEL})
+    return {name: CHANNEL_COLOURS[i % len(CHANNEL_COLOURS)] for i, name in enumerate(names)}
+
+
 def _legend(
     axes, graph: GraphView, role_colour: Mapping[str, tuple], decision: str | None, faint: str | None, width: float
 ) -> None:
@@ -391,10 +412,14 @@ def _legend(
     for role, colour in role_colour.items():
         axes.scatter([], [], color=colour, label=role)
     kinds = {edge.kind for edge in graph.edges()}
+    colours = _channel_colours(graph)
+    text = "text " if colours else ""  # name the text channel only beside others
     if SPATIAL in kinds:
-        axes.plot([], [], color="0.15", label="spatial edge (same round)")
+        axes.plot([], [], color="0.15", label=f"{text}spatial edge (same round)")
     if TEMPORAL in kinds:
-        axes.plot([], [], color="tab:purple", linestyle="--", label="temporal edge (next round)")
+        axes.plot([], [], color="tab:purple", linestyle="--", label=f"{text}temporal edge (next round)")
+    for channel, colour in colours.items():
+        axes.plot([], [], color=colour, linewidth=2.0, label=f"{channel} edge")
     if decision:
         axes.plot([], [], color="0.55", linewidth=0.8, label=f"read by {decision}")
     if faint:

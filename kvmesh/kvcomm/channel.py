@@ -442,6 +442,17 @@ def settings_class_of(name: str) -> type | None:
     return implementation.settings_class if is_channel_class else None
 
 
+def carries_caches(name: str) -> bool:
+    """Whether channel `name` (or a variant) brings messages as KV caches (`Channel.carries_caches`); a factory
+    that is not a Channel class counts as one that does (it might)."""
+    implementation = _implementation(name)
+    return (
+        implementation.carries_caches
+        if isinstance(implementation, type) and issubclass(implementation, Channel)
+        else True
+    )
+
+
 def settings_changes(name: str, settings=None) -> dict:
     """The fields of channel `name`'s `settings` (see `channel_settings`) that differ from its defaults, as a
     JSON-ready dict: what a run records of the settings somebody chose."""

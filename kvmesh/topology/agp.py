@@ -109,7 +109,7 @@ class AGP(GDesigner):
         if config.mining_singles:
             graphs += [CommGraph([name]) for name in candidates.agents if CommGraph([name]) != self.team.graph]
         for _ in range(config.mining_samples):
-            graph = sample_design(candidates, spatial, temporal, generator, keep).graph
+            graph = sample_design(candidates, spatial, temporal, generator, keep, self._uniform_channels()).graph
             if graph not in graphs:
                 graphs.append(graph)
         return graphs
@@ -151,25 +151,50 @@ class AGP(GDesigner):
 
     # --- stage II --------------------------------------------------------------------------------------------
 
-    def fit_targets(self, mined: Sequence[dict]) -> tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(example indices, keep (M, N), spatial (M, E), temporal (M, T)) of the solved examples."""
+    def _uniform_channels(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Every channel equally likely on every candidate (mining draws them so), or None without a choice."""
+        candidates = self.candidates
+        if not candidates.choosing:
+            return None
+        share = 1 / len(candidates.channels)
+        return tuple(
+            torch.full((len(pairs), len(candidates.channels)), share)
+            for pairs in (candidates.spatial, candidates.temporal)
+        )
+
+    def fit_targets(self, mined: Sequence[dict]) -> tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor, tuple]:
+        """(example indices, keep (M, N), spatial (M, E), temporal (M, T), channels) of the solved examples;
+        channels: the (M, E) and (M, T) channel index of each mined edge (-1: no edge, or none to choose)."""
         names, candidates = self.candidates.agents, self.candidates
-        rows, keeps, spatials, temporals = [], [], [], []
-        for index, line in enumerate(mined):
+        index = {name: c for c, name in enumerate(candidates.channels)}
+        rows, keeps, spatials, temporals, chosen = [], [], [], [], ([], [])
+        for number, line in enumerate(mined):
             if line["best"] is None:
                 continue
             graph = CommGraph.from_dict(line["graphs"][line["best"]])
-            spatial, temporal = graph.edge_set("spatial"), graph.edge_set("temporal")
-            rows.append(index)
+            rows.append(number)
             keeps.append([float(a in graph.agents) for a in names])
-            spatials.append([float((names[i], names[j]) in spatial) for i, j in candidates.spatial])
-            temporals.append([float((names[i], names[j]) in temporal) for i, j in candidates.temporal])
+            for kind, pairs, targets, channels in (
+                ("spatial", candidates.spatial, spatials, chosen[0]),
+                ("temporal", candidates.temporal, temporals, chosen[1]),
+            ):
+                on = {(e.source, e.target): e.channel for e in graph.edges(kind)}
+                targets.append([float((names[i], names[j]) in on) for i, j in pairs])
+                channels.append([index.get(on.get((names[i], names[j])), -1) for i, j in pairs])
         n, e, t = len(names), len(candidates.spatial), len(candidates.temporal)
         shape = lambda data, width: torch.tensor(data, dtype=torch.float32).reshape(len(rows), width)  # noqa: E731
-        return rows, shape(keeps, n), shape(spatials, e), shape(temporals, t)
+        picks = lambda data, width: torch.tensor(data, dtype=torch.long).reshape(len(rows), width)  # noqa: E731
+        return (
+            rows,
+            shape(keeps, n),
+            shape(spatials, e),
+            shape(temporals, t),
+            (picks(chosen[0], e), picks(chosen[1], t)),
+        )
 
-    def fit_loss(self, probs, keep, spatial, temporal) -> dict[str, torch.Tensor]:
-        """Stage II terms for M examples: keep (M, N), spatial (M, E), temporal (M, T) targets (0/1)."""
+    def fit_loss(self, probs, keep, spatial, temporal, channels=None) -> dict[str, torch.Tensor]:
+        """Stage II terms for M examples: keep (M, N), spatial (M, E), temporal (M, T) targets (0/1), and with a
+        channel choice the (M, E), (M, T) channel targets (-1: none)."""
         config: AGPConfig = self.config
         both = _both_kept(keep, self.module.spatial_pairs)  # (M, E): edges whose two ends the mined graph kept
         edges = _masked_bce(probs.spatial, spatial, both)
@@ -180,6 +205,8 @@ class AGP(GDesigner):
             "edges": config.edge_weight * edges,
             "consistency": config.consistency_weight * (probs.spatial * (1 - both)).mean(),
         }
+        if probs.channels is not None and channels is not None:
+            terms["channels"] = config.edge_weight * _channel_nll(probs.channels, channels)
         return terms | self.regularizers(probs)
 
     def fit(self, trainset: Sequence, mined: Sequence[dict]) -> dict:
@@ -187,7 +214,7 @@ class AGP(GDesigner):
         `fit_holdout` share of them is held out and the epoch with the lowest held-out loss is kept (a few
         hundred tasks are otherwise easy to memorise). Returns the loss terms at that epoch."""
         config: AGPConfig = self.config
-        rows, keep, spatial, temporal = self.fit_targets(mined)
+        rows, keep, spatial, temporal, channels = self.fit_targets(mined)
         if not rows:
             raise ValueError(
                 "no mined graph solved any training task: use more tasks, more mining_samples, or a model strong "
@@ -203,7 +230,8 @@ class AGP(GDesigner):
         for epoch in range(config.fit_epochs):
             self.module.train()
             output = self.module(features[fitted], generator)
-            terms = self.fit_loss(self.from_output(output), keep[fitted], spatial[fitted], temporal[fitted])
+            chosen = tuple(c[fitted] for c in channels)
+            terms = self.fit_loss(self.from_output(output), keep[fitted], spatial[fitted], temporal[fitted], chosen)
             optimizer.zero_grad()
             sum(terms.values(), torch.zeros(())).backward()
             optimizer.step()
@@ -211,7 +239,8 @@ class AGP(GDesigner):
                 with torch.no_grad():
                     self.module.eval()
                     probs = self.from_output(self.module(features[held]))
-                    checked = self.fit_loss(probs, keep[held], spatial[held], temporal[held])
+                    chosen = tuple(c[held] for c in channels)
+                    checked = self.fit_loss(probs, keep[held], spatial[held], temporal[held], chosen)
                     loss = float(sum(checked.values()))
             else:
                 checked, loss = terms, sum(terms.values()).item()
@@ -230,6 +259,7 @@ class AGP(GDesigner):
     def compile(self, team, trainset, valset=(), metric=None, out=None, resume=False, progress=True) -> Team:
         metric = self._metric(metric)
         self.bind(team)
+        designed, team = team, self.rollout_team(team)
         out = Path(out) if out is not None else None
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
@@ -255,7 +285,7 @@ class AGP(GDesigner):
             start = fitted and {"step": 0, **fitted, "weights": copy_weights(self.module.state_dict()), "extra": {}}
             tune = out / "tune" if out else None
             reinforce(self, team, trainset, valset, metric, tune, resume, progress, "tune", start)
-        return self.apply(team)
+        return self.apply(designed)
 
 
 def _clamp(probs: torch.Tensor) -> torch.Tensor:
@@ -264,6 +294,15 @@ def _clamp(probs: torch.Tensor) -> torch.Tensor:
 
 def _both_kept(keep: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
     return keep[:, pairs[:, 0]] * keep[:, pairs[:, 1]]
+
+
+def _channel_nll(probs: tuple[torch.Tensor, torch.Tensor], targets: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Mean negative log-probability of the mined channel of every mined edge (targets -1 left out; 0 if none)."""
+    logs = torch.cat([p.clamp_min(1e-9).log().reshape(-1, p.shape[-1]) for p in probs])
+    picks = torch.cat([t.reshape(-1) for t in targets])
+    if not bool((picks >= 0).any()):
+        return logs.new_zeros(())
+    return torch.nn.functional.nll_loss(logs, picks, ignore_index=-1)
 
 
 def _masked_bce(probs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,9 @@
     designer.save("runs/agp/designer"); Designer.load("runs/agp/designer").apply(team)
 
 A designer binds to a team: its agents (in order), its rounds and its channel fix the candidate edges
-(`kvmesh.topology.candidates`), and the team's own graph is the "before" picture and the anchor topology.
+(`kvmesh.topology.candidates`), and the team's own graph is the "before" picture and the anchor topology. With
+`channels` (two or more: `text`, `kv-select@100`, `kv-select@100+t5`, ...) every kept edge also chooses its
+channel, a categorical per candidate edge that every designer learns; the team sets each channel up.
 Examples in `trainset`/`valset` are `Task`s or objects with a `.task` (benchmark samples); the metric gets
 the example back with the team's result.
 
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -33,7 +35,7 @@ from kvmesh.agents.team import Team
 from kvmesh.config import ConfigError
 from kvmesh.graph.edge import TEMPORAL
 from kvmesh.graph.graph import CommGraph
-from kvmesh.kvcomm.channel import DEFAULT_CHANNEL
+from kvmesh.kvcomm.channel import DEFAULT_CHANNEL, check_channel
 from kvmesh.plugins import PluginNotAvailableError, Registry
 from kvmesh.topology.candidates import Candidates, Sampled, sample_design, threshold_design
 from kvmesh.training.reinforce import Metric, ReinforceConfig, reinforce
@@ -47,14 +49,34 @@ class DesignerConfig(ReinforceConfig):
 
     Args:
         threshold: probability above which the evaluation graph keeps an edge (or an agent).
+        channels: the channels each kept edge chooses among (two or more; variants such as kv-select@30 and
+            kv-select@100+t5 too); empty: every edge on the team's own channel. Choosing designers weigh cost in
+            time unless a cost is given.
+        cost: what a task's run costs (tokens, generated, time or kv-bytes; see the REINFORCE settings); default:
+            time when edges choose among channels, else tokens.
     """
 
     threshold: float = 0.5
+    channels: list[str] = field(default_factory=list)
+    cost: str = ""  # "": time when choosing channels, else tokens (see ReinforceConfig.cost)
 
     def __post_init__(self) -> None:
+        self.channels = list(self.channels)
+        if not self.cost:
+            self.cost = "time" if len(self.channels) > 1 else "tokens"
         super().__post_init__()
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"{{threshold}} must be in (0, 1), got {self.threshold}")
+        if len(self.channels) == 1 or len(set(self.channels)) < len(self.channels):
+            raise ConfigError(
+                f"{{channels}} lists the channels edges choose among: two or more, each once (got {self.channels}); "
+                "leave it empty to keep the team's own channel"
+            )
+        for name in self.channels:
+            try:
+                check_channel(name, "{channels}")
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
 
 
 @dataclass
@@ -66,6 +88,11 @@ class Probabilities:
     temporal: torch.Tensor
     keep: torch.Tensor | None = None
     extra: Any = None
+    channels: tuple[torch.Tensor, torch.Tensor] | None = None  # (B, E, C), (B, T, C) when edges choose channels
+
+    def channels_of(self, b: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Task `b`'s channel probabilities, (E, C) and (T, C)."""
+        return None if self.channels is None else (self.channels[0][b], self.channels[1][b])
 
 
 class Designer:
@@ -88,12 +115,17 @@ class Designer:
         self.training: dict = {}  # figures from compile: seconds, normaliser, validation, history
         self.path: Path | None = None
 
+    @property
+    def channels(self) -> list[str]:
+        """The channels its graphs may put an edge on beyond the team's own (a `GraphDesigner`'s)."""
+        return list(self.config.channels)
+
     # --- binding -----------------------------------------------------------------------------------------------
 
     def bind(self, team: Team) -> None:
         """Fix the candidates from `team` and build the parameters (once; a second team must match: the same
         agents in the same order, rounds on the same side of one, and the same channel)."""
-        candidates = _candidates_for(team)
+        candidates = _candidates_for(team, self.config.channels)
         if self.candidates is not None:
             if candidates != self.candidates:
                 raise ValueError(
@@ -134,7 +166,7 @@ class Designer:
         probs = self.probabilities(tasks, noise=generator)
         keep = probs.keep if probs.keep is not None else [None] * len(tasks)
         samples = [
-            sample_design(candidates, probs.spatial[b], probs.temporal[b], generator, keep[b])
+            sample_design(candidates, probs.spatial[b], probs.temporal[b], generator, keep[b], probs.channels_of(b))
             for b in range(len(tasks))
         ]
         return samples, probs
@@ -148,7 +180,7 @@ class Designer:
         keep = probs.keep if probs.keep is not None else [None] * len(tasks)
         threshold = self.config.threshold
         return [
-            threshold_design(candidates, probs.spatial[b], probs.temporal[b], threshold, keep[b])
+            threshold_design(candidates, probs.spatial[b], probs.temporal[b], threshold, keep[b], probs.channels_of(b))
             for b in range(len(tasks))
         ]
 
@@ -188,8 +220,13 @@ class Designer:
         """Train on `trainset`, keep the version that does best on `valset`, return the designed team.
         `out`: a folder for checkpoints (every update) so that `resume=True` continues a killed run."""
         self.bind(team)
-        reinforce(self, team, trainset, valset, self._metric(metric), out, resume, progress)
+        reinforce(self, self.rollout_team(team), trainset, valset, self._metric(metric), out, resume, progress)
         return self.apply(team)
+
+    def rollout_team(self, team: Team) -> Team:
+        """`team` with every channel this designer's graphs may choose set up, for training rollouts (each batch
+        passes its graphs; a team without a choice is returned as it is)."""
+        return team.with_graph(team.graph, designer=self) if self._require_bound().choosing else team
 
     def _metric(self, metric: Metric | None) -> Metric:
         metric = metric or self.metric
@@ -236,10 +273,11 @@ class Designer:
         known = {f.name for f in fields(cls.config_class)}
         designer = cls(cls.config_class(**{k: v for k, v in data["config"].items() if k in known}))
         saved = Team.from_spec(data["team"])  # agents name their models; nothing loads until a call
-        if team is not None and _candidates_for(team) != _candidates_for(saved):
+        choices = designer.config.channels
+        if team is not None and _candidates_for(team, choices) != _candidates_for(saved, choices):
             raise ValueError(
-                f"{path}: this designer was built for {_describe(_candidates_for(saved))}, "
-                f"not for {_describe(_candidates_for(team))}"
+                f"{path}: this designer was built for {_describe(_candidates_for(saved, choices))}, "
+                f"not for {_describe(_candidates_for(team, choices))}"
             )
         designer.bind(team or saved)
         designer.module.load_state_dict(torch.load(path / WEIGHTS_FILE, weights_only=True))
@@ -266,16 +304,20 @@ DESIGNERS: Registry[type[Designer]] = Registry(
 )
 
 
-def _candidates_for(team: Team) -> Candidates:
+def _candidates_for(team: Team, choices: Sequence[str] = ()) -> Candidates:
+    """The team's candidates: on `choices` when edges choose their channel, else on the team's one channel."""
+    if choices:
+        return Candidates.build(team.agent_names, team.rounds, choices)
     channels = team.graph.channels() or {DEFAULT_CHANNEL}
     if len(channels) > 1:
         raise ValueError(
-            f"designers put every edge on one channel; the team's graph mixes {sorted(channels)}. "
-            "Use graph.with_channel(...) first."
+            f"designers put every edge on one channel unless given channels to choose among; the team's graph "
+            f"mixes {sorted(channels)}. Use graph.with_channel(...) first, or pass them as channels."
         )
-    return Candidates.build(team.agent_names, team.rounds, next(iter(channels)))
+    return Candidates.build(team.agent_names, team.rounds, tuple(channels))
 
 
 def _describe(candidates: Candidates) -> str:
     rounds = "several rounds" if candidates.temporal else "one round"
-    return f"agents {list(candidates.agents)} over {rounds} on {candidates.channel!r} edges"
+    on = " or ".join(repr(c) for c in candidates.channels)
+    return f"agents {list(candidates.agents)} over {rounds} on {on} edges"

@@ -6,6 +6,9 @@ with a moving-average baseline; every `prune_every` updates the lowest `pruning_
 edges above the threshold, spatial ones added in order of falling probability while they stay acyclic, so
 `compile` returns a team whose graph is that graph (no per-task work at run time).
 
+With channels to choose among (`channels`), each candidate edge also has a logit vector over them (uniform at
+the start), trained by the same REINFORCE signal.
+
 Caveat: an agent is never removed, only its edges; every agent still runs and feeds the decision.
 """
 
@@ -49,12 +52,16 @@ class EdgeLogitsConfig(DesignerConfig):
 
 
 class EdgeLogits(nn.Module):
-    """Logits and keep masks: spatial (E,), temporal (T,)."""
+    """Logits and keep masks: spatial (E,), temporal (T,); with C > 1 channels, channel logits (E, C), (T, C)."""
 
-    def __init__(self, spatial: int, temporal: int) -> None:
+    def __init__(self, spatial: int, temporal: int, channels: int = 1) -> None:
         super().__init__()
         self.spatial = nn.Parameter(torch.zeros(spatial))
         self.temporal = nn.Parameter(torch.zeros(temporal))
+        self.channels = channels
+        if channels > 1:
+            self.spatial_channel = nn.Parameter(torch.zeros(spatial, channels))
+            self.temporal_channel = nn.Parameter(torch.zeros(temporal, channels))
         self.register_buffer("spatial_mask", torch.ones(spatial, dtype=torch.bool))
         self.register_buffer("temporal_mask", torch.ones(temporal, dtype=torch.bool))
 
@@ -89,12 +96,17 @@ class EdgeLogitsDesigner(Designer):
         self.baseline: float | None = None
 
     def _build(self, team: Team) -> None:
-        self.module = EdgeLogits(len(self.candidates.spatial), len(self.candidates.temporal))
+        candidates = self.candidates
+        self.module = EdgeLogits(len(candidates.spatial), len(candidates.temporal), len(candidates.channels))
 
     def probabilities(self, tasks: Sequence[Task], noise: torch.Generator | None = None) -> Probabilities:
         spatial, temporal = self.module.probabilities()
         batch = len(tasks)
-        return Probabilities(spatial.expand(batch, -1), temporal.expand(batch, -1))
+        channels = None
+        if self.module.channels > 1:
+            per_edge = (self.module.spatial_channel, self.module.temporal_channel)
+            channels = tuple(logits.softmax(-1).expand(batch, -1, -1) for logits in per_edge)
+        return Probabilities(spatial.expand(batch, -1), temporal.expand(batch, -1), channels=channels)
 
     def advantages(self, utilities: torch.Tensor) -> torch.Tensor:
         """Against a moving average of past batches' mean utility (the first batch is its own baseline)."""

@@ -84,6 +84,7 @@ class GDesigner(Designer):
             config.latent,
             keep_head=self.prunes_agents,
             scalars=EXTRA_FEATURES,
+            channels=len(self.candidates.channels),
         )
         anchored = set(anchor)
         self.anchor_target = torch.tensor([float(pair in anchored) for pair in self.candidates.spatial])
@@ -101,7 +102,8 @@ class GDesigner(Designer):
     @staticmethod
     def from_output(output: DesignerOutput) -> Probabilities:
         keep = torch.sigmoid(output.keep) if output.keep is not None else None
-        return Probabilities(torch.sigmoid(output.spatial), torch.sigmoid(output.temporal), keep, output)
+        channels = tuple(logits.softmax(-1) for logits in output.channels) if output.channels else None
+        return Probabilities(torch.sigmoid(output.spatial), torch.sigmoid(output.temporal), keep, output, channels)
 
     def regularizers(self, probs: Probabilities) -> dict[str, torch.Tensor]:
         config: GDesignerConfig = self.config

@@ -7,6 +7,8 @@
     spatial logit(i → j)  = ⟨S z_i, T z_j⟩ / √d + b_ij    one bias per candidate edge
     temporal logit(i → j) = ⟨S' z_i, T' z_j⟩ / √d + b'_ij
     keep logit(i)         = MLP_keep([z_i, z_task, z_i ⊙ z_task, r_i, r_i − mean_j r_j])   (AGP only)
+    channel logits(i → j) = W_c [z_i, z_j] + c_ij          C channels, a bias vector per candidate (when edges
+                                                          choose their channel; temporal edges their own head)
 
 where r_i are agent i's scalar input features (relevance to the task and the like, the last `scalars` of x):
 the keep head reads them directly, and against the team's mean, because whether an agent is needed is a
@@ -21,7 +23,7 @@ probability inside 0.27–0.73). The skip connections keep the input's relevance
 the heads.
 
 Shapes: B tasks, N agents, F features, Z latent size; x (B, N + 1, F) -> μ, log σ² (B, N + 1, Z); spatial
-logits (B, E); temporal logits (B, T); keep logits (B, N).
+logits (B, E); temporal logits (B, T); keep logits (B, N); channel logits (B, E, C) and (B, T, C).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class DesignerOutput:
     keep: torch.Tensor | None  # (B, N) logits, AGP only
     mu: torch.Tensor  # (B, N + 1, Z)
     logvar: torch.Tensor  # (B, N + 1, Z)
+    channels: tuple[torch.Tensor, torch.Tensor] | None = None  # (B, E, C), (B, T, C) logits, when choosing
 
     def kl(self) -> torch.Tensor:
         """KL(q(z | x) || N(0, I)), averaged over nodes and summed over latent dimensions."""
@@ -63,6 +66,7 @@ class DesignerNet(nn.Module):
         hidden, latent: widths.
         keep_head: add AGP's per-agent keep logits.
         scalars: how many trailing features of x the keep head also reads directly.
+        channels: C, the channels an edge chooses among (1: no choice, no channel heads).
     """
 
     def __init__(
@@ -76,6 +80,7 @@ class DesignerNet(nn.Module):
         latent: int = 32,
         keep_head: bool = False,
         scalars: int = 0,
+        channels: int = 1,
     ) -> None:
         try:
             from torch_geometric.nn import GCNConv
@@ -101,6 +106,12 @@ class DesignerNet(nn.Module):
         if self.has_temporal:
             self.temporal_source, self.temporal_target = nn.Linear(latent, latent), nn.Linear(latent, latent)
             self.temporal_bias = nn.Parameter(torch.zeros(len(temporal)))
+        self.channels = channels
+        if channels > 1:
+            self.spatial_channel = nn.Linear(2 * latent, channels)
+            self.spatial_channel_bias = nn.Parameter(torch.zeros(len(spatial), channels))
+            self.temporal_channel = nn.Linear(2 * latent, channels)
+            self.temporal_channel_bias = nn.Parameter(torch.zeros(len(temporal), channels))
         self.scalars = scalars
         self.keep = _mlp(3 * latent + 2 * scalars, hidden, 1) if keep_head else None
         # cosines differ by tenths between agents: standardised, they weigh as much as the latents at once
@@ -114,6 +125,16 @@ class DesignerNet(nn.Module):
     def _pair_logits(self, z: torch.Tensor, pairs: torch.Tensor, source: nn.Linear, target: nn.Linear, bias):
         s, t = source(z[:, pairs[:, 0]]), target(z[:, pairs[:, 1]])  # (B, E, Z)
         return (s * t).sum(-1) / math.sqrt(self.latent) + bias
+
+    def _channel_logits(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(B, E, C) and (B, T, C) channel logits of every candidate, or None without a choice."""
+        if self.channels == 1:
+            return None
+        heads = (
+            (self.spatial_pairs, self.spatial_channel, self.spatial_channel_bias),
+            (self.temporal_pairs, self.temporal_channel, self.temporal_channel_bias),
+        )
+        return tuple(head(torch.cat([z[:, p[:, 0]], z[:, p[:, 1]]], dim=-1)) + bias for p, head, bias in heads)
 
     def forward(self, x: torch.Tensor, noise: torch.Generator | None = None) -> DesignerOutput:
         """`noise`: draw z = μ + σ·ε with this generator (training); None: z = μ (evaluation)."""
@@ -151,4 +172,4 @@ class DesignerNet(nn.Module):
                     )
                 scalars = rows.view_as(scalars)
             keep = self.keep(torch.cat([agents, task, agents * task, scalars], dim=-1)).squeeze(-1)
-        return DesignerOutput(spatial, temporal, keep, mu, logvar)
+        return DesignerOutput(spatial, temporal, keep, mu, logvar, self._channel_logits(z))

@@ -122,7 +122,8 @@ def rollouts(
 ) -> list[tuple[float, float, Any]]:
     """(score, cost, result) per example, all run in one batched pass; graphs None: the team's own; cost in the
     unit `cost` names (`kvmesh.training.reward.task_cost`)."""
-    results = team.run_batch([example_task(e) for e in examples], graphs=graphs)
+    own = [team.graph] * len(examples)  # explicit: a team with a designer would otherwise run the designer's graphs
+    results = team.run_batch([example_task(e) for e in examples], graphs=own if graphs is None else graphs)
     return [(float(metric(e, r)), task_cost(r.usage.total, cost), r) for e, r in zip(examples, results, strict=True)]
 
 

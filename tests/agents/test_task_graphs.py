@@ -3,6 +3,8 @@
 import pytest
 
 from kvmesh import Agent, CommGraph, GraphError, Task, Team
+from kvmesh.graph import Edge
+from kvmesh.kvcomm.channel import ChannelNotAvailableError
 
 
 def make_agents(names, max_new_tokens=4):
@@ -10,11 +12,12 @@ def make_agents(names, max_new_tokens=4):
 
 
 class FixedDesigner:
-    """Chooses a graph by the task's id: the smallest thing with `design_batch` and `seen_ids`."""
+    """Chooses a graph by the task's id: the smallest thing with `design_batch`, `seen_ids` and `channels`."""
 
-    def __init__(self, graphs):
+    def __init__(self, graphs, channels=()):
         self.graphs = graphs
         self.seen_ids = []
+        self.channels = list(channels)
 
     def design_batch(self, tasks):
         return [self.graphs[task.id] for task in tasks]
@@ -45,6 +48,20 @@ def test_a_designer_on_the_team_chooses_each_tasks_graph(tiny):
     assert [r.graph for r in results] == [graphs["solo"], graphs["pair"]]
     events = list(team.stream(Task("Q?", id="solo")))
     assert {getattr(e, "agent", None) for e in events} - {None} == {"b"}
+
+
+def test_a_designer_s_channels_are_set_up_by_the_team_and_its_graphs_may_use_them(tiny):
+    latent = CommGraph(["a", "b"], [Edge("a", "b", channel="kv-select@100")])
+    team = Team(make_agents("ab"), "chain", designer=FixedDesigner({"t": latent}, ["kv-select@100"]), decision="last")
+    assert set(team.channels) == {"text", "kv-select@100"}
+    (result,) = team.run_batch([Task("Q?", id="t")])
+    assert result.messages[0].content == ""  # read over kv-select only: the sender prefilled and stopped
+    assert team.channel_stats()["kv-select@100"]["calls"] == 1
+    without = Team(make_agents("ab"), "chain", designer=FixedDesigner({"t": latent}), decision="last")
+    with pytest.raises(GraphError, match="designer whose channels name them"):
+        without.run_batch([Task("Q?", id="t")])
+    with pytest.raises(ChannelNotAvailableError, match=r"FixedDesigner\.channels"):
+        Team(make_agents("ab"), "chain", designer=FixedDesigner({}, ["text@5"]))
 
 
 def test_majority_votes_only_over_the_agents_that_ran(tiny):

@@ -170,6 +170,20 @@ def test_a_failed_design_start_leaves_nothing_behind(tmp_path, capsys):
     assert "emptydir" in capsys.readouterr().err and not out.exists()
 
 
+def test_a_channel_choosing_designer_trains_saves_and_says_each_edge_s_channel(tiny, tmp_path, capsys):
+    out = tmp_path / "choosing"
+    args = ["design", "train", "infoqa", "--designer", "gdesigner", *TINY, "--channels", "text", "kv-select@100"]
+    args += ["--steps", "2", "--batch-size", "2", "--train-size", "4", "--val-size", "2", "--hidden", "8"]
+    assert main([*args, "--latent", "4", "--out", str(out)]) == 0
+    assert "(cost: time)" in capsys.readouterr().out
+    saved = json.loads((out / "designer" / DESIGNER_FILE).read_text())["config"]
+    assert saved["channels"] == ["text", "kv-select@100"] and saved["cost"] == "time"
+    assert main(["run", "In which city does Demi live?", "--designer", str(out)]) == 0
+    line = next(x for x in capsys.readouterr().err.splitlines() if x.startswith("designed graph"))
+    edges = line.split("; edges ", 1)[1].split(", ")
+    assert edges and all(e.endswith(("[text]", "[kv-select@100]")) for e in edges), line
+
+
 def test_a_kv_bytes_cost_on_a_text_team_names_the_flag_that_sets_its_scale(tiny, tmp_path, capsys):
     args = ["design", "train", "infoqa", "--designer", "gdesigner", *TINY, "--cost", "kv-bytes", "--steps", "1"]
     assert main([*args, "--train-size", "2", "--val-size", "1", "--out", str(tmp_path / "kv")]) == 2

@@ -126,6 +126,7 @@ def test_mermaid_exports_parse_with_mermaid_itself(tmp_path):
         "candidates": GRAPH.to_mermaid(pruned=[Edge("critic", "solver")], faint_label="candidate"),
         "collide": COLLIDE.to_mermaid(decision="decision"),
         "cjk": CJK.to_mermaid(tokens={"研究员->critic🦜": 5.4}, tokens_mean=True),
+        "channels": MIXED.to_mermaid(decision="decision", tokens={"a->b": 12}),
         "broken": "flowchart LR\n    a -->\n",  # the parser must be able to say no
     }
     parsed = mermaid_parse(tmp_path, texts)
@@ -137,6 +138,7 @@ def test_mermaid_exports_parse_with_mermaid_itself(tmp_path):
         "candidates": True,
         "collide": True,
         "cjk": True,
+        "channels": True,
         "broken": False,
     }, parsed
     assert parsed["full"]["type"].startswith("flowchart")
@@ -305,3 +307,24 @@ def test_the_legend_names_each_kind_of_line_drawn(tmp_path):
     spatial = svg_texts(CommGraph(["a", "b"], [("a", "b")]).draw(tmp_path / "spatial.svg"))
     assert "spatial edge (same round)" in spatial and "temporal edge (next round)" not in spatial
     assert "a" not in {t for t in spatial if spatial[t] and "start" in spatial[t]}  # agents are no legend entries
+
+
+MIXED = CommGraph(
+    ["a", "b", "c"],
+    [("a", "b", "spatial", "kv-select@100"), ("a", "c", "spatial", "text"), ("b", "c", "spatial", "kv-select@30+t5")],
+)
+
+
+def test_edges_on_other_channels_than_text_are_drawn_apart_and_named(tmp_path):
+    path = MIXED.draw(tmp_path / "mixed.svg")
+    texts = svg_texts(path)
+    assert {"text spatial edge (same round)", "kv-select@100 edge", "kv-select@30+t5 edge"} <= set(texts)
+    svg = path.read_text()
+    stroke = lambda gid: re.search(rf'<g id="{gid}">\s*<path[^>]*stroke: (#[0-9a-f]{{6}})', svg).group(1)  # noqa: E731
+    colours = [stroke(f"spatial-n_{a}-n_{b}") for a, b in (("a", "b"), ("b", "c"), ("a", "c"))]
+    assert len(set(colours)) == 3  # each channel its own colour, text apart from both
+    plain = svg_texts(CommGraph(["a", "b"], [("a", "b")]).draw(tmp_path / "plain.svg"))
+    assert "spatial edge (same round)" in plain and not any(t.endswith(" edge") and "@" in t for t in plain)
+    dot, mermaid = MIXED.to_dot(), MIXED.to_mermaid()
+    assert 'n_a -> n_b [label="kv-select@100"]' in dot and 'n_a -> n_c [label=""]' in dot
+    assert 'n_b -->|"kv-select@30+t5"| n_c' in mermaid and "n_a --> n_c" in mermaid

@@ -97,3 +97,79 @@ def test_when_every_agent_is_dropped_the_likeliest_runs_and_the_draws_count_as_m
             dropped_all = round(sampled.log_prob.item(), 6) == round(math.log(0.7 * 0.95 * 0.95), 6)
             forced += dropped_all  # the path "all three dropped", with a kept by force
     assert forced > 10  # about 63% of draws drop everyone
+
+
+CHOICES = ("text", "kv-select@30", "kv-select@100")  # two cache channels and one without
+
+
+def test_sampled_channels_never_make_an_agent_read_caches_over_two_channels(tiny):
+    """Every sampled graph is one a team accepts: the mask of the module docstring, under any probabilities."""
+    from kvmesh import Agent, Team
+
+    candidates = Candidates.build(NAMES[:4], rounds=2, channels=CHOICES)
+    assert candidates.caches == (False, True, True) and candidates.choosing
+    team = Team([Agent(n, model="tiny-random") for n in NAMES[:4]], "complete", rounds=2, channels={})
+    generator = torch.Generator().manual_seed(0)
+    used = set()
+    for _ in range(100):
+        spatial = torch.rand(len(candidates.spatial), generator=generator)
+        temporal = torch.rand(len(candidates.temporal), generator=generator)
+        channels = tuple(torch.rand(len(p), 3, generator=generator).softmax(-1) for p in (spatial, temporal))
+        graph = sample_design(candidates, spatial, temporal, generator, channel_probs=channels).graph
+        used |= {edge.channel for edge in graph.edges()}
+        caches = {}
+        for edge in graph.edges():
+            if edge.channel != "text":
+                caches.setdefault(edge.target, set()).add(edge.channel)
+        assert all(len(names) == 1 for names in caches.values()), graph.to_dict()
+        team.with_graph(graph.with_channel("text")).check_graph(graph.with_channel("text"))  # a valid DAG
+    assert used == set(CHOICES)  # every channel turns up
+
+
+def test_a_channel_choice_counts_in_the_log_prob_as_drawn_from_the_allowed_channels():
+    """a->b and c->b both kept (p 1): the edge decided first draws from all three channels, the second from what
+    the first leaves it (text, or the first's cache channel), renormalised. The visiting order is random, so the
+    log-probability must be that of the choices in one of the two orders."""
+    candidates = Candidates.build(["a", "b", "c"], channels=CHOICES)
+    keep = {("a", "b"), ("c", "b")}
+    pairs = [(candidates.agents[i], candidates.agents[j]) for i, j in candidates.spatial]
+    spatial = torch.tensor([float(pair in keep) for pair in pairs])
+    p = {"text": 0.2, "kv-select@30": 0.5, "kv-select@100": 0.3}
+    probs = torch.tensor([list(p.values())]).repeat(len(pairs), 1).requires_grad_()
+    generator = torch.Generator().manual_seed(3)
+
+    def log_prob(order: list[str]) -> float:
+        total, reading = 0.0, None
+        for name in order:
+            allowed = [c for c in CHOICES if c == "text" or reading in (None, c)]
+            total += math.log(p[name] / sum(p[c] for c in allowed))
+            reading = name if name != "text" else reading
+        return total
+
+    seen = set()
+    for _ in range(60):
+        sampled = sample_design(
+            candidates, spatial, torch.zeros(0), generator, channel_probs=(probs, torch.zeros(0, 3))
+        )
+        on = {(e.source, e.target): e.channel for e in sampled.graph.edges()}
+        assert set(on) == keep
+        ab, cb = on[("a", "b")], on[("c", "b")]
+        assert len({ab, cb} - {"text"}) <= 1  # b reads caches over one channel at most
+        orders = (log_prob([ab, cb]), log_prob([cb, ab]))
+        assert any(sampled.log_prob.item() == pytest.approx(v, abs=1e-4) for v in orders), (on, orders)
+        seen.add((ab, cb))
+    assert len(seen) >= 5  # text with anything, one cache channel on both, one each side
+    sampled.log_prob.backward()
+    assert probs.grad.abs().sum() > 0
+
+
+def test_the_evaluation_graph_puts_each_edge_on_its_likeliest_allowed_channel():
+    candidates = Candidates.build(["a", "b", "c"], channels=CHOICES)
+    pairs = [(candidates.agents[i], candidates.agents[j]) for i, j in candidates.spatial]
+    spatial = torch.tensor([0.9 if pair == ("a", "b") else 0.8 if pair == ("c", "b") else 0.1 for pair in pairs])
+    likeliest = {("a", "b"): [0.1, 0.2, 0.7], ("c", "b"): [0.3, 0.6, 0.1]}  # c->b prefers kv-select@30
+    probs = torch.tensor([likeliest.get(pair, [1 / 3] * 3) for pair in pairs])
+    graph = threshold_design(candidates, spatial, torch.zeros(0), channel_probs=(probs, torch.zeros(0, 3)))
+    on = {(e.source, e.target): e.channel for e in graph.edges()}
+    # a->b is decided first (likelier): kv-select@100; c->b may then not read over kv-select@30: text
+    assert on == {("a", "b"): "kv-select@100", ("c", "b"): "text"}
