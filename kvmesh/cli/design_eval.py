@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from kvmesh.cli.flags import config_from_args
 from kvmesh.cli.specs import designer_folder, seed_designer_folders
 from kvmesh.config import ConfigError
-from kvmesh.evals.benchmarks import BENCHMARKS, InfoQA, benchmark_class, make_benchmark
+from kvmesh.evals.benchmarks import BENCHMARKS, SINGLE, InfoQA, benchmark_class, make_benchmark
 from kvmesh.evals.figures import Point, plot_tradeoff
 from kvmesh.evals.paired import paired_comparison
 from kvmesh.evals.report import compare_report
@@ -37,7 +37,8 @@ from kvmesh.evals.runner import EvalConfig, run_eval
 from kvmesh.evals.seeds import seeds_table, write_seed_summary
 from kvmesh.evals.store import read_samples
 from kvmesh.evals.summary import load_summary
-from kvmesh.kvcomm.channel import DEFAULT_CHANNEL, available_channels
+from kvmesh.graph.presets import PRESETS
+from kvmesh.kvcomm.channel import DEFAULT_CHANNEL, available_channels, check_channel
 from kvmesh.runs import CONFIG, write_json
 from kvmesh.topology import load_designer
 from kvmesh.topology.designer import DESIGNER_FILE
@@ -53,7 +54,9 @@ class DesignEvalConfig:
         benchmark: infoqa, infoqa-projects, gsm8k or humaneval.
         designers: trained designers: training folders, designer folders, or a `design train --seeds` folder
             (every seed's designer, run as NAME-seed-N).
-        baselines: comma-separated topologies, e.g. single,chain,star,complete,random; the first is the
+        baselines: comma-separated fixed teams, each a topology (single, chain, star, complete, random) on
+            --channel, or TOPOLOGY:CHANNEL on another channel or variant (complete:kv-select@100); `grid` adds
+            single and {chain, star, complete} x {text, kv-select@100, kv-select@100+t5}. The first is the
             reference of the printed paired comparisons.
         out: folder for one run per designer and baseline, paired.json, seeds-NAME.json and the plot.
         limit: only the first N test tasks (after leaving out seen ones).
@@ -161,7 +164,7 @@ def _seen_test_ids(config: DesignEvalConfig, folders: list[Path]) -> list[str]:
 def design_eval(args: argparse.Namespace) -> int:
     config = config_from_args(DesignEvalConfig, args)
     out = Path(config.out)
-    baselines = [b for b in config.baselines.split(",") if b]
+    baselines = baseline_names(config.baselines)
     designers = designer_runs(config.designers or [])
     names = [*baselines, *(run.name for run in designers)]
     if not names:
@@ -186,9 +189,11 @@ def design_eval(args: argparse.Namespace) -> int:
     runs: list[tuple[str, EvalConfig]] = []
     reads_shards = issubclass(benchmark_class(config.benchmark), InfoQA)
     for baseline in baselines:
+        topology, _, channel = baseline.partition(":")
         # one agent alone cannot hold every InfoQA shard as its own: it reads them all (the no-communication ceiling)
-        shards = "all" if baseline == "single" and reads_shards else "own"
-        runs.append((baseline, EvalConfig(**shared, **team, topology=baseline, channel=config.channel, shards=shards)))
+        shards = "all" if topology == SINGLE and reads_shards else "own"
+        fixed = EvalConfig(**shared, **team, topology=topology, channel=channel or config.channel, shards=shards)
+        runs.append((baseline, fixed))
     runs += [(run.name, EvalConfig(**shared, designer=str(run.folder))) for run in designers]
     for name, run in runs:
         print(f"== {name}")
@@ -201,9 +206,34 @@ def design_eval(args: argparse.Namespace) -> int:
         print(_seed_summary(config, out, group, members, baselines, paired))
     points = [Point.from_run(out / name, name) for name in names]
     plot = plot_tradeoff(points, out / "tradeoff.png", title=f"{config.benchmark} test: accuracy against tokens")
+    timed = [replace(p, tokens=p.seconds) for p in points if p.seconds is not None]
+    title = f"{config.benchmark} test: accuracy against time"
+    clock = plot_tradeoff(timed, out / "tradeoff-time.png", title, "seconds per task (batched wall time)", "s")
     write_json(out / "tradeoff.json", [asdict(p) for p in points])
-    print(f"\npaired comparisons: {out / PAIRED_FILE}\ntrade-off plot: {plot}")
+    print(f"\npaired comparisons: {out / PAIRED_FILE}\ntrade-off plots: {plot}, {clock}")
     return 0
+
+
+GRID_CHANNELS = ("text", "kv-select@100", "kv-select@100+t5")  # text, the latent channel, with latent thoughts
+GRID = (SINGLE, *(f"{topology}:{channel}" for topology in ("chain", "star", "complete") for channel in GRID_CHANNELS))
+
+
+def baseline_names(baselines: str) -> list[str]:
+    """The fixed teams `--baselines` names, `grid` expanded (`GRID`), each TOPOLOGY[:CHANNEL] checked."""
+    names = []
+    for entry in (b.strip() for b in baselines.split(",") if b.strip()):
+        names += [name for name in (GRID if entry == "grid" else [entry]) if name not in names]
+    for name in names:
+        topology, _, channel = name.partition(":")
+        if topology not in (SINGLE, *PRESETS):
+            topologies = ", ".join((SINGLE, *PRESETS))
+            raise ConfigError(f"{{baselines}}: {name!r} names no topology; topologies: {topologies}")
+        if channel:
+            try:
+                check_channel(channel, "{baselines}")
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
+    return names
 
 
 def _paired(config: DesignEvalConfig, out: Path, baselines: list[str], designers: list[DesignerRun]) -> dict:

@@ -121,6 +121,7 @@ class Point:
     tokens: float
     designer: bool
     samples: int
+    seconds: float | None = None  # wall seconds per task of the (batched) run, when it recorded its time
 
     @classmethod
     def from_run(cls, folder: str | Path, name: str | None = None) -> Point:
@@ -133,7 +134,8 @@ class Point:
         label = name or run_label(summary)
         tokens = summary["tokens_per_task"]["total_tokens"]["value"]
         low, high = accuracy["ci95"]
-        return cls(label, accuracy["value"], low, high, tokens, designer, summary["samples"])
+        seconds = summary["seconds"] / summary["samples"] if summary.get("seconds") else None
+        return cls(label, accuracy["value"], low, high, tokens, designer, summary["samples"], seconds)
 
 
 def plot_tradeoff(

@@ -152,6 +152,30 @@ def test_design_eval_scores_baselines_and_designers_on_the_same_test_tasks(tiny,
         assert sorted(scored_ids(tmp_path / "t" / run)) == sorted([test[1], test[3]])
 
 
+def test_design_eval_scores_a_grid_of_fixed_teams_on_channels_and_plots_them_against_time(tiny, tmp_path, capsys):
+    from kvmesh.cli.design_eval import GRID, baseline_names
+
+    assert len(baseline_names("grid,chain,grid")) == len(GRID) + 1  # each fixed team once
+    out = tmp_path / "grid"
+    baselines = "single,chain:kv-select@100,complete:kv-select@100+t5,chain"
+    assert main(["design", "eval", "infoqa", *TINY, "--baselines", baselines, "--limit", "2", "--out", str(out)]) == 0
+    for name in ("chain:kv-select@100", "complete:kv-select@100+t5"):
+        config = json.loads((out / name / "config.json").read_text())
+        assert config["channel"] == name.split(":", 1)[1] and config["topology"] == name.split(":")[0]
+        rows = [json.loads(line) for line in (out / name / "samples.jsonl").read_text().splitlines()]
+        assert all(row["usage"]["total"]["kv_bytes"] > 0 for row in rows)  # the latent channel carried them
+    text = [json.loads(line) for line in (out / "chain" / "samples.jsonl").read_text().splitlines()]
+    assert all(row["usage"]["total"]["kv_bytes"] == 0 for row in text)
+    assert (out / "tradeoff-time.png").is_file() and "tradeoff-time.png" in capsys.readouterr().out
+    points = {p["name"]: p for p in json.loads((out / "tradeoff.json").read_text())}
+    assert all(p["seconds"] > 0 for p in points.values())
+    bad = ["design", "eval", "infoqa", *TINY, "--out", str(tmp_path / "bad")]
+    assert main([*bad, "--baselines", "ring"]) == 2
+    assert "names no topology" in capsys.readouterr().err
+    assert main([*bad, "--baselines", "chain:kv-select@lots"]) == 2
+    assert "not a kv-select variant" in capsys.readouterr().err
+
+
 def test_a_multi_round_designer_whose_graph_keeps_no_temporal_edge_still_trains_and_applies(tiny, tmp_path, capsys):
     out = tmp_path / "el"
     train = ["design", "train", "infoqa", "--designer", "edge-logits", *TINY, "--rounds", "2", "--out", str(out)]
