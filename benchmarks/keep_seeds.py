@@ -12,9 +12,13 @@ reads a finished run. Nothing is recomputed: a seed is kept only once its run ha
 seed again replaces it. The run's configuration must match the kept seeds' (the seed aside): a seed of another
 configuration is refused, naming the settings that differ.
 
+Each kept seed also records where and when it was kept (`seed-N/kept.json`: commit, machine, date, versions), and
+`seeds.json` lists them. A latent bench seed is refused when the seeds kept before ran on another kind of machine
+(CPU or core count): its timings would be averaged with theirs.
+
 Caveats: transcripts, adapters and per-task samples stay in the run folder; the kept files hold figures and the
-paired comparisons the run already computed (its test-scoring counts too, which count scorings on the machine that
-ran the seed).
+paired comparisons the run already computed. Test-scoring counts are those of the machine that ran each seed:
+`record_results.py` adds them up across the kept seeds (each session scored its baselines again).
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from kvmesh.evals.results import provenance
 from kvmesh.evals.seeds import SEEDS_FILE, check_seeds, seed_folder, write_seed_summary
 from kvmesh.evals.studies.latent import SUMMARY as LATENT_SUMMARY
 from kvmesh.evals.studies.latent_report import seed_figures as latent_figures
-from kvmesh.runs import read_json
+from kvmesh.runs import read_json, write_json
 from kvmesh.training.optima.loop import seed_figures as optima_figures
 
 # kind -> (each seed's result file, its figures function)
@@ -38,6 +43,7 @@ KINDS: dict[str, tuple[str, Callable[[dict], dict[str, float]]]] = {
     "latent": (LATENT_SUMMARY, latent_figures),
 }
 PER_SEED = ("seed", "seeds", "out")  # settings that differ between the seeds of one run by design
+KEPT = "kept.json"  # beside each kept result: where and when it was kept
 
 
 class KeepError(ValueError):
@@ -79,12 +85,30 @@ def keep(kind: str, run: Path, seed: int, into: Path) -> dict:
                 f"seed {seed} of {run} was run with other settings than the seeds kept in {into} "
                 f"({', '.join(differ)}): keep it in another folder, or rerun it with the kept seeds' settings"
             )
+    where = provenance()
+    if kind == "latent":
+        _same_machine(into, where["machine"])
     target = seed_folder(into, seed) / result_name
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)
+    write_json(target.parent / KEPT, where)
     seeds = kept_seeds(into, kind)
     per_seed = {s: figures_of(read_json(seed_folder(into, s) / result_name)) for s in seeds}
-    return write_seed_summary(into, per_seed, config=config | {"seeds": seeds})
+    kept = {str(s): read_json(seed_folder(into, s) / KEPT) for s in seeds if (seed_folder(into, s) / KEPT).is_file()}
+    return write_seed_summary(into, per_seed, config=config | {"seeds": seeds}, kept=kept)
+
+
+def _same_machine(into: Path, machine: dict) -> None:
+    """Refuse a timed seed from another kind of machine than the seeds kept before (CPU model and cores)."""
+    for path in into.glob(f"seed-*/{KEPT}"):
+        before = read_json(path)["machine"]
+        differ = [key for key in ("cpu", "cores", "gpu") if before.get(key) != machine.get(key)]
+        if differ:
+            raise KeepError(
+                f"{path.parent.name} was kept on another machine ({', '.join(differ)} differ: {before} against "
+                f"{machine}); timings from both would be averaged: rerun this seed on that machine, or keep every "
+                "seed in another folder"
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

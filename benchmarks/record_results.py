@@ -187,6 +187,12 @@ def optima_table(run: str | Path) -> Table:
         best[f"p_{key}"] = p_values(p_by_baseline[baseline])
     rows.append(best)
     tested = [p.get("test_scorings") for r in results.values() for p in r["test"].get("points", [])]
+    scorings = max_scorings(tested)
+    if summary.get("kept"):  # seeds run in separate sessions: each scored its baselines on test again
+        per_seed = [
+            max_scorings([p.get("test_scorings") for p in r["test"].get("points", [])]) for r in results.values()
+        ]
+        scorings = sum(count for count in per_seed if count is not None) or scorings
     columns = [
         column("point", "team"),
         column("validation", f"validation accuracy, {ACROSS}", ".3f"),
@@ -204,7 +210,13 @@ def optima_table(run: str | Path) -> Table:
         "Differences: the chosen iteration minus the baseline on the same test tasks (paired); McNemar p exact, "
         "one per seed in seed order. The baselines are untrained and greedy: one run, the same for every seed."
     )
-    return Table(columns, rows, seeds, config, max_scorings(tested), notes)
+    if summary.get("kept"):
+        commits = sorted({kept.get("commit") or "?" for kept in summary["kept"].values()})
+        notes += (
+            f" Seeds run in separate sessions (kept with benchmarks/keep_seeds.py at commits {', '.join(commits)}); "
+            "the test-scoring count adds up every session's."
+        )
+    return Table(columns, rows, seeds, config, scorings, notes)
 
 
 # --- designers ---------------------------------------------------------------------------------------------------

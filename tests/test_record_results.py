@@ -210,7 +210,11 @@ def test_seeds_kept_one_session_at_a_time_record_the_same_table_as_one_three_see
     assert record("optima", optima_run(tmp_path / "whole"), tmp_path, "whole") == 0
     kept, whole = load_result(tmp_path / "results" / "kept.json"), load_result(tmp_path / "results" / "whole.json")
     assert kept["rows"] == whole["rows"] and kept["seeds"] == SEEDS
-    assert kept["notes"] == whole["notes"] and kept["test_scorings"] == whole["test_scorings"] == 2
+    assert kept["notes"].startswith(whole["notes"]) and "separate sessions" in kept["notes"]
+    assert whole["test_scorings"] == 2  # one session: the most-scored configuration, seed 1's chosen iteration
+    assert kept["test_scorings"] == 1 + 2 + 1  # three sessions: each scored its baselines on test again
+    kept_seed = json.loads((into / "seed-0" / "kept.json").read_text())
+    assert {"commit", "machine", "date"} <= set(kept_seed)
 
 
 def test_keeping_refuses_an_unfinished_seed_and_a_seed_run_with_other_settings(tmp_path, capsys):

@@ -39,6 +39,7 @@ from kvmesh.graph.edge import DECISION, TEMPORAL, GraphError
 from kvmesh.graph.graph import CommGraph
 from kvmesh.kvcomm.channel import (
     DEFAULT_CHANNEL,
+    VARIANT,
     Channel,
     base_channel,
     channel_for_keyword,
@@ -125,7 +126,11 @@ class Team:
         self.decision = Decision.coerce(decision, first_agent=agents[0])
         if self.decision.agent is not None and self.decision.agent.name in self.graph.agents:
             raise ValueError(f"the decision agent's name {self.decision.agent.name!r} is also a team agent's name")
-        settings = {name: channel_settings(name, value) for name, value in (channels or {}).items()}
+        # a variant's dict stays a dict: its fields go on top of what its label derives (`make_channel`)
+        settings = {
+            name: value if VARIANT in name and isinstance(value, dict) else channel_settings(name, value)
+            for name, value in (channels or {}).items()
+        }
         if reuse is not None:
             settings[REUSE] = channel_settings(REUSE, reuse, label="reuse")
         self._settings = settings
@@ -177,6 +182,10 @@ class Team:
                 f"graph nodes without an agent: {sorted(extra)}"
             )
         return graph
+
+    def graph_channels(self) -> set[str]:
+        """The channels of the team's own graph and decision (a designer's further channels left out)."""
+        return self._channel_names(self.graph)
 
     def _channel_names(self, graph: CommGraph) -> set[str]:
         names = graph.channels() | {DEFAULT_CHANNEL}

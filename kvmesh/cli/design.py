@@ -30,7 +30,7 @@ from kvmesh.evals.figures import Point, plot_tradeoff
 from kvmesh.evals.seeds import SEEDS_FILE, check_seeds, run_seeds, seeds_table
 from kvmesh.graph.pictures import write_design_pictures
 from kvmesh.graph.presets import PRESETS, TEMPORAL_MODES
-from kvmesh.kvcomm.channel import DEFAULT_CHANNEL, available_channels
+from kvmesh.kvcomm.channel import DEFAULT_CHANNEL, channel_name
 from kvmesh.runs import CONFIG, write_json
 from kvmesh.topology import DESIGNERS, load_designer
 from kvmesh.topology.designer import DESIGNER_FILE, Designer, DesignerConfig
@@ -85,7 +85,7 @@ class DesignTrainConfig:
     data_seed: int = 0
     data_path: str | None = None
     allow_code_execution: bool = False
-    channel: str = field(default=DEFAULT_CHANNEL, metadata={"choices": available_channels})
+    channel: str = field(default=DEFAULT_CHANNEL, metadata={"check": channel_name})
 
 
 @dataclass
@@ -270,6 +270,7 @@ def _design_pictures(designer: Designer, tasks: list[Task], out: Path) -> list[P
         designer.kind,
         designer.per_task,
         example=(tasks[0].id or 0) if tasks else None,
+        channels=designer.channels,
         **team.picture_options(),
     )
 

@@ -28,7 +28,8 @@ import typing
 from collections.abc import Iterator, Mapping, Sequence
 
 from kvmesh.config import ConfigError, field_help
-from kvmesh.kvcomm.channel import available_channels, setting_key, settings_class_of
+from kvmesh.kvcomm.channel import available_channels, settings_class_of
+from kvmesh.kvcomm.settings import setting_key
 
 
 def flag(name: str) -> str:

@@ -8,6 +8,9 @@ turns the record into new settings (`Channel.calibrate`), and the returned team 
 one that asks today: its probe reads every context in every layer, and its new settings hold calibration scores
 per layer, which the team's spec saves, so a reloaded team is not calibrated again.
 
+Only the channels of the team's own graph (and decision) are calibrated, on that graph: a designer's further
+channels run as the designer trained with them (it never calibrated them).
+
 Caveats: calibrate on a training split, never on the tasks you score; at least `MIN_TASKS` tasks (KVComm's
 setting).
 """
@@ -26,19 +29,23 @@ MIN_TASKS = 16
 
 
 def needs_calibration(team: Team) -> bool:
-    """Whether any of the team's channels asks to be calibrated before use."""
-    return any(channel.wants_calibration() for channel in team.channels.values())
+    """Whether any channel of the team's own graph asks to be calibrated before use."""
+    return any(team.channels[name].wants_calibration() for name in team.graph_channels())
 
 
 def calibrate(team: Team, tasks: Sequence[Task], batch_size: int = 16, min_tasks: int = MIN_TASKS) -> Team:
     """`team` with every channel that can be calibrated (`Channel.calibrates`) calibrated on `tasks`, whether
     it asked for it or not (see the module)."""
-    if not any(channel.calibrates for channel in team.channels.values()):
-        names = ", ".join(sorted(team.channels))
-        raise ValueError(f"none of the team's channels ({names}) can be calibrated: put such a channel on an edge")
+    own = sorted(team.graph_channels())
+    if not any(team.channels[name].calibrates for name in own):
+        raise ValueError(
+            f"none of the channels of the team's graph ({', '.join(own)}) can be calibrated: put such a channel on "
+            "an edge"
+        )
     if len(tasks) < min_tasks:
         raise ValueError(f"calibration needs at least {min_tasks} training tasks, got {len(tasks)}")
-    for name, channel in team.channels.items():
+    for name in own:
+        channel = team.channels[name]
         if not channel.calibrates:
             continue
 
@@ -47,7 +54,8 @@ def calibrate(team: Team, tasks: Sequence[Task], batch_size: int = 16, min_tasks
             recorder = probe_team.channels[name]
             recorder.begin_calibration()
             for start in range(0, len(tasks), batch_size):
-                probe_team.run_batch(list(tasks[start : start + batch_size]))
+                chunk = list(tasks[start : start + batch_size])
+                probe_team.run_batch(chunk, graphs=[probe_team.graph] * len(chunk))  # its own graph, not a designer's
             return recorder
 
         team = team.with_channels({name: channel.calibrate(probe)})

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import fields
 
 from kvmesh.config import ConfigError
-from kvmesh.kvcomm.channel import check_channel, lift_aliases, setting_key, settings_changes, settings_class_of
+from kvmesh.kvcomm.channel import check_channel, settings_class_of
+from kvmesh.kvcomm.settings import lift_aliases, setting_key, settings_changes
 
 
 def check_channel_settings(config) -> None:

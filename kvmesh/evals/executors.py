@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from kvmesh.config import ConfigError
-from kvmesh.kvcomm.channel import setting_key, written_settings
+from kvmesh.kvcomm.settings import setting_key, written_settings
 
 log = logging.getLogger("kvmesh")
 LOCAL = "local"  # `--ray` without an address: start a Ray instance on this machine

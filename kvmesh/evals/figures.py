@@ -121,7 +121,7 @@ class Point:
     tokens: float
     designer: bool
     samples: int
-    seconds: float | None = None  # wall seconds per task of the (batched) run, when it recorded its time
+    seconds: float | None = None  # seconds of model calls per task (`call_seconds`), when the run recorded them
 
     @classmethod
     def from_run(cls, folder: str | Path, name: str | None = None) -> Point:
@@ -134,7 +134,8 @@ class Point:
         label = name or run_label(summary)
         tokens = summary["tokens_per_task"]["total_tokens"]["value"]
         low, high = accuracy["ci95"]
-        seconds = summary["seconds"] / summary["samples"] if summary.get("seconds") else None
+        calls = summary["tokens_per_task"].get("call_seconds")
+        seconds = calls["value"] if calls else None
         return cls(label, accuracy["value"], low, high, tokens, designer, summary["samples"], seconds)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from kvmesh.evals.stats import mean_interval, proportion
 from kvmesh.evals.store import read_samples
-from kvmesh.kvcomm.channel import channel_names, metadata_key
+from kvmesh.kvcomm.channel import base_channel, channel_names, metadata_key
 
 SAMPLE_METRICS = ("strict", "flexible", "pass@1", "f1", "answer_in_reply")
 
@@ -65,6 +65,15 @@ def _cache_summary(turns: list[dict], engine: dict | None) -> dict:
     return summary
 
 
+def _engine_stats(channels: dict, name: str) -> dict | None:
+    """Channel `name`'s statistics among the team's (by instance name): its own, its one variant's, or with
+    several instances each by its name."""
+    found = {instance: stats for instance, stats in channels.items() if base_channel(instance) == name}
+    if len(found) == 1:
+        return next(iter(found.values()))
+    return found or None
+
+
 def _tokens(rows: list[dict]) -> dict:
     usage_rows = [r["usage"] for r in rows if "usage" in r]
     if not usage_rows:
@@ -78,6 +87,8 @@ def _tokens(rows: list[dict]) -> dict:
     tokens["total_tokens"] = mean_interval([u["total"]["total_tokens"] for u in usage_rows])
     agents = sorted({a for u in usage_rows for a in u["per_agent"]})
     tokens["model_calls"] = mean_interval([u["total"]["calls"] for u in usage_rows])
+    # each call's own latency added up over the task's calls: the designers' time cost, and resume-safe
+    tokens["call_seconds"] = mean_interval([u["total"].get("call_time_s", 0.0) for u in usage_rows])
     tokens["per_agent"] = {a: _agent_means([u["per_agent"].get(a) for u in usage_rows]) for a in agents}
     return tokens
 
@@ -99,7 +110,7 @@ def summarize(out: str | Path, config, seconds: float | None = None, channels: d
         key = metadata_key(name)
         turns = [m | {"served": m[key]} for r in rows for m in r.get("messages", ()) if key in m]
         if turns:
-            served[key] = _cache_summary(turns, (channels or {}).get(name))
+            served[key] = _cache_summary(turns, _engine_stats(channels or {}, name))
     missing = sum(1 for r in rows if r.get("completion_missing"))
     return {
         "benchmark": config.benchmark,

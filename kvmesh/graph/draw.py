@@ -5,8 +5,9 @@ Conventions shared by every format:
     temporal edges    dashed, curved arrows (round r -> round r + 1); a self-edge (an agent reading its own last
                       answer) is a small dashed loop above its node
     channels          an edge on another channel than text is drawn in that channel's colour (one per channel
-                      name, variants apart, in sorted order; the legend names each) and, in Mermaid and DOT,
-                      labelled with it
+                      name, variants apart: `channels` first, in its order, then the others drawn, sorted; pass a
+                      designer's choices so its pictures agree) and the legend names each; in Mermaid and DOT the
+                      edge is labelled with it
     decision node     a distinct shape at the right; every agent feeds it (drawn only when `decision` is named)
     pruned edges      candidate edges a designer removed: dotted and faint, so before/after reads at a glance;
                       `faint_label` renames them (a "before" picture shows unused candidates this way), and one
@@ -45,7 +46,7 @@ import functools
 import math
 import numbers
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from kvmesh.graph.edge import SPATIAL, TEMPORAL, Edge, GraphError, GraphView
@@ -272,6 +273,7 @@ def draw(
     layout: GraphView | None = None,
     faint_label: str = "pruned",
     tokens_mean: bool = False,
+    channels: Sequence[str] = (),
 ) -> Path:
     """Write the graph as PNG or SVG (by suffix); nodes coloured by `roles` (agent -> role). Returns the path.
     `layout`: place the nodes as in this graph's picture (the "before" of a designer), so pictures line up."""
@@ -348,7 +350,7 @@ def draw(
             rad = 0.3 if aside else bend(edge.source, edge.target, -0.45)
             style = {"color": "0.6", "alpha": 0.45, "linestyle": ":", "linewidth": 1.0}
             connect(edge.source, edge.target, rad, f"{faint_label}-{edge.kind}", **style)
-        channel_colour = _channel_colours(graph)
+        channel_colour = _channel_colours(graph, channels)
         for edge in graph.edges():
             weight = 1.0 if edge.weight is None else edge.weight
             rad = 0.35 if edge.kind == TEMPORAL else bend(edge.source, edge.target, -0.45)
@@ -382,7 +384,9 @@ def draw(
             x, y = positions[decision]
             axes.scatter([x], [y], s=1600, marker="h", color="gold", edgecolors="black", zorder=3)
             axes.annotate(decision, (x, y - 0.32), ha="center", va="top", fontsize=8)
-        _legend(axes, graph, role_colour if roles else {}, decision, faint_label if pruned else None, width)
+        _legend(
+            axes, graph, role_colour if roles else {}, decision, faint_label if pruned else None, width, channel_colour
+        )
         axes.set_xlim(min(xs) - 0.7, max(xs) + 0.7)
         axes.set_ylim(min(ys) - 0.8, max(ys) + 0.6)
         axes.set_axis_off()
@@ -398,21 +402,29 @@ def draw(
 CHANNEL_COLOURS = ("tab:blue", "tab:green", "tab:red", "tab:orange", "tab:cyan", "tab:brown", "tab:pink", "tab:olive")
 
 
-def _channel_colours(graph: GraphView) -> dict[str, str]:
-    """A colour for each channel other than text that the graph's edges use, in sorted order (cycling)."""
-    names = sorted({edge.channel for edge in graph.edges()} - {DEFAULT_CHANNEL})
-    return {name: CHANNEL_COLOURS[i % len(CHANNEL_COLOURS)] for i, name in enumerate(names)}
+def _channel_colours(graph: GraphView, order: Sequence[str] = ()) -> dict[str, str]:
+    """A colour for each channel other than text that the graph's edges use: the `order` channels' by their place
+    in it, then the rest's in sorted order after them (cycling)."""
+    drawn = {edge.channel for edge in graph.edges()} - {DEFAULT_CHANNEL}
+    ranked = [name for name in dict.fromkeys(order) if name != DEFAULT_CHANNEL]
+    ranked += sorted(drawn - set(ranked))
+    return {name: CHANNEL_COLOURS[i % len(CHANNEL_COLOURS)] for i, name in enumerate(ranked) if name in drawn}
 
 
 def _legend(
-    axes, graph: GraphView, role_colour: Mapping[str, tuple], decision: str | None, faint: str | None, width: float
+    axes,
+    graph: GraphView,
+    role_colour: Mapping[str, tuple],
+    decision: str | None,
+    faint: str | None,
+    width: float,
+    colours: Mapping[str, str],
 ) -> None:
     """Under the picture: the roles, then each kind of line drawn (spatial, temporal, decision, pruned), in as
     many columns as fit the picture's `width` (inches; an entry takes about 2)."""
     for role, colour in role_colour.items():
         axes.scatter([], [], color=colour, label=role)
     kinds = {edge.kind for edge in graph.edges()}
-    colours = _channel_colours(graph)
     text = "text " if colours else ""  # name the text channel only beside others
     if SPATIAL in kinds:
         axes.plot([], [], color="0.15", label=f"{text}spatial edge (same round)")
@@ -442,7 +454,7 @@ def write_picture(graph: GraphView, path: str | Path, **options) -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in TEXT_FORMATS:
-        for visual in ("roles", "title", "layout"):  # text formats carry no colours, title or layout
+        for visual in ("roles", "title", "layout", "channels"):  # text formats carry no colours, title or layout
             options.pop(visual, None)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(TEXT_FORMATS[suffix](graph, **options))

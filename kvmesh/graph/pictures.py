@@ -47,14 +47,17 @@ def write_design_pictures(
     designer: str,
     per_task: bool,
     example: object = None,
+    channels: Sequence[str] = (),
     **options,
 ) -> list[Path]:
     """before/after (and, given the `example` task's id, one task's graph) as PNG and Mermaid under `folder`.
 
     `agents` and `graph`: the team's; `candidates`: every edge the designer could choose; `chosen`: the graphs it
-    chose, one per task (the example's first); `designer`: its kind, for titles; `options`: the team's drawing
-    options (`Team.picture_options`: decision and roles)."""
+    chose, one per task (the example's first); `designer`: its kind, for titles; `channels`: the channels it
+    chooses among (each keeps one colour across the pictures); `options`: the team's drawing options
+    (`Team.picture_options`: decision and roles)."""
     folder = Path(folder)
+    options = {**options, "channels": channels}
     written = []
     before = {"pruned": missing_edges(candidates, graph), "faint_label": "candidate"}
     before_title = f"before: {len(candidates)} candidate edges; solid: the team's graph ({len(graph.edges())})"

@@ -41,7 +41,7 @@ appear: an edge, the decision, a config.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -324,18 +324,25 @@ def channel_settings(name: str, settings=None, label: str | None = None):
         return settings
     if not isinstance(settings, dict):
         raise TypeError(f"{label or name} settings must be a {settings_class.__name__} or a dict, got {settings!r}")
+    return settings_class(**_known_fields(settings_class, settings, label or name))
+
+
+def _known_fields(settings_class: type, settings: dict, label: str) -> dict:
     unknown = set(settings) - set(settings_class.__dataclass_fields__)
     if unknown:
-        raise ValueError(f"unknown {label or name} settings {sorted(unknown)}; see {settings_class.__name__}")
-    return settings_class(**settings)
+        raise ValueError(f"unknown {label} settings {sorted(unknown)}; see {settings_class.__name__}")
+    return settings
 
 
 def make_channel(name: str, settings=None, base=None) -> Channel:
     """A new instance of channel `name`, with its own state (engines, anchors) and `settings` (see
-    `channel_settings`). A variant (`NAME@LABEL`) without settings of its own takes those its label derives from
-    `base`, the settings of NAME; its instance carries the variant's name."""
-    if VARIANT in name and settings is None:
-        settings = variant_settings(name, base)
+    `channel_settings`). A variant (`NAME@LABEL`) takes the settings its label derives from `base`, the settings
+    of NAME, with the fields a dict of `settings` gives on top (a settings instance is taken whole: a saved
+    spec's); its instance carries the variant's name."""
+    settings_class = settings_class_of(name)
+    if VARIANT in name and (settings is None or isinstance(settings, dict)):
+        derived = variant_settings(name, base)
+        settings = replace(derived, **_known_fields(settings_class, settings, name)) if settings else derived
     channel = _implementation(name)(channel_settings(name, settings))
     if name != base_channel(name):
         channel.name = name  # what its pieces, stored caches and statistics are keyed by
@@ -451,51 +458,3 @@ def carries_caches(name: str) -> bool:
         if isinstance(implementation, type) and issubclass(implementation, Channel)
         else True
     )
-
-
-def settings_changes(name: str, settings=None) -> dict:
-    """The fields of channel `name`'s `settings` (see `channel_settings`) that differ from its defaults, as a
-    JSON-ready dict: what a run records of the settings somebody chose."""
-    chosen = channel_settings(name, settings)
-    if chosen is None:
-        return {}
-    defaults = asdict(chosen.__class__())
-    return {key: value for key, value in asdict(chosen).items() if value != defaults[key]}
-
-
-def written_settings(channels: Mapping[str, object]) -> list[tuple[str, str]]:
-    """(channel, field) of each setting in `channels` (settings by channel name) that names a place the channel
-    writes (a settings field with `writes` in its metadata, e.g. kv-reuse's `anchors_dir`) and is set."""
-    found = []
-    for name, settings in channels.items():
-        chosen = channel_settings(name, settings)
-        for spec in fields(chosen) if chosen is not None else ():
-            if spec.metadata.get("writes") and getattr(chosen, spec.name):
-                found.append((name, spec.name))
-    return found
-
-
-def setting_key(channel: str, field: str) -> str:
-    """The one name of channel `channel`'s settings field `field` outside its settings class: the field's alias
-    when it has one, else `<channel>_<field>` (`kv_select_fraction`); on the command line it is the flag
-    (`--kv-select-fraction`, `--anchors`)."""
-    settings_class = settings_class_of(channel)
-    spec = {f.name: f for f in fields(settings_class)}[field] if settings_class is not None else None
-    if spec is not None and "alias" in spec.metadata:
-        return spec.metadata["alias"]
-    return channel.replace("-", "_") + "_" + field
-
-
-def lift_aliases(record: Mapping[str, object], channel: str) -> tuple[dict, dict]:
-    """A record that holds channel settings under their aliases at its top level (as configs did before their
-    `channels` field: `anchors`, `layer_fraction`), split into the record without them and the settings of
-    `channel` (the one its edges used) that differ from that channel's defaults."""
-    aliases = {}
-    for name in available_channels():
-        settings_class = settings_class_of(name)
-        for spec in fields(settings_class) if settings_class is not None else ():
-            if "alias" in spec.metadata:
-                aliases[spec.metadata["alias"]] = (name, spec.name)
-    rest = {key: value for key, value in record.items() if key not in aliases}
-    chosen = {field: record[alias] for alias, (name, field) in aliases.items() if name == channel and alias in record}
-    return rest, settings_changes(channel, chosen) if chosen else {}

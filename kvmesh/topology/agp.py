@@ -37,7 +37,16 @@ from kvmesh.graph.graph import CommGraph
 from kvmesh.topology.candidates import sample_design
 from kvmesh.topology.gdesigner import GDesigner, GDesignerConfig
 from kvmesh.training.examples import example_id, example_task
-from kvmesh.training.reinforce import Metric, copy_weights, cost_scale, reinforce, rollouts, validate
+from kvmesh.training.reinforce import (
+    Metric,
+    check_cost_scale,
+    copy_weights,
+    cost_scale,
+    older_designer,
+    reinforce,
+    rollouts,
+    validate,
+)
 from kvmesh.training.reward import utilities
 
 
@@ -121,7 +130,8 @@ class AGP(GDesigner):
         lines: dict[str, dict] = {}
         store = None
         if out is not None:
-            store = open_run(out / "mining", {"designer": asdict(config), "train_ids": ids}, resume)
+            record = {"designer": asdict(config), "train_ids": ids}
+            store = open_run(out / "mining", record, resume, upgrade=older_designer("designer", record["designer"]))
             lines = {row["id"]: row for row in read_samples(out / "mining")}
         pending = [i for i, task_id in enumerate(ids) if task_id not in lines]
         bar = None
@@ -260,6 +270,7 @@ class AGP(GDesigner):
         metric = self._metric(metric)
         self.bind(team)
         designed, team = team, self.rollout_team(team)
+        check_cost_scale(self.config, designed)  # before mining: a refusal after it would cost hours
         out = Path(out) if out is not None else None
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
@@ -268,7 +279,9 @@ class AGP(GDesigner):
         mined_at = time.perf_counter()
         fitted = self.fit(trainset, mined)
         fitted_at = time.perf_counter()
-        normaliser = self.config.token_normalizer or cost_scale([line["costs"][0] for line in mined], self.config.cost)
+        # mined lines saved before costs had units held tokens
+        own_costs = [line["costs" if "costs" in line else "tokens"][0] for line in mined]
+        normaliser = self.config.token_normalizer or cost_scale(own_costs, self.config.cost)
         self.training |= {
             "normaliser": normaliser,
             "mining": {"seconds": mined_at - began, "solved": fitted["solved"], "tasks": len(mined)},

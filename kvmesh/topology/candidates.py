@@ -138,7 +138,9 @@ def choose_channels(
         target = (candidates.spatial, candidates.temporal)[kind][e][1]
         allowed = candidates.allowed_channels(readers, target).to(probs[kind].dtype)
         masked = probs[kind][e] * allowed
-        masked = masked / masked.sum()
+        total = masked.sum()
+        # probabilities that underflowed on every allowed channel: draw among them evenly
+        masked = masked / total if float(total) > 0 else allowed / allowed.sum()
         c = pick(masked.detach())
         log_prob = log_prob + masked[c].clamp_min(1e-12).log()
         if candidates.caches[c]:
@@ -210,6 +212,7 @@ def threshold_design(
     order = sorted(range(len(p)), key=lambda e: -p[e])  # stable: ties keep the candidate order
     chosen, _ = dag_choices(candidates.spatial, order, lambda e: p[e] > threshold, allowed)
     temporal = temporal_probs.detach() > threshold
+    temporal &= torch.tensor([kept[i] and kept[j] for i, j in candidates.temporal], dtype=torch.bool)
     weights = (spatial_probs.detach(), temporal_probs.detach())
     channels = None
     if channel_probs is not None:

@@ -35,7 +35,17 @@ from kvmesh.agents.task import Task
 from kvmesh.agents.team import Team
 from kvmesh.config import ConfigError
 from kvmesh.graph.graph import CommGraph
-from kvmesh.runs import Opened, Wording, check_resume, holds_results, open_config, start_run, write_atomic, write_json
+from kvmesh.runs import (
+    Comparison,
+    Opened,
+    Wording,
+    check_resume,
+    holds_results,
+    open_config,
+    start_run,
+    write_atomic,
+    write_json,
+)
 from kvmesh.training.examples import example_id, example_task
 from kvmesh.training.reward import COST_UNITS, COSTS, task_cost, utilities, utility
 
@@ -172,10 +182,26 @@ def holds_updates(folder: Path) -> bool:
     return any(folder.rglob(CHECKPOINT)) or holds_results(folder)
 
 
+# designer settings added after runs were saved, with what those runs did
+ADDED = {"cost": "tokens", "channels": []}
+
+
+def with_added(saved: dict, current: dict) -> dict:
+    """`saved` designer settings with each `ADDED` setting it lacks and `current` has, at what older runs did."""
+    return {**{k: v for k, v in ADDED.items() if k in current and k not in saved}, **saved}
+
+
+def older_designer(key: str, current: dict) -> Callable[[dict], dict]:
+    """A `Comparison.upgrade` for a saved record whose `key` holds designer settings (`with_added`)."""
+    return lambda saved: {**saved, key: with_added(saved.get(key) or {}, current)}
+
+
 def design_run(out: Path, record: dict, resume: bool) -> AbstractContextManager[Opened]:
     """`kvmesh design train`'s folder around its training: config.json (`record`) checked or saved, and what a
     fresh start wrote removed when it fails before its first update (`kvmesh.runs.start_run`)."""
-    return start_run(out, lambda: open_config(out, record, resume, Wording("designer run")), holds_updates)
+    rules = Comparison(upgrade=older_designer("designer", record.get("designer") or {}))
+    opened = lambda: open_config(out, record, resume, Wording("designer run"), rules)  # noqa: E731
+    return start_run(out, opened, holds_updates)
 
 
 def _progress(total: int, done: int, desc: str, enabled: bool):
@@ -196,16 +222,28 @@ def measure_normaliser(policy: GraphPolicy, team: Team, trainset: Sequence, metr
     return cost_scale([c for _, c, _ in scored], config.cost)
 
 
+def check_cost_scale(config: ReinforceConfig, team: Team) -> None:
+    """Refuse, before any run, a kv-bytes cost without `token_normalizer` on a team whose own graph carries no
+    caches: its normaliser would be measured as zero."""
+    if config.cost != "kv-bytes" or config.token_normalizer > 0:
+        return
+    if not any(team.channels[edge.channel].carries_caches for edge in team.graph.edges()):
+        raise ConfigError(_no_scale("kv-bytes"))
+
+
+def _no_scale(cost: str) -> str:
+    return (
+        f"the team's own graph spends no {COST_UNITS[cost]}, so it cannot set the scale of a {cost} cost: give "
+        f"{{token_normalizer}} (the {COST_UNITS[cost]} per task that cost {{token_weight}}), or choose another {{cost}}"
+    )
+
+
 def cost_scale(costs: Sequence[float], cost: str) -> float:
     """The normaliser measured from the team's own graph's `costs`: their mean (tokens: at least one token). A
     graph that spent none of it (a text team moves no KV bytes) cannot set the scale, so that is refused."""
     mean = sum(costs) / max(len(costs), 1)
     if mean <= 0:
-        raise ConfigError(
-            f"the team's own graph spent no {COST_UNITS[cost]} on its first training batch, so it cannot set the "
-            f"scale of a {cost} cost: give {{token_normalizer}} (the {COST_UNITS[cost]} per task that cost "
-            "{token_weight}), or choose another {cost}"
-        )
+        raise ConfigError(_no_scale(cost))
     return max(1.0, mean) if cost in ("tokens", "generated") else mean
 
 
@@ -215,7 +253,7 @@ def open_checkpoint(out: Path | None, policy: GraphPolicy, resume: bool, ids: li
     if out is None or not (out / CHECKPOINT).exists():
         return None
     state = torch.load(out / CHECKPOINT, weights_only=False)
-    saved = {"designer": state["kind"], "configuration": state["config"]}
+    saved = {"designer": state["kind"], "configuration": with_added(state["config"], asdict(policy.config))}
     saved |= {"examples": state["ids"]} if "ids" in state else {}  # older checkpoints lack them: a change
     current = {"designer": policy.kind, "configuration": asdict(policy.config), "examples": ids}
     check_resume(out, saved, current, resume, DESIGNER_RUN)
@@ -249,6 +287,7 @@ def reinforce(
     config = policy.config
     if not trainset:
         raise ValueError("the training set is empty")
+    check_cost_scale(config, team)
     out = Path(out) if out is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,9 @@ team's own graph, Optima on the most a rollout of the task spent.
 
 Caveat: `time` is each model call's own latency, added up over the task's calls (cache assembly included). In a
 batched run a call's latency includes the steps of the rows batched beside it, so a task's time depends on its
-batch; it is the time the task's calls took, not a share of the batch's compute.
+batch (its size, the graphs beside it) and on the machine and its load: it is the time the task's calls took, not
+a share of the batch's compute, and it is not reproducible run to run. Measure the normaliser and train in
+batches of one size, on an otherwise idle machine; the token costs are exact and reproducible.
 """
 
 from __future__ import annotations

@@ -259,6 +259,7 @@ def test_run_and_eval_take_a_channel_variant_and_refuse_one_that_names_nothing(t
     assert main([*args, "--channel", "kv-select@50", "--out", str(tmp_path / "e")]) == 0
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
     assert summary["config"]["channel"] == "kv-select@50"
+    assert summary["kv_select"]["engine"]["calls"] > 0  # the variant's own statistics reach the summary
     with pytest.raises(SystemExit):
         main([*args, "--channel", "kv-select@half", "--out", str(tmp_path / "bad")])
     assert "not a kv-select variant" in capsys.readouterr().err

@@ -212,7 +212,7 @@ def test_a_kv_bytes_cost_on_a_text_team_names_the_flag_that_sets_its_scale(tiny,
     args = ["design", "train", "infoqa", "--designer", "gdesigner", *TINY, "--cost", "kv-bytes", "--steps", "1"]
     assert main([*args, "--train-size", "2", "--val-size", "1", "--out", str(tmp_path / "kv")]) == 2
     error = capsys.readouterr().err
-    assert "spent no KV bytes" in error and "--token-normalizer" in error
+    assert "spends no KV bytes" in error and "--token-normalizer" in error
     assert not (tmp_path / "kv").exists()  # a failed start leaves nothing behind
     assert main([*args, "--cost", "dollars", "--out", str(tmp_path / "d")]) == 2
     assert "dollars" in capsys.readouterr().err

@@ -18,6 +18,7 @@ from matplotlib import font_manager
 from kvmesh import CommGraph
 from kvmesh.agents.usage import Usage, UsageReport
 from kvmesh.graph import Edge
+from kvmesh.graph.draw import write_picture
 from kvmesh.graph.edge import GraphError
 
 GRAPH = CommGraph(
@@ -323,6 +324,14 @@ def test_edges_on_other_channels_than_text_are_drawn_apart_and_named(tmp_path):
     stroke = lambda gid: re.search(rf'<g id="{gid}">\s*<path[^>]*stroke: (#[0-9a-f]{{6}})', svg).group(1)  # noqa: E731
     colours = [stroke(f"spatial-n_{a}-n_{b}") for a, b in (("a", "b"), ("b", "c"), ("a", "c"))]
     assert len(set(colours)) == 3  # each channel its own colour, text apart from both
+    # a designer's pictures pass its channels: one channel keeps its colour whatever else a picture holds
+    alone = CommGraph(["a", "b"], [("a", "b", "spatial", "kv-select@30+t5")])
+    order = ["text", "kv-select@100", "kv-select@30+t5"]
+    lone_svg = alone.draw(tmp_path / "alone.svg", channels=order).read_text()
+    mixed_svg = MIXED.draw(tmp_path / "ordered.svg", channels=order).read_text()
+    colour = lambda text, gid: re.search(rf'<g id="{gid}">\s*<path[^>]*stroke: (#[0-9a-f]{{6}})', text).group(1)  # noqa: E731
+    assert colour(lone_svg, "spatial-n_a-n_b") == colour(mixed_svg, "spatial-n_b-n_c")
+    assert MIXED.to_mermaid() == write_picture(MIXED, tmp_path / "m.mmd", channels=order).read_text()
     plain = svg_texts(CommGraph(["a", "b"], [("a", "b")]).draw(tmp_path / "plain.svg"))
     assert "spatial edge (same round)" in plain and not any(t.endswith(" edge") and "@" in t for t in plain)
     dot, mermaid = MIXED.to_dot(), MIXED.to_mermaid()

@@ -122,7 +122,7 @@ def test_sampled_channels_never_make_an_agent_read_caches_over_two_channels(tiny
             if edge.channel != "text":
                 caches.setdefault(edge.target, set()).add(edge.channel)
         assert all(len(names) == 1 for names in caches.values()), graph.to_dict()
-        team.with_graph(graph.with_channel("text")).check_graph(graph.with_channel("text"))  # a valid DAG
+        Team(team.agents, graph, rounds=2, repeat_rounds=True)  # the team's own checks accept it as it is
     assert used == set(CHOICES)  # every channel turns up
 
 

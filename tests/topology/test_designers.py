@@ -19,7 +19,7 @@ from kvmesh.topology import (
     GDesignerConfig,
     load_designer,
 )
-from kvmesh.training.reinforce import policy_loss, rollouts
+from kvmesh.training.reinforce import batch_indices, policy_loss, rollouts
 
 SMALL = {
     "edge-logits": EdgeLogitsConfig(steps=4, batch_size=2, eval_every=2, prune_every=2, pruning_rate=0.5),
@@ -213,13 +213,26 @@ def test_designers_train_on_the_cost_chosen(tiny, cost):
         assert record["cost"] == pytest.approx(record[unit])
         expected = record["score"] - designer.config.token_weight * record["cost"] / figures["normaliser"]
         assert record["utility"] == pytest.approx(expected)
-    assert figures["normaliser"] < figures["history"][0]["tokens"]  # measured in the unit, not in tokens
+    if cost == "generated":  # deterministic: the own graph's mean completion tokens on the first batch
+        first = [train[i] for i in batch_indices(len(train), designer.config.batch_size, 0, designer.config.seed)]
+        own = rollouts(team, first, None, fewer_calls, "generated")
+        assert figures["normaliser"] == max(1.0, sum(c for _, c, _ in own) / len(own))
+    else:  # seconds of model calls: a fraction of what the run's tokens number
+        assert 0 < figures["normaliser"] < 60 and figures["normaliser"] != figures["history"][0]["tokens"]
 
 
-def test_a_cost_the_teams_own_graph_never_spends_is_refused(tiny):
-    designer = GDesigner(replace(SMALL["gdesigner"], cost="kv-bytes"), metric=fewer_calls)
-    with pytest.raises(ValueError, match=r"spent no KV bytes.*give token_normalizer"):  # a text team moves none
-        designer.compile(make_team(), tasks("train", 2), progress=False)
+@pytest.mark.parametrize("kind", ["gdesigner", "agp"])
+def test_a_cost_the_teams_own_graph_never_spends_is_refused_before_any_run(kind, tiny, tmp_path):
+    calls = {"n": 0}
+
+    def counting(example, result):
+        calls["n"] += 1
+        return 1.0
+
+    designer = DESIGNERS[kind](replace(SMALL[kind], cost="kv-bytes"), metric=counting)
+    with pytest.raises(ValueError, match=r"spends no KV bytes.*give token_normalizer"):  # a text team moves none
+        designer.compile(make_team(), tasks("train", 4), out=tmp_path / kind, progress=False)
+    assert calls["n"] == 0 and not (tmp_path / kind / "mining").exists()  # nothing ran, nothing was mined
     with pytest.raises(ValueError, match="cost must be one of"):
         GDesignerConfig(cost="dollars")
 
@@ -301,3 +314,19 @@ def test_a_checkpoint_refuses_other_examples(tiny, tmp_path):
     GDesigner(config, metric=fewer_calls).compile(make_team(), tasks("train", 2), out=tmp_path, progress=False)
     with pytest.raises(ValueError, match="other training or validation examples"):
         GDesigner(config, metric=fewer_calls).compile(make_team(), tasks("train", 3), out=tmp_path, resume=True)
+
+
+def test_a_run_saved_before_costs_had_units_resumes(tiny, tmp_path):
+    """Checkpoints and mined lines written before `cost` and `channels` existed (tokens, no channel choice)."""
+    train, val = tasks("train", 4), tasks("validation", 2)
+    GDesigner(SMALL["gdesigner"], metric=fewer_calls).compile(make_team(), train, val, out=tmp_path, progress=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    for key in ("cost", "channels"):
+        del state["config"][key]
+    torch.save(state, tmp_path / "checkpoint.pt")
+    resumed = GDesigner(SMALL["gdesigner"], metric=fewer_calls)
+    resumed.compile(make_team(), train, val, out=tmp_path, resume=True, progress=False)
+    assert resumed.training["reinforce"]["updates"] == SMALL["gdesigner"].steps
+    with pytest.raises(ValueError, match="another designer or configuration"):  # a real change is still refused
+        other = GDesigner(replace(SMALL["gdesigner"], cost="generated"), metric=fewer_calls)
+        other.compile(make_team(), train, val, out=tmp_path, resume=True, progress=False)

@@ -25,7 +25,9 @@ positions do not move.
 Variants (`kvmesh.kvcomm.channel`): `kv-select@P` reads P% of the layers, `kv-select@P:tokens@T` also only T% of
 the context tokens, `kv-select@P+tN` after N latent thoughts (the names `kvmesh bench latent` gives its modes),
 each derived from the team's kv-select settings. A sender read over variants with different thoughts runs the
-most of them once; each variant keeps its prompt cache with its own number of thought positions.
+most of them once; each variant keeps its prompt cache with its own number of thought positions. Caveat: one row
+per turn, so a sender also read over text decodes its reply after those thoughts: a thinking edge out of an agent
+changes the text its other edges carry (and its time).
 
 Usage stays exact: the receiver's input tokens include the C positions it read and `cache_read` counts them;
 the sender's prefill is its own input.
@@ -158,8 +160,9 @@ class KVSelectChannel(Channel):
 
     @classmethod
     def variant(cls, label: str, settings: KVSelectConfig) -> KVSelectConfig:
-        """`P[:tokens@T][+tN]`: P% of the layers (chosen as `fraction` chooses them), T% of the context tokens,
-        N latent thoughts; the rest of `settings` as they are."""
+        """`P[:tokens@T][+tN]`: P% of the layers (chosen as `fraction` chooses them), T% of the context tokens
+        (default 100) and N latent thoughts (default 0), so a name means the same in every team; the rest of
+        `settings` (how layers are chosen: weight, centre, width, calibration scores) as they are."""
         found = LABEL.fullmatch(label)
         if found is None:
             raise ValueError(
@@ -179,8 +182,8 @@ class KVSelectChannel(Channel):
         return replace(
             settings,
             fraction=int(layers) / 100,
-            token_fraction=int(tokens) / 100 if tokens is not None else settings.token_fraction,
-            thoughts=int(thoughts) if thoughts is not None else settings.thoughts,
+            token_fraction=int(tokens) / 100 if tokens is not None else 1.0,
+            thoughts=int(thoughts) if thoughts is not None else 0,
         )
 
     def check(self, sender: Endpoint, receiver: Endpoint, where: str) -> None:
@@ -269,7 +272,8 @@ class KVSelectChannel(Channel):
         """Keep the turn's prompt cache for its receivers: its own part, without the contexts it read."""
         if self.name not in turn.read_over or generation.prompt_kv is None:
             return
-        read = sum(len(p.token_ids) for p in turn.pieces if p.kind == LATENT and p.channel == self.name)
+        # the contexts it read lead its prompt, over whichever channel (a turn reads caches over one at a time)
+        read = sum(len(p.token_ids) for p in turn.pieces if p.kind == LATENT)
         own = generation.prompt_kv
         extra = generation.latent_steps - self.config.thoughts  # thoughts the row ran for another variant
         if extra > 0:
@@ -283,8 +287,8 @@ class KVSelectChannel(Channel):
         return {self._models[key].spec: sorted(layers) for key, layers in self._layers.items()}
 
     def wants_calibration(self) -> bool:
-        """Layers chosen neither by hand nor by calibration scores: calibrate before use."""
-        return self.config.layers is None and self.config.scores is None
+        """Layers chosen neither by hand nor by calibration scores, and not all of them: calibrate before use."""
+        return self.config.layers is None and self.config.scores is None and self.config.fraction < 1
 
     def begin_calibration(self) -> None:
         self.record = True

@@ -45,13 +45,33 @@ def test_a_variant_changes_what_is_read(tiny):
     assert thinking["input_token_details"]["cache_read"] == everything["input_token_details"]["cache_read"] + 4
 
 
-def test_variants_derive_from_the_teams_kv_select_settings_unless_given_their_own(tiny):
-    team = pair("kv-select@50", thoughts=2, centre=0.4)
+def test_a_label_fixes_layers_tokens_and_thoughts_and_the_rest_comes_from_the_team_or_its_own_settings(tiny):
+    team = pair("kv-select@50", thoughts=2, token_fraction=0.5, centre=0.4)
     chosen = team.channels["kv-select@50"].config
-    assert (chosen.fraction, chosen.thoughts, chosen.centre) == (0.5, 2, 0.4)
+    # the name means the same in every team: 50% of the layers, every token, no thoughts; how layers are chosen
+    # (the prior's centre) is the team's
+    assert (chosen.fraction, chosen.token_fraction, chosen.thoughts, chosen.centre) == (0.5, 1.0, 0, 0.4)
     graph = CommGraph(["a", "b"], [Edge("a", "b", channel="kv-select@50")])
-    own = Team(agents("a", "b"), graph, decision="last", channels={"kv-select@50": {"fraction": 0.25}})
-    assert own.channels["kv-select@50"].config.fraction == 0.25  # explicit settings win over the label
+    own = Team(agents("a", "b"), graph, decision="last", channels={"kv-select@50": {"thoughts": 3}})
+    mine = own.channels["kv-select@50"].config
+    assert (mine.fraction, mine.thoughts) == (0.5, 3)  # its own fields on top of what the label derives
+    with pytest.raises(ValueError, match="unknown kv-select@50 settings"):
+        Team(agents("a", "b"), graph, decision="last", channels={"kv-select@50": {"depth": 3}})
+
+
+def test_a_reader_passes_on_its_own_prompt_whatever_variant_it_read_over(tiny):
+    """a -> b over kv-select@50, b -> c over kv-select@100: c reads b's own prompt cache, without a's context
+    (which b read over the other variant), exactly as when both edges are one variant."""
+    three = Task("Where is the key?", id="k", shards={"a": "The key is in the attic."})
+
+    def read_by_c(first: str) -> dict:
+        edges = [Edge("a", "b", channel=first), Edge("b", "c", channel="kv-select@100")]
+        result = Team(agents("a", "b", "c"), CommGraph(["a", "b", "c"], edges), decision="last").run(three)
+        return next(m for m in result.messages if m.name == "c").usage_metadata
+
+    mixed, same = read_by_c("kv-select@50"), read_by_c("kv-select@100")
+    assert mixed["input_token_details"]["cache_read"] == same["input_token_details"]["cache_read"]
+    assert mixed["input_tokens"] == same["input_tokens"]
 
 
 def test_one_sender_read_over_two_variants_gives_each_receiver_its_own_read(tiny):
