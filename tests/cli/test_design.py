@@ -206,6 +206,11 @@ def test_a_channel_choosing_designer_trains_saves_and_says_each_edge_s_channel(t
     line = next(x for x in capsys.readouterr().err.splitlines() if x.startswith("designed graph"))
     edges = line.split("; edges ", 1)[1].split(", ")
     assert edges and all(e.endswith(("[text]", "[kv-select@100]")) for e in edges), line
+    # a designer choosing a variant that calibrates (kv-select@30) is evaluated as it trained: uncalibrated
+    partial = tmp_path / "partial"
+    args[args.index("kv-select@100")] = "kv-select@30"
+    assert main([*args, "--latent", "4", "--out", str(partial)]) == 0
+    assert main(["eval", "infoqa", "--designer", str(partial), "--limit", "2", "--out", str(tmp_path / "e")]) == 0
 
 
 def test_a_kv_bytes_cost_on_a_text_team_names_the_flag_that_sets_its_scale(tiny, tmp_path, capsys):
