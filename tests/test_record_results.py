@@ -416,3 +416,22 @@ def test_timing_reads_nested_and_per_agent_figures_and_refuses_a_file_without_on
     untimed.write_text(json.dumps({"accuracy": 0.5}))
     assert record("timing", untimed, tmp_path) == 2
     assert "holds no timed figure" in capsys.readouterr().err
+
+
+def test_latent_seeds_kept_on_another_kind_of_machine_are_refused(tmp_path, capsys):
+    """Timings from two machines would be averaged into one interval: keeping refuses the second machine's seed."""
+    into = tmp_path / "kept"
+    for seed in (0, 1):
+        run = tmp_path / f"session-{seed}"
+        save(run / f"seed-{seed}" / "summary.json", latent_report(seed))
+        config = asdict(latent.LatentStudyConfig(seeds=[seed], out=str(run)))
+        write_seed_summary(run, {seed: study_report.seed_figures(latent_report(seed))}, config=config)
+        if seed == 1:  # the first seed was kept on a machine with other cores
+            kept = json.loads((into / "seed-0" / "kept.json").read_text())
+            kept["machine"]["cores"] = (kept["machine"]["cores"] or 0) + 64
+            save(into / "seed-0" / "kept.json", kept)
+            assert keep_seeds.main(["latent", str(run), "--seed", "1", "--into", str(into)]) == 2
+            assert "was kept on another machine (cores differ" in capsys.readouterr().err
+        else:
+            assert keep_seeds.main(["latent", str(run), "--seed", "0", "--into", str(into)]) == 0
+    assert keep_seeds.kept_seeds(into, "latent") == [0]
