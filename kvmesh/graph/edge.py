@@ -85,8 +85,8 @@ def coerce_edge(edge: Edge | dict | Sequence) -> Edge:
         raise GraphError(f"edge kind must be one of {EDGE_KINDS}, got {found.kind!r}")
     if base_channel(found.channel) not in channel_names():  # a variant's label is checked by the team
         raise ChannelNameError(
-            f"edge channel must be one of {channel_names()} or a variant of one (NAME@LABEL, e.g. kv-select@30), "
-            f"got {found.channel!r}"
+            f"edge channel must be one of {channel_names()} or a variant of one (NAME@LABEL, LABEL as the channel's "
+            f"`variant` reads it), got {found.channel!r}"
         )
     return found
 

@@ -131,12 +131,30 @@ def test_sigterm_drops_a_running_row_after_its_grace_and_exits(serve):
         urllib.request.urlopen(f"{url}/health", timeout=5)
 
 
+def _whole_response(raw: socket.socket) -> str:
+    """One HTTP response read off `raw`: its head, then as many body bytes as Content-Length says (a response may
+    arrive in several segments)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = raw.recv(4096)
+        if not chunk:
+            return data.decode()
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = next(
+        (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0
+    )
+    while len(body) < length and (chunk := raw.recv(4096)):
+        body += chunk
+    return (head + b"\r\n\r\n" + body).decode()
+
+
 def test_a_body_that_drips_in_gets_408(serve):
     url, _, _ = serve("--body-timeout", "1")
     port = int(url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port)) as raw:
         raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")  # 99 never come
         raw.settimeout(60)
-        answer = raw.recv(4096).decode()
+        answer = _whole_response(raw)
     assert answer.startswith("HTTP/1.1 408") and "took over 1 s to arrive" in answer
     assert _get(f"{url}/health")["requests"] == 0
