@@ -211,6 +211,14 @@ def test_a_channel_choosing_designer_trains_saves_and_says_each_edge_s_channel(t
     args[args.index("kv-select@100")] = "kv-select@30"
     assert main([*args, "--latent", "4", "--out", str(partial)]) == 0
     assert main(["eval", "infoqa", "--designer", str(partial), "--limit", "2", "--out", str(tmp_path / "e")]) == 0
+    data = tmp_path / "held-out.jsonl"  # any InfoQA file: a user's held-out tasks, all of them scored
+    data.write_text("".join(task.to_json() + "\n" for task in infoqa.generate(4, "test", seed=11)))
+    on_file = ["eval", "infoqa", "--designer", str(out), "--data-path", str(data), "--out", str(tmp_path / "f")]
+    assert main(on_file) == 0
+    rows = [json.loads(line) for line in (tmp_path / "f" / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(
+        edge["channel"] in ("text", "kv-select@100") for r in rows for edge in r["graph"]["edges"]
+    )
 
 
 def test_a_kv_bytes_cost_on_a_text_team_names_the_flag_that_sets_its_scale(tiny, tmp_path, capsys):
