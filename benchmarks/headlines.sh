@@ -8,8 +8,8 @@
 # on different tasks may go side by side (OMP_NUM_THREADS=1 each on a 2-core machine).
 #
 # On a 2-core CPU this takes many hours (Optima about two hours per seed and domain at one thread), longer than one
-# session on a machine that keeps nothing: Optima and the latent bench therefore run one seed per command, and each
-# finished seed is kept in results/seeds/NAME (benchmarks/keep_seeds.py; commit it). A seed already kept is not run
+# session on a machine that keeps nothing: Optima, AGP and the latent bench therefore run one seed per command, and
+# each finished seed is kept in results/seeds/NAME (benchmarks/keep_seeds.py; commit it). A seed already kept is not run
 # again; once every seed is kept, the figure is recorded from the kept folder. Nothing here downloads: the models
 # are the packaged ones.
 set -euo pipefail
@@ -40,12 +40,19 @@ for task in $tasks; do
             --command "$command"
     fi
     if [[ $what == design || $what == all ]]; then
-        out=$runs/agp-$task
-        $kvmesh design train "$task" --designer agp --seeds 0 1 2 --resume --out "$out"
-        command="kvmesh design eval $task --designers $out --baselines complete --limit 200 --out $out-test"
-        $kvmesh design eval "$task" --designers "$out" --baselines complete --limit 200 --resume --out "$out-test"
-        record design "$out-test" --name "agp-$task" --title "AGP against the complete graph on $task, 3 seeds" \
-            --command "kvmesh design train $task --designer agp --seeds 0 1 2 --out $out; $command"
+        # one seed per session: train it, score it on test against the complete graph, keep it
+        name=agp-$task train=$runs/agp-$task
+        todo=$("$python" benchmarks/keep_seeds.py missing "results/seeds/$name" --kind design --seeds $seeds)
+        for seed in $todo; do
+            $kvmesh design train "$task" --designer agp --seeds "$seed" --resume --out "$train"
+            $kvmesh design eval "$task" --designers "$train" --baselines complete --limit 200 --resume \
+                --out "$train-test-$seed"
+            "$python" benchmarks/keep_seeds.py design "$train-test-$seed" --seed "$seed" --into "results/seeds/$name"
+        done
+        command="kvmesh design train $task --designer agp --seeds S --out $train; kvmesh design eval $task"
+        command+=" --designers $train --baselines complete --limit 200 --out $train-test-S, for S in $seeds"
+        record design "results/seeds/$name" --name "$name" --title "AGP against the complete graph on $task, 3 seeds" \
+            --command "$command"
     fi
     if [[ $what == latent || $what == all ]]; then
         fractions="10 20 30 50 70 90 100"

@@ -3,14 +3,20 @@
 
     python benchmarks/keep_seeds.py optima runs/headlines/optima-infoqa --seed 0 --into results/seeds/optima-infoqa
     python benchmarks/keep_seeds.py latent runs/headlines/latent-infoqa --seed 1 --into results/seeds/latent-infoqa
-    python benchmarks/keep_seeds.py missing results/seeds/optima-infoqa --seeds 0 1 2     # prints "1 2"
+    python benchmarks/keep_seeds.py design runs/headlines/agp-infoqa-test --seed 2 --into results/seeds/agp-infoqa
+    python benchmarks/keep_seeds.py missing results/seeds/optima-infoqa --kind optima --seeds 0 1 2   # "1 2"
 
 A kept folder is laid out like the run it came from, less everything heavy: each seed's result file
 (`seed-N/results.json` for Optima, `seed-N/summary.json` for `bench latent`) and a `seeds.json` rebuilt from every
 kept seed with the producer's own figures function, so `record_results.py optima|latent FOLDER` reads it as it
-reads a finished run. Nothing is recomputed: a seed is kept only once its run has written its result, and keeping a
-seed again replaces it. The run's configuration must match the kept seeds' (the seed aside): a seed of another
-configuration is refused, naming the settings that differ.
+reads a finished run. A designer seed (`design`: a `kvmesh design eval` folder whose designers were one seeds
+group) keeps that seed's run summary, the baselines' summaries (the latest session's), its paired comparisons in a
+merged `paired.json`, and its figures in `seed-N/figures.json`, from which `seeds-GROUP.json` is rebuilt, so
+`record_results.py design FOLDER` reads it too.
+
+Nothing is recomputed: a seed is kept only once its run has written its result, and keeping a seed again
+replaces it. The run's configuration must match the kept seeds' (the seed aside): a seed of another configuration
+is refused, naming the settings that differ.
 
 Each kept seed also records where and when it was kept (`seed-N/kept.json`: commit, machine, date, versions), and
 `seeds.json` lists them. A latent bench seed is refused when the seeds kept before ran on another kind of machine
@@ -41,6 +47,7 @@ from kvmesh.training.optima.loop import seed_figures as optima_figures
 KINDS: dict[str, tuple[str, Callable[[dict], dict[str, float]]]] = {
     "optima": ("results.json", optima_figures),
     "latent": (LATENT_SUMMARY, latent_figures),
+    "design": ("figures.json", lambda kept: kept["figures"]),
 }
 PER_SEED = ("seed", "seeds", "out")  # settings that differ between the seeds of one run by design
 KEPT = "kept.json"  # beside each kept result: where and when it was kept
@@ -69,6 +76,8 @@ def _config(path: Path) -> dict:
 
 def keep(kind: str, run: Path, seed: int, into: Path) -> dict:
     """Copy seed `seed`'s result from `run` into `into` and rebuild `into`/seeds.json; returns that summary."""
+    if kind == "design":
+        return keep_design(run, seed, into)
     result_name, figures_of = KINDS[kind]
     source = seed_folder(run, seed) / result_name
     if not source.is_file():
@@ -96,6 +105,45 @@ def keep(kind: str, run: Path, seed: int, into: Path) -> dict:
     per_seed = {s: figures_of(read_json(seed_folder(into, s) / result_name)) for s in seeds}
     kept = {str(s): read_json(seed_folder(into, s) / KEPT) for s in seeds if (seed_folder(into, s) / KEPT).is_file()}
     return write_seed_summary(into, per_seed, config=config | {"seeds": seeds}, kept=kept)
+
+
+def keep_design(run: Path, seed: int, into: Path) -> dict:
+    """Keep seed `seed` of the one designer seeds group `kvmesh design eval` scored in `run` (see the module
+    docstring); returns the rebuilt seeds-GROUP.json."""
+    groups = sorted(run.glob("seeds-*.json"))
+    if len(groups) != 1:
+        found = ", ".join(p.name for p in groups) or "none"
+        raise KeepError(f"{run} holds {found}: keep the seeds of one designer group, scored by one design eval")
+    summary = read_json(groups[0])
+    name = summary.get("runs", {}).get(str(seed))
+    if name is None:
+        raise KeepError(f"{groups[0]} has no seed {seed} (seeds {summary.get('seeds')}): score that seed's designer")
+    if (into / groups[0].name).is_file():
+        before = read_json(into / groups[0].name)
+        for key in ("benchmark", "split", "baselines"):
+            if before.get(key) != summary.get(key):
+                raise KeepError(
+                    f"{run} scored {key} {summary.get(key)!r}, the seeds kept in {into} {before.get(key)!r}: keep it "
+                    "in another folder, or score it as the kept seeds were"
+                )
+    for scored in (name, *summary["baselines"]):  # the baselines as this session scored them
+        (into / scored).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run / scored / "summary.json", into / scored / "summary.json")
+    paired = read_json(run / "paired.json")
+    merged = read_json(into / "paired.json") if (into / "paired.json").is_file() else {**paired, "paired": {}}
+    write_json(into / "paired.json", {**merged, "paired": {**merged["paired"], name: paired["paired"][name]}})
+    folder = seed_folder(into, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"figures": summary["per_seed"][str(seed)], "run": name, "designer": summary["designers"][str(seed)]}
+    write_json(folder / "figures.json", record)
+    write_json(folder / KEPT, provenance())
+    seeds = kept_seeds(into, "design")
+    kept = {s: read_json(seed_folder(into, s) / "figures.json") for s in seeds}
+    extra = {key: summary[key] for key in ("benchmark", "split", "baselines")}
+    extra |= {"runs": {str(s): k["run"] for s, k in kept.items()}}
+    extra |= {"designers": {str(s): k["designer"] for s, k in kept.items()}}
+    extra["kept"] = {str(s): read_json(seed_folder(into, s) / KEPT) for s in seeds}
+    return write_seed_summary(into, {s: k["figures"] for s, k in kept.items()}, groups[0].name, **extra)
 
 
 def _same_machine(into: Path, machine: dict) -> None:

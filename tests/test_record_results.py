@@ -249,16 +249,19 @@ def eval_run(out: Path, name: str, right: set[int], tokens: float, scorings: int
     save(out / name / "summary.json", summary)
 
 
-def design_run(out: Path, groups: bool = True) -> Path:
-    """A finished `design eval --designers gd agp --baselines chain,single` folder (gd: a seeds folder)."""
+def design_run(out: Path, groups: bool = True, seeds: list[int] = SEEDS, lone: bool = True) -> Path:
+    """A finished `design eval --designers gd agp --baselines chain,single` folder (gd: a seeds folder of `seeds`;
+    agp, a lone designer, unless `lone` is False)."""
     config = design_eval.DesignEvalConfig(benchmark="infoqa", out=str(out), baselines="chain,single")
     for name, right in BASELINES.items():
         eval_run(out, name, right, 800.0 if name == "chain" else 200.0)
-    members = [design_eval.DesignerRun(f"gd-seed-{s}", out, "gd", s) for s in SEEDS] if groups else []
+    members = [design_eval.DesignerRun(f"gd-seed-{s}", out, "gd", s) for s in seeds] if groups else []
     for run in members:
         eval_run(out, run.name, RIGHT[run.seed], 500.0 + 10 * run.seed, scorings=3 if run.seed == 2 else 1)
-    eval_run(out, "agp", LONE, 600.0)
-    paired = design_eval._paired(config, out, list(BASELINES), [design_eval.DesignerRun("agp", out), *members])
+    alone = [design_eval.DesignerRun("agp", out)] if lone else []
+    if lone:
+        eval_run(out, "agp", LONE, 600.0)
+    paired = design_eval._paired(config, out, list(BASELINES), [*alone, *members])
     if groups:
         design_eval._seed_summary(config, out, "gd", members, list(BASELINES), paired)
     return out
@@ -435,3 +438,22 @@ def test_latent_seeds_kept_on_another_kind_of_machine_are_refused(tmp_path, caps
         else:
             assert keep_seeds.main(["latent", str(run), "--seed", "0", "--into", str(into)]) == 0
     assert keep_seeds.kept_seeds(into, "latent") == [0]
+
+
+def test_designer_seeds_kept_one_session_at_a_time_record_the_same_table_as_one_design_eval(tmp_path, capsys):
+    into = tmp_path / "kept"
+    for seed in (1, 2, 0):
+        run = design_run(tmp_path / f"session-{seed}", seeds=[seed], lone=False)
+        assert keep_seeds.main(["design", str(run), "--seed", str(seed), "--into", str(into)]) == 0
+        shutil.rmtree(run)
+    assert keep_seeds.kept_seeds(into, "design") == SEEDS
+    assert record("design", into, tmp_path, "kept") == 0
+    assert record("design", design_run(tmp_path / "whole", lone=False), tmp_path, "whole") == 0
+    kept, whole = load_result(tmp_path / "results" / "kept.json"), load_result(tmp_path / "results" / "whole.json")
+    assert kept["rows"] == whole["rows"] and kept["seeds"] == whole["seeds"] == SEEDS
+    other = tmp_path / "other"
+    design_run(other, seeds=[0], lone=False)
+    paired = json.loads((other / "seeds-gd.json").read_text())
+    save(other / "seeds-gd.json", paired | {"baselines": ["chain"]})  # scored against other baselines
+    assert keep_seeds.main(["design", str(other), "--seed", "0", "--into", str(into)]) == 2
+    assert "baselines" in capsys.readouterr().err
