@@ -66,9 +66,14 @@ def measure(args: argparse.Namespace) -> dict:
         mean_utility = statistics.mean(u for _, _, u in changes)
         spread = statistics.stdev([u for _, _, u in changes]) if len(changes) > 1 else 0.0
         needed = (1.96 * spread / abs(mean_utility)) ** 2 if mean_utility else math.inf
+        tokens = [
+            r.usage.total.total_tokens - r0.usage.total.total_tokens
+            for (_, _, r), (_, _, r0) in zip(scored, own, strict=True)
+        ]
         rows.append(
             {
                 "variant": name,
+                "tokens_change": statistics.mean(tokens),
                 "score_change": statistics.mean(s for s, _, _ in changes),
                 "cost_change": statistics.mean(c for _, c, _ in changes),
                 "utility_change": mean_utility,
